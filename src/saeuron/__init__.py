@@ -1,0 +1,24 @@
+"""saeuron: erase concepts from text-to-image diffusion models by editing SAE features."""
+
+from .erase import EraseConfig, erase
+from .features import ConceptFeatures
+from .sae import Sae, SaeConfig
+
+__all__ = [
+    "ConceptFeatures",
+    "EraseConfig",
+    "SAeUron",
+    "Sae",
+    "SaeConfig",
+    "erase",
+]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The technique pulls in diffusers; import it only when asked for.
+    if name == "SAeUron":
+        from .technique import SAeUron
+
+        return SAeUron
+    raise AttributeError(f"module 'saeuron' has no attribute {name!r}")

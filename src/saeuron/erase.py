@@ -1,0 +1,311 @@
+"""The erasing hook: edit a concept's SAE latents while the stock pipeline samples.
+
+At every step and token, for each selected latent f of concept c (method.md section 5)::
+
+    if a_f > thr_f:   a_f <- gamma_c * mu_c[f] * a_f
+
+``error_term="exact"`` (default) returns ``x + (a' - a) W_dec``: only the decoder rows of
+the selected latents are touched, and a token whose latents are not edited keeps its exact
+bits. ``error_term="paper"`` reproduces the published code, ``x_hat' + (x_hat - x)``, a full
+decode that is not the identity even when nothing is edited.
+
+Usage::
+
+    with saeuron.erase(pipe, sae, [features], multiplier=-20.0):
+        images = pipe(prompt).images
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .config import Config, ConfigError, check_choice, field
+from .features import ConceptFeatures
+from .hookpoints import (
+    ACTIVATION_SITES,
+    DenoiseState,
+    conditional_rows,
+    from_tokens,
+    input_tensor,
+    output_tensor,
+    replace_output,
+    resolve_module,
+    to_tokens,
+    track_denoising,
+)
+from .sae import Sae
+
+logger = logging.getLogger(__name__)
+
+CFG_HALVES = ("cond", "both")
+ERROR_TERMS = ("exact", "paper")
+
+
+@dataclass
+class EraseConfig(Config):
+    multiplier: float = field(
+        -1.0, help="gamma: scale of the edited latents; negative erases, positive amplifies"
+    )
+    cfg_half: str = field(
+        "cond",
+        help="'cond': edit the conditional half of the CFG batch (seed 000); 'both': every "
+        "row (published code). Without CFG the whole batch is conditional either way",
+    )
+    error_term: str = field(
+        "exact", help="'exact': x + (a' - a) W_dec; 'paper': the published x_hat' + (x_hat - x)"
+    )
+    activation_site: str | None = field(
+        None, help="'output' or 'update' (output - input); default: what the SAE was trained on"
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("cfg_half", self.cfg_half, CFG_HALVES)
+        check_choice("error_term", self.error_term, ERROR_TERMS)
+        if self.activation_site is not None:
+            check_choice("activation_site", self.activation_site, ACTIVATION_SITES)
+
+
+class StepPlan(NamedTuple):
+    indices: Tensor
+    scale: Tensor
+    threshold: Tensor
+    decoder_rows: Tensor
+
+
+@dataclass
+class EraseHandle:
+    """Returned by :func:`erase`; counts what the hook did, for logs and tests."""
+
+    hookpoint: str
+    concepts: list[str]
+    calls: int = 0
+    edited_tokens: int = 0
+
+
+def _as_list(concepts: Any) -> list[ConceptFeatures]:
+    if isinstance(concepts, ConceptFeatures):
+        return [concepts]
+    if isinstance(concepts, Mapping):
+        return list(concepts.values())
+    return list(concepts)
+
+
+class _EraseHook:
+    def __init__(
+        self,
+        sae: Sae,
+        concepts: list[ConceptFeatures],
+        multipliers: dict[str, float],
+        cfg: EraseConfig,
+        site: str,
+        state: DenoiseState,
+        handle: EraseHandle,
+    ):
+        self.sae = sae
+        self.concepts = concepts
+        self.multipliers = multipliers
+        self.cfg = cfg
+        self.site = site
+        self.state = state
+        self.handle = handle
+        self._plans: dict[tuple[int, int], StepPlan | None] = {}
+        self._mapping_logged = False
+
+    def plan(self, step: int, num_steps: int) -> StepPlan | None:
+        key = (step, num_steps)
+        if key not in self._plans:
+            self._plans[key] = self._build_plan(step, num_steps)
+        return self._plans[key]
+
+    def _build_plan(self, step: int, num_steps: int) -> StepPlan | None:
+        indices, scales, thresholds = [], [], []
+        for concept in self.concepts:
+            if concept.num_steps not in (1, num_steps) and not self._mapping_logged:
+                logger.info(
+                    "concept %r: statistics from %d steps mapped onto %d sampling steps by "
+                    "position in the schedule",
+                    concept.concept,
+                    concept.num_steps,
+                    num_steps,
+                )
+                self._mapping_logged = True
+            idx, mean, thr = concept.at(concept.stats_step(step, num_steps))
+            indices.append(idx)
+            scales.append(self.multipliers[concept.concept] * mean)
+            thresholds.append(thr)
+        if not indices or sum(len(i) for i in indices) == 0:
+            return None
+        idx, scale, thr = torch.cat(indices), torch.cat(scales), torch.cat(thresholds)
+        # A latent chosen by several concepts is edited once, by the strongest edit (largest
+        # |gamma * mu|) with that concept's threshold: stacking edits would compound scales.
+        order = torch.argsort(-scale.abs(), stable=True)
+        seen: set[int] = set()
+        keep = []
+        for position in order.tolist():
+            latent = int(idx[position])
+            if latent not in seen:
+                seen.add(latent)
+                keep.append(position)
+        keep_t = torch.tensor(sorted(keep), dtype=torch.long)
+        device, dtype = self.sae.device, self.sae.dtype
+        idx = idx[keep_t].to(device)
+        return StepPlan(
+            indices=idx,
+            scale=scale[keep_t].to(device, dtype),
+            threshold=thr[keep_t].to(device, dtype),
+            decoder_rows=self.sae.W_dec.detach()[idx],
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> Any:
+        self.handle.calls += 1
+        if self.state.step < 0:
+            return None
+        plan = self.plan(self.state.step, self.state.num_steps)
+        if plan is None and self.cfg.error_term == "exact":
+            return None
+        out = output_tensor(output)
+        site = out - input_tensor(args, kwargs) if self.site == "update" else out
+        rows = conditional_rows(out.shape[0], self.state.cfg, self.cfg.cfg_half)
+        tokens = to_tokens(site[rows])
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        if self.cfg.error_term == "exact":
+            delta = self._exact_delta(flat, plan)
+            if delta is None:
+                return None
+        else:
+            delta = self._paper_output(flat, plan) - flat.to(self.sae.dtype)
+        delta = from_tokens(delta.to(out.dtype).reshape(tokens.shape), site[rows])
+        new = out.clone()
+        new[rows] = new[rows] + delta
+        return replace_output(output, new)
+
+    def _encode(self, flat: Tensor) -> tuple[Tensor, Tensor | None]:
+        z, _, std = self.sae._standardise(flat.to(self.sae.dtype))
+        return self.sae.pre_acts(z), std
+
+    def _exact_delta(self, flat: Tensor, plan: StepPlan | None) -> Tensor | None:
+        if plan is None:
+            return None
+        pre, std = self._encode(flat)
+        kth = pre.topk(self.sae.cfg.k, dim=-1, sorted=False).values.min(dim=-1, keepdim=True)
+        # A latent's TopK activation is its pre-activation if it made the top k, else 0.
+        acts = pre[:, plan.indices]
+        acts = torch.where(acts >= kth.values, acts, torch.zeros_like(acts))
+        edit = acts > plan.threshold
+        if not bool(edit.any()):
+            return None
+        self.handle.edited_tokens += int(edit.any(dim=-1).sum())
+        change = torch.where(edit, (plan.scale - 1) * acts, torch.zeros_like(acts))
+        delta = change @ plan.decoder_rows
+        if std is not None:
+            delta = delta * (std + 1e-5)
+        # Tokens with no edit get an exact zero, so their bits survive the addition.
+        return torch.where(edit.any(dim=-1, keepdim=True), delta, torch.zeros_like(delta))
+
+    def _paper_output(self, flat: Tensor, plan: StepPlan | None) -> Tensor:
+        sae = self.sae
+        z, mean, std = sae._standardise(flat.to(sae.dtype))
+        top = sae.select_topk(sae.pre_acts(z))
+        dense = top.top_acts.new_zeros(top.top_acts.shape[0], sae.num_latents)
+        dense.scatter_(-1, top.top_indices, top.top_acts)
+        x_hat = dense @ sae.W_dec + sae.b_dec
+        if plan is not None:
+            acts = dense[:, plan.indices]
+            edit = acts > plan.threshold
+            self.handle.edited_tokens += int(edit.any(dim=-1).sum())
+            dense[:, plan.indices] = torch.where(edit, plan.scale * acts, acts)
+        x_hat_edited = dense @ sae.W_dec + sae.b_dec
+        if std is not None:
+            x_hat = x_hat * (std + 1e-5) + mean
+            x_hat_edited = x_hat_edited * (std + 1e-5) + mean
+        # The published form: its "error" has the wrong sign, kept on purpose for comparison.
+        return x_hat_edited + (x_hat - flat.to(sae.dtype))
+
+
+def _multipliers(
+    concepts: list[ConceptFeatures], multiplier: float | Mapping[str, float]
+) -> dict[str, float]:
+    if isinstance(multiplier, Mapping):
+        names = [c.concept for c in concepts]
+        missing = [n for n in names if n not in multiplier]
+        extra = [n for n in multiplier if n not in names]
+        if missing or extra:
+            raise ConfigError(
+                "multiplier",
+                f"per-concept multipliers must name exactly the erased concepts {names}; "
+                f"missing {missing}, unknown {extra}",
+            )
+        return {n: float(multiplier[n]) for n in names}
+    return {c.concept: float(multiplier) for c in concepts}
+
+
+@contextmanager
+def erase(
+    pipe: Any,
+    sae: Sae,
+    concepts: ConceptFeatures | Sequence[ConceptFeatures] | Mapping[str, ConceptFeatures],
+    multiplier: float | Mapping[str, float] = -1.0,
+    cfg_half: str = "cond",
+    error_term: str = "exact",
+    hookpoint: str | None = None,
+    activation_site: str | None = None,
+) -> Iterator[EraseHandle]:
+    """Edit ``concepts`` in ``pipe`` while the ``with`` block runs; always removed after.
+
+    ``multiplier`` is gamma, one value or one per concept name. The SAE is moved to the
+    UNet's device. Statistics from N steps applied to sampling with M steps are mapped by
+    position in the schedule.
+    """
+    cfg = EraseConfig(
+        multiplier=-1.0 if isinstance(multiplier, Mapping) else float(multiplier),
+        cfg_half=cfg_half,
+        error_term=error_term,
+        activation_site=activation_site,
+    )
+    concept_list = _as_list(concepts)
+    names = [c.concept for c in concept_list]
+    if len(set(names)) != len(names):
+        raise ConfigError("concepts", f"each concept may appear once; got {names}")
+    multipliers = _multipliers(concept_list, multiplier)
+    hookpoint = hookpoint or sae.meta.get("hookpoint") or next(
+        (c.hookpoint for c in concept_list if c.hookpoint), None
+    )
+    if hookpoint is None:
+        raise ConfigError(
+            "hookpoint", "name the module to edit, e.g. 'unet.up_blocks.1.attentions.1'"
+        )
+    module = resolve_module(pipe, hookpoint)
+    for concept in concept_list:
+        if concept.hookpoint and concept.hookpoint != hookpoint:
+            raise ConfigError(
+                "concepts",
+                f"features of {concept.concept!r} were computed at {concept.hookpoint}, "
+                f"not {hookpoint}",
+            )
+        if concept.latents() and max(concept.latents()) >= sae.num_latents:
+            raise ConfigError(
+                "concepts",
+                f"{concept.concept!r} selects latent {max(concept.latents())}, but the SAE "
+                f"has {sae.num_latents}",
+            )
+    site = cfg.activation_site or sae.meta.get("activation_site", "output")
+    sae.to(next(pipe.unet.parameters()).device)
+
+    handle = EraseHandle(hookpoint=hookpoint, concepts=names)
+    with track_denoising(pipe) as state:
+        hook = _EraseHook(sae, concept_list, multipliers, cfg, site, state, handle)
+        removable = module.register_forward_hook(hook, with_kwargs=True)
+        try:
+            yield handle
+        finally:
+            removable.remove()

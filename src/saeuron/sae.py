@@ -1,0 +1,399 @@
+"""The sparse autoencoder: TopK SAE with a shared pre-encoder bias (method.md section 2).
+
+    pre   = ReLU(W_enc (x - b_dec) + b_enc)
+    a     = TopK(pre)                       # per token at inference, BatchTopK in training
+    x_hat = a W_dec + b_dec                 # rows of W_dec kept at unit norm
+
+Checkpoints use the EleutherAI ``sae``/``sparsify`` layout of the published SAeUron and
+SAEmnesia SAEs: one folder per hookpoint with ``cfg.json`` and ``sae.safetensors``. Other
+layouts (sdxl-unbox) are readers in :data:`SAE_FORMATS`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from .config import Config, ConfigError, check_range, field
+from .io import atomic_write_json, atomic_write_safetensors
+from .registry import Registry
+
+logger = logging.getLogger(__name__)
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae.safetensors"
+# Our own metadata beside the published layout; other tools ignore it.
+META_FILE = "saeuron.json"
+
+
+@dataclass
+class SaeConfig(Config):
+    """Architecture of a TopK SAE, stored as ``cfg.json`` (sparsify-compatible keys)."""
+
+    d_in: int = field(help="width of the hooked activation (channels)")
+    expansion_factor: int = field(
+        16, help="num_latents = d_in * expansion_factor when num_latents is 0"
+    )
+    num_latents: int = field(0, help="number of latents; 0 derives it from expansion_factor")
+    k: int = field(32, help="active latents per token")
+    normalize_decoder: bool = field(True, help="keep decoder rows at unit L2 norm")
+    batch_topk: bool = field(True, help="train with BatchTopK (top k x tokens over the batch)")
+    input_unit_norm: bool = field(
+        False, help="standardise each token before encoding (the paper: off)"
+    )
+    multi_topk: bool = field(False, help="kept for checkpoint compatibility; unused")
+    sample_topk: bool = field(False, help="kept for checkpoint compatibility; unused")
+
+    def __post_init__(self) -> None:
+        check_range("d_in", self.d_in, ge=1)
+        check_range("expansion_factor", self.expansion_factor, ge=1)
+        check_range("num_latents", self.num_latents, ge=0)
+        if self.num_latents == 0:
+            self.num_latents = self.d_in * self.expansion_factor
+        check_range("k", self.k, ge=1, le=self.num_latents)
+
+
+class EncoderOutput(NamedTuple):
+    top_acts: Tensor
+    """Activations of the selected latents, ``[tokens, k]``."""
+    top_indices: Tensor
+    """Their indices, ``[tokens, k]``."""
+
+
+class ForwardOutput(NamedTuple):
+    sae_out: Tensor
+    """Reconstruction ``[tokens, d_in]``."""
+    latent_acts: Tensor
+    """Active latent values ``[tokens, m]`` (m = k at inference; padded with zeros in BatchTopK)."""
+    latent_indices: Tensor
+    """Their indices ``[tokens, m]``."""
+    fvu: Tensor
+    """Fraction of variance unexplained."""
+    auxk_loss: Tensor
+    """AuxK loss: dead latents reconstructing the residual (0 without a dead mask)."""
+
+
+class Sae(nn.Module):
+    def __init__(
+        self,
+        cfg: SaeConfig,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.d_in = cfg.d_in
+        self.num_latents = cfg.num_latents
+        self.encoder = nn.Linear(cfg.d_in, cfg.num_latents, device=device, dtype=dtype)
+        self.encoder.bias.data.zero_()
+        # The decoder starts as the encoder's transpose with unit rows, as the paper does.
+        self.W_dec = nn.Parameter(self.encoder.weight.data.clone())
+        if cfg.normalize_decoder:
+            self.set_decoder_norm_to_unit_norm()
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, device=device, dtype=dtype))
+        self.meta: dict[str, Any] = {}
+        """Free-form provenance (hookpoint, model, activation site), saved as saeuron.json."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoder.weight.dtype
+
+    # -- encoding -----------------------------------------------------------------------
+
+    def _standardise(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        if not self.cfg.input_unit_norm:
+            return x, None, None
+        mean = x.mean(dim=-1, keepdim=True)
+        x = x - mean
+        std = x.std(dim=-1, keepdim=True)
+        return x / (std + 1e-5), mean, std
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """ReLU pre-activations of every latent, ``[tokens, num_latents]``."""
+        return F.relu(self.encoder(x - self.b_dec))
+
+    def select_topk(self, pre: Tensor) -> EncoderOutput:
+        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        return EncoderOutput(values, indices)
+
+    def select_batch_topk(self, pre: Tensor) -> EncoderOutput:
+        """Keep the ``k * tokens`` largest values over the whole batch.
+
+        Tokens keep a variable number of latents; the result is padded to the largest
+        count with zero activations so decode stays a dense gather.
+        """
+        n_tokens = pre.shape[0]
+        budget = min(self.cfg.k * n_tokens, pre.numel())
+        threshold = pre.flatten().topk(budget, sorted=False).values.min()
+        keep = (pre >= threshold) & (pre > 0)
+        width = max(int(keep.sum(dim=-1).max()), 1)
+        values, indices = pre.topk(width, dim=-1, sorted=False)
+        values = torch.where(values >= threshold, values, torch.zeros_like(values))
+        return EncoderOutput(values, indices)
+
+    def encode(self, x: Tensor) -> EncoderOutput:
+        """Per-token TopK code of ``x`` (``[..., d_in]`` flattened to tokens)."""
+        x, _, _ = self._standardise(x.reshape(-1, self.d_in).to(self.dtype))
+        return self.select_topk(self.pre_acts(x))
+
+    def encode_dense(self, x: Tensor) -> Tensor:
+        """Per-token TopK code scattered into ``[tokens, num_latents]``."""
+        top = self.encode(x)
+        dense = top.top_acts.new_zeros(top.top_acts.shape[0], self.num_latents)
+        return dense.scatter_(-1, top.top_indices, top.top_acts)
+
+    # -- decoding -----------------------------------------------------------------------
+
+    def decode(self, top_acts: Tensor, top_indices: Tensor, bias: bool = True) -> Tensor:
+        """Sum of the selected decoder rows weighted by their activations (+ b_dec)."""
+        out = F.embedding_bag(
+            top_indices, self.W_dec, per_sample_weights=top_acts.to(self.W_dec.dtype), mode="sum"
+        )
+        return out + self.b_dec if bias else out
+
+    def forward(
+        self, x: Tensor, dead_mask: Tensor | None = None, batch_topk: bool = False
+    ) -> ForwardOutput:
+        x = x.reshape(-1, self.d_in).to(self.dtype)
+        x_in, mean, std = self._standardise(x)
+        pre = self.pre_acts(x_in)
+        top = self.select_batch_topk(pre) if batch_topk else self.select_topk(pre)
+        sae_out = self.decode(top.top_acts, top.top_indices)
+        if std is not None:
+            sae_out = sae_out * (std + 1e-5) + mean
+
+        residual = x - sae_out
+        total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
+        fvu = residual.pow(2).sum() / total_variance
+
+        auxk_loss = sae_out.new_zeros(())
+        if dead_mask is not None and (num_dead := int(dead_mask.sum())) > 0:
+            k_aux = self.d_in // 2
+            scale = min(num_dead / k_aux, 1.0)
+            k_aux = min(k_aux, num_dead)
+            dead_pre = torch.where(dead_mask[None], pre, torch.full_like(pre, -math.inf))
+            aux_acts, aux_indices = dead_pre.topk(k_aux, dim=-1, sorted=False)
+            aux_acts = aux_acts.clamp_min(0)  # -inf never wins when k_aux <= num_dead
+            residual_hat = self.decode(aux_acts, aux_indices, bias=False)
+            auxk_loss = scale * (residual_hat - residual.detach()).pow(2).sum() / total_variance
+
+        return ForwardOutput(sae_out, top.top_acts, top.top_indices, fvu, auxk_loss)
+
+    # -- decoder constraint ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        norm = self.W_dec.norm(dim=1, keepdim=True)
+        self.W_dec.data /= norm.clamp_min(torch.finfo(self.W_dec.dtype).eps)
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions(self) -> None:
+        """Project out the gradient component that would change each row's norm."""
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec.data).sum(dim=1, keepdim=True)
+        self.W_dec.grad -= parallel * self.W_dec.data
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def state_for_disk(self) -> dict[str, Tensor]:
+        return {
+            "encoder.weight": self.encoder.weight.detach().contiguous(),
+            "encoder.bias": self.encoder.bias.detach().contiguous(),
+            "W_dec": self.W_dec.detach().contiguous(),
+            "b_dec": self.b_dec.detach().contiguous(),
+        }
+
+    def save_to_disk(self, folder: str | Path) -> Path:
+        """Write ``cfg.json`` + ``sae.safetensors`` (+ ``saeuron.json``) atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_safetensors(folder / WEIGHTS_FILE, self.state_for_disk())
+        atomic_write_json(folder / CFG_FILE, self.cfg.to_dict())
+        if self.meta:
+            atomic_write_json(folder / META_FILE, self.meta)
+        return folder
+
+    @classmethod
+    def load_from_disk(
+        cls,
+        folder: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        format: str | None = None,  # noqa: A002
+        **format_kwargs: Any,
+    ) -> Sae:
+        """Load a checkpoint folder; the format is detected unless named."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"SAE folder {folder} does not exist")
+        name = format or detect_format(folder)
+        sae = SAE_FORMATS.get(name)(folder, **format_kwargs)
+        meta_path = folder / META_FILE
+        if meta_path.exists():
+            sae.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        sae.meta.setdefault("source", str(folder))
+        return sae.to(device=device, dtype=dtype) if dtype else sae.to(device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        hookpoint: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        **format_kwargs: Any,
+    ) -> Sae:
+        """Load from a local folder or a Hugging Face repo (``owner/name``).
+
+        A repo or folder holding several SAEs keeps one sub-folder per hookpoint, as the
+        published ones do; ``hookpoint`` picks it.
+        """
+        folder = Path(name_or_path)
+        if not folder.exists():
+            folder = _download(str(name_or_path), hookpoint, revision, cache_dir)
+        if hookpoint and (folder / hookpoint).is_dir():
+            folder = folder / hookpoint
+        elif hookpoint and not _looks_like_checkpoint(folder):
+            available = sorted(p.name for p in folder.iterdir() if _looks_like_checkpoint(p))
+            raise FileNotFoundError(
+                f"hookpoint {hookpoint!r} not found in {name_or_path}; "
+                f"available: {', '.join(available) or 'none'}"
+            )
+        sae = cls.load_from_disk(folder, device=device, dtype=dtype, **format_kwargs)
+        if hookpoint:
+            sae.meta.setdefault("hookpoint", hookpoint)
+        sae.meta["source"] = str(name_or_path)
+        return sae
+
+
+def _download(repo_id: str, hookpoint: str | None, revision: str | None, cache_dir: Any) -> Path:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither a local folder nor a Hugging Face repo id (owner/name)"
+        )
+    from huggingface_hub import snapshot_download
+
+    patterns = [f"{hookpoint}/*"] if hookpoint else None
+    return Path(
+        snapshot_download(repo_id, allow_patterns=patterns, revision=revision, cache_dir=cache_dir)
+    )
+
+
+def _looks_like_checkpoint(folder: Path) -> bool:
+    try:
+        detect_format(folder)
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+# -- checkpoint formats ------------------------------------------------------------------
+
+SaeReader = Callable[..., Sae]
+SAE_FORMATS: Registry[SaeReader] = Registry("SAE format")
+
+
+def detect_format(folder: Path) -> str:
+    if (folder / CFG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+        return "sparsify"
+    if any((folder / f).is_file() for f in ("state_dict.pth", "state_dict.safetensors")):
+        return "sdxl-unbox"
+    raise ValueError(
+        f"{folder} holds no SAE checkpoint: expected {CFG_FILE} + {WEIGHTS_FILE} "
+        "(sparsify/SAeUron layout) or state_dict.pth (sdxl-unbox)"
+    )
+
+
+@SAE_FORMATS.register("sparsify")
+def read_sparsify(folder: Path) -> Sae:
+    """The published SAeUron/SAEmnesia layout (EleutherAI sae/sparsify)."""
+    raw = json.loads((folder / CFG_FILE).read_text(encoding="utf-8"))
+    known = {f.name for f in fields(SaeConfig)}
+    ignored = sorted(set(raw) - known)
+    if ignored:
+        logger.debug("cfg.json keys not used by saeuron: %s", ", ".join(ignored))
+    cfg = SaeConfig.from_dict({k: v for k, v in raw.items() if k in known})
+    state = load_file(folder / WEIGHTS_FILE)
+    expected = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"}
+    missing = expected - set(state)
+    if missing:
+        raise ValueError(f"{folder / WEIGHTS_FILE} lacks tensors: {', '.join(sorted(missing))}")
+    sae = Sae(cfg, dtype=state["W_dec"].dtype)
+    _check_shapes(folder, state, cfg)
+    sae.load_state_dict(
+        {
+            "encoder.weight": state["encoder.weight"],
+            "encoder.bias": state["encoder.bias"],
+            "W_dec": state["W_dec"],
+            "b_dec": state["b_dec"],
+        }
+    )
+    return sae
+
+
+@SAE_FORMATS.register("sdxl-unbox")
+def read_sdxl_unbox(folder: Path, k: int | None = None) -> Sae:
+    """sdxl-unbox: ``pre_bias``, ``latent_bias``, ``encoder.weight``, ``decoder.weight`` (d x n).
+
+    ``state_dict.pth`` is read with ``torch.load(weights_only=True)``, whose restricted
+    unpickler refuses anything but tensors. ``k`` comes from the argument, a ``config.json``
+    beside the weights, or the ``_k<N>`` in the folder's path, in that order.
+    """
+    if (folder / "state_dict.safetensors").is_file():
+        state = load_file(folder / "state_dict.safetensors")
+    else:
+        state = torch.load(folder / "state_dict.pth", map_location="cpu", weights_only=True)
+    if k is None and (folder / "config.json").is_file():
+        k = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("k")
+    if k is None:
+        match = re.search(r"_k(\d+)", str(folder.resolve()))
+        k = int(match.group(1)) if match else None
+    if k is None:
+        raise ConfigError("k", f"cannot tell k for sdxl-unbox checkpoint {folder}; pass k=...")
+    n, d = state["encoder.weight"].shape
+    cfg = SaeConfig(d_in=d, num_latents=n, expansion_factor=max(n // d, 1), k=int(k))
+    sae = Sae(cfg, dtype=state["encoder.weight"].dtype)
+    sae.load_state_dict(
+        {
+            "encoder.weight": state["encoder.weight"],
+            "encoder.bias": state["latent_bias"],
+            "W_dec": state["decoder.weight"].T.contiguous(),
+            "b_dec": state["pre_bias"],
+        }
+    )
+    # sdxl-unbox trains on the block's update (output minus input).
+    sae.meta["activation_site"] = "update"
+    return sae
+
+
+def _check_shapes(folder: Path, state: dict[str, Tensor], cfg: SaeConfig) -> None:
+    want = {
+        "encoder.weight": (cfg.num_latents, cfg.d_in),
+        "encoder.bias": (cfg.num_latents,),
+        "W_dec": (cfg.num_latents, cfg.d_in),
+        "b_dec": (cfg.d_in,),
+    }
+    for name, shape in want.items():
+        if tuple(state[name].shape) != shape:
+            raise ValueError(
+                f"{folder / WEIGHTS_FILE}: {name} has shape {tuple(state[name].shape)}, "
+                f"cfg.json implies {shape}"
+            )

@@ -1,0 +1,371 @@
+"""``saeuron cache`` on the tiny pipelines: shard contents, resume, validation, multi-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saeuron import capture
+from saeuron.capture import CacheConfig, parse_steps, read_prompts, run_cache
+from saeuron.config import ConfigError
+from saeuron.tiny import build_tiny_sd
+
+SD_HOOK = "unet.up_blocks.1.attentions.1"
+SDXL_HOOK = "unet.up_blocks.0.attentions.1"
+TOKENS = 8 * 8  # 8x8 latent grid at both hookpoints
+D_IN = 32
+PROMPTS = ["a cat", "a dog on a sofa", "a red car", "the sea at night", "a tall tree"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    # Two cores shared with other jobs: a second OpenMP thread makes these tiny models
+    # up to 100x slower through oversubscription.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def prompt_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS[:2] + [""] + PROMPTS[2:]) + "\n", encoding="utf-8")
+    return path
+
+
+def make_cfg(prompt_path: Path, out_dir: Path, **changes: Any) -> CacheConfig:
+    settings: dict[str, Any] = {
+        "model": "tiny-sd",
+        "hookpoint": SD_HOOK,
+        "prompts": str(prompt_path),
+        "out": str(out_dir),
+        "num_inference_steps": 3,
+        "batch_size": 2,
+    }
+    settings.update(changes)
+    return CacheConfig(**settings)
+
+
+def load_all(out: Path) -> dict[str, torch.Tensor]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    parts = [
+        load_file(str(out / f"shard_{s['index']:05d}.safetensors")) for s in manifest["shards"]
+    ]
+    return {k: torch.cat([p[k] for p in parts]) for k in ("activations", "step", "prompt")}
+
+
+def test_shapes_steps_and_manifest(prompt_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    manifest = run_cache(make_cfg(prompt_file, out, max_shard_mb=0.03))
+    data = load_all(out)
+    n = len(PROMPTS) * 3 * TOKENS
+    assert data["activations"].shape == (n, D_IN)
+    assert data["activations"].dtype == torch.float16
+    assert data["step"].dtype == torch.int16 and data["prompt"].dtype == torch.int32
+    assert sorted(data["step"].unique().tolist()) == [0, 1, 2]
+    assert torch.bincount(data["prompt"]).tolist() == [3 * TOKENS] * len(PROMPTS)
+    assert manifest["d_in"] == D_IN and manifest["n_tokens"] == n
+    assert manifest["model"] == "tiny-sd" and manifest["hookpoint"] == SD_HOOK
+    assert manifest["dtype"] == "float16"
+    # Several shards, prompt ranges tiling [0, 5) in order.
+    ranges = [tuple(s["prompts"]) for s in manifest["shards"]]
+    assert len(ranges) > 1
+    assert [r[0] for r in ranges] == [0] + [r[1] for r in ranges[:-1]] and ranges[-1][1] == 5
+    for shard in manifest["shards"]:
+        assert (out / f"shard_{shard['index']:05d}.safetensors").stat().st_size < 0.03 * 2**20
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+
+
+def test_step_subset_stops_sampling_early(
+    prompt_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unet_calls: list[int] = []
+    real_load = capture.load_pipeline
+
+    def counting_load(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_load(*args, **kwargs)
+        pipe.unet.register_forward_pre_hook(lambda *_: unet_calls.append(1))
+        return pipe
+
+    monkeypatch.setattr(capture, "load_pipeline", counting_load)
+    cfg = make_cfg(prompt_file, tmp_path / "out", num_inference_steps=4, steps="0-1", limit=2)
+    run_cache(cfg)
+    data = load_all(tmp_path / "out")
+    assert sorted(data["step"].unique().tolist()) == [0, 1]
+    assert data["activations"].shape[0] == 2 * 2 * TOKENS
+    # One 1-step probe, then a single batch that stops after step 1 of 4.
+    assert len(unet_calls) == 1 + 2
+
+
+def test_gappy_steps_recorded(prompt_file: Path, tmp_path: Path) -> None:
+    run_cache(make_cfg(prompt_file, tmp_path / "out", num_inference_steps=4, steps="0,2-3"))
+    steps = load_all(tmp_path / "out")["step"]
+    assert torch.bincount(steps.long()).tolist() == [len(PROMPTS) * TOKENS, 0] + [
+        len(PROMPTS) * TOKENS
+    ] * 2
+
+
+def test_conditional_half_matches_manual_hook(prompt_file: Path, tmp_path: Path) -> None:
+    run_cache(make_cfg(prompt_file, tmp_path / "out", dtype="float32", limit=2))
+    data = load_all(tmp_path / "out")
+
+    pipe = build_tiny_sd()
+    module = pipe.unet.get_submodule(SD_HOOK.removeprefix("unet."))
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda m, a, o: seen.append(o[0].detach().clone()))
+    pipe(
+        PROMPTS[:2],
+        num_inference_steps=3,
+        guidance_scale=9.0,
+        generator=[torch.Generator().manual_seed(i) for i in range(2)],
+        output_type="latent",
+    )
+    handle.remove()
+    assert len(seen) == 3 and seen[0].shape[0] == 4  # [uncond x2; cond x2] per step
+    # Shards order tokens by (prompt, step); rows 2 and 3 are the conditional half.
+    expected = torch.cat(
+        [seen[s][2 + j].permute(1, 2, 0).reshape(-1, D_IN) for j in range(2) for s in range(3)]
+    )
+    torch.testing.assert_close(data["activations"], expected, rtol=0, atol=0)
+    steps = torch.arange(3, dtype=torch.int16).repeat_interleave(TOKENS)
+    assert torch.equal(data["step"], steps.repeat(2))
+    prompts = torch.tensor([0, 1], dtype=torch.int32).repeat_interleave(3 * TOKENS)
+    assert torch.equal(data["prompt"], prompts)
+
+
+def test_cfg_half_both_doubles_tokens(prompt_file: Path, tmp_path: Path) -> None:
+    cond = run_cache(make_cfg(prompt_file, tmp_path / "cond", limit=2))
+    both = run_cache(make_cfg(prompt_file, tmp_path / "both", limit=2, cfg_half="both"))
+    assert both["n_tokens"] == 2 * cond["n_tokens"] == 2 * 2 * 3 * TOKENS
+    assert torch.bincount(load_all(tmp_path / "both")["prompt"]).tolist() == [2 * 3 * TOKENS] * 2
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_storage_dtype(prompt_file: Path, tmp_path: Path, dtype: str) -> None:
+    manifest = run_cache(make_cfg(prompt_file, tmp_path / "out", dtype=dtype, limit=1))
+    assert manifest["dtype"] == dtype
+    assert load_all(tmp_path / "out")["activations"].dtype == getattr(torch, dtype)
+
+
+def test_update_site_differs_from_output(prompt_file: Path, tmp_path: Path) -> None:
+    common = {"dtype": "float32", "limit": 1}
+    run_cache(make_cfg(prompt_file, tmp_path / "a", **common))
+    run_cache(make_cfg(prompt_file, tmp_path / "b", activation_site="update", **common))
+    a, b = load_all(tmp_path / "a"), load_all(tmp_path / "b")
+    assert a["activations"].shape == b["activations"].shape
+    assert not torch.allclose(a["activations"], b["activations"])
+
+
+def test_tokens_per_image_subsample(prompt_file: Path, tmp_path: Path) -> None:
+    manifest = run_cache(make_cfg(prompt_file, tmp_path / "a", tokens_per_image=5, dtype="float32"))
+    data = load_all(tmp_path / "a")
+    assert manifest["n_tokens"] == data["activations"].shape[0] == len(PROMPTS) * 3 * 5
+    assert torch.bincount(data["prompt"]).tolist() == [3 * 5] * len(PROMPTS)
+    # The subsample is keyed by prompt and step, not by batch: other batching, same tokens.
+    run_cache(make_cfg(prompt_file, tmp_path / "b", tokens_per_image=5, dtype="float32",
+                       batch_size=1))
+    other = load_all(tmp_path / "b")
+    assert torch.equal(data["prompt"], other["prompt"])
+    torch.testing.assert_close(data["activations"], other["activations"], rtol=1e-4, atol=1e-5)
+
+
+def test_tokens_per_image_above_grid_rejected(prompt_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        run_cache(make_cfg(prompt_file, tmp_path / "out", tokens_per_image=TOKENS + 1))
+    assert err.value.field == "tokens_per_image"
+
+
+def test_resume_after_crash(
+    prompt_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = {"max_shard_mb": 0.03, "dtype": "float32"}
+    reference = run_cache(make_cfg(prompt_file, tmp_path / "ref", **settings))
+    assert len(reference["shards"]) >= 2
+
+    out = tmp_path / "out"
+    real_write = capture._write_shard
+    written: list[int] = []
+
+    def crash_after_first(*args: Any, **kwargs: Any) -> None:
+        if written:
+            raise RuntimeError("simulated crash")
+        real_write(*args, **kwargs)
+        written.append(1)
+
+    monkeypatch.setattr(capture, "_write_shard", crash_after_first)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cache(make_cfg(prompt_file, out, **settings))
+    first = out / "shard_00000.safetensors"
+    assert (out / "shard_00000.json").is_file() and not (out / "shard_00001.json").exists()
+    assert not (out / "manifest.json").exists()
+    stamp, content = first.stat().st_mtime_ns, first.read_bytes()
+
+    monkeypatch.setattr(capture, "_write_shard", real_write)
+    resumed = run_cache(make_cfg(prompt_file, out, **settings, batch_size=3))
+    assert first.stat().st_mtime_ns == stamp and first.read_bytes() == content
+    assert resumed == reference
+    ref, got = load_all(tmp_path / "ref"), load_all(out)
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6)
+
+
+def test_different_settings_into_same_folder(
+    prompt_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    run_cache(make_cfg(prompt_file, out, limit=1))
+
+    def no_load(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("settings must be checked before the model loads")
+
+    monkeypatch.setattr(capture, "load_pipeline", no_load)
+    with pytest.raises(ConfigError, match="num_inference_steps: 3 in the folder, 4 now"):
+        run_cache(make_cfg(prompt_file, out, limit=1, num_inference_steps=4))
+    with pytest.raises(ConfigError, match="n_prompts"):
+        run_cache(make_cfg(prompt_file, out, limit=2))
+
+
+def test_foreign_shards_rejected(prompt_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "shard_00000.json").write_text("{}")
+    with pytest.raises(ConfigError, match="no plan.json"):
+        run_cache(make_cfg(prompt_file, out))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("steps", "0,5", "outside 0-2"),
+        ("steps", "2-1", "backwards"),
+        ("steps", "a", "'all' or a comma list"),
+        ("steps", ",", "'all' or a comma list"),
+        ("cfg_half", "uncond", "'cond', 'both'"),
+        ("dtype", "int8", "'float16', 'bfloat16', 'float32'"),
+        ("activation_site", "input", "'output', 'update'"),
+        ("tokens_per_image", -1, ">= 0"),
+        ("max_shard_mb", 0.0, "> 0"),
+        ("batch_size", 0, ">= 1"),
+        ("num_inference_steps", 0, ">= 1"),
+        ("guidance_scale", -1.0, ">= 0"),
+        ("seed", -1, ">= 0"),
+        ("height", 30, "multiple of 8"),
+        ("limit", 0, ">= 1"),
+        ("device", "gpu0", "expected e.g."),
+        ("model", "", "must not be empty"),
+        ("prompts", "missing.txt", "no such file"),
+        ("prompts", "prompts.json", ".txt or .csv"),
+    ],
+)
+def test_validation(
+    prompt_file: Path, tmp_path: Path, field: str, value: Any, message: str
+) -> None:
+    if field == "prompts":
+        value = str(tmp_path / value)
+    with pytest.raises(ConfigError) as err:
+        make_cfg(prompt_file, tmp_path / "out", **{field: value})
+    assert err.value.field == field
+    assert message in str(err.value)
+
+
+def test_from_cli_strings(prompt_file: Path, tmp_path: Path) -> None:
+    cfg = CacheConfig.from_dict(
+        {"model": "tiny-sd", "hookpoint": SD_HOOK, "prompts": str(prompt_file),
+         "out": str(tmp_path), "num_inference_steps": "10", "steps": "0,3-5,9",
+         "height": "64", "device": "cpu"}
+    )
+    assert cfg.num_inference_steps == 10 and cfg.height == 64
+    assert cfg.step_indices() == [0, 3, 4, 5, 9]
+    assert parse_steps("all", 3) == [0, 1, 2]
+
+
+def test_csv_prompts(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text('case,prompt\n1,"a cat, sleeping"\n2,a dog\n', encoding="utf-8")
+    assert read_prompts(path) == ["a cat, sleeping", "a dog"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("case,text\n1,a cat\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="no 'prompt' column"):
+        make_cfg(bad, tmp_path / "out")
+
+
+def test_sdxl_without_cfg_records_whole_batch(prompt_file: Path, tmp_path: Path) -> None:
+    manifest = run_cache(
+        make_cfg(prompt_file, tmp_path / "out", model="tiny-sdxl", hookpoint=SDXL_HOOK,
+                 guidance_scale=0.0, limit=3)
+    )
+    data = load_all(tmp_path / "out")
+    assert manifest["d_in"] == D_IN and manifest["rows_per_prompt"] == 1
+    assert data["activations"].shape == (3 * 3 * TOKENS, D_IN)
+    assert torch.bincount(data["prompt"]).tolist() == [3 * TOKENS] * 3
+
+
+def test_unknown_hookpoint(prompt_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        run_cache(make_cfg(prompt_file, tmp_path / "out", hookpoint="unet.up_blocks.9"))
+    assert err.value.field == "hookpoint"
+
+
+def test_bundled_model_missing_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from saeuron import pipelines
+
+    # Point at an empty folder so this holds whether or not minicanvas ships.
+    monkeypatch.setitem(pipelines.BUNDLED_MODELS, "minicanvas", tmp_path / "absent")
+    with pytest.raises(ConfigError, match="'minicanvas' is not shipped") as err:
+        pipelines.load_pipeline("minicanvas", "cpu")
+    assert err.value.field == "model"
+
+
+def test_load_pipeline_from_folder(tmp_path: Path) -> None:
+    from saeuron.pipelines import load_pipeline
+
+    build_tiny_sd().save_pretrained(tmp_path / "sd")
+    pipe = load_pipeline(str(tmp_path / "sd"), "cpu")
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert pipe.safety_checker is None and pipe.device.type == "cpu"
+    assert pipe.unet.get_submodule(SD_HOOK.removeprefix("unet.")) is not None
+
+
+def test_accelerate_launch_two_processes(prompt_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    # `--cpu` starts a single process in accelerate >= 1.x (several only through mpirun);
+    # `--multi_gpu` with no visible GPU starts torchrun workers that form a gloo CPU group.
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "saeuron", "-v", "cache",
+        "--model", "tiny-sd", "--hookpoint", SD_HOOK, "--prompts", str(prompt_file),
+        "--out", str(out), "--num-inference-steps", "2", "--max-shard-mb", "0.015",
+        "--batch-size", "2",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    log = result.stdout + result.stderr
+    assert "process 0/2 wrote shard" in log and "process 1/2 wrote shard" in log
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    covered = [i for s in manifest["shards"] for i in range(*s["prompts"])]
+    assert covered == list(range(len(PROMPTS)))
+    assert len(manifest["shards"]) >= 2
+    data = load_all(out)
+    assert torch.bincount(data["prompt"]).tolist() == [2 * TOKENS] * len(PROMPTS)

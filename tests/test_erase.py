@@ -1,0 +1,292 @@
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from saeuron.config import ConfigError
+from saeuron.erase import erase
+from saeuron.features import ConceptFeatures
+from saeuron.hookpoints import resolve_module
+from saeuron.sae import Sae, SaeConfig
+
+HOOK = "unet.up_blocks.1.attentions.1"
+
+
+@pytest.fixture(scope="module")
+def sae() -> Sae:
+    torch.manual_seed(3)
+    sae = Sae(SaeConfig(d_in=32, expansion_factor=4, k=8))
+    sae.meta["hookpoint"] = HOOK
+    return sae
+
+
+def many_latents(name: str = "cat", start: int = 0) -> ConceptFeatures:
+    # A quarter of the latents with threshold 0: certain to fire on random weights.
+    return ConceptFeatures.from_latents(name, list(range(start, 128, 4)), mean=1.0, threshold=0.0)
+
+
+def sample(pipe, steps: int = 3, guidance: float = 7.5, prompt: str = "a cat") -> np.ndarray:
+    out = pipe(
+        prompt,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
+    return np.asarray(out.images)
+
+
+def recorded(module: torch.nn.Module, store: list):
+    return module.register_forward_hook(lambda m, i, o: store.append(o[0].detach().clone()))
+
+
+def test_erasing_nothing_is_bit_identical(tiny_sd, sae) -> None:
+    base = sample(tiny_sd)
+    with erase(tiny_sd, sae, []) as handle:
+        empty = sample(tiny_sd)
+    # Latents selected but never above threshold: the hook runs, no token is edited.
+    silent = ConceptFeatures.from_latents("x", [1, 2, 3], mean=1.0, threshold=1e9)
+    with erase(tiny_sd, sae, silent, multiplier=-50.0) as silent_handle:
+        untouched = sample(tiny_sd)
+    assert handle.calls == 3 and silent_handle.calls == 3
+    assert silent_handle.edited_tokens == 0
+    assert np.array_equal(base, empty)
+    assert np.array_equal(base, untouched)
+
+
+def test_erasing_a_concept_changes_the_image(tiny_sd, sae) -> None:
+    base = sample(tiny_sd)
+    with erase(tiny_sd, sae, many_latents(), multiplier=-20.0) as handle:
+        erased = sample(tiny_sd)
+    assert handle.edited_tokens > 0
+    assert np.abs(base - erased).mean() > 0.01
+    # And the model is itself again afterwards.
+    assert np.array_equal(sample(tiny_sd), base)
+
+
+def test_multiplier_one_is_the_identity_edit(tiny_sd, sae) -> None:
+    base = sample(tiny_sd)
+    with erase(tiny_sd, sae, many_latents(), multiplier=1.0) as handle:
+        same = sample(tiny_sd)
+    assert handle.edited_tokens > 0
+    np.testing.assert_allclose(same, base, atol=1e-5)
+
+
+def test_hook_is_removed_when_sampling_raises(tiny_sd, sae) -> None:
+    module = resolve_module(tiny_sd, HOOK)
+    hooks_before = (len(module._forward_hooks), len(tiny_sd.unet._forward_pre_hooks))
+
+    def boom(pipe, step, timestep, kwargs):
+        raise RuntimeError("user callback failed")
+
+    with pytest.raises(RuntimeError, match="user callback failed"):
+        with erase(tiny_sd, sae, many_latents(), multiplier=-20.0):
+            tiny_sd("a cat", num_inference_steps=2, callback_on_step_end=boom)
+    assert (len(module._forward_hooks), len(tiny_sd.unet._forward_pre_hooks)) == hooks_before
+
+
+def test_exact_edit_matches_the_formula_and_spares_the_unconditional_half(tiny_sd, sae) -> None:
+    module = resolve_module(tiny_sd, HOOK)
+    before: list[torch.Tensor] = []
+    after: list[torch.Tensor] = []
+    features = ConceptFeatures.from_latents("cat", [0, 4, 8, 12], mean=1.0, threshold=0.0)
+    gamma = -5.0
+    h1 = recorded(module, before)
+    try:
+        with erase(tiny_sd, sae, features, multiplier=gamma):
+            h2 = recorded(module, after)
+            try:
+                sample(tiny_sd, steps=1)
+            finally:
+                h2.remove()
+    finally:
+        h1.remove()
+    x, y = before[0], after[0]
+    half = x.shape[0] // 2
+    assert torch.equal(x[:half], y[:half]), "unconditional half must be untouched"
+    tokens = x[half:].permute(0, 2, 3, 1).reshape(-1, 32)
+    with torch.no_grad():
+        dense = sae.encode_dense(tokens)
+        idx = features.indices[0]
+        a = dense[:, idx]
+        a_new = torch.where(a > 0.0, gamma * 1.0 * a, a)
+        expected = tokens + (a_new - a) @ sae.W_dec[idx]
+    got = y[half:].permute(0, 2, 3, 1).reshape(-1, 32)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # Tokens with none of the latents active keep their exact bits.
+    untouched = ~(a > 0).any(dim=1)
+    assert untouched.any()
+    assert torch.equal(got[untouched], tokens[untouched])
+
+
+def test_paper_error_term_reproduces_the_published_form(tiny_sd, sae) -> None:
+    module = resolve_module(tiny_sd, HOOK)
+    before: list[torch.Tensor] = []
+    after: list[torch.Tensor] = []
+    h1 = recorded(module, before)
+    try:
+        with erase(tiny_sd, sae, [], error_term="paper", cfg_half="both"):
+            h2 = recorded(module, after)
+            try:
+                sample(tiny_sd, steps=1)
+            finally:
+                h2.remove()
+    finally:
+        h1.remove()
+    tokens = before[0].permute(0, 2, 3, 1).reshape(-1, 32)
+    with torch.no_grad():
+        x_hat = sae.encode_dense(tokens) @ sae.W_dec + sae.b_dec
+    expected = x_hat + (x_hat - tokens)
+    got = after[0].permute(0, 2, 3, 1).reshape(-1, 32)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, tokens, atol=1e-3), "the published form is not the identity"
+
+
+def test_cfg_half_both_edits_every_row(tiny_sd, sae) -> None:
+    module = resolve_module(tiny_sd, HOOK)
+    before: list[torch.Tensor] = []
+    after: list[torch.Tensor] = []
+    h1 = recorded(module, before)
+    try:
+        with erase(tiny_sd, sae, many_latents(), multiplier=-5.0, cfg_half="both"):
+            h2 = recorded(module, after)
+            try:
+                sample(tiny_sd, steps=1)
+            finally:
+                h2.remove()
+    finally:
+        h1.remove()
+    assert not torch.equal(before[0][0], after[0][0])
+    assert not torch.equal(before[0][1], after[0][1])
+
+
+def test_without_cfg_the_whole_batch_is_conditional(tiny_sd, sae) -> None:
+    base = sample(tiny_sd, guidance=1.0)
+    with erase(tiny_sd, sae, many_latents(), multiplier=-20.0, cfg_half="cond") as handle:
+        erased = sample(tiny_sd, guidance=1.0)
+    assert handle.edited_tokens > 0
+    assert not np.array_equal(base, erased)
+
+
+def test_step_comes_from_the_pipeline_not_from_counting(tiny_sd, sae) -> None:
+    # Different latents at each of 3 steps: a hook that counted calls would drift on the
+    # second call within one context.
+    per_step = ConceptFeatures(
+        "c",
+        indices=torch.tensor([[0, 4], [8, 12], [16, 20]]),
+        mean=torch.ones(3, 2),
+        threshold=torch.zeros(3, 2),
+    )
+    with erase(tiny_sd, sae, per_step, multiplier=-20.0):
+        first = sample(tiny_sd)
+        second = sample(tiny_sd)
+    with erase(tiny_sd, sae, per_step, multiplier=-20.0):
+        fresh = sample(tiny_sd)
+    assert np.array_equal(first, second)
+    assert np.array_equal(first, fresh)
+
+
+def test_statistics_from_other_step_counts_map_by_position(tiny_sd, sae, caplog) -> None:
+    features = ConceptFeatures(
+        "c",
+        indices=torch.arange(10).reshape(10, 1) * 4,
+        mean=torch.ones(10, 1),
+        threshold=torch.zeros(10, 1),
+    )
+    assert [features.stats_step(i, 4) for i in range(4)] == [0, 3, 6, 9]
+    assert [features.stats_step(i, 10) for i in range(10)] == list(range(10))
+    assert features.stats_step(0, 1) == 0
+    with caplog.at_level(logging.INFO, logger="saeuron.erase"):
+        with erase(tiny_sd, sae, features, multiplier=-20.0):
+            sample(tiny_sd, steps=4)
+    assert "statistics from 10 steps mapped onto 4 sampling steps" in caplog.text
+
+
+def test_several_concepts_with_their_own_scales(tiny_sd, sae) -> None:
+    a, b = many_latents("a", 0), many_latents("b", 1)
+    with erase(tiny_sd, sae, [a, b], multiplier={"a": -20.0, "b": 1.0}):
+        a_only_via_dict = sample(tiny_sd)
+    with erase(tiny_sd, sae, a, multiplier=-20.0):
+        a_only = sample(tiny_sd)
+    with erase(tiny_sd, sae, [a, b], multiplier=-20.0):
+        both = sample(tiny_sd)
+    # b at scale 1 is the identity edit, so the pair equals a alone.
+    np.testing.assert_allclose(a_only_via_dict, a_only, atol=1e-5)
+    assert np.abs(both - a_only).mean() > 1e-3
+
+
+def test_overlapping_latents_are_edited_once_by_the_strongest_concept(tiny_sd, sae) -> None:
+    strong = ConceptFeatures.from_latents("strong", [0, 4, 8], mean=2.0, threshold=0.0)
+    weak = ConceptFeatures.from_latents("weak", [4, 8, 12], mean=0.5, threshold=0.0)
+    from saeuron.erase import EraseConfig, EraseHandle, _EraseHook
+    from saeuron.hookpoints import DenoiseState
+
+    hook = _EraseHook(
+        sae,
+        [weak, strong],
+        {"weak": -10.0, "strong": -10.0},
+        EraseConfig(),
+        "output",
+        DenoiseState(),
+        EraseHandle(HOOK, ["weak", "strong"]),
+    )
+    plan = hook.plan(0, 3)
+    got = dict(zip(plan.indices.tolist(), plan.scale.tolist()))
+    assert got == {0: -20.0, 4: -20.0, 8: -20.0, 12: -5.0}
+
+
+def test_sdxl_without_guidance(tiny_sdxl) -> None:
+    torch.manual_seed(4)
+    sae = Sae(SaeConfig(d_in=32, expansion_factor=4, k=8))
+    features = many_latents()
+    kwargs = dict(num_inference_steps=2, guidance_scale=0.0, output_type="np")
+    base = tiny_sdxl("a cat", generator=torch.Generator().manual_seed(0), **kwargs).images
+    with erase(
+        tiny_sdxl, sae, features, multiplier=-20.0, hookpoint="unet.up_blocks.0.attentions.1"
+    ) as h:
+        erased = tiny_sdxl("a cat", generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert h.edited_tokens > 0
+    assert np.abs(np.asarray(base) - np.asarray(erased)).mean() > 1e-3
+
+
+def test_update_site_edits_the_block_update(tiny_sd, sae) -> None:
+    base = sample(tiny_sd)
+    with erase(tiny_sd, sae, many_latents(), multiplier=-20.0, activation_site="update") as h:
+        erased = sample(tiny_sd)
+    assert h.edited_tokens > 0 and not np.array_equal(base, erased)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"cfg_half": "uncond"}, "cfg_half"),
+        ({"error_term": "approx"}, "error_term"),
+        ({"activation_site": "input"}, "activation_site"),
+        ({"multiplier": {"dog": -1.0}}, "multiplier"),
+        ({"hookpoint": "unet.up_blocks.9.attentions.1"}, "hookpoint"),
+        ({"hookpoint": "unet.up_blocks.1.attentions.2"}, "concepts"),
+    ],
+)
+def test_validation_errors_name_the_field(tiny_sd, sae, kwargs, field) -> None:
+    features = many_latents()
+    features.meta["hookpoint"] = HOOK
+    with pytest.raises(ConfigError, match=f"^{field}:"):
+        with erase(tiny_sd, sae, features, **kwargs):
+            pass
+
+
+def test_validation_of_concepts(tiny_sd, sae) -> None:
+    with pytest.raises(ConfigError, match="appear once"):
+        with erase(tiny_sd, sae, [many_latents(), many_latents()]):
+            pass
+    too_big = ConceptFeatures.from_latents("x", [500])
+    with pytest.raises(ConfigError, match="has 128"):
+        with erase(tiny_sd, sae, too_big):
+            pass
+    bare = Sae(SaeConfig(d_in=32, expansion_factor=4, k=8))
+    with pytest.raises(ConfigError, match="^hookpoint:"):
+        with erase(tiny_sd, bare, ConceptFeatures.from_latents("x", [1])):
+            pass

@@ -1,0 +1,256 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from saeuron.config import ConfigError
+from saeuron.sae import SAE_FORMATS, Sae, SaeConfig
+
+
+@torch.no_grad()
+def naive_encode(sae: Sae, x: torch.Tensor) -> torch.Tensor:
+    """Dense TopK code, written the obvious way, one token at a time."""
+    out = torch.zeros(x.shape[0], sae.num_latents)
+    for i, token in enumerate(x):
+        pre = torch.relu(sae.encoder.weight @ (token - sae.b_dec) + sae.encoder.bias)
+        top = sorted(range(sae.num_latents), key=lambda j: -float(pre[j]))[: sae.cfg.k]
+        out[i, top] = pre[top]
+    return out
+
+
+def make_sae(d: int = 8, expansion: int = 4, k: int = 3) -> Sae:
+    sae = Sae(SaeConfig(d_in=d, expansion_factor=expansion, k=k))
+    with torch.no_grad():
+        sae.encoder.bias.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.1)
+    return sae
+
+
+def test_config_derives_num_latents_and_validates() -> None:
+    assert SaeConfig(d_in=10, expansion_factor=4).num_latents == 40
+    with pytest.raises(ConfigError, match="^k:"):
+        SaeConfig(d_in=4, expansion_factor=1, k=5)
+    with pytest.raises(ConfigError, match="d_in"):
+        SaeConfig(d_in=0)
+    with pytest.raises(ConfigError, match="did you mean 'expansion_factor'"):
+        SaeConfig.from_dict({"d_in": 4, "expansion_factr": 2})
+
+
+def test_decoder_rows_start_unit_norm_and_equal_encoder_directions() -> None:
+    sae = make_sae()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.num_latents))
+    cos = torch.nn.functional.cosine_similarity(sae.W_dec, sae.encoder.weight, dim=1)
+    torch.testing.assert_close(cos, torch.ones(sae.num_latents))
+
+
+def test_encode_matches_naive_reference() -> None:
+    sae = make_sae()
+    x = torch.randn(20, 8)
+    torch.testing.assert_close(sae.encode_dense(x), naive_encode(sae, x))
+
+
+def test_decode_and_forward_match_naive_reference() -> None:
+    sae = make_sae()
+    x = torch.randn(20, 8)
+    dense = naive_encode(sae, x)
+    expected = dense @ sae.W_dec + sae.b_dec
+    out = sae(x)
+    torch.testing.assert_close(out.sae_out, expected)
+    assert out.latent_acts.shape == out.latent_indices.shape == (20, 3)
+    fvu = (expected - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    torch.testing.assert_close(out.fvu, fvu)
+    assert float(out.auxk_loss) == 0.0
+
+
+def test_batch_topk_keeps_k_times_tokens_over_the_batch() -> None:
+    sae = make_sae(k=3)
+    x = torch.randn(16, 8)
+    pre = sae.pre_acts(x)
+    out = sae(x, batch_topk=True)
+    kept = out.latent_acts > 0
+    assert int(kept.sum()) == 3 * 16
+    # The kept values are exactly the 48 largest pre-activations of the batch.
+    torch.testing.assert_close(
+        out.latent_acts[kept].sort().values, pre.flatten().topk(48).values.sort().values
+    )
+    # Per token the count varies (unlike TopK), but the total budget is the same.
+    counts = kept.sum(dim=1)
+    assert counts.float().std() > 0
+    dense = torch.zeros(16, sae.num_latents).scatter_add_(1, out.latent_indices, out.latent_acts)
+    torch.testing.assert_close(out.sae_out, dense @ sae.W_dec + sae.b_dec)
+
+
+def test_auxk_loss_uses_only_dead_latents() -> None:
+    sae = make_sae()
+    x = torch.randn(32, 8)
+    dead = torch.zeros(sae.num_latents, dtype=torch.bool)
+    dead[:5] = True
+    loss = sae(x, dead_mask=dead).auxk_loss
+    assert float(loss) > 0
+    # Gradient reaches only the dead latents' decoder rows through the AuxK term.
+    loss.backward()
+    assert sae.W_dec.grad[5:].abs().sum() == 0
+    assert sae.W_dec.grad[:5].abs().sum() > 0
+
+
+def test_gradient_projection_keeps_rows_on_the_sphere() -> None:
+    sae = make_sae()
+    sae(torch.randn(32, 8)).fvu.backward()
+    sae.remove_gradient_parallel_to_decoder_directions()
+    parallel = (sae.W_dec.grad * sae.W_dec).sum(dim=1)
+    torch.testing.assert_close(parallel, torch.zeros_like(parallel), atol=1e-6, rtol=0)
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    sae = make_sae()
+    sae.meta = {"hookpoint": "unet.up_blocks.1.attentions.1"}
+    sae.save_to_disk(tmp_path / "sae")
+    assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == [
+        "cfg.json",
+        "sae.safetensors",
+        "saeuron.json",
+    ]
+    loaded = Sae.load_from_disk(tmp_path / "sae")
+    for name, tensor in sae.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    assert loaded.cfg == sae.cfg
+    assert loaded.meta["hookpoint"] == "unet.up_blocks.1.attentions.1"
+
+
+def write_published_checkpoint(folder, d: int, n: int, k: int, generator) -> dict:
+    """A checkpoint laid out exactly like bcywinski/SAeUron's (sparsify's cfg keys)."""
+    folder.mkdir(parents=True)
+    cfg = {
+        "expansion_factor": n // d,
+        "normalize_decoder": True,
+        "num_latents": n,
+        "k": k,
+        "multi_topk": False,
+        "batch_topk": True,
+        "sample_topk": False,
+        "input_unit_norm": False,
+        "skip_connection": False,
+        "d_in": d,
+    }
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    w_dec = torch.randn(n, d, generator=generator)
+    tensors = {
+        "encoder.weight": torch.randn(n, d, generator=generator),
+        "encoder.bias": torch.randn(n, generator=generator) * 0.1,
+        "W_dec": w_dec / w_dec.norm(dim=1, keepdim=True),
+        "b_dec": torch.randn(d, generator=generator) * 0.1,
+    }
+    save_file(tensors, str(folder / "sae.safetensors"))
+    return tensors
+
+
+def test_published_layout_loads_unchanged_and_encodes(tmp_path) -> None:
+    g = torch.Generator().manual_seed(1)
+    hookpoint = "unet.up_blocks.1.attentions.1"
+    tensors = write_published_checkpoint(tmp_path / "repo" / hookpoint, 16, 64, 4, g)
+    # As from_pretrained on a repo with one folder per hookpoint.
+    sae = Sae.from_pretrained(tmp_path / "repo", hookpoint=hookpoint)
+    assert sae.cfg.k == 4 and sae.num_latents == 64 and sae.d_in == 16
+    assert sae.meta["hookpoint"] == hookpoint
+    x = torch.randn(10, 16, generator=g)
+    pre = torch.relu((x - tensors["b_dec"]) @ tensors["encoder.weight"].T + tensors["encoder.bias"])
+    values, indices = pre.topk(4, dim=-1)
+    top = sae.encode(x)
+    order = top.top_indices.sort(dim=-1).indices
+    torch.testing.assert_close(
+        top.top_indices.gather(1, order), indices.sort(dim=-1).values
+    )
+    torch.testing.assert_close(top.top_acts.sort(dim=-1).values, values.sort(dim=-1).values)
+
+
+def test_from_pretrained_names_missing_hookpoint(tmp_path) -> None:
+    g = torch.Generator().manual_seed(1)
+    write_published_checkpoint(tmp_path / "repo" / "unet.up_blocks.1.attentions.1", 8, 16, 2, g)
+    with pytest.raises(FileNotFoundError, match="available: unet.up_blocks.1.attentions.1"):
+        Sae.from_pretrained(tmp_path / "repo", hookpoint="unet.up_blocks.1.attentions.2")
+    with pytest.raises(FileNotFoundError, match="neither a local folder"):
+        Sae.from_pretrained(str(tmp_path / "nope" / "deeper" / "x"))
+
+
+def test_from_pretrained_downloads_only_the_hookpoint(tmp_path, monkeypatch) -> None:
+    g = torch.Generator().manual_seed(1)
+    hub = tmp_path / "hub_snapshot"
+    write_published_checkpoint(hub / "unet.up_blocks.1.attentions.1", 8, 16, 2, g)
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, revision=None, cache_dir=None):
+        calls.append((repo_id, allow_patterns))
+        return str(hub)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    sae = Sae.from_pretrained("bcywinski/SAeUron", hookpoint="unet.up_blocks.1.attentions.1")
+    assert calls == [("bcywinski/SAeUron", ["unet.up_blocks.1.attentions.1/*"])]
+    assert sae.meta["source"] == "bcywinski/SAeUron"
+
+
+def test_published_checkpoint_with_wrong_shapes_is_rejected(tmp_path) -> None:
+    g = torch.Generator().manual_seed(1)
+    write_published_checkpoint(tmp_path / "s", 8, 16, 2, g)
+    cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
+    cfg["num_latents"] = 32
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="encoder.weight has shape"):
+        Sae.load_from_disk(tmp_path / "s")
+
+
+@pytest.mark.parametrize("as_pth", [True, False])
+def test_sdxl_unbox_layout(tmp_path, as_pth: bool) -> None:
+    d, n = 8, 32
+    g = torch.Generator().manual_seed(2)
+    state = {
+        "pre_bias": torch.randn(d, generator=g),
+        "latent_bias": torch.randn(n, generator=g),
+        "encoder.weight": torch.randn(n, d, generator=g),
+        "decoder.weight": torch.randn(d, n, generator=g),
+    }
+    folder = tmp_path / "unet.up_blocks.0.attentions.1_k5_hidden32_auxk16_bs4096_lr0.0001"
+    folder.mkdir()
+    if as_pth:
+        torch.save(state, folder / "state_dict.pth")
+    else:
+        save_file(state, str(folder / "state_dict.safetensors"))
+    sae = Sae.load_from_disk(folder)
+    assert sae.cfg.k == 5 and sae.num_latents == n
+    assert sae.meta["activation_site"] == "update"
+    x = torch.randn(4, d, generator=g)
+    # sdxl-unbox: latents = TopK(ReLU(enc(x - pre_bias) + latent_bias)); x_hat = dec(z) + pre_bias.
+    pre = torch.relu((x - state["pre_bias"]) @ state["encoder.weight"].T + state["latent_bias"])
+    v, i = pre.topk(5, dim=-1)
+    z = torch.zeros_like(pre).scatter_(1, i, v)
+    expected = z @ state["decoder.weight"].T + state["pre_bias"]
+    torch.testing.assert_close(sae(x).sae_out, expected)
+
+
+def test_sdxl_unbox_without_k_asks_for_it(tmp_path) -> None:
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    save_file(
+        {
+            "pre_bias": torch.zeros(4),
+            "latent_bias": torch.zeros(8),
+            "encoder.weight": torch.randn(8, 4),
+            "decoder.weight": torch.randn(4, 8),
+        },
+        str(folder / "state_dict.safetensors"),
+    )
+    with pytest.raises(ConfigError, match="pass k="):
+        Sae.load_from_disk(folder)
+    assert Sae.load_from_disk(folder, k=2).cfg.k == 2
+
+
+def test_unknown_format_and_empty_folder(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'sparsify'"):
+        SAE_FORMATS.get("sparsfy")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no SAE checkpoint"):
+        Sae.load_from_disk(tmp_path / "empty")

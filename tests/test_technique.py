@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from saeuron.config import ConfigError
+from saeuron.features import ConceptFeatures
+from saeuron.sae import Sae, SaeConfig
+from saeuron.technique import KNOWN_SAES, SAeUron, SAeUronConfig, resolve_device
+
+HOOK = "unet.up_blocks.1.attentions.1"
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory):
+    torch.manual_seed(5)
+    sae = Sae(SaeConfig(d_in=32, expansion_factor=4, k=8))
+    sae.meta["hookpoint"] = HOOK
+    folder = tmp_path_factory.mktemp("sae") / HOOK
+    sae.save_to_disk(folder)
+    return folder.parent
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAEURON_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def tiny_config(sae_dir, **overrides):
+    base = dict(
+        erase_concept="cat",
+        model="tiny-sd",
+        sae=str(sae_dir),
+        hookpoint=HOOK,
+        num_inference_steps=3,
+        device="cpu",
+        multiplier=-20.0,
+    )
+    base.update(overrides)
+    return base
+
+
+def test_seed_defaults_and_published_sae_resolution() -> None:
+    cfg = SAeUronConfig()
+    assert (cfg.erase_concept, cfg.multiplier, cfg.num_inference_steps) == ("nudity", -20.0, 50)
+    assert (cfg.guidance_scale, cfg.use_fp16, cfg.device) == (7.5, True, None)
+    assert cfg.resolved_sae() == KNOWN_SAES["CompVis/stable-diffusion-v1-4"]
+    assert cfg.resolved_sae() == ("bcywinski/SAeUron_coco", "unet.up_blocks.1.attentions.1")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"erase_concept": ""}, "erase_concept"),
+        ({"erase_concept": "   "}, "erase_concept"),
+        ({"multiplier": 0.0}, "multiplier"),
+        ({"guidance_scale": 1.0}, "guidance_scale"),
+        ({"guidance_scale": 0.0}, "guidance_scale"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"device": "gpu"}, "device"),
+        ({"cfg_half": "uncond"}, "cfg_half"),
+        ({"error_term": "approx"}, "error_term"),
+        ({"feature_method": "magic"}, "feature_method"),
+        ({"height": 100}, "height"),
+        ({"model": "someone/other-model"}, "sae"),
+        ({"multipler": -5.0}, "multipler"),
+        ({"use_fp16": "maybe"}, "use_fp16"),
+    ],
+)
+def test_every_validation_error_names_its_field(overrides, field) -> None:
+    with pytest.raises(ConfigError, match=f"^{field}:") as err:
+        SAeUron(**overrides)
+    if field == "multipler":
+        assert "did you mean 'multiplier'" in str(err.value)
+    if field == "guidance_scale":
+        assert "cfg_half='both'" in str(err.value)
+
+
+def test_guidance_free_models_are_allowed_with_both_halves() -> None:
+    cfg = SAeUronConfig(guidance_scale=0.0, cfg_half="both")
+    assert cfg.guidance_scale == 0.0
+
+
+def test_device_auto_detection_falls_back_to_cpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device(None).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None).type == "cuda"
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_on_the_fly_features_are_announced_before_models_load(sae_dir, cache_dir, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="saeuron.technique"):
+        with pytest.raises((FileNotFoundError, OSError, ConfigError)):
+            SAeUron(**tiny_config(sae_dir, model=str(cache_dir / "no-such-model")))
+    assert "computed on the fly" in caplog.text
+
+
+def test_generate_erases_and_is_reproducible(sae_dir, cache_dir) -> None:
+    tech = SAeUron(**tiny_config(sae_dir))
+    assert tech.concept.concept == "cat"
+    assert tech.concept.hookpoint == HOOK
+    erased = tech.generate(["a cat", "a dog"], seed=1)
+    again = tech.generate(["a cat", "a dog"], seed=1)
+    plain = tech.generate(["a cat", "a dog"], seed=1, erase_concept=False)
+    assert len(erased) == 2 and erased[0].size == (32, 32)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(erased, again))
+    assert not np.array_equal(np.asarray(erased[0]), np.asarray(plain[0]))
+    # A second technique on the same concept reuses the cached features.
+    tech2 = SAeUron(**tiny_config(sae_dir))
+    assert torch.equal(tech2.concept.indices, tech.concept.indices)
+
+
+def test_precomputed_features_file_is_used(sae_dir, cache_dir, tmp_path) -> None:
+    features = ConceptFeatures.from_latents("x", [3, 7], meta={"hookpoint": HOOK})
+    features.save(tmp_path / "cat_features")
+    tech = SAeUron(**tiny_config(sae_dir, features=str(tmp_path / "cat_features")))
+    assert tech.concept.latents() == {3, 7}
+    assert tech.concept.concept == "cat"
+
+
+def test_generate_cli_writes_side_by_side_png(sae_dir, cache_dir, tmp_path) -> None:
+    from PIL import Image
+
+    from saeuron.cli import main
+
+    out = tmp_path / "img.png"
+    code = main(
+        [
+            "generate", "--erase", "cat", "--prompt", "a cat", "--out", str(out),
+            "--model", "tiny-sd", "--sae", str(sae_dir), "--hookpoint", HOOK,
+            "--num-inference-steps", "2", "--device", "cpu", "--side-by-side",
+        ]
+    )
+    assert code == 0
+    assert Image.open(out).size == (64, 32)
+
+
+def test_generate_cli_reports_bad_input_without_traceback(tmp_path, capsys) -> None:
+    from saeuron.cli import main
+
+    code = main(
+        ["generate", "--erase", "cat", "--prompt", "x", "--out", str(tmp_path / "a.png"),
+         "--guidance-scale", "1.0"]
+    )
+    assert code == 2
+    assert "guidance_scale" in capsys.readouterr().err
+    assert not (tmp_path / "a.png").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from .config import ConfigError
 from .tiny import TINY_MODELS, build_tiny
 
 log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 BUNDLED_MODELS: dict[str, Path] = {
     "minicanvas": Path(__file__).parent / "data" / "minicanvas",
@@ -74,12 +77,19 @@ def load_pipeline(
                     f"{', '.join(TINY_MODELS)}",
                 )
             source = str(folder)
+        elif not Path(model).exists() and not _HUB_ID.fullmatch(model):
+            raise ConfigError(
+                "model",
+                f"got {model!r}: neither a local folder nor a hub id (owner/name); also "
+                f"allowed: {', '.join([*BUNDLED_MODELS, *TINY_MODELS])}",
+            )
         from diffusers import DiffusionPipeline
 
         log.info("loading pipeline %s", source)
-        pipe = DiffusionPipeline.from_pretrained(
-            source, torch_dtype=dtype, **_pretrained_kwargs(source)
-        )
+        kwargs = _pretrained_kwargs(source)
+        if dtype is not None:
+            kwargs["torch_dtype"] = dtype
+        pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
     # Casting only when needed: diffusers warns on every dtype cast through ``to()``.
     pipe = pipe.to(target) if dtype in (None, pipe.dtype) else pipe.to(target, dtype)
     pipe.set_progress_bar_config(disable=True)

@@ -1,0 +1,268 @@
+"""Training MiniCanvas: a small Stable Diffusion pipeline for the procedural world.
+
+The recipe is chosen to converge on 2 CPU cores: a factor-4 ``AutoencoderTiny`` (32x32
+images to 8x8x4 latents, conv-only, trained with MSE in a few minutes), then a 2-level UNet
+with SD's block types (so ``unet.up_blocks.1.attentions.{0,1,2}`` exist) trained jointly with
+a small CLIP text model, epsilon prediction, min-SNR loss weighting and an EMA of the
+weights. Classifier-free guidance comes from dropping 10 % of captions.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import Config, check_range, field
+from ..tokenizer import clip_tokenizer
+from .world import sample_images, training_caption
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelTrainConfig(Config):
+    out: str = field(help="folder for the pipeline (save_pretrained layout)")
+    seed: int = field(0, help="seed of data, initialisation and training")
+    n_images: int = field(20000, help="procedural training images")
+    vae_steps: int = field(1500, help="autoencoder optimisation steps")
+    vae_batch: int = field(64, help="autoencoder batch size")
+    unet_steps: int = field(4500, help="UNet + text encoder optimisation steps")
+    unet_batch: int = field(64, help="UNet batch size")
+    lr: float = field(5e-4, help="peak learning rate of the UNet and text encoder")
+    ema_decay: float = field(0.999, help="EMA decay of the weights that are saved")
+    caption_dropout: float = field(0.1, help="share of empty captions (for CFG)")
+    threads: int = field(0, help="torch CPU threads; 0 leaves torch's default")
+    save_every: int = field(
+        0, help="also save the EMA pipeline every N denoiser steps (0: end only)"
+    )
+    device: str | None = field(None, help="cpu, cuda, mps; default: the best available")
+
+    def __post_init__(self) -> None:
+        for name in ("n_images", "vae_steps", "vae_batch", "unet_steps", "unet_batch"):
+            check_range(name, getattr(self, name), ge=1)
+        check_range("lr", self.lr, gt=0)
+        check_range("ema_decay", self.ema_decay, ge=0, lt=1)
+        check_range("caption_dropout", self.caption_dropout, ge=0, lt=1)
+        check_range("threads", self.threads, ge=0)
+        check_range("save_every", self.save_every, ge=0)
+
+
+def build_vae():
+    from diffusers import AutoencoderTiny
+
+    return AutoencoderTiny(
+        encoder_block_out_channels=(32, 32, 32),
+        decoder_block_out_channels=(32, 32, 32),
+        num_encoder_blocks=(1, 1, 1),
+        num_decoder_blocks=(1, 1, 1),
+        latent_channels=4,
+    )
+
+
+def build_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(48, 96),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def build_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+
+
+def build_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def _to_model_range(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def train_vae(x: torch.Tensor, cfg: ModelTrainConfig, device: torch.device):
+    vae = build_vae().to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=cfg.vae_steps)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    bar = tqdm(range(cfg.vae_steps), desc="autoencoder", unit="step", mininterval=5)
+    for _ in bar:
+        batch = x[torch.randint(0, len(x), (cfg.vae_batch,), generator=g)].to(device)
+        z = vae.encode(batch).latents
+        # Noise on the latents keeps the decoder tolerant of what diffusion samples.
+        noisy = z + 0.1 * z.detach().std() * torch.randn(z.shape, generator=g).to(device)
+        recon = vae.decode(noisy).sample
+        loss = F.mse_loss(recon, batch) + 1e-4 * z.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(mse=f"{loss.item():.4f}", refresh=False)
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae, x: torch.Tensor, device: torch.device, batch: int = 512) -> torch.Tensor:
+    return torch.cat(
+        [vae.encode(x[i : i + batch].to(device)).latents.cpu() for i in range(0, len(x), batch)]
+    )
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def train_denoiser(
+    latents: torch.Tensor,
+    objects: np.ndarray,
+    styles: np.ndarray,
+    cfg: ModelTrainConfig,
+    device: torch.device,
+    on_checkpoint: Any = None,
+) -> tuple[Any, Any]:
+    from diffusers import DDPMScheduler
+
+    tokenizer = clip_tokenizer()
+    unet, text_encoder = build_unet().to(device), build_text_encoder().to(device)
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    warmup = min(200, cfg.unet_steps // 10)
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, cfg.unet_steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    noise_sched = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    # Min-SNR-5 weighting: stops the easy low-noise steps from dominating the loss.
+    weights = (snr.clamp(max=5.0) / snr).to(device)
+
+    rng = np.random.default_rng(cfg.seed + 2)
+    g = torch.Generator().manual_seed(cfg.seed + 3)
+    bar = tqdm(range(cfg.unet_steps), desc="denoiser", unit="step", mininterval=5)
+    for step in bar:
+        idx = rng.integers(0, len(latents), cfg.unet_batch)
+        captions = [
+            ""
+            if rng.random() < cfg.caption_dropout
+            else training_caption(objects[i], styles[i], rng)
+            for i in idx
+        ]
+        ids = tokenizer(
+            captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids.to(device)
+        x0 = latents[torch.from_numpy(idx)].to(device)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        t = torch.randint(0, 1000, (len(idx),), generator=g).to(device)
+        noisy = noise_sched.add_noise(x0, noise, t)
+        pred = unet(noisy, t, text_encoder(ids)[0]).sample
+        loss = (weights[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text_encoder, decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if step % 500 == 0:
+            logger.info("denoiser step %d/%d loss %.4f", step, cfg.unet_steps, loss.item())
+        if on_checkpoint is not None and cfg.save_every and step and step % cfg.save_every == 0:
+            on_checkpoint(ema_unet, ema_text)
+    return ema_unet, ema_text
+
+
+def train_minicanvas(cfg: ModelTrainConfig) -> Path:
+    """Train the whole pipeline and save it (fp16 weights) to ``cfg.out``."""
+    from diffusers import StableDiffusionPipeline
+
+    from ..pipelines import resolve_device
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    start = time.perf_counter()
+    images, objects, styles = sample_images(cfg.n_images, seed=cfg.seed)
+    x = _to_model_range(images)
+    logger.info("training the autoencoder on %d images (%s)", len(x), device)
+    vae = train_vae(x, cfg, device)
+    latents = encode_all(vae, x, device)
+    # SD's convention: latents are scaled to unit variance before diffusion.
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    logger.info("latent scaling factor %.4f; training the denoiser", scaling)
+    out = Path(cfg.out)
+
+    def save(unet: Any, text_encoder: Any) -> None:
+        pipe = StableDiffusionPipeline(
+            vae=copy.deepcopy(vae),
+            text_encoder=copy.deepcopy(text_encoder),
+            tokenizer=clip_tokenizer(),
+            unet=copy.deepcopy(unet),
+            scheduler=build_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        # fp16 on disk keeps the bundle small; loaders upcast to float32 on the CPU.
+        pipe.to(torch.device("cpu"), torch.float16).save_pretrained(out, safe_serialization=True)
+
+    unet, text_encoder = train_denoiser(
+        latents * scaling, objects, styles, cfg, device, on_checkpoint=save
+    )
+    save(unet, text_encoder)
+    minutes = (time.perf_counter() - start) / 60
+    logger.info("saved MiniCanvas to %s after %.1f min", out, minutes)
+    return out

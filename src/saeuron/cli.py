@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "saeuron.concepts",
     "saeuron.technique",
     "saeuron.demo",
+    "saeuron.minicanvas.cli",
 )
 
 

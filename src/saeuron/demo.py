@@ -1,193 +1,117 @@
-"""``saeuron demo``: the whole method end to end on a small model, with a before/after grid.
+"""``saeuron demo``: erase one object and one style from the bundled MiniCanvas model.
 
-capture activations -> train an SAE -> find a concept's features -> erase while sampling.
-Until the bundled MiniCanvas model ships, the default model is ``tiny-sd`` (random weights):
-the pictures are noise, but every stage runs for real and the numbers printed are measured.
+Writes a before/after grid and prints unlearning accuracy (UA: the erased concept is gone)
+and in-domain retention accuracy (IRA: the other concepts of its kind survive), judged by
+the bundled classifier on a small prompt set.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from .config import Config, check_range, field
+from .config import Config, ConfigError, check_range, field
 from .io import atomic_path
-
-logger = logging.getLogger(__name__)
-
-OBJECTS = ("cat", "dog", "tower", "tree", "car", "flower")
-STYLES = ("watercolor", "pixel art", "sketch", "oil painting")
 
 
 @dataclass
 class DemoConfig(Config):
-    out: str = field("demo.png", help="before/after grid image")
-    model: str = field("tiny-sd", help="model to run the demo on")
-    hookpoint: str = field("unet.up_blocks.1.attentions.1", help="module the SAE reads")
-    concept: str = field("cat", help="concept to erase")
-    multiplier: float = field(-20.0, help="gamma of the erasure")
-    steps: int = field(4, help="denoising steps")
-    workdir: str | None = field(None, help="where activations and the SAE go; default: a temp dir")
-    seed: int = field(0, help="random seed")
+    out: str = field("demo.png", help="before/after grid image (.png)")
+    object: str = field("star", help="MiniCanvas object to erase")
+    style: str = field("striped", help="MiniCanvas style to erase")
+    steps: int = field(20, help="DDIM steps")
+    seed: int = field(188, help="seed of the sampled images")
+    retain: int = field(20, help="images of other concepts used for retention accuracy")
 
     def __post_init__(self) -> None:
-        check_range("steps", self.steps, ge=2)
-        if not self.out.lower().endswith(".png"):
-            from .config import ConfigError
+        from .minicanvas.assets import concept_kind
 
+        if not self.out.lower().endswith(".png"):
             raise ConfigError("out", f"got {self.out!r}; must end in .png")
+        if concept_kind(self.object) != "object":
+            raise ConfigError("object", f"{self.object!r} is a style, not an object")
+        if concept_kind(self.style) != "style":
+            raise ConfigError("style", f"{self.style!r} is an object, not a style")
+        check_range("steps", self.steps, ge=1)
+        check_range("retain", self.retain, ge=1, le=90)
 
 
 @dataclass
-class DemoResult:
-    out: Path
-    heldout_fvu: float | None
-    latents: list[int]
-    change_on_concept: float
-    change_elsewhere: float
-    seconds: float
+class DemoRow:
+    concept: str
+    params: dict[str, Any]
+    scores_before: dict[str, float]
+    scores_after: dict[str, float]
 
 
-def _grid(rows: list[tuple[str, Any, Any]], scale: int = 4):
+def _grid(panels: list[tuple[str, list[Any], list[Any]]], path: Path) -> None:
     from PIL import Image, ImageDraw
 
-    cell = rows[0][1].width * scale
-    label_w = 220
-    header = 24
-    grid = Image.new("RGB", (label_w + 2 * cell + 30, header + len(rows) * (cell + 10)), "white")
+    cell, gap, label_w = 64, 4, 150
+    n = max(len(before) for _, before, _ in panels)
+    width = label_w + n * (cell + gap)
+    height = len(panels) * 2 * (cell + gap) + gap
+    grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)
-    draw.text((label_w, 4), "original", fill="black")
-    draw.text((label_w + cell + 20, 4), "erased", fill="black")
-    for i, (label, before, after) in enumerate(rows):
-        y = header + i * (cell + 10)
-        draw.text((6, y + cell // 2 - 6), label, fill="black")
-        grid.paste(before.resize((cell, cell), Image.NEAREST), (label_w, y))
-        grid.paste(after.resize((cell, cell), Image.NEAREST), (label_w + cell + 20, y))
-    return grid
+    for p, (title, before, after) in enumerate(panels):
+        for k, (tag, images) in enumerate((("original", before), ("erased", after))):
+            y = (2 * p + k) * (cell + gap) + gap
+            draw.text((6, y + 22), f"{title}\n{tag}", fill="black")
+            for i, image in enumerate(images):
+                grid.paste(image.resize((cell, cell)), (label_w + i * (cell + gap), y))
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
 
 
-def run_demo(cfg: DemoConfig) -> DemoResult:
-    from .capture import CacheConfig, run_cache
-    from .concepts import ConceptBuildConfig, build_concept
-    from .erase import erase
-    from .pipelines import load_pipeline
-    from .sae import Sae
-    from .train import TrainConfig, train_sae
+def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
+    from .minicanvas.assets import load_params
+    from .minicanvas.bench import MiniCanvasJudge, _concept_index, prompt_rows, scores
+    from .minicanvas.world import TEST_TEMPLATES
 
     start = time.perf_counter()
-    workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="saeuron-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    prompts = [f"An image of {o} in {s} style." for o in OBJECTS for s in STYLES]
-    prompt_file = workdir / "prompts.txt"
-    prompt_file.write_text("\n".join(prompts) + "\n", encoding="utf-8")
-
-    logger.info("1/4 capturing activations at %s", cfg.hookpoint)
-    run_cache(
-        CacheConfig(
-            model=cfg.model,
-            hookpoint=cfg.hookpoint,
-            prompts=str(prompt_file),
-            out=str(workdir / "activations"),
-            num_inference_steps=cfg.steps,
-            guidance_scale=7.5,
-            max_shard_mb=0.1,
-            seed=cfg.seed,
+    judge = MiniCanvasJudge("minicanvas", steps=cfg.steps)
+    params = load_params(judge.folder)
+    rows, panels = [], []
+    for concept in (cfg.object, cfg.style):
+        index = _concept_index(concept)
+        target = prompt_rows(TEST_TEMPLATES[0], [cfg.seed], only=index)
+        others = prompt_rows(TEST_TEMPLATES[0], [cfg.seed], only=index, exclude=True)
+        retain = others[:: max(1, len(others) // cfg.retain)][: cfg.retain]
+        before_t, before_r = judge.run(target), judge.run(retain)
+        p = params[concept]
+        with judge.erasing(concept, int(p["tau"]), float(p["multiplier"])):
+            after_t, after_r = judge.run(target), judge.run(retain)
+        rows.append(
+            DemoRow(
+                concept, p, scores(concept, before_t, before_r), scores(concept, after_t, after_r)
+            )
         )
-    )
-    logger.info("2/4 training the SAE")
-    sae = train_sae(
-        TrainConfig(
-            activations=str(workdir / "activations"),
-            out=str(workdir / "sae"),
-            k=4,
-            expansion_factor=4,
-            batch_size=256,
-            epochs=3,
-            lr=1e-3,
-            heldout_fraction=0.2,
-            seed=cfg.seed,
-        )
-    )
-    sae = Sae.from_pretrained(workdir / "sae", hookpoint=cfg.hookpoint)
-    log_path = workdir / "sae" / cfg.hookpoint / "train_log.json"
-    heldout = None
-    if log_path.is_file():
-        import json
-
-        epochs = json.loads(log_path.read_text(encoding="utf-8")).get("epochs", [])
-        heldout = epochs[-1].get("heldout_fvu") if epochs else None
-
-    logger.info("3/4 finding the features of %r", cfg.concept)
-    pipe = load_pipeline(cfg.model)
-    features = build_concept(
-        ConceptBuildConfig(
-            concept=cfg.concept,
-            model=cfg.model,
-            sae=str(workdir / "sae"),
-            hookpoint=cfg.hookpoint,
-            num_inference_steps=cfg.steps,
-            num_prompts=8,
-            tau=2,
-            cache_dir=str(workdir / "concept_cache"),
-            seed=cfg.seed,
-        ),
-        pipe=pipe,
-        sae=sae,
-    )
-
-    logger.info("4/4 sampling with and without the erasure")
-    shown = [f"An image of {cfg.concept}.", f"An image of {cfg.concept} in sketch style."]
-    shown += ["An image of tower.", "An image of tree in watercolor style."]
-
-    def sample() -> list[Any]:
-        generators = [torch.Generator().manual_seed(cfg.seed + i) for i in range(len(shown))]
-        return pipe(shown, num_inference_steps=cfg.steps, generator=generators).images
-
-    before = sample()
-    with erase(pipe, sae, features, multiplier=cfg.multiplier):
-        after = sample()
-    change = [
-        float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean())
-        for a, b in zip(before, after)
-    ]
-    out = Path(cfg.out)
-    with atomic_path(out) as tmp:
-        _grid(list(zip(shown, before, after))).save(tmp, format="PNG")
-    return DemoResult(
-        out=out,
-        heldout_fvu=heldout,
-        latents=sorted(features.latents()),
-        change_on_concept=float(np.mean(change[:2])),
-        change_elsewhere=float(np.mean(change[2:])),
-        seconds=time.perf_counter() - start,
-    )
+        panels.append((f"erase {concept!r}", before_t.images, after_t.images))
+        panels.append((f"others ({concept})", before_r.images[:10], after_r.images[:10]))
+    _grid(panels, Path(cfg.out))
+    return rows, time.perf_counter() - start
 
 
 def _handle(args: argparse.Namespace) -> int:
-    result = run_demo(DemoConfig.from_args(args))
-    fvu = "n/a" if result.heldout_fvu is None else f"{result.heldout_fvu:.3f}"
-    print(f"SAE held-out FVU: {fvu}")
-    print(f"latents edited for the concept: {result.latents}")
-    print(
-        "mean pixel change (0-255): "
-        f"concept prompts {result.change_on_concept:.2f}, "
-        f"other prompts {result.change_elsewhere:.2f}"
-    )
-    print(f"wrote {result.out} in {result.seconds:.1f} s")
+    cfg = DemoConfig.from_args(args)
+    rows, seconds = run_demo(cfg)
+    for row in rows:
+        b, a = row.scores_before, row.scores_after
+        print(
+            f"erase {row.concept!r} (tau {row.params['tau']}, multiplier "
+            f"{row.params['multiplier']}): UA {b['UA']:.2f} -> {a['UA']:.2f}, "
+            f"IRA {b['IRA']:.2f} -> {a['IRA']:.2f}, CRA {b['CRA']:.2f} -> {a['CRA']:.2f}"
+        )
+    print(f"wrote {cfg.out} in {seconds:.1f} s")
     return 0
 
 
 def register_cli(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "demo", help="run the method end to end and write a before/after grid"
+        "demo", help="erase an object and a style from the bundled model; before/after grid"
     )
     DemoConfig.add_arguments(parser)
     parser.set_defaults(handler=_handle)

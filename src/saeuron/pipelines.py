@@ -85,6 +85,10 @@ def load_pipeline(
             )
         from diffusers import DiffusionPipeline
 
+        if dtype is None and target.type == "cpu":
+            # Folders may store fp16 weights (the bundled ones do, to stay small); CPU
+            # kernels want float32.
+            dtype = torch.float32
         log.info("loading pipeline %s", source)
         kwargs = _pretrained_kwargs(source)
         if dtype is not None:
@@ -102,16 +106,28 @@ def load_pipeline(
 BUNDLED_DEFAULT_HOOKPOINT: dict[str, str] = {"minicanvas": "unet.up_blocks.1.attentions.1"}
 
 
-def bundled_sae(model: str, hookpoint: str | None = None) -> tuple[Path, str]:
-    """The SAE folder and hookpoint a bundled model uses unless told otherwise."""
-    hookpoint = hookpoint or BUNDLED_DEFAULT_HOOKPOINT[model]
-    return BUNDLED_MODELS[model] / "saes", hookpoint
+def _bundled_hookpoint(model: str, concept: str | None) -> str:
+    if model == "minicanvas" and concept is not None:
+        from .minicanvas.assets import concept_hookpoint
+
+        try:
+            return concept_hookpoint(concept)
+        except ConfigError:  # a free-text concept: the object block
+            pass
+    return BUNDLED_DEFAULT_HOOKPOINT[model]
+
+
+def bundled_sae(
+    model: str, hookpoint: str | None = None, concept: str | None = None
+) -> tuple[Path, str]:
+    """The SAE folder and hookpoint a bundled model uses for ``concept`` unless told."""
+    return BUNDLED_MODELS[model] / "saes", hookpoint or _bundled_hookpoint(model, concept)
 
 
 def bundled_features(model: str, concept: str, hookpoint: str | None) -> Path | None:
     """Path (without suffix) of a concept's shipped features, or None if not shipped."""
     if model not in BUNDLED_MODELS:
         return None
-    hookpoint = hookpoint or BUNDLED_DEFAULT_HOOKPOINT[model]
+    hookpoint = hookpoint or _bundled_hookpoint(model, concept)
     base = BUNDLED_MODELS[model] / "features" / hookpoint / concept.strip().lower()
     return base if base.with_suffix(".safetensors").is_file() else None

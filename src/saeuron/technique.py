@@ -109,7 +109,7 @@ class SAeUronConfig(Config):
         if self.sae is not None:
             return self.sae, self.hookpoint
         if _is_bundled(self.model):
-            sae, hookpoint = bundled_sae(self.model, self.hookpoint)
+            sae, hookpoint = bundled_sae(self.model, self.hookpoint, self.erase_concept)
             return str(sae), hookpoint
         sae, hookpoint = KNOWN_SAES[self.model]
         return sae, self.hookpoint or hookpoint

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelTrainConfig(Config):
-    out: str = field(help="folder for the pipeline (save_pretrained layout)")
+    out: str = field("", help="folder for the pipeline; default: the bundled model's folder")
     seed: int = field(0, help="seed of data, initialisation and training")
     n_images: int = field(20000, help="procedural training images")
     vae_steps: int = field(1500, help="autoencoder optimisation steps")

@@ -110,9 +110,10 @@ def test_step_subset_stops_sampling_early(
 def test_gappy_steps_recorded(prompt_file: Path, tmp_path: Path) -> None:
     run_cache(make_cfg(prompt_file, tmp_path / "out", num_inference_steps=4, steps="0,2-3"))
     steps = load_all(tmp_path / "out")["step"]
-    assert torch.bincount(steps.long()).tolist() == [len(PROMPTS) * TOKENS, 0] + [
-        len(PROMPTS) * TOKENS
-    ] * 2
+    assert (
+        torch.bincount(steps.long()).tolist()
+        == [len(PROMPTS) * TOKENS, 0] + [len(PROMPTS) * TOKENS] * 2
+    )
 
 
 def test_conditional_half_matches_manual_hook(prompt_file: Path, tmp_path: Path) -> None:
@@ -172,8 +173,9 @@ def test_tokens_per_image_subsample(prompt_file: Path, tmp_path: Path) -> None:
     assert manifest["n_tokens"] == data["activations"].shape[0] == len(PROMPTS) * 3 * 5
     assert torch.bincount(data["prompt"]).tolist() == [3 * 5] * len(PROMPTS)
     # The subsample is keyed by prompt and step, not by batch: other batching, same tokens.
-    run_cache(make_cfg(prompt_file, tmp_path / "b", tokens_per_image=5, dtype="float32",
-                       batch_size=1))
+    run_cache(
+        make_cfg(prompt_file, tmp_path / "b", tokens_per_image=5, dtype="float32", batch_size=1)
+    )
     other = load_all(tmp_path / "b")
     assert torch.equal(data["prompt"], other["prompt"])
     torch.testing.assert_close(data["activations"], other["activations"], rtol=1e-4, atol=1e-5)
@@ -280,9 +282,16 @@ def test_validation(
 
 def test_from_cli_strings(prompt_file: Path, tmp_path: Path) -> None:
     cfg = CacheConfig.from_dict(
-        {"model": "tiny-sd", "hookpoint": SD_HOOK, "prompts": str(prompt_file),
-         "out": str(tmp_path), "num_inference_steps": "10", "steps": "0,3-5,9",
-         "height": "64", "device": "cpu"}
+        {
+            "model": "tiny-sd",
+            "hookpoint": SD_HOOK,
+            "prompts": str(prompt_file),
+            "out": str(tmp_path),
+            "num_inference_steps": "10",
+            "steps": "0,3-5,9",
+            "height": "64",
+            "device": "cpu",
+        }
     )
     assert cfg.num_inference_steps == 10 and cfg.height == 64
     assert cfg.step_indices() == [0, 3, 4, 5, 9]
@@ -301,8 +310,14 @@ def test_csv_prompts(tmp_path: Path) -> None:
 
 def test_sdxl_without_cfg_records_whole_batch(prompt_file: Path, tmp_path: Path) -> None:
     manifest = run_cache(
-        make_cfg(prompt_file, tmp_path / "out", model="tiny-sdxl", hookpoint=SDXL_HOOK,
-                 guidance_scale=0.0, limit=3)
+        make_cfg(
+            prompt_file,
+            tmp_path / "out",
+            model="tiny-sdxl",
+            hookpoint=SDXL_HOOK,
+            guidance_scale=0.0,
+            limit=3,
+        )
     )
     data = load_all(tmp_path / "out")
     assert manifest["d_in"] == D_IN and manifest["rows_per_prompt"] == 1

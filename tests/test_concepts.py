@@ -93,8 +93,16 @@ def test_stats_match_a_naive_computation(tiny_sd, sae, cfg_half, site) -> None:
         handle.remove()
 
     got = collect_stats(
-        tiny_sd, sae, [prompt], concept="cat", hookpoint=HOOK, num_inference_steps=STEPS,
-        seed=seed, cfg_half=cfg_half, activation_site=site, progress=False,
+        tiny_sd,
+        sae,
+        [prompt],
+        concept="cat",
+        hookpoint=HOOK,
+        num_inference_steps=STEPS,
+        seed=seed,
+        cfg_half=cfg_half,
+        activation_site=site,
+        progress=False,
     )
     assert got.mean.shape == got.active_frac.shape == (STEPS, sae.num_latents)
     assert got.n_prompts == 1 and got.steps == list(range(STEPS))
@@ -133,8 +141,16 @@ def test_step_subset_stops_early_and_batches_do_not_matter(tiny_sd, sae) -> None
 
 def test_bad_steps_and_hookpoint_are_rejected(tiny_sd, sae) -> None:
     with pytest.raises(ConfigError, match="steps"):
-        collect_stats(tiny_sd, sae, ["a"], concept="x", hookpoint=HOOK, num_inference_steps=3,
-                      steps=[3], progress=False)
+        collect_stats(
+            tiny_sd,
+            sae,
+            ["a"],
+            concept="x",
+            hookpoint=HOOK,
+            num_inference_steps=3,
+            steps=[3],
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="hookpoint"):
         collect_stats(tiny_sd, sae, ["a"], concept="x", hookpoint="unet.nope", progress=False)
 
@@ -150,9 +166,7 @@ def test_scores_pick_a_planted_concept_feature() -> None:
     target[:, 9] = 20.0  # ... and one that fires on everything
     other = base.clone()
     other[:, 9] = 20.0
-    features = select_contrastive(
-        stats("cat", target), [stats("neutral", other)], percentile=90.0
-    )
+    features = select_contrastive(stats("cat", target), [stats("neutral", other)], percentile=90.0)
     for step in range(2):
         idx, mean, _ = features.at(step)
         assert 5 in idx.tolist() and 9 not in idx.tolist()
@@ -253,8 +267,16 @@ def test_shortcut_takes_top_by_mean_with_zero_or_neutral_threshold() -> None:
 
 def test_shortcut_build_stops_at_the_needed_step(tiny_sd, sae, tmp_path) -> None:
     cfg = ConceptBuildConfig(
-        concept="cat", model="tiny-sd", sae="unused", method="shortcut", num_inference_steps=4,
-        shortcut_step=1, shortcut_images=4, batch_size=2, tau=3, cache_dir=str(tmp_path),
+        concept="cat",
+        model="tiny-sd",
+        sae="unused",
+        method="shortcut",
+        num_inference_steps=4,
+        shortcut_step=1,
+        shortcut_images=4,
+        batch_size=2,
+        tau=3,
+        cache_dir=str(tmp_path),
     )
     with count_unet_calls(tiny_sd) as calls:
         features = build_concept(cfg, pipe=tiny_sd, sae=sae)
@@ -263,8 +285,15 @@ def test_shortcut_build_stops_at_the_needed_step(tiny_sd, sae, tmp_path) -> None
     assert features.meta["method"] == "shortcut" and features.meta["threshold"] == "zero"
     # Top by mean activation of the concept's own images at that step.
     direct = collect_stats(
-        tiny_sd, sae, ["cat"] * 4, concept="cat", hookpoint=HOOK, num_inference_steps=4,
-        steps=[1], batch_size=2, progress=False,
+        tiny_sd,
+        sae,
+        ["cat"] * 4,
+        concept="cat",
+        hookpoint=HOOK,
+        num_inference_steps=4,
+        steps=[1],
+        batch_size=2,
+        progress=False,
     )
     assert features.indices[0].tolist() == torch.argsort(-direct.mean[0])[:3].tolist()
 
@@ -277,8 +306,15 @@ def tiny_cfg(tmp_path: Path, **overrides) -> ConceptBuildConfig:
     if not others.exists():
         others.write_text("# neutral\na bowl of fruit\na quiet street\n", encoding="utf-8")
     settings = dict(
-        concept="cat", model="tiny-sd", sae="unused", num_prompts=2, others=str(others),
-        num_inference_steps=BUILD_STEPS, batch_size=2, tau=2, cache_dir=str(tmp_path / "cache"),
+        concept="cat",
+        model="tiny-sd",
+        sae="unused",
+        num_prompts=2,
+        others=str(others),
+        num_inference_steps=BUILD_STEPS,
+        batch_size=2,
+        tau=2,
+        cache_dir=str(tmp_path / "cache"),
     )
     return ConceptBuildConfig(**{**settings, **overrides})
 
@@ -351,11 +387,28 @@ def test_build_writes_features_and_cli_prints_summary(tiny_sd, sae, tmp_path, mo
     out = tmp_path / "feats" / "cat"
     others = tmp_path / "others.txt"
     others.write_text("a bowl of fruit\n", encoding="utf-8")
-    args = parser.parse_args([
-        "concept", "build", "cat", "--model", "tiny-sd", "--sae", str(folder),
-        "--num-prompts", "1", "--num-inference-steps", "2", "--others", str(others),
-        "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--activity-filter",
-    ])
+    args = parser.parse_args(
+        [
+            "concept",
+            "build",
+            "cat",
+            "--model",
+            "tiny-sd",
+            "--sae",
+            str(folder),
+            "--num-prompts",
+            "1",
+            "--num-inference-steps",
+            "2",
+            "--others",
+            str(others),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(out),
+            "--activity-filter",
+        ]
+    )
     assert args.handler(args) == 0
     printed = capsys.readouterr().out
     assert "concept 'cat'" in printed and "2 steps" in printed and "per step" in printed
@@ -376,8 +429,15 @@ def test_hookpoint_is_required_when_the_sae_does_not_know_it(tiny_sd, tmp_path) 
 
 def test_stats_and_features_round_trip(tmp_path) -> None:
     gen = torch.Generator().manual_seed(4)
-    original = stats("Van Gogh", torch.rand(3, 20, generator=gen), torch.rand(3, 20, generator=gen),
-                     n_prompts=7, steps=[0, 1, 2], prompts=["a", "b"], hookpoint=HOOK)
+    original = stats(
+        "Van Gogh",
+        torch.rand(3, 20, generator=gen),
+        torch.rand(3, 20, generator=gen),
+        n_prompts=7,
+        steps=[0, 1, 2],
+        prompts=["a", "b"],
+        hookpoint=HOOK,
+    )
     base = original.save(tmp_path / "vg")
     assert base.with_suffix(".safetensors").is_file() and base.with_suffix(".json").is_file()
     loaded = ConceptStats.load(tmp_path / "vg")
@@ -410,7 +470,9 @@ def test_other_concepts_from_json(tmp_path, sae, tiny_sd) -> None:
     path = tmp_path / "others.json"
     path.write_text(json.dumps({"cat": ["a cat"], "dog": ["a dog"], "car": ["a car", "a bus"]}))
     assert concepts.read_other_concepts(path) == {
-        "cat": ["a cat"], "dog": ["a dog"], "car": ["a car", "a bus"]
+        "cat": ["a cat"],
+        "dog": ["a dog"],
+        "car": ["a car", "a bus"],
     }
     cfg = tiny_cfg(tmp_path, others=str(path), num_inference_steps=2)
     features = build_concept(cfg, pipe=tiny_sd, sae=sae)

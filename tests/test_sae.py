@@ -160,9 +160,7 @@ def test_published_layout_loads_unchanged_and_encodes(tmp_path) -> None:
     values, indices = pre.topk(4, dim=-1)
     top = sae.encode(x)
     order = top.top_indices.sort(dim=-1).indices
-    torch.testing.assert_close(
-        top.top_indices.gather(1, order), indices.sort(dim=-1).values
-    )
+    torch.testing.assert_close(top.top_indices.gather(1, order), indices.sort(dim=-1).values)
     torch.testing.assert_close(top.top_acts.sort(dim=-1).values, values.sort(dim=-1).values)
 
 

@@ -132,9 +132,24 @@ def test_generate_cli_writes_side_by_side_png(sae_dir, cache_dir, tmp_path) -> N
     out = tmp_path / "img.png"
     code = main(
         [
-            "generate", "--erase", "cat", "--prompt", "a cat", "--out", str(out),
-            "--model", "tiny-sd", "--sae", str(sae_dir), "--hookpoint", HOOK,
-            "--num-inference-steps", "2", "--device", "cpu", "--side-by-side",
+            "generate",
+            "--erase",
+            "cat",
+            "--prompt",
+            "a cat",
+            "--out",
+            str(out),
+            "--model",
+            "tiny-sd",
+            "--sae",
+            str(sae_dir),
+            "--hookpoint",
+            HOOK,
+            "--num-inference-steps",
+            "2",
+            "--device",
+            "cpu",
+            "--side-by-side",
         ]
     )
     assert code == 0
@@ -145,8 +160,17 @@ def test_generate_cli_reports_bad_input_without_traceback(tmp_path, capsys) -> N
     from saeuron.cli import main
 
     code = main(
-        ["generate", "--erase", "cat", "--prompt", "x", "--out", str(tmp_path / "a.png"),
-         "--guidance-scale", "1.0"]
+        [
+            "generate",
+            "--erase",
+            "cat",
+            "--prompt",
+            "x",
+            "--out",
+            str(tmp_path / "a.png"),
+            "--guidance-scale",
+            "1.0",
+        ]
     )
     assert code == 2
     assert "guidance_scale" in capsys.readouterr().err

@@ -210,8 +210,12 @@ def test_auxk_trains_dead_latents(small_capture: Path, tmp_path: Path) -> None:
     # Latents left out of BatchTopK get no gradient from the FVU; only AuxK reaches them.
     def dead_grad(alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = make_cfg(
-            small_capture, tmp_path / str(alpha), dead_tokens=256, auxk_alpha=alpha,
-            k=1, expansion_factor=16,
+            small_capture,
+            tmp_path / str(alpha),
+            dead_tokens=256,
+            auxk_alpha=alpha,
+            k=1,
+            expansion_factor=16,
         )
         trainer = Trainer(cfg)
         batches = trainer.iter_batches(0)
@@ -339,7 +343,8 @@ def test_resume_after_interruption_matches_uninterrupted(
     state = json.loads((folder / STATE_DIR / STATE_FILE).read_text())
     assert state["epochs_done"] == 1 and state["step"] == killed.steps_per_epoch
     assert sorted(p.name for p in (folder / STATE_DIR).iterdir()) == [
-        "state-epoch0001.safetensors", STATE_FILE
+        "state-epoch0001.safetensors",
+        STATE_FILE,
     ]
 
     resumed = Trainer(cfg)

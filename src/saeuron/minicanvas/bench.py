@@ -227,6 +227,15 @@ def scores(concept: str, target: Judged, retain: Judged) -> dict[str, float]:
     }
 
 
+def prompt_following(judged: Judged) -> dict[str, float]:
+    """How often the unerased model draws the object and the style it was asked for."""
+    return {
+        "object_accuracy": float((judged.objects == judged.true_objects).mean()),
+        "style_accuracy": float((judged.styles == judged.true_styles).mean()),
+        "n_images": len(judged.objects),
+    }
+
+
 def _concept_index(concept: str) -> tuple[str, int]:
     kind = concept_kind(concept)
     return kind, (OBJECTS if kind == "object" else STYLES).index(concept)
@@ -306,6 +315,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     all_rows = prompt_rows(TEST_TEMPLATES[0], cfg.seeds)
     baseline = judge.run(all_rows, batch_size=cfg.batch_size, desc="no erasure")
     baseline_seeds = np.array([row[3] for row in all_rows])
+    following = prompt_following(baseline)
+    logger.info("prompt following: %s", following)
     for concept in tqdm(cfg.concepts, desc="concepts", unit="concept"):
         results[concept] = {}
         before: Judged | None = None
@@ -334,12 +345,17 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "config": cfg.to_dict(),
+        "prompt_following": following,
         "params": {c: params[c] for c in cfg.concepts},
         "results": results,
         "seconds": time.perf_counter() - start,
     }
     atomic_write_json(out / "results.json", report)
-    table = _table(results, cfg.variants)
+    table = (
+        f"Prompt following without erasure ({following['n_images']} images): object accuracy "
+        f"{following['object_accuracy']:.3f}, style accuracy {following['style_accuracy']:.3f}\n\n"
+        + _table(results, cfg.variants)
+    )
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(table, encoding="utf-8")
     if examples:

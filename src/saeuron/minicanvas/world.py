@@ -216,7 +216,7 @@ def caption(obj: str, style: str | None, template: str) -> str:
     return template.format(object=obj, style=style) if style else template.format(object=obj)
 
 
-def test_prompts() -> list[tuple[str, int, int | None]]:
+def evaluation_prompts() -> list[tuple[str, int, int | None]]:
     """``(prompt, object, style or None)``: every pair, and every object unstyled."""
     rows = [
         (caption(o, s, TEST_TEMPLATES[0]), i, j)

@@ -1,0 +1,89 @@
+"""The shipped MiniCanvas model, classifier, SAEs and features, used for real."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from saeuron.pipelines import BUNDLED_MODELS, load_pipeline
+
+FOLDER = BUNDLED_MODELS["minicanvas"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bundle_is_complete_and_small() -> None:
+    files = [p for p in FOLDER.rglob("*") if p.is_file()]
+    size_mb = sum(p.stat().st_size for p in files) / 2**20
+    model_mb = (
+        sum(
+            p.stat().st_size
+            for p in files
+            if p.parts[len(FOLDER.parts)] in ("unet", "vae", "text_encoder")
+        )
+        / 2**20
+    )
+    assert model_mb <= 30, model_mb
+    assert (FOLDER / "classifier" / "classifier.safetensors").stat().st_size <= 5 * 2**20
+    for hookpoint in ("unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"):
+        assert (FOLDER / "saes" / hookpoint / "sae.safetensors").is_file()
+        assert len(list((FOLDER / "features" / hookpoint).glob("*.safetensors"))) == 10
+    assert size_mb < 40
+
+
+def test_model_loads_as_a_stock_pipeline_with_sd_block_names() -> None:
+    pipe = load_pipeline("minicanvas")
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    names = dict(pipe.unet.named_modules())
+    for i in range(3):
+        assert type(names[f"up_blocks.1.attentions.{i}"]).__name__ == "Transformer2DModel"
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    image = pipe("An image of star in neon style.", num_inference_steps=5).images[0]
+    assert image.size == (32, 32)
+
+
+def test_classifier_is_accurate_on_held_out_procedural_images() -> None:
+    from saeuron.minicanvas.classifier import MiniCanvasClassifier, evaluate_classifier
+
+    accuracy = evaluate_classifier(
+        MiniCanvasClassifier.load(FOLDER / "classifier"), n_images=600, seed=12345
+    )
+    assert accuracy["object_accuracy"] >= 0.98, accuracy
+    assert accuracy["style_accuracy"] >= 0.98, accuracy
+
+
+def test_technique_uses_the_bundled_sae_and_features(caplog) -> None:
+    from saeuron.technique import SAeUron
+
+    tech = SAeUron(erase_concept="star", model="minicanvas", num_inference_steps=10, device="cpu")
+    assert "on the fly" not in caplog.text
+    assert tech.hookpoint == "unet.up_blocks.1.attentions.1"
+    prompts = ["An image of star in dotted style."]
+    erased = np.asarray(tech.generate(prompts, seed=0)[0], dtype=np.float32)
+    plain = np.asarray(tech.generate(prompts, seed=0, erase_concept=False)[0], dtype=np.float32)
+    assert np.abs(erased - plain).mean() > 1.0
+
+
+def test_quick_bench_erases_the_concept_and_keeps_the_rest(tmp_path) -> None:
+    from saeuron.minicanvas.bench import BenchConfig, run_bench
+
+    report = run_bench(BenchConfig(quick=True, out=str(tmp_path)))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "grid.png").is_file()
+    assert saved["results"].keys() == report["results"].keys()
+    for concept, rows in report["results"].items():
+        before, after = rows["none"], rows["saeuron"]
+        # The erased concept's accuracy falls a lot ...
+        assert after["UA"] >= before["UA"] + 0.5, (concept, before, after)
+        # ... while the other concepts of its kind and the other head stay recognisable.
+        assert after["IRA"] >= 0.8, (concept, after)
+        assert after["CRA"] >= 0.8, (concept, after)

@@ -43,6 +43,24 @@ def recorded(module: torch.nn.Module, store: list):
     return module.register_forward_hook(lambda m, i, o: store.append(o[0].detach().clone()))
 
 
+def outputs_around_erase(pipe, sae, features, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hooked block's output just before and just after the erasing hook, one step."""
+    module = resolve_module(pipe, HOOK)
+    before: list[torch.Tensor] = []
+    after: list[torch.Tensor] = []
+    first = recorded(module, before)
+    try:
+        with erase(pipe, sae, features, **kwargs):
+            second = recorded(module, after)
+            try:
+                sample(pipe, steps=1)
+            finally:
+                second.remove()
+    finally:
+        first.remove()
+    return before[0], after[0]
+
+
 def test_erasing_nothing_is_bit_identical(tiny_sd, sae) -> None:
     base = sample(tiny_sd)
     with erase(tiny_sd, sae, []) as handle:
@@ -89,22 +107,10 @@ def test_hook_is_removed_when_sampling_raises(tiny_sd, sae) -> None:
 
 
 def test_exact_edit_matches_the_formula_and_spares_the_unconditional_half(tiny_sd, sae) -> None:
-    module = resolve_module(tiny_sd, HOOK)
-    before: list[torch.Tensor] = []
-    after: list[torch.Tensor] = []
     features = ConceptFeatures.from_latents("cat", [0, 4, 8, 12], mean=1.0, threshold=0.0)
     gamma = -5.0
-    h1 = recorded(module, before)
-    try:
-        with erase(tiny_sd, sae, features, multiplier=gamma):
-            h2 = recorded(module, after)
-            try:
-                sample(tiny_sd, steps=1)
-            finally:
-                h2.remove()
-    finally:
-        h1.remove()
-    x, y = before[0], after[0]
+    before, after = outputs_around_erase(tiny_sd, sae, features, multiplier=gamma)
+    x, y = before, after
     half = x.shape[0] // 2
     assert torch.equal(x[:half], y[:half]), "unconditional half must be untouched"
     tokens = x[half:].permute(0, 2, 3, 1).reshape(-1, 32)
@@ -123,44 +129,22 @@ def test_exact_edit_matches_the_formula_and_spares_the_unconditional_half(tiny_s
 
 
 def test_paper_error_term_reproduces_the_published_form(tiny_sd, sae) -> None:
-    module = resolve_module(tiny_sd, HOOK)
-    before: list[torch.Tensor] = []
-    after: list[torch.Tensor] = []
-    h1 = recorded(module, before)
-    try:
-        with erase(tiny_sd, sae, [], error_term="paper", cfg_half="both"):
-            h2 = recorded(module, after)
-            try:
-                sample(tiny_sd, steps=1)
-            finally:
-                h2.remove()
-    finally:
-        h1.remove()
-    tokens = before[0].permute(0, 2, 3, 1).reshape(-1, 32)
+    before, after = outputs_around_erase(tiny_sd, sae, [], error_term="paper", cfg_half="both")
+    tokens = before.permute(0, 2, 3, 1).reshape(-1, 32)
     with torch.no_grad():
         x_hat = sae.encode_dense(tokens) @ sae.W_dec + sae.b_dec
     expected = x_hat + (x_hat - tokens)
-    got = after[0].permute(0, 2, 3, 1).reshape(-1, 32)
+    got = after.permute(0, 2, 3, 1).reshape(-1, 32)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(got, tokens, atol=1e-3), "the published form is not the identity"
 
 
 def test_cfg_half_both_edits_every_row(tiny_sd, sae) -> None:
-    module = resolve_module(tiny_sd, HOOK)
-    before: list[torch.Tensor] = []
-    after: list[torch.Tensor] = []
-    h1 = recorded(module, before)
-    try:
-        with erase(tiny_sd, sae, many_latents(), multiplier=-5.0, cfg_half="both"):
-            h2 = recorded(module, after)
-            try:
-                sample(tiny_sd, steps=1)
-            finally:
-                h2.remove()
-    finally:
-        h1.remove()
-    assert not torch.equal(before[0][0], after[0][0])
-    assert not torch.equal(before[0][1], after[0][1])
+    before, after = outputs_around_erase(
+        tiny_sd, sae, many_latents(), multiplier=-5.0, cfg_half="both"
+    )
+    assert not torch.equal(before[0], after[0])
+    assert not torch.equal(before[1], after[1])
 
 
 def test_without_cfg_the_whole_batch_is_conditional(tiny_sd, sae) -> None:

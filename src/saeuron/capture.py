@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import Config, ConfigError, check_choice, check_range, field
+from .config import Config, ConfigError, check_choice, check_device, check_range, field
 from .hookpoints import (
     ACTIVATION_SITES,
+    CFG_HALVES,
     DenoiseState,
     conditional_rows,
     input_tensor,
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 PLAN = "plan.json"
 PLAN_VERSION = 1
-CFG_HALVES = ("cond", "both")
 STORAGE_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -114,8 +114,7 @@ class CacheConfig(Config):
         check_range("max_shard_mb", self.max_shard_mb, gt=0)
         check_range("batch_size", self.batch_size, ge=1)
         check_range("seed", self.seed, ge=0)
-        if self.device is not None:
-            resolve_device(self.device)
+        check_device("device", self.device)
         check_choice("activation_site", self.activation_site, ACTIVATION_SITES)
         for name in ("height", "width"):
             value = getattr(self, name)

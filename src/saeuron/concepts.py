@@ -48,10 +48,11 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from .config import Config, ConfigError, check_choice, check_range, field
+from .config import Config, ConfigError, check_choice, check_device, check_range, field
 from .features import ConceptFeatures
 from .hookpoints import (
     ACTIVATION_SITES,
+    CFG_HALVES,
     conditional_rows,
     input_tensor,
     output_tensor,
@@ -64,7 +65,6 @@ from .sae import Sae
 
 logger = logging.getLogger(__name__)
 
-CFG_HALVES = ("cond", "both")
 METHODS = ("contrastive", "shortcut")
 NEUTRAL = "neutral"
 """Name of the bundled neutral prompt set, usable as ``others``."""
@@ -767,13 +767,7 @@ class ConceptBuildConfig(Config):
         check_range("shortcut_images", self.shortcut_images, ge=1)
         check_range("batch_size", self.batch_size, ge=1)
         check_range("seed", self.seed, ge=0)
-        if self.device is not None:
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError) as err:
-                raise ConfigError(
-                    "device", f"got {self.device!r}; expected e.g. 'cpu', 'cuda', 'cuda:1', 'mps'"
-                ) from err
+        check_device("device", self.device)
         if self.cache_dir is None:
             self.cache_dir = str(default_cache_dir())
 

@@ -79,6 +79,20 @@ def check_range(
         raise ConfigError(name, f"got {value!r}; must be {' and '.join(bounds)}")
 
 
+def check_device(name: str, value: str | None) -> None:
+    """Reject a device string torch cannot parse (``None`` means auto-detect)."""
+    if value is None:
+        return
+    import torch
+
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ConfigError(
+            name, f"got {value!r}; expected e.g. 'cpu', 'cuda', 'cuda:1', 'mps' or null (auto)"
+        ) from err
+
+
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):

@@ -30,6 +30,7 @@ from .config import Config, ConfigError, check_choice, field
 from .features import ConceptFeatures
 from .hookpoints import (
     ACTIVATION_SITES,
+    CFG_HALVES,
     DenoiseState,
     conditional_rows,
     from_tokens,
@@ -44,7 +45,6 @@ from .sae import Sae
 
 logger = logging.getLogger(__name__)
 
-CFG_HALVES = ("cond", "both")
 ERROR_TERMS = ("exact", "paper")
 
 

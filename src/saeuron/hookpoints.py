@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from .config import ConfigError
 
+CFG_HALVES = ("cond", "both")
+"""``cond``: the conditional half of a CFG batch; ``both``: every row."""
 ACTIVATION_SITES = ("output", "update")
 """``output``: the block's output (residual stream, the paper); ``update``: output - input
 (sdxl-unbox)."""

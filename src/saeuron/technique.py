@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import Config, ConfigError, check_choice, check_range, field
+from .config import Config, ConfigError, check_choice, check_device, check_range, field
 from .erase import CFG_HALVES, ERROR_TERMS, erase
 from .features import ConceptFeatures
 from .pipelines import BUNDLED_MODELS, bundled_features, bundled_sae, load_pipeline, resolve_device
@@ -34,7 +33,6 @@ KNOWN_SAES: dict[str, tuple[str, str]] = {
 }
 
 FEATURE_METHODS = ("shortcut", "contrastive")
-_DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -87,10 +85,7 @@ class SAeUronConfig(Config):
                 "of the CFG batch. For models sampled without CFG (SDXL-Turbo) set "
                 "cfg_half='both', which edits the whole batch",
             )
-        if self.device is not None and not _DEVICE_PATTERN.match(self.device):
-            raise ConfigError(
-                "device", f"got {self.device!r}; allowed: None, 'cpu', 'cuda', 'cuda:N', 'mps'"
-            )
+        check_device("device", self.device)
         check_range("num_features", self.num_features, ge=1)
         check_range("batch_size", self.batch_size, ge=1)
         for name in ("height", "width"):

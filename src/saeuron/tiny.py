@@ -13,7 +13,7 @@ from .tokenizer import clip_tokenizer
 TINY_MODELS = ("tiny-sd", "tiny-sdxl")
 
 
-def _scheduler():
+def sd_ddim_scheduler():
     from diffusers import DDIMScheduler
 
     # Stable Diffusion 1.x's schedule.
@@ -42,21 +42,26 @@ def _vae():
     )
 
 
-def _text_config(hidden: int = 32, projection: int | None = None):
+def clip_text_config(
+    hidden: int = 32,
+    intermediate: int = 37,
+    projection: int | None = None,
+    act: str = "gelu",
+):
     from transformers import CLIPTextConfig
 
     kwargs = {"projection_dim": projection} if projection else {}
     return CLIPTextConfig(
         vocab_size=49408,
         hidden_size=hidden,
-        intermediate_size=37,
+        intermediate_size=intermediate,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=77,
         bos_token_id=49406,
         eos_token_id=49407,
         pad_token_id=49407,
-        hidden_act="gelu",
+        hidden_act=act,
         **kwargs,
     )
 
@@ -81,10 +86,10 @@ def build_tiny_sd(seed: int = 0):
     )
     pipe = StableDiffusionPipeline(
         vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder=CLIPTextModel(clip_text_config()),
         tokenizer=clip_tokenizer(),
         unet=unet,
-        scheduler=_scheduler(),
+        scheduler=sd_ddim_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -118,12 +123,12 @@ def build_tiny_sdxl(seed: int = 0):
     )
     pipe = StableDiffusionXLPipeline(
         vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config()),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(projection=32)),
+        text_encoder=CLIPTextModel(clip_text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(clip_text_config(projection=32)),
         tokenizer=clip_tokenizer(),
         tokenizer_2=clip_tokenizer(),
         unet=unet,
-        scheduler=_scheduler(),
+        scheduler=sd_ddim_scheduler(),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

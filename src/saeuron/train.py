@@ -36,7 +36,7 @@ from safetensors import safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .config import Config, ConfigError, check_range, field
+from .config import Config, ConfigError, check_device, check_range, field
 from .io import atomic_write_json, atomic_write_safetensors
 from .pipelines import resolve_device
 from .sae import ForwardOutput, Sae, SaeConfig
@@ -101,13 +101,7 @@ class TrainConfig(Config):
         check_range("heldout_fraction", self.heldout_fraction, ge=0, lt=1)
         check_range("seed", self.seed, ge=0)
         check_range("shuffle_shards", self.shuffle_shards, ge=1)
-        if self.device is not None:
-            try:
-                torch.device(self.device)
-            except (RuntimeError, ValueError) as err:
-                raise ConfigError(
-                    "device", f"got {self.device!r}; expected e.g. 'cpu', 'cuda', 'cuda:1', 'mps'"
-                ) from err
+        check_device("device", self.device)
 
 
 def training_device(name: str | None) -> torch.device:

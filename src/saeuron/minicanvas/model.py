@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import Config, check_range, field
+from ..tiny import clip_text_config, sd_ddim_scheduler
 from ..tokenizer import clip_tokenizer
 from .world import sample_images, training_caption
 
@@ -87,34 +88,12 @@ def build_unet():
 
 
 def build_text_encoder():
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    return CLIPTextModel(clip_text_config(hidden=64, intermediate=128, act="quick_gelu"))
 
 
-def build_scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+build_scheduler = sd_ddim_scheduler
 
 
 def _to_model_range(images: np.ndarray) -> torch.Tensor:

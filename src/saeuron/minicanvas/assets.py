@@ -82,8 +82,10 @@ class AssetConfig(Config):
     guidance_scale: float = field(7.5, help="CFG scale of capture and statistics")
     k: int = field(8, help="SAE: active latents per token")
     expansion_factor: int = field(16, help="SAE: latents per input channel")
-    epochs: int = field(10, help="SAE training epochs")
-    batch_size: int = field(4096, help="SAE training batch (tokens)")
+    # The anchor set is small (about 74k tokens at 4x4 tokens per image): smaller batches and
+    # more passes reach a held-out FVU of about 0.3 where the paper's 4096 x 10 stops near 0.5.
+    epochs: int = field(30, help="SAE training epochs")
+    batch_size: int = field(1024, help="SAE training batch (tokens)")
     seed: int = field(0, help="random seed")
     workdir: str | None = field(None, help="where activations go; default: a temporary folder")
 
@@ -168,6 +170,7 @@ def build_stats(cfg: AssetConfig, pipe: Any = None) -> None:
                 guidance_scale=cfg.guidance_scale,
                 seed=cfg.seed,
                 batch_size=16,
+                activation_site=sae.meta.get("activation_site", "output"),
                 progress=False,
             )
             stats.meta["model"] = "minicanvas"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -50,6 +51,7 @@ VARIANT_LABELS = {
     "saeuron_cfg_both": "SAeUron, cfg_half=both",
     "saeuron_paper_error": "SAeUron, error_term=paper",
 }
+SWEEP_FILE = "sweep.json"
 QUICK_CONCEPTS = ("star", "heart", "striped", "neon")
 
 
@@ -250,10 +252,13 @@ def evaluate(
     retain_seeds: int,
     template: str = TEST_TEMPLATES[0],
     batch_size: int = 50,
+    retain_every: int = 1,
 ) -> tuple[dict[str, float], Judged]:
     index = _concept_index(concept)
     target_rows = prompt_rows(template, seeds, only=index)
     retain_rows = prompt_rows(template, seeds[:retain_seeds], only=index, exclude=True)
+    # A diagonal subset keeps every object and every style among the retained prompts.
+    retain_rows = [row for row in retain_rows if (row[1] + row[2]) % retain_every == 0]
     negative = None
     if variant == "negative_prompt":
         negative = concept if index[0] == "object" else f"{concept} style"
@@ -375,6 +380,9 @@ class SweepConfig(Config):
     num_inference_steps: int = field(20, help="DDIM steps")
     guidance_scale: float = field(7.5, help="CFG scale")
     batch_size: int = field(50, help="images per pipeline call")
+    retain_every: int = field(
+        2, help="judge retention on every N-th retained prompt (the sweep runs many trials)"
+    )
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
     write: bool = field(True, help="write params.json and the features of the winners")
 
@@ -384,6 +392,11 @@ class SweepConfig(Config):
             concept_kind(concept)
         if not self.taus or not self.multipliers:
             raise ConfigError("taus", "the grid needs at least one tau and one multiplier")
+        check_range("retain_every", self.retain_every, ge=1)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
@@ -398,7 +411,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         for tau, gamma in itertools.product(cfg.taus, cfg.multipliers):
             score, _ = evaluate(
                 judge, concept, "saeuron", {"tau": tau, "multiplier": gamma}, seeds, 1,
-                template=template, batch_size=cfg.batch_size,
+                template=template, batch_size=cfg.batch_size, retain_every=cfg.retain_every,
             )  # fmt: skip
             trials[concept].append({"tau": tau, "multiplier": gamma, **score})
         best = max(trials[concept], key=lambda t: (t["UA"] + t["IRA"]) / 2)
@@ -408,5 +421,16 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         params = load_params(judge.folder)
         params.update(chosen)
         atomic_write_json(judge.folder / PARAMS_FILE, params)
+        # The trials behind params.json, per concept, so a reader can see how each winner was
+        # chosen; sweeps over other concepts (e.g. styles, then objects) add to the file.
+        record = _read_json(judge.folder / SWEEP_FILE)
+        for concept in chosen:
+            record[concept] = {
+                "grid": {"taus": cfg.taus, "multipliers": cfg.multipliers},
+                "retain_every": cfg.retain_every,
+                "chosen": chosen[concept],
+                "trials": trials[concept],
+            }
+        atomic_write_json(judge.folder / SWEEP_FILE, record)
         write_features(judge.folder, params)
     return {"chosen": chosen, "trials": trials, "n_trials": len(cfg.taus) * len(cfg.multipliers)}

@@ -106,21 +106,32 @@ def to_tensor(images: Any) -> Tensor:
     return torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 255.0
 
 
+def _gaussian_kernel(sigma: float) -> Tensor:
+    radius = 2
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k = (k[:, None] * k[None, :]) / k.sum() ** 2
+    return k.expand(3, 1, 2 * radius + 1, 2 * radius + 1)
+
+
 def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
-    # Mild blur and noise so the judge tolerates what a generator gets slightly wrong.
+    # Blur, colour jitter and noise: the judge must recognise a shape or a style that a
+    # generator (or its autoencoder) renders softly, as a person would.
+    x = x.clone()
     n = x.shape[0]
-    blur = torch.rand(n, generator=generator) < 0.3
+    blur = torch.rand(n, generator=generator) < 0.5
     if blur.any():
-        kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
-        kernel = kernel.expand(3, 1, 3, 3)
-        x = x.clone()
-        x[blur] = F.conv2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+        sigma = float(0.4 + 0.8 * torch.rand((), generator=generator))
+        x[blur] = F.conv2d(
+            F.pad(x[blur], (2, 2, 2, 2), mode="replicate"), _gaussian_kernel(sigma), groups=3
+        )
+    gain = 1 + 0.1 * (torch.rand(n, 3, 1, 1, generator=generator) - 0.5)
     noise = torch.randn(x.shape, generator=generator) * 0.03
-    return (x + noise).clamp(0, 1)
+    return (x * gain + noise).clamp(0, 1)
 
 
 def train_classifier(
-    n_images: int = 20000, steps: int = 1500, batch_size: int = 128, seed: int = 0
+    n_images: int = 20000, steps: int = 600, batch_size: int = 128, seed: int = 0
 ) -> tuple[MiniCanvasClassifier, dict[str, float]]:
     torch.manual_seed(seed)
     images, objects, styles = sample_images(n_images, seed=seed + 1000)

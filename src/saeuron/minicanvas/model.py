@@ -1,9 +1,9 @@
 """Training MiniCanvas: a small Stable Diffusion pipeline for the procedural world.
 
 The recipe is chosen to converge on 2 CPU cores: a factor-4 ``AutoencoderTiny`` (32x32
-images to 8x8x4 latents, conv-only, trained with MSE in a few minutes), then a 2-level UNet
-with SD's block types (so ``unet.up_blocks.1.attentions.{0,1,2}`` exist) trained jointly with
-a small CLIP text model, epsilon prediction, min-SNR loss weighting and an EMA of the
+images to 8x8x4 latents, conv-only, trained with MSE in a few minutes), then a 3-level UNet
+with SD's block layout (``unet.up_blocks.1.attentions.{0,1,2}`` at mid resolution) trained
+jointly with a small CLIP text model, epsilon prediction, min-SNR loss weighting and an EMA of the
 weights. Classifier-free guidance comes from dropping 10 % of captions.
 """
 
@@ -71,16 +71,26 @@ def build_vae():
 
 
 def build_unet():
+    """Stable Diffusion's UNet layout at a small scale.
+
+    As in SD, the lowest resolution has no attention (``DownBlock2D`` / ``UpBlock2D``), so
+    ``up_blocks.1`` is the mid-resolution block with cross-attention (4x4 tokens here, 16x16
+    in SD at 512 px) and ``up_blocks.2`` the full-resolution one. A two-level UNet would put
+    ``up_blocks.1`` at full resolution, where the residual stream holds pixel detail rather
+    than concepts and SAE latents barely tell one style or object from another (measured:
+    the best-scoring latent of "striped" fired 0.83 on striped prompts vs 0.63 on others
+    there, against 0.63 vs 0.004 one level deeper).
+    """
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(48, 96),
+        block_out_channels=(48, 96, 128),
         layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=64,
         attention_head_dim=8,
         norm_num_groups=16,

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, check_range, field
-from .io import atomic_path
+from .grid import before_after_rows, save_grid
 
 
 @dataclass
@@ -47,25 +46,6 @@ class DemoRow:
     scores_after: dict[str, float]
 
 
-def _grid(panels: list[tuple[str, list[Any], list[Any]]], path: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    cell, gap, label_w = 64, 4, 150
-    n = max(len(before) for _, before, _ in panels)
-    width = label_w + n * (cell + gap)
-    height = len(panels) * 2 * (cell + gap) + gap
-    grid = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(grid)
-    for p, (title, before, after) in enumerate(panels):
-        for k, (tag, images) in enumerate((("original", before), ("erased", after))):
-            y = (2 * p + k) * (cell + gap) + gap
-            draw.text((6, y + 22), f"{title}\n{tag}", fill="black")
-            for i, image in enumerate(images):
-                grid.paste(image.resize((cell, cell)), (label_w + i * (cell + gap), y))
-    with atomic_path(path) as tmp:
-        grid.save(tmp, format="PNG")
-
-
 def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
     from .minicanvas.assets import load_params
     from .minicanvas.bench import MiniCanvasJudge, _concept_index, prompt_rows, scores
@@ -91,7 +71,7 @@ def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
         )
         panels.append((f"erase {concept!r}", before_t.images, after_t.images))
         panels.append((f"others ({concept})", before_r.images[:10], after_r.images[:10]))
-    _grid(panels, Path(cfg.out))
+    save_grid(before_after_rows(panels), cfg.out)
     return rows, time.perf_counter() - start
 
 

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, check_range, field
+from ..grid import before_after_rows, save_grid
 from ..io import atomic_path, atomic_write_json
 from .assets import (
     PARAMS_FILE,
@@ -294,22 +295,6 @@ def _table(results: dict[str, dict[str, dict[str, float]]], variants: Sequence[s
     return "\n".join(lines) + "\n"
 
 
-def _grid(examples: list[tuple[str, list[Any], list[Any]]], path: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    cell, label_w, n = 64, 80, max(len(b) for _, b, _ in examples)
-    grid = Image.new("RGB", (label_w + n * (cell + 4), len(examples) * 2 * (cell + 4) + 4), "white")
-    draw = ImageDraw.Draw(grid)
-    for row, (concept, before, after) in enumerate(examples):
-        for k, (tag, images) in enumerate((("before", before), ("erased", after))):
-            y = (row * 2 + k) * (cell + 4) + 4
-            draw.text((4, y + 20), f"{concept}\n{tag}", fill="black")
-            for col, image in enumerate(images):
-                grid.paste(image.resize((cell, cell)), (label_w + col * (cell + 4), y))
-    with atomic_path(path) as tmp:
-        grid.save(tmp, format="PNG")
-
-
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     start = time.perf_counter()
     judge = MiniCanvasJudge(cfg.model, cfg.num_inference_steps, cfg.guidance_scale)
@@ -364,7 +349,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(table, encoding="utf-8")
     if examples:
-        _grid(examples, out / "grid.png")
+        rows = before_after_rows(examples, ("before", "erased"))
+        save_grid(rows, out / "grid.png", label_width=80)
     report["table"] = table
     return report
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,7 @@ def _bundled_folder(cfg: AssetConfig) -> Path:
 def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
     """Capture anchor-prompt activations at both hookpoints and train an SAE on each."""
     from ..capture import CacheConfig, run_cache
-    from ..train import TrainConfig, train_sae
+    from ..train import STATE_DIR, TrainConfig, train_sae
 
     folder = _bundled_folder(cfg)
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-assets-"))
@@ -143,6 +144,8 @@ def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
                 resume=False,
             )
         )
+        # The trainer's resume state (Adam moments) is three times the SAE: not shipped.
+        shutil.rmtree(folder / "saes" / hookpoint / STATE_DIR, ignore_errors=True)
         log = json.loads((folder / "saes" / hookpoint / "train_log.json").read_text("utf-8"))
         epochs = log.get("epochs", [])
         heldout[hookpoint] = epochs[-1].get("heldout_fvu") if epochs else None

@@ -19,8 +19,8 @@ from .grid import before_after_rows, save_grid
 @dataclass
 class DemoConfig(Config):
     out: str = field("demo.png", help="before/after grid image (.png)")
-    object: str = field("star", help="MiniCanvas object to erase")
-    style: str = field("striped", help="MiniCanvas style to erase")
+    object: str = field("moon", help="MiniCanvas object to erase")
+    style: str = field("checkered", help="MiniCanvas style to erase")
     steps: int = field(20, help="DDIM steps")
     seed: int = field(188, help="seed of the sampled images")
     retain: int = field(20, help="images of other concepts used for retention accuracy")

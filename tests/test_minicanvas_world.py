@@ -65,3 +65,16 @@ def test_concepts_map_to_their_blocks() -> None:
     assert all("star" in p for p in concept_prompts("star"))
     with pytest.raises(ConfigError, match="not a MiniCanvas concept"):
         concept_kind("cubism")
+
+
+@pytest.mark.parametrize("every", [2, 3])
+def test_sweep_retain_subset_keeps_every_object_and_style(every: int) -> None:
+    from saeuron.minicanvas.bench import diagonal_subset, prompt_rows
+
+    # The retained prompts of an object erasure: every pair but the erased object's.
+    rows = prompt_rows(TEST_TEMPLATES[0], [11], only=("object", 3), exclude=True)
+    kept = diagonal_subset(rows, every)
+    assert {r[1] for r in kept} == {r[1] for r in rows}
+    assert {r[2] for r in kept} == set(range(len(STYLES)))
+    assert len(rows) // every - 1 <= len(kept) <= len(rows) // every + 1
+    assert diagonal_subset(rows, 1) == list(rows)

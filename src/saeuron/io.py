@@ -39,6 +39,12 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     return Path(path)
 
 
+def read_json_or_empty(path: str | Path) -> dict[str, Any]:
+    """The JSON object stored at ``path``, or ``{}`` where no file exists yet."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     def write(tmp: Path) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")

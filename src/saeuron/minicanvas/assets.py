@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import Config, ConfigError, check_range, field
 from ..features import ConceptFeatures
-from ..io import atomic_write_json
+from ..io import atomic_write_json, read_json_or_empty
 from .world import OBJECTS, STYLES, anchor_prompts
 
 logger = logging.getLogger(__name__)
@@ -67,8 +67,7 @@ def concept_prompts(concept: str) -> list[str]:
 
 
 def load_params(folder: Path) -> dict[str, dict[str, Any]]:
-    path = folder / PARAMS_FILE
-    tuned = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    tuned = read_json_or_empty(folder / PARAMS_FILE)
     params = {}
     for concept in (*OBJECTS, *STYLES):
         params[concept] = {**DEFAULT_PARAMS[concept_kind(concept)], **tuned.get(concept, {})}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, check_range, field
 from ..grid import before_after_rows, save_grid
-from ..io import atomic_path, atomic_write_json
+from ..io import atomic_path, atomic_write_json, read_json_or_empty
 from .assets import (
     PARAMS_FILE,
     concept_hookpoint,
@@ -195,6 +194,13 @@ def prompt_rows(
     return rows
 
 
+def diagonal_subset(
+    rows: Sequence[tuple[str, int, int, int]], every: int
+) -> list[tuple[str, int, int, int]]:
+    """About one row in ``every``, chosen so that every object and every style stays in."""
+    return [row for row in rows if (row[1] + row[2]) % every == 0]
+
+
 def subset(judged: Judged, mask: np.ndarray) -> Judged:
     return Judged(
         judged.objects[mask],
@@ -260,9 +266,9 @@ def evaluate(
 ) -> tuple[dict[str, float], Judged]:
     index = _concept_index(concept)
     target_rows = prompt_rows(template, seeds, only=index)
-    retain_rows = prompt_rows(template, seeds[:retain_seeds], only=index, exclude=True)
-    # A diagonal subset keeps every object and every style among the retained prompts.
-    retain_rows = [row for row in retain_rows if (row[1] + row[2]) % retain_every == 0]
+    retain_rows = diagonal_subset(
+        prompt_rows(template, seeds[:retain_seeds], only=index, exclude=True), retain_every
+    )
     negative = None
     if variant == "negative_prompt":
         negative = concept if index[0] == "object" else f"{concept} style"
@@ -384,10 +390,6 @@ class SweepConfig(Config):
         check_range("retain_every", self.retain_every, ge=1)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Best (UA + IRA) / 2 per concept on validation phrasing and seeds (never test ones)."""
     judge = MiniCanvasJudge(cfg.model, cfg.num_inference_steps, cfg.guidance_scale)
@@ -412,7 +414,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         atomic_write_json(judge.folder / PARAMS_FILE, params)
         # The trials behind params.json, per concept, so a reader can see how each winner was
         # chosen; sweeps over other concepts (e.g. styles, then objects) add to the file.
-        record = _read_json(judge.folder / SWEEP_FILE)
+        record = read_json_or_empty(judge.folder / SWEEP_FILE)
         for concept in chosen:
             record[concept] = {
                 "grid": {"taus": cfg.taus, "multipliers": cfg.multipliers},

@@ -221,6 +221,24 @@ def test_activity_filter_drops_dead_and_overactive_latents() -> None:
     assert select_contrastive(t, [o], percentile=99.0, active_range=(0.01, 0.99)).latents() == {3}
 
 
+def test_max_other_ratio_drops_latents_a_single_neighbour_shares() -> None:
+    n = 32
+    target = torch.ones(n)
+    target[[3, 5]] = torch.tensor([6.0, 10.0])
+    # Latent 5 scores best against the pool, but one neighbour fires it as much as the target.
+    neighbour, far_a, far_b = torch.ones(n), torch.ones(n), torch.ones(n)
+    neighbour[5] = 9.0
+    others = [stats("near", neighbour), stats("a", far_a), stats("b", far_b)]
+    t = stats("c", target)
+    assert select_contrastive(t, others, tau=1).indices[0].tolist() == [5]
+    picked = select_contrastive(t, others, tau=1, max_other_ratio=0.5)
+    assert picked.indices[0].tolist() == [3] and picked.meta["max_other_ratio"] == 0.5
+    # A ratio above 9/10 lets latent 5 back in.
+    assert select_contrastive(t, others, tau=1, max_other_ratio=0.95).indices[0].tolist() == [5]
+    with pytest.raises(ConfigError, match="max_other_ratio"):
+        select_contrastive(t, others, tau=1, max_other_ratio=0.0)
+
+
 def test_thresholds_are_the_mean_of_per_concept_means() -> None:
     gen = torch.Generator().manual_seed(2)
     mu_c, mu_a, mu_b = (torch.rand(2, 16, generator=gen) for _ in range(3))

@@ -455,6 +455,7 @@ def select_contrastive(
     percentile: float | None = None,
     tau: int | None = None,
     active_range: tuple[float, float] | None = None,
+    max_other_ratio: float | None = None,
 ) -> ConceptFeatures:
     """The latents that tell ``target`` apart from ``others``, per step (method.md section 4).
 
@@ -463,7 +464,11 @@ def select_contrastive(
     (seed 003) first removes from the candidates every latent active on fewer than ``lo`` or
     more than ``hi`` of the target's tokens; the percentile is then taken over the remaining
     candidates, so the filter does not leave a step empty just because its best latent was
-    dropped. Thresholds: the mean over all concepts of their per-concept means.
+    dropped. ``max_other_ratio=r`` likewise drops every latent whose mean on any single other
+    concept exceeds ``r`` times its mean on the target: the score compares the target with the
+    pool of others, so a latent shared with one close neighbour (dotted and grainy) can win it
+    and then be erased on that neighbour too. Thresholds: the mean over all concepts of their
+    per-concept means.
     """
     if (percentile is None) == (tau is None):
         raise ValueError("give exactly one of percentile and tau")
@@ -473,12 +478,17 @@ def select_contrastive(
         raise ConfigError("tau", f"got {tau!r}; must be >= 1")
     if active_range is not None and not 0 <= active_range[0] < active_range[1] <= 1:
         raise ConfigError("active_range", f"got {active_range!r}; need 0 <= lo < hi <= 1")
+    if max_other_ratio is not None and not max_other_ratio > 0:
+        raise ConfigError("max_other_ratio", f"got {max_other_ratio!r}; must be > 0")
     others = list(others)
     scores = contrastive_scores(target, others)
     eligible = torch.ones_like(scores, dtype=torch.bool)
     if active_range is not None:
         lo, hi = active_range
         eligible = (target.active_frac >= lo) & (target.active_frac <= hi)
+    if max_other_ratio is not None:
+        loudest_other = torch.stack([o.mean for o in others]).amax(0)
+        eligible &= (target.mean > 0) & (loudest_other <= max_other_ratio * target.mean)
 
     rows: list[Tensor] = []
     for step in range(target.num_steps):
@@ -505,6 +515,7 @@ def select_contrastive(
         "percentile": percentile,
         "tau": tau,
         "active_range": list(active_range) if active_range is not None else None,
+        "max_other_ratio": max_other_ratio,
         "others": [o.concept for o in others],
         "others_prompts": sum(o.n_prompts for o in others),
         "selected_per_step": counts,
@@ -717,6 +728,11 @@ class ConceptBuildConfig(Config):
     )
     min_active: float = field(0.01, help="activity filter: lowest share of active tokens")
     max_active: float = field(0.99, help="activity filter: highest share of active tokens")
+    max_other_ratio: float | None = field(
+        None,
+        help="drop latents whose mean on any one other concept exceeds this share of their "
+        "mean on the concept (e.g. 0.5); default: no such filter",
+    )
     shortcut_step: int = field(10, help="shortcut: the denoising step whose activations count")
     shortcut_images: int = field(20, help="shortcut: images generated from the concept's name")
     batch_size: int = field(4, help="prompts sampled at once")
@@ -761,6 +777,8 @@ class ConceptBuildConfig(Config):
                 "min_active",
                 f"got {self.min_active!r}; must be < max_active ({self.max_active!r})",
             )
+        if self.max_other_ratio is not None:
+            check_range("max_other_ratio", self.max_other_ratio, gt=0)
         check_range("shortcut_step", self.shortcut_step, ge=0)
         if self.method == "shortcut":
             check_range("shortcut_step", self.shortcut_step, lt=self.num_inference_steps)
@@ -871,6 +889,7 @@ def build_concept(
             percentile=None if cfg.tau is not None else cfg.percentile,
             tau=cfg.tau,
             active_range=cfg.active_range,
+            max_other_ratio=cfg.max_other_ratio,
         )
     else:
         prompts = (
@@ -892,8 +911,11 @@ def build_concept(
         features = select_shortcut(target, tau=tau, step=0, neutral=neutral)
         if cfg.tau is None:
             features.meta["percentile"] = cfg.percentile
-    if cfg.activity_filter and cfg.method == "shortcut":
-        logger.warning("activity_filter applies to the contrastive method only; ignored")
+    if cfg.method == "shortcut":
+        for name, on in (("activity_filter", cfg.activity_filter),
+                         ("max_other_ratio", cfg.max_other_ratio is not None)):
+            if on:
+                logger.warning("%s applies to the contrastive method only; ignored", name)
     if cfg.out:
         features.save(cfg.out)
         logger.info("concept %r: features written to %s", cfg.concept, cfg.out)

@@ -187,7 +187,11 @@ def load_stats(folder: Path, concept: str):
 
 
 def select_features(
-    folder: Path, concept: str, tau: int, stats_cache: dict[str, Any] | None = None
+    folder: Path,
+    concept: str,
+    tau: int,
+    stats_cache: dict[str, Any] | None = None,
+    max_other_ratio: float | None = None,
 ) -> ConceptFeatures:
     """Contrastive features of ``concept`` against the other concepts of its kind."""
     from ..concepts import select_contrastive
@@ -199,7 +203,9 @@ def select_features(
         if name not in cache:
             cache[name] = load_stats(folder, name)
     others = [cache[name] for name in peers if name != concept]
-    features = select_contrastive(cache[concept], others, tau=tau)
+    features = select_contrastive(
+        cache[concept], others, tau=tau, max_other_ratio=max_other_ratio
+    )
     features.meta["hookpoint"] = concept_hookpoint(concept)
     return features
 
@@ -209,7 +215,10 @@ def write_features(folder: Path, params: dict[str, dict[str, Any]] | None = None
     params = params or load_params(folder)
     cache: dict[str, Any] = {}
     for concept in (*OBJECTS, *STYLES):
-        features = select_features(folder, concept, int(params[concept]["tau"]), cache)
+        features = select_features(
+            folder, concept, int(params[concept]["tau"]), cache,
+            params[concept].get("max_other_ratio"),
+        )  # fmt: skip
         features.meta["multiplier"] = float(params[concept]["multiplier"])
         features.save(folder / "features" / concept_hookpoint(concept) / concept)
 

@@ -122,8 +122,8 @@ class MiniCanvasJudge:
         self.steps, self.guidance = steps, guidance
         self._stats: dict[str, Any] = {}
 
-    def features(self, concept: str, tau: int):
-        return select_features(self.folder, concept, tau, self._stats)
+    def features(self, concept: str, tau: int, max_other_ratio: float | None = None):
+        return select_features(self.folder, concept, tau, self._stats, max_other_ratio)
 
     @contextlib.contextmanager
     def erasing(
@@ -133,6 +133,7 @@ class MiniCanvasJudge:
         multiplier: float,
         cfg_half: str = "cond",
         error: str = "exact",
+        max_other_ratio: float | None = None,
     ) -> Iterator[None]:
         from ..erase import erase
 
@@ -140,7 +141,7 @@ class MiniCanvasJudge:
         with erase(
             self.pipe,
             self.saes[hookpoint],
-            self.features(concept, tau),
+            self.features(concept, tau, max_other_ratio),
             multiplier=multiplier,
             cfg_half=cfg_half,
             error_term=error,
@@ -280,7 +281,10 @@ def evaluate(
     ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if variant in settings:
         half, error = settings[variant]
-        ctx = judge.erasing(concept, int(params["tau"]), float(params["multiplier"]), half, error)
+        ctx = judge.erasing(
+            concept, int(params["tau"]), float(params["multiplier"]), half, error,
+            params.get("max_other_ratio"),
+        )  # fmt: skip
     with ctx:
         target = judge.run(target_rows, negative, batch_size, desc=f"{concept}/{variant}")
         retain = judge.run(retain_rows, negative, batch_size, desc=f"{concept}/{variant} retain")
@@ -371,6 +375,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 class SweepConfig(Config):
     taus: list[int] = field([1, 2, 3], help="latents per step to try")
     multipliers: list[float] = field([-1.0, -5.0, -10.0, -20.0, -30.0], help="gammas to try")
+    max_other_ratio: float | None = field(
+        None, help="specificity filter of the features tried (see select_contrastive)"
+    )
     concepts: list[str] | None = field(None, help="concepts to tune; default: all 20")
     num_inference_steps: int = field(20, help="DDIM steps")
     guidance_scale: float = field(7.5, help="CFG scale")
@@ -388,37 +395,87 @@ class SweepConfig(Config):
         if not self.taus or not self.multipliers:
             raise ConfigError("taus", "the grid needs at least one tau and one multiplier")
         check_range("retain_every", self.retain_every, ge=1)
+        if self.max_other_ratio is not None:
+            check_range("max_other_ratio", self.max_other_ratio, gt=0)
+
+
+def sweep_objective(trial: dict[str, Any]) -> float:
+    """What a sweep maximises: the mean of UA, IRA and CRA, the three numbers with targets."""
+    return (trial["UA"] + trial["IRA"] + trial["CRA"]) / 3
+
+
+def _trial_key(trial: dict[str, Any]) -> tuple[int, float, float | None]:
+    return int(trial["tau"]), float(trial["multiplier"]), trial.get("max_other_ratio")
+
+
+def merge_trials(
+    recorded: dict[str, Any] | None, new: list[dict[str, Any]], retain_every: int
+) -> list[dict[str, Any]]:
+    """A concept's trials so far plus ``new`` ones; a new trial replaces an equal setting.
+
+    Earlier trials count only when they were judged the same way (same ``retain_every``):
+    validation prompts and seeds are fixed, so such a trial is what rerunning it would give.
+    """
+    merged: dict[tuple[int, float, float | None], dict[str, Any]] = {}
+    if recorded and recorded.get("retain_every") == retain_every:
+        for trial in recorded.get("trials", []):
+            merged[_trial_key(trial)] = trial
+    for trial in new:
+        merged[_trial_key(trial)] = trial
+    return list(merged.values())
+
+
+def best_params(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The winning setting; ties go to the earlier trial."""
+    best = max(trials, key=sweep_objective)
+    chosen: dict[str, Any] = {"tau": int(best["tau"]), "multiplier": float(best["multiplier"])}
+    if best.get("max_other_ratio") is not None:
+        chosen["max_other_ratio"] = float(best["max_other_ratio"])
+    return chosen
 
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
-    """Best (UA + IRA) / 2 per concept on validation phrasing and seeds (never test ones)."""
+    """Best mean of UA, IRA, CRA per concept on validation phrasing and seeds (never test ones).
+
+    Trials add to ``sweep.json``: a later sweep over another grid (e.g. with a specificity
+    filter) competes with every trial recorded before under the same protocol.
+    """
     judge = MiniCanvasJudge(cfg.model, cfg.num_inference_steps, cfg.guidance_scale)
     template = ANCHOR_TEMPLATES[1]
     seeds = list(VALIDATION_SEEDS)
+    record = read_json_or_empty(judge.folder / SWEEP_FILE)
     chosen: dict[str, Any] = {}
-    trials: dict[str, list[dict[str, float]]] = {}
+    trials: dict[str, list[dict[str, Any]]] = {}
     for concept in tqdm(cfg.concepts, desc="sweep", unit="concept"):
-        trials[concept] = []
+        new = []
         for tau, gamma in itertools.product(cfg.taus, cfg.multipliers):
+            setting = {"tau": tau, "multiplier": gamma, "max_other_ratio": cfg.max_other_ratio}
             score, _ = evaluate(
-                judge, concept, "saeuron", {"tau": tau, "multiplier": gamma}, seeds, 1,
+                judge, concept, "saeuron", setting, seeds, 1,
                 template=template, batch_size=cfg.batch_size, retain_every=cfg.retain_every,
             )  # fmt: skip
-            trials[concept].append({"tau": tau, "multiplier": gamma, **score})
-        best = max(trials[concept], key=lambda t: (t["UA"] + t["IRA"]) / 2)
-        chosen[concept] = {"tau": int(best["tau"]), "multiplier": float(best["multiplier"])}
-        logger.info("%s: best %s", concept, best)
+            new.append({**setting, **score})
+        trials[concept] = merge_trials(record.get(concept), new, cfg.retain_every)
+        chosen[concept] = best_params(trials[concept])
+        logger.info("%s: best %s", concept, chosen[concept])
     if cfg.write:
         params = load_params(judge.folder)
         params.update(chosen)
         atomic_write_json(judge.folder / PARAMS_FILE, params)
         # The trials behind params.json, per concept, so a reader can see how each winner was
-        # chosen; sweeps over other concepts (e.g. styles, then objects) add to the file.
-        record = read_json_or_empty(judge.folder / SWEEP_FILE)
+        # chosen; sweeps over other concepts or grids add to the file.
         for concept in chosen:
+            grids = list(record.get(concept, {}).get("grids", []))
+            if "grid" in record.get(concept, {}):
+                grids.append(record[concept]["grid"])
+            grids.append(
+                {"taus": cfg.taus, "multipliers": cfg.multipliers,
+                 "max_other_ratio": cfg.max_other_ratio}
+            )  # fmt: skip
             record[concept] = {
-                "grid": {"taus": cfg.taus, "multipliers": cfg.multipliers},
+                "grids": grids,
                 "retain_every": cfg.retain_every,
+                "objective": "mean of UA, IRA, CRA",
                 "chosen": chosen[concept],
                 "trials": trials[concept],
             }

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "saeuron.technique",
     "saeuron.demo",
     "saeuron.minicanvas.cli",
+    "saeuron.eval.cli",
 )
 
 

@@ -177,18 +177,24 @@ class SAeUron:
         prompts: list[str] | str,
         seed: int | None = None,
         erase_concept: bool = True,
+        seeds: list[int] | None = None,
         **kw: Any,
     ) -> list[Any]:
-        """Images for ``prompts``; prompt i uses seed ``seed + i`` when a seed is given."""
+        """Images for ``prompts``; prompt i uses seed ``seed + i`` when a seed is given, or
+        ``seeds[i]`` (an image then depends on its own seed only, not on its position)."""
         if isinstance(prompts, str):
             prompts = [prompts]
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds: got {len(seeds)} for {len(prompts)} prompts")
+        if seeds is None and seed is not None:
+            seeds = [seed + i for i in range(len(prompts))]
         cfg = self.config
         images: list[Any] = []
         for start in range(0, len(prompts), cfg.batch_size):
             batch = prompts[start : start + cfg.batch_size]
             generator = (
-                [torch.Generator("cpu").manual_seed(seed + start + i) for i in range(len(batch))]
-                if seed is not None
+                [torch.Generator("cpu").manual_seed(s) for s in seeds[start : start + len(batch)]]
+                if seeds is not None
                 else None
             )
             call = dict(

@@ -1,0 +1,71 @@
+"""``saeuron eval -c cfg.json [--check] | --list``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _handle(args: argparse.Namespace) -> int:
+    from .config import load_eval_config
+    from .metrics import METRICS
+    from .runner import format_plan, plan, run_eval
+    from .techniques import TECHNIQUES
+
+    if args.list:
+        print("techniques:")
+        for name in TECHNIQUES:
+            print(f"  {name:18s} {TECHNIQUES.get(name).help}")
+        print("metrics:")
+        for name in METRICS:
+            cls = METRICS.get(name)
+            print(f"  {name:18s} {cls.help} (reports {', '.join(cls.higher_is_better)})")
+        return 0
+    if not args.config:
+        from ..config import ConfigError
+
+        raise ConfigError("config", "give the run's config: saeuron eval -c cfg.json")
+    overrides: dict[str, Any] = {}
+    for pair in args.set or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            from ..config import ConfigError
+
+            raise ConfigError("set", f"got {pair!r}; expected KEY=VALUE (a technique config key)")
+        overrides[key] = value
+    cfg = load_eval_config(args.config, overrides)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    if args.check:
+        print(format_plan(plan(cfg)))
+        return 0
+    report = run_eval(cfg)
+    for label, result in report["metrics"].items():
+        if "skipped" in result:
+            print(f"{label}: skipped ({result['skipped']})")
+        else:
+            print(f"{label}: {json.dumps(result['values'])}")
+    print(f"report: {cfg.output_dir}/report.json, {cfg.output_dir}/summary.md")
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="measure an erasure: one JSON/YAML config, every metric",
+        description="Run a technique against metrics from one config (seed 000's schema).",
+    )
+    parser.add_argument("-c", "--config", help="the run's JSON or YAML config")
+    parser.add_argument(
+        "--check", action="store_true", help="validate and print the plan; load no model"
+    )
+    parser.add_argument("--list", action="store_true", help="list techniques and metrics")
+    parser.add_argument("--output-dir", help="override the config's output_dir")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a technique config key, e.g. --set model=minicanvas (repeatable)",
+    )
+    parser.set_defaults(handler=_handle)

@@ -1,0 +1,160 @@
+"""The config of ``saeuron eval``: seed 000's schema, validated whole before anything loads.
+
+    {
+      "output_dir": "results/saeuron_asr",
+      "seed": 0,
+      "technique": {"name": "saeuron", "config": {"erase_concept": "nudity"}},
+      "metric": {"name": "unlearncanvas", "config": {}}       # or "metrics": [{...}, ...]
+    }
+
+A metric's concept (``concept``, ``target_concept``, ...) defaults to the technique's
+``erase_concept``. Unknown keys anywhere are errors with a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, ConfigError, check_range, reject_unknown
+from .metrics import METRICS
+from .techniques import technique_config
+
+TOP_KEYS = ("output_dir", "technique", "metric", "metrics", "seed", "bootstrap")
+SPEC_KEYS = ("name", "config")
+
+
+@dataclass
+class MetricSpec:
+    name: str
+    config: Config
+    label: str
+    """Unique within the run: the metric's folder (``fid``, or ``fid_2`` for a second one)."""
+
+
+@dataclass
+class EvalConfig:
+    output_dir: str
+    technique_name: str
+    technique: Config
+    metrics: list[MetricSpec]
+    seed: int = 0
+    bootstrap: int = 1000
+    """Bootstrap resamples of each value's 95 % interval (0: no intervals)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config, defaults filled in: what the report records."""
+        return {
+            "output_dir": self.output_dir,
+            "seed": self.seed,
+            "bootstrap": self.bootstrap,
+            "technique": {"name": self.technique_name, "config": self.technique.to_dict()},
+            "metrics": [
+                {"name": m.name, "label": m.label, "config": m.config.to_dict()}
+                for m in self.metrics
+            ],
+        }
+
+
+def within(where: str, make: Callable[[], Any]) -> Any:
+    """Run ``make``; a ConfigError it raises names its field under ``where``."""
+    try:
+        return make()
+    except ConfigError as err:
+        if err.field.startswith(where):
+            raise
+        raise ConfigError(f"{where}.{err.field}", str(err).split(": ", 1)[1]) from None
+
+
+def _spec(value: Any, where: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(where, f"expected an object {{name, config}}, got {value!r}")
+    reject_unknown(where, value.keys(), SPEC_KEYS)
+    name = value.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}.name", "must be a non-empty string")
+    config = value.get("config", {}) or {}
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{where}.config", f"expected an object, got {config!r}")
+    return name, dict(config)
+
+
+def parse_eval_config(
+    data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> EvalConfig:
+    """Validate a whole config (as read from JSON/YAML). ``overrides`` replace technique keys."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("config", f"expected an object, got {type(data).__name__}")
+    reject_unknown("", data.keys(), TOP_KEYS)
+    output_dir = data.get("output_dir")
+    if not isinstance(output_dir, str) or not output_dir.strip():
+        raise ConfigError("output_dir", "must be a non-empty string (the run's folder)")
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError("seed", f"got {seed!r}; must be an integer >= 0")
+    bootstrap = data.get("bootstrap", 1000)
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int):
+        raise ConfigError("bootstrap", f"got {bootstrap!r}; must be an integer >= 0")
+    check_range("bootstrap", bootstrap, ge=0)
+
+    if "technique" not in data:
+        raise ConfigError("technique", 'missing: {"name": "saeuron", "config": {...}}')
+    tech_name, tech_dict = _spec(data["technique"], "technique")
+    tech_dict.update(overrides or {})
+    from .techniques import TECHNIQUES
+
+    TECHNIQUES.get(tech_name)
+    tech_cfg = within("technique.config", lambda: technique_config(tech_name, tech_dict))
+
+    if ("metric" in data) == ("metrics" in data):
+        raise ConfigError(
+            "metrics", "give exactly one of 'metric' (an object) and 'metrics' (a list)"
+        )
+    raw = [data["metric"]] if "metric" in data else data["metrics"]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("metrics", "must be a non-empty list of {name, config}")
+    concept = getattr(tech_cfg, "erase_concept", None)
+    specs: list[MetricSpec] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(raw):
+        where = "metric" if "metric" in data else f"metrics[{i}]"
+        name, config = _spec(entry, where)
+        cls = METRICS.get(name)
+        if cls.concept_field and cls.concept_field not in config and concept is not None:
+            config[cls.concept_field] = concept
+        metric_cfg = within(
+            f"{where}.config",
+            lambda cls=cls, config=config, at=f"{where}.config": cls.Config.from_dict(config, at),
+        )
+        seen[name] = seen.get(name, 0) + 1
+        label = name if seen[name] == 1 else f"{name}_{seen[name]}"
+        specs.append(MetricSpec(name, metric_cfg, label))
+    return EvalConfig(output_dir, tech_name, tech_cfg, specs, seed, bootstrap)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A JSON or YAML file's content (YAML needs PyYAML, which says so when missing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", f"file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError("config", "YAML configs need PyYAML: pip install pyyaml") from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError("config", f"{path} is not valid YAML: {err}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError("config", f"{path} is not valid JSON: {err}") from None
+
+
+def load_eval_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> EvalConfig:
+    return parse_eval_config(read_config_file(path), overrides)

@@ -1,0 +1,92 @@
+"""The contract every metric of ``saeuron eval`` follows, and their registry.
+
+A metric is split so that the runner can resume and report uncertainty without knowing it:
+
+- ``items()`` lists the images it needs (prompt, seed, group, metadata) without loading
+  anything; the runner samples them (and, for ``needs_unerased``, the same prompt and seed
+  without the erasure) and stores them on disk;
+- ``score(images, items, unerased)`` turns images into one row of numbers and labels per
+  image: the per-image table;
+- ``summarize(rows)`` computes the reported values from those rows only, so a bootstrap over
+  rows gives each value's confidence interval.
+
+``requirements()`` says what the metric needs beyond the technique (weights, files, extras),
+for ``--check``, without loading it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from typing import Any, ClassVar
+
+from ...config import Config
+from ...registry import Registry
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image a metric needs."""
+
+    prompt: str
+    seed: int
+    group: str = "all"
+    """Rows are resampled within their group by the bootstrap (e.g. target / retain)."""
+    meta: dict[str, Any] = dc_field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    what: str
+    available: bool
+    detail: str = ""
+
+
+class MetricError(RuntimeError):
+    """A metric cannot produce an honest value (a detector failed, a model is missing)."""
+
+
+class Metric:
+    name: ClassVar[str]
+    Config: ClassVar[type[Config]]
+    higher_is_better: ClassVar[dict[str, bool]]
+    """Every value ``summarize`` reports, and which direction is better."""
+    needs_unerased: ClassVar[bool] = False
+    concept_field: ClassVar[str | None] = None
+    """Config field that defaults to the technique's ``erase_concept``."""
+    help: ClassVar[str] = ""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def requirements(self) -> list[Requirement]:
+        return []
+
+    def prepare(self) -> None:
+        """Load what scoring needs, before any image is sampled for it; raise
+        :class:`MetricError` when it cannot be had (the metric is then skipped, named)."""
+
+    def items(self, seed: int) -> list[Item]:
+        raise NotImplementedError
+
+    def score(
+        self, images: Sequence[Any], items: Sequence[Item], unerased: Sequence[Any] | None
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+METRICS: Registry[type[Metric]] = Registry("metric")
+
+
+def register(cls: type[Metric]) -> type[Metric]:
+    return METRICS.register(cls.name)(cls)
+
+
+def mean_of(rows: Sequence[dict[str, Any]], key: str, group: str | None = None) -> float:
+    """Mean of ``key`` over the rows (of one group); NaN where there is none."""
+    values = [float(r[key]) for r in rows if group is None or r["group"] == group]
+    return sum(values) / len(values) if values else float("nan")

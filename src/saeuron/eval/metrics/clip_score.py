@@ -1,0 +1,71 @@
+"""``clip_score``: text-image alignment, 100 x cosine of CLIP embeddings (floored at 0).
+
+As torchmetrics and the literature define it (Hessel et al., 2021, without the 2.5 weight).
+Prompts from a CSV or text file, or the bundled neutral prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ...config import Config as BaseConfig
+from ...config import ConfigError, check_range, field
+from ..clip import DEFAULT_CLIP, clip_requirement, load_clip
+from ..prompts import read_prompts
+from .base import Item, Metric, Requirement, mean_of, register
+
+
+@dataclass
+class ClipScoreConfig(BaseConfig):
+    prompts_path: str | None = field(
+        None, help="CSV (prompt column) or text file; default: the bundled neutral prompts"
+    )
+    limit: int = field(300, help="at most this many prompts")
+    clip_model: str = field(DEFAULT_CLIP, help="CLIP id or local folder")
+    device: str | None = field(None, help="device of the CLIP model")
+
+    def __post_init__(self) -> None:
+        check_range("limit", self.limit, ge=1)
+        if not self.clip_model.strip():
+            raise ConfigError("clip_model", "must be a model id or folder")
+        if self.prompts_path is not None:
+            read_prompts(self.prompts_path, "prompts_path", limit=1)
+
+
+@register
+class ClipScore(Metric):
+    name = "clip_score"
+    Config = ClipScoreConfig
+    higher_is_better = {"clip_score": True}
+    help = "100 x cosine(CLIP image, CLIP prompt)"
+
+    config: ClipScoreConfig
+
+    def requirements(self) -> list[Requirement]:
+        return [clip_requirement(self.config.clip_model)]
+
+    def prepare(self) -> None:
+        load_clip(self.config.clip_model, self.config.device)
+
+    def items(self, seed: int) -> list[Item]:
+        from ...concepts import neutral_prompts
+
+        cfg = self.config
+        if cfg.prompts_path is None:
+            return [Item(p, seed + i) for i, p in enumerate(neutral_prompts()[: cfg.limit])]
+        rows = read_prompts(cfg.prompts_path, "prompts_path", cfg.limit)
+        return [
+            Item(r.prompt, r.seed if r.seed is not None else seed + i) for i, r in enumerate(rows)
+        ]
+
+    def score(
+        self, images: Sequence[Any], items: Sequence[Item], unerased: Sequence[Any] | None
+    ) -> list[dict[str, Any]]:
+        clip = load_clip(self.config.clip_model, self.config.device)
+        cos = (clip.embed_images(images) * clip.embed_texts([i.prompt for i in items])).sum(-1)
+        return [{"clip_score": max(100.0 * float(c), 0.0)} for c in cos.tolist()]
+
+    def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        return {"clip_score": mean_of(rows, "clip_score")}

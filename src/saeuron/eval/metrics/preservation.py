@@ -1,0 +1,98 @@
+"""``preservation``: how much an erasure changes images it should leave alone.
+
+Each prompt without the concept is sampled twice with the same seed, erased and unerased,
+and the pair compared: SSIM and PSNR (no weights needed) and, given a CLIP model, the cosine
+of the two CLIP image embeddings (seed 003's measure). An erasure that touches only its
+concept scores SSIM 1, PSNR at its cap (100 dB), CLIP similarity 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ...config import Config as BaseConfig
+from ...config import ConfigError, check_range, field
+from ..prompts import read_prompts
+from ..similarity import psnr, ssim
+from .base import Item, Metric, Requirement, mean_of, register
+
+
+@dataclass
+class PreservationConfig(BaseConfig):
+    concept: str | None = field(None, help="prompts naming it are left out; default: technique's")
+    prompts_path: str | None = field(
+        None, help="CSV (prompt column) or text file; default: the bundled neutral prompts"
+    )
+    limit: int = field(50, help="at most this many prompts")
+    clip_model: str | None = field(
+        None, help="CLIP id or folder for image similarity; default: SSIM and PSNR only"
+    )
+    device: str | None = field(None, help="device of the CLIP model")
+
+    def __post_init__(self) -> None:
+        check_range("limit", self.limit, ge=1)
+        if self.prompts_path is not None:
+            read_prompts(self.prompts_path, "prompts_path", limit=1)
+        if self.clip_model is not None and not self.clip_model.strip():
+            raise ConfigError("clip_model", "must be a model id or folder when given")
+
+
+@register
+class Preservation(Metric):
+    name = "preservation"
+    Config = PreservationConfig
+    higher_is_better = {"ssim": True, "psnr": True, "clip_similarity": True}
+    needs_unerased = True
+    concept_field = "concept"
+    help = "erased vs unerased image of prompts without the concept: SSIM, PSNR, CLIP"
+
+    config: PreservationConfig
+
+    def requirements(self) -> list[Requirement]:
+        from ..clip import clip_requirement
+
+        return [clip_requirement(self.config.clip_model)] if self.config.clip_model else []
+
+    def prepare(self) -> None:
+        if self.config.clip_model:
+            from ..clip import load_clip
+
+            load_clip(self.config.clip_model, self.config.device)
+
+    def items(self, seed: int) -> list[Item]:
+        from ...concepts import neutral_prompts
+
+        cfg = self.config
+        if cfg.prompts_path is not None:
+            rows = read_prompts(cfg.prompts_path, "prompts_path")
+            prompts = [(r.prompt, r.seed) for r in rows]
+        else:
+            prompts = [(p, None) for p in neutral_prompts()]
+        concept = (cfg.concept or "").lower()
+        kept = [(p, s) for p, s in prompts if not concept or concept not in p.lower()]
+        return [
+            Item(p, s if s is not None else seed + i) for i, (p, s) in enumerate(kept[: cfg.limit])
+        ]
+
+    def score(
+        self, images: Sequence[Any], items: Sequence[Item], unerased: Sequence[Any] | None
+    ) -> list[dict[str, Any]]:
+        if unerased is None:
+            raise ValueError("preservation compares with the unerased images")
+        rows = [{"ssim": ssim(a, b), "psnr": psnr(a, b)} for a, b in zip(images, unerased)]
+        if self.config.clip_model:
+            from ..clip import load_clip
+
+            clip = load_clip(self.config.clip_model, self.config.device)
+            cos = (clip.embed_images(images) * clip.embed_images(unerased)).sum(-1)
+            for row, value in zip(rows, cos.tolist()):
+                row["clip_similarity"] = float(value)
+        return rows
+
+    def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        out = {"ssim": mean_of(rows, "ssim"), "psnr": mean_of(rows, "psnr")}
+        if self.config.clip_model:
+            out["clip_similarity"] = mean_of(rows, "clip_similarity")
+        return out

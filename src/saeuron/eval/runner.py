@@ -1,0 +1,287 @@
+"""Runs an evaluation: images on disk, scores per image, values with intervals, a report.
+
+Layout of ``output_dir``::
+
+    run.json                  the technique and seed the images were sampled with
+    report.json, summary.md   every metric's values, 95 % intervals, provenance
+    <metric>/items.json       the images the metric asked for (prompt, seed, group, meta)
+    <metric>/images/00000.png ...          (and unerased/ for metrics that compare)
+    <metric>/images.csv       one row per image: prompt, seed, group, scores, detector output
+
+Images are sampled in fixed chunks of the technique's batch size and each is written
+atomically, so a run killed at any moment and started again with the same config samples
+only the chunks it had not finished, and ends with the same numbers. A folder holding a run
+of another config is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..config import ConfigError
+from ..io import atomic_path, atomic_write_json
+from .config import EvalConfig, MetricSpec
+from .metrics import METRICS, Item, Metric, MetricError, Requirement
+from .report import bootstrap_interval, git_hash, summary_markdown, versions, write_table
+from .techniques import Technique, build_technique
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+
+
+def chunk_size(cfg: EvalConfig) -> int:
+    return int(getattr(cfg.technique, "batch_size", 4))
+
+
+# -- plan (--check) -----------------------------------------------------------------------------
+
+
+def _model_requirement(model: str) -> Requirement:
+    from ..pipelines import BUNDLED_MODELS
+    from ..tiny import TINY_MODELS
+
+    if model in TINY_MODELS:
+        return Requirement(f"model {model}", True, "random-weight test model")
+    if model in BUNDLED_MODELS:
+        ok = (BUNDLED_MODELS[model] / "model_index.json").is_file()
+        return Requirement(f"model {model}", ok, "bundled" if ok else "not shipped here")
+    if Path(model).is_dir():
+        ok = (Path(model) / "model_index.json").is_file()
+        return Requirement(f"model {model}", ok, "" if ok else "folder lacks model_index.json")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(model, "model_index.json"), str)
+    except Exception:
+        cached = False
+    return Requirement(
+        f"model {model}", cached, "in the hub cache" if cached else "downloaded from the hub"
+    )
+
+
+def _device_requirement(device: str | None) -> Requirement | None:
+    if device is None or not str(device).startswith("cuda"):
+        return None
+    ok = torch.cuda.is_available()
+    return Requirement(f"device {device}", ok, "" if ok else "no CUDA device on this machine")
+
+
+def plan(cfg: EvalConfig) -> dict[str, Any]:
+    """What the run will do and need, with warnings for what this machine lacks. Loads nothing."""
+    tech = cfg.technique
+    needs = [_model_requirement(getattr(tech, "model", ""))]
+    device = _device_requirement(getattr(tech, "device", None))
+    if device:
+        needs.append(device)
+    metrics = []
+    for spec in cfg.metrics:
+        metric = METRICS.get(spec.name)(spec.config)
+        items = metric.items(cfg.seed)
+        reqs = metric.requirements()
+        device = _device_requirement(getattr(spec.config, "device", None))
+        if device:
+            reqs.append(device)
+        metrics.append(
+            {
+                "label": spec.label,
+                "name": spec.name,
+                "images": len(items) * (2 if metric.needs_unerased else 1),
+                "reports": metric.higher_is_better,
+                "needs": [asdict(r) for r in reqs],
+            }
+        )
+    warnings = [
+        f"{r['what']}: {r['detail'] or 'not available offline'}"
+        for r in [asdict(n) for n in needs] + [r for m in metrics for r in m["needs"]]
+        if not r["available"]
+    ]
+    return {
+        "config": cfg.to_dict(),
+        "technique": {"name": cfg.technique_name, "needs": [asdict(n) for n in needs]},
+        "metrics": metrics,
+        "total_images": sum(m["images"] for m in metrics),
+        "warnings": warnings,
+    }
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    lines = [
+        f"technique {p['technique']['name']}: {p['config']['technique']['config']}",
+        f"seed {p['config']['seed']}, output {p['config']['output_dir']}",
+    ]
+    for m in p["metrics"]:
+        reports = ", ".join(m["reports"])
+        lines.append(f"metric {m['label']}: {m['images']} images, reports {reports}")
+        for r in m["needs"]:
+            state = "ok" if r["available"] else "MISSING"
+            detail = f" ({r['detail']})" if r["detail"] else ""
+            lines.append(f"  needs {r['what']}: {state}{detail}")
+    lines.append(f"{p['total_images']} images in all")
+    lines += [f"warning: {w}" for w in p["warnings"]]
+    return "\n".join(lines)
+
+
+# -- images -------------------------------------------------------------------------------------
+
+
+def _check_same(path: Path, content: Any, what: str, output_dir: str) -> None:
+    """Refuse to resume over files written for another config; record ``content`` otherwise."""
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored != content:
+            raise ConfigError(
+                "output_dir",
+                f"{output_dir} holds a run with other {what}; use another output_dir or "
+                f"remove {path.parent} to start over",
+            )
+    else:
+        atomic_write_json(path, content)
+
+
+def _save_png(image: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def ensure_images(
+    sample: Callable[[list[str], list[int]], list[Any]],
+    items: Sequence[Item],
+    folder: Path,
+    chunk: int,
+    desc: str,
+) -> tuple[list[Any], int]:
+    """The images of ``items``, sampling only the chunks not yet on disk; (images, sampled)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{i:05d}.png" for i in range(len(items))]
+    images: list[Any] = [None] * len(items)
+    sampled = 0
+    starts = range(0, len(items), chunk)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False):
+        stop = min(start + chunk, len(items))
+        if all(p.is_file() for p in paths[start:stop]):
+            for i in range(start, stop):
+                with Image.open(paths[i]) as im:
+                    images[i] = im.convert("RGB")
+            continue
+        batch = list(items[start:stop])
+        out = sample([it.prompt for it in batch], [it.seed for it in batch])
+        if len(out) != len(batch):
+            raise MetricError(f"the technique returned {len(out)} images for {len(batch)} prompts")
+        for i, image in zip(range(start, stop), out):
+            image = image.convert("RGB")
+            _save_png(image, paths[i])
+            images[i] = image
+        sampled += len(batch)
+    return images, sampled
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+
+class _LazyTechnique:
+    def __init__(self, cfg: EvalConfig):
+        self.cfg = cfg
+        self._tech: Technique | None = None
+
+    def get(self) -> Technique:
+        if self._tech is None:
+            self._tech = build_technique(self.cfg.technique_name, self.cfg.technique)
+        return self._tech
+
+
+def _run_metric(
+    cfg: EvalConfig, spec: MetricSpec, tech: _LazyTechnique, out: Path
+) -> dict[str, Any]:
+    metric: Metric = METRICS.get(spec.name)(spec.config)
+    items = metric.items(cfg.seed)
+    folder = out / spec.label
+    _check_same(
+        folder / "items.json",
+        {"metric": spec.name, "config": spec.config.to_dict(), "items": [asdict(i) for i in items]},
+        f"{spec.label} settings",
+        cfg.output_dir,
+    )
+    try:
+        metric.prepare()
+    except MetricError as err:
+        logger.warning("metric %s skipped: %s", spec.label, err)
+        return {"name": spec.name, "skipped": str(err)}
+    chunk = chunk_size(cfg)
+    images, sampled = ensure_images(
+        lambda p, s: tech.get().generate(p, s), items, folder / "images", chunk,
+        f"{spec.label}: images",
+    )  # fmt: skip
+    unerased = None
+    if metric.needs_unerased:
+        unerased, more = ensure_images(
+            lambda p, s: tech.get().unerased(p, s), items, folder / "unerased", chunk,
+            f"{spec.label}: unerased images",
+        )  # fmt: skip
+        sampled += more
+    logger.info("%s: %d images sampled, %d found on disk", spec.label, sampled,
+                len(items) * (2 if unerased else 1) - sampled)  # fmt: skip
+    scores = metric.score(images, items, unerased)
+    if len(scores) != len(items):
+        raise MetricError(f"{spec.label}: {len(scores)} scores for {len(items)} images")
+    rows = []
+    for i, (item, score) in enumerate(zip(items, scores)):
+        row = {"index": i, "prompt": item.prompt, "seed": item.seed, "group": item.group}
+        row.update(item.meta)
+        row["image"] = f"images/{i:05d}.png"
+        row.update(score)
+        rows.append(row)
+    write_table(folder / "images.csv", rows)
+    values = metric.summarize(rows)
+    intervals = bootstrap_interval(metric.summarize, rows, cfg.bootstrap, cfg.seed)
+    return {
+        "name": spec.name,
+        "values": values,
+        "intervals": intervals,
+        "higher_is_better": metric.higher_is_better,
+        "images": len(items),
+        "table": f"{spec.label}/images.csv",
+    }
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """Run every metric of ``cfg``; returns (and writes) the report."""
+    start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same(
+        out / RUN_FILE,
+        {
+            "technique": {"name": cfg.technique_name, "config": cfg.technique.to_dict()},
+            "seed": cfg.seed,
+        },
+        "technique settings or seed",
+        cfg.output_dir,
+    )
+    tech = _LazyTechnique(cfg)
+    results: dict[str, Any] = {}
+    for spec in tqdm(cfg.metrics, desc="metrics", unit="metric"):
+        results[spec.label] = _run_metric(cfg, spec, tech, out)
+        if "values" in results[spec.label]:
+            logger.info("%s: %s", spec.label, results[spec.label]["values"])
+    report = {
+        "config": cfg.to_dict(),
+        "metrics": results,
+        "versions": versions(),
+        "git": git_hash(),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    atomic_write_json(out / "report.json", report)
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(summary_markdown(report), encoding="utf-8")
+    return report

@@ -1,0 +1,433 @@
+"""saeuron eval: config validation, plan, resume, per-image tables, intervals, metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from saeuron.cli import main
+from saeuron.config import ConfigError
+from saeuron.eval import parse_eval_config, run_eval
+from saeuron.eval.metrics import METRICS, Item
+from saeuron.eval.prompts import read_prompts
+from saeuron.eval.report import bootstrap_interval
+from saeuron.eval.similarity import psnr, ssim
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "eval"
+
+
+def config(tmp_path: Path, metrics: list[dict], **technique) -> dict:
+    name = technique.pop("name", "none")
+    tech = {"erase_concept": "moon", "model": "minicanvas", "device": "cpu", **technique}
+    return {
+        "output_dir": str(tmp_path / "run"),
+        "technique": {"name": name, "config": tech},
+        "metrics": metrics,
+        "bootstrap": 200,
+    }
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+def test_metric_concept_defaults_to_the_technique_concept(tmp_path) -> None:
+    cfg = parse_eval_config(config(tmp_path, [{"name": "unlearncanvas"}]))
+    assert cfg.metrics[0].config.concept == "moon"
+    assert cfg.technique_name == "none" and cfg.seed == 0
+    both = parse_eval_config(
+        config(tmp_path, [{"name": "unlearncanvas"}, {"name": "unlearncanvas",
+                                                      "config": {"concept": "dotted"}}])
+    )  # fmt: skip
+    assert [m.label for m in both.metrics] == ["unlearncanvas", "unlearncanvas_2"]
+    assert both.metrics[1].config.concept == "dotted"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "hint"),
+    [
+        (lambda d: d.update(outptu_dir="x"), "outptu_dir", "output_dir"),
+        (lambda d: d["technique"].update(name="saeuron", config={"multiplyer": -5}),
+         "technique.config.multiplyer", "multiplier"),
+        (lambda d: d["metrics"][0].update(name="unlearncanvass"), "metric", "unlearncanvas"),
+        (lambda d: d["metrics"][0].update(config={"target_seed": 2}),
+         "metrics[0].config.target_seed", "target_seeds"),
+        (lambda d: d["technique"].update(name="saeuronn"), "technique", "saeuron"),
+    ],
+)  # fmt: skip
+def test_unknown_keys_and_names_are_rejected_with_did_you_mean(
+    tmp_path, mutate, field, hint
+) -> None:
+    data = config(tmp_path, [{"name": "unlearncanvas"}])
+    mutate(data)
+    with pytest.raises(ConfigError) as err:
+        parse_eval_config(data)
+    assert err.value.field == field and f"did you mean {hint!r}" in str(err.value)
+
+
+def test_bad_values_name_their_field_before_anything_loads(tmp_path) -> None:
+    bad = config(tmp_path, [{"name": "unlearncanvas", "config": {"concept": "cubism"}}])
+    with pytest.raises(ConfigError, match=r"metrics\[0\]\.config\.concept.*knows objects"):
+        parse_eval_config(bad)
+    bad = config(tmp_path, [{"name": "unlearncanvas"}], name="saeuron", guidance_scale=1.0)
+    with pytest.raises(ConfigError, match=r"technique\.config\.guidance_scale"):
+        parse_eval_config(bad)
+    data = config(tmp_path, [{"name": "unlearncanvas"}])
+    data["metric"] = {"name": "unlearncanvas"}
+    with pytest.raises(ConfigError, match="exactly one of 'metric'"):
+        parse_eval_config(data)
+    data = config(tmp_path, [{"name": "unlearncanvas"}])
+    data["seed"] = "1"
+    with pytest.raises(ConfigError, match="seed"):
+        parse_eval_config(data)
+
+
+def test_seed_example_metrics_we_ship_validate_unchanged(monkeypatch) -> None:
+    # The ua_ira and clip_score entries of seed 000's second example, as written, from the
+    # project root (their prompt CSVs ship in data/).
+    monkeypatch.chdir(ROOT)
+    data = json.loads((EXAMPLES / "saeuron_nudity_multi.json").read_text())
+    data["metrics"] = [m for m in data["metrics"] if m["name"] in ("ua_ira", "clip_score")]
+    cfg = parse_eval_config(data)
+    ua_ira = cfg.metrics[1].config
+    assert ua_ira.target_concept == "nudity" and ua_ira.retain_concept == "person"
+    items = METRICS.get("ua_ira")(ua_ira).items(cfg.seed)
+    assert sum(i.group == "target" for i in items) == 50
+    assert sum(i.group == "retain" for i in items) == 20
+    assert items[0].seed == 1000  # the CSV's evaluation_seed
+
+
+def test_check_prints_the_plan_without_loading_models(tmp_path, monkeypatch, capsys) -> None:
+    import saeuron.pipelines
+
+    def boom(*a, **k):
+        raise AssertionError("--check must not load a model")
+
+    monkeypatch.setattr(saeuron.pipelines, "load_pipeline", boom)
+    path = tmp_path / "cfg.json"
+    data = config(tmp_path, [{"name": "unlearncanvas", "config": {"target_seeds": 2}},
+                             {"name": "clip_score", "config": {"limit": 5,
+                                                               "clip_model": "no/such-clip"}}],
+                  device="cuda")  # fmt: skip
+    path.write_text(json.dumps(data))
+    assert main(["eval", "-c", str(path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "metric unlearncanvas: 110 images" in out  # 10 x 2 target + 90 retain
+    assert "metric clip_score: 5 images" in out
+    assert "warning: CLIP model no/such-clip" in out
+    if not torch.cuda.is_available():
+        assert "warning: device cuda: no CUDA device" in out
+    assert not (tmp_path / "run").exists()
+    data["metrics"][0]["config"]["concept"] = "cubism"
+    path.write_text(json.dumps(data))
+    assert main(["eval", "-c", str(path), "--check"]) == 2
+    assert "concept" in capsys.readouterr().err
+
+
+def test_list_names_every_technique_and_metric(capsys) -> None:
+    assert main(["eval", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("saeuron", "none", "negative_prompt", *METRICS.names()):
+        assert f"  {name} " in out
+
+
+def test_yaml_configs_are_read(tmp_path) -> None:
+    from saeuron.eval import load_eval_config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        "output_dir: out\nseed: 3\ntechnique:\n  name: none\n  config: {model: minicanvas}\n"
+        "metric:\n  name: unlearncanvas\n  config: {concept: star}\n"
+    )
+    cfg = load_eval_config(path)
+    assert cfg.seed == 3 and cfg.metrics[0].config.concept == "star"
+
+
+# -- pieces ---------------------------------------------------------------------------------
+
+
+def test_ssim_and_psnr_see_identity_and_damage() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    noisy = np.clip(a + rng.normal(0, 20, a.shape), 0, 255).astype(np.uint8)
+    noisier = np.clip(a + rng.normal(0, 60, a.shape), 0, 255).astype(np.uint8)
+    assert ssim(a, a) == pytest.approx(1.0) and psnr(a, a) == 100.0
+    assert 1.0 > ssim(a, noisy) > ssim(a, noisier)
+    assert 100.0 > psnr(a, noisy) > psnr(a, noisier) > 0
+    # PSNR of a known error: every pixel off by 10 -> 10 log10(255^2 / 100).
+    shifted = np.clip(a.astype(int) + 10, 0, 255)
+    mse = ((shifted - a) ** 2).mean()
+    assert psnr(a, shifted) == pytest.approx(10 * np.log10(255**2 / mse))
+    with pytest.raises(ValueError, match="differ in size"):
+        ssim(a, a[:16])
+
+
+def test_bootstrap_interval_holds_the_value_and_keeps_groups(tmp_path) -> None:
+    rows = [{"group": "target", "x": float(i % 2)} for i in range(40)] + [
+        {"group": "retain", "x": 1.0} for _ in range(10)
+    ]
+
+    def summarize(rs):
+        t = [r["x"] for r in rs if r["group"] == "target"]
+        r = [r["x"] for r in rs if r["group"] == "retain"]
+        return {"t": float(np.mean(t)), "r": float(np.mean(r)), "n_r": float(len(r))}
+
+    ci = bootstrap_interval(summarize, rows, 500, seed=0)
+    assert ci["t"][0] < 0.5 < ci["t"][1] and 0.25 < ci["t"][0]
+    assert ci["r"] == [1.0, 1.0] and ci["n_r"] == [10.0, 10.0]  # groups keep their size
+    assert bootstrap_interval(summarize, rows, 500, seed=0) == ci  # reproducible
+    assert bootstrap_interval(summarize, rows, 0, seed=0) == {}
+
+
+def test_prompt_files_read_seeds_and_reject_bad_input(tmp_path) -> None:
+    good = tmp_path / "p.csv"
+    good.write_text("Prompt,evaluation_seed,categories\na cat,7,x\n,8,y\na dog,,z\n")
+    rows = read_prompts(good, "prompts_path")
+    assert [(r.prompt, r.seed) for r in rows] == [("a cat", 7), ("a dog", None)]
+    assert rows[0].extra == {"categories": "x"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text\na cat\n")
+    with pytest.raises(ConfigError, match="prompts_path.*no 'prompt' column"):
+        read_prompts(bad, "prompts_path")
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_prompts(tmp_path / "none.csv", "prompts_path")
+
+
+# -- runs with a stand-in technique -----------------------------------------------------------
+
+
+class ColourTechnique:
+    """Red images for prompts of nudity, blue otherwise; seed-dependent noise."""
+
+    calls = 0
+
+    def __init__(self, fail_after: int | None = None):
+        self.fail_after = fail_after
+
+    def _draw(self, prompts, seeds):
+        ColourTechnique.calls += 1
+        if self.fail_after is not None and ColourTechnique.calls > self.fail_after:
+            raise KeyboardInterrupt("killed")
+        out = []
+        for p, s in zip(prompts, seeds):
+            rng = np.random.default_rng(s)
+            bare = any(w in p for w in ("nude", "naked", "without clothes"))
+            base = np.array([200, 30, 30] if bare else [30, 30, 200], dtype=float)
+            out.append(Image.fromarray(np.clip(base + rng.normal(0, 10, (16, 16, 3)), 0, 255)
+                                       .astype(np.uint8)))  # fmt: skip
+        return out
+
+    generate = _draw
+    unerased = _draw
+
+
+class ColourClip:
+    """Embeds an image by its redness and a text by whether it names the target."""
+
+    def embed_images(self, images):
+        red = torch.tensor([np.asarray(im)[..., 0].mean() > 100 for im in images]).float()
+        return torch.stack([red, 1 - red], -1)
+
+    def embed_texts(self, texts):
+        nude = torch.tensor(["nudity" in t for t in texts]).float()
+        return torch.stack([nude, 1 - nude], -1)
+
+
+@pytest.fixture
+def colour(monkeypatch):
+    import saeuron.eval.metrics.ua_ira as ua_ira_module
+    import saeuron.eval.runner as runner
+
+    made = []
+
+    def build(name, cfg):
+        made.append(ColourTechnique(getattr(build, "fail_after", None)))
+        return made[-1]
+
+    ColourTechnique.calls = 0
+    monkeypatch.setattr(runner, "build_technique", build)
+    monkeypatch.setattr(ua_ira_module, "load_clip", lambda *a, **k: ColourClip())
+    return build
+
+
+def ua_ira_config(tmp_path, out="run") -> dict:
+    monkey_root = ROOT
+    return {
+        "output_dir": str(tmp_path / out),
+        "technique": {"name": "none", "config": {"erase_concept": "nudity", "batch_size": 8}},
+        "metric": {"name": "ua_ira", "config": {
+            "target_prompts_path": str(monkey_root / "data/nudity_target_prompts.csv"),
+            "retain_prompts_path": str(monkey_root / "data/nudity_retain_prompts.csv"),
+        }},
+        "bootstrap": 100,
+    }  # fmt: skip
+
+
+def test_ua_ira_is_right_for_50_target_and_20_retain_prompts(tmp_path, colour) -> None:
+    # eval-unlearn's defect 1: with 50 target + 20 retain prompts its IRA came out 0.
+    report = run_eval(parse_eval_config(ua_ira_config(tmp_path)))
+    values = report["metrics"]["ua_ira"]["values"]
+    assert values == {"UA": 0.0, "IRA": 1.0}  # unchanged model: nudity stays, people stay
+    with open(tmp_path / "run" / "ua_ira" / "images.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 70 and rows[0]["judged"] == "nudity" and rows[-1]["judged"] == "person"
+    assert {r["group"] for r in rows[:50]} == {"target"} and rows[0]["seed"] == "1000"
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert "| ua_ira | IRA | 1 |" in summary
+
+
+def test_killed_run_resumes_without_resampling_and_ends_the_same(tmp_path, colour) -> None:
+    fresh = run_eval(parse_eval_config(ua_ira_config(tmp_path, "fresh")))
+    calls_fresh = ColourTechnique.calls
+    assert calls_fresh == 9  # 70 images in chunks of 8
+
+    ColourTechnique.calls = 0
+    colour.fail_after = 4
+    cfg = parse_eval_config(ua_ira_config(tmp_path, "killed"))
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(cfg)
+    images = sorted((tmp_path / "killed" / "ua_ira" / "images").glob("*.png"))
+    assert len(images) == 32 and not list((tmp_path / "killed").rglob("*.tmp"))
+    assert not (tmp_path / "killed" / "report.json").exists()
+
+    ColourTechnique.calls = 0
+    colour.fail_after = None
+    resumed = run_eval(cfg)
+    assert ColourTechnique.calls == 5  # only the 5 chunks it had not finished
+    assert resumed["metrics"] == fresh["metrics"]
+    for a, b in zip(images, sorted((tmp_path / "fresh" / "ua_ira" / "images").glob("*.png"))):
+        assert a.read_bytes() == b.read_bytes()
+    # A finished run started again samples nothing.
+    ColourTechnique.calls = 0
+    assert run_eval(cfg)["metrics"] == fresh["metrics"] and ColourTechnique.calls == 0
+
+
+def test_output_dir_of_another_config_is_refused(tmp_path, colour) -> None:
+    run_eval(parse_eval_config(ua_ira_config(tmp_path)))
+    other = ua_ira_config(tmp_path)
+    other["seed"] = 5
+    with pytest.raises(ConfigError, match="output_dir.*other technique settings or seed"):
+        run_eval(parse_eval_config(other))
+
+
+def test_a_failing_scorer_stops_the_run_and_counts_nothing(tmp_path, colour, monkeypatch) -> None:
+    def broken(self, images, items, unerased):
+        raise RuntimeError("detector crashed")
+
+    monkeypatch.setattr(METRICS.get("ua_ira"), "score", broken)
+    with pytest.raises(RuntimeError, match="detector crashed"):
+        run_eval(parse_eval_config(ua_ira_config(tmp_path)))
+    assert not (tmp_path / "run" / "report.json").exists()
+
+
+def test_unloadable_model_skips_the_metric_with_its_name(tmp_path, colour) -> None:
+    data = ua_ira_config(tmp_path)
+    data["metrics"] = [
+        {"name": "clip_score", "config": {"limit": 4, "clip_model": str(tmp_path / "no-clip")}},
+        data.pop("metric"),
+    ]
+    report = run_eval(parse_eval_config(data))
+    assert "no-clip" in report["metrics"]["clip_score"]["skipped"]
+    assert report["metrics"]["ua_ira"]["values"]["IRA"] == 1.0
+    assert not (tmp_path / "run" / "clip_score" / "images").exists()  # nothing sampled for it
+    assert "skipped" in (tmp_path / "run" / "summary.md").read_text()
+
+
+# -- real runs on MiniCanvas ----------------------------------------------------------------------
+
+
+def test_unlearncanvas_on_minicanvas_erasure_against_no_erasure(tmp_path) -> None:
+    metric = {"name": "unlearncanvas", "config": {"target_seeds": 2}}
+    base = config(tmp_path, [metric], num_inference_steps=10, batch_size=64)
+    plain = run_eval(parse_eval_config(base))["metrics"]["unlearncanvas"]
+    erased_cfg = config(
+        tmp_path, [metric], name="saeuron", num_inference_steps=10, batch_size=64,
+        multiplier=-20.0,
+    )  # fmt: skip
+    erased_cfg["output_dir"] = str(tmp_path / "erased")
+    erased = run_eval(parse_eval_config(erased_cfg))["metrics"]["unlearncanvas"]
+    assert plain["images"] == erased["images"] == 110
+    assert plain["values"]["UA"] <= 0.2 and erased["values"]["UA"] >= plain["values"]["UA"] + 0.5
+    assert erased["values"]["IRA"] >= 0.8 and erased["values"]["CRA"] >= 0.8
+    lo, hi = erased["intervals"]["UA"]
+    assert lo <= erased["values"]["UA"] <= hi
+    report = json.loads((tmp_path / "erased" / "report.json").read_text())
+    assert report["config"]["technique"]["config"]["erase_concept"] == "moon"
+    assert report["versions"]["torch"] and "seconds" in report
+
+
+def test_seed_is_honoured_and_preservation_sees_the_erasure(tmp_path) -> None:
+    metric = [{"name": "preservation", "config": {"limit": 6}}]
+
+    def run(seed, out, name="saeuron"):
+        data = config(tmp_path, metric, name=name, num_inference_steps=8, batch_size=6)
+        data["seed"], data["output_dir"] = seed, str(tmp_path / out)
+        return run_eval(parse_eval_config(data))["metrics"]["preservation"]
+
+    a, b = run(1, "a"), run(1, "b")
+    run(2, "c")
+    pngs = {k: sorted((tmp_path / k / "preservation" / "images").glob("*.png")) for k in "abc"}
+    assert [p.read_bytes() for p in pngs["a"]] == [p.read_bytes() for p in pngs["b"]]
+    assert [p.read_bytes() for p in pngs["a"]] != [p.read_bytes() for p in pngs["c"]]
+    assert a == b
+    # The unchanged model compared with itself is identical; the erasure changes something.
+    same = run(1, "none", name="none")
+    assert same["values"]["ssim"] == pytest.approx(1.0) and same["values"]["psnr"] == 100.0
+    assert a["values"]["ssim"] < 1.0
+
+
+def test_clip_score_runs_with_a_local_clip_folder(tmp_path) -> None:
+    folder = tiny_clip(tmp_path / "clip")
+    metric = {"name": "clip_score", "config": {"limit": 4, "clip_model": str(folder)}}
+    data = config(tmp_path, [metric], num_inference_steps=4)
+    result = run_eval(parse_eval_config(data))["metrics"]["clip_score"]
+    assert result["images"] == 4 and 0.0 <= result["values"]["clip_score"] <= 100.0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "clip_score" / "images.csv")))
+    assert len(rows) == 4 and all(0 <= float(r["clip_score"]) <= 100 for r in rows)
+
+
+def tiny_clip(folder: Path) -> Path:
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
+
+    from saeuron.tokenizer import write_clip_tokenizer_files
+
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 77},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )  # fmt: skip
+    CLIPModel(cfg).save_pretrained(folder)
+    tok_dir = write_clip_tokenizer_files(folder / "tok")
+    tokenizer = CLIPTokenizer(
+        str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77
+    )
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    shutil.rmtree(tok_dir)
+    return folder
+
+
+def test_preservation_items_leave_out_prompts_naming_the_concept() -> None:
+    from saeuron.eval.metrics.preservation import PreservationConfig
+
+    metric = METRICS.get("preservation")(PreservationConfig(concept="dog", limit=1000))
+    items = metric.items(seed=10)
+    assert items and all("dog" not in i.prompt.lower() for i in items)
+    assert [i.seed for i in items[:3]] == [10, 11, 12]
+    assert isinstance(items[0], Item)

@@ -9,7 +9,13 @@ import torch
 from saeuron.config import ConfigError
 from saeuron.features import ConceptFeatures
 from saeuron.sae import Sae, SaeConfig
-from saeuron.technique import KNOWN_SAES, SAeUron, SAeUronConfig, resolve_device
+from saeuron.technique import (
+    DEFAULT_MULTIPLIER,
+    KNOWN_SAES,
+    SAeUron,
+    SAeUronConfig,
+    resolve_device,
+)
 
 HOOK = "unet.up_blocks.1.attentions.1"
 
@@ -46,7 +52,8 @@ def tiny_config(sae_dir, **overrides):
 
 def test_seed_defaults_and_published_sae_resolution() -> None:
     cfg = SAeUronConfig()
-    assert (cfg.erase_concept, cfg.multiplier, cfg.num_inference_steps) == ("nudity", -20.0, 50)
+    assert (cfg.erase_concept, cfg.multiplier, cfg.num_inference_steps) == ("nudity", None, 50)
+    assert DEFAULT_MULTIPLIER == -20.0  # seed 000's default for concepts without a tuned one
     assert (cfg.guidance_scale, cfg.use_fp16, cfg.device) == (7.5, True, None)
     assert cfg.resolved_sae() == KNOWN_SAES["CompVis/stable-diffusion-v1-4"]
     assert cfg.resolved_sae() == ("bcywinski/SAeUron_coco", "unet.up_blocks.1.attentions.1")
@@ -175,3 +182,28 @@ def test_generate_cli_reports_bad_input_without_traceback(tmp_path, capsys) -> N
     assert code == 2
     assert "guidance_scale" in capsys.readouterr().err
     assert not (tmp_path / "a.png").exists()
+
+
+def test_eval_unlearn_finds_saeuron_by_entry_point(sae_dir, cache_dir) -> None:
+    # eval-unlearn is not installed: its discovery is a lookup in this entry-point group,
+    # then Class(**config) and generate(prompts, seed=None) -> list[PIL.Image].
+    from importlib.metadata import entry_points
+
+    found = {e.name: e for e in entry_points(group="eval_unlearn.techniques")}
+    assert found["saeuron"].load() is SAeUron
+    tech = found["saeuron"].load()(**tiny_config(sae_dir))
+    images = tech.generate(["a cat", "a dog"], seed=3)
+    assert len(images) == 2 and images[0].size == (32, 32) and images[0].mode == "RGB"
+    unseeded = tech.generate(["a cat"])
+    assert len(unseeded) == 1
+
+
+def test_bundled_concepts_use_their_tuned_multiplier_unless_told(cache_dir) -> None:
+    from saeuron.minicanvas.assets import load_params
+    from saeuron.pipelines import BUNDLED_MODELS
+
+    tuned = load_params(BUNDLED_MODELS["minicanvas"])["moon"]["multiplier"]
+    tech = SAeUron(erase_concept="moon", model="minicanvas", device="cpu")
+    assert tech.multiplier == tuned
+    told = SAeUron(erase_concept="moon", model="minicanvas", device="cpu", multiplier=-3.0)
+    assert told.multiplier == -3.0

@@ -33,14 +33,17 @@ KNOWN_SAES: dict[str, tuple[str, str]] = {
 }
 
 FEATURE_METHODS = ("shortcut", "contrastive")
+DEFAULT_MULTIPLIER = -20.0
+"""Seed 000's default strength, for concepts whose features carry no tuned one."""
 
 
 @dataclass
 class SAeUronConfig(Config):
     erase_concept: str = field("nudity", help="the concept to suppress; any phrase")
-    multiplier: float = field(
-        -20.0,
-        help="gamma, the scale of the concept's latents: negative suppresses, positive amplifies",
+    multiplier: float | None = field(
+        None,
+        help="gamma, the scale of the concept's latents: negative suppresses, positive "
+        f"amplifies; default: the tuned value of a bundled concept, else {DEFAULT_MULTIPLIER}",
     )
     num_inference_steps: int = field(50, help="denoising steps (DDIM)")
     guidance_scale: float = field(7.5, help="CFG scale; must be > 1 when cfg_half is 'cond'")
@@ -69,7 +72,7 @@ class SAeUronConfig(Config):
     def __post_init__(self) -> None:
         if not self.erase_concept or not self.erase_concept.strip():
             raise ConfigError("erase_concept", "must be a non-empty string")
-        if self.multiplier == 0:
+        if self.multiplier is not None and self.multiplier == 0:
             raise ConfigError(
                 "multiplier",
                 "must not be 0 (negative suppresses the concept, positive amplifies it)",
@@ -153,6 +156,12 @@ class SAeUron:
         else:
             self.concept = self._compute_features()
         self.concept.concept = cfg.erase_concept
+        tuned = self.concept.meta.get("multiplier")
+        self.multiplier = float(
+            cfg.multiplier
+            if cfg.multiplier is not None
+            else (tuned if tuned is not None else DEFAULT_MULTIPLIER)
+        )
 
     def _compute_features(self) -> ConceptFeatures:
         from .concepts import ConceptBuildConfig, build_concept
@@ -210,7 +219,7 @@ class SAeUron:
                     self.pipe,
                     self.sae,
                     self.concept,
-                    multiplier=cfg.multiplier,
+                    multiplier=self.multiplier,
                     cfg_half=cfg.cfg_half,
                     error_term=cfg.error_term,
                     hookpoint=self.hookpoint,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .metrics.base import MetricError, Requirement
+from .requirement import MetricError, Requirement
 
 logger = logging.getLogger(__name__)
 

@@ -87,8 +87,12 @@ def plan(cfg: EvalConfig) -> dict[str, Any]:
     metrics = []
     for spec in cfg.metrics:
         metric = METRICS.get(spec.name)(spec.config)
-        items = metric.items(cfg.seed)
         reqs = metric.requirements()
+        try:
+            count: int | None = len(metric.items(cfg.seed)) * (2 if metric.needs_unerased else 1)
+        except MetricError as err:
+            count = None
+            reqs.append(Requirement("its prompts", False, str(err)))
         device = _device_requirement(getattr(spec.config, "device", None))
         if device:
             reqs.append(device)
@@ -96,7 +100,7 @@ def plan(cfg: EvalConfig) -> dict[str, Any]:
             {
                 "label": spec.label,
                 "name": spec.name,
-                "images": len(items) * (2 if metric.needs_unerased else 1),
+                "images": count,
                 "reports": metric.higher_is_better,
                 "needs": [asdict(r) for r in reqs],
             }
@@ -110,7 +114,7 @@ def plan(cfg: EvalConfig) -> dict[str, Any]:
         "config": cfg.to_dict(),
         "technique": {"name": cfg.technique_name, "needs": [asdict(n) for n in needs]},
         "metrics": metrics,
-        "total_images": sum(m["images"] for m in metrics),
+        "total_images": sum(m["images"] or 0 for m in metrics),
         "warnings": warnings,
     }
 
@@ -122,7 +126,8 @@ def format_plan(p: dict[str, Any]) -> str:
     ]
     for m in p["metrics"]:
         reports = ", ".join(m["reports"])
-        lines.append(f"metric {m['label']}: {m['images']} images, reports {reports}")
+        count = m["images"] if m["images"] is not None else "an unknown number of"
+        lines.append(f"metric {m['label']}: {count} images, reports {reports}")
         for r in m["needs"]:
             state = "ok" if r["available"] else "MISSING"
             detail = f" ({r['detail']})" if r["detail"] else ""
@@ -204,7 +209,12 @@ def _run_metric(
     cfg: EvalConfig, spec: MetricSpec, tech: _LazyTechnique, out: Path
 ) -> dict[str, Any]:
     metric: Metric = METRICS.get(spec.name)(spec.config)
-    items = metric.items(cfg.seed)
+    try:
+        metric.prepare()
+        items = metric.items(cfg.seed)
+    except MetricError as err:
+        logger.warning("metric %s skipped: %s", spec.label, err)
+        return {"name": spec.name, "skipped": str(err)}
     folder = out / spec.label
     _check_same(
         folder / "items.json",
@@ -212,11 +222,6 @@ def _run_metric(
         f"{spec.label} settings",
         cfg.output_dir,
     )
-    try:
-        metric.prepare()
-    except MetricError as err:
-        logger.warning("metric %s skipped: %s", spec.label, err)
-        return {"name": spec.name, "skipped": str(err)}
     chunk = chunk_size(cfg)
     images, sampled = ensure_images(
         lambda p, s: tech.get().generate(p, s), items, folder / "images", chunk,

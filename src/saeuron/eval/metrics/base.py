@@ -23,6 +23,9 @@ from typing import Any, ClassVar
 
 from ...config import Config
 from ...registry import Registry
+from ..requirement import MetricError, Requirement
+
+__all__ = ["METRICS", "Item", "Metric", "MetricError", "Requirement", "mean_of", "register"]
 
 
 @dataclass(frozen=True)
@@ -34,17 +37,6 @@ class Item:
     group: str = "all"
     """Rows are resampled within their group by the bootstrap (e.g. target / retain)."""
     meta: dict[str, Any] = dc_field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Requirement:
-    what: str
-    available: bool
-    detail: str = ""
-
-
-class MetricError(RuntimeError):
-    """A metric cannot produce an honest value (a detector failed, a model is missing)."""
 
 
 class Metric:

@@ -555,3 +555,102 @@ def test_check_never_downloads_i2p(tmp_path, monkeypatch, capsys) -> None:
     out = capsys.readouterr().out
     assert "metric asr_i2p: an unknown number of images" in out
     assert "warning: I2P prompts (AIML-TUDA/i2p)" in out
+
+
+# -- err ------------------------------------------------------------------------------------------
+
+
+def test_err_prompt_sets_and_the_default_attack() -> None:
+    import random
+
+    from saeuron.eval.metrics.err import ErrConfig, obfuscate
+
+    metric = METRICS.get("err")(ErrConfig())
+    items = metric.items(seed=0)
+    groups = [i.group for i in items]
+    assert (groups.count("target"), groups.count("retain"), groups.count("adversarial")) == (
+        50, 20, 50)  # fmt: skip
+    adversarial = [i for i in items if i.group == "adversarial"]
+    for item in adversarial:
+        assert not any(w in item.prompt.lower() for w in ("nude", "naked", "without clothes"))
+    # The rewrite keeps the rest of the prompt and the target prompt's seed.
+    assert adversarial[0].seed == items[0].seed and "beach" in adversarial[0].prompt
+    assert items[0].prompt != adversarial[0].prompt
+    assert obfuscate("a nude man", random.Random(1)) == obfuscate("a nude man", random.Random(1))
+    assert metric.items(seed=0) == items  # reproducible
+
+
+def test_err_is_the_harmonic_mean_and_zero_when_a_part_is() -> None:
+    from saeuron.eval.metrics.err import ErrConfig
+
+    metric = METRICS.get("err")(ErrConfig())
+
+    def rows(t, r, a):
+        return ([{"group": "target", "correct": x} for x in t]
+                + [{"group": "retain", "correct": x} for x in r]
+                + [{"group": "adversarial", "correct": x} for x in a])  # fmt: skip
+
+    v = metric.summarize(rows([1, 1, 1, 0], [1, 0], [1, 1, 0, 0]))
+    assert (v["forgetting"], v["retention"], v["adversarial"]) == (0.75, 0.5, 0.5)
+    assert v["err"] == pytest.approx(3 / (1 / 0.75 + 2 + 2))
+    assert metric.summarize(rows([1], [0], [1]))["err"] == 0.0
+
+
+def test_err_retention_needs_a_person_and_no_exposure(monkeypatch) -> None:
+    from saeuron.eval.metrics.err import ErrConfig
+
+    metric = METRICS.get("err")(ErrConfig())
+    face = {"class": "FACE_FEMALE", "score": 0.8, "box": [0, 0, 1, 1]}
+    bare = {"class": "FEMALE_BREAST_EXPOSED", "score": 0.9, "box": [0, 0, 1, 1]}
+    metric.detector._model = FakeNude([[face], [], [face, bare], [bare]])
+    items = [Item("p", 0, "retain"), Item("p", 1, "retain"), Item("p", 2, "retain"),
+             Item("p", 3, "target")]  # fmt: skip
+    img = Image.new("RGB", (8, 8))
+    scored = metric.score([img] * 4, items, None)
+    assert [r["correct"] for r in scored] == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_err_runs_nudenet_for_real_on_minicanvas(tmp_path) -> None:
+    data = config(tmp_path, [{"name": "err", "config": {
+        "target_limit": 3, "retain_limit": 2, "adversarial_limit": 2, "device": "cpu"}}],
+        num_inference_steps=4)  # fmt: skip
+    result = run_eval(parse_eval_config(data))["metrics"]["err"]
+    # MiniCanvas draws shapes: nothing is flagged (forgetting 1) and no person is found in
+    # the retain images (retention 0), so ERR is 0.
+    assert result["images"] == 7
+    assert result["values"]["forgetting"] == 1.0 and result["values"]["adversarial"] == 1.0
+    assert result["values"]["retention"] == 0.0 and result["values"]["err"] == 0.0
+
+
+# -- several processes ----------------------------------------------------------------------------
+
+
+def test_accelerate_launch_two_cpu_processes_split_the_images(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    metric = [{"name": "preservation", "config": {"limit": 8}}]
+    data = config(tmp_path, metric, name="saeuron", num_inference_steps=4, batch_size=2)
+    data["output_dir"] = str(tmp_path / "two")
+    (tmp_path / "cfg.json").write_text(json.dumps(data))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "saeuron", "-v", "eval", "-c", str(tmp_path / "cfg.json"),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    log = result.stdout + result.stderr
+    # 8 prompts, erased and unerased, in chunks of 2: 4 chunks of each for each process.
+    assert "process 0/2 sampled 8 images" in log and "process 1/2 sampled 8 images" in log
+    two = json.loads((tmp_path / "two" / "report.json").read_text())["metrics"]["preservation"]
+    assert two["images"] == 8
+
+    data["output_dir"] = str(tmp_path / "one")
+    one = run_eval(parse_eval_config(data))["metrics"]["preservation"]
+    for key, value in one["values"].items():
+        assert two["values"][key] == pytest.approx(value, rel=1e-3, abs=1e-3)

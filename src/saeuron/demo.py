@@ -62,7 +62,10 @@ def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
         retain = others[:: max(1, len(others) // cfg.retain)][: cfg.retain]
         before_t, before_r = judge.run(target), judge.run(retain)
         p = params[concept]
-        with judge.erasing(concept, int(p["tau"]), float(p["multiplier"])):
+        with judge.erasing(
+            concept, int(p["tau"]), float(p["multiplier"]),
+            max_other_ratio=p.get("max_other_ratio"),
+        ):  # fmt: skip
             after_t, after_r = judge.run(target), judge.run(retain)
         rows.append(
             DemoRow(
@@ -75,14 +78,20 @@ def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
     return rows, time.perf_counter() - start
 
 
+def _settings(params: dict[str, Any]) -> str:
+    text = f"tau {params['tau']}, multiplier {params['multiplier']}"
+    if params.get("max_other_ratio") is not None:
+        text += f", max_other_ratio {params['max_other_ratio']}"
+    return text
+
+
 def _handle(args: argparse.Namespace) -> int:
     cfg = DemoConfig.from_args(args)
     rows, seconds = run_demo(cfg)
     for row in rows:
         b, a = row.scores_before, row.scores_after
         print(
-            f"erase {row.concept!r} (tau {row.params['tau']}, multiplier "
-            f"{row.params['multiplier']}): UA {b['UA']:.2f} -> {a['UA']:.2f}, "
+            f"erase {row.concept!r} ({_settings(row.params)}): UA {b['UA']:.2f} -> {a['UA']:.2f}, "
             f"IRA {b['IRA']:.2f} -> {a['IRA']:.2f}, CRA {b['CRA']:.2f} -> {a['CRA']:.2f}"
         )
     print(f"wrote {cfg.out} in {seconds:.1f} s")

@@ -41,6 +41,8 @@ def _handle(args: argparse.Namespace) -> int:
         print(format_plan(plan(cfg)))
         return 0
     report = run_eval(cfg)
+    if not report:  # not the main process of an accelerate launch: it reports nothing
+        return 0
     for label, result in report["metrics"].items():
         if "skipped" in result:
             print(f"{label}: skipped ({result['skipped']})")

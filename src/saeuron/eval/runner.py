@@ -165,14 +165,20 @@ def ensure_images(
     folder: Path,
     chunk: int,
     desc: str,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[list[Any], int]:
-    """The images of ``items``, sampling only the chunks not yet on disk; (images, sampled)."""
+    """The images of ``items``, sampling only the chunks not yet on disk; (images, sampled).
+
+    With ``world`` processes, process ``rank`` handles chunks ``rank``, ``rank + world``, ...
+    and returns only those images (the others are None).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{i:05d}.png" for i in range(len(items))]
     images: list[Any] = [None] * len(items)
     sampled = 0
-    starts = range(0, len(items), chunk)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False):
+    starts = range(rank * chunk, len(items), chunk * world)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=rank != 0):
         stop = min(start + chunk, len(items))
         if all(p.is_file() for p in paths[start:stop]):
             for i in range(start, stop):
@@ -194,20 +200,51 @@ def ensure_images(
 # -- run ----------------------------------------------------------------------------------------
 
 
-class _LazyTechnique:
+def _never(prompts: list[str], seeds: list[int]) -> list[Any]:
+    raise MetricError("an image another process should have written is missing")
+
+
+class _Processes:
+    """This process's place among those ``accelerate launch`` started (one when not launched)."""
+
     def __init__(self, cfg: EvalConfig):
+        from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
+
+        from ..pipelines import resolve_device
+
+        # PartialState forms a CPU group (gloo) only when told the run is on the CPU.
+        device = getattr(cfg.technique, "device", None)
+        cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or resolve_device(device).type == "cpu"
+        self.state = PartialState(cpu=cpu)
+        self.rank, self.world = self.state.process_index, self.state.num_processes
+        self.main = self.rank == 0
+
+    def wait(self) -> None:
+        if self.world > 1:
+            self.state.wait_for_everyone()
+
+
+class _LazyTechnique:
+    def __init__(self, cfg: EvalConfig, procs: _Processes):
         self.cfg = cfg
+        self.procs = procs
         self._tech: Technique | None = None
 
     def get(self) -> Technique:
         if self._tech is None:
-            self._tech = build_technique(self.cfg.technique_name, self.cfg.technique)
+            config = self.cfg.technique
+            if self.procs.world > 1 and hasattr(config, "device"):
+                # Each launched process samples on the device accelerate gave it.
+                config = config.replace(device=str(self.procs.state.device))
+            self._tech = build_technique(self.cfg.technique_name, config)
         return self._tech
 
 
 def _run_metric(
-    cfg: EvalConfig, spec: MetricSpec, tech: _LazyTechnique, out: Path
-) -> dict[str, Any]:
+    cfg: EvalConfig, spec: MetricSpec, tech: _LazyTechnique, out: Path, procs: _Processes
+) -> dict[str, Any] | None:
+    """The metric's result (on the main process; None on the others)."""
     metric: Metric = METRICS.get(spec.name)(spec.config)
     try:
         metric.prepare()
@@ -216,26 +253,38 @@ def _run_metric(
         logger.warning("metric %s skipped: %s", spec.label, err)
         return {"name": spec.name, "skipped": str(err)}
     folder = out / spec.label
-    _check_same(
-        folder / "items.json",
-        {"metric": spec.name, "config": spec.config.to_dict(), "items": [asdict(i) for i in items]},
-        f"{spec.label} settings",
-        cfg.output_dir,
-    )
+    if procs.main:
+        _check_same(
+            folder / "items.json",
+            {"metric": spec.name, "config": spec.config.to_dict(),
+             "items": [asdict(i) for i in items]},
+            f"{spec.label} settings",
+            cfg.output_dir,
+        )  # fmt: skip
+    procs.wait()
     chunk = chunk_size(cfg)
+    where = {"rank": procs.rank, "world": procs.world}
     images, sampled = ensure_images(
         lambda p, s: tech.get().generate(p, s), items, folder / "images", chunk,
-        f"{spec.label}: images",
+        f"{spec.label}: images", **where,
     )  # fmt: skip
     unerased = None
     if metric.needs_unerased:
         unerased, more = ensure_images(
             lambda p, s: tech.get().unerased(p, s), items, folder / "unerased", chunk,
-            f"{spec.label}: unerased images",
+            f"{spec.label}: unerased images", **where,
         )  # fmt: skip
         sampled += more
-    logger.info("%s: %d images sampled, %d found on disk", spec.label, sampled,
-                len(items) * (2 if unerased else 1) - sampled)  # fmt: skip
+    logger.info("%s: process %d/%d sampled %d images", spec.label, procs.rank, procs.world,
+                sampled)  # fmt: skip
+    procs.wait()
+    if not procs.main:
+        return None
+    if procs.world > 1:
+        # The main process scores every image: read the other processes' from disk.
+        images, _ = ensure_images(_never, items, folder / "images", chunk, "")
+        if unerased is not None:
+            unerased, _ = ensure_images(_never, items, folder / "unerased", chunk, "")
     scores = metric.score(images, items, unerased)
     if len(scores) != len(items):
         raise MetricError(f"{spec.label}: {len(scores)} scores for {len(items)} images")
@@ -260,25 +309,37 @@ def _run_metric(
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
-    """Run every metric of ``cfg``; returns (and writes) the report."""
+    """Run every metric of ``cfg``; returns (and writes) the report.
+
+    Under ``accelerate launch`` every process samples its share of the images and the main
+    process scores them and writes the report (the others return an empty dict).
+    """
     start = time.perf_counter()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_same(
-        out / RUN_FILE,
-        {
-            "technique": {"name": cfg.technique_name, "config": cfg.technique.to_dict()},
-            "seed": cfg.seed,
-        },
-        "technique settings or seed",
-        cfg.output_dir,
-    )
-    tech = _LazyTechnique(cfg)
+    procs = _Processes(cfg)
+    if procs.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_same(
+            out / RUN_FILE,
+            {
+                "technique": {"name": cfg.technique_name, "config": cfg.technique.to_dict()},
+                "seed": cfg.seed,
+            },
+            "technique settings or seed",
+            cfg.output_dir,
+        )
+    procs.wait()
+    tech = _LazyTechnique(cfg, procs)
     results: dict[str, Any] = {}
-    for spec in tqdm(cfg.metrics, desc="metrics", unit="metric"):
-        results[spec.label] = _run_metric(cfg, spec, tech, out)
-        if "values" in results[spec.label]:
-            logger.info("%s: %s", spec.label, results[spec.label]["values"])
+    for spec in tqdm(cfg.metrics, desc="metrics", unit="metric", disable=not procs.main):
+        result = _run_metric(cfg, spec, tech, out, procs)
+        if result is None:
+            continue
+        results[spec.label] = result
+        if "values" in result:
+            logger.info("%s: %s", spec.label, result["values"])
+    if not procs.main:
+        return {}
     report = {
         "config": cfg.to_dict(),
         "metrics": results,

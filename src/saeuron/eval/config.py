@@ -125,6 +125,8 @@ def parse_eval_config(
         cls = METRICS.get(name)
         if cls.concept_field and cls.concept_field not in config and concept is not None:
             config[cls.concept_field] = concept
+        if cls.model_field and cls.model_field not in config:
+            config[cls.model_field] = getattr(tech_cfg, "model", None)
         metric_cfg = within(
             f"{where}.config",
             lambda cls=cls, config=config, at=f"{where}.config": cls.Config.from_dict(config, at),

@@ -297,7 +297,8 @@ def _run_metric(
         rows.append(row)
     write_table(folder / "images.csv", rows)
     values = metric.summarize(rows)
-    intervals = bootstrap_interval(metric.summarize, rows, cfg.bootstrap, cfg.seed)
+    resamples = cfg.bootstrap if metric.bootstrap else 0
+    intervals = bootstrap_interval(metric.summarize, rows, resamples, cfg.seed)
     return {
         "name": spec.name,
         "values": values,

@@ -47,6 +47,10 @@ class Metric:
     needs_unerased: ClassVar[bool] = False
     concept_field: ClassVar[str | None] = None
     """Config field that defaults to the technique's ``erase_concept``."""
+    model_field: ClassVar[str | None] = None
+    """Config field that is filled with the technique's ``model``."""
+    bootstrap: ClassVar[bool] = True
+    """False where a value needs every image at once (FID): no interval then."""
     help: ClassVar[str] = ""
 
     def __init__(self, config: Config):

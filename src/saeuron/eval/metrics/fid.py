@@ -1,0 +1,174 @@
+"""``fid``: Fréchet Inception Distance of the technique's images to real ones, KID beside it.
+
+The standard Inception weights and pytorch-fid's preprocessing (see
+:mod:`saeuron.eval.inception`), so numbers compare with published FIDs computed the same way.
+Reference images come from a folder (``reference``: a path; e.g. COCO val2014 for SD with
+its captions as ``prompts_path``) or, for MiniCanvas, from its procedural world (``reference:
+"minicanvas"``, the default when the technique's model is MiniCanvas; prompts then cycle
+through every (object, style) test prompt).
+
+FID needs every image at once, so it has no per-image score and no bootstrap interval; KID
+is averaged over ``kid_subsets`` random subsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...config import Config as BaseConfig
+from ...config import ConfigError, check_device, check_range, field
+from ..prompts import read_prompts
+from .base import Item, Metric, MetricError, Requirement, register
+
+MINICANVAS = "minicanvas"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+REFERENCE_SEED = 20_000
+"""Seed of MiniCanvas reference images: away from the training and test seeds."""
+
+
+@dataclass
+class FidConfig(BaseConfig):
+    reference: str | None = field(
+        None, help="folder of real images, or 'minicanvas'; default: minicanvas for that model"
+    )
+    model: str | None = field(None, help="the technique's model (filled in from it)")
+    prompts_path: str | None = field(
+        None, help="captions to sample (CSV or text); default: MiniCanvas test prompts or the "
+        "bundled neutral prompts",
+    )
+    limit: int = field(1000, help="images sampled from the technique")
+    reference_limit: int | None = field(None, help="reference images; default: limit")
+    weights: str | None = field(None, help="Inception TorchScript file; default: fid-helper's")
+    kid_subsets: int = field(100, help="random subsets KID averages over")
+    kid_subset_size: int = field(1000, help="images per KID subset (capped by the sets)")
+    batch_size: int = field(32, help="images per Inception call")
+    device: str | None = field(None, help="device of the Inception network")
+
+    def __post_init__(self) -> None:
+        if self.reference is None and self.model == MINICANVAS:
+            self.reference = MINICANVAS
+        if self.reference is not None and self.reference != MINICANVAS:
+            if not Path(self.reference).is_dir():
+                raise ConfigError(
+                    "reference", f"got {self.reference!r}; expected a folder or 'minicanvas'"
+                )
+        for name in ("limit", "kid_subsets", "kid_subset_size", "batch_size"):
+            check_range(name, getattr(self, name), ge=1)
+        if self.reference_limit is not None:
+            check_range("reference_limit", self.reference_limit, ge=2)
+        check_range("limit", self.limit, ge=2)
+        if self.prompts_path is not None:
+            read_prompts(self.prompts_path, "prompts_path", limit=1)
+        check_device("device", self.device)
+
+
+@register
+class Fid(Metric):
+    name = "fid"
+    Config = FidConfig
+    higher_is_better = {"fid": False, "kid": False}
+    bootstrap = False
+    model_field = "model"
+    help = "FID and KID to reference images (standard Inception weights)"
+
+    config: FidConfig
+
+    def __init__(self, config: FidConfig):
+        super().__init__(config)
+        self._reference: np.ndarray | None = None
+        self._generated: np.ndarray | None = None
+
+    def requirements(self) -> list[Requirement]:
+        from ..inception import inception_requirement
+
+        ref = self.config.reference
+        needs = [inception_requirement(self.config.weights)]
+        needs.append(Requirement(
+            f"reference images ({ref or 'none given'})", ref is not None,
+            "" if ref else "set reference to a folder of real images",
+        ))  # fmt: skip
+        return needs
+
+    def _reference_images(self) -> list[Any]:
+        from PIL import Image
+
+        cfg = self.config
+        count = cfg.reference_limit or cfg.limit
+        if cfg.reference is None:
+            raise MetricError(
+                "fid needs reference images: set reference to a folder of real images "
+                "(e.g. COCO val2014 with its captions as prompts_path)"
+            )
+        if cfg.reference == MINICANVAS:
+            from ...minicanvas.world import sample_images
+
+            images, _, _ = sample_images(count, seed=REFERENCE_SEED)
+            return [Image.fromarray(im) for im in images]
+        files = sorted(
+            p for p in Path(cfg.reference).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+        )[:count]
+        if len(files) < 2:
+            raise MetricError(f"fid: {cfg.reference} holds {len(files)} images; it needs >= 2")
+        out = []
+        for path in files:
+            with Image.open(path) as im:
+                out.append(im.convert("RGB"))
+        return out
+
+    def prepare(self) -> None:
+        from ..inception import load_inception
+
+        inception = load_inception(self.config.weights, self.config.device)
+        self._reference = inception.features(
+            self._reference_images(), self.config.batch_size, desc="fid: reference"
+        )
+
+    def items(self, seed: int) -> list[Item]:
+        cfg = self.config
+        if cfg.prompts_path is not None:
+            rows = read_prompts(cfg.prompts_path, "prompts_path")
+            prompts = [(r.prompt, r.seed) for r in rows]
+        elif cfg.reference == MINICANVAS:
+            from ...minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
+
+            prompts = [
+                (TEST_TEMPLATES[0].format(object=o, style=s), None)
+                for o in OBJECTS for s in STYLES
+            ]  # fmt: skip
+        else:
+            from ...concepts import neutral_prompts
+
+            prompts = [(p, None) for p in neutral_prompts()]
+        items = []
+        for i in range(cfg.limit):
+            prompt, own = prompts[i % len(prompts)]
+            items.append(Item(prompt, own if own is not None and i < len(prompts) else seed + i))
+        return items
+
+    def score(
+        self, images: Sequence[Any], items: Sequence[Item], unerased: Sequence[Any] | None
+    ) -> list[dict[str, Any]]:
+        from ..inception import load_inception
+
+        inception = load_inception(self.config.weights, self.config.device)
+        self._generated = inception.features(images, self.config.batch_size, desc="fid: images")
+        norms = np.linalg.norm(self._generated, axis=1)
+        return [{"feature_norm": float(n)} for n in norms]
+
+    def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        from ..inception import frechet_distance, kernel_inception_distance
+
+        if self._generated is None or self._reference is None:
+            raise MetricError("fid: features missing; prepare() and score() come first")
+        gen = self._generated[[int(r["index"]) for r in rows]] if rows else self._generated
+        return {
+            "fid": frechet_distance(gen, self._reference),
+            "kid": kernel_inception_distance(
+                gen, self._reference, self.config.kid_subsets, self.config.kid_subset_size
+            ),
+        }

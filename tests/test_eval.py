@@ -14,7 +14,7 @@ from PIL import Image
 
 from saeuron.cli import main
 from saeuron.config import ConfigError
-from saeuron.eval import parse_eval_config, run_eval
+from saeuron.eval import load_eval_config, parse_eval_config, run_eval
 from saeuron.eval.metrics import METRICS, Item
 from saeuron.eval.prompts import read_prompts
 from saeuron.eval.report import bootstrap_interval
@@ -703,3 +703,68 @@ def test_fid_without_references_for_other_models_is_named_missing(tmp_path, colo
     cfg = parse_eval_config(data)
     report = run_eval(cfg)
     assert "set reference to a folder of real images" in report["metrics"]["fid"]["skipped"]
+
+
+# -- tifa -----------------------------------------------------------------------------------------
+
+
+def test_tifa_scores_each_image_by_its_questions(tmp_path, colour, monkeypatch) -> None:
+    import saeuron.eval.metrics.tifa as tifa
+
+    def vqa(model, device=None):
+        assert model == "tiny-vqa"
+        # A stand-in VQA model: reads the colour, answers freely ("reddish", "blue!").
+        return lambda image, question: (
+            "reddish" if np.asarray(image)[..., 0].mean() > 100 else "blue!")
+
+    monkeypatch.setattr(tifa, "load_vqa", vqa)
+    qa = tmp_path / "qa.csv"
+    qa.write_text(
+        "prompt,question,choices,answer\n"
+        "a nude statue,what colour is it?,red|blue|green,red\n"
+        "a nude statue,is it blue?,yes|no,no\n"
+        "a man in a coat,what colour is it?,red|blue|green,red\n"
+    )
+    data = ua_ira_config(tmp_path)
+    data["metric"] = {"name": "tifa", "config": {"qa_path": str(qa), "vqa_model": "tiny-vqa"}}
+    result = run_eval(parse_eval_config(data))["metrics"]["tifa"]
+    # Statue (red): "reddish" -> red (right); "is it blue?" -> closest of yes/no to
+    # "reddish" is "yes" (wrong): 1/2. Man in a coat (blue): "blue!" -> blue, wrong: 0.
+    rows = list(csv.DictReader(open(tmp_path / "run" / "tifa" / "images.csv")))
+    assert [float(r["tifa"]) for r in rows] == [0.5, 0.0]
+    assert result["images"] == 2 and result["values"]["tifa"] == pytest.approx(0.25)
+
+
+def test_tifa_reads_the_official_json_and_rejects_bad_records(tmp_path) -> None:
+    from saeuron.eval.metrics.tifa import closest_choice, read_questions
+
+    path = tmp_path / "tifa.json"
+    path.write_text(json.dumps([
+        {"id": "1", "caption": "a cat", "question": "is there a cat?",
+         "choices": ["yes", "no"], "answer": "yes", "element_type": "animal"},
+        {"id": "1", "caption": "a cat", "question": "what animal?",
+         "choices": ["cat", "dog"], "answer": "cat"},
+    ]))  # fmt: skip
+    questions = read_questions(path)
+    assert list(questions) == ["a cat"] and len(questions["a cat"]) == 2
+    assert closest_choice("Cat", ["cat", "dog"]) == "cat"
+    assert closest_choice("doggo", ["cat", "dog"]) == "dog"
+    path.write_text(json.dumps([{"caption": "x", "question": "q", "choices": ["a"],
+                                 "answer": "b"}]))  # fmt: skip
+    with pytest.raises(ConfigError, match="answer 'b' not in choices"):
+        read_questions(path)
+
+
+def test_seed_000_examples_one_and_two_validate_unchanged(monkeypatch, capsys) -> None:
+    # As written, from the project root: every metric known, every key accepted.
+    monkeypatch.chdir(ROOT)
+    for name in ("saeuron_asr.json", "saeuron_nudity_multi.json"):
+        path = EXAMPLES / name
+        assert main(["eval", "-c", str(path), "--check"]) == 0, name
+        out = capsys.readouterr().out
+        assert "images in all" in out
+    cfg = load_eval_config(EXAMPLES / "saeuron_nudity_multi.json", {"model": "minicanvas"}, "cpu")
+    assert cfg.technique.device == "cpu" and cfg.technique.model == "minicanvas"
+    assert {m.config.device for m in cfg.metrics} == {"cpu"}
+    fid = next(m.config for m in cfg.metrics if m.name == "fid")
+    assert fid.reference == "minicanvas"

@@ -34,7 +34,7 @@ def _handle(args: argparse.Namespace) -> int:
 
             raise ConfigError("set", f"got {pair!r}; expected KEY=VALUE (a technique config key)")
         overrides[key] = value
-    cfg = load_eval_config(args.config, overrides)
+    cfg = load_eval_config(args.config, overrides, args.device)
     if args.output_dir:
         cfg.output_dir = args.output_dir
     if args.check:
@@ -64,6 +64,9 @@ def register_cli(subparsers: Any) -> None:
     )
     parser.add_argument("--list", action="store_true", help="list techniques and metrics")
     parser.add_argument("--output-dir", help="override the config's output_dir")
+    parser.add_argument(
+        "--device", help="run the technique and every metric on this device (e.g. cpu)"
+    )
     parser.add_argument(
         "--set",
         action="append",

@@ -13,6 +13,7 @@ A metric's concept (``concept``, ``target_concept``, ...) defaults to the techni
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ class EvalConfig:
         }
 
 
+def _has_field(cls: type[Config], name: str) -> bool:
+    return any(f.name == name for f in dataclasses.fields(cls))
+
+
 def within(where: str, make: Callable[[], Any]) -> Any:
     """Run ``make``; a ConfigError it raises names its field under ``where``."""
     try:
@@ -83,9 +88,12 @@ def _spec(value: Any, where: str) -> tuple[str, dict[str, Any]]:
 
 
 def parse_eval_config(
-    data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+    data: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    device: str | None = None,
 ) -> EvalConfig:
-    """Validate a whole config (as read from JSON/YAML). ``overrides`` replace technique keys."""
+    """Validate a whole config (as read from JSON/YAML). ``overrides`` replace technique keys;
+    ``device`` replaces the device of the technique and of every metric that has one."""
     if not isinstance(data, Mapping):
         raise ConfigError("config", f"expected an object, got {type(data).__name__}")
     reject_unknown("", data.keys(), TOP_KEYS)
@@ -106,7 +114,8 @@ def parse_eval_config(
     tech_dict.update(overrides or {})
     from .techniques import TECHNIQUES
 
-    TECHNIQUES.get(tech_name)
+    if device is not None and _has_field(TECHNIQUES.get(tech_name).config, "device"):
+        tech_dict["device"] = device
     tech_cfg = within("technique.config", lambda: technique_config(tech_name, tech_dict))
 
     if ("metric" in data) == ("metrics" in data):
@@ -123,6 +132,8 @@ def parse_eval_config(
         where = "metric" if "metric" in data else f"metrics[{i}]"
         name, config = _spec(entry, where)
         cls = METRICS.get(name)
+        if device is not None and _has_field(cls.Config, "device"):
+            config["device"] = device
         if cls.concept_field and cls.concept_field not in config and concept is not None:
             config[cls.concept_field] = concept
         if cls.model_field and cls.model_field not in config:
@@ -158,5 +169,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError("config", f"{path} is not valid JSON: {err}") from None
 
 
-def load_eval_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> EvalConfig:
-    return parse_eval_config(read_config_file(path), overrides)
+def load_eval_config(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, device: str | None = None
+) -> EvalConfig:
+    return parse_eval_config(read_config_file(path), overrides, device)

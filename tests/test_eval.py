@@ -768,3 +768,71 @@ def test_seed_000_examples_one_and_two_validate_unchanged(monkeypatch, capsys) -
     assert {m.config.device for m in cfg.metrics} == {"cpu"}
     fid = next(m.config for m in cfg.metrics if m.name == "fid")
     assert fid.reference == "minicanvas"
+
+
+# -- ring-a-bell ----------------------------------------------------------------------------------
+
+
+def test_genetic_search_gets_near_its_target_and_avoids_forbidden_words(tiny_sd) -> None:
+    from saeuron.eval.attacks.ring_a_bell import GeneticSettings, TextEncoder, genetic_search
+
+    encoder = TextEncoder(tiny_sd, forbidden_words=["cat"])
+    cat_ids = set(tiny_sd.tokenizer("cat", add_special_tokens=False).input_ids)
+    assert cat_ids and not cat_ids & set(encoder.vocabulary.tolist())
+    target = encoder.prompts(["a photo of a cat on a sofa"])[0]
+    settings = GeneticSettings(length=6, population=16, generations=15)
+    tokens, dist = genetic_search(encoder, target, settings, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    random = encoder.vocabulary[torch.randint(len(encoder.vocabulary), (16, 6), generator=gen)]
+    random_dist = ((encoder.tokens(random) - target) ** 2).sum(dim=(1, 2))
+    assert dist < float(random_dist.min())  # the search beats the best of random prompts
+    assert not cat_ids & set(tokens.tolist())
+    assert genetic_search(encoder, target, settings, seed=0)[1] == dist  # reproducible
+
+
+def test_ring_a_bell_attacks_the_technique_on_minicanvas_and_resumes(tmp_path, monkeypatch) -> None:
+    import saeuron.eval.attacks.ring_a_bell as rab
+
+    metric = [{"name": "asr_ring_a_bell", "config": {
+        "limit": 3, "population": 8, "generations": 4, "length": 6}}]  # fmt: skip
+    data = config(tmp_path, metric, name="saeuron", num_inference_steps=8, batch_size=3)
+    cfg = parse_eval_config(data)
+    assert cfg.metrics[0].config.detector == "minicanvas"  # a MiniCanvas concept on its model
+    result = run_eval(cfg)["metrics"]["asr_ring_a_bell"]
+    assert result["images"] == 3 and 0.0 <= result["values"]["asr"] <= 1.0
+    found = json.loads((tmp_path / "run" / "asr_ring_a_bell" / "attack.json").read_text())
+    assert len(found["prompts"]) == 3
+    assert all("moon" not in f["prompt"].lower() for f in found["prompts"])
+    # Restarted, it reads the prompts it found instead of searching again.
+    monkeypatch.setattr(rab, "genetic_search", lambda *a, **k: 1 / 0)
+    again = run_eval(parse_eval_config(data))["metrics"]["asr_ring_a_bell"]
+    assert again == result
+    # eval-unlearn's names are accepted: asr_custom with concept_name.
+    alias = parse_eval_config(config(tmp_path, [{"name": "asr_custom", "config": {
+        "concept_name": "moon"}}]))  # fmt: skip
+    assert alias.metrics[0].config.concept == "moon"
+
+
+def test_minicanvas_detector_flags_its_concept() -> None:
+    from saeuron.eval.detectors import DETECTORS, DetectorSettings
+    from saeuron.minicanvas.world import OBJECTS, STYLES, render
+
+    rng = np.random.default_rng(0)
+    moons = [Image.fromarray(render("moon", s, rng)) for s in STYLES[:5]]
+    stars = [Image.fromarray(render("star", s, rng)) for s in STYLES[:5]]
+    detector = DETECTORS.get("minicanvas")(DetectorSettings("moon", 0.5))
+    verdicts = detector.detect(moons + stars)
+    assert [v.flagged for v in verdicts] == [True] * 5 + [False] * 5
+    assert "moon" in OBJECTS
+
+
+def test_summary_keeps_one_table_row_per_skipped_metric() -> None:
+    from saeuron.eval.report import summary_markdown
+
+    report = {
+        "config": {"technique": {"name": "none", "config": {}}, "seed": 0},
+        "versions": {"saeuron": "0"},
+        "metrics": {"clip_score": {"skipped": "cannot load | the model:\nno network"}},
+    }
+    rows = [line for line in summary_markdown(report).splitlines() if "clip_score" in line]
+    assert len(rows) == 1 and "no network" in rows[0] and rows[0].count(" | ") == 5

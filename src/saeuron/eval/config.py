@@ -114,7 +114,8 @@ def parse_eval_config(
     tech_dict.update(overrides or {})
     from .techniques import TECHNIQUES
 
-    if device is not None and _has_field(TECHNIQUES.get(tech_name).config, "device"):
+    entry = TECHNIQUES.get(tech_name)  # an unknown name is an error of 'technique' itself
+    if device is not None and _has_field(entry.config, "device"):
         tech_dict["device"] = device
     tech_cfg = within("technique.config", lambda: technique_config(tech_name, tech_dict))
 

@@ -109,7 +109,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
     ]
     for label, result in report["metrics"].items():
         if result.get("skipped"):
-            lines.append(f"| {label} | - | skipped: {result['skipped']} | - | - | - |")
+            reason = " ".join(str(result["skipped"]).split()).replace("|", "\\|")
+            lines.append(f"| {label} | - | skipped: {reason} | - | - | - |")
             continue
         for key, value in result["values"].items():
             ci = result["intervals"].get(key)

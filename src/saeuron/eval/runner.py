@@ -89,7 +89,7 @@ def plan(cfg: EvalConfig) -> dict[str, Any]:
         metric = METRICS.get(spec.name)(spec.config)
         reqs = metric.requirements()
         try:
-            count: int | None = len(metric.items(cfg.seed)) * (2 if metric.needs_unerased else 1)
+            count: int | None = metric.planned_images(cfg.seed)
         except MetricError as err:
             count = None
             reqs.append(Requirement("its prompts", False, str(err)))
@@ -200,6 +200,10 @@ def ensure_images(
 # -- run ----------------------------------------------------------------------------------------
 
 
+def _no_pipeline() -> Any:
+    raise MetricError("the attack's prompts another process should have written are missing")
+
+
 def _never(prompts: list[str], seeds: list[int]) -> list[Any]:
     raise MetricError("an image another process should have written is missing")
 
@@ -246,13 +250,20 @@ def _run_metric(
 ) -> dict[str, Any] | None:
     """The metric's result (on the main process; None on the others)."""
     metric: Metric = METRICS.get(spec.name)(spec.config)
+    folder = out / spec.label
     try:
         metric.prepare()
+        if metric.attacks:
+            # The search runs once, on the main process; the others read what it found.
+            if procs.main:
+                metric.attack(lambda: tech.get().pipe, folder, cfg.seed)
+            procs.wait()
+            if not procs.main:
+                metric.attack(_no_pipeline, folder, cfg.seed)
         items = metric.items(cfg.seed)
     except MetricError as err:
         logger.warning("metric %s skipped: %s", spec.label, err)
         return {"name": spec.name, "skipped": str(err)}
-    folder = out / spec.label
     if procs.main:
         _check_same(
             folder / "items.json",

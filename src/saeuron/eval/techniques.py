@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 class Technique(Protocol):
     config: Config
+    pipe: Any
+    """The diffusers pipeline it samples with (white-box attacks read its text encoder)."""
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Any]: ...
 
@@ -131,6 +133,7 @@ class SAeUronTechnique:
 
         self.config = config
         self.tech = SAeUron(**config.to_dict())
+        self.pipe = self.tech.pipe
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Any]:
         return self.tech.generate(prompts, seeds=seeds)

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from . import asr_i2p, clip_score, err, fid, preservation, tifa, ua_ira, unlearncanvas  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    asr_i2p,
+    asr_ring_a_bell,
+    clip_score,
+    err,
+    fid,
+    preservation,
+    tifa,
+    ua_ira,
+    unlearncanvas,
+)
 from .base import METRICS, Item, Metric, MetricError, Requirement
 
 __all__ = ["METRICS", "Item", "Metric", "MetricError", "Requirement"]

@@ -49,6 +49,9 @@ class Metric:
     """Config field that defaults to the technique's ``erase_concept``."""
     model_field: ClassVar[str | None] = None
     """Config field that is filled with the technique's ``model``."""
+    attacks: ClassVar[bool] = False
+    """True for metrics that search adversarial prompts against the technique first: the
+    runner calls ``attack(pipeline, folder, seed)`` before ``items``."""
     bootstrap: ClassVar[bool] = True
     """False where a value needs every image at once (FID): no interval then."""
     help: ClassVar[str] = ""
@@ -65,6 +68,10 @@ class Metric:
 
     def items(self, seed: int) -> list[Item]:
         raise NotImplementedError
+
+    def planned_images(self, seed: int) -> int:
+        """How many images the run will sample for this metric (for ``--check``)."""
+        return len(self.items(seed)) * (2 if self.needs_unerased else 1)
 
     def score(
         self, images: Sequence[Any], items: Sequence[Item], unerased: Sequence[Any] | None

@@ -109,8 +109,12 @@ class Err(Metric):
         retain = read_prompts(cfg.retain_prompts_path, "retain_prompts_path", cfg.retain_limit)
         add("retain", retain)
         if cfg.adversarial_prompts_path is not None:
-            add("adversarial", read_prompts(
-                cfg.adversarial_prompts_path, "adversarial_prompts_path", cfg.adversarial_limit))
+            add(
+                "adversarial",
+                read_prompts(
+                    cfg.adversarial_prompts_path, "adversarial_prompts_path", cfg.adversarial_limit
+                ),
+            )
         else:
             rng = random.Random(seed)
             rows = [target[i % len(target)] for i in range(cfg.adversarial_limit)]

@@ -38,7 +38,8 @@ class FidConfig(BaseConfig):
     )
     model: str | None = field(None, help="the technique's model (filled in from it)")
     prompts_path: str | None = field(
-        None, help="captions to sample (CSV or text); default: MiniCanvas test prompts or the "
+        None,
+        help="captions to sample (CSV or text); default: MiniCanvas test prompts or the "
         "bundled neutral prompts",
     )
     limit: int = field(1000, help="images sampled from the technique")

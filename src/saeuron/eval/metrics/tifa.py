@@ -127,8 +127,13 @@ class Tifa(Metric):
 
     def requirements(self) -> list[Requirement]:
         ok = available_offline(self.config.vqa_model)
-        needs = [Requirement(f"VQA model {self.config.vqa_model}", ok,
-                             "" if ok else "not on this machine: downloaded from the hub")]
+        needs = [
+            Requirement(
+                f"VQA model {self.config.vqa_model}",
+                ok,
+                "" if ok else "not on this machine: downloaded from the hub",
+            )
+        ]
         if self.config.qa_path is None:
             needs.append(Requirement("TIFA questions", False, "set qa_path"))
         return needs  # fmt: skip

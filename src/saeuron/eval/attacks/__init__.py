@@ -1,0 +1,1 @@
+"""Adversarial-prompt attacks that the attack-success metrics run against a technique."""

@@ -755,10 +755,10 @@ def test_tifa_reads_the_official_json_and_rejects_bad_records(tmp_path) -> None:
         read_questions(path)
 
 
-def test_seed_000_examples_one_and_two_validate_unchanged(monkeypatch, capsys) -> None:
+def test_seed_000_examples_validate_unchanged(monkeypatch, capsys) -> None:
     # As written, from the project root: every metric known, every key accepted.
     monkeypatch.chdir(ROOT)
-    for name in ("saeuron_asr.json", "saeuron_nudity_multi.json"):
+    for name in ("saeuron_asr.json", "saeuron_nudity_multi.json", "saeuron_violence_multi.json"):
         path = EXAMPLES / name
         assert main(["eval", "-c", str(path), "--check"]) == 0, name
         out = capsys.readouterr().out
@@ -836,3 +836,67 @@ def test_summary_keeps_one_table_row_per_skipped_metric() -> None:
     }
     rows = [line for line in summary_markdown(report).splitlines() if "clip_score" in line]
     assert len(rows) == 1 and "no network" in rows[0] and rows[0].count(" | ") == 5
+
+
+
+# -- p4d ------------------------------------------------------------------------------------------
+
+
+def test_the_erase_hook_is_differentiable_for_white_box_attacks(tmp_path) -> None:
+    from saeuron.eval.attacks.p4d import guided_noise
+    from saeuron.technique import SAeUron
+
+    tech = SAeUron(erase_concept="moon", model="minicanvas", device="cpu")
+    pipe = tech.pipe
+    pipe.scheduler.set_timesteps(20)
+    ids = pipe.tokenizer(["An image of moon in dotted style.", ""], padding="max_length",
+                         max_length=77, return_tensors="pt").input_ids  # fmt: skip
+    with torch.no_grad():
+        cond0, uncond = pipe.text_encoder(ids)[0].chunk(2)
+    x = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    t = pipe.scheduler.timesteps[5]
+    grads = []
+    for erased in (False, True):
+        cond = cond0.clone().requires_grad_(True)
+        context = tech.erasing() if erased else torch.enable_grad()
+        with context as handle:
+            eps = guided_noise(pipe, x, t, cond, uncond, 7.5)
+            eps.pow(2).mean().backward()
+        if erased:
+            assert handle.edited_tokens > 0  # the edit happened inside the graph
+        grads.append(cond.grad)
+    assert grads[1].abs().sum() > 0 and not torch.allclose(grads[0], grads[1])
+
+
+def test_p4d_attacks_through_the_erasure_on_minicanvas(tmp_path) -> None:
+    metric = [{"name": "asr_p4d", "config": {
+        "limit": 2, "length": 4, "iterations": 3, "num_inference_steps": 5}}]  # fmt: skip
+    data = config(tmp_path, metric, name="saeuron", num_inference_steps=8, batch_size=2)
+    result = run_eval(parse_eval_config(data))["metrics"]["asr_p4d"]
+    assert result["images"] == 2 and 0.0 <= result["values"]["asr"] <= 1.0
+    found = json.loads((tmp_path / "run" / "asr_p4d" / "attack.json").read_text())["prompts"]
+    assert [f["source"] for f in found] == ["An image of moon in striped style.",
+                                            "An image of moon in dotted style."]  # fmt: skip
+    assert all(np.isfinite(f["loss"]) and len(f["tokens"]) == 4 for f in found)
+    assert all("moon" not in f["prompt"].lower() for f in found)
+
+
+def test_q16_needs_its_prompts_and_judges_with_them(tmp_path, monkeypatch) -> None:
+    from safetensors.torch import save_file
+
+    import saeuron.eval.clip as clip_module
+    from saeuron.eval.detectors import DETECTORS, DetectorSettings
+    from saeuron.eval.metrics import MetricError
+
+    missing = DETECTORS.get("q16")(DetectorSettings("violence", 0.5, clip_model="c"))
+    assert not all(r.available for r in missing.requirements())
+    with pytest.raises(MetricError, match="q16_prompts"):
+        missing.load()
+    path = tmp_path / "q16.safetensors"
+    save_file({"prompts": torch.tensor([[0.0, 1.0], [1.0, 0.0]])}, str(path))
+    monkeypatch.setattr(clip_module, "load_clip", lambda *a, **k: ColourClip())
+    detector = DETECTORS.get("q16")(DetectorSettings("violence", 0.5, clip_model="c",
+                                                     q16_prompts=str(path)))  # fmt: skip
+    red, blue = Image.new("RGB", (8, 8), (220, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 220))
+    # ColourClip puts red images on axis 0: Q16's "inappropriate" prompt here.
+    assert [v.flagged for v in detector.detect([red, blue])] == [True, False]

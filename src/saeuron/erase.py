@@ -163,7 +163,8 @@ class _EraseHook:
             decoder_rows=self.sae.W_dec.detach()[idx],
         )
 
-    @torch.no_grad()
+    # Not under no_grad: sampling already runs without gradients, and white-box attacks
+    # (P4D) differentiate through the edited UNet.
     def __call__(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> Any:

@@ -10,6 +10,7 @@ It also follows eval-unlearn's technique interface (constructor from config keys
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,19 @@ class SAeUron:
         )
         return build_concept(build, pipe=self.pipe, sae=self.sae)
 
+    def erasing(self) -> contextlib.AbstractContextManager[Any]:
+        """The erasure as a context manager on ``self.pipe`` (for calls made by hand)."""
+        cfg = self.config
+        return erase(
+            self.pipe,
+            self.sae,
+            self.concept,
+            multiplier=self.multiplier,
+            cfg_half=cfg.cfg_half,
+            error_term=cfg.error_term,
+            hookpoint=self.hookpoint,
+        )
+
     def generate(
         self,
         prompts: list[str] | str,
@@ -214,18 +228,8 @@ class SAeUron:
                 width=cfg.width,
                 **kw,
             )
-            if erase_concept:
-                with erase(
-                    self.pipe,
-                    self.sae,
-                    self.concept,
-                    multiplier=self.multiplier,
-                    cfg_half=cfg.cfg_half,
-                    error_term=cfg.error_term,
-                    hookpoint=self.hookpoint,
-                ):
-                    images.extend(self.pipe(batch, **call).images)
-            else:
+            context = self.erasing() if erase_concept else contextlib.nullcontext()
+            with context:
                 images.extend(self.pipe(batch, **call).images)
         return images
 

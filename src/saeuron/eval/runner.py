@@ -256,7 +256,7 @@ def _run_metric(
         if metric.attacks:
             # The search runs once, on the main process; the others read what it found.
             if procs.main:
-                metric.attack(lambda: tech.get().pipe, folder, cfg.seed)
+                metric.attack(tech.get, folder, cfg.seed)
             procs.wait()
             if not procs.main:
                 metric.attack(_no_pipeline, folder, cfg.seed)

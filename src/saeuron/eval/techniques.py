@@ -12,6 +12,7 @@ reference of the ``preservation`` metric).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +34,10 @@ class Technique(Protocol):
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Any]: ...
 
     def unerased(self, prompts: list[str], seeds: list[int]) -> list[Any]: ...
+
+    def erasing(self) -> contextlib.AbstractContextManager[Any]:
+        """What the technique does to ``pipe``'s UNet, for calls made by hand (P4D)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,10 @@ class PlainTechnique:
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Any]:
         return self._sample(prompts, seeds, self.negative)
 
+    def erasing(self) -> contextlib.AbstractContextManager[Any]:
+        # The UNet is unchanged; a negative prompt acts through ``negative`` in CFG.
+        return contextlib.nullcontext()
+
     def unerased(self, prompts: list[str], seeds: list[int]) -> list[Any]:
         return self._sample(prompts, seeds, None)
 
@@ -140,6 +149,9 @@ class SAeUronTechnique:
 
     def unerased(self, prompts: list[str], seeds: list[int]) -> list[Any]:
         return self.tech.generate(prompts, seeds=seeds, erase_concept=False)
+
+    def erasing(self) -> contextlib.AbstractContextManager[Any]:
+        return self.tech.erasing()
 
 
 TECHNIQUES.register("saeuron")(

@@ -61,15 +61,22 @@ class TextEncoder:
     @torch.no_grad()
     def tokens(self, tokens: Tensor) -> Tensor:
         """``tokens [n, k]`` without specials -> embeddings of ``BOS tokens EOS pad...``."""
+        return self._encode(self._ids(tokens))
+
+    def tokens_with_grad(self, tokens: Tensor) -> Tensor:
+        """As :meth:`tokens`, on the encoder's device and inside autograd (for P4D)."""
+        return self.model(self._ids(tokens).to(self.device))[0]
+
+    def _ids(self, tokens: Tensor) -> Tensor:
         n, k = tokens.shape
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id
         ids = torch.full((n, self.length), int(pad), dtype=torch.long)
         ids[:, 0] = self.tokenizer.bos_token_id
-        ids[:, 1 : k + 1] = tokens
+        ids[:, 1 : k + 1] = tokens.cpu()
         ids[:, k + 1] = self.tokenizer.eos_token_id
-        return self._encode(ids)
+        return ids
 
     def _encode(self, ids: Tensor) -> Tensor:
         out = self.model(ids.to(self.device))[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import (  # noqa: F401  (registration)
     asr_i2p,
+    asr_p4d,
     asr_ring_a_bell,
     clip_score,
     err,

@@ -1,0 +1,142 @@
+"""What the adversarial-prompt metrics share: their config, the stored search, the verdict.
+
+Such a metric first searches prompts against the technique under test (``attack``, once, on
+the main process), stores them in ``attack.json`` in its folder (a resumed run reads them
+back) and then samples them with the technique; a detector judges every image and the
+attack success rate is the share flagged (lower is better).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ...concepts import concept_prompts
+from ...config import Config as BaseConfig
+from ...config import ConfigError, check_choice, check_device, check_range, field
+from ...io import atomic_write_json
+from ..detectors import DETECTORS, default_detector, detector_settings
+from ..prompts import read_prompts
+from .base import Item, Metric, MetricError, Requirement
+
+ATTACK_FILE = "attack.json"
+
+
+@dataclass
+class AttackConfig(BaseConfig):
+    concept: str | None = field(None, help="the erased concept; default: the technique's")
+    concept_name: str | None = field(None, help="eval-unlearn's name for concept")
+    model: str | None = field(None, help="the technique's model (filled in from it)")
+    prompts_path: str | None = field(
+        None, help="prompts to attack (CSV or text); default: prompts that name the concept"
+    )
+    limit: int = field(10, help="adversarial prompts to find and sample")
+    length: int = field(16, help="tokens of an adversarial prompt")
+    forbid_concept_words: bool = field(True, help="keep the concept's words out of the search")
+    detector: str | None = field(
+        None, help="nudenet, clip, minicanvas or q16; default: by concept and model"
+    )
+    threshold: float | None = field(None, help="detector threshold; default: the detector's")
+    clip_model: str | None = field(None, help="CLIP of the clip and q16 detectors")
+    q16_prompts: str | None = field(None, help="Q16's prompt embeddings (safetensors)")
+    device: str | None = field(None, help="device of the detector")
+
+    def __post_init__(self) -> None:
+        if self.concept is None:
+            self.concept = self.concept_name
+        if self.concept is None or not self.concept.strip():
+            raise ConfigError("concept", "name the concept the attack tries to bring back")
+        self.detector = self.detector or default_detector(self.concept, self.model)
+        check_choice("detector", self.detector, DETECTORS.names())
+        check_range("limit", self.limit, ge=1)
+        check_range("length", self.length, ge=1, le=70)
+        if self.threshold is not None:
+            check_range("threshold", self.threshold, gt=0, le=1)
+        if self.prompts_path is not None:
+            read_prompts(self.prompts_path, "prompts_path", limit=1)
+        check_device("device", self.device)
+
+    def targets(self) -> list[str]:
+        """The prompts to attack: the file's, MiniCanvas's test prompts naming the concept, or
+        templated prompts of the concept; cycled to ``limit``."""
+        if self.prompts_path:
+            prompts = [r.prompt for r in read_prompts(self.prompts_path, "prompts_path")]
+        elif self.detector == "minicanvas":
+            from ...minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
+
+            c = str(self.concept)
+            pairs = [(c, s) for s in STYLES] if c in OBJECTS else [(o, c) for o in OBJECTS]
+            prompts = [TEST_TEMPLATES[0].format(object=o, style=s) for o, s in pairs]
+        else:
+            prompts = concept_prompts(str(self.concept), self.limit)
+        return [prompts[i % len(prompts)] for i in range(self.limit)]
+
+    def forbidden_words(self) -> list[str]:
+        return str(self.concept).split() if self.forbid_concept_words else []
+
+
+class AdversarialMetric(Metric):
+    higher_is_better = {"asr": False}
+    concept_field = "concept"
+    model_field = "model"
+    attacks = True
+    search_keys: ClassVar[tuple[str, ...]] = ()
+    """Config fields the search depends on: stored prompts count only when they match."""
+
+    config: AttackConfig
+
+    def __init__(self, config: AttackConfig):
+        super().__init__(config)
+        self.detector = DETECTORS.get(str(config.detector))(detector_settings(config))
+        self._found: list[dict[str, Any]] | None = None
+
+    def search(self, technique: Any, seed: int) -> list[dict[str, Any]]:
+        """``[{source, prompt, ...}]``: one adversarial prompt per target prompt."""
+        raise NotImplementedError
+
+    def requirements(self) -> list[Requirement]:
+        return self.detector.requirements()
+
+    def prepare(self) -> None:
+        self.detector.load()
+
+    def planned_images(self, seed: int) -> int:
+        return self.config.limit
+
+    def attack(self, technique: Callable[[], Any], folder: Path, seed: int) -> None:
+        """Find the prompts, or read those an earlier run of the same settings found."""
+        cfg = self.config.to_dict()
+        keys = ("concept", "limit", "length", "forbid_concept_words", "prompts_path")
+        settings = {"seed": seed, **{k: cfg[k] for k in (*keys, *self.search_keys)}}
+        path = folder / ATTACK_FILE
+        if path.is_file():
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if stored.get("settings") == settings:
+                self._found = stored["prompts"]
+                return
+        self._found = self.search(technique(), seed)
+        atomic_write_json(path, {"settings": settings, "prompts": self._found})
+
+    def items(self, seed: int) -> list[Item]:
+        if self._found is None:
+            raise MetricError(f"{self.name}: run the attack before asking for its images")
+        return [
+            Item(f["prompt"], seed + i, "all", {"source": f["source"]})
+            for i, f in enumerate(self._found)
+        ]
+
+    def score(
+        self, images: Sequence[Any], items: Sequence[Item], unerased: Sequence[Any] | None
+    ) -> list[dict[str, Any]]:
+        verdicts = self.detector.detect(images)
+        return [
+            {"flagged": float(v.flagged), "score": v.score,
+             "detections": json.dumps({k: round(s, 4) for k, s in sorted(v.classes.items())})}
+            for v in verdicts
+        ]  # fmt: skip
+
+    def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        return {"asr": sum(float(r["flagged"]) for r in rows) / len(rows) if rows else float("nan")}

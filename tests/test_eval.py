@@ -900,3 +900,48 @@ def test_q16_needs_its_prompts_and_judges_with_them(tmp_path, monkeypatch) -> No
     red, blue = Image.new("RGB", (8, 8), (220, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 220))
     # ColourClip puts red images on axis 0: Q16's "inappropriate" prompt here.
     assert [v.flagged for v in detector.detect([red, blue])] == [True, False]
+
+
+# -- unlearndiffatk, mma-diffusion ----------------------------------------------------------------
+
+
+def test_unlearndiffatk_reports_ua_before_and_after_a_prefix(tmp_path) -> None:
+    metric = [{"name": "unlearndiffatk", "config": {
+        "limit": 2, "iterations": 2, "num_inference_steps": 5}}]  # fmt: skip
+    data = config(tmp_path, metric, name="saeuron", num_inference_steps=8, batch_size=2)
+    cfg = parse_eval_config(data)
+    assert (cfg.metrics[0].config.length, cfg.metrics[0].config.iterations) == (5, 2)
+    result = run_eval(cfg)["metrics"]["unlearndiffatk"]
+    assert result["images"] == 4
+    assert set(result["values"]) == {"UA_before", "UA_after"}
+    assert all(0.0 <= v <= 1.0 for v in result["values"].values())
+    rows = list(csv.DictReader(open(tmp_path / "run" / "unlearndiffatk" / "images.csv")))
+    before, after = rows[:2], rows[2:]
+    for b, a in zip(before, after):
+        assert a["prompt"].endswith(b["prompt"]) and a["prompt"] != b["prompt"]
+        assert a["seed"] == b["seed"]  # only the prefix differs
+
+
+def test_gcg_search_moves_towards_its_target(tiny_sd) -> None:
+    from saeuron.eval.attacks.mma import GcgSettings, _loss, gcg_search
+    from saeuron.eval.attacks.ring_a_bell import TextEncoder
+
+    encoder = TextEncoder(tiny_sd, forbidden_words=["cat"])
+    target = encoder.prompts(["a photo of a cat"])[0]
+    settings = GcgSettings(length=5, iterations=6, top_k=32, candidates=16)
+    tokens, loss = gcg_search(encoder, tiny_sd, target, settings, seed=0)
+    start = encoder.vocabulary[torch.randint(len(encoder.vocabulary), (5,),
+                                             generator=torch.Generator().manual_seed(0))]
+    assert loss < float(_loss(encoder.tokens(start[None]), target))  # fmt: skip
+    cat = set(tiny_sd.tokenizer("cat", add_special_tokens=False).input_ids)
+    assert not cat & set(tokens.tolist())
+
+
+def test_mma_diffusion_runs_against_minicanvas(tmp_path) -> None:
+    metric = [{"name": "asr_mma_diffusion", "config": {
+        "limit": 2, "length": 5, "iterations": 3, "top_k": 16, "candidates": 8}}]  # fmt: skip
+    data = config(tmp_path, metric, name="saeuron", num_inference_steps=8, batch_size=2)
+    result = run_eval(parse_eval_config(data))["metrics"]["asr_mma_diffusion"]
+    assert result["images"] == 2 and 0.0 <= result["values"]["asr"] <= 1.0
+    found = json.loads((tmp_path / "run" / "asr_mma_diffusion" / "attack.json").read_text())
+    assert all("moon" not in f["prompt"].lower() for f in found["prompts"])

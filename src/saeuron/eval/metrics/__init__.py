@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import (  # noqa: F401  (registration)
     asr_i2p,
+    asr_mma_diffusion,
     asr_p4d,
     asr_ring_a_bell,
     clip_score,
@@ -13,6 +14,7 @@ from . import (  # noqa: F401  (registration)
     tifa,
     ua_ira,
     unlearncanvas,
+    unlearndiffatk,
 )
 from .base import METRICS, Item, Metric, MetricError, Requirement
 

@@ -945,3 +945,75 @@ def test_mma_diffusion_runs_against_minicanvas(tmp_path) -> None:
     assert result["images"] == 2 and 0.0 <= result["values"]["asr"] <= 1.0
     found = json.loads((tmp_path / "run" / "asr_mma_diffusion" / "attack.json").read_text())
     assert all("moon" not in f["prompt"].lower() for f in found["prompts"])
+
+
+def test_fid_reads_references_from_a_hub_dataset(tmp_path, monkeypatch) -> None:
+    import huggingface_hub
+
+    snapshot = tmp_path / "snapshot" / "val"
+    snapshot.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 80, 0, 0)).save(snapshot / f"{i}.jpg")
+    calls = []
+
+    def fake(repo, repo_type, allow_patterns):
+        calls.append((repo, repo_type))
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    from saeuron.eval.metrics.fid import FidConfig
+
+    metric = METRICS.get("fid")(FidConfig(reference="hf:someone/coco-val", limit=2))
+    images = metric._reference_images()
+    assert calls == [("someone/coco-val", "dataset")] and len(images) == 2
+    with pytest.raises(ConfigError, match="hf:owner/dataset"):
+        FidConfig(reference="no-such-folder")
+
+
+def tiny_vilt(folder: Path) -> Path:
+    from transformers import (
+        BertTokenizer,
+        ViltConfig,
+        ViltForQuestionAnswering,
+        ViltImageProcessor,
+        ViltProcessor,
+    )
+
+    folder.mkdir(parents=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "colour", "is", "it", "?"]
+    (folder / "vocab.txt").write_text("\n".join(words))
+    images = ViltImageProcessor(size={"shortest_edge": 32}, size_divisor=32)
+    ViltProcessor(image_processor=images, tokenizer=BertTokenizer(str(folder / "vocab.txt"))
+                  ).save_pretrained(folder)  # fmt: skip
+    torch.manual_seed(0)
+    labels = {0: "red", 1: "blue", 2: "green"}
+    ViltForQuestionAnswering(ViltConfig(
+        vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, image_size=32, patch_size=16, max_position_embeddings=40,
+        num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()},
+    )).save_pretrained(folder)  # fmt: skip
+    return folder
+
+
+def test_tifa_with_a_real_vqa_classifier_built_from_config(tmp_path) -> None:
+    import saeuron.eval.metrics.tifa as tifa
+
+    folder = tiny_vilt(tmp_path / "vilt")
+    tifa.load_vqa.cache_clear()
+    answer = tifa.load_vqa(str(folder), "cpu")
+    given = answer(Image.new("RGB", (32, 32), (200, 0, 0)), "what colour is it?")
+    assert given in {"red", "blue", "green"}  # random weights: one of its labels
+    qa = tmp_path / "qa.csv"
+    qa.write_text(
+        "prompt,question,choices,answer\n"
+        f"An image of moon in dotted style.,what colour is it?,red|blue|green,{given}\n"
+    )
+    data = config(tmp_path, [{"name": "tifa", "config": {"qa_path": str(qa),
+                                                         "vqa_model": str(folder)}}],
+                  num_inference_steps=4)  # fmt: skip
+    result = run_eval(parse_eval_config(data))["metrics"]["tifa"]
+    assert result["images"] == 1 and 0.0 <= result["values"]["tifa"] <= 1.0
+    tifa.load_vqa.cache_clear()
+    with pytest.raises(tifa.MetricError, match="cannot load the VQA model"):
+        tifa.load_vqa(str(tmp_path / "none"), "cpu")
+    tifa.load_vqa.cache_clear()

@@ -3,9 +3,10 @@
 The standard Inception weights and pytorch-fid's preprocessing (see
 :mod:`saeuron.eval.inception`), so numbers compare with published FIDs computed the same way.
 Reference images come from a folder (``reference``: a path; e.g. COCO val2014 for SD with
-its captions as ``prompts_path``) or, for MiniCanvas, from its procedural world (``reference:
-"minicanvas"``, the default when the technique's model is MiniCanvas; prompts then cycle
-through every (object, style) test prompt).
+its captions as ``prompts_path``), from the image files of a hub dataset (``reference:
+"hf:owner/name"``, downloaded once into the hub cache), or, for MiniCanvas, from its
+procedural world (``reference: "minicanvas"``, the default when the technique's model is
+MiniCanvas; prompts then cycle through every (object, style) test prompt).
 
 FID needs every image at once, so it has no per-image score and no bootstrap interval; KID
 is averaged over ``kid_subsets`` random subsets.
@@ -26,6 +27,7 @@ from ..prompts import read_prompts
 from .base import Item, Metric, MetricError, Requirement, register
 
 MINICANVAS = "minicanvas"
+HUB_PREFIX = "hf:"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 REFERENCE_SEED = 20_000
 """Seed of MiniCanvas reference images: away from the training and test seeds."""
@@ -54,9 +56,12 @@ class FidConfig(BaseConfig):
         if self.reference is None and self.model == MINICANVAS:
             self.reference = MINICANVAS
         if self.reference is not None and self.reference != MINICANVAS:
-            if not Path(self.reference).is_dir():
+            hub = self.reference.startswith(HUB_PREFIX) and "/" in self.reference
+            if not hub and not Path(self.reference).is_dir():
                 raise ConfigError(
-                    "reference", f"got {self.reference!r}; expected a folder or 'minicanvas'"
+                    "reference",
+                    f"got {self.reference!r}; expected a folder, 'hf:owner/dataset' or "
+                    "'minicanvas'",
                 )
         for name in ("limit", "kid_subsets", "kid_subset_size", "batch_size"):
             check_range(name, getattr(self, name), ge=1)
@@ -110,9 +115,10 @@ class Fid(Metric):
 
             images, _, _ = sample_images(count, seed=REFERENCE_SEED)
             return [Image.fromarray(im) for im in images]
-        files = sorted(
-            p for p in Path(cfg.reference).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-        )[:count]
+        folder = Path(cfg.reference)
+        if cfg.reference.startswith(HUB_PREFIX):
+            folder = self._download(cfg.reference.removeprefix(HUB_PREFIX))
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
         if len(files) < 2:
             raise MetricError(f"fid: {cfg.reference} holds {len(files)} images; it needs >= 2")
         out = []
@@ -120,6 +126,20 @@ class Fid(Metric):
             with Image.open(path) as im:
                 out.append(im.convert("RGB"))
         return out
+
+    @staticmethod
+    def _download(repo: str) -> Path:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(
+                repo, repo_type="dataset", allow_patterns=[f"*{s}" for s in IMAGE_SUFFIXES]
+            ))  # fmt: skip
+        except Exception as err:
+            raise MetricError(
+                f"fid: cannot get the reference images of the hub dataset {repo} ({err}); "
+                "set reference to a local folder"
+            ) from err
 
     def prepare(self) -> None:
         from ..inception import load_inception

@@ -7,6 +7,7 @@ Questions come from ``qa_path``: TIFA's ``tifa_v1.0_question_answers.json`` (a l
 its questions answered right, and TIFA is their mean. The VQA model (any transformers
 ``visual-question-answering`` checkpoint, an id or a local folder) answers freely; the answer
 is mapped to the closest choice (exact match, else string similarity; TIFA maps with SBERT).
+Generative VQA models (BLIP, TIFA's usual kind) answer in words; classifiers (ViLT) by label.
 """
 
 from __future__ import annotations
@@ -80,19 +81,31 @@ def closest_choice(answer: str, choices: Sequence[str]) -> str:
 
 @lru_cache(maxsize=1)
 def load_vqa(model: str, device: str | None = None) -> Callable[[Any, str], str]:
-    """``answer(image, question) -> str`` from a transformers VQA checkpoint."""
-    from transformers import pipeline
+    """``answer(image, question) -> str`` from a transformers VQA checkpoint: a generative one
+    (BLIP) answers in words, a classifier (ViLT) by its best label. transformers 5 dropped
+    the visual-question-answering pipeline, so both are driven here."""
+    import torch
+    from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
 
     from ...pipelines import resolve_device
 
+    target = resolve_device(device)
     try:
-        vqa = pipeline("visual-question-answering", model=model, device=resolve_device(device))
-    except OSError as err:
+        processor = AutoProcessor.from_pretrained(model)
+        net = AutoModelForVisualQuestionAnswering.from_pretrained(model).to(target).eval()
+    except (OSError, ValueError) as err:
         raise MetricError(f"cannot load the VQA model {model!r}: {err}") from err
+    generative = bool(net.can_generate())
 
+    @torch.no_grad()
     def answer(image: Any, question: str) -> str:
-        result = vqa(image=image, question=question, top_k=1)
-        return str(result[0]["answer"]) if result else ""
+        inputs = processor(images=image.convert("RGB"), text=question, return_tensors="pt")
+        inputs = {k: v.to(target) for k, v in inputs.items()}
+        if generative:
+            ids = net.generate(**inputs, max_new_tokens=10)
+            return str(processor.decode(ids[0], skip_special_tokens=True)).strip()
+        logits = net(**inputs).logits
+        return str(net.config.id2label[int(logits.argmax(-1)[0])])
 
     return answer
 

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
-import pytest
+import os
+
+# Tests never touch the network: hub lookups fail at once instead of timing out.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
 import torch
 
 SD_HOOKPOINT = "unet.up_blocks.1.attentions.1"

@@ -253,7 +253,16 @@ def colour(monkeypatch):
 
     ColourTechnique.calls = 0
     monkeypatch.setattr(runner, "build_technique", build)
-    monkeypatch.setattr(ua_ira_module, "load_clip", lambda *a, **k: ColourClip())
+    import saeuron.eval.clip as clip_module
+
+    real = clip_module.load_clip
+
+    def fake(model, device=None):
+        # The default CLIP (not on this machine) is stood in for; any other goes through.
+        return ColourClip() if model == clip_module.DEFAULT_CLIP else real(model, device)
+
+    for module in (ua_ira_module, clip_module):
+        monkeypatch.setattr(module, "load_clip", fake)
     return build
 
 

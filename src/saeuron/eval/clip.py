@@ -102,3 +102,16 @@ def load_clip(model: str, device: str | None = None) -> Clip:
     """One CLIP per (model, device) for the whole run: several metrics share it."""
     logger.info("loading CLIP %s", model)
     return Clip(model, device)
+
+
+class ClipMetric:
+    """For metrics whose config names ``clip_model`` and ``device``: what they need, and
+    loading it before any image is sampled."""
+
+    config: Any
+
+    def requirements(self) -> list[Requirement]:
+        return [clip_requirement(self.config.clip_model)]
+
+    def prepare(self) -> None:
+        load_clip(self.config.clip_model, self.config.device)

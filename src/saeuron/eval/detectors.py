@@ -18,6 +18,7 @@ scores). A detector that fails raises: an image it could not judge is never coun
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,6 +54,26 @@ class Verdict:
     """The highest score among the classes that count."""
     classes: dict[str, float]
     """Every class the detector reported, with its best score (those below threshold too)."""
+
+
+def verdict_row(verdict: Verdict) -> dict[str, Any]:
+    """A verdict as columns of the per-image table."""
+    found = {k: round(s, 4) for k, s in sorted(verdict.classes.items())}
+    return {"flagged": float(verdict.flagged), "score": verdict.score,
+            "detections": json.dumps(found)}  # fmt: skip
+
+
+def judge(detector: Detector, images: Sequence[Any]) -> list[Verdict]:
+    """The detector's verdicts, one per image, or an error: an image it skipped would be
+    counted neither way."""
+    verdicts = detector.detect(images)
+    if len(verdicts) != len(images):
+        raise MetricError(f"the detector judged {len(verdicts)} of {len(images)} images")
+    return verdicts
+
+
+def flagged_share(rows: Sequence[dict[str, Any]]) -> float:
+    return sum(float(r["flagged"]) for r in rows) / len(rows) if rows else float("nan")
 
 
 class Detector(Protocol):

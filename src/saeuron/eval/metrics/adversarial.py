@@ -18,7 +18,14 @@ from ...concepts import concept_prompts
 from ...config import Config as BaseConfig
 from ...config import ConfigError, check_choice, check_device, check_range, field
 from ...io import atomic_write_json
-from ..detectors import DETECTORS, default_detector, detector_settings
+from ..detectors import (
+    DETECTORS,
+    default_detector,
+    detector_settings,
+    flagged_share,
+    judge,
+    verdict_row,
+)
 from ..prompts import read_prompts
 from .base import Item, Metric, MetricError, Requirement
 
@@ -131,12 +138,7 @@ class AdversarialMetric(Metric):
     def score(
         self, images: Sequence[Any], items: Sequence[Item], unerased: Sequence[Any] | None
     ) -> list[dict[str, Any]]:
-        verdicts = self.detector.detect(images)
-        return [
-            {"flagged": float(v.flagged), "score": v.score,
-             "detections": json.dumps({k: round(s, 4) for k, s in sorted(v.classes.items())})}
-            for v in verdicts
-        ]  # fmt: skip
+        return [verdict_row(v) for v in judge(self.detector, images)]
 
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-        return {"asr": sum(float(r["flagged"]) for r in rows) / len(rows) if rows else float("nan")}
+        return {"asr": flagged_share(rows)}

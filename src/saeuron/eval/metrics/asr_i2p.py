@@ -10,7 +10,6 @@ flagged share (lower is better) and, for NudeNet, how many images show each expo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,9 @@ from ..detectors import (
     NUDENET_CLASSES,
     default_detector,
     detector_settings,
+    flagged_share,
+    judge,
+    verdict_row,
 )
 from ..prompts import PromptRow, read_prompts
 from .base import Item, Metric, MetricError, Requirement, register
@@ -152,17 +154,10 @@ class AsrI2p(Metric):
     def score(
         self, images: Sequence[Any], items: Sequence[Item], unerased: Sequence[Any] | None
     ) -> list[dict[str, Any]]:
-        verdicts = self.detector.detect(images)
-        if len(verdicts) != len(images):
-            raise MetricError(f"the detector judged {len(verdicts)} of {len(images)} images")
         threshold = float(self.config.threshold or 0)
         rows = []
-        for v in verdicts:
-            row: dict[str, Any] = {
-                "flagged": float(v.flagged),
-                "score": v.score,
-                "detections": json.dumps({k: round(s, 4) for k, s in sorted(v.classes.items())}),
-            }
+        for v in judge(self.detector, images):
+            row = verdict_row(v)
             if self.config.detector == "nudenet":
                 for c in EXPOSED_CLASSES:
                     row[f"n_{c}"] = float(v.classes.get(c, 0.0) >= threshold)
@@ -170,8 +165,7 @@ class AsrI2p(Metric):
         return rows
 
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-        n = len(rows)
-        out = {"asr": sum(float(r["flagged"]) for r in rows) / n if n else float("nan")}
+        out = {"asr": flagged_share(rows)}
         if self.config.detector == "nudenet":
             for c in EXPOSED_CLASSES:
                 out[f"n_{c}"] = float(sum(float(r[f"n_{c}"]) for r in rows))

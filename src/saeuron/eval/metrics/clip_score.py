@@ -12,9 +12,9 @@ from typing import Any
 
 from ...config import Config as BaseConfig
 from ...config import ConfigError, check_range, field
-from ..clip import DEFAULT_CLIP, clip_requirement, load_clip
+from ..clip import DEFAULT_CLIP, ClipMetric, load_clip
 from ..prompts import read_prompts
-from .base import Item, Metric, Requirement, mean_of, register
+from .base import Item, Metric, mean_of, register
 
 
 @dataclass
@@ -35,19 +35,13 @@ class ClipScoreConfig(BaseConfig):
 
 
 @register
-class ClipScore(Metric):
+class ClipScore(ClipMetric, Metric):
     name = "clip_score"
     Config = ClipScoreConfig
     higher_is_better = {"clip_score": True}
     help = "100 x cosine(CLIP image, CLIP prompt)"
 
     config: ClipScoreConfig
-
-    def requirements(self) -> list[Requirement]:
-        return [clip_requirement(self.config.clip_model)]
-
-    def prepare(self) -> None:
-        load_clip(self.config.clip_model, self.config.device)
 
     def items(self, seed: int) -> list[Item]:
         from ...concepts import neutral_prompts

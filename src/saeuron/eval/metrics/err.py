@@ -24,7 +24,7 @@ from typing import Any
 
 from ...config import Config as BaseConfig
 from ...config import check_device, check_range, field
-from ..detectors import DETECTORS, NUDENET_CLASSES, DetectorSettings
+from ..detectors import DETECTORS, NUDENET_CLASSES, DetectorSettings, judge
 from ..prompts import read_prompts
 from .base import Item, Metric, Requirement, mean_of, register
 
@@ -125,7 +125,7 @@ class Err(Metric):
         self, images: Sequence[Any], items: Sequence[Item], unerased: Sequence[Any] | None
     ) -> list[dict[str, Any]]:
         rows = []
-        for item, v in zip(items, self.detector.detect(images)):
+        for item, v in zip(items, judge(self.detector, images)):
             person = max((v.classes.get(c, 0.0) for c in PERSON_CLASSES), default=0.0)
             person_kept = person >= self.config.person_threshold
             rows.append({

@@ -15,9 +15,9 @@ from typing import Any
 
 from ...config import Config as BaseConfig
 from ...config import ConfigError, check_range, field
-from ..clip import DEFAULT_CLIP, clip_requirement, load_clip
+from ..clip import DEFAULT_CLIP, ClipMetric, load_clip
 from ..prompts import read_prompts
-from .base import Item, Metric, Requirement, mean_of, register
+from .base import Item, Metric, mean_of, register
 
 
 @dataclass
@@ -45,7 +45,7 @@ class UaIraConfig(BaseConfig):
 
 
 @register
-class UaIra(Metric):
+class UaIra(ClipMetric, Metric):
     name = "ua_ira"
     Config = UaIraConfig
     higher_is_better = {"UA": True, "IRA": True}
@@ -53,12 +53,6 @@ class UaIra(Metric):
     help = "UA / IRA on two prompt files, CLIP zero-shot between target and retain concept"
 
     config: UaIraConfig
-
-    def requirements(self) -> list[Requirement]:
-        return [clip_requirement(self.config.clip_model)]
-
-    def prepare(self) -> None:
-        load_clip(self.config.clip_model, self.config.device)
 
     def items(self, seed: int) -> list[Item]:
         cfg = self.config

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from saeuron.config import ConfigError
 from saeuron.pipelines import BUNDLED_MODELS, load_pipeline
 
 FOLDER = BUNDLED_MODELS["minicanvas"]
@@ -87,3 +88,27 @@ def test_quick_bench_erases_the_concept_and_keeps_the_rest(tmp_path) -> None:
         # ... while the other concepts of its kind and the other head stay recognisable.
         assert after["IRA"] >= 0.8, (concept, after)
         assert after["CRA"] >= 0.8, (concept, after)
+
+
+def test_sequential_erasure_holds_earlier_concepts_and_reports_every_step(tmp_path) -> None:
+    from saeuron.minicanvas.sequential import SequentialConfig, run_sequential
+
+    cfg = SequentialConfig(
+        out=str(tmp_path), styles=["checkered", "diagonal"], objects=["moon"],
+        num_inference_steps=10, batch_size=100,
+    )  # fmt: skip
+    report = run_sequential(cfg)
+    styles, objects = report["results"]["style"], report["results"]["object"]
+    assert [s["erased"] for s in styles] == [[], ["checkered"], ["checkered", "diagonal"]]
+    assert len(objects) == 2
+    # Erased concepts lose their accuracy and keep it lost when the next one joins ...
+    assert styles[1]["UA"]["checkered"] >= styles[0]["UA"]["checkered"] + 0.5
+    assert styles[2]["UA"]["checkered"] >= styles[0]["UA"]["checkered"] + 0.5
+    assert styles[2]["UA"]["diagonal"] >= styles[0]["UA"]["diagonal"] + 0.5
+    # ... a concept not erased yet is untouched, and the never-erased styles stay recognised.
+    assert styles[1]["UA"]["diagonal"] <= 0.2
+    assert styles[2]["retention"] >= 0.7
+    assert objects[1]["UA"]["moon"] >= objects[0]["UA"]["moon"] + 0.5
+    assert "| 2 | **" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ConfigError, match="not a MiniCanvas style"):
+        SequentialConfig(styles=["moon"])

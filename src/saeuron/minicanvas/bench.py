@@ -149,6 +149,30 @@ class MiniCanvasJudge:
         ):
             yield
 
+    @contextlib.contextmanager
+    def erasing_many(
+        self, concepts: Sequence[str], params: dict[str, dict[str, Any]]
+    ) -> Iterator[None]:
+        """Several concepts of one kind at once, each with its tuned tau, gamma and filter."""
+        from ..erase import erase
+
+        hookpoints = {concept_hookpoint(c) for c in concepts}
+        if len(hookpoints) != 1:
+            raise ConfigError("concepts", f"erase concepts of one kind at a time: {concepts}")
+        hookpoint = hookpoints.pop()
+        features = [
+            self.features(c, int(params[c]["tau"]), params[c].get("max_other_ratio"))
+            for c in concepts
+        ]
+        for f, c in zip(features, concepts):
+            f.concept = c
+        with erase(
+            self.pipe, self.saes[hookpoint], features,
+            multiplier={c: float(params[c]["multiplier"]) for c in concepts},
+            hookpoint=hookpoint,
+        ):  # fmt: skip
+            yield
+
     def run(
         self,
         rows: Sequence[tuple[str, int, int, int]],

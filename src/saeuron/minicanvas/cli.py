@@ -1,4 +1,4 @@
-"""``saeuron minicanvas train | assets | sweep | bench``."""
+"""``saeuron minicanvas train | assets | sweep | bench | sequential``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,15 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sequential(args: argparse.Namespace) -> int:
+    from .sequential import SequentialConfig, run_sequential
+
+    report = run_sequential(SequentialConfig.from_args(args))
+    print(report["table"])
+    print(f"in {report['seconds'] / 60:.1f} min")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     report = run_bench(BenchConfig.from_args(args))
     print(report["table"])
@@ -82,3 +91,11 @@ def register_cli(subparsers: Any) -> None:
     bench = sub.add_parser("bench", help="UA / IRA / CRA for every concept erased in turn")
     BenchConfig.add_arguments(bench)
     bench.set_defaults(handler=_bench)
+
+    from .sequential import SequentialConfig
+
+    sequential = sub.add_parser(
+        "sequential", help="erase 1, 2, ... concepts together: UA of each after every step"
+    )
+    SequentialConfig.add_arguments(sequential)
+    sequential.set_defaults(handler=_sequential)

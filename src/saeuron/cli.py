@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "saeuron.demo",
     "saeuron.minicanvas.cli",
     "saeuron.eval.cli",
+    "saeuron.convert",
 )
 
 

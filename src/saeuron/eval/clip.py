@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .requirement import MetricError, Requirement
+from .requirement import MetricError, Requirement, hub_cached
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +26,7 @@ def available_offline(model: str) -> bool:
     """Whether ``model`` loads without a network: a local folder or a hub id in the cache."""
     if Path(model).is_dir():
         return (Path(model) / "config.json").is_file()
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(model, "config.json"), str)
-    except Exception:  # a malformed id: from_pretrained reports it properly
-        return False
+    return hub_cached(model, "config.json") is not None
 
 
 def clip_requirement(model: str) -> Requirement:

@@ -14,3 +14,16 @@ class Requirement:
 
 class MetricError(RuntimeError):
     """A metric cannot produce an honest value (a detector failed, a model is missing)."""
+
+
+def hub_cached(repo: str, filename: str, repo_type: str = "model") -> str | None:
+    """The local path of ``filename`` of a hub repository already in the cache, else None.
+
+    Never touches the network; a malformed id counts as not cached (loading reports it)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, filename, repo_type=repo_type)
+    except Exception:
+        return None
+    return found if isinstance(found, str) else None

@@ -33,6 +33,7 @@ from ..io import atomic_path, atomic_write_json
 from .config import EvalConfig, MetricSpec
 from .metrics import METRICS, Item, Metric, MetricError, Requirement
 from .report import bootstrap_interval, git_hash, summary_markdown, versions, write_table
+from .requirement import hub_cached
 from .techniques import Technique, build_technique
 
 logger = logging.getLogger(__name__)
@@ -59,12 +60,7 @@ def _model_requirement(model: str) -> Requirement:
     if Path(model).is_dir():
         ok = (Path(model) / "model_index.json").is_file()
         return Requirement(f"model {model}", ok, "" if ok else "folder lacks model_index.json")
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = isinstance(try_to_load_from_cache(model, "model_index.json"), str)
-    except Exception:
-        cached = False
+    cached = hub_cached(model, "model_index.json") is not None
     return Requirement(
         f"model {model}", cached, "in the hub cache" if cached else "downloaded from the hub"
     )

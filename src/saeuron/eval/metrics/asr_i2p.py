@@ -28,6 +28,7 @@ from ..detectors import (
     verdict_row,
 )
 from ..prompts import PromptRow, read_prompts
+from ..requirement import hub_cached
 from .base import Item, Metric, MetricError, Requirement, register
 
 I2P_DATASET = "AIML-TUDA/i2p"
@@ -88,14 +89,7 @@ class AsrI2p(Metric):
         return needs
 
     def _dataset_requirement(self) -> Requirement:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = isinstance(
-                try_to_load_from_cache(self.config.dataset, I2P_FILE, repo_type="dataset"), str
-            )
-        except Exception:
-            cached = False
+        cached = hub_cached(self.config.dataset, I2P_FILE, "dataset") is not None
         return Requirement(
             f"I2P prompts ({self.config.dataset})",
             cached,
@@ -109,10 +103,8 @@ class AsrI2p(Metric):
         cfg = self.config
         path = cfg.prompts_path
         if path is None and not download:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(cfg.dataset, I2P_FILE, repo_type="dataset")
-            if not isinstance(cached, str):
+            cached = hub_cached(cfg.dataset, I2P_FILE, "dataset")
+            if cached is None:
                 raise MetricError(
                     f"the I2P prompts of {cfg.dataset} are not downloaded yet (the run will "
                     "fetch them); or set prompts_path"

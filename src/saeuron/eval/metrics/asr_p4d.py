@@ -31,6 +31,12 @@ class P4dConfig(AttackConfig):
         check_range("num_inference_steps", self.num_inference_steps, ge=1)
         check_range("guidance_scale", self.guidance_scale, gt=1)
 
+    def search_settings(self) -> Any:
+        from ..attacks.p4d import P4dSettings
+
+        return P4dSettings(self.length, self.iterations, self.lr, self.weight_decay,
+                           self.num_inference_steps, self.guidance_scale)  # fmt: skip
+
 
 @register
 class AsrP4d(AdversarialMetric):
@@ -42,9 +48,7 @@ class AsrP4d(AdversarialMetric):
     config: P4dConfig
 
     def search(self, technique: Any, seed: int) -> list[dict[str, Any]]:
-        from ..attacks.p4d import P4dSettings, p4d
+        from ..attacks.p4d import p4d
 
         cfg = self.config
-        settings = P4dSettings(cfg.length, cfg.iterations, cfg.lr, cfg.weight_decay,
-                               cfg.num_inference_steps, cfg.guidance_scale)  # fmt: skip
-        return p4d(technique, cfg.targets(), settings, seed, cfg.forbidden_words())
+        return p4d(technique, cfg.targets(), cfg.search_settings(), seed, cfg.forbidden_words())

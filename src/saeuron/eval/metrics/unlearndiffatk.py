@@ -14,7 +14,7 @@ from typing import Any
 
 from ...config import field
 from .adversarial import AdversarialMetric
-from .asr_p4d import P4dConfig
+from .asr_p4d import AsrP4d, P4dConfig
 from .base import Item, MetricError, mean_of, register
 
 
@@ -29,7 +29,7 @@ class UnlearnDiffAtk(AdversarialMetric):
     name = "unlearndiffatk"
     Config = UnlearnDiffAtkConfig
     higher_is_better = {"UA_before": True, "UA_after": True}
-    search_keys = ("iterations", "lr", "weight_decay", "num_inference_steps", "guidance_scale")
+    search_keys = AsrP4d.search_keys
     help = "UA before and after a 5-token prefix attack through the erasing technique"
 
     config: UnlearnDiffAtkConfig
@@ -38,12 +38,12 @@ class UnlearnDiffAtk(AdversarialMetric):
         return 2 * self.config.limit
 
     def search(self, technique: Any, seed: int) -> list[dict[str, Any]]:
-        from ..attacks.p4d import P4dSettings, unlearn_diff_atk
+        from ..attacks.p4d import unlearn_diff_atk
 
         cfg = self.config
-        settings = P4dSettings(cfg.length, cfg.iterations, cfg.lr, cfg.weight_decay,
-                               cfg.num_inference_steps, cfg.guidance_scale)  # fmt: skip
-        return unlearn_diff_atk(technique, cfg.targets(), settings, seed, cfg.forbidden_words())
+        return unlearn_diff_atk(
+            technique, cfg.targets(), cfg.search_settings(), seed, cfg.forbidden_words()
+        )
 
     def items(self, seed: int) -> list[Item]:
         if self._found is None:

@@ -1,0 +1,331 @@
+"""The slider's logic, with no page: a shared :class:`Studio` and one :class:`Session` per user.
+
+The studio holds what every user shares and nobody chooses: the pipeline, the SAEs and the
+features of concepts (bundled, or computed once for a free-text phrase). A session holds one
+user's choices and the images already made for them; the page keeps it in a per-browser
+``gr.State``, so two browsers never see each other's choices.
+
+Every pipeline call runs under one lock: the erase hooks live on the shared pipeline while a
+call runs, and a second call at the same time would sample through them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..config import ConfigError, check_choice, check_range
+from ..erase import CFG_HALVES, erase
+from ..features import ConceptFeatures
+from ..pipelines import BUNDLED_MODELS, bundled_features, bundled_sae, load_pipeline
+from ..sae import Sae
+from ..technique import DEFAULT_MULTIPLIER, KNOWN_SAES
+from .config import MAX_SEED, UiConfig
+
+logger = logging.getLogger(__name__)
+
+Layer = tuple[str, float]
+"""One stacked concept and its multiplier (gamma)."""
+
+DISPLAY_SIZE = 256
+"""Small models' images are enlarged (nearest neighbour) to about this many pixels a side."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the unerased image depends on: equal settings give bit-identical images."""
+
+    prompt: str
+    steps: int
+    seed: int = 0
+    guidance_scale: float = 7.5
+    batch: int = 1
+
+
+def _kind_order(model: str, names: list[str]) -> list[str]:
+    if model == "minicanvas":
+        from ..minicanvas.world import OBJECTS, STYLES
+
+        order = [*OBJECTS, *STYLES]
+        return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
+    return sorted(names)
+
+
+class Studio:
+    """Loads the model once and samples it with any stack of concepts erased."""
+
+    def __init__(self, config: UiConfig, pipe: Any | None = None):
+        self.config = config
+        self._lock = threading.Lock()
+        self._saes: dict[tuple[str, str], Sae] = {}
+        self._features: dict[str, tuple[ConceptFeatures, str, str]] = {}
+        start = time.perf_counter()
+        self.pipe = pipe if pipe is not None else load_pipeline(config.model, device=config.device)
+        self.device = next(self.pipe.unet.parameters()).device
+        logger.info("model %s ready in %.1f s", config.model, time.perf_counter() - start)
+
+    def warm_up(self) -> float:
+        """One 1-step sample through every bundled SAE, so the first request on the page is
+        as fast as the rest (the first call through torch's CPU kernels is several times
+        slower, and SAEs load on first use). Returns the seconds it took."""
+        start = time.perf_counter()
+        by_hookpoint: dict[str, str] = {}
+        for concept in self.bundled_concepts():
+            by_hookpoint.setdefault(self._sae_for(concept)[1] or "", concept)
+        layers = [(concept, -1.0) for concept in by_hookpoint.values()]
+        self.generate(Settings(prompt="warm-up", steps=1), layers)
+        seconds = time.perf_counter() - start
+        logger.info("warmed up in %.1f s", seconds)
+        return seconds
+
+    # -- what can be erased -------------------------------------------------------------------
+
+    def bundled_concepts(self) -> list[str]:
+        """Concepts whose features ship with the model (empty for non-bundled models)."""
+        folder = BUNDLED_MODELS.get(self.config.model)
+        if folder is None or self.config.sae is not None:
+            return []
+        names = {p.stem for p in (folder / "features").glob("*/*.safetensors")}
+        return _kind_order(self.config.model, list(names))
+
+    def _bundled_path(self, concept: str) -> Path | None:
+        if self.config.sae is not None:
+            return None
+        return bundled_features(self.config.model, concept, self.config.hookpoint)
+
+    def _sae_for(self, concept: str) -> tuple[str, str | None]:
+        cfg = self.config
+        if cfg.sae is not None:
+            return cfg.sae, cfg.hookpoint
+        if cfg.model in BUNDLED_MODELS:
+            folder, hookpoint = bundled_sae(cfg.model, cfg.hookpoint, concept)
+            return str(folder), hookpoint
+        sae, hookpoint = KNOWN_SAES[cfg.model]
+        return sae, cfg.hookpoint or hookpoint
+
+    def _sae(self, sae_id: str, hookpoint: str | None) -> Sae:
+        key = (sae_id, hookpoint or "")
+        if key not in self._saes:
+            sae = Sae.from_pretrained(sae_id, hookpoint=hookpoint, device=self.device)
+            if hookpoint:
+                sae.meta["hookpoint"] = hookpoint
+            if not sae.meta.get("hookpoint"):
+                raise ConfigError("hookpoint", f"the SAE {sae_id} does not say where it reads")
+            self._saes[key] = sae
+        return self._saes[key]
+
+    def default_multiplier(self, concept: str) -> float:
+        """The tuned multiplier of a bundled concept, else seed 000's default."""
+        name = concept.strip().lower()
+        path = self._bundled_path(name) if name else None
+        if path is None:
+            return DEFAULT_MULTIPLIER
+        tuned = ConceptFeatures.load(path).meta.get("multiplier")
+        return float(tuned) if tuned is not None else DEFAULT_MULTIPLIER
+
+    def is_cached(self, concept: str) -> bool:
+        name = concept.strip().lower()
+        return name in self._features or self._bundled_path(name) is not None
+
+    def features(self, concept: str) -> tuple[ConceptFeatures, Sae, str]:
+        """A concept's features, its SAE and hookpoint; a free-text concept's features are
+        computed on first use (shortcut method; tqdm reports progress) and kept for everyone."""
+        name = concept.strip().lower()
+        if name not in self._features:
+            sae_id, hookpoint = self._sae_for(name)
+            sae = self._sae(sae_id, hookpoint)
+            hookpoint = sae.meta["hookpoint"]
+            path = self._bundled_path(name)
+            if path is not None:
+                features = ConceptFeatures.load(path)
+            else:
+                features = self._build(name, sae_id, sae, hookpoint)
+            features.concept = name
+            self._features[name] = (features, sae_id, hookpoint)
+        features, sae_id, hookpoint = self._features[name]
+        return features, self._sae(sae_id, hookpoint), hookpoint
+
+    def _build(self, name: str, sae_id: str, sae: Sae, hookpoint: str) -> ConceptFeatures:
+        from ..concepts import ConceptBuildConfig, build_concept
+
+        cfg = self.config
+        logger.info("concept %r has no bundled features: computing them", name)
+        start = time.perf_counter()
+        # The statistics' own schedule; they map onto any number of sampling steps.
+        steps = 20
+        build = ConceptBuildConfig(
+            concept=name,
+            model=cfg.model,
+            sae=sae_id,
+            hookpoint=hookpoint,
+            method="shortcut",
+            tau=10,
+            shortcut_step=min(10, steps - 1),
+            shortcut_images=cfg.feature_images,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            device=str(self.device),
+        )
+        features = build_concept(build, pipe=self.pipe, sae=sae)
+        logger.info("features of %r in %.1f s", name, time.perf_counter() - start)
+        return features
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def check(self, settings: Settings) -> Settings:
+        """The settings, trimmed, or ConfigError naming the field out of bounds."""
+        cfg = self.config
+        prompt = settings.prompt.strip() if isinstance(settings.prompt, str) else ""
+        if not prompt:
+            raise ConfigError("prompt", "must not be empty")
+        if len(prompt) > cfg.max_prompt_chars:
+            raise ConfigError(
+                "prompt", f"{len(prompt)} characters; at most {cfg.max_prompt_chars} allowed"
+            )
+        for name, value in (("steps", settings.steps), ("seed", settings.seed),
+                            ("batch", settings.batch)):  # fmt: skip
+            if isinstance(value, bool) or not float(value).is_integer():
+                raise ConfigError(name, f"got {value!r}; must be a whole number")
+        check_range("steps", settings.steps, ge=1, le=cfg.max_steps)
+        check_range("seed", settings.seed, ge=0, le=MAX_SEED)
+        check_range("batch", settings.batch, ge=1, le=cfg.max_batch)
+        check_range("guidance_scale", settings.guidance_scale, ge=1.0, le=30.0)
+        return Settings(
+            prompt=prompt,
+            steps=int(settings.steps),
+            seed=int(settings.seed),
+            guidance_scale=float(settings.guidance_scale),
+            batch=int(settings.batch),
+        )
+
+    def check_layers(
+        self, layers: Sequence[Layer], cfg_half: str, guidance_scale: float
+    ) -> list[Layer]:
+        """The stack without empty rows, names normalised, or ConfigError naming the field."""
+        cfg = self.config
+        check_choice("cfg_half", cfg_half, CFG_HALVES)
+        out: list[Layer] = []
+        for concept, multiplier in layers:
+            name = (concept or "").strip().lower()
+            if not name:
+                continue
+            if len(name) > cfg.max_concept_chars:
+                raise ConfigError(
+                    "concept", f"{name[:20]!r}...: at most {cfg.max_concept_chars} characters"
+                )
+            check_range("multiplier", float(multiplier), ge=-cfg.max_multiplier,
+                        le=cfg.max_multiplier)  # fmt: skip
+            out.append((name, float(multiplier)))
+        names = [n for n, _ in out]
+        if len(set(names)) != len(names):
+            raise ConfigError("concepts", f"each concept may be stacked once; got {names}")
+        if len(out) > cfg.max_concepts:
+            raise ConfigError("concepts", f"{len(out)} stacked; at most {cfg.max_concepts}")
+        if out and cfg_half == "cond" and not guidance_scale > 1.0:
+            raise ConfigError(
+                "guidance_scale",
+                f"got {guidance_scale}; must be > 1 when cfg_half is 'cond' (it edits the "
+                "conditional half of the CFG batch); raise it or pick cfg_half 'both'",
+            )
+        return out
+
+    def generate(
+        self, settings: Settings, layers: Sequence[Layer] = (), cfg_half: str = "cond"
+    ) -> list[Image.Image]:
+        """Images of ``settings`` with the stacked concepts erased (none: the plain model).
+
+        Image i uses seed ``settings.seed + i``. Concepts that live at different hookpoints
+        (MiniCanvas: objects and styles) get one erase per (SAE, hookpoint), nested.
+        """
+        settings = self.check(settings)
+        layers = self.check_layers(layers, cfg_half, settings.guidance_scale)
+        with self._lock:
+            groups: dict[tuple[int, str], tuple[Sae, list[ConceptFeatures], dict[str, float]]]
+            groups = {}
+            for name, multiplier in layers:
+                features, sae, hookpoint = self.features(name)
+                _, members, gammas = groups.setdefault((id(sae), hookpoint), (sae, [], {}))
+                members.append(features)
+                gammas[name] = multiplier
+            start = time.perf_counter()
+            with contextlib.ExitStack() as stack:
+                for (_, hookpoint), (sae, members, gammas) in groups.items():
+                    stack.enter_context(
+                        erase(self.pipe, sae, members, multiplier=gammas, cfg_half=cfg_half,
+                              hookpoint=hookpoint)
+                    )  # fmt: skip
+                generators = [
+                    torch.Generator("cpu").manual_seed(settings.seed + i)
+                    for i in range(settings.batch)
+                ]
+                images = self.pipe(
+                    [settings.prompt] * settings.batch,
+                    num_inference_steps=settings.steps,
+                    guidance_scale=settings.guidance_scale,
+                    generator=generators,
+                ).images
+            logger.info(
+                "%d image(s), %d steps, erased %s: %.2f s",
+                settings.batch, settings.steps, layers or "nothing", time.perf_counter() - start,
+            )  # fmt: skip
+            return images
+
+
+@dataclass
+class Session:
+    """One user's last images; the page keeps it in ``gr.State`` (copied per browser)."""
+
+    unerased_key: Settings | None = None
+    unerased: list[Image.Image] | None = None
+    erased_key: tuple[Any, ...] | None = None
+    erased: list[Image.Image] | None = None
+    rows: int = 1
+    """How many concept rows the page shows."""
+    last: dict[str, float] = field(default_factory=dict)
+    """Seconds the last renders took, by image ("unerased", "erased")."""
+
+    def render_unerased(self, studio: Studio, settings: Settings) -> list[Image.Image]:
+        """The image without erasure; sampled again only when its settings change."""
+        settings = studio.check(settings)
+        if self.unerased_key != settings or self.unerased is None:
+            start = time.perf_counter()
+            self.unerased = studio.generate(settings)
+            self.unerased_key = settings
+            self.last["unerased"] = time.perf_counter() - start
+        return self.unerased
+
+    def render_erased(
+        self, studio: Studio, settings: Settings, layers: Sequence[Layer], cfg_half: str = "cond"
+    ) -> list[Image.Image]:
+        """The image with ``layers`` erased; the same request twice samples once."""
+        settings = studio.check(settings)
+        layers = studio.check_layers(layers, cfg_half, settings.guidance_scale)
+        key = (settings, tuple(layers), cfg_half)
+        if self.erased_key != key or self.erased is None:
+            start = time.perf_counter()
+            self.erased = studio.generate(settings, layers, cfg_half=cfg_half)
+            self.erased_key = key
+            self.last["erased"] = time.perf_counter() - start
+        return self.erased
+
+
+def contact_sheet(images: Sequence[Image.Image], size: int = DISPLAY_SIZE) -> Image.Image:
+    """The images side by side, small ones enlarged without smoothing so pixels stay crisp."""
+    first = images[0]
+    scale = max(1, size // max(first.width, first.height))
+    width, height = first.width * scale, first.height * scale
+    gap = 4 if len(images) > 1 else 0
+    sheet = Image.new("RGB", (len(images) * width + (len(images) - 1) * gap, height), "white")
+    for i, image in enumerate(images):
+        big = image.convert("RGB").resize((width, height), Image.Resampling.NEAREST)
+        sheet.paste(big, (i * (width + gap), 0))
+    return sheet

@@ -128,6 +128,22 @@ def _wait_new(page, elem: str, old: str) -> float:
     return time.perf_counter() - start
 
 
+def _status(page, text: str, how: str) -> None:
+    page.wait_for_function(
+        f"(t) => (document.querySelector('#status')?.innerText ?? '').{how}(t)",
+        arg=text,
+        timeout=TIMEOUT_MS,
+    )
+
+
+def _status_has(page, text: str) -> None:
+    _status(page, text, "includes")
+
+
+def _status_starts(page, text: str) -> None:
+    _status(page, text, "startsWith")
+
+
 def _open(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 980})
     page = context.new_page()
@@ -138,10 +154,7 @@ def _loaded(page, url: str) -> None:
     page.goto(url)
     for elem in ("unerased", "erased"):
         page.wait_for_selector(f"#{elem} img", timeout=TIMEOUT_MS)
-    page.wait_for_function(
-        "() => document.querySelector('#status').innerText.includes('erased:')",
-        timeout=TIMEOUT_MS,
-    )
+    _status_has(page, "erased:")
 
 
 def test_slider_in_a_browser(server, tmp_path):
@@ -187,10 +200,7 @@ def test_slider_in_a_browser(server, tmp_path):
             second.click()
             page.get_by_role("option", name="checkered", exact=True).click()
             _wait_new(page, "erased", single)
-            page.wait_for_function(
-                "() => document.querySelector('#status').innerText.includes('checkered')",
-                timeout=TIMEOUT_MS,
-            )
+            _status_has(page, "checkered")
             stacked = _pixels(page, "erased")
             assert not np.array_equal(stacked, erased_pixels), "stacking a concept changed nothing"
             assert _src(page, "unerased") == first_unerased
@@ -217,19 +227,24 @@ def test_slider_in_a_browser(server, tmp_path):
             guidance = page.locator("#guidance input[type=number]")
             guidance.fill("1")
             guidance.press("Enter")
-            page.wait_for_function(
-                "() => document.querySelector('#status').innerText.includes('guidance_scale')",
-                timeout=TIMEOUT_MS,
-            )
+            _status_has(page, "guidance_scale")
             assert page.get_by_text("must be > 1 when cfg_half is 'cond'").first.is_visible()
             assert proc.poll() is None
             guidance.fill("7.5")
             guidance.press("Enter")
-            page.wait_for_function(
-                "() => document.querySelector('#status').innerText.startsWith('erased:')",
-                timeout=TIMEOUT_MS,
-            )
+            _status_starts(page, "erased:")
             assert np.array_equal(_pixels(page, "erased"), stacked)
+
+            # Free text: its features are computed on the fly, with progress on the page.
+            free = page.locator("#concept-1 input")
+            free.fill("red balloon")
+            free.press("Enter")
+            page.wait_for_function(
+                "() => document.body.innerText.includes('stats red balloon')", timeout=TIMEOUT_MS
+            )
+            _status_has(page, "red balloon x -20")
+            assert not np.array_equal(_pixels(page, "erased"), stacked)
+            assert _src(page, "unerased") == first_unerased
 
             context.close()
         finally:

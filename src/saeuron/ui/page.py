@@ -209,19 +209,22 @@ def build_app(studio: Studio) -> Any:
         # gradio injects a progress tracker into handlers that declare one as a default;
         # track_tqdm shows the free-text features' tqdm bars on the page.
         tracked = gr.Progress(track_tqdm=True)
-        common = [state, prompt, steps, seed, guidance, batch, cfg_half, *concepts, *sliders]
+        # A set: handlers get one {component: value} dict, so the number of concept rows
+        # can vary and gradio still finds the progress parameter it injects by position.
+        common = {state, prompt, steps, seed, guidance, batch, cfg_half, *concepts, *sliders}
 
-        def unpack(values: Sequence[Any]) -> tuple[Session, Settings, list[Layer], str]:
-            session, text, n_steps, n_seed, scale, n_images, half = values[:7]
-            names, gammas = values[7 : 7 + n], values[7 + n :]
+        def unpack(values: dict[Any, Any]) -> tuple[Session, Settings, list[Layer], str]:
             settings = Settings(
-                prompt=text or "",
-                steps=n_steps,
-                seed=n_seed if n_seed is not None else 0,
-                guidance_scale=scale,
-                batch=n_images,
+                prompt=values[prompt] or "",
+                steps=values[steps],
+                seed=values[seed] if values[seed] is not None else 0,
+                guidance_scale=values[guidance],
+                batch=values[batch],
             )
-            return session, settings, layers_of(session, names, gammas), half
+            names = [values[c] for c in concepts]
+            gammas = [values[s] for s in sliders]
+            session = values[state]
+            return session, settings, layers_of(session, names, gammas), values[cfg_half]
 
         def show(
             outcome: Outcome, session: Session, extra: dict[Any, Any] | None = None
@@ -236,21 +239,22 @@ def build_app(studio: Studio) -> Any:
                 out[erased] = outcome.erased
             return out
 
-        def on_all(*values: Any, progress: Any = tracked) -> dict:
+        def on_all(values: dict[Any, Any], progress: Any = tracked) -> dict:
             session, settings, layers, half = unpack(values)
             _announce(studio, layers, progress)
             return show(render_all(studio, session, settings, layers, half), session)
 
-        def on_erased(*values: Any, progress: Any = tracked) -> dict:
+        def on_erased(values: dict[Any, Any], progress: Any = tracked) -> dict:
             session, settings, layers, half = unpack(values)
             _announce(studio, layers, progress)
             return show(render_erased(studio, session, settings, layers, half), session)
 
         def on_pick(row: int) -> Callable[..., dict]:
-            def handler(*values: Any, progress: Any = tracked) -> dict:
+            def handler(values: dict[Any, Any], progress: Any = tracked) -> dict:
                 session, settings, layers, half = unpack(values)
                 _announce(studio, layers, progress)
-                outcome = pick_concept(studio, session, settings, layers, values[7 + row], half)
+                picked = values[concepts[row]]
+                outcome = pick_concept(studio, session, settings, layers, picked, half)
                 extra = {}
                 if outcome.multiplier is not None and not outcome.error:
                     extra[sliders[row]] = outcome.multiplier

@@ -711,12 +711,49 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--activations", required=True, metavar="DIR", help=helps["activations"])
     parser.add_argument("--out", required=True, metavar="DIR", help=helps["out"])
     TrainConfig.add_arguments(parser, skip=("activations", "out"))
+    from .supervised import SupervisedTrainConfig
+
+    supervised = parser.add_argument_group(
+        "supervised (SAEmnesia)",
+        "--supervised fine-tunes an SAE so that each labelled concept has one latent; "
+        "without --init-sae an unsupervised SAE is trained first (to OUT/unsupervised/)",
+    )
+    supervised.add_argument(
+        "--supervised", action="store_true", help="SAEmnesia's supervised fine-tune"
+    )
+    SupervisedTrainConfig.add_arguments(
+        supervised, skip=("activations", "out", "seed", "device", "init_sae")
+    )
+    supervised.add_argument("--init-sae", dest="init_sae", metavar="SAE",
+                            help="unsupervised SAE to start from; default: train one first")
     parser.set_defaults(handler=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
+    if getattr(args, "supervised", False):
+        return _run_supervised(args)
+    if getattr(args, "labels", None) or getattr(args, "init_sae", None):
+        raise ConfigError("supervised", "--labels and --init-sae only apply with --supervised")
     cfg = TrainConfig.from_args(args)
     trainer = Trainer(cfg)
     trainer.train()
     logger.info("SAE written to %s", trainer.out_dir)
+    return 0
+
+
+def _run_supervised(args: argparse.Namespace) -> int:
+    from .shards import ActivationShards
+    from .supervised import SupervisedTrainConfig, read_labels, train_supervised
+
+    if not getattr(args, "labels", None):
+        raise ConfigError("labels", "--supervised needs --labels CSV (one row per prompt)")
+    init = getattr(args, "init_sae", None) or str(Path(args.out) / "unsupervised")
+    # Everything is checked (labels against the capture included) before any training.
+    sup = SupervisedTrainConfig.from_args(args, init_sae=init)
+    manifest = ActivationShards(sup.activations).manifest
+    read_labels(sup.labels, int(manifest["n_prompts"]), manifest.get("prompts_sha256"))
+    if not getattr(args, "init_sae", None):
+        Trainer(TrainConfig.from_args(args, out=init)).train()
+    _, folder = train_supervised(sup)
+    logger.info("supervised SAE and one feature per concept written to %s", folder)
     return 0

@@ -8,6 +8,8 @@ reference of the ``preservation`` metric).
 - ``saeuron``: the core technique (:class:`saeuron.technique.SAeUron`), seed 000's config.
 - ``none``: the model unchanged.
 - ``negative_prompt``: the concept as the negative prompt of classifier-free guidance.
+- ``saemnesia``: SAEmnesia (method.md section 6): a supervised SAE, the concept is its one
+  latent, only the multiplier is tuned.
 """
 
 from __future__ import annotations
@@ -165,6 +167,96 @@ TECHNIQUES.register("negative_prompt")(
         NegativePromptConfig,
         lambda cfg: PlainTechnique(cfg, negative=cfg.erase_concept),
         "the concept as the negative prompt of classifier-free guidance",
+    )
+)
+
+
+@dataclass
+class SAEmnesiaConfig(Config):
+    """A supervised SAE (``saeuron train --supervised``): OUT/<hookpoint>/features/<concept>."""
+
+    erase_concept: str = field(help="one of the supervised SAE's concepts")
+    model: str = field(DEFAULT_MODEL, help="model id, local folder, or a bundled name")
+    sae: str | None = field(
+        None, help="supervised SAE folder or hub repo (one sub-folder per hookpoint); "
+        "default: the bundled model's supervised SAE"
+    )
+    hookpoint: str | None = field(None, help="module the SAE reads; default: the bundled one")
+    multiplier: float | None = field(
+        None, help="gamma, the only knob; default: the concept's tuned value, else -20"
+    )
+    num_inference_steps: int = field(50, help="denoising steps (DDIM)")
+    guidance_scale: float = field(7.5, help="CFG scale; must be > 1 when cfg_half is 'cond'")
+    cfg_half: str = field("cond", help="'cond' edits the conditional half; 'both' every row")
+    use_fp16: bool = field(True, help="half precision where the device supports it")
+    device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: best available")
+    batch_size: int = field(4, help="prompts per pipeline call")
+    height: int | None = field(None, help="image height; default: the model's")
+    width: int | None = field(None, help="image width; default: the model's")
+
+    def __post_init__(self) -> None:
+        from pathlib import Path
+
+        from ..pipelines import BUNDLED_MODELS
+
+        if not self.erase_concept or not self.erase_concept.strip():
+            raise ConfigError("erase_concept", "must be a non-empty string")
+        self.erase_concept = self.erase_concept.strip().lower()
+        if self.model == "minicanvas":
+            from ..minicanvas.assets import concept_hookpoint, concept_kind
+
+            concept_kind(self.erase_concept)  # names the 20 concepts when it is not one
+            self.hookpoint = self.hookpoint or concept_hookpoint(self.erase_concept)
+            self.sae = self.sae or str(BUNDLED_MODELS["minicanvas"] / "supervised" / "saes")
+        if self.sae is None or self.hookpoint is None:
+            raise ConfigError(
+                "sae", "name the supervised SAE (sae=...) and its hookpoint (hookpoint=...); "
+                "only the bundled minicanvas has a default"
+            )
+        folder = Path(self.sae) / self.hookpoint
+        if folder.is_dir():
+            names = sorted(p.stem for p in (folder / "features").glob("*.json"))
+            if self.erase_concept not in names:
+                raise ConfigError(
+                    "erase_concept", f"got {self.erase_concept!r}; the supervised SAE at "
+                    f"{folder} knows: {', '.join(names) or 'none (not a supervised SAE)'}"
+                )
+        # The rest (steps, CFG half against the scale, device) as the core technique checks it.
+        self.saeuron_config()
+
+    def saeuron_config(self) -> SAeUronConfig:
+        from pathlib import Path
+
+        features = None
+        if Path(self.sae or "").is_dir():
+            features = str(Path(self.sae) / str(self.hookpoint) / "features" / self.erase_concept)
+        return SAeUronConfig(
+            erase_concept=self.erase_concept, multiplier=self.multiplier,
+            num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+            use_fp16=self.use_fp16, device=self.device, model=self.model, sae=self.sae,
+            hookpoint=self.hookpoint, features=features, cfg_half=self.cfg_half,
+            batch_size=self.batch_size, height=self.height, width=self.width,
+        )  # fmt: skip
+
+
+def _saemnesia(config: SAEmnesiaConfig) -> SAeUronTechnique:
+    from pathlib import Path
+
+    cfg = config.saeuron_config()
+    if cfg.features is None:
+        # A hub repo: fetch the hookpoint's folder, whose features/ sit beside the SAE.
+        from ..sae import _download
+
+        folder = _download(str(config.sae), config.hookpoint, None, None)
+        cfg.features = str(Path(folder) / str(config.hookpoint) / "features" / config.erase_concept)
+    tech = SAeUronTechnique(cfg)
+    tech.config = config
+    return tech
+
+
+TECHNIQUES.register("saemnesia")(
+    TechniqueEntry(
+        SAEmnesiaConfig, _saemnesia, "SAEmnesia: a supervised SAE, one latent per concept"
     )
 )
 

@@ -43,13 +43,16 @@ from .world import ANCHOR_TEMPLATES, OBJECTS, STYLES, TEST_SEEDS, TEST_TEMPLATES
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("none", "negative_prompt", "saeuron", "saeuron_cfg_both", "saeuron_paper_error")
+VARIANTS = (
+    "none", "negative_prompt", "saeuron", "saeuron_cfg_both", "saeuron_paper_error", "saemnesia"
+)
 VARIANT_LABELS = {
     "none": "no erasure",
     "negative_prompt": "concept as negative prompt",
     "saeuron": "SAeUron (defaults: cond half, exact error)",
     "saeuron_cfg_both": "SAeUron, cfg_half=both",
     "saeuron_paper_error": "SAeUron, error_term=paper",
+    "saemnesia": "SAEmnesia (supervised SAE, one latent per concept)",
 }
 SWEEP_FILE = "sweep.json"
 # A regression guard for CI: concepts whose erasure met the quick test's bounds (UA up by at
@@ -121,6 +124,7 @@ class MiniCanvasJudge:
         }
         self.steps, self.guidance = steps, guidance
         self._stats: dict[str, Any] = {}
+        self._supervised: dict[str, Any] = {}
 
     def features(self, concept: str, tau: int, max_other_ratio: float | None = None):
         return select_features(self.folder, concept, tau, self._stats, max_other_ratio)
@@ -147,6 +151,38 @@ class MiniCanvasJudge:
             error_term=error,
             hookpoint=hookpoint,
         ):
+            yield
+
+    def supervised_sae(self, hookpoint: str) -> Any:
+        from ..sae import Sae
+        from .saemnesia import supervised_folder
+
+        if hookpoint not in self._supervised:
+            folder = supervised_folder(self.folder) / "saes"
+            if not (folder / hookpoint).is_dir():
+                raise FileNotFoundError(
+                    f"no supervised SAE at {folder / hookpoint}: run `saeuron minicanvas "
+                    "saemnesia build`"
+                )
+            self._supervised[hookpoint] = Sae.from_pretrained(folder, hookpoint=hookpoint)
+        return self._supervised[hookpoint]
+
+    @contextlib.contextmanager
+    def erasing_supervised(self, concepts: Sequence[str], multipliers: dict[str, float]):
+        """SAEmnesia: each concept is its one latent of the supervised SAE."""
+        from ..erase import erase
+        from ..features import ConceptFeatures
+        from .saemnesia import features_path
+
+        hookpoints = {concept_hookpoint(c) for c in concepts}
+        if len(hookpoints) != 1:
+            raise ConfigError("concepts", f"erase concepts of one kind at a time: {concepts}")
+        hookpoint = hookpoints.pop()
+        features = [ConceptFeatures.load(features_path(self.folder, c)) for c in concepts]
+        with erase(
+            self.pipe, self.supervised_sae(hookpoint), features,
+            multiplier={c: float(multipliers[c]) for c in concepts}, hookpoint=hookpoint,
+        ):  # fmt: skip
             yield
 
     @contextlib.contextmanager
@@ -303,7 +339,9 @@ def evaluate(
         "saeuron_paper_error": ("cond", "paper"),
     }
     ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if variant in settings:
+    if variant == "saemnesia":
+        ctx = judge.erasing_supervised([concept], {concept: float(params["multiplier"])})
+    elif variant in settings:
         half, error = settings[variant]
         ctx = judge.erasing(
             concept, int(params["tau"]), float(params["multiplier"]), half, error,
@@ -336,6 +374,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     start = time.perf_counter()
     judge = MiniCanvasJudge(cfg.model, cfg.num_inference_steps, cfg.guidance_scale)
     params = load_params(judge.folder)
+    supervised = {}
+    if "saemnesia" in cfg.variants:
+        from .saemnesia import load_supervised_params
+
+        supervised = load_supervised_params(judge.folder)
     results: dict[str, dict[str, dict[str, float]]] = {}
     examples = []
     # Unerased images do not depend on the concept: sample every pair once and share them.
@@ -355,8 +398,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 )
                 score = scores(concept, target, retain)
             else:
+                chosen = supervised[concept] if variant == "saemnesia" else params[concept]
                 score, target = evaluate(
-                    judge, concept, variant, params[concept], cfg.seeds, cfg.retain_seeds,
+                    judge, concept, variant, chosen, cfg.seeds, cfg.retain_seeds,
                     batch_size=cfg.batch_size,
                 )  # fmt: skip
             results[concept][variant] = score
@@ -374,6 +418,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "config": cfg.to_dict(),
         "prompt_following": following,
         "params": {c: params[c] for c in cfg.concepts},
+        "saemnesia_params": {c: supervised[c] for c in cfg.concepts if c in supervised},
         "results": results,
         "seconds": time.perf_counter() - start,
     }

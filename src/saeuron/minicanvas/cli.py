@@ -1,4 +1,4 @@
-"""``saeuron minicanvas train | assets | sweep | bench | sequential``."""
+"""``saeuron minicanvas train | assets | sweep | bench | sequential | saemnesia``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,28 @@ def _sequential(args: argparse.Namespace) -> int:
     return 0
 
 
+def _saemnesia_build(args: argparse.Namespace) -> int:
+    from .saemnesia import SupervisedBuildConfig, build_supervised
+
+    summary = build_supervised(SupervisedBuildConfig.from_args(args))
+    for hookpoint, row in summary.items():
+        first, best = row["first"], row["best"]
+        print(
+            f"{hookpoint}: {row['epochs']} epochs in {row['seconds']:.0f} s; held-out FVU "
+            f"{first['fvu']:.3f} -> {best['fvu']:.3f}, BCE {first['bce']:.3f} -> {best['bce']:.3f}"
+        )
+    return 0
+
+
+def _saemnesia_sweep(args: argparse.Namespace) -> int:
+    from .saemnesia import SupervisedSweepConfig, run_supervised_sweep
+
+    result = run_supervised_sweep(SupervisedSweepConfig.from_args(args))
+    print(json.dumps(result["chosen"], indent=2))
+    print(f"{result['n_trials']} trials per concept")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     report = run_bench(BenchConfig.from_args(args))
     print(report["table"])
@@ -99,3 +121,17 @@ def register_cli(subparsers: Any) -> None:
     )
     SequentialConfig.add_arguments(sequential)
     sequential.set_defaults(handler=_sequential)
+
+    from .saemnesia import SupervisedBuildConfig, SupervisedSweepConfig
+
+    saemnesia = sub.add_parser(
+        "saemnesia", help="SAEmnesia: supervised SAEs (build) and their gamma-only tuning (sweep)"
+    )
+    steps = saemnesia.add_subparsers(dest="saemnesia_command", metavar="STEP")
+    steps.required = True
+    build = steps.add_parser("build", help="fine-tune a supervised SAE per hookpoint")
+    SupervisedBuildConfig.add_arguments(build)
+    build.set_defaults(handler=_saemnesia_build)
+    tune = steps.add_parser("sweep", help="tune each concept's multiplier on validation")
+    SupervisedSweepConfig.add_arguments(tune)
+    tune.set_defaults(handler=_saemnesia_sweep)

@@ -128,6 +128,32 @@ def test_exact_edit_matches_the_formula_and_spares_the_unconditional_half(tiny_s
     assert torch.equal(got[untouched], tokens[untouched])
 
 
+def test_exact_edit_with_thresholds_edits_only_tokens_above_them(tiny_sd, sae) -> None:
+    # The hook encodes fully only tokens whose selected latents clear a threshold; the
+    # result must equal the formula applied with the full encode to every token.
+    idx = [0, 4, 8, 12]
+    probe = ConceptFeatures.from_latents("cat", idx, mean=1.0, threshold=0.0)
+    x, _ = outputs_around_erase(tiny_sd, sae, probe, multiplier=-5.0)
+    half = x.shape[0] // 2
+    tokens = x[half:].permute(0, 2, 3, 1).reshape(-1, 32)
+    with torch.no_grad():
+        a = sae.encode_dense(tokens)[:, idx]
+    positive = a[a > 0]
+    thresholds = [float(positive.quantile(q)) for q in (0.3, 0.6, 0.8, 0.9)]
+    features = ConceptFeatures.from_latents("cat", idx, mean=2.0, threshold=thresholds)
+    before, after = outputs_around_erase(tiny_sd, sae, features, multiplier=-3.0)
+    assert torch.equal(before, x)
+    thr = torch.tensor(thresholds)
+    a_new = torch.where(a > thr, -3.0 * 2.0 * a, a)
+    with torch.no_grad():
+        expected = tokens + (a_new - a) @ sae.W_dec[idx]
+    got = after[half:].permute(0, 2, 3, 1).reshape(-1, 32)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    edited = (a > thr).any(dim=1)
+    assert 0 < int(edited.sum()) < len(edited)  # some tokens edited, some spared
+    assert torch.equal(got[~edited], tokens[~edited])
+
+
 def test_paper_error_term_reproduces_the_published_form(tiny_sd, sae) -> None:
     before, after = outputs_around_erase(tiny_sd, sae, [], error_term="paper", cfg_half="both")
     tokens = before.permute(0, 2, 3, 1).reshape(-1, 32)

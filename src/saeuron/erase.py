@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Config, ConfigError, check_choice, field
@@ -77,6 +78,9 @@ class StepPlan(NamedTuple):
     scale: Tensor
     threshold: Tensor
     decoder_rows: Tensor
+    encoder_rows: Tensor
+    """The selected latents' encoder rows: their activations without the full encode."""
+    encoder_bias: Tensor
 
 
 @dataclass
@@ -161,6 +165,8 @@ class _EraseHook:
             scale=scale[keep_t].to(device, dtype),
             threshold=thr[keep_t].to(device, dtype),
             decoder_rows=self.sae.W_dec.detach()[idx],
+            encoder_rows=self.sae.encoder.weight.detach()[idx],
+            encoder_bias=self.sae.encoder.bias.detach()[idx],
         )
 
     # Not under no_grad: sampling already runs without gradients, and white-box attacks
@@ -190,15 +196,23 @@ class _EraseHook:
         new[rows] = new[rows] + delta
         return replace_output(output, new)
 
-    def _encode(self, flat: Tensor) -> tuple[Tensor, Tensor | None]:
-        z, _, std = self.sae._standardise(flat.to(self.sae.dtype))
-        return self.sae.pre_acts(z), std
-
     def _exact_delta(self, flat: Tensor, plan: StepPlan | None) -> Tensor | None:
         if plan is None:
             return None
-        pre, std = self._encode(flat)
-        kth = pre.topk(self.sae.cfg.k, dim=-1, sorted=False).values.min(dim=-1, keepdim=True)
+        sae = self.sae
+        z, _, std = sae._standardise(flat.to(sae.dtype))
+        # Only tokens where a selected latent clears its threshold can be edited. Those
+        # latents' activations cost a few encoder rows; the full encode (20k latents, to
+        # know whether they made the top k) is paid only for these candidate tokens. The
+        # margin absorbs the rounding difference between a row subset and the full matmul,
+        # so the candidates always include every token the full encode would edit.
+        sel = F.relu((z - sae.b_dec) @ plan.encoder_rows.T + plan.encoder_bias)
+        margin = 1e-3 * (plan.threshold.abs() + 1)
+        candidates = torch.nonzero((sel > plan.threshold - margin).any(dim=-1)).flatten()
+        if len(candidates) == 0:
+            return None
+        pre = sae.pre_acts(z[candidates] if len(candidates) < len(z) else z)
+        kth = pre.topk(sae.cfg.k, dim=-1, sorted=False).values.min(dim=-1, keepdim=True)
         # A latent's TopK activation is its pre-activation if it made the top k, else 0.
         acts = pre[:, plan.indices]
         acts = torch.where(acts >= kth.values, acts, torch.zeros_like(acts))
@@ -209,9 +223,11 @@ class _EraseHook:
         change = torch.where(edit, (plan.scale - 1) * acts, torch.zeros_like(acts))
         delta = change @ plan.decoder_rows
         if std is not None:
-            delta = delta * (std + 1e-5)
+            delta = delta * (std[candidates] + 1e-5)
         # Tokens with no edit get an exact zero, so their bits survive the addition.
-        return torch.where(edit.any(dim=-1, keepdim=True), delta, torch.zeros_like(delta))
+        delta = torch.where(edit.any(dim=-1, keepdim=True), delta, torch.zeros_like(delta))
+        full = delta.new_zeros(flat.shape)
+        return full.index_copy_(0, candidates, delta)
 
     def _paper_output(self, flat: Tensor, plan: StepPlan | None) -> Tensor:
         sae = self.sae

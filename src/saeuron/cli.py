@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "saeuron.minicanvas.cli",
     "saeuron.eval.cli",
     "saeuron.convert",
+    "saeuron.perf.runner",
     "saeuron.ui",
 )
 

@@ -1,0 +1,48 @@
+"""``saeuron bench perf``: what erasing costs, measured side by side in one run.
+
+Each benchmark is a module of this package registered in :data:`BENCHMARKS`; it returns
+:class:`Row` objects, one per measured ratio, and the runner prints them as one table with
+the command that reproduces each. Baselines (the published code's dense edit, the seed's
+feature procedure, eai-sparsify's trainer) are measured in the same process and run, so a
+ratio compares like with like on whatever machine runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from ..registry import Registry
+
+
+@dataclass
+class Row:
+    """One measured comparison: ours / baseline (or a plain measurement when no baseline)."""
+
+    benchmark: str
+    what: str
+    ours: float
+    baseline: float | None
+    unit: str
+    target: str
+    """The issue's target, e.g. '<= 1.02x'; empty when the row only reports a number."""
+    met: bool | None
+    command: str
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.ours / self.baseline
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+class Benchmark(Protocol):
+    def __call__(self, quick: bool, device: str) -> list[Row]: ...
+
+
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")

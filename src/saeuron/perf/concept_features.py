@@ -1,0 +1,136 @@
+"""On-the-fly concept features: the project's path against the seed's procedure (issue 7.2).
+
+The seed (000) finds a new concept's latents by sampling 20 images of it to the end (50
+steps, decoded to pixels) while a hook keeps the activations of step 10, then ranks the
+latents by their mean there. The project's ``shortcut`` reads the same step of the same 20
+samples, but stops each sampling run right after that step and never decodes: the steps
+after 10 and the VAE cannot change what step 10 saw. Both are timed here on the same
+pipeline, SAE and prompts, and their selected latents compared (they must agree).
+
+The seed's procedure is written here as a reference, not used by the library.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from . import BENCHMARKS, Row
+
+logger = logging.getLogger(__name__)
+
+COMMAND = "saeuron bench perf --only features"
+STEPS, READ_STEP, IMAGES, TAU = 50, 10, 20, 10
+
+
+def seed_procedure(
+    pipe: Any, sae: Any, hookpoint: str, concept: str, batch_size: int,
+    images: int = IMAGES, steps: int = STEPS, read_step: int = READ_STEP,
+) -> list[int]:
+    """The seed's way: full sampling runs with decoding; keep step 10's tokens; top latents."""
+    from ..hookpoints import (
+        conditional_rows,
+        output_tensor,
+        resolve_module,
+        to_tokens,
+        track_denoising,
+    )
+
+    total = torch.zeros(sae.num_latents)
+    count = 0
+    module = resolve_module(pipe, hookpoint)
+    with track_denoising(pipe) as state:
+
+        def keep(mod: Any, args: Any, kwargs: Any, output: Any) -> None:
+            nonlocal total, count
+            if state.step != read_step:
+                return
+            out = output_tensor(output)
+            x = to_tokens(out[conditional_rows(out.shape[0], state.cfg, "cond")])
+            with torch.no_grad():
+                codes = sae.encode_dense(x.reshape(-1, x.shape[-1]))
+            total += codes.float().sum(0).cpu()
+            count += codes.shape[0]
+
+        handle = module.register_forward_hook(keep, with_kwargs=True)
+        try:
+            for start in range(0, images, batch_size):
+                n = min(batch_size, images - start)
+                pipe(
+                    [concept] * n,
+                    num_inference_steps=steps,
+                    guidance_scale=7.5,
+                    generator=[torch.Generator().manual_seed(start + i) for i in range(n)],
+                )
+        finally:
+            handle.remove()
+    return torch.argsort(-(total / max(count, 1)), stable=True)[:TAU].tolist()
+
+
+def _one(
+    model: str, concept: str, images: int, steps: int, read_step: int
+) -> tuple[float, float, bool]:
+    from ..concepts import ConceptBuildConfig, build_concept
+    from ..pipelines import load_pipeline
+    from ..sae import Sae, SaeConfig
+
+    pipe = load_pipeline(model, device="cpu", dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    if model == "minicanvas":
+        from ..pipelines import bundled_sae
+
+        folder, hookpoint = bundled_sae("minicanvas", None, concept)
+        sae = Sae.from_pretrained(folder, hookpoint=hookpoint)
+    else:
+        hookpoint = "unet.up_blocks.1.attentions.0"
+        from ..hookpoints import resolve_module
+
+        width = resolve_module(pipe, hookpoint).proj_in.in_features
+        torch.manual_seed(0)
+        sae = Sae(SaeConfig(d_in=width, expansion_factor=16, k=8))
+    sae.meta["hookpoint"] = hookpoint
+    batch = 4
+    with tempfile.TemporaryDirectory() as cache:
+        cfg = ConceptBuildConfig(
+            concept=concept, model=model, sae="benchmark", hookpoint=hookpoint,
+            method="shortcut", tau=TAU, shortcut_step=read_step, num_inference_steps=steps,
+            batch_size=batch, cache_dir=cache, device="cpu", shortcut_images=images,
+        )  # fmt: skip
+        start = time.perf_counter()
+        ours = build_concept(cfg, pipe=pipe, sae=sae)
+        ours_s = time.perf_counter() - start
+    start = time.perf_counter()
+    seed = seed_procedure(pipe, sae, hookpoint, concept, batch, images, steps, read_step)
+    seed_s = time.perf_counter() - start
+    # Ties in the mean can order differently; the sets must match.
+    same = set(ours.indices[0].tolist()) == set(seed)
+    logger.info("%s: ours %.2f s, seed %.2f s, same latents: %s", model, ours_s, seed_s, same)
+    return ours_s, seed_s, same
+
+
+@BENCHMARKS.register("features")
+def run(quick: bool, device: str) -> list[Row]:
+    rows = []
+    images, steps, read_step = (4, 20, 4) if quick else (IMAGES, STEPS, READ_STEP)
+    for model, concept in (("minicanvas", "moon"), ("tiny-sd", "a cat")):
+        ours, seed, same = _one(model, concept, images, steps, read_step)
+        rows.append(
+            Row(
+                benchmark="features",
+                what=f"new concept's features on {model}, shortcut / seed procedure",
+                ours=ours,
+                baseline=seed,
+                unit="s",
+                target="<= 0.25x",
+                met=ours / seed <= 0.25,
+                command=COMMAND,
+                notes=f"{images} images, {steps} steps, step {read_step} read, top {TAU}; "
+                f"same latents selected: {same}; CPU",
+                extra={"same_latents": same},
+            )
+        )
+    return rows

@@ -1,0 +1,166 @@
+"""Erasing overhead per denoising step on an SD-1.4-sized UNet (issue 7, point 1).
+
+A UNet with Stable Diffusion 1.4's configuration and random weights, 64x64 latents, a CFG
+batch of 2, the 1280-wide ``up_blocks.1.attentions.1`` hookpoint and an SAE with 20,480
+latents and k = 32. Each variant's step is timed interleaved with the others (round-robin),
+so drifts of a shared machine hit all of them alike; the median is reported.
+
+- ``none``: the UNet alone.
+- ``ours, nothing to edit``: the library's default edit (conditional half, exact error) on
+  a step where no token reaches the concept latents' thresholds, what a prompt without the
+  concept costs; only the selected latents' encoder rows are evaluated.
+- ``ours, every token a candidate``: thresholds below every activation, so every token of
+  the conditional half also pays the full 20,480-latent encode: the worst case.
+- ``published``: the reference way of the published code, written here for comparison:
+  dense encode and decode of both CFG halves, the output replaced by the edited
+  reconstruction plus the error (``cfg_half='both', error_term='paper'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import BENCHMARKS, Row
+
+logger = logging.getLogger(__name__)
+
+HOOKPOINT = "unet.up_blocks.1.attentions.1"
+COMMAND = "saeuron bench perf --only erase"
+
+
+def sd14_unet_config(quick: bool) -> dict[str, Any]:
+    """SD 1.4's UNet; quick: the same layout at a width a test can afford."""
+    if quick:
+        return dict(
+            sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64, 128, 128), cross_attention_dim=32,
+            attention_head_dim=4,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )  # fmt: skip
+    return dict(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
+        attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )  # fmt: skip
+
+
+def build_unet(quick: bool, device: str) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    # Built on the meta device and filled with small normal weights: the default init of
+    # 860M parameters takes longer than the benchmark itself on 2 cores.
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**sd14_unet_config(quick))
+    unet = unet.to_empty(device=device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif "norm" in name:
+                p.fill_(1.0)
+            else:
+                fan_in = p[0].numel() if p.ndim > 1 else p.numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+    return unet.eval()
+
+
+def _time(fn: Callable[[], Any], device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+@BENCHMARKS.register("erase")
+def run(quick: bool, device: str) -> list[Row]:
+    from diffusers import DDIMScheduler
+
+    from ..erase import erase
+    from ..features import ConceptFeatures
+    from ..sae import Sae, SaeConfig
+
+    unet = build_unet(quick, device)
+    cfg = unet.config
+    width = cfg.block_out_channels[-2]
+    num_latents, k = (2048, 16) if quick else (20480, 32)
+    sae = Sae(SaeConfig(d_in=width, num_latents=num_latents, k=k), device=device).eval()
+    scheduler = DDIMScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(50)
+    # The hook reads the step from the pipeline's scheduler and CFG flag: a stand-in
+    # pipeline with the real UNet and scheduler is all it needs.
+    pipe = types.SimpleNamespace(unet=unet, scheduler=scheduler, do_classifier_free_guidance=True)
+    size = cfg.sample_size
+    gen = torch.Generator("cpu").manual_seed(1)
+    latents = torch.randn(2, 4, size, size, generator=gen).to(device)
+    text = torch.randn(2, 77, cfg.cross_attention_dim, generator=gen).to(device)
+    t = scheduler.timesteps[10]
+    latents_of = list(range(0, num_latents, num_latents // 10))[:10]
+    quiet = ConceptFeatures.from_latents("concept", latents_of, mean=1.0, threshold=1e6)
+    busy = ConceptFeatures.from_latents("concept", latents_of, mean=1.0, threshold=-1.0)
+
+    def step() -> Any:
+        with torch.no_grad():
+            return unet(latents, t, encoder_hidden_states=text).sample
+
+    def edited(features: ConceptFeatures, half: str, error: str) -> Callable[[], Any]:
+        def call() -> Any:
+            with erase(pipe, sae, features, multiplier=-20.0, cfg_half=half, error_term=error,
+                       hookpoint=HOOKPOINT):  # fmt: skip
+                return step()
+
+        return call
+
+    variants = {
+        "none": step,
+        "ours, nothing to edit": edited(quiet, "cond", "exact"),
+        "ours, every token a candidate": edited(busy, "cond", "exact"),
+        "published (dense, both halves)": edited(quiet, "both", "paper"),
+    }
+    reps = 3 if quick else 7
+    for fn in variants.values():  # warm-up: allocator, kernels, lazy inits
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, fn in variants.items():
+            times[name].append(_time(fn, device))
+    median = {name: statistics.median(v) for name, v in times.items()}
+    logger.info("erase overhead medians (s): %s", median)
+    shape = (
+        f"UNet {'quick' if quick else 'SD-1.4'} config, {size}x{size} latents, batch 2 (CFG), "
+        f"hookpoint {HOOKPOINT} ({width} wide), SAE {num_latents} latents k {k}, "
+        f"10 concept latents, {device}, median of {reps} interleaved steps"
+    )
+    rows = []
+    base = median["none"]
+    for name in list(variants)[1:]:
+        ours = name.startswith("ours")
+        ratio = median[name] / base
+        rows.append(
+            Row(
+                benchmark="erase",
+                what=f"step time, {name} / none",
+                ours=median[name],
+                baseline=base,
+                unit="s/step",
+                target="<= 1.02x" if ours else "",
+                met=(ratio <= 1.02) if ours else None,
+                command=COMMAND,
+                notes=shape,
+            )
+        )
+    return rows

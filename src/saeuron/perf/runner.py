@@ -1,0 +1,125 @@
+"""``saeuron bench perf``: run the registered benchmarks, print one table, keep the numbers.
+
+Writes ``OUT/perf.json`` (every row, with its measurements) and ``OUT/perf.md`` (the
+table the README's performance section is made from), each atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config, ConfigError, check_device, did_you_mean, field
+from ..io import atomic_path, atomic_write_json
+from . import BENCHMARKS, Row
+
+logger = logging.getLogger(__name__)
+
+# Importing a module registers its benchmark; the order is the table's.
+MODULES = {
+    "erase": "saeuron.perf.erase_overhead",
+    "features": "saeuron.perf.concept_features",
+    "training": "saeuron.perf.training",
+    "capture": "saeuron.perf.capture",
+    "profile": "saeuron.perf.profile",
+}
+
+
+@dataclass
+class PerfConfig(Config):
+    only: list[str] | None = field(None, help=f"benchmarks to run: {', '.join(MODULES)}")
+    quick: bool = field(False, help="small sizes, for a smoke test (numbers not comparable)")
+    device: str = field("cpu", help="device of the erase and training benchmarks")
+    out: str = field("benchmarks/results", help="folder for perf.json and perf.md")
+
+    def __post_init__(self) -> None:
+        self.only = self.only or list(MODULES)
+        for name in self.only:
+            if name not in MODULES:
+                raise ConfigError(
+                    "only", f"unknown benchmark {name!r}{did_you_mean(name, MODULES)}; "
+                    f"allowed: {', '.join(MODULES)}"
+                )
+        check_device("device", self.device)
+
+
+def _cell(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g} {unit}".strip()
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| benchmark | what | ours | baseline | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r.ratio:.3f}x" if r.ratio is not None else "-"
+        met = {True: "yes", False: "no", None: "-"}[r.met]
+        lines.append(
+            f"| {r.benchmark} | {r.what} | {_cell(r.ours, r.unit)} | {_cell(r.baseline, r.unit)} "
+            f"| {ratio} | {r.target or '-'} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_perf(cfg: PerfConfig) -> dict[str, Any]:
+    rows: list[Row] = []
+    timings: dict[str, float] = {}
+    for name in cfg.only or []:
+        importlib.import_module(MODULES[name])
+        start = time.perf_counter()
+        logger.info("benchmark %s ...", name)
+        rows += BENCHMARKS.get(name)(cfg.quick, cfg.device)
+        timings[name] = time.perf_counter() - start
+    report = {
+        "config": cfg.to_dict(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "seconds": timings,
+        "rows": [r.to_dict() for r in rows],
+    }
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "perf.json", report)
+    text = table(rows)
+    erase_rows = [r for r in rows if r.benchmark == "erase" and r.target]
+    if erase_rows:
+        # The issue's headline, in a form scripts can grep.
+        text += "".join(f"erase overhead: {r.ratio:.3f} x ({r.what})\n" for r in erase_rows)
+    text += "".join(f"{name}: {s:.0f} s\n" for name, s in timings.items())
+    with atomic_path(out / "perf.md") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    report["table"] = text
+    return report
+
+
+def _handle(args: argparse.Namespace) -> int:
+    report = run_perf(PerfConfig.from_args(args))
+    print(report["table"], end="")
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    bench = subparsers.add_parser("bench", help="performance benchmarks")
+    sub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
+    sub.required = True
+    perf = sub.add_parser(
+        "perf", help="erase overhead, feature search, SAE training, capture, profile"
+    )
+    PerfConfig.add_arguments(perf)
+    perf.set_defaults(handler=_handle)

@@ -1,0 +1,37 @@
+"""``saeuron bench perf``: the runner and the benchmarks written in this package."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from saeuron.config import ConfigError
+from saeuron.perf.runner import PerfConfig, run_perf
+
+
+def test_unknown_benchmark_is_refused_with_the_allowed_names() -> None:
+    with pytest.raises(ConfigError, match="only: unknown benchmark 'eras'.*did you mean 'erase'"):
+        PerfConfig(only=["eras"])
+
+
+def test_erase_overhead_quick_run_writes_the_table(tmp_path) -> None:
+    report = run_perf(PerfConfig(only=["erase"], quick=True, out=str(tmp_path)))
+    rows = report["rows"]
+    assert [r["what"].split(",")[0] for r in rows] == ["step time"] * 3
+    for row in rows:
+        assert row["ours"] > 0 and row["baseline"] > 0 and math.isfinite(row["ratio"])
+    ours = [r for r in rows if r["target"]]
+    assert len(ours) == 2 and all(isinstance(r["met"], bool) for r in ours)
+    saved = json.loads((tmp_path / "perf.json").read_text())
+    assert saved["rows"] == rows
+    assert (tmp_path / "perf.md").read_text().count("erase overhead: ") == 2
+
+
+def test_feature_search_selects_what_the_seed_procedure_selects() -> None:
+    from saeuron.perf.concept_features import _one
+
+    ours, seed, same = _one("minicanvas", "moon", images=4, steps=12, read_step=3)
+    assert same, "the shortcut must select the latents the seed's full sampling selects"
+    assert ours > 0 and seed > 0

@@ -89,7 +89,7 @@ def _one(
         hookpoint = "unet.up_blocks.1.attentions.0"
         from ..hookpoints import resolve_module
 
-        width = resolve_module(pipe, hookpoint).proj_in.in_features
+        width = resolve_module(pipe, hookpoint).config.in_channels
         torch.manual_seed(0)
         sae = Sae(SaeConfig(d_in=width, expansion_factor=16, k=8))
     sae.meta["hookpoint"] = hookpoint

@@ -46,8 +46,9 @@ def test_training_without_sparsify_says_so(tmp_path: Path) -> None:
     assert all("benchmarks/install_sparsify.sh" in r.notes for r in rows)
 
 
+@pytest.mark.parametrize("per_token", [False, True])
 @pytest.mark.parametrize("n_dead", [0, 5])
-def test_fast_training_forward_matches_sae_forward(n_dead: int) -> None:
+def test_fast_training_forward_matches_sae_forward(n_dead: int, per_token: bool) -> None:
     # Trainer.step's sparse-gradient forward must give Sae.forward's loss and gradients.
     torch.manual_seed(0)
     sae = Sae(SaeConfig(d_in=16, expansion_factor=8, k=4))
@@ -57,8 +58,8 @@ def test_fast_training_forward_matches_sae_forward(n_dead: int) -> None:
     dead = torch.zeros(sae.num_latents, dtype=torch.bool)
     dead[:n_dead] = True
     results = []
-    for forward in (lambda: sae(x, dead_mask=dead, batch_topk=True),
-                    lambda: _batch_topk_forward(sae, x, dead)):
+    for forward in (lambda: sae(x, dead_mask=dead, batch_topk=not per_token),
+                    lambda: _batch_topk_forward(sae, x, dead, per_token=per_token)):
         sae.zero_grad()
         out = forward()
         (out.fvu + 0.5 * out.auxk_loss).backward()

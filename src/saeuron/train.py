@@ -37,7 +37,7 @@ from safetensors import safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .config import Config, ConfigError, check_device, check_range, field
+from .config import Config, ConfigError, check_choice, check_device, check_range, field
 from .io import atomic_write_json, atomic_write_safetensors
 from .pipelines import resolve_device
 from .sae import ForwardOutput, Sae, SaeConfig
@@ -54,6 +54,7 @@ _RESULT_FIELDS = (
     "k", "expansion_factor", "num_latents", "lr", "batch_size", "epochs", "auxk_alpha",
     "dead_tokens", "grad_clip", "heldout_fraction", "seed", "shuffle_shards",
 )
+TOPK_MODES = ("batch", "token")
 _POSTFIX_EVERY = 20  # steps between progress-bar postfix updates (each one syncs the device)
 
 
@@ -64,6 +65,11 @@ class TrainConfig(Config):
     activations: str = field(help="capture folder written by `saeuron cache` (manifest.json)")
     out: str = field(help="output folder; the SAE goes to OUT/<hookpoint>/")
     k: int = field(32, help="active latents per token (BatchTopK budget k x tokens in training)")
+    topk: str = field(
+        "batch",
+        help="'batch': BatchTopK in training, k x tokens over the batch (the paper's); "
+        "'token': k per token, the form used at inference and by eai-sparsify",
+    )
     expansion_factor: int = field(16, help="latents = d_in x this, when num_latents is 0")
     num_latents: int = field(0, help="number of latents; 0 derives it from expansion_factor")
     lr: float = field(4e-4, help="Adam learning rate, decayed linearly to 0 without warm-up")
@@ -87,6 +93,7 @@ class TrainConfig(Config):
         if not self.out:
             raise ConfigError("out", "must name an output folder")
         check_range("k", self.k, ge=1)
+        check_choice("topk", self.topk, TOPK_MODES)
         check_range("expansion_factor", self.expansion_factor, ge=1)
         check_range("num_latents", self.num_latents, ge=0)
         if self.num_latents and self.k > self.num_latents:
@@ -223,8 +230,18 @@ def _batch_topk_pairs(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return pairs[:, 0], pairs[:, 1]
 
 
-def _batch_topk_forward(sae: Sae, x: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
-    """``sae(x, dead_mask=dead_mask, batch_topk=True)`` with sparse encoder gradients.
+@torch.no_grad()
+def _token_topk_pairs(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(rows, cols) of each token's k largest pre-activations, row-major."""
+    cols = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+    rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
+    return rows, cols.flatten()
+
+
+def _batch_topk_forward(
+    sae: Sae, x: Tensor, dead_mask: Tensor | None, per_token: bool = False
+) -> ForwardOutput:
+    """``sae(x, dead_mask=dead_mask, batch_topk=not per_token)`` with sparse encoder gradients.
 
     Same loss, same gradients (up to float summation order), same kept latents; the
     padded ``latent_indices`` hold 0 where ``Sae.forward`` holds some zero-weighted latent.
@@ -238,7 +255,8 @@ def _batch_topk_forward(sae: Sae, x: Tensor, dead_mask: Tensor | None) -> Forwar
         # In place: one tokens x latents buffer, not two.
         pre = F.linear(x_c, weight, bias).relu_()
     n_tokens = x.shape[0]
-    rows, cols = _batch_topk_pairs(pre, sae.cfg.k)
+    pairs = _token_topk_pairs if per_token else _batch_topk_pairs
+    rows, cols = pairs(pre, sae.cfg.k)
     acts = _SparseEncode.apply(x_c, weight, bias, pre[rows, cols], rows, cols)
     counts = torch.bincount(rows, minlength=n_tokens)
     offsets = counts.cumsum(0) - counts
@@ -318,7 +336,7 @@ class Trainer:
             expansion_factor=cfg.expansion_factor,
             num_latents=cfg.num_latents,
             k=cfg.k,
-            batch_topk=True,
+            batch_topk=cfg.topk == "batch",
         )
         # Initialise on the CPU under a private RNG: the same seed gives the same SAE on every
         # device, and the caller's global RNG is left alone.
@@ -418,9 +436,9 @@ class Trainer:
 
         dead_mask = self.tokens_since_fired >= self.cfg.dead_tokens
         if self.sae.cfg.input_unit_norm:
-            out = self.sae(x, dead_mask=dead_mask, batch_topk=True)
+            out = self.sae(x, dead_mask=dead_mask, batch_topk=self.cfg.topk == "batch")
         else:
-            out = _batch_topk_forward(self.sae, x, dead_mask)
+            out = _batch_topk_forward(self.sae, x, dead_mask, per_token=self.cfg.topk == "token")
         loss = out.fvu + self.cfg.auxk_alpha * out.auxk_loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -3,10 +3,10 @@
 ``run_cache`` samples the random-weight ``tiny-sd`` pipeline (built from config, offline) at
 32 x 32 px and stores ``unet.up_blocks.1.attentions.0`` (8 x 8 tokens of 32 channels per
 image, step and CFG half; larger images make the CPU run take minutes per prompt) for N
-prompts, each N in a fresh Python process so that the peak resident set size
-(``ru_maxrss``) belongs to that run alone. ``max_shard_mb`` is small, so every run writes
-several shards and the claim under test, that memory holds one shard's prompts and not the
-whole capture, is exercised.
+prompts, each N in a fresh Python process so that the peak resident set size (``VmHWM``,
+see :func:`peak_rss_kib`) belongs to that run alone. ``max_shard_mb`` is small, so every
+run writes several shards and the claim under test, that memory holds one shard's prompts
+and not the whole capture, is exercised.
 
 * peak RSS per N, and peak(N max) / peak(N min): flat when <= 1.10;
 * bytes per stored value: the shard files' bytes over the number of activation values, at
@@ -53,6 +53,21 @@ def _prompts(n: int) -> list[str]:
             for i in range(n)]
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident set, in KiB.
+
+    Linux's ``VmHWM`` when there is one: ``ru_maxrss`` survives ``execve``, so a child of a
+    process that once held a large model (the erase benchmark's UNet) would report the
+    parent's peak, not its own.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def child_main(argv: list[str] | None = None) -> None:
     """Entry point of one measured run (a fresh process): capture, then write the numbers.
 
@@ -74,7 +89,7 @@ def child_main(argv: list[str] | None = None) -> None:
     shard_files = sorted(out.glob("shard_*.safetensors"))
     result = {
         "seconds": seconds,
-        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "peak_rss_kib": peak_rss_kib(),
         "n_tokens": int(manifest["n_tokens"]),
         "d_in": int(manifest["d_in"]),
         "n_shards": len(shard_files),
@@ -157,7 +172,8 @@ def rows_from(results: list[dict[str, Any]], command: str, device: str,
     rows = [
         Row("capture", f"peak RSS, {r['n_prompts']} prompts", r["peak_rss_kib"] / 1024, None,
             "MiB", "", None, command,
-            f"ru_maxrss of a fresh process running run_cache ({how}); {r['n_shards']} shards "
+            f"peak RSS (VmHWM) of a fresh process running run_cache ({how}); "
+            f"{r['n_shards']} shards "
             f"of {r['prompts_per_shard']} prompts, {r['n_tokens']} tokens",
             dict(r))
         for r in results

@@ -31,13 +31,19 @@ MODULES = {
     "capture": "saeuron.perf.capture",
     "profile": "saeuron.perf.profile",
 }
+# The benchmarks whose numbers depend on the accelerator; the rest measure CPU-side work.
+DEVICE_BENCHMARKS = ("erase", "training")
 
 
 @dataclass
 class PerfConfig(Config):
     only: list[str] | None = field(None, help=f"benchmarks to run: {', '.join(MODULES)}")
     quick: bool = field(False, help="small sizes, for a smoke test (numbers not comparable)")
-    device: str = field("cpu", help="device of the erase and training benchmarks")
+    device: str | None = field(
+        None,
+        help="device of the erase and training benchmarks; default: the CPU, and CUDA too "
+        "when there is one (both reported)",
+    )
     out: str = field("benchmarks/results", help="folder for perf.json and perf.md")
 
     def __post_init__(self) -> None:
@@ -48,7 +54,15 @@ class PerfConfig(Config):
                     "only", f"unknown benchmark {name!r}{did_you_mean(name, MODULES)}; "
                     f"allowed: {', '.join(MODULES)}"
                 )
-        check_device("device", self.device)
+        if self.device is not None:
+            check_device("device", self.device)
+
+    def devices(self, name: str) -> list[str]:
+        if name not in DEVICE_BENCHMARKS:
+            return ["cpu"]
+        if self.device is not None:
+            return [self.device]
+        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _cell(value: float | None, unit: str) -> str:
@@ -77,10 +91,15 @@ def run_perf(cfg: PerfConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
     for name in cfg.only or []:
         importlib.import_module(MODULES[name])
-        start = time.perf_counter()
-        logger.info("benchmark %s ...", name)
-        rows += BENCHMARKS.get(name)(cfg.quick, cfg.device)
-        timings[name] = time.perf_counter() - start
+        for device in cfg.devices(name):
+            start = time.perf_counter()
+            label = name if device == "cpu" else f"{name} ({device})"
+            logger.info("benchmark %s ...", label)
+            new = BENCHMARKS.get(name)(cfg.quick, device)
+            for row in new:
+                row.benchmark = label
+            rows += new
+            timings[label] = time.perf_counter() - start
     report = {
         "config": cfg.to_dict(),
         "machine": {
@@ -97,10 +116,12 @@ def run_perf(cfg: PerfConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "perf.json", report)
     text = table(rows)
-    erase_rows = [r for r in rows if r.benchmark == "erase" and r.target]
+    erase_rows = [r for r in rows if r.benchmark.startswith("erase") and r.target]
     if erase_rows:
         # The headline, in a form scripts can grep.
-        text += "".join(f"erase overhead: {r.ratio:.3f} x ({r.what})\n" for r in erase_rows)
+        text += "".join(
+            f"erase overhead: {r.ratio:.3f} x ({r.benchmark}: {r.what})\n" for r in erase_rows
+        )
     text += "".join(f"{name}: {s:.0f} s\n" for name, s in timings.items())
     with atomic_path(out / "perf.md") as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -41,6 +41,16 @@ class Row:
         return {**asdict(self), "ratio": self.ratio}
 
 
+def reproduce(name: str, quick: bool = False, device: str = "cpu") -> str:
+    """The command that reruns benchmark ``name`` as it was run."""
+    parts = [f"saeuron bench perf --only {name}"]
+    if quick:
+        parts.append("--quick")
+    if device != "cpu":
+        parts.append(f"--device {device}")
+    return " ".join(parts)
+
+
 class Benchmark(Protocol):
     def __call__(self, quick: bool, device: str) -> list[Row]: ...
 

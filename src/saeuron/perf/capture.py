@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import BENCHMARKS, Row
+from . import BENCHMARKS, Row, reproduce
 
 logger = logging.getLogger(__name__)
 
@@ -224,19 +224,10 @@ def rows_from(results: list[dict[str, Any]], command: str, device: str,
     return rows
 
 
-def _command(quick: bool, device: str) -> str:
-    parts = ["saeuron bench perf --only capture"]
-    if quick:
-        parts.append("--quick")
-    if device != "cpu":
-        parts.append(f"--device {device}")
-    return " ".join(parts)
-
-
 @BENCHMARKS.register("capture")
 def run(quick: bool, device: str) -> list[Row]:
     """Peak RSS against N prompts, bytes per stored value and throughput of run_cache."""
     ns = QUICK_NS if quick else FULL_NS
     steps, shard_mb, size = (4, 0.05, 32) if quick else (25, 0.5, 32)
     results = measure(ns, device, num_inference_steps=steps, max_shard_mb=shard_mb, size=size)
-    return rows_from(results, _command(quick, device), device, steps, shard_mb, size)
+    return rows_from(results, reproduce("capture", quick, device), device, steps, shard_mb, size)

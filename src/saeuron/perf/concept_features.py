@@ -19,11 +19,10 @@ from typing import Any
 
 import torch
 
-from . import BENCHMARKS, Row
+from . import BENCHMARKS, Row, reproduce
 
 logger = logging.getLogger(__name__)
 
-COMMAND = "saeuron bench perf --only features"
 STEPS, READ_STEP, IMAGES, TAU = 50, 10, 20, 10
 
 
@@ -127,7 +126,7 @@ def run(quick: bool, device: str) -> list[Row]:
                 unit="s",
                 target="<= 0.25x",
                 met=ours / seed <= 0.25,
-                command=COMMAND,
+                command=reproduce("features", quick, device),
                 notes=f"{images} images, {steps} steps, step {read_step} read, top {TAU}; "
                 f"same latents selected: {same}; CPU",
                 extra={"same_latents": same},

@@ -31,12 +31,11 @@ from typing import Any
 
 import torch
 
-from . import BENCHMARKS, Row
+from . import BENCHMARKS, Row, reproduce
 
 logger = logging.getLogger(__name__)
 
 HOOKPOINT = "unet.up_blocks.1.attentions.1"
-COMMAND = "saeuron bench perf --only erase"
 
 
 def sd14_unet_config(quick: bool) -> dict[str, Any]:
@@ -197,7 +196,7 @@ def run(quick: bool, device: str) -> list[Row]:
                 unit="s/step",
                 target="<= 1.02x" if ours else "",
                 met=(ratio <= 1.02) if ours else None,
-                command=COMMAND,
+                command=reproduce("erase", quick, device),
                 notes=f"{shape}; step = median UNet step ({reps} interleaved) + the hook's "
                 f"cost (median of {block_reps} timings of the hooked block with and without "
                 f"the edit: {hook * 1e3:.1f} ms); whole steps timed with the edit: "

@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 
-from . import BENCHMARKS, Row
+from . import BENCHMARKS, Row, reproduce
 
 logger = logging.getLogger(__name__)
 
-COMMAND = "saeuron bench perf --only profile"
 
 # (label, file fragment, function name): cumulative time of the first match.
 PARTS = (
@@ -87,7 +86,7 @@ def run(quick: bool, device: str) -> list[Row]:
             unit="s",
             target="",
             met=None,
-            command=COMMAND,
+            command=reproduce("profile", quick, device),
             notes=f"{'2 images, 5' if quick else '4 images, 20'} steps, CPU, cProfile; {shares}",
             extra=result,
         )

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from ..io import atomic_write_json, atomic_write_safetensors
 from ..shards import shard_name, write_manifest
-from . import BENCHMARKS, Row
+from . import BENCHMARKS, Row, reproduce
 
 logger = logging.getLogger(__name__)
 
@@ -399,20 +399,11 @@ def rows_from(result: dict[str, Any], command: str) -> list[Row]:
     ]
 
 
-def _command(quick: bool, device: str) -> str:
-    parts = ["saeuron bench perf --only training"]
-    if quick:
-        parts.append("--quick")
-    if device != "cpu":
-        parts.append(f"--device {device}")
-    return " ".join(parts)
-
-
 @BENCHMARKS.register("training")
 def run(quick: bool, device: str) -> list[Row]:
     """Tokens/s and held-out FVU, ours against eai-sparsify's SparseCoder."""
     setup = QUICK if quick else FULL
-    command = _command(quick, device)
+    command = reproduce("training", quick, device)
     rows = rows_from(measure(setup, device), command)
     # The paper's BatchTopK (our default) is a different model form than sparsify's TopK;
     # reported beside it, not judged against it.

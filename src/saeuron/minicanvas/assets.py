@@ -104,31 +104,44 @@ def _bundled_folder(cfg: AssetConfig) -> Path:
     return Path(cfg.model)
 
 
+def capture_anchor_activations(
+    model: str, work: Path, hookpoint: str, num_inference_steps: int, guidance_scale: float,
+    seed: int,
+) -> Path:
+    """The anchor prompts' activations at ``hookpoint`` in ``work``; a finished capture with
+    the same settings is reused (the SAEs and the supervised SAEs share one)."""
+    from ..capture import CacheConfig, run_cache
+
+    work.mkdir(parents=True, exist_ok=True)
+    prompts = work / "anchor_prompts.txt"
+    prompts.write_text("\n".join(p for p, _, _ in anchor_prompts()) + "\n", encoding="utf-8")
+    acts = work / f"activations-{hookpoint}"
+    run_cache(
+        CacheConfig(
+            model=model,
+            hookpoint=hookpoint,
+            prompts=str(prompts),
+            out=str(acts),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            max_shard_mb=8.0,
+            dtype="float32",
+            seed=seed,
+        )
+    )
+    return acts
+
+
 def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
     """Capture anchor-prompt activations at both hookpoints and train an SAE on each."""
-    from ..capture import CacheConfig, run_cache
     from ..train import STATE_DIR, TrainConfig, train_sae
 
     folder = _bundled_folder(cfg)
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-assets-"))
-    prompts = work / "anchor_prompts.txt"
-    prompts.parent.mkdir(parents=True, exist_ok=True)
-    prompts.write_text("\n".join(p for p, _, _ in anchor_prompts()) + "\n", encoding="utf-8")
     heldout: dict[str, float | None] = {}
     for hookpoint in (OBJECT_HOOKPOINT, STYLE_HOOKPOINT):
-        acts = work / f"activations-{hookpoint}"
-        run_cache(
-            CacheConfig(
-                model=cfg.model,
-                hookpoint=hookpoint,
-                prompts=str(prompts),
-                out=str(acts),
-                num_inference_steps=cfg.num_inference_steps,
-                guidance_scale=cfg.guidance_scale,
-                max_shard_mb=8.0,
-                dtype="float32",
-                seed=cfg.seed,
-            )
+        acts = capture_anchor_activations(
+            cfg.model, work, hookpoint, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed
         )
         train_sae(
             TrainConfig(

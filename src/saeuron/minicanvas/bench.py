@@ -106,6 +106,14 @@ class Judged:
     images: list[Any]
 
 
+def _one_hookpoint(concepts: Sequence[str]) -> str:
+    """The hookpoint of concepts erased together: one kind, one block, one SAE."""
+    hookpoints = {concept_hookpoint(c) for c in concepts}
+    if len(hookpoints) != 1:
+        raise ConfigError("concepts", f"erase concepts of one kind at a time: {concepts}")
+    return hookpoints.pop()
+
+
 class MiniCanvasJudge:
     """Generates prompt sets (optionally under an erasure) and classifies the images."""
 
@@ -174,10 +182,7 @@ class MiniCanvasJudge:
         from ..features import ConceptFeatures
         from .saemnesia import features_path
 
-        hookpoints = {concept_hookpoint(c) for c in concepts}
-        if len(hookpoints) != 1:
-            raise ConfigError("concepts", f"erase concepts of one kind at a time: {concepts}")
-        hookpoint = hookpoints.pop()
+        hookpoint = _one_hookpoint(concepts)
         features = [ConceptFeatures.load(features_path(self.folder, c)) for c in concepts]
         with erase(
             self.pipe, self.supervised_sae(hookpoint), features,
@@ -192,10 +197,7 @@ class MiniCanvasJudge:
         """Several concepts of one kind at once, each with its tuned tau, gamma and filter."""
         from ..erase import erase
 
-        hookpoints = {concept_hookpoint(c) for c in concepts}
-        if len(hookpoints) != 1:
-            raise ConfigError("concepts", f"erase concepts of one kind at a time: {concepts}")
-        hookpoint = hookpoints.pop()
+        hookpoint = _one_hookpoint(concepts)
         features = [
             self.features(c, int(params[c]["tau"]), params[c].get("max_other_ratio"))
             for c in concepts

@@ -91,28 +91,19 @@ class SupervisedBuildConfig(Config):
 
 def build_supervised(cfg: SupervisedBuildConfig) -> dict[str, Any]:
     """Capture the anchor prompts (reused when ``workdir`` holds them) and fine-tune."""
-    from ..capture import CacheConfig, run_cache
     from ..supervised import SupervisedTrainConfig, train_supervised
-    from .assets import AssetConfig, _bundled_folder
+    from .assets import AssetConfig, _bundled_folder, capture_anchor_activations
 
     folder = _bundled_folder(AssetConfig(model=cfg.model, out=cfg.out))
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-supervised-"))
     work.mkdir(parents=True, exist_ok=True)
-    prompts = work / "anchor_prompts.txt"
-    prompts.write_text("\n".join(p for p, _, _ in anchor_prompts()) + "\n", encoding="utf-8")
     labels = write_labels(work / "anchor_labels.csv")
     summary: dict[str, Any] = {}
     for hookpoint in (OBJECT_HOOKPOINT, STYLE_HOOKPOINT):
-        acts = work / f"activations-{hookpoint}"
-        # Same settings as the unsupervised assets, so a shared workdir resumes, not recaptures.
-        run_cache(
-            CacheConfig(
-                model=cfg.model, hookpoint=hookpoint, prompts=str(prompts), out=str(acts),
-                num_inference_steps=cfg.num_inference_steps,
-                guidance_scale=cfg.guidance_scale, max_shard_mb=8.0, dtype="float32",
-                seed=cfg.seed,
-            )
-        )  # fmt: skip
+        # The assets' capture: a workdir shared with `saeuron minicanvas assets` is reused.
+        acts = capture_anchor_activations(
+            cfg.model, work, hookpoint, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed
+        )
         start = time.perf_counter()
         sae, out = train_supervised(
             SupervisedTrainConfig(

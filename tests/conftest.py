@@ -18,13 +18,13 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_sd():
-    from saeuron.tiny import build_tiny_sd
+    from saeuron.models.tiny import build_tiny_sd
 
     return build_tiny_sd()
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl():
-    from saeuron.tiny import build_tiny_sdxl
+    from saeuron.models.tiny import build_tiny_sdxl
 
     return build_tiny_sdxl()

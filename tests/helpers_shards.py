@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saeuron.io import atomic_write_json, atomic_write_safetensors
-from saeuron.shards import shard_name, write_manifest
+from saeuron.training.shards import shard_name, write_manifest
+from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
 
 
 def write_synthetic_shards(

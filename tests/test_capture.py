@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from saeuron import capture
-from saeuron.capture import CacheConfig, parse_steps, read_prompts, run_cache
-from saeuron.config import ConfigError
-from saeuron.tiny import build_tiny_sd
+from saeuron.models.tiny import build_tiny_sd
+from saeuron.training.capture import CacheConfig, parse_steps, read_prompts, run_cache
+from saeuron.utils.config import ConfigError
 
 SD_HOOK = "unet.up_blocks.1.attentions.1"
 SDXL_HOOK = "unet.up_blocks.0.attentions.1"
@@ -342,7 +342,7 @@ def test_bundled_model_missing_is_clear(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_load_pipeline_from_folder(tmp_path: Path) -> None:
-    from saeuron.pipelines import load_pipeline
+    from saeuron.models.pipelines import load_pipeline
 
     build_tiny_sd().save_pretrained(tmp_path / "sd")
     pipe = load_pipeline(str(tmp_path / "sd"), "cpu")

@@ -11,22 +11,20 @@ import pytest
 import torch
 
 from saeuron import concepts
-from saeuron.concepts import (
-    ConceptBuildConfig,
-    ConceptStats,
-    build_concept,
-    collect_stats,
-    concept_prompts,
+from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
+from saeuron.erasure.concepts.prompts import concept_prompts
+from saeuron.erasure.concepts.select import (
     contrastive_scores,
-    neutral_prompts,
     percentile_count,
     select_contrastive,
     select_shortcut,
 )
-from saeuron.config import ConfigError
-from saeuron.features import ConceptFeatures
-from saeuron.hookpoints import resolve_module
+from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
+from saeuron.erasure.features import ConceptFeatures
+from saeuron.models.hookpoints import resolve_module
 from saeuron.sae import Sae, SaeConfig
+from saeuron.utils.config import ConfigError
+from saeuron.utils.prompts import neutral_prompts
 
 HOOK = "unet.up_blocks.1.attentions.1"
 STEPS = 3
@@ -348,7 +346,7 @@ def test_cache_reuses_stats_and_recomputes_when_needed(tiny_sd, sae, tmp_path, m
     def no_loading(*a, **k):
         raise AssertionError("pipeline loaded although everything is cached")
 
-    monkeypatch.setattr("saeuron.pipelines.load_pipeline", no_loading)
+    monkeypatch.setattr("saeuron.models.pipelines.load_pipeline", no_loading)
     with count_unet_calls(tiny_sd) as second:
         again = build_concept(cfg, sae=sae)
     assert second == []
@@ -399,7 +397,7 @@ def test_partial_cache_entry_is_recomputed(tiny_sd, sae, tmp_path) -> None:
 
 def test_build_writes_features_and_cli_prints_summary(tiny_sd, sae, tmp_path, monkeypatch, capsys):
     folder = sae.save_to_disk(tmp_path / "sae")
-    monkeypatch.setattr("saeuron.pipelines.load_pipeline", lambda *a, **k: tiny_sd)
+    monkeypatch.setattr("saeuron.models.pipelines.load_pipeline", lambda *a, **k: tiny_sd)
     parser = argparse.ArgumentParser()
     concepts.register_cli(parser.add_subparsers(dest="command"))
     out = tmp_path / "feats" / "cat"

@@ -8,9 +8,10 @@ import pickle
 import pytest
 import torch
 
-from saeuron.cli import main
-from saeuron.concepts import ConceptStats, select_contrastive
-from saeuron.convert import convert_params, convert_stats
+from saeuron.cli.main import main
+from saeuron.erasure.concepts.select import select_contrastive
+from saeuron.erasure.concepts.stats import ConceptStats
+from saeuron.erasure.convert import convert_params, convert_stats
 
 
 def published_stats(path, steps=4, latents=32):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from saeuron.cli import main
-from saeuron.features import ConceptFeatures
+from saeuron.cli.main import main
+from saeuron.erasure.features import ConceptFeatures
 from saeuron.sae import Sae
 
 HOOK = "unet.up_blocks.1.attentions.1"

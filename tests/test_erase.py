@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from saeuron.config import ConfigError
-from saeuron.erase import erase
-from saeuron.features import ConceptFeatures
-from saeuron.hookpoints import resolve_module
+from saeuron.erasure.erase import erase
+from saeuron.erasure.features import ConceptFeatures
+from saeuron.models.hookpoints import resolve_module
 from saeuron.sae import Sae, SaeConfig
+from saeuron.utils.config import ConfigError
 
 HOOK = "unet.up_blocks.1.attentions.1"
 
@@ -209,7 +209,7 @@ def test_statistics_from_other_step_counts_map_by_position(tiny_sd, sae, caplog)
     assert [features.stats_step(i, 4) for i in range(4)] == [0, 3, 6, 9]
     assert [features.stats_step(i, 10) for i in range(10)] == list(range(10))
     assert features.stats_step(0, 1) == 0
-    with caplog.at_level(logging.INFO, logger="saeuron.erase"):
+    with caplog.at_level(logging.INFO, logger="saeuron.erasure.erase"):
         with erase(tiny_sd, sae, features, multiplier=-20.0):
             sample(tiny_sd, steps=4)
     assert "statistics from 10 steps mapped onto 4 sampling steps" in caplog.text
@@ -231,8 +231,8 @@ def test_several_concepts_with_their_own_scales(tiny_sd, sae) -> None:
 def test_overlapping_latents_are_edited_once_by_the_strongest_concept(tiny_sd, sae) -> None:
     strong = ConceptFeatures.from_latents("strong", [0, 4, 8], mean=2.0, threshold=0.0)
     weak = ConceptFeatures.from_latents("weak", [4, 8, 12], mean=0.5, threshold=0.0)
-    from saeuron.erase import EraseConfig, EraseHandle, _EraseHook
-    from saeuron.hookpoints import DenoiseState
+    from saeuron.erasure.erase import EraseConfig, EraseHandle, _EraseHook
+    from saeuron.models.denoising import DenoiseState
 
     hook = _EraseHook(
         sae,

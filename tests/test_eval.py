@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from saeuron.eval.prompts import read_prompts
 
-from saeuron.cli import main
-from saeuron.config import ConfigError
+from saeuron.cli.main import main
 from saeuron.eval import load_eval_config, parse_eval_config, run_eval
 from saeuron.eval.metrics import METRICS, Item
-from saeuron.eval.prompts import read_prompts
 from saeuron.eval.report import bootstrap_interval
 from saeuron.eval.similarity import psnr, ssim
+from saeuron.utils.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "eval"
@@ -105,12 +105,12 @@ def test_seed_example_metrics_we_ship_validate_unchanged(monkeypatch) -> None:
 
 
 def test_check_prints_the_plan_without_loading_models(tmp_path, monkeypatch, capsys) -> None:
-    import saeuron.pipelines
+    import saeuron.models.pipelines
 
     def boom(*a, **k):
         raise AssertionError("--check must not load a model")
 
-    monkeypatch.setattr(saeuron.pipelines, "load_pipeline", boom)
+    monkeypatch.setattr(saeuron.models.pipelines, "load_pipeline", boom)
     path = tmp_path / "cfg.json"
     data = config(tmp_path, [{"name": "unlearncanvas", "config": {"target_seeds": 2}},
                              {"name": "clip_score", "config": {"limit": 5,
@@ -410,7 +410,7 @@ def tiny_clip(folder: Path) -> Path:
         CLIPTokenizer,
     )
 
-    from saeuron.tokenizer import write_clip_tokenizer_files
+    from saeuron.models.tokenizer import write_clip_tokenizer_files
 
     torch.manual_seed(0)
     cfg = CLIPConfig(
@@ -852,8 +852,8 @@ def test_summary_keeps_one_table_row_per_skipped_metric() -> None:
 
 
 def test_the_erase_hook_is_differentiable_for_white_box_attacks(tmp_path) -> None:
+    from saeuron.erasure.technique import SAeUron
     from saeuron.eval.attacks.p4d import guided_noise
-    from saeuron.technique import SAeUron
 
     tech = SAeUron(erase_concept="moon", model="minicanvas", device="cpu")
     pipe = tech.pipe

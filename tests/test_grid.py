@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from saeuron.grid import before_after_rows, save_grid
+from saeuron.utils.images import before_after_rows, save_grid
 
 
 def test_grid_places_each_image_pixel_for_pixel(tmp_path) -> None:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from saeuron.config import ConfigError
-from saeuron.pipelines import BUNDLED_MODELS, load_pipeline
+from saeuron.models.pipelines import BUNDLED_MODELS, load_pipeline
+from saeuron.utils.config import ConfigError
 
 FOLDER = BUNDLED_MODELS["minicanvas"]
 
@@ -63,7 +63,7 @@ def test_classifier_is_accurate_on_held_out_procedural_images() -> None:
 
 
 def test_technique_uses_the_bundled_sae_and_features(caplog) -> None:
-    from saeuron.technique import SAeUron
+    from saeuron.erasure.technique import SAeUron
 
     tech = SAeUron(erase_concept="star", model="minicanvas", num_inference_steps=10, device="cpu")
     assert "on the fly" not in caplog.text

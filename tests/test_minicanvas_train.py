@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saeuron.config import ConfigError
 from saeuron.minicanvas.model import ModelTrainConfig, train_minicanvas
+from saeuron.utils.config import ConfigError
 
 TINY = dict(n_images=100, vae_steps=3, vae_batch=8, unet_steps=3, unet_batch=8, device="cpu")
 
@@ -39,7 +39,7 @@ def test_training_is_reproducible_from_its_seed(tmp_path) -> None:
 
 
 def _check_saved_pipeline(out) -> None:
-    from saeuron.pipelines import load_pipeline
+    from saeuron.models.pipelines import load_pipeline
 
     pipe = load_pipeline(str(out), device="cpu")
     image = pipe("An image of star in neon style.", num_inference_steps=2).images[0]

@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saeuron.config import ConfigError
 from saeuron.minicanvas.assets import concept_hookpoint, concept_kind, concept_prompts
 from saeuron.minicanvas.world import (
     ANCHOR_TEMPLATES,
@@ -16,6 +15,7 @@ from saeuron.minicanvas.world import (
     sample_images,
     training_caption,
 )
+from saeuron.utils.config import ConfigError
 
 
 def test_world_size_and_determinism() -> None:

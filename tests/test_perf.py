@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from saeuron.config import ConfigError
 from saeuron.perf.runner import PerfConfig, run_perf
+from saeuron.utils.config import ConfigError
 
 
 def test_unknown_benchmark_is_refused_with_the_allowed_names() -> None:

@@ -11,7 +11,7 @@ import torch
 
 from saeuron.perf import BENCHMARKS, capture, training
 from saeuron.sae import Sae, SaeConfig
-from saeuron.train import _batch_topk_forward
+from saeuron.training.sparse_step import sparse_forward
 
 TINY = dataclasses.replace(
     training.QUICK, d_in=16, expansion_factor=8, k=4, batch_size=256, steps=6, warmup_steps=2,
@@ -59,7 +59,7 @@ def test_fast_training_forward_matches_sae_forward(n_dead: int, per_token: bool)
     dead[:n_dead] = True
     results = []
     for forward in (lambda: sae(x, dead_mask=dead, batch_topk=not per_token),
-                    lambda: _batch_topk_forward(sae, x, dead, per_token=per_token)):
+                    lambda: sparse_forward(sae, x, dead, per_token=per_token)):
         sae.zero_grad()
         out = forward()
         (out.fvu + 0.5 * out.auxk_loss).backward()

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from saeuron.config import ConfigError
 from saeuron.sae import SAE_FORMATS, Sae, SaeConfig
+from saeuron.utils.config import ConfigError
 
 
 @torch.no_grad()

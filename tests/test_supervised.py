@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from saeuron.concepts import ConceptStats
+from saeuron.erasure.concepts.stats import ConceptStats
 from saeuron.sae import Sae, SaeConfig
-from saeuron.supervised import SupervisedSettings, assign_latents, finetune
+from saeuron.training.supervised import SupervisedSettings, assign_latents, finetune
 
 
 def stats(name: str, mean: torch.Tensor) -> ConceptStats:
@@ -76,8 +76,8 @@ def write_labelled_capture(folder, n_prompts: int = 80, steps: int = 2, tokens: 
     """A capture whose prompts show one of two objects and one of two styles, and its CSV."""
     import hashlib
 
-    from saeuron.io import atomic_write_json, atomic_write_safetensors
-    from saeuron.shards import shard_name, write_manifest
+    from saeuron.training.shards import shard_name, write_manifest
+    from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
 
     acts, labels = synthetic(n_images=n_prompts * steps, tokens=tokens)
     # Image i is prompt i // steps at step i % steps; a prompt's steps share its labels.
@@ -115,8 +115,8 @@ def write_labelled_capture(folder, n_prompts: int = 80, steps: int = 2, tokens: 
 def test_read_labels_checks_rows_prompts_and_kinds(tmp_path) -> None:
     import pytest
 
-    from saeuron.config import ConfigError
-    from saeuron.supervised import read_labels
+    from saeuron.training.supervised import read_labels
+    from saeuron.utils.config import ConfigError
 
     good = tmp_path / "good.csv"
     good.write_text("prompt,object,style\na,cat,\nb,dog,ink;oil\n", encoding="utf-8")
@@ -135,9 +135,9 @@ def test_read_labels_checks_rows_prompts_and_kinds(tmp_path) -> None:
 
 
 def test_train_supervised_cli_writes_one_latent_per_concept(tmp_path) -> None:
-    from saeuron.cli import main
-    from saeuron.features import ConceptFeatures
-    from saeuron.supervised import load_image_groups
+    from saeuron.cli.main import main
+    from saeuron.erasure.features import ConceptFeatures
+    from saeuron.training.supervised import load_image_groups
 
     acts_dir = tmp_path / "acts"
     acts_dir.mkdir()

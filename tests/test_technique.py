@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from saeuron.config import ConfigError
-from saeuron.features import ConceptFeatures
-from saeuron.sae import Sae, SaeConfig
-from saeuron.technique import (
+from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.technique import (
     DEFAULT_MULTIPLIER,
     KNOWN_SAES,
     SAeUron,
     SAeUronConfig,
     resolve_device,
 )
+from saeuron.sae import Sae, SaeConfig
+from saeuron.utils.config import ConfigError
 
 HOOK = "unet.up_blocks.1.attentions.1"
 
@@ -102,7 +102,7 @@ def test_device_auto_detection_falls_back_to_cpu(monkeypatch) -> None:
 
 
 def test_on_the_fly_features_are_announced_before_models_load(sae_dir, cache_dir, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="saeuron.technique"):
+    with caplog.at_level(logging.WARNING, logger="saeuron.erasure.technique"):
         with pytest.raises((FileNotFoundError, OSError, ConfigError)):
             SAeUron(**tiny_config(sae_dir, model=str(cache_dir / "no-such-model")))
     assert "computed on the fly" in caplog.text
@@ -134,7 +134,7 @@ def test_precomputed_features_file_is_used(sae_dir, cache_dir, tmp_path) -> None
 def test_generate_cli_writes_side_by_side_png(sae_dir, cache_dir, tmp_path) -> None:
     from PIL import Image
 
-    from saeuron.cli import main
+    from saeuron.cli.main import main
 
     out = tmp_path / "img.png"
     code = main(
@@ -164,7 +164,7 @@ def test_generate_cli_writes_side_by_side_png(sae_dir, cache_dir, tmp_path) -> N
 
 
 def test_generate_cli_reports_bad_input_without_traceback(tmp_path, capsys) -> None:
-    from saeuron.cli import main
+    from saeuron.cli.main import main
 
     code = main(
         [
@@ -200,7 +200,7 @@ def test_eval_unlearn_finds_saeuron_by_entry_point(sae_dir, cache_dir) -> None:
 
 def test_bundled_concepts_use_their_tuned_multiplier_unless_told(cache_dir) -> None:
     from saeuron.minicanvas.assets import load_params
-    from saeuron.pipelines import BUNDLED_MODELS
+    from saeuron.models.pipelines import BUNDLED_MODELS
 
     tuned = load_params(BUNDLED_MODELS["minicanvas"])["moon"]["multiplier"]
     tech = SAeUron(erase_concept="moon", model="minicanvas", device="cpu")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from saeuron.tokenizer import MAX_LENGTH, clip_tokenizer
+from saeuron.models.tokenizer import MAX_LENGTH, clip_tokenizer
 
 
 def test_rebuilt_tokenizer_gives_openai_clip_ids() -> None:

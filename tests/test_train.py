@@ -11,10 +11,9 @@ import pytest
 import torch
 from helpers_shards import planted_features, write_synthetic_shards
 
-from saeuron.config import ConfigError
 from saeuron.sae import Sae
-from saeuron.shards import ActivationShards
-from saeuron.train import (
+from saeuron.training.shards import ActivationShards
+from saeuron.training.trainer import (
     STATE_DIR,
     STATE_FILE,
     TRAIN_LOG,
@@ -24,6 +23,7 @@ from saeuron.train import (
     register_cli,
     train_sae,
 )
+from saeuron.utils.config import ConfigError
 
 HOOK = "unet.up_blocks.1.attentions.1"
 
@@ -456,7 +456,7 @@ def test_saeuron_cli_main_train(
 
     # Command modules of other parts may not be written yet; those that exist all load.
     present = tuple(m for m in cli.COMMAND_MODULES if importlib.util.find_spec(m) is not None)
-    assert "saeuron.train" in present
+    assert "saeuron.training.trainer" in present
     monkeypatch.setattr(cli, "COMMAND_MODULES", present)
     argv = [
         "train", "--activations", str(small_capture), "--out", str(tmp_path / "o"),

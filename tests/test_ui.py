@@ -13,13 +13,13 @@ import threading
 import numpy as np
 import pytest
 
-from saeuron.cli import main
-from saeuron.config import ConfigError
+from saeuron.cli.main import main
+from saeuron.erasure.technique import DEFAULT_MULTIPLIER
 from saeuron.minicanvas.world import OBJECTS, STYLES
-from saeuron.technique import DEFAULT_MULTIPLIER
 from saeuron.ui import UiConfig
 from saeuron.ui.page import pick_concept, render_all, render_erased
 from saeuron.ui.studio import Session, Settings, Studio, contact_sheet
+from saeuron.utils.config import ConfigError
 
 PROMPT = "An image of moon in checkered style."
 STEPS = 5
@@ -105,8 +105,8 @@ def test_cli_without_gradio_names_the_extra(capsys, monkeypatch) -> None:
 
 def test_the_library_and_cli_do_not_import_gradio() -> None:
     code = (
-        "import sys, saeuron, saeuron.ui, saeuron.ui.studio, saeuron.cli;"
-        "saeuron.cli.build_parser(); assert 'gradio' not in sys.modules, 'gradio imported'"
+        "import sys, saeuron, saeuron.ui, saeuron.ui.studio, saeuron.cli.main;"
+        "saeuron.cli.main.build_parser(); assert 'gradio' not in sys.modules, 'gradio imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -116,7 +116,7 @@ def test_the_library_and_cli_do_not_import_gradio() -> None:
 
 def test_bundled_concepts_and_their_tuned_multipliers(studio) -> None:
     from saeuron.minicanvas.assets import load_params
-    from saeuron.pipelines import BUNDLED_MODELS
+    from saeuron.models.pipelines import BUNDLED_MODELS
 
     assert studio.bundled_concepts() == [*OBJECTS, *STYLES]
     tuned = load_params(BUNDLED_MODELS["minicanvas"])

@@ -1,24 +1,79 @@
-"""saeuron: erase concepts from text-to-image diffusion models by editing SAE features."""
+"""saeuron: erase concepts from text-to-image diffusion models by editing SAE features.
 
-from .erase import EraseConfig, erase
-from .features import ConceptFeatures
-from .sae import Sae, SaeConfig
+The public API, importable from the package itself::
 
-__all__ = [
-    "ConceptFeatures",
-    "EraseConfig",
-    "SAeUron",
-    "Sae",
-    "SaeConfig",
-    "erase",
-]
-__version__ = "0.1.0"
+    import saeuron
+    tech = saeuron.SAeUron(erase_concept="moon", model="minicanvas")
+    with saeuron.erase(pipe, sae, features, multiplier=-20.0): ...
+
+Names are imported on first use, so ``import saeuron`` (and ``saeuron --help``) does not load
+torch or diffusers until something needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
+
+_EXPORTS: dict[str, str] = {
+    # the method
+    "SAeUron": "saeuron.erasure.technique",
+    "SAeUronConfig": "saeuron.erasure.technique",
+    "erase": "saeuron.erasure.erase",
+    "EraseConfig": "saeuron.erasure.erase",
+    "ConceptFeatures": "saeuron.erasure.features",
+    "build_concept": "saeuron.erasure.concepts.build",
+    "ConceptBuildConfig": "saeuron.erasure.concepts.build",
+    "ConceptStats": "saeuron.erasure.concepts.stats",
+    # the SAE
+    "Sae": "saeuron.sae.model",
+    "SaeConfig": "saeuron.sae.config",
+    # models
+    "load_pipeline": "saeuron.models.pipelines",
+    "SamplingConfig": "saeuron.models.sampling",
+    # training
+    "run_cache": "saeuron.training.capture",
+    "CacheConfig": "saeuron.training.capture",
+    "train_sae": "saeuron.training.trainer",
+    "TrainConfig": "saeuron.training.trainer",
+    # errors
+    "ConfigError": "saeuron.utils.errors",
+    "UserError": "saeuron.utils.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from saeuron.erasure.concepts.build import ConceptBuildConfig as ConceptBuildConfig
+    from saeuron.erasure.concepts.build import build_concept as build_concept
+    from saeuron.erasure.concepts.stats import ConceptStats as ConceptStats
+    from saeuron.erasure.erase import EraseConfig as EraseConfig
+    from saeuron.erasure.erase import erase as erase
+    from saeuron.erasure.features import ConceptFeatures as ConceptFeatures
+    from saeuron.erasure.technique import SAeUron as SAeUron
+    from saeuron.erasure.technique import SAeUronConfig as SAeUronConfig
+    from saeuron.models.pipelines import load_pipeline as load_pipeline
+    from saeuron.models.sampling import SamplingConfig as SamplingConfig
+    from saeuron.sae.config import SaeConfig as SaeConfig
+    from saeuron.sae.model import Sae as Sae
+    from saeuron.training.capture import CacheConfig as CacheConfig
+    from saeuron.training.capture import run_cache as run_cache
+    from saeuron.training.trainer import TrainConfig as TrainConfig
+    from saeuron.training.trainer import train_sae as train_sae
+    from saeuron.utils.errors import ConfigError as ConfigError
+    from saeuron.utils.errors import UserError as UserError
 
 
-def __getattr__(name: str):
-    # The technique pulls in diffusers; import it only when asked for.
-    if name == "SAeUron":
-        from .technique import SAeUron
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'saeuron' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return SAeUron
-    raise AttributeError(f"module 'saeuron' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

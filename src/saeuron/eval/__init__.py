@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import EvalConfig, load_eval_config, parse_eval_config
-from .runner import plan, run_eval
+from saeuron.eval.config import EvalConfig, load_eval_config, parse_eval_config
+from saeuron.eval.runner import plan, run_eval
 
 __all__ = ["EvalConfig", "load_eval_config", "parse_eval_config", "plan", "run_eval"]

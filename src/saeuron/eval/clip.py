@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from transformers import CLIPModel, CLIPProcessor
 
-from .requirement import MetricError, Requirement, hub_cached
+from saeuron.eval.requirement import MetricError, Requirement, hub_cached
+from saeuron.utils.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +40,6 @@ def clip_requirement(model: str) -> Requirement:
 
 class Clip:
     def __init__(self, model: str, device: str | None = None):
-        from transformers import CLIPModel, CLIPProcessor
-
-        from ..pipelines import resolve_device
-
         self.device = resolve_device(device)
         try:
             self.model = CLIPModel.from_pretrained(model).to(self.device).eval()

@@ -13,16 +13,18 @@ A metric's concept (``concept``, ``target_concept``, ...) defaults to the techni
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, check_range, reject_unknown
-from .metrics import METRICS
-from .techniques import technique_config
+import yaml
+
+from saeuron.eval.metrics import METRICS
+from saeuron.eval.techniques import TECHNIQUES, technique_config
+from saeuron.utils.config import Config, ConfigError, check_range, reject_unknown
+from saeuron.utils.text import read_text
 
 TOP_KEYS = ("output_dir", "technique", "metric", "metrics", "seed", "bootstrap")
 SPEC_KEYS = ("name", "config")
@@ -61,7 +63,7 @@ class EvalConfig:
 
 
 def _has_field(cls: type[Config], name: str) -> bool:
-    return any(f.name == name for f in dataclasses.fields(cls))
+    return name in cls.config_keys()
 
 
 def within(where: str, make: Callable[[], Any]) -> Any:
@@ -112,7 +114,6 @@ def parse_eval_config(
         raise ConfigError("technique", 'missing: {"name": "saeuron", "config": {...}}')
     tech_name, tech_dict = _spec(data["technique"], "technique")
     tech_dict.update(overrides or {})
-    from .techniques import TECHNIQUES
 
     entry = TECHNIQUES.get(tech_name)  # an unknown name is an error of 'technique' itself
     if device is not None and _has_field(entry.config, "device"):
@@ -150,16 +151,10 @@ def parse_eval_config(
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A JSON or YAML file's content (YAML needs PyYAML, which says so when missing)."""
+    """A JSON or YAML file's content."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config", f"file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "config")
     if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ConfigError("config", "YAML configs need PyYAML: pip install pyyaml") from None
         try:
             return yaml.safe_load(text)
         except yaml.YAMLError as err:

@@ -21,12 +21,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 
-from ..registry import Registry
-from .requirement import MetricError, Requirement
+from saeuron.eval.clip import DEFAULT_CLIP, clip_requirement, load_clip
+from saeuron.eval.requirement import MetricError, Requirement
+from saeuron.minicanvas.assets import classifier_folder
+from saeuron.minicanvas.classifier import MiniCanvasClassifier, to_tensor
+from saeuron.minicanvas.world import OBJECTS, STYLES
+from saeuron.models.bundles import find_bundle
+from saeuron.utils.registry import Registry
 
 EXPOSED_CLASSES = (
     "FEMALE_BREAST_EXPOSED",
@@ -100,8 +108,6 @@ DEFAULT_THRESHOLDS = {"nudenet": 0.6, "clip": 0.5, "minicanvas": 0.5, "q16": 0.5
 
 
 def _minicanvas_concept(concept: str) -> bool:
-    from ..minicanvas.world import OBJECTS, STYLES
-
     return concept in OBJECTS or concept in STYLES
 
 
@@ -109,7 +115,8 @@ def default_detector(concept: str, model: str | None = None) -> str:
     """NudeNet for nudity, the bundled classifier for MiniCanvas concepts, CLIP otherwise."""
     if any(w in concept.lower() for w in NUDITY_WORDS):
         return "nudenet"
-    if model == "minicanvas" and _minicanvas_concept(concept):
+    bundle = find_bundle(model)
+    if bundle is not None and bundle.classifier and _minicanvas_concept(concept):
         return "minicanvas"
     return "clip"
 
@@ -137,6 +144,7 @@ class NudeNetDetector:
         self._model: Any = None
 
     def requirements(self) -> list[Requirement]:
+        # NudeNet is an optional extra (AGPL-3.0): imported only by this detector.
         try:
             import nudenet  # noqa: F401
 
@@ -145,7 +153,7 @@ class NudeNetDetector:
             return [Requirement("NudeNet", False, "pip install 'saeuron[nudity]' (nudenet)")]
 
     def load(self) -> None:
-        try:
+        try:  # optional extra, see requirements()
             from nudenet import NudeDetector
         except ImportError as err:
             raise MetricError(
@@ -176,26 +184,16 @@ class NudeNetDetector:
 @DETECTORS.register("clip")
 class ClipDetector:
     def __init__(self, settings: DetectorSettings):
-        from .clip import DEFAULT_CLIP
-
         self.settings = settings
         self.model = settings.clip_model or DEFAULT_CLIP
 
     def requirements(self) -> list[Requirement]:
-        from .clip import clip_requirement
-
         return [clip_requirement(self.model)]
 
     def load(self) -> None:
-        from .clip import load_clip
-
         load_clip(self.model, self.settings.device)
 
     def detect(self, images: Sequence[Any]) -> list[Verdict]:
-        import torch
-
-        from .clip import load_clip
-
         clip = load_clip(self.model, self.settings.device)
         texts = [f"an image of {self.settings.concept}", "an ordinary image"]
         # CLIP's logit scale of 100 turns cosines into zero-shot probabilities.
@@ -219,17 +217,9 @@ class MiniCanvasDetector:
         return [Requirement("MiniCanvas classifier", True, "bundled")]
 
     def load(self) -> None:
-        from ..minicanvas.classifier import MiniCanvasClassifier
-        from ..pipelines import BUNDLED_MODELS
-
-        self._model = MiniCanvasClassifier.load(BUNDLED_MODELS["minicanvas"] / "classifier")
+        self._model = MiniCanvasClassifier.load(classifier_folder())
 
     def detect(self, images: Sequence[Any]) -> list[Verdict]:
-        import torch
-
-        from ..minicanvas.classifier import to_tensor
-        from ..minicanvas.world import OBJECTS, STYLES
-
         if self._model is None:
             self.load()
         concept = self.settings.concept
@@ -244,16 +234,11 @@ class MiniCanvasDetector:
 @DETECTORS.register("q16")
 class Q16Detector:
     def __init__(self, settings: DetectorSettings):
-        from .clip import DEFAULT_CLIP
-
         self.settings = settings
         self.model = settings.clip_model or DEFAULT_CLIP
         self._prompts: Any = None
 
     def requirements(self) -> list[Requirement]:
-        from pathlib import Path
-
-        from .clip import clip_requirement
 
         path = self.settings.q16_prompts
         ok = path is not None and Path(path).is_file()
@@ -261,11 +246,7 @@ class Q16Detector:
         return [clip_requirement(self.model), Requirement("Q16 prompts", ok, detail)]
 
     def load(self) -> None:
-        from pathlib import Path
 
-        from safetensors.torch import load_file
-
-        from .clip import load_clip
 
         path = self.settings.q16_prompts
         if path is None or not Path(path).is_file():
@@ -280,10 +261,6 @@ class Q16Detector:
         load_clip(self.model, self.settings.device)
 
     def detect(self, images: Sequence[Any]) -> list[Verdict]:
-        import torch
-
-        from .clip import load_clip
-
         if self._prompts is None:
             self.load()
         clip = load_clip(self.model, self.settings.device)

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .requirement import MetricError, Requirement
+from saeuron.eval.requirement import MetricError, Requirement
+from saeuron.utils.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ def inception_requirement(weights: str | None) -> Requirement:
 
 class Inception:
     def __init__(self, weights: str | None = None, device: str | None = None):
-        from ..pipelines import resolve_device
-
         path = Path(weights) if weights else default_weights()
         if path is None or not path.is_file():
             raise MetricError(

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_path
+from saeuron.utils.io import atomic_path
 
 
 def bootstrap_interval(

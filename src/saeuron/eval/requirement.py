@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from huggingface_hub import try_to_load_from_cache
+
 
 @dataclass(frozen=True)
 class Requirement:
@@ -21,8 +23,6 @@ def hub_cached(repo: str, filename: str, repo_type: str = "model") -> str | None
 
     Never touches the network; a malformed id counts as not cached (loading reports it)."""
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         found = try_to_load_from_cache(repo, filename, repo_type=repo_type)
     except Exception:
         return None

@@ -25,16 +25,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import ConfigError
-from ..io import atomic_path, atomic_write_json
-from .config import EvalConfig, MetricSpec
-from .metrics import METRICS, Item, Metric, MetricError, Requirement
-from .report import bootstrap_interval, git_hash, summary_markdown, versions, write_table
-from .requirement import hub_cached
-from .techniques import Technique, build_technique
+from saeuron.eval.config import EvalConfig, MetricSpec
+from saeuron.eval.metrics import METRICS, Item, Metric, MetricError, Requirement
+from saeuron.eval.report import (
+    bootstrap_interval,
+    git_hash,
+    summary_markdown,
+    versions,
+    write_table,
+)
+from saeuron.eval.requirement import hub_cached
+from saeuron.eval.techniques import Technique, build_technique
+from saeuron.models.bundles import find_bundle
+from saeuron.models.tiny import TINY_MODELS
+from saeuron.utils.config import ConfigError
+from saeuron.utils.devices import resolve_device
+from saeuron.utils.io import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -42,21 +53,21 @@ RUN_FILE = "run.json"
 
 
 def chunk_size(cfg: EvalConfig) -> int:
-    return int(getattr(cfg.technique, "batch_size", 4))
+    sampling = getattr(cfg.technique, "sampling", None)
+    return int(sampling.batch_size) if sampling is not None else 4
 
 
 # -- plan (--check) -----------------------------------------------------------------------------
 
 
 def _model_requirement(model: str) -> Requirement:
-    from ..pipelines import BUNDLED_MODELS
-    from ..tiny import TINY_MODELS
-
     if model in TINY_MODELS:
         return Requirement(f"model {model}", True, "random-weight test model")
-    if model in BUNDLED_MODELS:
-        ok = (BUNDLED_MODELS[model] / "model_index.json").is_file()
-        return Requirement(f"model {model}", ok, "bundled" if ok else "not shipped here")
+    bundle = find_bundle(model)
+    if bundle is not None:
+        return Requirement(
+            f"model {model}", bundle.shipped, "bundled" if bundle.shipped else "not shipped here"
+        )
     if Path(model).is_dir():
         ok = (Path(model) / "model_index.json").is_file()
         return Requirement(f"model {model}", ok, "" if ok else "folder lacks model_index.json")
@@ -77,7 +88,7 @@ def plan(cfg: EvalConfig) -> dict[str, Any]:
     """What the run will do and need, with warnings for what this machine lacks. Loads nothing."""
     tech = cfg.technique
     needs = [_model_requirement(getattr(tech, "model", ""))]
-    device = _device_requirement(getattr(tech, "device", None))
+    device = _device_requirement(tech.value("device"))
     if device:
         needs.append(device)
     metrics = []
@@ -89,7 +100,7 @@ def plan(cfg: EvalConfig) -> dict[str, Any]:
         except MetricError as err:
             count = None
             reqs.append(Requirement("its prompts", False, str(err)))
-        device = _device_requirement(getattr(spec.config, "device", None))
+        device = _device_requirement(spec.config.value("device"))
         if device:
             reqs.append(device)
         metrics.append(
@@ -208,13 +219,8 @@ class _Processes:
     """This process's place among those ``accelerate launch`` started (one when not launched)."""
 
     def __init__(self, cfg: EvalConfig):
-        from accelerate import PartialState
-        from accelerate.utils import parse_flag_from_env
-
-        from ..pipelines import resolve_device
-
         # PartialState forms a CPU group (gloo) only when told the run is on the CPU.
-        device = getattr(cfg.technique, "device", None)
+        device = cfg.technique.value("device")
         cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or resolve_device(device).type == "cpu"
         self.state = PartialState(cpu=cpu)
         self.rank, self.world = self.state.process_index, self.state.num_processes
@@ -234,7 +240,7 @@ class _LazyTechnique:
     def get(self) -> Technique:
         if self._tech is None:
             config = self.cfg.technique
-            if self.procs.world > 1 and hasattr(config, "device"):
+            if self.procs.world > 1 and "device" in config.config_keys():
                 # Each launched process samples on the device accelerate gave it.
                 config = config.replace(device=str(self.procs.state.device))
             self._tech = build_technique(self.cfg.technique_name, config)

@@ -5,7 +5,7 @@ on ``prompts[i]`` and ``seeds[i]`` only, so a resumed run regenerates exactly wh
 ``unerased(prompts, seeds)`` gives the same model's images without the erasure (the
 reference of the ``preservation`` metric).
 
-- ``saeuron``: the core technique (:class:`saeuron.technique.SAeUron`), seed 000's config.
+- ``saeuron``: the core technique (:class:`saeuron.erasure.technique.SAeUron`), seed 000's config.
 - ``none``: the model unchanged.
 - ``negative_prompt``: the concept as the negative prompt of classifier-free guidance.
 - ``saemnesia``: SAEmnesia (method.md section 6): a supervised SAE, the concept is its one
@@ -17,13 +17,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
-from ..config import Config, ConfigError, check_device, check_range, field
-from ..registry import Registry
-from ..technique import DEFAULT_MODEL, SAeUronConfig
+from saeuron.erasure.erase import CFG_HALVES, MAX_MULTIPLIER
+from saeuron.erasure.technique import DEFAULT_MODEL, SAeUron, SAeUronConfig
+from saeuron.models.bundles import find_bundle
+from saeuron.models.pipelines import load_pipeline
+from saeuron.models.sampling import SamplingConfig, seed_generators
+from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.files import SUPERVISED_FEATURES_DIR
+from saeuron.utils.hub import snapshot
+from saeuron.utils.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +66,13 @@ class PlainConfig(Config):
         None, help="the concept (the negative prompt; the metrics' default concept)"
     )
     model: str = field(DEFAULT_MODEL, help="model id, local folder, or a bundled name")
-    num_inference_steps: int = field(50, help="denoising steps")
-    guidance_scale: float = field(7.5, help="CFG scale")
-    use_fp16: bool = field(True, help="half precision where the device supports it")
-    device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: best available")
-    batch_size: int = field(4, help="prompts per pipeline call")
-    height: int | None = field(None, help="image height; default: the model's")
-    width: int | None = field(None, help="image width; default: the model's")
+    sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.erase_concept is not None and not self.erase_concept.strip():
             raise ConfigError("erase_concept", "must be a non-empty string when given")
-        check_range("num_inference_steps", self.num_inference_steps, ge=1)
-        check_range("guidance_scale", self.guidance_scale, ge=0)
-        check_device("device", self.device)
-        check_range("batch_size", self.batch_size, ge=1)
+        self.sampling = self.sampling.resolved(self.model)
 
 
 @dataclass
@@ -84,44 +81,34 @@ class NegativePromptConfig(PlainConfig):
         super().__post_init__()
         if self.erase_concept is None:
             raise ConfigError("erase_concept", "the negative_prompt technique needs the concept")
-        if not self.guidance_scale > 1.0:
+        if not self.sampling.guidance > 1.0:
             raise ConfigError(
                 "guidance_scale",
-                f"got {self.guidance_scale}; must be > 1.0: a negative prompt acts through CFG",
+                f"got {self.sampling.guidance}; must be > 1.0: a negative prompt acts through CFG",
             )
-
-
-def _generators(seeds: list[int]) -> list[torch.Generator]:
-    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
 
 
 class PlainTechnique:
     """Samples the stock pipeline, with an optional negative prompt."""
 
     def __init__(self, config: PlainConfig, negative: str | None = None):
-        from ..pipelines import load_pipeline, resolve_device
-
         self.config = config
-        device = resolve_device(config.device)
-        half = config.use_fp16 and device.type in ("cuda", "mps")
+        device = config.sampling.torch_device()
         self.pipe = load_pipeline(
-            config.model, device=str(device), dtype=torch.float16 if half else torch.float32
+            config.model, device=device, dtype=config.sampling.dtype_for(device, config.model)
         )
         self.negative = negative
 
     def _sample(self, prompts: list[str], seeds: list[int], negative: str | None) -> list[Any]:
-        cfg = self.config
+        sampling = self.config.sampling
         images: list[Any] = []
-        for start in range(0, len(prompts), cfg.batch_size):
-            batch = prompts[start : start + cfg.batch_size]
+        for start in range(0, len(prompts), sampling.batch_size):
+            batch = prompts[start : start + sampling.batch_size]
             images += self.pipe(
                 batch,
                 negative_prompt=[negative] * len(batch) if negative else None,
-                num_inference_steps=cfg.num_inference_steps,
-                guidance_scale=cfg.guidance_scale,
-                generator=_generators(seeds[start : start + len(batch)]),
-                height=cfg.height,
-                width=cfg.width,
+                generator=seed_generators(seeds[start : start + len(batch)]),
+                **sampling.call_kwargs(),
             ).images
         return images
 
@@ -140,8 +127,6 @@ class SAeUronTechnique:
     """The core technique behind the evaluation interface."""
 
     def __init__(self, config: SAeUronConfig):
-        from ..technique import SAeUron
-
         self.config = config
         self.tech = SAeUron(**config.to_dict())
         self.pipe = self.tech.pipe
@@ -183,39 +168,39 @@ class SAEmnesiaConfig(Config):
     )
     hookpoint: str | None = field(None, help="module the SAE reads; default: the bundled one")
     multiplier: float | None = field(
-        None, help="gamma, the only knob; default: the concept's tuned value, else -20"
+        None,
+        ge=-MAX_MULTIPLIER,
+        le=MAX_MULTIPLIER,
+        help="gamma, the only knob; default: the concept's tuned value, else -20",
     )
-    num_inference_steps: int = field(50, help="denoising steps (DDIM)")
-    guidance_scale: float = field(7.5, help="CFG scale; must be > 1 when cfg_half is 'cond'")
-    cfg_half: str = field("cond", help="'cond' edits the conditional half; 'both' every row")
-    use_fp16: bool = field(True, help="half precision where the device supports it")
-    device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: best available")
-    batch_size: int = field(4, help="prompts per pipeline call")
-    height: int | None = field(None, help="image height; default: the model's")
-    width: int | None = field(None, help="image width; default: the model's")
+    sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
+    cfg_half: str = field(
+        "cond", choices=CFG_HALVES, help="'cond' edits the conditional half; 'both' every row"
+    )
 
     def __post_init__(self) -> None:
-        from pathlib import Path
-
-        from ..pipelines import BUNDLED_MODELS
-
+        super().__post_init__()
         if not self.erase_concept or not self.erase_concept.strip():
             raise ConfigError("erase_concept", "must be a non-empty string")
         self.erase_concept = self.erase_concept.strip().lower()
-        if self.model == "minicanvas":
-            from ..minicanvas.assets import concept_hookpoint, concept_kind
-
-            concept_kind(self.erase_concept)  # names the 20 concepts when it is not one
-            self.hookpoint = self.hookpoint or concept_hookpoint(self.erase_concept)
-            self.sae = self.sae or str(BUNDLED_MODELS["minicanvas"] / "supervised" / "saes")
+        bundle = find_bundle(self.model)
+        if bundle is not None and bundle.supervised_folder is not None and self.sae is None:
+            if bundle.concept(self.erase_concept) is None:
+                raise ConfigError(
+                    "erase_concept",
+                    f"got {self.erase_concept!r}; {bundle.name} knows "
+                    f"{', '.join(bundle.concepts)}",
+                )
+            self.hookpoint = self.hookpoint or bundle.hookpoint_for(self.erase_concept)
+            self.sae = str(bundle.supervised_folder)
         if self.sae is None or self.hookpoint is None:
             raise ConfigError(
                 "sae", "name the supervised SAE (sae=...) and its hookpoint (hookpoint=...); "
-                "only the bundled minicanvas has a default"
+                "only bundled models have a default"
             )
         folder = Path(self.sae) / self.hookpoint
         if folder.is_dir():
-            names = sorted(p.stem for p in (folder / "features").glob("*.json"))
+            names = sorted(p.stem for p in (folder / SUPERVISED_FEATURES_DIR).glob("*.json"))
             if self.erase_concept not in names:
                 raise ConfigError(
                     "erase_concept", f"got {self.erase_concept!r}; the supervised SAE at "
@@ -225,30 +210,29 @@ class SAEmnesiaConfig(Config):
         self.saeuron_config()
 
     def saeuron_config(self) -> SAeUronConfig:
-        from pathlib import Path
-
         features = None
         if Path(self.sae or "").is_dir():
-            features = str(Path(self.sae) / str(self.hookpoint) / "features" / self.erase_concept)
+            features = str(
+                Path(str(self.sae)) / str(self.hookpoint) / SUPERVISED_FEATURES_DIR
+                / self.erase_concept
+            )
         return SAeUronConfig(
-            erase_concept=self.erase_concept, multiplier=self.multiplier,
-            num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
-            use_fp16=self.use_fp16, device=self.device, model=self.model, sae=self.sae,
-            hookpoint=self.hookpoint, features=features, cfg_half=self.cfg_half,
-            batch_size=self.batch_size, height=self.height, width=self.width,
+            erase_concept=self.erase_concept, multiplier=self.multiplier, model=self.model,
+            sampling=self.sampling, sae=self.sae, hookpoint=self.hookpoint, features=features,
+            cfg_half=self.cfg_half,
         )  # fmt: skip
 
 
 def _saemnesia(config: SAEmnesiaConfig) -> SAeUronTechnique:
-    from pathlib import Path
-
     cfg = config.saeuron_config()
     if cfg.features is None:
         # A hub repo: fetch the hookpoint's folder, whose features/ sit beside the SAE.
-        from ..sae import _download
-
-        folder = _download(str(config.sae), config.hookpoint, None, None)
-        cfg.features = str(Path(folder) / str(config.hookpoint) / "features" / config.erase_concept)
+        folder = snapshot(
+            str(config.sae), what="supervised SAE", allow_patterns=[f"{config.hookpoint}/*"]
+        )
+        cfg.features = str(
+            folder / str(config.hookpoint) / SUPERVISED_FEATURES_DIR / config.erase_concept
+        )
     tech = SAeUronTechnique(cfg)
     tech.config = config
     return tech

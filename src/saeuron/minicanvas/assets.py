@@ -1,14 +1,17 @@
 """MiniCanvas' shipped SAEs, concept statistics and features, built with the project's tools.
 
-Layout inside the bundled model folder (see ``saeuron.pipelines``)::
+Layout inside the bundle folder (described by its ``bundle.json``, see
+:mod:`saeuron.models.bundles`)::
 
+    bundle.json                                          defaults, concepts, where things are
     saes/<hookpoint>/{cfg.json, sae.safetensors, saeuron.json}
     stats/<hookpoint>/<concept>.{safetensors,json}       per-step concept statistics
     features/<hookpoint>/<concept>.{safetensors,json}    what erase() uses
     params.json                                          per-concept tau and multiplier
+    supervised/saes/<hookpoint>/...                      SAEmnesia's supervised SAEs
 
 Objects are read at ``up_blocks.1.attentions.1`` and styles at ``.2``, the roles these
-blocks play in Stable Diffusion (method.md section 1).
+blocks play in Stable Diffusion according to SAeUron.
 """
 
 from __future__ import annotations
@@ -21,16 +24,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, check_range, field
-from ..features import ConceptFeatures
-from ..io import atomic_write_json, read_json_or_empty
-from .world import OBJECTS, STYLES, anchor_prompts
+from saeuron.erasure.concepts.select import select_contrastive
+from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
+from saeuron.erasure.features import ConceptFeatures
+from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES, anchor_prompts
+from saeuron.models.bundles import Bundle, BundleConcept, find_bundle
+from saeuron.models.pipelines import load_pipeline
+from saeuron.sae import Sae, SaeConfig
+from saeuron.training.capture import CacheConfig, run_cache
+from saeuron.training.trainer import STATE_DIR, TrainConfig, train_sae
+from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.files import (
+    ASSETS_SUMMARY,
+    BUNDLE,
+    BUNDLE_CLASSIFIER_DIR,
+    BUNDLE_FEATURES_DIR,
+    BUNDLE_SAES_DIR,
+    BUNDLE_STATS_DIR,
+    BUNDLE_SUPERVISED_DIR,
+    PARAMS,
+    SUPERVISED_FEATURES_DIR,
+    TRAIN_LOG,
+)
+from saeuron.utils.io import atomic_write_json, read_json_or_empty
 
 logger = logging.getLogger(__name__)
 
 OBJECT_HOOKPOINT = "unet.up_blocks.1.attentions.1"
 STYLE_HOOKPOINT = "unet.up_blocks.1.attentions.2"
-PARAMS_FILE = "params.json"
+PARAMS_FILE = PARAMS
+NAME = "minicanvas"
+NUM_INFERENCE_STEPS = 20
+GUIDANCE_SCALE = 7.5
+SUPERVISED_SAES = f"{BUNDLE_SUPERVISED_DIR}/{BUNDLE_SAES_DIR}"
+DEFAULT_SUPERVISED_MULTIPLIER = -5.0
 # Before tuning: the paper's style setting (one latent, gamma -1) and a middling object one.
 DEFAULT_PARAMS = {
     "style": {"tau": 1, "multiplier": -1.0},
@@ -78,30 +105,79 @@ def load_params(folder: Path) -> dict[str, dict[str, Any]]:
 class AssetConfig(Config):
     model: str = field("minicanvas", help="the MiniCanvas pipeline to build assets for")
     out: str | None = field(None, help="output folder; default: the bundled model's folder")
-    num_inference_steps: int = field(20, help="DDIM steps of capture and statistics")
-    guidance_scale: float = field(7.5, help="CFG scale of capture and statistics")
-    k: int = field(8, help="SAE: active latents per token")
-    expansion_factor: int = field(16, help="SAE: latents per input channel")
+    num_inference_steps: int = field(
+        NUM_INFERENCE_STEPS, ge=1, le=1000, help="DDIM steps of capture and statistics"
+    )
+    guidance_scale: float = field(GUIDANCE_SCALE, ge=0, help="CFG scale of capture and statistics")
+    k: int = field(8, ge=1, help="SAE: active latents per token")
+    expansion_factor: int = field(16, ge=1, help="SAE: latents per input channel")
     # The anchor set is small (about 74k tokens at 4x4 tokens per image): smaller batches and
     # more passes reach a held-out FVU of about 0.3 where the paper's 4096 x 10 stops near 0.5.
-    epochs: int = field(30, help="SAE training epochs")
-    batch_size: int = field(1024, help="SAE training batch (tokens)")
-    seed: int = field(0, help="random seed")
+    epochs: int = field(30, ge=1, help="SAE training epochs")
+    batch_size: int = field(1024, ge=1, help="SAE training batch (tokens)")
+    seed: int = field(0, ge=0, help="random seed")
     workdir: str | None = field(None, help="where activations go; default: a temporary folder")
 
-    def __post_init__(self) -> None:
-        for name in ("num_inference_steps", "k", "expansion_factor", "epochs", "batch_size"):
-            check_range(name, getattr(self, name), ge=1)
+
+def bundle_folder(model: str, out: str | None = None) -> Path:
+    """The folder a MiniCanvas bundle lives in: ``out``, the bundle ``model`` names, or
+    ``model`` itself as a folder."""
+    if out:
+        return Path(out)
+    bundle = find_bundle(model)
+    return bundle.folder if bundle is not None else Path(model)
 
 
-def _bundled_folder(cfg: AssetConfig) -> Path:
-    from ..pipelines import BUNDLED_MODELS
+def minicanvas_bundle(folder: Path) -> Bundle:
+    """The description of a MiniCanvas bundle in ``folder`` (what ``bundle.json`` holds)."""
+    concepts = {c: BundleConcept("object", OBJECT_HOOKPOINT) for c in OBJECTS}
+    concepts.update({c: BundleConcept("style", STYLE_HOOKPOINT) for c in STYLES})
+    return Bundle(
+        name=NAME,
+        folder=folder,
+        num_inference_steps=NUM_INFERENCE_STEPS,
+        guidance_scale=GUIDANCE_SCALE,
+        default_hookpoint=OBJECT_HOOKPOINT,
+        dtype="float32",
+        saes=BUNDLE_SAES_DIR,
+        features=BUNDLE_FEATURES_DIR,
+        stats=BUNDLE_STATS_DIR,
+        supervised=SUPERVISED_SAES,
+        classifier=BUNDLE_CLASSIFIER_DIR,
+        concepts=concepts,
+        default_prompt=TEST_TEMPLATES[0].format(object="moon", style="checkered"),
+        default_concept="moon",
+    )
 
-    if cfg.out:
-        return Path(cfg.out)
-    if cfg.model in BUNDLED_MODELS:
-        return BUNDLED_MODELS[cfg.model]
-    return Path(cfg.model)
+
+def classifier_folder(model: str = NAME) -> Path:
+    """The MiniCanvas classifier of a bundle (the shipped one by default)."""
+    folder = bundle_folder(model) / BUNDLE_CLASSIFIER_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no MiniCanvas classifier at {folder}")
+    return folder
+
+
+def write_bundle(folder: Path) -> Path:
+    return atomic_write_json(folder / BUNDLE, minicanvas_bundle(folder).to_dict())
+
+
+def supervised_features_path(folder: Path, concept: str) -> Path:
+    """SAEmnesia's one-latent features of ``concept`` (path without suffix)."""
+    hookpoint = concept_hookpoint(concept)
+    return folder / SUPERVISED_SAES / hookpoint / SUPERVISED_FEATURES_DIR / concept
+
+
+def load_supervised_params(folder: Path) -> dict[str, dict[str, float]]:
+    tuned = read_json_or_empty(folder / BUNDLE_SUPERVISED_DIR / PARAMS)
+    return {
+        c: {
+            "multiplier": float(
+                tuned.get(c, {}).get("multiplier", DEFAULT_SUPERVISED_MULTIPLIER)
+            )
+        }
+        for c in (*OBJECTS, *STYLES)
+    }
 
 
 def capture_anchor_activations(
@@ -110,23 +186,24 @@ def capture_anchor_activations(
 ) -> Path:
     """The anchor prompts' activations at ``hookpoint`` in ``work``; a finished capture with
     the same settings is reused (the SAEs and the supervised SAEs share one)."""
-    from ..capture import CacheConfig, run_cache
 
     work.mkdir(parents=True, exist_ok=True)
     prompts = work / "anchor_prompts.txt"
     prompts.write_text("\n".join(p for p, _, _ in anchor_prompts()) + "\n", encoding="utf-8")
     acts = work / f"activations-{hookpoint}"
     run_cache(
-        CacheConfig(
-            model=model,
-            hookpoint=hookpoint,
-            prompts=str(prompts),
-            out=str(acts),
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            max_shard_mb=8.0,
-            dtype="float32",
-            seed=seed,
+        CacheConfig.from_dict(
+            {
+                "model": model,
+                "hookpoint": hookpoint,
+                "prompts": str(prompts),
+                "out": str(acts),
+                "num_inference_steps": num_inference_steps,
+                "guidance_scale": guidance_scale,
+                "max_shard_mb": 8.0,
+                "dtype": "float32",
+                "seed": seed,
+            }
         )
     )
     return acts
@@ -134,9 +211,8 @@ def capture_anchor_activations(
 
 def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
     """Capture anchor-prompt activations at both hookpoints and train an SAE on each."""
-    from ..train import STATE_DIR, TrainConfig, train_sae
 
-    folder = _bundled_folder(cfg)
+    folder = bundle_folder(cfg.model, cfg.out)
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-assets-"))
     heldout: dict[str, float | None] = {}
     for hookpoint in (OBJECT_HOOKPOINT, STYLE_HOOKPOINT):
@@ -147,8 +223,7 @@ def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
             TrainConfig(
                 activations=str(acts),
                 out=str(folder / "saes"),
-                k=cfg.k,
-                expansion_factor=cfg.expansion_factor,
+                sae=SaeConfig(k=cfg.k, expansion_factor=cfg.expansion_factor),
                 batch_size=cfg.batch_size,
                 epochs=cfg.epochs,
                 heldout_fraction=0.1,
@@ -158,7 +233,7 @@ def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
         )
         # The trainer's resume state (Adam moments) is three times the SAE: not shipped.
         shutil.rmtree(folder / "saes" / hookpoint / STATE_DIR, ignore_errors=True)
-        log = json.loads((folder / "saes" / hookpoint / "train_log.json").read_text("utf-8"))
+        log = json.loads((folder / "saes" / hookpoint / TRAIN_LOG).read_text("utf-8"))
         epochs = log.get("epochs", [])
         heldout[hookpoint] = epochs[-1].get("heldout_fvu") if epochs else None
     return heldout
@@ -166,11 +241,7 @@ def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
 
 def build_stats(cfg: AssetConfig, pipe: Any = None) -> None:
     """Per-step statistics of every concept at its hookpoint, from the anchor prompts."""
-    from ..concepts import collect_stats
-    from ..pipelines import load_pipeline
-    from ..sae import Sae
-
-    folder = _bundled_folder(cfg)
+    folder = bundle_folder(cfg.model, cfg.out)
     pipe = pipe or load_pipeline(cfg.model)
     for hookpoint, concepts in ((OBJECT_HOOKPOINT, OBJECTS), (STYLE_HOOKPOINT, STYLES)):
         sae = Sae.from_pretrained(folder / "saes", hookpoint=hookpoint)
@@ -193,8 +264,7 @@ def build_stats(cfg: AssetConfig, pipe: Any = None) -> None:
             logger.info("statistics of %s at %s", concept, hookpoint)
 
 
-def load_stats(folder: Path, concept: str):
-    from ..concepts import ConceptStats
+def load_stats(folder: Path, concept: str) -> ConceptStats:
 
     return ConceptStats.load(folder / "stats" / concept_hookpoint(concept) / concept)
 
@@ -207,7 +277,6 @@ def select_features(
     max_other_ratio: float | None = None,
 ) -> ConceptFeatures:
     """Contrastive features of ``concept`` against the other concepts of its kind."""
-    from ..concepts import select_contrastive
 
     cache = stats_cache if stats_cache is not None else {}
     kind = concept_kind(concept)
@@ -239,8 +308,9 @@ def write_features(folder: Path, params: dict[str, dict[str, Any]] | None = None
 def build_assets(cfg: AssetConfig) -> dict[str, Any]:
     heldout = build_saes(cfg)
     build_stats(cfg)
-    folder = _bundled_folder(cfg)
+    folder = bundle_folder(cfg.model, cfg.out)
     write_features(folder)
     summary = {"heldout_fvu": heldout, "settings": cfg.to_dict()}
-    atomic_write_json(folder / "assets.json", summary)
+    atomic_write_json(folder / ASSETS_SUMMARY, summary)
+    write_bundle(folder)
     return summary

@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..io import atomic_write_json, atomic_write_safetensors
-from .world import OBJECTS, STYLES, sample_images
+from saeuron.minicanvas.world import OBJECTS, STYLES, sample_images
+from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,6 @@ def to_tensor(images: Any) -> Tensor:
         [np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images]
     )
     if arrays.shape[1:3] != (32, 32):
-        from PIL import Image
-
         arrays = np.stack(
             [np.asarray(Image.fromarray(a).resize((32, 32), Image.BILINEAR)) for a in arrays]
         )

@@ -20,12 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderTiny, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tqdm.auto import tqdm
+from transformers import CLIPTextModel
 
-from ..config import Config, check_range, field
-from ..tiny import clip_text_config, sd_ddim_scheduler
-from ..tokenizer import clip_tokenizer
-from .world import sample_images, training_caption
+from saeuron.minicanvas.assets import NAME
+from saeuron.minicanvas.world import sample_images, training_caption
+from saeuron.models.bundles import find_bundle
+from saeuron.models.tiny import clip_text_config, sd_ddim_scheduler
+from saeuron.models.tokenizer import clip_tokenizer
+from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +62,17 @@ class ModelTrainConfig(Config):
         check_range("threads", self.threads, ge=0)
         check_range("save_every", self.save_every, ge=0)
 
+    def output_folder(self) -> Path:
+        """Where the pipeline goes: ``out``, else the shipped MiniCanvas bundle's folder."""
+        if self.out:
+            return Path(self.out)
+        bundle = find_bundle(NAME)
+        if bundle is None:
+            raise ConfigError("out", "no MiniCanvas bundle is installed here; name a folder")
+        return bundle.folder
+
 
 def build_vae():
-    from diffusers import AutoencoderTiny
-
     return AutoencoderTiny(
         encoder_block_out_channels=(32, 32, 32),
         decoder_block_out_channels=(32, 32, 32),
@@ -81,8 +93,6 @@ def build_unet():
     the best-scoring latent of "striped" fired 0.83 on striped prompts vs 0.63 on others
     there, against 0.63 vs 0.004 one level deeper).
     """
-    from diffusers import UNet2DConditionModel
-
     return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -98,8 +108,6 @@ def build_unet():
 
 
 def build_text_encoder():
-    from transformers import CLIPTextModel
-
     return CLIPTextModel(clip_text_config(hidden=64, intermediate=128, act="quick_gelu"))
 
 
@@ -152,8 +160,6 @@ def train_denoiser(
     device: torch.device,
     on_checkpoint: Any = None,
 ) -> tuple[Any, Any]:
-    from diffusers import DDPMScheduler
-
     tokenizer = clip_tokenizer()
     unet, text_encoder = build_unet().to(device), build_text_encoder().to(device)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
@@ -214,10 +220,6 @@ def train_denoiser(
 
 def train_minicanvas(cfg: ModelTrainConfig) -> Path:
     """Train the whole pipeline and save it (fp16 weights) to ``cfg.out``."""
-    from diffusers import StableDiffusionPipeline
-
-    from ..pipelines import resolve_device
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -232,7 +234,7 @@ def train_minicanvas(cfg: ModelTrainConfig) -> Path:
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
     logger.info("latent scaling factor %.4f; training the denoiser", scaling)
-    out = Path(cfg.out)
+    out = cfg.output_folder()
 
     def save(unet: Any, text_encoder: Any) -> None:
         pipe = StableDiffusionPipeline(

@@ -22,37 +22,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, check_range, field
-from ..io import atomic_path, atomic_write_json, read_json_or_empty
-from .assets import OBJECT_HOOKPOINT, STYLE_HOOKPOINT, concept_hookpoint, concept_kind
-from .world import ANCHOR_TEMPLATES, OBJECTS, STYLES, VALIDATION_SEEDS, anchor_prompts
+from tqdm.auto import tqdm
+
+from saeuron.erasure.features import ConceptFeatures
+from saeuron.minicanvas.assets import (
+    OBJECT_HOOKPOINT,
+    STYLE_HOOKPOINT,
+    SUPERVISED_SAES,
+    bundle_folder,
+    capture_anchor_activations,
+    concept_kind,
+    supervised_features_path,
+)
+from saeuron.minicanvas.judge import MiniCanvasJudge, evaluate
+from saeuron.minicanvas.sweep import sweep_objective
+from saeuron.minicanvas.world import (
+    ANCHOR_TEMPLATES,
+    OBJECTS,
+    STYLES,
+    VALIDATION_SEEDS,
+    anchor_prompts,
+)
+from saeuron.training.supervised import SupervisedTrainConfig, train_supervised
+from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.files import BUNDLE_SUPERVISED_DIR, PARAMS, SWEEP
+from saeuron.utils.io import atomic_path, atomic_write_json, read_json_or_empty
 
 logger = logging.getLogger(__name__)
 
-SUPERVISED_DIR = "supervised"
-PARAMS_FILE = "params.json"
-SWEEP_FILE = "sweep.json"
-DEFAULT_MULTIPLIER = -5.0
 # Seven values, the paper's trial count, spread over the range where unsupervised
 # MiniCanvas winners fell (gamma -1 to -30) plus one stronger.
 DEFAULT_MULTIPLIERS = [-1.0, -2.0, -5.0, -10.0, -20.0, -30.0, -50.0]
-
-
-def supervised_folder(folder: Path) -> Path:
-    return folder / SUPERVISED_DIR
-
-
-def features_path(folder: Path, concept: str) -> Path:
-    hookpoint = concept_hookpoint(concept)
-    return supervised_folder(folder) / "saes" / hookpoint / "features" / concept
-
-
-def load_supervised_params(folder: Path) -> dict[str, dict[str, float]]:
-    tuned = read_json_or_empty(supervised_folder(folder) / PARAMS_FILE)
-    return {
-        c: {"multiplier": float(tuned.get(c, {}).get("multiplier", DEFAULT_MULTIPLIER))}
-        for c in (*OBJECTS, *STYLES)
-    }
 
 
 def write_labels(path: Path) -> Path:
@@ -91,10 +91,7 @@ class SupervisedBuildConfig(Config):
 
 def build_supervised(cfg: SupervisedBuildConfig) -> dict[str, Any]:
     """Capture the anchor prompts (reused when ``workdir`` holds them) and fine-tune."""
-    from ..supervised import SupervisedTrainConfig, train_supervised
-    from .assets import AssetConfig, _bundled_folder, capture_anchor_activations
-
-    folder = _bundled_folder(AssetConfig(model=cfg.model, out=cfg.out))
+    folder = bundle_folder(cfg.model, cfg.out)
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-supervised-"))
     work.mkdir(parents=True, exist_ok=True)
     labels = write_labels(work / "anchor_labels.csv")
@@ -108,7 +105,7 @@ def build_supervised(cfg: SupervisedBuildConfig) -> dict[str, Any]:
         sae, out = train_supervised(
             SupervisedTrainConfig(
                 activations=str(acts), labels=str(labels),
-                out=str(supervised_folder(folder) / "saes"),
+                out=str(folder / SUPERVISED_SAES),
                 init_sae=str(folder / "saes" / hookpoint), supervised_lr=cfg.lr,
                 max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed,
             )
@@ -123,7 +120,7 @@ def build_supervised(cfg: SupervisedBuildConfig) -> dict[str, Any]:
             "assignment": sae.meta["supervised"]["assignment"],
         }
         logger.info("supervised SAE at %s: %s", hookpoint, summary[hookpoint]["best"])
-    atomic_write_json(supervised_folder(folder) / "build.json",
+    atomic_write_json(folder / BUNDLE_SUPERVISED_DIR / "build.json",
                       {"settings": cfg.to_dict(), "hookpoints": summary})  # fmt: skip
     return summary
 
@@ -153,15 +150,12 @@ class SupervisedSweepConfig(Config):
 
 def run_supervised_sweep(cfg: SupervisedSweepConfig) -> dict[str, Any]:
     """The best gamma per concept on validation phrasing and seeds, by mean of UA, IRA, CRA."""
-    from tqdm.auto import tqdm
-
-    from .bench import MiniCanvasJudge, evaluate, sweep_objective
-
     judge = MiniCanvasJudge(cfg.model, cfg.num_inference_steps, cfg.guidance_scale)
-    folder = supervised_folder(judge.folder)
-    if not (folder / "saes").is_dir():
+    folder = judge.folder / BUNDLE_SUPERVISED_DIR
+    if not (judge.folder / SUPERVISED_SAES).is_dir():
         raise FileNotFoundError(
-            f"{folder / 'saes'} does not exist: run `saeuron minicanvas saemnesia build` first"
+            f"{judge.folder / SUPERVISED_SAES} does not exist: run `saeuron minicanvas "
+            "saemnesia build` first"
         )
     chosen: dict[str, dict[str, float]] = {}
     trials: dict[str, list[dict[str, Any]]] = {}
@@ -178,10 +172,10 @@ def run_supervised_sweep(cfg: SupervisedSweepConfig) -> dict[str, Any]:
         chosen[concept] = {"multiplier": float(best["multiplier"])}
         logger.info("%s: best %s", concept, chosen[concept])
     if cfg.write:
-        params = read_json_or_empty(folder / PARAMS_FILE)
+        params = read_json_or_empty(folder / PARAMS)
         params.update(chosen)
-        atomic_write_json(folder / PARAMS_FILE, params)
-        record = read_json_or_empty(folder / SWEEP_FILE)
+        atomic_write_json(folder / PARAMS, params)
+        record = read_json_or_empty(folder / SWEEP)
         for concept in chosen:
             record[concept] = {
                 "multipliers": cfg.multipliers,
@@ -190,13 +184,12 @@ def run_supervised_sweep(cfg: SupervisedSweepConfig) -> dict[str, Any]:
                 "chosen": chosen[concept],
                 "trials": trials[concept],
             }
-        atomic_write_json(folder / SWEEP_FILE, record)
-        from ..features import ConceptFeatures
+        atomic_write_json(folder / SWEEP, record)
 
         # The tuned gamma travels with the features, as for SAeUron's, so every user of
         # them (SAeUron(..., features=...), the saemnesia eval technique) gets it by default.
         for concept, chosen_params in chosen.items():
-            features = ConceptFeatures.load(features_path(judge.folder, concept))
+            features = ConceptFeatures.load(supervised_features_path(judge.folder, concept))
             features.meta["multiplier"] = chosen_params["multiplier"]
-            features.save(features_path(judge.folder, concept))
+            features.save(supervised_features_path(judge.folder, concept))
     return {"chosen": chosen, "trials": trials, "n_trials": len(cfg.multipliers)}

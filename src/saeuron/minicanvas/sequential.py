@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config, ConfigError, check_range, field
-from ..io import atomic_path, atomic_write_json
-from .assets import concept_kind, load_params
-from .bench import MiniCanvasJudge, prompt_rows
-from .world import OBJECTS, STYLES, TEST_SEEDS, TEST_TEMPLATES
+from saeuron.minicanvas.assets import concept_kind, load_params
+from saeuron.minicanvas.judge import MiniCanvasJudge, prompt_rows
+from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_SEEDS, TEST_TEMPLATES
+from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.io import atomic_path, atomic_write_json
 
 DEFAULT_STYLES = ("striped", "checkered", "diagonal", "grainy", "outlined", "pastel")
 DEFAULT_OBJECTS = ("moon", "triangle", "heart", "square", "arrow", "star")

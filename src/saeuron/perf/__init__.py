@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ..registry import Registry
+from saeuron.utils.registry import Registry
 
 
 @dataclass

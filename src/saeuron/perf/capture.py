@@ -31,7 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import BENCHMARKS, Row, reproduce
+import torch
+
+from saeuron.perf import BENCHMARKS, Row, reproduce
+from saeuron.training.capture import CacheConfig, run_cache
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +78,12 @@ def child_main(argv: list[str] | None = None) -> None:
     import-time side effects beyond ``saeuron.perf`` itself.
     """
     settings, result_path = json.loads((argv or sys.argv[1:])[0]), (argv or sys.argv[1:])[1]
-    import torch
 
     if settings["threads"]:
         torch.set_num_threads(settings["threads"])
-    from ..capture import CacheConfig, run_cache
 
     start = time.perf_counter()
-    cfg = CacheConfig(**settings["cache"])
+    cfg = CacheConfig.from_dict(settings["cache"])
     manifest = run_cache(cfg)
     seconds = time.perf_counter() - start
     out = Path(cfg.out)

@@ -19,7 +19,15 @@ from typing import Any
 
 import torch
 
-from . import BENCHMARKS, Row, reproduce
+from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
+from saeuron.models.bundles import find_bundle
+from saeuron.models.denoising import track_denoising
+from saeuron.models.hookpoints import resolve_module
+from saeuron.models.pipelines import load_pipeline
+from saeuron.models.sampling import seed_generators
+from saeuron.models.tokens import conditional_rows, output_tensor, to_tokens
+from saeuron.perf import BENCHMARKS, Row, reproduce
+from saeuron.sae import Sae, SaeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +39,6 @@ def seed_procedure(
     images: int = IMAGES, steps: int = STEPS, read_step: int = READ_STEP,
 ) -> list[int]:
     """The seed's way: full sampling runs with decoding; keep step 10's tokens; top latents."""
-    from ..hookpoints import (
-        conditional_rows,
-        output_tensor,
-        resolve_module,
-        to_tokens,
-        track_denoising,
-    )
-
     total = torch.zeros(sae.num_latents)
     count = 0
     module = resolve_module(pipe, hookpoint)
@@ -63,7 +63,7 @@ def seed_procedure(
                     [concept] * n,
                     num_inference_steps=steps,
                     guidance_scale=7.5,
-                    generator=[torch.Generator().manual_seed(start + i) for i in range(n)],
+                    generator=seed_generators(range(start, start + n)),
                 )
         finally:
             handle.remove()
@@ -73,32 +73,26 @@ def seed_procedure(
 def _one(
     model: str, concept: str, images: int, steps: int, read_step: int
 ) -> tuple[float, float, bool]:
-    from ..concepts import ConceptBuildConfig, build_concept
-    from ..pipelines import load_pipeline
-    from ..sae import Sae, SaeConfig
-
     pipe = load_pipeline(model, device="cpu", dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    if model == "minicanvas":
-        from ..pipelines import bundled_sae
-
-        folder, hookpoint = bundled_sae("minicanvas", None, concept)
-        sae = Sae.from_pretrained(folder, hookpoint=hookpoint)
+    bundle = find_bundle(model)
+    if bundle is not None:
+        hookpoint = bundle.hookpoint_for(concept)
+        sae = Sae.from_pretrained(bundle.sae_folder, hookpoint=hookpoint)
     else:
         hookpoint = "unet.up_blocks.1.attentions.0"
-        from ..hookpoints import resolve_module
-
         width = resolve_module(pipe, hookpoint).config.in_channels
         torch.manual_seed(0)
         sae = Sae(SaeConfig(d_in=width, expansion_factor=16, k=8))
     sae.meta["hookpoint"] = hookpoint
     batch = 4
     with tempfile.TemporaryDirectory() as cache:
-        cfg = ConceptBuildConfig(
-            concept=concept, model=model, sae="benchmark", hookpoint=hookpoint,
-            method="shortcut", tau=TAU, shortcut_step=read_step, num_inference_steps=steps,
-            batch_size=batch, cache_dir=cache, device="cpu", shortcut_images=images,
-        )  # fmt: skip
+        cfg = ConceptBuildConfig.from_dict({
+            "concept": concept, "model": model, "sae": "benchmark", "hookpoint": hookpoint,
+            "method": "shortcut", "tau": TAU, "shortcut_step": read_step,
+            "num_inference_steps": steps, "batch_size": batch, "cache_dir": cache,
+            "device": "cpu", "shortcut_images": images,
+        })  # fmt: skip
         start = time.perf_counter()
         ours = build_concept(cfg, pipe=pipe, sae=sae)
         ours_s = time.perf_counter() - start

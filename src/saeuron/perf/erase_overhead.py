@@ -30,8 +30,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
 
-from . import BENCHMARKS, Row, reproduce
+from saeuron.erasure.erase import erase
+from saeuron.erasure.features import ConceptFeatures
+from saeuron.models.hookpoints import resolve_module
+from saeuron.perf import BENCHMARKS, Row, reproduce
+from saeuron.sae import Sae, SaeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +63,6 @@ def sd14_unet_config(quick: bool) -> dict[str, Any]:
 
 
 def build_unet(quick: bool, device: str) -> Any:
-    from diffusers import UNet2DConditionModel
-
     torch.manual_seed(0)
     # Built on the meta device and filled with small normal weights: the default init of
     # 860M parameters takes longer than the benchmark itself on 2 cores.
@@ -91,12 +94,6 @@ def _time(fn: Callable[[], Any], device: str) -> float:
 
 @BENCHMARKS.register("erase")
 def run(quick: bool, device: str) -> list[Row]:
-    from diffusers import DDIMScheduler
-
-    from ..erase import erase
-    from ..features import ConceptFeatures
-    from ..sae import Sae, SaeConfig
-
     unet = build_unet(quick, device)
     cfg = unet.config
     width = cfg.block_out_channels[-2]
@@ -121,7 +118,6 @@ def run(quick: bool, device: str) -> list[Row]:
             return unet(latents, t, encoder_hidden_states=text).sample
 
     # The hooked block's own inputs, to time the edit without the noise of 860M parameters.
-    from ..hookpoints import resolve_module
 
     module = resolve_module(pipe, HOOKPOINT)
     captured: dict[str, Any] = {}

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from . import BENCHMARKS, Row, reproduce
+from saeuron.erasure.technique import SAeUron
+from saeuron.perf import BENCHMARKS, Row, reproduce
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ def _cumulative(stats: pstats.Stats, fragment: str, name: str) -> float:
 
 
 def profile_run(images: int = 4, steps: int = 20) -> dict[str, Any]:
-    from ..technique import SAeUron
-
     tech = SAeUron(erase_concept="moon", model="minicanvas", device="cpu",
                    num_inference_steps=steps, batch_size=images)  # fmt: skip
     tech.pipe.set_progress_bar_config(disable=True)

@@ -6,7 +6,6 @@ table the README's performance section is made from), each atomically.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import platform
@@ -17,9 +16,10 @@ from typing import Any
 
 import torch
 
-from ..config import Config, ConfigError, check_device, did_you_mean, field
-from ..io import atomic_path, atomic_write_json
-from . import BENCHMARKS, Row
+from saeuron.perf import BENCHMARKS, Row
+from saeuron.utils.config import Config, ConfigError, did_you_mean, field
+from saeuron.utils.devices import check_device
+from saeuron.utils.io import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -127,20 +127,3 @@ def run_perf(cfg: PerfConfig) -> dict[str, Any]:
         tmp.write_text(text, encoding="utf-8")
     report["table"] = text
     return report
-
-
-def _handle(args: argparse.Namespace) -> int:
-    report = run_perf(PerfConfig.from_args(args))
-    print(report["table"], end="")
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    bench = subparsers.add_parser("bench", help="performance benchmarks")
-    sub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
-    sub.required = True
-    perf = sub.add_parser(
-        "perf", help="erase overhead, feature search, SAE training, capture, profile"
-    )
-    PerfConfig.add_arguments(perf)
-    perf.set_defaults(handler=_handle)

@@ -1,4 +1,4 @@
-"""SAE training throughput and quality: our :class:`~saeuron.train.Trainer` against eai-sparsify.
+"""SAE training throughput and quality: our trainer against eai-sparsify's.
 
 Both train on the same activations: a seeded synthetic set of tokens that are sparse
 non-negative mixes of planted unit directions (Zipf-like feature frequencies, a constant
@@ -47,10 +47,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import get_linear_schedule_with_warmup
 
-from ..io import atomic_write_json, atomic_write_safetensors
-from ..shards import shard_name, write_manifest
-from . import BENCHMARKS, Row, reproduce
+from saeuron.perf import BENCHMARKS, Row, reproduce
+from saeuron.sae import SaeConfig
+from saeuron.training.shards import shard_name, write_manifest
+from saeuron.training.trainer import TrainConfig, Trainer
+from saeuron.utils.devices import resolve_device
+from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -190,8 +194,6 @@ class SparsifyLoop:
 
     def __init__(self, sparsify: types.SimpleNamespace, setup: Setup, total_steps: int,
                  auxk_alpha: float, dead_tokens: int, device: torch.device):
-        from transformers import get_linear_schedule_with_warmup
-
         sae_cfg = sparsify.config.SparseCoderConfig(
             activation="topk", expansion_factor=setup.expansion_factor, k=setup.k,
             normalize_decoder=True,
@@ -285,10 +287,8 @@ def measure(
     ``topk`` is our trainer's mode: 'token' trains the model form eai-sparsify trains (k per
     token), 'batch' the paper's BatchTopK.
     """
-    from ..train import TrainConfig, Trainer, training_device
-
     sparsify = load_sparsify(sparsify_root)
-    dev = training_device(device)
+    dev = resolve_device(device)
     n_train = setup.train_tokens
     x = planted_tokens(n_train + setup.heldout_tokens, setup.d_in, setup.n_features,
                        setup.active, setup.seed)
@@ -297,10 +297,10 @@ def measure(
         folder = write_capture(Path(tmp) / "acts", x, setup.shard_tokens)
         del x
         cfg = TrainConfig(
-            activations=str(folder), out=str(Path(tmp) / "sae"), k=setup.k,
-            expansion_factor=setup.expansion_factor, lr=setup.lr, batch_size=setup.batch_size,
-            epochs=1, heldout_fraction=1 / n_shards, seed=setup.seed, device=device,
-            shuffle_shards=2, topk=topk,
+            activations=str(folder), out=str(Path(tmp) / "sae"),
+            sae=SaeConfig(k=setup.k, expansion_factor=setup.expansion_factor), lr=setup.lr,
+            batch_size=setup.batch_size, epochs=1, heldout_fraction=1 / n_shards,
+            seed=setup.seed, device=device, shuffle_shards=2, topk=topk,
         )
         ours = Trainer(cfg)
         if ours.steps_per_epoch != setup.steps or len(ours.heldout_shards) != 1:

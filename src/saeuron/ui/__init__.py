@@ -11,19 +11,19 @@ browser), :mod:`.page` (the gradio page).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
-import sys
 from typing import Any
 
-from .config import UiConfig
+from saeuron.ui.config import UiConfig
+from saeuron.ui.page import build_app, launch
+from saeuron.ui.studio import Studio
 
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'saeuron[ui]'"
 
-__all__ = ["UiConfig", "serve", "register_cli"]
+__all__ = ["INSTALL_HINT", "UiConfig", "gradio_missing", "serve"]
 
 
 def gradio_missing() -> bool:
@@ -35,32 +35,8 @@ def serve(cfg: UiConfig, block: bool = True) -> Any:
 
     Returns the gradio app (with ``block=False`` the server runs in a thread, for tests).
     """
-    from .page import build_app, launch
-    from .studio import Studio
-
     studio = Studio(cfg)
     studio.warm_up()
     app = build_app(studio)
     launch(app, cfg, block=block)
     return app
-
-
-def _handle(args: argparse.Namespace) -> int:
-    # Validation first: a bad flag is reported before gradio or any model is imported.
-    cfg = UiConfig.from_args(args)
-    if gradio_missing():
-        print(f"saeuron ui: error: gradio is not installed: {INSTALL_HINT}", file=sys.stderr)
-        return 2
-    serve(cfg)
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "ui",
-        help="the slider: a local page to erase or amplify concepts interactively",
-        description="Serve a page with a prompt, concept sliders and the images without and "
-        "with erasure side by side (default: the bundled MiniCanvas model on 127.0.0.1:7860).",
-    )
-    UiConfig.add_arguments(parser)
-    parser.set_defaults(handler=_handle)

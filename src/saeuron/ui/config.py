@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Config, ConfigError, check_device, check_range, field
+from saeuron.models.defaults import model_defaults
+from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.devices import check_device
 
 MAX_SEED = 2**31 - 1
 
@@ -34,18 +36,14 @@ class UiConfig(Config):
     )
 
     def __post_init__(self) -> None:
-        from ..pipelines import BUNDLED_MODELS
-        from ..technique import KNOWN_SAES
-
         for name in ("model", "host"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(name, f"got {value!r}; must be a non-empty string")
-        if self.sae is None and self.model not in KNOWN_SAES and self.model not in BUNDLED_MODELS:
+        if self.sae is None and model_defaults(self.model).sae is None:
             raise ConfigError(
                 "sae",
-                f"no SAE is known for model {self.model!r}; name one with --sae (known models: "
-                f"{', '.join([*BUNDLED_MODELS, *KNOWN_SAES])})",
+                f"no SAE is known for model {self.model!r}; name one with --sae (and --hookpoint)",
             )
         check_range("port", self.port, ge=1, le=65535)
         check_device("device", self.device)

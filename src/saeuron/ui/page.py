@@ -15,9 +15,9 @@ from typing import Any
 
 from PIL import Image
 
-from ..config import ConfigError
-from .config import MAX_SEED, UiConfig
-from .studio import Layer, Session, Settings, Studio, contact_sheet
+from saeuron.ui.config import MAX_SEED, UiConfig
+from saeuron.ui.studio import Layer, Session, Settings, Studio, contact_sheet
+from saeuron.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def pick_concept(
 
 
 def build_app(studio: Studio) -> Any:
+    # gradio is the optional 'ui' extra: imported when a page is built, never on import.
     import gradio as gr
 
     cfg: UiConfig = studio.config
@@ -298,7 +299,7 @@ def _announce(studio: Studio, layers: Sequence[Layer], progress: Any) -> None:
 
 
 def launch(app: Any, cfg: UiConfig, block: bool = True) -> None:
-    import gradio as gr
+    import gradio as gr  # the optional 'ui' extra, as in build_app
 
     # One request at a time: the erase hooks sit on the one shared pipeline while it samples.
     app.queue(default_concurrency_limit=1, max_size=64)

@@ -23,13 +23,17 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..config import ConfigError, check_choice, check_range
-from ..erase import CFG_HALVES, erase
-from ..features import ConceptFeatures
-from ..pipelines import BUNDLED_MODELS, bundled_features, bundled_sae, load_pipeline
-from ..sae import Sae
-from ..technique import DEFAULT_MULTIPLIER, KNOWN_SAES
-from .config import MAX_SEED, UiConfig
+from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
+from saeuron.erasure.erase import CFG_HALVES, erase
+from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.technique import DEFAULT_MULTIPLIER
+from saeuron.models.bundles import find_bundle
+from saeuron.models.defaults import model_defaults
+from saeuron.models.pipelines import load_pipeline
+from saeuron.models.sampling import SamplingConfig
+from saeuron.sae import Sae
+from saeuron.ui.config import MAX_SEED, UiConfig
+from saeuron.utils.config import ConfigError, check_choice, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +56,10 @@ class Settings:
 
 
 def _kind_order(model: str, names: list[str]) -> list[str]:
-    if model == "minicanvas":
-        from ..minicanvas.world import OBJECTS, STYLES
-
-        order = [*OBJECTS, *STYLES]
+    """A bundle's concepts in its own order (kind by kind), others alphabetically."""
+    bundle = find_bundle(model)
+    if bundle is not None:
+        order = [name for kind in bundle.kinds().values() for name in kind]
         return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
     return sorted(names)
 
@@ -91,26 +95,29 @@ class Studio:
 
     def bundled_concepts(self) -> list[str]:
         """Concepts whose features ship with the model (empty for non-bundled models)."""
-        folder = BUNDLED_MODELS.get(self.config.model)
-        if folder is None or self.config.sae is not None:
+        bundle = find_bundle(self.config.model)
+        if bundle is None or self.config.sae is not None:
             return []
-        names = {p.stem for p in (folder / "features").glob("*/*.safetensors")}
+        names = {p.stem for p in (bundle.folder / bundle.features).glob("*/*.safetensors")}
         return _kind_order(self.config.model, list(names))
 
     def _bundled_path(self, concept: str) -> Path | None:
         if self.config.sae is not None:
             return None
-        return bundled_features(self.config.model, concept, self.config.hookpoint)
+        bundle = find_bundle(self.config.model)
+        return bundle.features_path(concept, self.config.hookpoint) if bundle else None
 
     def _sae_for(self, concept: str) -> tuple[str, str | None]:
         cfg = self.config
         if cfg.sae is not None:
             return cfg.sae, cfg.hookpoint
-        if cfg.model in BUNDLED_MODELS:
-            folder, hookpoint = bundled_sae(cfg.model, cfg.hookpoint, concept)
-            return str(folder), hookpoint
-        sae, hookpoint = KNOWN_SAES[cfg.model]
-        return sae, cfg.hookpoint or hookpoint
+        bundle = find_bundle(cfg.model)
+        if bundle is not None:
+            return str(bundle.sae_folder), cfg.hookpoint or bundle.hookpoint_for(concept)
+        defaults = model_defaults(cfg.model)
+        if defaults.sae is None:
+            raise ConfigError("sae", f"no SAE is known for model {cfg.model!r}; name one")
+        return defaults.sae, cfg.hookpoint or defaults.hookpoint
 
     def _sae(self, sae_id: str, hookpoint: str | None) -> Sae:
         key = (sae_id, hookpoint or "")
@@ -124,7 +131,7 @@ class Studio:
         return self._saes[key]
 
     def default_multiplier(self, concept: str) -> float:
-        """The tuned multiplier of a bundled concept, else seed 000's default."""
+        """The tuned multiplier of a bundled concept, else SAeUron's default."""
         name = concept.strip().lower()
         path = self._bundled_path(name) if name else None
         if path is None:
@@ -155,8 +162,6 @@ class Studio:
         return features, self._sae(sae_id, hookpoint), hookpoint
 
     def _build(self, name: str, sae_id: str, sae: Sae, hookpoint: str) -> ConceptFeatures:
-        from ..concepts import ConceptBuildConfig, build_concept
-
         cfg = self.config
         logger.info("concept %r has no bundled features: computing them", name)
         start = time.perf_counter()
@@ -171,9 +176,9 @@ class Studio:
             tau=10,
             shortcut_step=min(10, steps - 1),
             shortcut_images=cfg.feature_images,
-            num_inference_steps=steps,
-            guidance_scale=7.5,
-            device=str(self.device),
+            sampling=SamplingConfig(
+                num_inference_steps=steps, guidance_scale=7.5, device=str(self.device)
+            ),
         )
         features = build_concept(build, pipe=self.pipe, sae=sae)
         logger.info("features of %r in %.1f s", name, time.perf_counter() - start)

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .p4d import _injected
-from .ring_a_bell import TextEncoder
+from saeuron.eval.attacks.p4d import _injected
+from saeuron.eval.attacks.ring_a_bell import TextEncoder
 
 
 @dataclass(frozen=True)

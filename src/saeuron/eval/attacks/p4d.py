@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .ring_a_bell import TextEncoder
+from saeuron.eval.attacks.ring_a_bell import TextEncoder
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import (  # noqa: F401  (registration)
+from saeuron.eval.metrics import (  # noqa: F401  (registration)
     asr_i2p,
     asr_mma_diffusion,
     asr_p4d,
@@ -16,6 +16,6 @@ from . import (  # noqa: F401  (registration)
     unlearncanvas,
     unlearndiffatk,
 )
-from .base import METRICS, Item, Metric, MetricError, Requirement
+from saeuron.eval.metrics.base import METRICS, Item, Metric, MetricError, Requirement
 
 __all__ = ["METRICS", "Item", "Metric", "MetricError", "Requirement"]

@@ -14,11 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ...concepts import concept_prompts
-from ...config import Config as BaseConfig
-from ...config import ConfigError, check_choice, check_device, check_range, field
-from ...io import atomic_write_json
-from ..detectors import (
+from saeuron.erasure.concepts.prompts import concept_prompts
+from saeuron.eval.detectors import (
     DETECTORS,
     default_detector,
     detector_settings,
@@ -26,8 +23,13 @@ from ..detectors import (
     judge,
     verdict_row,
 )
-from ..prompts import read_prompts
-from .base import Item, Metric, MetricError, Requirement
+from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement
+from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
+from saeuron.utils.config import Config as BaseConfig
+from saeuron.utils.config import ConfigError, check_choice, check_range, field
+from saeuron.utils.devices import check_device
+from saeuron.utils.io import atomic_write_json
+from saeuron.utils.prompts import read_prompt_rows
 
 ATTACK_FILE = "attack.json"
 
@@ -63,17 +65,15 @@ class AttackConfig(BaseConfig):
         if self.threshold is not None:
             check_range("threshold", self.threshold, gt=0, le=1)
         if self.prompts_path is not None:
-            read_prompts(self.prompts_path, "prompts_path", limit=1)
+            read_prompt_rows(self.prompts_path, "prompts_path", limit=1)
         check_device("device", self.device)
 
     def targets(self) -> list[str]:
         """The prompts to attack: the file's, MiniCanvas's test prompts naming the concept, or
         templated prompts of the concept; cycled to ``limit``."""
         if self.prompts_path:
-            prompts = [r.prompt for r in read_prompts(self.prompts_path, "prompts_path")]
+            prompts = [r.prompt for r in read_prompt_rows(self.prompts_path, "prompts_path")]
         elif self.detector == "minicanvas":
-            from ...minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
-
             c = str(self.concept)
             pairs = [(c, s) for s in STYLES] if c in OBJECTS else [(o, c) for o in OBJECTS]
             prompts = [TEST_TEMPLATES[0].format(object=o, style=s) for o, s in pairs]

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import Config as BaseConfig
-from ...config import ConfigError, check_choice, check_device, check_range, field
-from ..detectors import (
+from huggingface_hub import hf_hub_download
+
+from saeuron.eval.detectors import (
     DEFAULT_THRESHOLDS,
     DETECTORS,
     EXPOSED_CLASSES,
@@ -27,9 +27,12 @@ from ..detectors import (
     judge,
     verdict_row,
 )
-from ..prompts import PromptRow, read_prompts
-from ..requirement import hub_cached
-from .base import Item, Metric, MetricError, Requirement, register
+from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement, register
+from saeuron.eval.requirement import hub_cached
+from saeuron.utils.config import Config as BaseConfig
+from saeuron.utils.config import ConfigError, check_choice, check_range, field
+from saeuron.utils.devices import check_device
+from saeuron.utils.prompts import PromptRow, read_prompt_rows
 
 I2P_DATASET = "AIML-TUDA/i2p"
 I2P_FILE = "i2p_benchmark.csv"
@@ -63,7 +66,7 @@ class AsrI2pConfig(BaseConfig):
         for name in self.classes or ():
             check_choice("classes", name, NUDENET_CLASSES)
         if self.prompts_path is not None:
-            read_prompts(self.prompts_path, "prompts_path", limit=1)
+            read_prompt_rows(self.prompts_path, "prompts_path", limit=1)
         check_device("device", self.device)
 
 
@@ -112,15 +115,13 @@ class AsrI2p(Metric):
             path = cached
         if path is None:
             try:
-                from huggingface_hub import hf_hub_download
-
                 path = hf_hub_download(cfg.dataset, I2P_FILE, repo_type="dataset")
             except Exception as err:
                 raise MetricError(
                     f"cannot get the I2P prompts from the hub dataset {cfg.dataset} ({err}); "
                     f"set prompts_path to a local copy of {I2P_FILE}"
                 ) from err
-        rows = read_prompts(path, "prompts_path")
+        rows = read_prompt_rows(path, "prompts_path")
         if cfg.categories:
             wanted = {c.strip().lower() for c in cfg.categories}
             rows = [

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import check_range, field
-from .adversarial import AdversarialMetric, AttackConfig
-from .base import register
+from saeuron.eval.attacks.mma import GcgSettings, mma_attack
+from saeuron.eval.metrics.adversarial import AdversarialMetric, AttackConfig
+from saeuron.eval.metrics.base import register
+from saeuron.utils.config import check_range, field
 
 
 @dataclass
@@ -38,8 +39,6 @@ class AsrMmaDiffusion(AdversarialMetric):
     config: MmaConfig
 
     def search(self, technique: Any, seed: int) -> list[dict[str, Any]]:
-        from ..attacks.mma import GcgSettings, mma_attack
-
         cfg = self.config
         settings = GcgSettings(cfg.length, cfg.iterations, cfg.top_k, cfg.candidates)
         return mma_attack(technique.pipe, cfg.targets(), settings, seed, cfg.forbidden_words())

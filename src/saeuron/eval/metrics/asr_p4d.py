@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import check_range, field
-from .adversarial import AdversarialMetric, AttackConfig
-from .base import register
+from saeuron.eval.attacks.p4d import P4dSettings, p4d
+from saeuron.eval.metrics.adversarial import AdversarialMetric, AttackConfig
+from saeuron.eval.metrics.base import register
+from saeuron.utils.config import check_range, field
 
 
 @dataclass
@@ -32,8 +33,6 @@ class P4dConfig(AttackConfig):
         check_range("guidance_scale", self.guidance_scale, gt=1)
 
     def search_settings(self) -> Any:
-        from ..attacks.p4d import P4dSettings
-
         return P4dSettings(self.length, self.iterations, self.lr, self.weight_decay,
                            self.num_inference_steps, self.guidance_scale)  # fmt: skip
 
@@ -48,7 +47,5 @@ class AsrP4d(AdversarialMetric):
     config: P4dConfig
 
     def search(self, technique: Any, seed: int) -> list[dict[str, Any]]:
-        from ..attacks.p4d import p4d
-
         cfg = self.config
         return p4d(technique, cfg.targets(), cfg.search_settings(), seed, cfg.forbidden_words())

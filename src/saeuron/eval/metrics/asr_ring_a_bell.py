@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...concepts import CONCEPT_TEMPLATES
-from ...config import ConfigError, check_range, field
-from ..prompts import read_prompts
-from .adversarial import AdversarialMetric, AttackConfig
-from .base import register
+from saeuron.erasure.concepts.prompts import CONCEPT_TEMPLATES
+from saeuron.eval.attacks.ring_a_bell import GeneticSettings, ring_a_bell
+from saeuron.eval.metrics.adversarial import AdversarialMetric, AttackConfig
+from saeuron.eval.metrics.base import register
+from saeuron.utils.config import ConfigError, check_range, field
+from saeuron.utils.prompts import read_prompt_rows, read_prompts
 
 
 @dataclass
@@ -40,16 +41,14 @@ class RingABellConfig(AttackConfig):
         check_range("eta", self.eta, ge=0)
         for name in ("with_prompts_path", "without_prompts_path"):
             if getattr(self, name) is not None:
-                read_prompts(getattr(self, name), name, limit=1)
+                read_prompt_rows(getattr(self, name), name, limit=1)
         if (self.with_prompts_path is None) != (self.without_prompts_path is None):
             raise ConfigError("without_prompts_path", "give both prompt files of the pairs or none")
 
     def pairs(self) -> tuple[list[str], list[str]]:
         if self.with_prompts_path and self.without_prompts_path:
-            with_c = [r.prompt for r in read_prompts(self.with_prompts_path, "with_prompts_path")]
-            without = [
-                r.prompt for r in read_prompts(self.without_prompts_path, "without_prompts_path")
-            ]
+            with_c = read_prompts(self.with_prompts_path, "with_prompts_path")
+            without = read_prompts(self.without_prompts_path, "without_prompts_path")
             if len(with_c) != len(without):
                 raise ConfigError("without_prompts_path", "must have one line per with-prompt")
             return with_c, without
@@ -70,8 +69,6 @@ class AsrRingABell(AdversarialMetric):
     config: RingABellConfig
 
     def search(self, technique: Any, seed: int) -> list[dict[str, Any]]:
-        from ..attacks.ring_a_bell import GeneticSettings, ring_a_bell
-
         cfg = self.config
         with_c, without = cfg.pairs()
         settings = GeneticSettings(cfg.length, cfg.population, cfg.generations, cfg.mutation)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any, ClassVar
 
-from ...config import Config
-from ...registry import Registry
-from ..requirement import MetricError, Requirement
+from saeuron.eval.requirement import MetricError, Requirement
+from saeuron.utils.config import Config
+from saeuron.utils.registry import Registry
 
 __all__ = ["METRICS", "Item", "Metric", "MetricError", "Requirement", "mean_of", "register"]
 

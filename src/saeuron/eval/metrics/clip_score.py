@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import Config as BaseConfig
-from ...config import ConfigError, check_range, field
-from ..clip import DEFAULT_CLIP, ClipMetric, load_clip
-from ..prompts import read_prompts
-from .base import Item, Metric, mean_of, register
+from saeuron.eval.clip import DEFAULT_CLIP, ClipMetric, load_clip
+from saeuron.eval.metrics.base import Item, Metric, mean_of, register
+from saeuron.utils.config import Config as BaseConfig
+from saeuron.utils.config import ConfigError, check_range, field
+from saeuron.utils.prompts import neutral_prompts, read_prompt_rows
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ClipScoreConfig(BaseConfig):
         if not self.clip_model.strip():
             raise ConfigError("clip_model", "must be a model id or folder")
         if self.prompts_path is not None:
-            read_prompts(self.prompts_path, "prompts_path", limit=1)
+            read_prompt_rows(self.prompts_path, "prompts_path", limit=1)
 
 
 @register
@@ -44,12 +44,10 @@ class ClipScore(ClipMetric, Metric):
     config: ClipScoreConfig
 
     def items(self, seed: int) -> list[Item]:
-        from ...concepts import neutral_prompts
-
         cfg = self.config
         if cfg.prompts_path is None:
             return [Item(p, seed + i) for i, p in enumerate(neutral_prompts()[: cfg.limit])]
-        rows = read_prompts(cfg.prompts_path, "prompts_path", cfg.limit)
+        rows = read_prompt_rows(cfg.prompts_path, "prompts_path", cfg.limit)
         return [
             Item(r.prompt, r.seed if r.seed is not None else seed + i) for i, r in enumerate(rows)
         ]

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...config import Config as BaseConfig
-from ...config import check_device, check_range, field
-from ..detectors import DETECTORS, NUDENET_CLASSES, DetectorSettings, judge
-from ..prompts import read_prompts
-from .base import Item, Metric, Requirement, mean_of, register
+from saeuron.eval.detectors import DETECTORS, NUDENET_CLASSES, DetectorSettings, judge
+from saeuron.eval.metrics.base import Item, Metric, Requirement, mean_of, register
+from saeuron.utils.config import Config as BaseConfig
+from saeuron.utils.config import check_range, field
+from saeuron.utils.devices import check_device
+from saeuron.utils.prompts import read_prompt_rows
 
 PROMPTS = Path(__file__).resolve().parents[2] / "data" / "prompts"
 PERSON_CLASSES = tuple(c for c in NUDENET_CLASSES if c.endswith("_COVERED") or c.startswith("FACE"))
@@ -69,10 +70,10 @@ class ErrConfig(BaseConfig):
             check_range(name, getattr(self, name), ge=1)
         check_range("threshold", self.threshold, gt=0, le=1)
         check_range("person_threshold", self.person_threshold, gt=0, le=1)
-        read_prompts(self.target_prompts_path, "target_prompts_path", limit=1)
-        read_prompts(self.retain_prompts_path, "retain_prompts_path", limit=1)
+        read_prompt_rows(self.target_prompts_path, "target_prompts_path", limit=1)
+        read_prompt_rows(self.retain_prompts_path, "retain_prompts_path", limit=1)
         if self.adversarial_prompts_path is not None:
-            read_prompts(self.adversarial_prompts_path, "adversarial_prompts_path", limit=1)
+            read_prompt_rows(self.adversarial_prompts_path, "adversarial_prompts_path", limit=1)
         check_device("device", self.device)
 
 
@@ -104,14 +105,14 @@ class Err(Metric):
                 prompt = prompts[i] if prompts is not None else row.prompt
                 items.append(Item(prompt, row.seed if row.seed is not None else seed + i, group))
 
-        target = read_prompts(cfg.target_prompts_path, "target_prompts_path", cfg.target_limit)
+        target = read_prompt_rows(cfg.target_prompts_path, "target_prompts_path", cfg.target_limit)
         add("target", target)
-        retain = read_prompts(cfg.retain_prompts_path, "retain_prompts_path", cfg.retain_limit)
+        retain = read_prompt_rows(cfg.retain_prompts_path, "retain_prompts_path", cfg.retain_limit)
         add("retain", retain)
         if cfg.adversarial_prompts_path is not None:
             add(
                 "adversarial",
-                read_prompts(
+                read_prompt_rows(
                     cfg.adversarial_prompts_path, "adversarial_prompts_path", cfg.adversarial_limit
                 ),
             )

@@ -20,11 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from huggingface_hub import snapshot_download
+from PIL import Image
 
-from ...config import Config as BaseConfig
-from ...config import ConfigError, check_device, check_range, field
-from ..prompts import read_prompts
-from .base import Item, Metric, MetricError, Requirement, register
+from saeuron.eval.inception import (
+    frechet_distance,
+    inception_requirement,
+    kernel_inception_distance,
+    load_inception,
+)
+from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement, register
+from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES, sample_images
+from saeuron.utils.config import Config as BaseConfig
+from saeuron.utils.config import ConfigError, check_range, field
+from saeuron.utils.devices import check_device
+from saeuron.utils.prompts import neutral_prompts, read_prompt_rows
 
 MINICANVAS = "minicanvas"
 HUB_PREFIX = "hf:"
@@ -69,7 +79,7 @@ class FidConfig(BaseConfig):
             check_range("reference_limit", self.reference_limit, ge=2)
         check_range("limit", self.limit, ge=2)
         if self.prompts_path is not None:
-            read_prompts(self.prompts_path, "prompts_path", limit=1)
+            read_prompt_rows(self.prompts_path, "prompts_path", limit=1)
         check_device("device", self.device)
 
 
@@ -90,8 +100,6 @@ class Fid(Metric):
         self._generated: np.ndarray | None = None
 
     def requirements(self) -> list[Requirement]:
-        from ..inception import inception_requirement
-
         ref = self.config.reference
         needs = [inception_requirement(self.config.weights)]
         needs.append(Requirement(
@@ -101,8 +109,6 @@ class Fid(Metric):
         return needs
 
     def _reference_images(self) -> list[Any]:
-        from PIL import Image
-
         cfg = self.config
         count = cfg.reference_limit or cfg.limit
         if cfg.reference is None:
@@ -111,8 +117,6 @@ class Fid(Metric):
                 "(e.g. COCO val2014 with its captions as prompts_path)"
             )
         if cfg.reference == MINICANVAS:
-            from ...minicanvas.world import sample_images
-
             images, _, _ = sample_images(count, seed=REFERENCE_SEED)
             return [Image.fromarray(im) for im in images]
         folder = Path(cfg.reference)
@@ -130,8 +134,6 @@ class Fid(Metric):
     @staticmethod
     def _download(repo: str) -> Path:
         try:
-            from huggingface_hub import snapshot_download
-
             return Path(snapshot_download(
                 repo, repo_type="dataset", allow_patterns=[f"*{s}" for s in IMAGE_SUFFIXES]
             ))  # fmt: skip
@@ -142,8 +144,6 @@ class Fid(Metric):
             ) from err
 
     def prepare(self) -> None:
-        from ..inception import load_inception
-
         inception = load_inception(self.config.weights, self.config.device)
         self._reference = inception.features(
             self._reference_images(), self.config.batch_size, desc="fid: reference"
@@ -152,18 +152,14 @@ class Fid(Metric):
     def items(self, seed: int) -> list[Item]:
         cfg = self.config
         if cfg.prompts_path is not None:
-            rows = read_prompts(cfg.prompts_path, "prompts_path")
+            rows = read_prompt_rows(cfg.prompts_path, "prompts_path")
             prompts = [(r.prompt, r.seed) for r in rows]
         elif cfg.reference == MINICANVAS:
-            from ...minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
-
             prompts = [
                 (TEST_TEMPLATES[0].format(object=o, style=s), None)
                 for o in OBJECTS for s in STYLES
             ]  # fmt: skip
         else:
-            from ...concepts import neutral_prompts
-
             prompts = [(p, None) for p in neutral_prompts()]
         items = []
         for i in range(cfg.limit):
@@ -174,16 +170,12 @@ class Fid(Metric):
     def score(
         self, images: Sequence[Any], items: Sequence[Item], unerased: Sequence[Any] | None
     ) -> list[dict[str, Any]]:
-        from ..inception import load_inception
-
         inception = load_inception(self.config.weights, self.config.device)
         self._generated = inception.features(images, self.config.batch_size, desc="fid: images")
         norms = np.linalg.norm(self._generated, axis=1)
         return [{"feature_norm": float(n)} for n in norms]
 
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-        from ..inception import frechet_distance, kernel_inception_distance
-
         if self._generated is None or self._reference is None:
             raise MetricError("fid: features missing; prepare() and score() come first")
         gen = self._generated[[int(r["index"]) for r in rows]] if rows else self._generated

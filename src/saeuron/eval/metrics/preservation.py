@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import Config as BaseConfig
-from ...config import ConfigError, check_range, field
-from ..prompts import read_prompts
-from ..similarity import psnr, ssim
-from .base import Item, Metric, Requirement, mean_of, register
+from saeuron.eval.clip import clip_requirement, load_clip
+from saeuron.eval.metrics.base import Item, Metric, Requirement, mean_of, register
+from saeuron.eval.similarity import psnr, ssim
+from saeuron.utils.config import Config as BaseConfig
+from saeuron.utils.config import ConfigError, check_range, field
+from saeuron.utils.prompts import neutral_prompts, read_prompt_rows
 
 
 @dataclass
@@ -34,7 +35,7 @@ class PreservationConfig(BaseConfig):
     def __post_init__(self) -> None:
         check_range("limit", self.limit, ge=1)
         if self.prompts_path is not None:
-            read_prompts(self.prompts_path, "prompts_path", limit=1)
+            read_prompt_rows(self.prompts_path, "prompts_path", limit=1)
         if self.clip_model is not None and not self.clip_model.strip():
             raise ConfigError("clip_model", "must be a model id or folder when given")
 
@@ -51,22 +52,16 @@ class Preservation(Metric):
     config: PreservationConfig
 
     def requirements(self) -> list[Requirement]:
-        from ..clip import clip_requirement
-
         return [clip_requirement(self.config.clip_model)] if self.config.clip_model else []
 
     def prepare(self) -> None:
         if self.config.clip_model:
-            from ..clip import load_clip
-
             load_clip(self.config.clip_model, self.config.device)
 
     def items(self, seed: int) -> list[Item]:
-        from ...concepts import neutral_prompts
-
         cfg = self.config
         if cfg.prompts_path is not None:
-            rows = read_prompts(cfg.prompts_path, "prompts_path")
+            rows = read_prompt_rows(cfg.prompts_path, "prompts_path")
             prompts = [(r.prompt, r.seed) for r in rows]
         else:
             prompts = [(p, None) for p in neutral_prompts()]
@@ -83,8 +78,6 @@ class Preservation(Metric):
             raise ValueError("preservation compares with the unerased images")
         rows = [{"ssim": ssim(a, b), "psnr": psnr(a, b)} for a, b in zip(images, unerased)]
         if self.config.clip_model:
-            from ..clip import load_clip
-
             clip = load_clip(self.config.clip_model, self.config.device)
             cos = (clip.embed_images(images) * clip.embed_images(unerased)).sum(-1)
             for row, value in zip(rows, cos.tolist()):

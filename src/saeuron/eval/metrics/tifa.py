@@ -21,10 +21,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ...config import Config as BaseConfig
-from ...config import ConfigError, check_device, check_range, field
-from ..clip import available_offline
-from .base import Item, Metric, MetricError, Requirement, mean_of, register
+import torch
+from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
+
+from saeuron.eval.clip import available_offline
+from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement, mean_of, register
+from saeuron.utils.config import Config as BaseConfig
+from saeuron.utils.config import ConfigError, check_range, field
+from saeuron.utils.devices import check_device, resolve_device
 
 DEFAULT_VQA = "Salesforce/blip-vqa-base"
 
@@ -84,11 +88,6 @@ def load_vqa(model: str, device: str | None = None) -> Callable[[Any, str], str]
     """``answer(image, question) -> str`` from a transformers VQA checkpoint: a generative one
     (BLIP) answers in words, a classifier (ViLT) by its best label. transformers 5 dropped
     the visual-question-answering pipeline, so both are driven here."""
-    import torch
-    from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
-
-    from ...pipelines import resolve_device
-
     target = resolve_device(device)
     try:
         processor = AutoProcessor.from_pretrained(model)

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import Config as BaseConfig
-from ...config import ConfigError, check_range, field
-from ..clip import DEFAULT_CLIP, ClipMetric, load_clip
-from ..prompts import read_prompts
-from .base import Item, Metric, mean_of, register
+from saeuron.eval.clip import DEFAULT_CLIP, ClipMetric, load_clip
+from saeuron.eval.metrics.base import Item, Metric, mean_of, register
+from saeuron.utils.config import Config as BaseConfig
+from saeuron.utils.config import ConfigError, check_range, field
+from saeuron.utils.prompts import read_prompt_rows
 
 
 @dataclass
@@ -40,8 +40,8 @@ class UaIraConfig(BaseConfig):
             raise ConfigError("template", f"got {self.template!r}; must contain {{concept}}")
         if self.limit is not None:
             check_range("limit", self.limit, ge=1)
-        read_prompts(self.target_prompts_path, "target_prompts_path", limit=1)
-        read_prompts(self.retain_prompts_path, "retain_prompts_path", limit=1)
+        read_prompt_rows(self.target_prompts_path, "target_prompts_path", limit=1)
+        read_prompt_rows(self.retain_prompts_path, "retain_prompts_path", limit=1)
 
 
 @register
@@ -59,7 +59,7 @@ class UaIra(ClipMetric, Metric):
         items = []
         files = (("target", cfg.target_prompts_path), ("retain", cfg.retain_prompts_path))
         for group, path in files:
-            for i, row in enumerate(read_prompts(path, f"{group}_prompts_path", cfg.limit)):
+            for i, row in enumerate(read_prompt_rows(path, f"{group}_prompts_path", cfg.limit)):
                 own = row.seed if row.seed is not None else seed + i
                 items.append(Item(row.prompt, own, group))
         return items

@@ -20,18 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from ...config import Config as BaseConfig
-from ...config import ConfigError, check_device, check_range, field
-from .base import Item, Metric, Requirement, mean_of, register
+from saeuron.eval.metrics.base import Item, Metric, Requirement, mean_of, register
+from saeuron.minicanvas.classifier import MiniCanvasClassifier
+from saeuron.models.bundles import find_bundle
+from saeuron.utils.config import Config as BaseConfig
+from saeuron.utils.config import ConfigError, check_range, field
+from saeuron.utils.devices import check_device
 
 BUNDLED = "minicanvas"
 
 
 def _classifier_folder(name: str) -> Path:
-    if name == BUNDLED:
-        from ...pipelines import BUNDLED_MODELS
-
-        return BUNDLED_MODELS[BUNDLED] / "classifier"
+    """A bundle's classifier (by the bundle's name), or a folder in the classifier's format."""
+    bundle = find_bundle(name)
+    if bundle is not None and bundle.classifier_folder is not None:
+        return bundle.classifier_folder
     return Path(name)
 
 
@@ -119,8 +122,6 @@ class UnlearnCanvas(Metric):
     def score(
         self, images: Sequence[Any], items: Sequence[Item], unerased: Sequence[Any] | None
     ) -> list[dict[str, Any]]:
-        from ...minicanvas.classifier import MiniCanvasClassifier
-
         objects, styles = self.config.labels()
         classifier = MiniCanvasClassifier.load(_classifier_folder(self.config.classifier))
         classifier.to(self.config.device or "cpu")

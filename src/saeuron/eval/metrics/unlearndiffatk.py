@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import field
-from .adversarial import AdversarialMetric
-from .asr_p4d import AsrP4d, P4dConfig
-from .base import Item, MetricError, mean_of, register
+from saeuron.eval.attacks.p4d import unlearn_diff_atk
+from saeuron.eval.metrics.adversarial import AdversarialMetric
+from saeuron.eval.metrics.asr_p4d import AsrP4d, P4dConfig
+from saeuron.eval.metrics.base import Item, MetricError, mean_of, register
+from saeuron.utils.config import field
 
 
 @dataclass
@@ -38,8 +39,6 @@ class UnlearnDiffAtk(AdversarialMetric):
         return 2 * self.config.limit
 
     def search(self, technique: Any, seed: int) -> list[dict[str, Any]]:
-        from ..attacks.p4d import unlearn_diff_atk
-
         cfg = self.config
         return unlearn_diff_atk(
             technique, cfg.targets(), cfg.search_settings(), seed, cfg.forbidden_words()

@@ -1,0 +1,127 @@
+"""The ``saeuron`` command: one CLI over the library's functions, one module per command.
+
+``saeuron --help`` lists the commands without importing any of them (so without torch);
+only the command asked for is imported and given its full parser.
+
+Every user error (bad input, a missing or malformed file, a model the hub cannot give) is
+printed as one line naming what to fix, with exit code 2. Anything else is a bug: its
+traceback is shown and the exit code is 1. ``--debug`` (or ``SAEURON_DEBUG=1``) shows the
+traceback of user errors too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from saeuron.utils.errors import UserError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("saeuron.cli.demo", "erase an object and a style from the bundled model"),
+    "generate": ("saeuron.cli.generate", "sample images with concepts erased"),
+    "concept": ("saeuron.cli.concept", "find the SAE latents of a concept"),
+    "cache": ("saeuron.cli.cache", "store a hookpoint's activations while sampling prompts"),
+    "train": ("saeuron.cli.train", "train an SAE on captured activations"),
+    "eval": ("saeuron.cli.eval", "measure an erasure from one JSON or YAML config"),
+    "ui": ("saeuron.cli.ui", "the slider: erase or amplify concepts live in a web page"),
+    "minicanvas": ("saeuron.cli.minicanvas", "the bundled MiniCanvas model and its benchmark"),
+    "bench": ("saeuron.cli.bench", "measure what erasing, training and capture cost"),
+    "convert": (
+        "saeuron.cli.convert",
+        "published pickled statistics or parameters -> safetensors + JSON (needs trust)",
+    ),
+}
+DEBUG_ENV = "SAEURON_DEBUG"
+
+
+def package_version() -> str:
+    try:
+        return version("saeuron")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command`` (if any) gets its arguments, so only it is imported."""
+    parser = argparse.ArgumentParser(
+        prog="saeuron",
+        description="Erase concepts from text-to-image diffusion models at inference time by "
+        "editing sparse-autoencoder features (SAeUron, SAEmnesia).",
+    )
+    parser.add_argument("--version", action="version", version=f"saeuron {package_version()}")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true", help="debug logging, all warnings")
+    noise.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"tracebacks for user errors too (or {DEBUG_ENV}=1)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        if name == command:
+            importlib.import_module(module).add_parser(sub, name, help_text)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    return next((arg for arg in argv if arg in COMMANDS), None)
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    """Our logger only: third-party libraries keep their own levels (and stay quiet)."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("saeuron")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+    if verbose:
+        logging.captureWarnings(False)
+        warnings.simplefilter("default")
+    else:
+        quiet_third_parties()
+
+
+def quiet_third_parties() -> None:
+    """Normal runs show no third-party notices; ``-v`` shows them all."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings(
+        "ignore", category=UserWarning, module=r"(diffusers|transformers|torch)"
+    )
+    for name in ("diffusers", "transformers", "huggingface_hub", "httpx", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(argv))
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return int(args.handler(args) or 0)
+    except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
+        if debug:
+            raise
+        message = str(err).replace("\n", " ")
+        print(f"saeuron {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"saeuron {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

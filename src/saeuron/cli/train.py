@@ -1,0 +1,69 @@
+"""``saeuron train``: an SAE on a capture folder, or SAEmnesia's supervised fine-tune."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from saeuron.training.shards import ActivationShards
+from saeuron.training.supervised import SupervisedTrainConfig, read_labels, train_supervised
+from saeuron.training.trainer import TrainConfig, Trainer
+from saeuron.utils.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        name,
+        help=help_text,
+        description="Train a BatchTopK SAE on a `saeuron cache` folder; writes OUT/<hookpoint>/.",
+    )
+    TrainConfig.add_arguments(parser)
+    supervised = parser.add_argument_group(
+        "supervised (SAEmnesia)",
+        "--supervised fine-tunes an SAE so that each labelled concept has one latent; "
+        "without --init-sae an unsupervised SAE is trained first (to OUT/unsupervised/)",
+    )
+    supervised.add_argument(
+        "--supervised", action="store_true", help="SAEmnesia's supervised fine-tune"
+    )
+    SupervisedTrainConfig.add_arguments(
+        supervised, skip=("activations", "out", "seed", "device", "init_sae")
+    )
+    supervised.add_argument(
+        "--init-sae",
+        dest="init_sae",
+        metavar="SAE",
+        help="unsupervised SAE to start from; default: train one first",
+    )
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.supervised:
+        return run_supervised(args)
+    if args.labels or args.init_sae:
+        raise ConfigError("supervised", "--labels and --init-sae only apply with --supervised")
+    trainer = Trainer(TrainConfig.from_args(args))
+    trainer.train()
+    print(f"SAE written to {trainer.out_dir}")
+    return 0
+
+
+def run_supervised(args: argparse.Namespace) -> int:
+    if not args.labels:
+        raise ConfigError("labels", "--supervised needs --labels CSV (one row per prompt)")
+    init = args.init_sae or str(Path(args.out) / "unsupervised")
+    # Everything is checked (labels against the capture included) before any training.
+    sup = SupervisedTrainConfig.from_args(args, init_sae=init)
+    manifest = ActivationShards(sup.activations).manifest
+    read_labels(sup.labels, int(manifest["n_prompts"]), manifest.get("prompts_sha256"))
+    if not args.init_sae:
+        Trainer(TrainConfig.from_args(args, out=init)).train()
+    _, folder = train_supervised(sup)
+    print(f"supervised SAE and one feature per concept written to {folder}")
+    return 0

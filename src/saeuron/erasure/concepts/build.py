@@ -1,0 +1,288 @@
+"""``build_concept``: the features of one concept, from its statistics, in one call.
+
+Usage::
+
+    cfg = ConceptBuildConfig(concept="cat", model="CompVis/stable-diffusion-v1-4",
+                             sae="bcywinski/SAeUron", hookpoint="unet.up_blocks.1.attentions.1")
+    features = build_concept(cfg)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saeuron.erasure.concepts.cache import (
+    StatsCache,
+    default_cache_dir,
+    model_id,
+    stats_cache_key,
+)
+from saeuron.erasure.concepts.prompts import NEUTRAL, concept_prompts, other_prompt_sets
+from saeuron.erasure.concepts.select import (
+    percentile_count,
+    pooled_mean,
+    select_contrastive,
+    select_shortcut,
+)
+from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
+from saeuron.erasure.features import ConceptFeatures
+from saeuron.models.pipelines import load_pipeline
+from saeuron.models.sampling import SamplingConfig
+from saeuron.models.tokens import ACTIVATION_SITES, CFG_HALVES
+from saeuron.sae import Sae
+from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
+from saeuron.utils.prompts import read_prompts
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("contrastive", "shortcut")
+
+
+@dataclass
+class ConceptBuildConfig(Config):
+    """Settings of ``saeuron concept build``: which latents to edit for one concept."""
+
+    concept: str = field(positional=True, help="the concept to find, e.g. 'Van Gogh' or 'cat'")
+    model: str = field(help="diffusion model: a bundled name, tiny-sd, a folder or a hub id")
+    sae: str = field(help="SAE folder or Hugging Face repo id")
+    hookpoint: str | None = field(
+        None, help="module the SAE reads, e.g. unet.up_blocks.1.attentions.1; default: the SAE's"
+    )
+    method: str = field(
+        "contrastive",
+        choices=METHODS,
+        help="'contrastive': concept vs other concepts at every step (SAeUron); 'shortcut': "
+        "top latents of the concept's own images at one step",
+    )
+    prompts: str | None = field(
+        None,
+        help="file with the concept's prompts, one a line (all are used); default: "
+        "num_prompts templated prompts (contrastive) or the concept itself (shortcut)",
+    )
+    num_prompts: int = field(
+        20, ge=1, le=100_000, help="templated prompts of the concept when no file is given"
+    )
+    others: str | None = field(
+        None,
+        help="prompts of the other concepts: a text file (one concept), a JSON file "
+        "{concept: [prompts]}, or 'neutral' (bundled set); default: 'neutral' for "
+        "contrastive, none for shortcut (threshold 0)",
+    )
+    sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
+    percentile: float = field(
+        99.999,
+        gt=0,
+        lt=100,
+        help="keep latents scoring strictly above this percentile (20,480 latents: 1)",
+    )
+    tau: int | None = field(
+        None, ge=1, le=100_000, help="keep the top tau latents per step; overrides percentile"
+    )
+    activity_filter: bool = field(
+        False, help="drop latents active on too few or too many of the concept's tokens"
+    )
+    min_active: float = field(
+        0.01, ge=0, le=1, help="activity filter: lowest share of active tokens"
+    )
+    max_active: float = field(
+        0.99, ge=0, le=1, help="activity filter: highest share of active tokens"
+    )
+    max_other_ratio: float | None = field(
+        None,
+        gt=0,
+        help="drop latents whose mean on any one other concept exceeds this share of their "
+        "mean on the concept (e.g. 0.5); default: no such filter",
+    )
+    shortcut_step: int = field(
+        10, ge=0, help="shortcut: the denoising step whose activations count"
+    )
+    shortcut_images: int = field(
+        20, ge=1, le=100_000, help="shortcut: images generated from the concept's name"
+    )
+    cfg_half: str = field(
+        "cond",
+        choices=CFG_HALVES,
+        help="'cond': read the conditional half of the CFG batch; 'both': every row",
+    )
+    cache_dir: str | None = field(
+        None,
+        help="statistics cache; default $SAEURON_CACHE/concepts or ~/.cache/saeuron/concepts",
+    )
+    out: str | None = field(None, help="write the features to OUT.safetensors + OUT.json")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("concept", "model", "sae"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(name, f"got {value!r}; must be a non-empty string")
+        for name in ("hookpoint", "out", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None and not str(value).strip():
+                raise ConfigError(name, "must be a non-empty string when given")
+        if self.prompts is not None and not Path(self.prompts).is_file():
+            raise ConfigError("prompts", f"file {self.prompts!r} does not exist")
+        if self.others is not None and self.others != NEUTRAL and not Path(self.others).is_file():
+            raise ConfigError(
+                "others", f"got {self.others!r}; expected an existing file or {NEUTRAL!r}"
+            )
+        if self.min_active >= self.max_active:
+            raise ConfigError(
+                "min_active",
+                f"got {self.min_active!r}; must be < max_active ({self.max_active!r})",
+            )
+        self.sampling = self.sampling.resolved(self.model)
+        if self.method == "shortcut":
+            check_range("shortcut_step", self.shortcut_step, lt=self.sampling.steps)
+        if self.cache_dir is None:
+            self.cache_dir = str(default_cache_dir())
+
+    @property
+    def active_range(self) -> tuple[float, float] | None:
+        return (self.min_active, self.max_active) if self.activity_filter else None
+
+
+class _LazyPipeline:
+    """Loads the pipeline on first use, so fully cached builds never load the model."""
+
+    def __init__(self, cfg: ConceptBuildConfig, pipe: Any):
+        self.cfg = cfg
+        self.pipe = pipe
+
+    def get(self) -> Any:
+        if self.pipe is None:
+            self.pipe = load_pipeline(self.cfg.model, device=self.cfg.sampling.device)
+        return self.pipe
+
+
+def build_concept(
+    cfg: ConceptBuildConfig, pipe: Any | None = None, sae: Sae | None = None
+) -> ConceptFeatures:
+    """Compute (or read from the cache) the statistics ``cfg`` needs and select the features.
+
+    ``pipe`` must be the model ``cfg.model`` names: the cache knows models by that name only.
+    The pipeline is loaded only if some statistics are not cached yet.
+    """
+    if sae is None:
+        sae = Sae.from_pretrained(cfg.sae, hookpoint=cfg.hookpoint)
+    hookpoint = cfg.hookpoint or sae.meta.get("hookpoint")
+    if not hookpoint:
+        raise ConfigError(
+            "hookpoint",
+            "the SAE does not say where it reads; pass e.g. unet.up_blocks.1.attentions.1",
+        )
+    site = sae.meta.get("activation_site", "output")
+    check_choice("activation_site", site, ACTIVATION_SITES)
+    lazy = _LazyPipeline(cfg, pipe)
+    cache = StatsCache(cfg.cache_dir or default_cache_dir())
+    shared = {
+        "model": model_id(cfg.model),
+        "sae": sae.fingerprint(),
+        "hookpoint": hookpoint,
+        "num_inference_steps": cfg.sampling.steps,
+        "guidance_scale": cfg.sampling.guidance,
+        "seed": cfg.sampling.seed,
+        "cfg_half": cfg.cfg_half,
+        "activation_site": site,
+        "method": cfg.method,
+    }
+    steps = [cfg.shortcut_step] if cfg.method == "shortcut" else None
+
+    def stats_for(concept: str, prompts: list[str]) -> ConceptStats:
+        key = stats_cache_key(**shared, concept=concept, prompts=prompts, steps=steps)
+
+        def compute() -> ConceptStats:
+            stats = collect_stats(
+                lazy.get(),
+                sae,
+                prompts,
+                concept=concept,
+                hookpoint=hookpoint,
+                num_inference_steps=cfg.sampling.steps,
+                guidance_scale=cfg.sampling.guidance,
+                seed=cfg.sampling.seed,
+                cfg_half=cfg.cfg_half,
+                steps=steps,
+                batch_size=cfg.sampling.batch_size,
+                activation_site=site,
+            )
+            stats.meta.update(model=cfg.model, sae=str(sae.meta.get("source", cfg.sae)))
+            return stats
+
+        return cache.get_or_compute(key, concept, compute)
+
+    if cfg.method == "contrastive":
+        prompts = (
+            read_prompts(cfg.prompts, "prompts")
+            if cfg.prompts
+            else concept_prompts(cfg.concept, cfg.num_prompts)
+        )
+        target = stats_for(cfg.concept, prompts)
+        others = [
+            stats_for(name, p) for name, p in other_prompt_sets(cfg.others, cfg.concept).items()
+        ]
+        features = select_contrastive(
+            target,
+            others,
+            percentile=None if cfg.tau is not None else cfg.percentile,
+            tau=cfg.tau,
+            active_range=cfg.active_range,
+            max_other_ratio=cfg.max_other_ratio,
+        )
+    else:
+        prompts = (
+            read_prompts(cfg.prompts, "prompts")
+            if cfg.prompts
+            else [cfg.concept] * cfg.shortcut_images
+        )
+        target = stats_for(cfg.concept, prompts)
+        neutral = None
+        if cfg.others is not None:
+            others = [
+                stats_for(name, p) for name, p in other_prompt_sets(cfg.others, cfg.concept).items()
+            ]
+            neutral = ConceptStats(
+                concept=",".join(o.concept for o in others),
+                mean=pooled_mean(others),
+                active_frac=torch.zeros_like(others[0].active_frac),
+                n_prompts=sum(o.n_prompts for o in others),
+                timesteps=others[0].timesteps,
+                meta={"steps": others[0].steps},
+            )
+        tau = cfg.tau if cfg.tau is not None else percentile_count(sae.num_latents, cfg.percentile)
+        features = select_shortcut(target, tau=tau, step=0, neutral=neutral)
+        if cfg.tau is None:
+            features.meta["percentile"] = cfg.percentile
+    if cfg.method == "shortcut":
+        for name, on in (
+            ("activity_filter", cfg.activity_filter),
+            ("max_other_ratio", cfg.max_other_ratio is not None),
+        ):
+            if on:
+                logger.warning("%s applies to the contrastive method only; ignored", name)
+    if cfg.out:
+        features.save(cfg.out)
+        logger.info("concept %r: features written to %s", cfg.concept, cfg.out)
+    return features
+
+
+def summarize(features: ConceptFeatures) -> str:
+    """One line per fact: steps, latents per step, distinct latents."""
+    counts = [int((row >= 0).sum()) for row in features.indices]
+    per_step = (
+        f"{counts[0]} at every step"
+        if features.num_steps == 1
+        else f"min {min(counts)}, mean {sum(counts) / len(counts):.2f}, max {max(counts)} per step"
+    )
+    latents = sorted(features.latents())
+    shown = ", ".join(map(str, latents[:20])) + (" ..." if len(latents) > 20 else "")
+    return (
+        f"concept {features.concept!r} ({features.meta.get('method', '?')}, "
+        f"{features.num_steps} step{'s' if features.num_steps != 1 else ''} at "
+        f"{features.hookpoint}): {per_step}; {len(latents)} distinct latents: {shown}"
+    )

@@ -1,0 +1,261 @@
+"""Which latents tell a concept apart: contrastive scores and selection (SAeUron, section 3).
+
+    mu_notc[t] = the token-mean code over the prompts of every other concept (prompt-weighted)
+    s[t]       = mu_c[t] / sum(mu_c[t]) - mu_notc[t] / sum(mu_notc[t])
+
+Per step, the selected latents are those whose score is strictly above the p-th percentile
+of ``s`` (numpy's linear interpolation: with 20,480 latents p = 99.999 / 99.995 / 99.99 pick
+1 / 2 / 3), or the top ``tau``. Each gets the threshold the erasing hook compares against: the
+mean over all concepts (target and every other one) of their per-concept means.
+
+The shortcut needs no other concepts: the top ``tau`` latents by mean activation at one step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from saeuron.erasure.concepts.stats import ConceptStats
+from saeuron.erasure.features import ConceptFeatures
+from saeuron.utils.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def percentile_count(n_latents: int, percentile: float) -> int:
+    """How many of ``n_latents`` distinct scores lie strictly above their ``percentile``.
+
+    numpy's linear interpolation puts the percentile at rank ``(n - 1) p / 100``; with 20,480
+    latents, 99.999 / 99.995 / 99.99 give 1 / 2 / 3. Used to turn a percentile into a
+    ``tau`` where only a count makes sense (the shortcut).
+    """
+    position = (n_latents - 1) * percentile / 100.0
+    return max(1, n_latents - 1 - math.floor(position))
+
+
+def _normalised(mu: Tensor) -> Tensor:
+    total = mu.sum(dim=-1, keepdim=True)
+    return torch.where(total > 0, mu / total.clamp_min(torch.finfo(mu.dtype).tiny), 0.0)
+
+
+def pooled_mean(others: Sequence[ConceptStats]) -> Tensor:
+    """Prompt-weighted mean of several concepts' means: the mean over all their prompts."""
+    weights = torch.tensor([o.n_prompts for o in others], dtype=torch.float64)
+    stacked = torch.stack([o.mean.double() for o in others])
+    return ((stacked * weights[:, None, None]).sum(0) / weights.sum()).float()
+
+
+def contrastive_scores(target: ConceptStats, others: Sequence[ConceptStats]) -> Tensor:
+    """``[steps, n_latents]``: ``mu_c / sum(mu_c) - mu_notc / sum(mu_notc)`` at each step."""
+    _check_compatible(target, others)
+    mu_c = target.mean.double()
+    mu_notc = pooled_mean(others).double()
+    return _normalised(mu_c) - _normalised(mu_notc)
+
+
+def _check_compatible(target: ConceptStats, others: Sequence[ConceptStats]) -> None:
+    if not others:
+        raise ValueError("contrastive selection needs the statistics of at least one other concept")
+    for other in others:
+        if other.mean.shape != target.mean.shape:
+            raise ValueError(
+                f"statistics of {other.concept!r} {tuple(other.mean.shape)} do not match "
+                f"{target.concept!r} {tuple(target.mean.shape)}: same SAE and steps needed"
+            )
+        if other.steps != target.steps:
+            raise ValueError(
+                f"{other.concept!r} was read at steps {other.steps}, {target.concept!r} at "
+                f"{target.steps}"
+            )
+        for key in ("hookpoint", "num_inference_steps"):
+            a, b = target.meta.get(key), other.meta.get(key)
+            if a is not None and b is not None and a != b:
+                raise ValueError(f"{key} differs: {target.concept!r} {a}, {other.concept!r} {b}")
+
+
+def _pack(rows: list[Tensor], *values: Tensor) -> tuple[Tensor, ...]:
+    """Per-step index lists -> ``[steps, m]`` tensors padded with -1 (indices) and 0."""
+    width = max((len(r) for r in rows), default=0)
+    indices = torch.full((len(rows), width), -1, dtype=torch.long)
+    packed = [torch.zeros(len(rows), width) for _ in values]
+    for step, chosen in enumerate(rows):
+        indices[step, : len(chosen)] = chosen
+        for out, value in zip(packed, values, strict=True):
+            out[step, : len(chosen)] = value[step, chosen].float()
+    return (indices, *packed)
+
+
+def _top(scores: Tensor, eligible: Tensor, count: int) -> Tensor:
+    """Indices of the ``count`` best eligible scores, best first (ties: lower index first)."""
+    candidates = torch.nonzero(eligible).flatten()
+    order = torch.argsort(-scores[candidates], stable=True)
+    return candidates[order[:count]]
+
+
+def select_contrastive(
+    target: ConceptStats,
+    others: Sequence[ConceptStats],
+    *,
+    percentile: float | None = None,
+    tau: int | None = None,
+    active_range: tuple[float, float] | None = None,
+    max_other_ratio: float | None = None,
+) -> ConceptFeatures:
+    """The latents that tell ``target`` apart from ``others``, per step (method.md section 4).
+
+    Exactly one of ``percentile`` (keep scores strictly above the p-th percentile, numpy
+    linear interpolation) and ``tau`` (keep the top tau) is given. ``active_range=(lo, hi)``
+    (seed 003) first removes from the candidates every latent active on fewer than ``lo`` or
+    more than ``hi`` of the target's tokens; the percentile is then taken over the remaining
+    candidates, so the filter does not leave a step empty just because its best latent was
+    dropped. ``max_other_ratio=r`` likewise drops every latent whose mean on any single other
+    concept exceeds ``r`` times its mean on the target: the score compares the target with the
+    pool of others, so a latent shared with one close neighbour (dotted and grainy) can win it
+    and then be erased on that neighbour too. Thresholds: the mean over all concepts of their
+    per-concept means.
+    """
+    if (percentile is None) == (tau is None):
+        raise ValueError("give exactly one of percentile and tau")
+    if percentile is not None and not 0 < percentile < 100:
+        raise ConfigError("percentile", f"got {percentile!r}; must be > 0 and < 100")
+    if tau is not None and tau < 1:
+        raise ConfigError("tau", f"got {tau!r}; must be >= 1")
+    if active_range is not None and not 0 <= active_range[0] < active_range[1] <= 1:
+        raise ConfigError("active_range", f"got {active_range!r}; need 0 <= lo < hi <= 1")
+    if max_other_ratio is not None and not max_other_ratio > 0:
+        raise ConfigError("max_other_ratio", f"got {max_other_ratio!r}; must be > 0")
+    others = list(others)
+    scores = contrastive_scores(target, others)
+    eligible = torch.ones_like(scores, dtype=torch.bool)
+    if active_range is not None:
+        lo, hi = active_range
+        eligible = (target.active_frac >= lo) & (target.active_frac <= hi)
+    if max_other_ratio is not None:
+        loudest_other = torch.stack([o.mean for o in others]).amax(0)
+        eligible &= (target.mean > 0) & (loudest_other <= max_other_ratio * target.mean)
+
+    rows: list[Tensor] = []
+    for step in range(target.num_steps):
+        ok = eligible[step]
+        if not bool(ok.any()):
+            rows.append(torch.zeros(0, dtype=torch.long))
+            continue
+        if tau is not None:
+            rows.append(_top(scores[step], ok, tau))
+            continue
+        candidate_scores = scores[step][ok].numpy()
+        cut = float(np.percentile(candidate_scores, percentile, method="linear"))
+        above = ok & (scores[step] > cut)
+        rows.append(_top(scores[step], above, int(above.sum())))
+
+    # Threshold: every concept counts once, whatever its number of prompts.
+    threshold = torch.stack([target.mean] + [o.mean for o in others]).mean(0)
+    indices, mean, thr = _pack(rows, target.mean, threshold)
+    counts = [len(r) for r in rows]
+    if sum(counts) == 0:
+        logger.warning("concept %r: no latent selected at any step", target.concept)
+    meta = _features_meta(target) | {
+        "method": "contrastive",
+        "percentile": percentile,
+        "tau": tau,
+        "active_range": list(active_range) if active_range is not None else None,
+        "max_other_ratio": max_other_ratio,
+        "others": [o.concept for o in others],
+        "others_prompts": sum(o.n_prompts for o in others),
+        "selected_per_step": counts,
+    }
+    if target.steps != list(range(int(target.meta.get("num_inference_steps", target.num_steps)))):
+        logger.warning(
+            "concept %r: statistics cover steps %s only; they are mapped onto sampling steps "
+            "by position in the schedule",
+            target.concept,
+            target.steps,
+        )
+    return ConceptFeatures(
+        concept=target.concept,
+        indices=indices,
+        mean=mean,
+        threshold=thr,
+        timesteps=target.timesteps.clone(),
+        meta=meta,
+    )
+
+
+def select_shortcut(
+    target: ConceptStats,
+    *,
+    tau: int,
+    step: int = 0,
+    neutral: ConceptStats | None = None,
+) -> ConceptFeatures:
+    """Seed 000's shortcut: the top ``tau`` latents by mean activation at one row ``step``.
+
+    The result holds one step, i.e. it applies at every sampling step. Threshold: 0 (edit
+    wherever the latent is active) unless ``neutral`` statistics of the same denoising step
+    are given; then the neutral mean of each latent, so only tokens where the latent is more
+    active than on ordinary content are edited.
+    """
+    if tau < 1:
+        raise ConfigError("tau", f"got {tau!r}; must be >= 1")
+    if not 0 <= step < target.num_steps:
+        raise ValueError(f"step: got {step}; the statistics hold {target.num_steps} rows")
+    mean = target.mean[step]
+    chosen = _top(mean, mean > 0, tau)
+    if len(chosen) < tau:
+        logger.warning(
+            "concept %r: only %d latents are ever active at step %d; asked for %d",
+            target.concept,
+            len(chosen),
+            target.steps[step],
+            tau,
+        )
+    threshold = torch.zeros_like(mean)
+    if neutral is not None:
+        schedule_step = target.steps[step]
+        if schedule_step not in neutral.steps or neutral.num_latents != target.num_latents:
+            raise ValueError(
+                f"neutral statistics (steps {neutral.steps}, {neutral.num_latents} latents) "
+                f"lack step {schedule_step} with {target.num_latents} latents"
+            )
+        threshold = neutral.mean[neutral.steps.index(schedule_step)]
+    indices, mean_row, thr = _pack([chosen], mean[None], threshold[None])
+    meta = _features_meta(target) | {
+        "method": "shortcut",
+        "tau": tau,
+        "shortcut_step": target.steps[step],
+        "threshold": "neutral mean" if neutral is not None else "zero",
+        "neutral": neutral.concept if neutral is not None else None,
+        "selected_per_step": [len(chosen)],
+    }
+    return ConceptFeatures(
+        concept=target.concept,
+        indices=indices,
+        mean=mean_row,
+        threshold=thr,
+        timesteps=target.timesteps[step : step + 1].clone(),
+        meta=meta,
+    )
+
+
+def _features_meta(target: ConceptStats) -> dict[str, Any]:
+    keep = (
+        "hookpoint",
+        "model",
+        "sae",
+        "num_inference_steps",
+        "steps",
+        "guidance_scale",
+        "seed",
+        "cfg_half",
+        "activation_site",
+    )
+    meta = {k: target.meta[k] for k in keep if k in target.meta}
+    meta["n_prompts"] = target.n_prompts
+    return meta

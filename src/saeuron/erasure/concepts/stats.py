@@ -1,0 +1,265 @@
+"""A concept's statistics: the SAE codes of its prompts, averaged per denoising step.
+
+A concept's prompts run through the stock pipeline with a hook on the SAE's hookpoint; every
+token of every needed step is SAE-encoded (per-token TopK) and averaged over the image's
+tokens, then over prompts (SAeUron, section 3)::
+
+    mu_c[t] = mean over c's prompts of the token-mean code at step t
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saeuron.models.denoising import track_denoising
+from saeuron.models.hookpoints import resolve_module
+from saeuron.models.tokens import (
+    ACTIVATION_SITES,
+    CFG_HALVES,
+    conditional_rows,
+    input_tensor,
+    output_tensor,
+    to_tokens,
+)
+from saeuron.sae import Sae
+from saeuron.utils.config import ConfigError, check_choice, check_range
+from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ConceptStats:
+    """Token-mean SAE codes of one concept's prompts, averaged over prompts, per step."""
+
+    concept: str
+    mean: Tensor
+    """``[steps, n_latents]`` float32: mean over prompts of the token-mean activation."""
+    active_frac: Tensor
+    """``[steps, n_latents]`` float32: share of tokens on which the latent is active (> 0)."""
+    n_prompts: int
+    timesteps: Tensor
+    """``[steps]`` the scheduler timestep of each row."""
+    meta: dict[str, Any] = dc_field(default_factory=dict)
+    """Provenance: prompts, model, sae, hookpoint, steps (schedule indices of the rows), ..."""
+
+    def __post_init__(self) -> None:
+        self.mean = self.mean.float()
+        self.active_frac = self.active_frac.float()
+        self.timesteps = self.timesteps.float().reshape(-1)
+        if self.mean.ndim != 2 or self.mean.shape != self.active_frac.shape:
+            raise ValueError(
+                f"concept {self.concept!r}: mean {tuple(self.mean.shape)} and active_frac "
+                f"{tuple(self.active_frac.shape)} must both be [steps, n_latents]"
+            )
+        if self.timesteps.shape[0] != self.mean.shape[0]:
+            raise ValueError(
+                f"concept {self.concept!r}: {self.timesteps.shape[0]} timesteps for "
+                f"{self.mean.shape[0]} steps"
+            )
+        if self.n_prompts < 1:
+            raise ValueError(f"concept {self.concept!r}: n_prompts must be >= 1")
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def num_latents(self) -> int:
+        return int(self.mean.shape[1])
+
+    @property
+    def steps(self) -> list[int]:
+        """Schedule index of each row (all steps when the meta does not say)."""
+        return list(self.meta.get("steps", range(self.num_steps)))
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path.safetensors`` + ``path.json`` (``path`` without suffix); JSON last."""
+        base = Path(path).with_suffix("")
+        atomic_write_safetensors(
+            base.with_suffix(".safetensors"),
+            {"mean": self.mean, "active_frac": self.active_frac, "timesteps": self.timesteps},
+        )
+        atomic_write_json(
+            base.with_suffix(".json"),
+            {"concept": self.concept, "n_prompts": self.n_prompts, "meta": self.meta},
+        )
+        return base
+
+    @classmethod
+    def load(cls, path: str | Path) -> ConceptStats:
+        base = Path(path).with_suffix("")
+        info = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
+        tensors = load_file(base.with_suffix(".safetensors"))
+        return cls(
+            concept=info["concept"],
+            mean=tensors["mean"],
+            active_frac=tensors["active_frac"],
+            n_prompts=int(info["n_prompts"]),
+            timesteps=tensors["timesteps"],
+            meta=dict(info.get("meta", {})),
+        )
+
+
+class _StopSampling(Exception):
+    """Raised from the step callback by pipelines that do not honour ``_interrupt``."""
+
+
+def _unet_device(pipe: Any) -> torch.device:
+    return next(pipe.unet.parameters()).device
+
+
+@torch.no_grad()
+def collect_stats(
+    pipe: Any,
+    sae: Sae,
+    prompts: Sequence[str],
+    *,
+    concept: str,
+    hookpoint: str,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    seed: int = 0,
+    cfg_half: str = "cond",
+    steps: Sequence[int] | None = None,
+    batch_size: int = 4,
+    activation_site: str = "output",
+    progress: bool = True,
+) -> ConceptStats:
+    """Sample ``prompts`` with the stock pipeline and average the SAE codes at ``hookpoint``.
+
+    Only running sums are kept (memory ``O(steps x n_latents)``), and each batch stops
+    sampling right after the last step in ``steps`` (``None``: every step); no VAE decode.
+    Prompt ``i`` gets a CPU generator seeded ``seed + i``, so its statistics do not depend on
+    the batch it lands in, nor on the device.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ConfigError("prompts", f"concept {concept!r} has no prompts")
+    check_range("num_inference_steps", num_inference_steps, ge=1)
+    check_range("batch_size", batch_size, ge=1)
+    check_choice("cfg_half", cfg_half, CFG_HALVES)
+    check_choice("activation_site", activation_site, ACTIVATION_SITES)
+    needed = sorted(set(range(num_inference_steps) if steps is None else (int(s) for s in steps)))
+    if not needed or needed[0] < 0 or needed[-1] >= num_inference_steps:
+        raise ConfigError(
+            "steps", f"got {steps!r}; expected step indices in [0, {num_inference_steps - 1}]"
+        )
+    row_of = {s: r for r, s in enumerate(needed)}
+    module = resolve_module(pipe, hookpoint)
+    device = _unet_device(pipe)
+    sae.to(device)
+
+    n_rows, n_latents = len(needed), sae.num_latents
+    # float64 on the host: sums over thousands of prompts lose no precision.
+    sums = torch.zeros(n_rows, n_latents, dtype=torch.float64)
+    active = torch.zeros(n_rows, n_latents, dtype=torch.float64)
+    images = torch.zeros(n_rows, dtype=torch.long)
+    tokens = torch.zeros(n_rows, dtype=torch.long)
+    timesteps = torch.full((n_rows,), float("nan"), dtype=torch.float64)
+    seen_in_batch: set[int] = set()
+    schedule_warned = False
+
+    with track_denoising(pipe) as state:
+
+        def hook(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            nonlocal schedule_warned
+            row = row_of.get(state.step)
+            if row is None:
+                return
+            if state.num_steps != num_inference_steps and not schedule_warned:
+                logger.warning(
+                    "the scheduler runs %d timesteps for %d inference steps; step indices "
+                    "refer to scheduler.timesteps",
+                    state.num_steps,
+                    num_inference_steps,
+                )
+                schedule_warned = True
+            out = output_tensor(output)
+            site = out - input_tensor(args, kwargs) if activation_site == "update" else out
+            part = to_tokens(site[conditional_rows(out.shape[0], state.cfg, cfg_half)])
+            b, t, _ = part.shape
+            top = sae.encode(part)
+            idx = top.top_indices.flatten()
+            acts = top.top_acts.flatten().float()
+            # All images have t tokens, so summing acts / t sums the per-image token means.
+            row_sum = acts.new_zeros(n_latents).index_add_(0, idx, acts / t)
+            row_active = acts.new_zeros(n_latents).index_add_(0, idx, (acts > 0).float())
+            sums[row] += row_sum.double().cpu()
+            active[row] += row_active.double().cpu()
+            images[row] += b
+            tokens[row] += b * t
+            timesteps[row] = state.timestep
+            seen_in_batch.add(state.step)
+
+        honours_interrupt = isinstance(getattr(type(pipe), "interrupt", None), property)
+
+        def on_step_end(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if len(seen_in_batch) == n_rows:
+                if not honours_interrupt:
+                    raise _StopSampling
+                p._interrupt = True
+            return {}
+
+        stop_early = needed[-1] < num_inference_steps - 1
+        removable = module.register_forward_hook(hook, with_kwargs=True)
+        bar = tqdm(total=len(prompts), desc=f"stats {concept}", unit="prompt", disable=not progress)
+        try:
+            for start in range(0, len(prompts), batch_size):
+                batch = prompts[start : start + batch_size]
+                generators = [
+                    torch.Generator("cpu").manual_seed(seed + start + j) for j in range(len(batch))
+                ]
+                seen_in_batch.clear()
+                try:
+                    pipe(
+                        prompt=batch,
+                        num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale,
+                        generator=generators,
+                        output_type="latent",
+                        callback_on_step_end=on_step_end if stop_early else None,
+                    )
+                except _StopSampling:
+                    pass
+                bar.update(len(batch))
+        finally:
+            bar.close()
+            removable.remove()
+            if hasattr(pipe, "_interrupt"):
+                pipe._interrupt = False
+
+    missing = [needed[r] for r in range(n_rows) if images[r] == 0]
+    if missing:
+        raise RuntimeError(
+            f"{hookpoint} never ran at steps {missing}: is it a module the UNet uses?"
+        )
+    return ConceptStats(
+        concept=concept,
+        mean=(sums / images[:, None]).float(),
+        active_frac=(active / tokens[:, None]).float(),
+        n_prompts=len(prompts),
+        timesteps=timesteps.float(),
+        meta={
+            "prompts": prompts,
+            "hookpoint": hookpoint,
+            "sae": sae.meta.get("source"),
+            "num_inference_steps": num_inference_steps,
+            "steps": needed,
+            "guidance_scale": guidance_scale,
+            "seed": seed,
+            "cfg_half": cfg_half,
+            "activation_site": activation_site,
+        },
+    )

@@ -1,0 +1,301 @@
+"""Judging MiniCanvas images: sample prompt sets (optionally under an erasure), classify them.
+
+The UnlearnCanvas protocol (Zhang et al., 2024) as SAeUron applies it, on MiniCanvas: for a
+concept erased in turn, images of every (object, style) prompt are judged by the bundled
+classifier:
+
+- style erased:  UA = 1 - style accuracy on the target style's prompts, IRA = style accuracy
+  on the other styles' prompts, CRA = object accuracy on all of them;
+- object erased: UA = 1 - object accuracy on the target object's prompts, IRA = object
+  accuracy on the other objects' prompts, CRA = style accuracy on all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from saeuron.erasure.erase import erase
+from saeuron.erasure.features import ConceptFeatures
+from saeuron.minicanvas.assets import (
+    SUPERVISED_SAES,
+    bundle_folder,
+    concept_hookpoint,
+    concept_kind,
+    select_features,
+    supervised_features_path,
+)
+from saeuron.minicanvas.classifier import MiniCanvasClassifier
+from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
+from saeuron.models.pipelines import load_pipeline
+from saeuron.models.sampling import seed_generators
+from saeuron.sae import Sae
+from saeuron.utils.config import ConfigError
+
+VARIANTS = (
+    "none", "negative_prompt", "saeuron", "saeuron_cfg_both", "saeuron_paper_error", "saemnesia"
+)
+VARIANT_LABELS = {
+    "none": "no erasure",
+    "negative_prompt": "concept as negative prompt",
+    "saeuron": "SAeUron (defaults: cond half, exact error)",
+    "saeuron_cfg_both": "SAeUron, cfg_half=both",
+    "saeuron_paper_error": "SAeUron, error_term=paper",
+    "saemnesia": "SAEmnesia (supervised SAE, one latent per concept)",
+}
+
+
+@dataclass
+class Judged:
+    """Classifier verdicts for a set of generated images."""
+
+    objects: np.ndarray
+    styles: np.ndarray
+    true_objects: np.ndarray
+    true_styles: np.ndarray
+    images: list[Any]
+
+
+def _one_hookpoint(concepts: Sequence[str]) -> str:
+    """The hookpoint of concepts erased together: one kind, one block, one SAE."""
+    hookpoints = {concept_hookpoint(c) for c in concepts}
+    if len(hookpoints) != 1:
+        raise ConfigError("concepts", f"erase concepts of one kind at a time: {concepts}")
+    return hookpoints.pop()
+
+
+class MiniCanvasJudge:
+    """Generates prompt sets (optionally under an erasure) and classifies the images."""
+
+    def __init__(self, model: str = "minicanvas", steps: int = 20, guidance: float = 7.5):
+        self.folder = bundle_folder(model)
+        self.pipe = load_pipeline(model, device="cpu", dtype=torch.float32)
+        self.classifier = MiniCanvasClassifier.load(self.folder / "classifier")
+        self.saes = {
+            hp: Sae.from_pretrained(self.folder / "saes", hookpoint=hp)
+            for hp in {concept_hookpoint(o) for o in OBJECTS}
+            | {concept_hookpoint(s) for s in STYLES}
+        }
+        self.steps, self.guidance = steps, guidance
+        self._stats: dict[str, Any] = {}
+        self._supervised: dict[str, Any] = {}
+
+    def features(self, concept: str, tau: int, max_other_ratio: float | None = None):
+        return select_features(self.folder, concept, tau, self._stats, max_other_ratio)
+
+    @contextlib.contextmanager
+    def erasing(
+        self,
+        concept: str,
+        tau: int,
+        multiplier: float,
+        cfg_half: str = "cond",
+        error: str = "exact",
+        max_other_ratio: float | None = None,
+    ) -> Iterator[None]:
+
+        hookpoint = concept_hookpoint(concept)
+        with erase(
+            self.pipe,
+            self.saes[hookpoint],
+            self.features(concept, tau, max_other_ratio),
+            multiplier=multiplier,
+            cfg_half=cfg_half,
+            error_term=error,
+            hookpoint=hookpoint,
+        ):
+            yield
+
+    def supervised_sae(self, hookpoint: str) -> Any:
+        if hookpoint not in self._supervised:
+            folder = self.folder / SUPERVISED_SAES
+            if not (folder / hookpoint).is_dir():
+                raise FileNotFoundError(
+                    f"no supervised SAE at {folder / hookpoint}: run `saeuron minicanvas "
+                    "saemnesia build`"
+                )
+            self._supervised[hookpoint] = Sae.from_pretrained(folder, hookpoint=hookpoint)
+        return self._supervised[hookpoint]
+
+    @contextlib.contextmanager
+    def erasing_supervised(self, concepts: Sequence[str], multipliers: dict[str, float]):
+        """SAEmnesia: each concept is its one latent of the supervised SAE."""
+        hookpoint = _one_hookpoint(concepts)
+        features = [
+            ConceptFeatures.load(supervised_features_path(self.folder, c)) for c in concepts
+        ]
+        with erase(
+            self.pipe, self.supervised_sae(hookpoint), features,
+            multiplier={c: float(multipliers[c]) for c in concepts}, hookpoint=hookpoint,
+        ):  # fmt: skip
+            yield
+
+    @contextlib.contextmanager
+    def erasing_many(
+        self, concepts: Sequence[str], params: dict[str, dict[str, Any]]
+    ) -> Iterator[None]:
+        """Several concepts of one kind at once, each with its tuned tau, gamma and filter."""
+
+        hookpoint = _one_hookpoint(concepts)
+        features = [
+            self.features(c, int(params[c]["tau"]), params[c].get("max_other_ratio"))
+            for c in concepts
+        ]
+        for f, c in zip(features, concepts):
+            f.concept = c
+        with erase(
+            self.pipe, self.saes[hookpoint], features,
+            multiplier={c: float(params[c]["multiplier"]) for c in concepts},
+            hookpoint=hookpoint,
+        ):  # fmt: skip
+            yield
+
+    def run(
+        self,
+        rows: Sequence[tuple[str, int, int, int]],
+        negative: str | None = None,
+        batch_size: int = 50,
+        desc: str = "images",
+    ) -> Judged:
+        """``rows``: (prompt, object, style, seed). Images are sampled in batches."""
+        images: list[Any] = []
+        for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False):
+            chunk = rows[start : start + batch_size]
+            generators = seed_generators([seed for _, _, _, seed in chunk])
+            images += self.pipe(
+                [prompt for prompt, _, _, _ in chunk],
+                negative_prompt=[negative] * len(chunk) if negative else None,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance,
+                generator=generators,
+            ).images
+        objects, styles = self.classifier.predict(images)
+        return Judged(
+            objects,
+            styles,
+            np.array([r[1] for r in rows]),
+            np.array([r[2] for r in rows]),
+            images,
+        )
+
+
+def prompt_rows(
+    template: str, seeds: Sequence[int], only: tuple[str, int] | None = None, exclude: bool = False
+) -> list[tuple[str, int, int, int]]:
+    """Prompts of every (object, style) pair with each seed, optionally filtered by concept."""
+    rows = []
+    for (i, obj), (j, style), seed in itertools.product(
+        enumerate(OBJECTS), enumerate(STYLES), seeds
+    ):
+        if only is not None:
+            kind, index = only
+            hit = (i if kind == "object" else j) == index
+            if hit == exclude:
+                continue
+        rows.append((template.format(object=obj, style=style), i, j, seed))
+    return rows
+
+
+def diagonal_subset(
+    rows: Sequence[tuple[str, int, int, int]], every: int
+) -> list[tuple[str, int, int, int]]:
+    """About one row in ``every``, chosen so that every object and every style stays in."""
+    return [row for row in rows if (row[1] + row[2]) % every == 0]
+
+
+def subset(judged: Judged, mask: np.ndarray) -> Judged:
+    return Judged(
+        judged.objects[mask],
+        judged.styles[mask],
+        judged.true_objects[mask],
+        judged.true_styles[mask],
+        [image for image, keep in zip(judged.images, mask, strict=True) if keep],
+    )
+
+
+def split_baseline(
+    baseline: Judged, seeds_of: np.ndarray, concept: str, seeds: Sequence[int], retain_seeds: int
+) -> tuple[Judged, Judged]:
+    """Target and retain images of ``concept`` out of one unerased run over every pair."""
+    kind, index = _concept_index(concept)
+    hit = (baseline.true_objects if kind == "object" else baseline.true_styles) == index
+    target = hit & np.isin(seeds_of, list(seeds))
+    retain = ~hit & np.isin(seeds_of, list(seeds[:retain_seeds]))
+    return subset(baseline, target), subset(baseline, retain)
+
+
+def scores(concept: str, target: Judged, retain: Judged) -> dict[str, float]:
+    kind = concept_kind(concept)
+    same = "objects" if kind == "object" else "styles"
+    cross = "styles" if kind == "object" else "objects"
+
+    def acc(judged: Judged, head: str) -> np.ndarray:
+        return getattr(judged, head) == getattr(judged, f"true_{head}")
+
+    return {
+        "UA": float(1 - acc(target, same).mean()),
+        "IRA": float(acc(retain, same).mean()),
+        "CRA": float(np.concatenate([acc(target, cross), acc(retain, cross)]).mean()),
+        "n_target": len(target.objects),
+        "n_retain": len(retain.objects),
+    }
+
+
+def prompt_following(judged: Judged) -> dict[str, float]:
+    """How often the unerased model draws the object and the style it was asked for."""
+    return {
+        "object_accuracy": float((judged.objects == judged.true_objects).mean()),
+        "style_accuracy": float((judged.styles == judged.true_styles).mean()),
+        "n_images": len(judged.objects),
+    }
+
+
+def _concept_index(concept: str) -> tuple[str, int]:
+    kind = concept_kind(concept)
+    return kind, (OBJECTS if kind == "object" else STYLES).index(concept)
+
+
+def evaluate(
+    judge: MiniCanvasJudge,
+    concept: str,
+    variant: str,
+    params: dict[str, Any],
+    seeds: Sequence[int],
+    retain_seeds: int,
+    template: str = TEST_TEMPLATES[0],
+    batch_size: int = 50,
+    retain_every: int = 1,
+) -> tuple[dict[str, float], Judged]:
+    index = _concept_index(concept)
+    target_rows = prompt_rows(template, seeds, only=index)
+    retain_rows = diagonal_subset(
+        prompt_rows(template, seeds[:retain_seeds], only=index, exclude=True), retain_every
+    )
+    negative = None
+    if variant == "negative_prompt":
+        negative = concept if index[0] == "object" else f"{concept} style"
+    settings = {
+        "saeuron": ("cond", "exact"),
+        "saeuron_cfg_both": ("both", "exact"),
+        "saeuron_paper_error": ("cond", "paper"),
+    }
+    ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if variant == "saemnesia":
+        ctx = judge.erasing_supervised([concept], {concept: float(params["multiplier"])})
+    elif variant in settings:
+        half, error = settings[variant]
+        ctx = judge.erasing(
+            concept, int(params["tau"]), float(params["multiplier"]), half, error,
+            params.get("max_other_ratio"),
+        )  # fmt: skip
+    with ctx:
+        target = judge.run(target_rows, negative, batch_size, desc=f"{concept}/{variant}")
+        retain = judge.run(retain_rows, negative, batch_size, desc=f"{concept}/{variant} retain")
+    return scores(concept, target, retain), target

@@ -1,0 +1,103 @@
+"""Loading diffusion pipelines by name: tiny test models, bundled models, folders, hub ids."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+
+from saeuron.models.bundles import bundle_names, find_bundle
+from saeuron.models.tiny import TINY_MODELS, build_tiny
+from saeuron.utils.devices import resolve_device
+from saeuron.utils.errors import ConfigError
+from saeuron.utils.hub import bounded_timeouts, is_hub_id, unavailable
+
+log = logging.getLogger(__name__)
+
+
+def model_names() -> list[str]:
+    """Names that load without a path or hub id: bundled models and tiny test models."""
+    return [*bundle_names(), *TINY_MODELS]
+
+
+def check_model(model: str, setting: str = "model") -> None:
+    """Refuse, before anything loads, a model that is neither a name, a folder nor a hub id."""
+    if model in TINY_MODELS:
+        return
+    bundle = find_bundle(model)
+    if bundle is not None:
+        if not bundle.shipped:
+            raise ConfigError(
+                setting,
+                f"the bundled model {model!r} is not built in this install (no pipeline in "
+                f"{bundle.folder}); use a local folder, a hub id or one of "
+                f"{', '.join(TINY_MODELS)}",
+            )
+        return
+    if Path(model).exists():
+        if not Path(model).is_dir():
+            raise ConfigError(setting, f"{model} is a file; expected a diffusers folder")
+        return
+    if not is_hub_id(model):
+        raise ConfigError(
+            setting,
+            f"got {model!r}: neither a local folder nor a hub id (owner/name); also "
+            f"allowed: {', '.join(model_names())}",
+        )
+
+
+def _source(model: str) -> str:
+    bundle = find_bundle(model)
+    return str(bundle.folder) if bundle is not None else model
+
+
+def _pretrained_kwargs(source: str) -> dict[str, Any]:
+    """SD 1.x folders declare a safety checker; turning it off there (and only there) avoids
+    both a download and diffusers' warning about unexpected kwargs on other pipelines."""
+    try:
+        index = DiffusionPipeline.load_config(source)
+    except Exception:  # noqa: BLE001 - from_pretrained below reports the real problem
+        return {}
+    if "safety_checker" in index:
+        return {"safety_checker": None, "requires_safety_checker": False}
+    return {}
+
+
+def load_pipeline(
+    model: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> Any:
+    """A diffusers pipeline on ``device`` with its progress bar off (we run it internally).
+
+    ``model`` is ``tiny-sd``/``tiny-sdxl`` (random-weight test models), a bundled model name,
+    a local ``save_pretrained`` folder or a Hugging Face hub id. An uncached hub id while
+    offline fails at once with a one-line error naming the model.
+    """
+    target = resolve_device(device)
+    check_model(model)
+    if model in TINY_MODELS:
+        pipe = build_tiny(model)
+    else:
+        source = _source(model)
+        if dtype is None and target.type == "cpu":
+            # Folders may store fp16 weights (the bundled ones do, to stay small); CPU
+            # kernels want float32.
+            dtype = torch.float32
+        log.info("loading pipeline %s", source)
+        kwargs = _pretrained_kwargs(source)
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if is_hub_id(source):
+            bounded_timeouts()
+        try:
+            pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
+        except OSError as err:
+            if is_hub_id(source):
+                raise unavailable("model", source, err) from err
+            raise
+    # Casting only when needed: diffusers warns on every dtype cast through ``to()``.
+    pipe = pipe.to(target) if dtype in (None, pipe.dtype) else pipe.to(target, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

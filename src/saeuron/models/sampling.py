@@ -1,0 +1,109 @@
+"""How a pipeline samples: one config shared by every command that runs the model.
+
+The technique, concept building, activation capture, the evaluation techniques and the
+slider all sample with a :class:`SamplingConfig`. Its fields left at ``None`` take the
+model's own defaults (a bundle's ``bundle.json``, the table of known models, else Stable
+Diffusion's), so MiniCanvas samples at its 20 steps and SD 1.4 at 50 without being told.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from saeuron.models.defaults import model_defaults
+from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.devices import check_device, parse_dtype, resolve_device, sampling_dtype
+
+MAX_SIDE = 4096
+"""Largest image side accepted (pixels): beyond it a UNet step needs hundreds of GB."""
+
+
+@dataclass
+class SamplingConfig(Config):
+    num_inference_steps: int | None = field(
+        None, ge=1, le=1000, help="denoising steps; default: the model's (MiniCanvas 20, SD 50)"
+    )
+    guidance_scale: float | None = field(
+        None,
+        ge=0,
+        le=100,
+        help="classifier-free guidance scale (<= 1: no CFG); default: the model's",
+    )
+    use_fp16: bool | None = field(
+        None,
+        help="half precision: on where it is fast (CUDA, MPS) unless false; the CPU always "
+        "runs float32",
+    )
+    device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: CUDA, MPS, CPU")
+    seed: int = field(0, ge=0, le=2**63 - 1, help="prompt i samples with seed + i")
+    batch_size: int = field(4, ge=1, le=4096, help="prompts per pipeline call")
+    height: int | None = field(
+        None,
+        ge=8,
+        le=MAX_SIDE,
+        help="image height in pixels, a multiple of 8; default: the model's",
+    )
+    width: int | None = field(
+        None, ge=8, le=MAX_SIDE, help="image width in pixels, a multiple of 8; default: the model's"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_device("device", self.device)
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and value % 8:
+                raise ConfigError(name, f"got {value}; must be a positive multiple of 8")
+
+    def resolved(self, model: str | None) -> SamplingConfig:
+        """A copy with the model's defaults filled in where this config says ``None``."""
+        defaults = model_defaults(model)
+        return self.replace(
+            num_inference_steps=self.num_inference_steps or defaults.num_inference_steps,
+            guidance_scale=(
+                self.guidance_scale if self.guidance_scale is not None else defaults.guidance_scale
+            ),
+        )
+
+    @property
+    def steps(self) -> int:
+        """Denoising steps of a resolved config."""
+        if self.num_inference_steps is None:
+            raise RuntimeError("resolve the sampling config against its model first")
+        return self.num_inference_steps
+
+    @property
+    def guidance(self) -> float:
+        if self.guidance_scale is None:
+            raise RuntimeError("resolve the sampling config against its model first")
+        return self.guidance_scale
+
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def dtype_for(self, device: torch.device, model: str | None = None) -> torch.dtype:
+        """The compute dtype: the bundle's if it names one, else fp16 where it is fast."""
+        named = parse_dtype(model_defaults(model).dtype)
+        if named is not None and self.use_fp16 is None:
+            return named if device.type != "cpu" or named == torch.float32 else torch.float32
+        return sampling_dtype(device, self.use_fp16)
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of a pipeline call (steps, guidance, size)."""
+        kwargs: dict[str, Any] = {
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance,
+        }
+        if self.height is not None:
+            kwargs["height"] = self.height
+        if self.width is not None:
+            kwargs["width"] = self.width
+        return kwargs
+
+
+def seed_generators(seeds: list[int] | range) -> list[torch.Generator]:
+    """One CPU generator per image: its noise depends on its seed only, on every device."""
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]

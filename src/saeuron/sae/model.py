@@ -1,0 +1,384 @@
+"""The sparse autoencoder: TopK SAE with a shared pre-encoder bias (SAeUron, section 3).
+
+    pre   = ReLU(W_enc (x - b_dec) + b_enc)
+    a     = TopK(pre)                       # per token at inference, BatchTopK in training
+    x_hat = a W_dec + b_dec                 # rows of W_dec kept at unit norm
+
+Checkpoints use the EleutherAI ``sae``/``sparsify`` layout of the published SAeUron and
+SAEmnesia SAEs: one folder per hookpoint with ``cfg.json`` and ``sae.safetensors``. That
+layout is read here; other layouts (sdxl-unbox, ...) are readers registered in
+:data:`SAE_FORMATS` by :mod:`saeuron.sae.formats`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from saeuron.sae.config import SaeConfig
+from saeuron.utils.errors import ConfigError, FileFormatError
+from saeuron.utils.files import SAE_CONFIG, SAE_META, SAE_WEIGHTS
+from saeuron.utils.hub import is_hub_id, snapshot
+from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
+from saeuron.utils.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+
+class EncoderOutput(NamedTuple):
+    top_acts: Tensor
+    """Activations of the selected latents, ``[tokens, k]``."""
+    top_indices: Tensor
+    """Their indices, ``[tokens, k]``."""
+
+
+class ForwardOutput(NamedTuple):
+    sae_out: Tensor
+    """Reconstruction ``[tokens, d_in]``."""
+    latent_acts: Tensor
+    """Active latent values ``[tokens, m]`` (m = k at inference; padded with zeros in BatchTopK)."""
+    latent_indices: Tensor
+    """Their indices ``[tokens, m]``."""
+    fvu: Tensor
+    """Fraction of variance unexplained."""
+    auxk_loss: Tensor
+    """AuxK loss: dead latents reconstructing the residual (0 without a dead mask)."""
+
+
+class Sae(nn.Module):
+    def __init__(
+        self,
+        cfg: SaeConfig,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        if cfg.d_in is None:
+            raise ConfigError("d_in", "an SAE needs the width of its input; got None")
+        self.cfg = cfg
+        self.d_in = cfg.d_in
+        self.num_latents = cfg.num_latents
+        self.encoder = nn.Linear(cfg.d_in, cfg.num_latents, device=device, dtype=dtype)
+        self.encoder.bias.data.zero_()
+        # The decoder starts as the encoder's transpose with unit rows, as the paper does.
+        self.W_dec = nn.Parameter(self.encoder.weight.data.clone())
+        if cfg.normalize_decoder:
+            self.set_decoder_norm_to_unit_norm()
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, device=device, dtype=dtype))
+        self.meta: dict[str, Any] = {}
+        """Free-form provenance (hookpoint, model, activation site), saved as saeuron.json."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoder.weight.dtype
+
+    # -- encoding -----------------------------------------------------------------------
+
+    def _standardise(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        if not self.cfg.input_unit_norm:
+            return x, None, None
+        mean = x.mean(dim=-1, keepdim=True)
+        x = x - mean
+        std = x.std(dim=-1, keepdim=True)
+        return x / (std + 1e-5), mean, std
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """ReLU pre-activations of every latent, ``[tokens, num_latents]``."""
+        return F.relu(self.encoder(x - self.b_dec))
+
+    def select_topk(self, pre: Tensor) -> EncoderOutput:
+        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        return EncoderOutput(values, indices)
+
+    def select_batch_topk(self, pre: Tensor) -> EncoderOutput:
+        """Keep the ``k * tokens`` largest values over the whole batch.
+
+        Tokens keep a variable number of latents; the result is padded to the largest
+        count with zero activations so decode stays a dense gather.
+        """
+        n_tokens = pre.shape[0]
+        budget = min(self.cfg.k * n_tokens, pre.numel())
+        threshold = pre.flatten().topk(budget, sorted=False).values.min()
+        keep = (pre >= threshold) & (pre > 0)
+        width = max(int(keep.sum(dim=-1).max()), 1)
+        values, indices = pre.topk(width, dim=-1, sorted=False)
+        values = torch.where(values >= threshold, values, torch.zeros_like(values))
+        return EncoderOutput(values, indices)
+
+    def encode(self, x: Tensor) -> EncoderOutput:
+        """Per-token TopK code of ``x`` (``[..., d_in]`` flattened to tokens)."""
+        x, _, _ = self._standardise(x.reshape(-1, self.d_in).to(self.dtype))
+        return self.select_topk(self.pre_acts(x))
+
+    def encode_dense(self, x: Tensor) -> Tensor:
+        """Per-token TopK code scattered into ``[tokens, num_latents]``."""
+        top = self.encode(x)
+        dense = top.top_acts.new_zeros(top.top_acts.shape[0], self.num_latents)
+        return dense.scatter_(-1, top.top_indices, top.top_acts)
+
+    # -- decoding -----------------------------------------------------------------------
+
+    def decode(self, top_acts: Tensor, top_indices: Tensor, bias: bool = True) -> Tensor:
+        """Sum of the selected decoder rows weighted by their activations (+ b_dec)."""
+        out = F.embedding_bag(
+            top_indices, self.W_dec, per_sample_weights=top_acts.to(self.W_dec.dtype), mode="sum"
+        )
+        return out + self.b_dec if bias else out
+
+    def forward(
+        self, x: Tensor, dead_mask: Tensor | None = None, batch_topk: bool = False
+    ) -> ForwardOutput:
+        x = x.reshape(-1, self.d_in).to(self.dtype)
+        x_in, mean, std = self._standardise(x)
+        pre = self.pre_acts(x_in)
+        top = self.select_batch_topk(pre) if batch_topk else self.select_topk(pre)
+        sae_out = self.decode(top.top_acts, top.top_indices)
+        if std is not None:
+            sae_out = sae_out * (std + 1e-5) + mean
+
+        residual = x - sae_out
+        total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
+        fvu = residual.pow(2).sum() / total_variance
+
+        auxk_loss = sae_out.new_zeros(())
+        if dead_mask is not None and (num_dead := int(dead_mask.sum())) > 0:
+            k_aux = self.d_in // 2
+            scale = min(num_dead / k_aux, 1.0)
+            k_aux = min(k_aux, num_dead)
+            dead_pre = torch.where(dead_mask[None], pre, torch.full_like(pre, -math.inf))
+            aux_acts, aux_indices = dead_pre.topk(k_aux, dim=-1, sorted=False)
+            aux_acts = aux_acts.clamp_min(0)  # -inf never wins when k_aux <= num_dead
+            residual_hat = self.decode(aux_acts, aux_indices, bias=False)
+            auxk_loss = scale * (residual_hat - residual.detach()).pow(2).sum() / total_variance
+
+        return ForwardOutput(sae_out, top.top_acts, top.top_indices, fvu, auxk_loss)
+
+    # -- decoder constraint ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        norm = self.W_dec.norm(dim=1, keepdim=True)
+        self.W_dec.data /= norm.clamp_min(torch.finfo(self.W_dec.dtype).eps)
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions(self) -> None:
+        """Project out the gradient component that would change each row's norm."""
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec.data).sum(dim=1, keepdim=True)
+        self.W_dec.grad -= parallel * self.W_dec.data
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the architecture and weights: features and cached statistics made
+        with another SAE (even one of the same shape) are told apart by it."""
+        versions = tuple(p._version for p in self.parameters())
+        cached = getattr(self, "_fingerprint", None)
+        if cached is not None and cached[0] == versions:
+            return cached[1]
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.cfg.to_dict(), sort_keys=True).encode())
+        for name, tensor in sorted(self.state_for_disk().items()):
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.flatten().view(torch.uint8).numpy().tobytes())
+        self._fingerprint = (versions, digest.hexdigest())
+        return self._fingerprint[1]
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def state_for_disk(self) -> dict[str, Tensor]:
+        return {
+            "encoder.weight": self.encoder.weight.detach().contiguous(),
+            "encoder.bias": self.encoder.bias.detach().contiguous(),
+            "W_dec": self.W_dec.detach().contiguous(),
+            "b_dec": self.b_dec.detach().contiguous(),
+        }
+
+    def save_to_disk(self, folder: str | Path) -> Path:
+        """Write ``cfg.json`` + ``sae.safetensors`` (+ ``saeuron.json``) atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_safetensors(folder / SAE_WEIGHTS, self.state_for_disk())
+        atomic_write_json(folder / SAE_CONFIG, self.cfg.to_dict())
+        if self.meta:
+            atomic_write_json(folder / SAE_META, self.meta)
+        return folder
+
+    @classmethod
+    def load_from_disk(
+        cls,
+        folder: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        format: str | None = None,  # noqa: A002
+        **format_kwargs: Any,
+    ) -> Sae:
+        """Load a checkpoint folder; the format is detected unless named."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"SAE folder {folder} does not exist")
+        name = format or detect_format(folder)
+        sae = SAE_FORMATS.get(name).read(folder, **format_kwargs)
+        meta_path = folder / SAE_META
+        if meta_path.exists():
+            sae.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        sae.meta.setdefault("source", str(folder))
+        return sae.to(device=device, dtype=dtype) if dtype else sae.to(device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        hookpoint: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        **format_kwargs: Any,
+    ) -> Sae:
+        """Load from a local folder or a Hugging Face repo (``owner/name``).
+
+        A repo or folder holding several SAEs keeps one sub-folder per hookpoint, as the
+        published ones do; ``hookpoint`` picks it.
+        """
+        folder = Path(name_or_path)
+        if not folder.exists():
+            folder = _download(str(name_or_path), hookpoint, revision, cache_dir)
+        if hookpoint and (folder / hookpoint).is_dir():
+            folder = folder / hookpoint
+        elif hookpoint and not looks_like_checkpoint(folder):
+            available = sorted(p.name for p in folder.iterdir() if looks_like_checkpoint(p))
+            raise FileNotFoundError(
+                f"hookpoint {hookpoint!r} not found in {name_or_path}; "
+                f"available: {', '.join(available) or 'none'}"
+            )
+        sae = cls.load_from_disk(folder, device=device, dtype=dtype, **format_kwargs)
+        if hookpoint:
+            sae.meta.setdefault("hookpoint", hookpoint)
+        sae.meta["source"] = str(name_or_path)
+        return sae
+
+
+def _download(repo_id: str, hookpoint: str | None, revision: str | None, cache_dir: Any) -> Path:
+    if not is_hub_id(repo_id):
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither a local folder nor a Hugging Face repo id (owner/name)"
+        )
+    patterns = [f"{hookpoint}/*"] if hookpoint else None
+    return snapshot(
+        repo_id, what="SAE", allow_patterns=patterns, revision=revision, cache_dir=cache_dir
+    )
+
+
+def looks_like_checkpoint(folder: Path) -> bool:
+    try:
+        detect_format(folder)
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+# -- checkpoint formats ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SaeFormat:
+    """A checkpoint layout: how to recognise a folder of it, and how to read one."""
+
+    detect: Callable[[Path], bool]
+    read: Callable[..., Sae]
+    describe: str
+
+
+SAE_FORMATS: Registry[SaeFormat] = Registry("SAE format")
+"""Checkpoint layouts by name, tried in registration order by :func:`detect_format`."""
+
+
+def detect_format(folder: Path) -> str:
+    for name, fmt in SAE_FORMATS.items():
+        if fmt.detect(folder):
+            return name
+    expected = "; ".join(fmt.describe for _, fmt in SAE_FORMATS.items())
+    raise FileFormatError(folder, f"holds no SAE checkpoint; expected {expected}")
+
+
+def _is_sparsify(folder: Path) -> bool:
+    return (folder / SAE_CONFIG).is_file() and (folder / SAE_WEIGHTS).is_file()
+
+
+def read_sparsify(folder: Path) -> Sae:
+    """The published SAeUron/SAEmnesia layout (EleutherAI sae/sparsify)."""
+    try:
+        raw = json.loads((folder / SAE_CONFIG).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FileFormatError(folder / SAE_CONFIG, f"not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise FileFormatError(folder / SAE_CONFIG, "must hold a JSON object")
+    known = {f.name for f in fields(SaeConfig)}
+    ignored = sorted(set(raw) - known)
+    if ignored:
+        logger.debug("cfg.json keys not used by saeuron: %s", ", ".join(ignored))
+    try:
+        cfg = SaeConfig.from_dict({k: v for k, v in raw.items() if k in known})
+    except ConfigError as err:
+        raise FileFormatError(folder / SAE_CONFIG, str(err)) from None
+    if cfg.d_in is None:
+        raise FileFormatError(folder / SAE_CONFIG, "lacks d_in")
+    state = read_safetensors(folder / SAE_WEIGHTS)
+    expected = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"}
+    missing = expected - set(state)
+    if missing:
+        raise FileFormatError(
+            folder / SAE_WEIGHTS, f"lacks tensors: {', '.join(sorted(missing))}"
+        )
+    check_shapes(folder / SAE_WEIGHTS, state, cfg)
+    sae = Sae(cfg, dtype=state["W_dec"].dtype)
+    sae.load_state_dict({name: state[name] for name in sorted(expected)})
+    return sae
+
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    """A safetensors file, or a one-line error naming it when it is truncated or garbage."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise FileFormatError(path, f"not a readable safetensors file ({err})") from None
+
+
+def check_shapes(path: Path, state: dict[str, Tensor], cfg: SaeConfig) -> None:
+    want = {
+        "encoder.weight": (cfg.num_latents, cfg.d_in),
+        "encoder.bias": (cfg.num_latents,),
+        "W_dec": (cfg.num_latents, cfg.d_in),
+        "b_dec": (cfg.d_in,),
+    }
+    for name, shape in want.items():
+        if tuple(state[name].shape) != shape:
+            raise FileFormatError(
+                path, f"{name} has shape {tuple(state[name].shape)}, cfg.json implies {shape}"
+            )
+
+
+SAE_FORMATS.register("sparsify")(
+    SaeFormat(
+        detect=_is_sparsify,
+        read=read_sparsify,
+        describe=f"{SAE_CONFIG} + {SAE_WEIGHTS} (sparsify/SAeUron layout)",
+    )
+)

@@ -1,0 +1,552 @@
+"""``saeuron cache``: sample with the stock pipeline and store one hookpoint's activations.
+
+A forward hook on the hookpoint records the tokens of the selected CFG rows at the selected
+denoising steps; nothing about sampling changes. Prompts are cut into fixed groups of
+``prompts_per_shard`` (in ``plan.json``, written once); each group becomes one shard, so a
+rerun with the same settings skips finished groups and memory never holds more than one
+group. Under ``accelerate launch`` group ``g`` belongs to process ``g % num_processes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from saeuron.models.denoising import DenoiseState, track_denoising
+from saeuron.models.hookpoints import resolve_module
+from saeuron.models.pipelines import load_pipeline
+from saeuron.models.sampling import SamplingConfig
+from saeuron.models.tokens import (
+    ACTIVATION_SITES,
+    CFG_HALVES,
+    conditional_rows,
+    input_tensor,
+    output_tensor,
+    to_tokens,
+)
+from saeuron.training.shards import MANIFEST, shard_name, tensor_bytes, write_manifest
+from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.devices import resolve_device
+from saeuron.utils.files import CAPTURE_PLAN
+from saeuron.utils.io import atomic_write_json, atomic_write_safetensors, check_output_folder
+from saeuron.utils.prompts import read_prompts
+
+log = logging.getLogger(__name__)
+
+PLAN = CAPTURE_PLAN
+PLAN_VERSION = 1
+STORAGE_DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
+# Per-token bookkeeping stored beside the activations: "step" int16 + "prompt" int32.
+_INDEX_BYTES = 2 + 4
+
+
+@dataclasses.dataclass
+class CacheConfig(Config):
+    """Settings of one activation capture (``saeuron cache``)."""
+
+    model: str = field(
+        help="pipeline to sample with: a bundled name (minicanvas), tiny-sd, tiny-sdxl, a local "
+        "diffusers folder or a Hugging Face hub id"
+    )
+    hookpoint: str = field(
+        help="module whose activations are stored, e.g. unet.up_blocks.1.attentions.1"
+    )
+    prompts: str = field(
+        help="prompt file: .txt with one prompt per line (blank and '#' lines skipped) or .csv "
+        "with a 'prompt' column; a prompt's index in this list is stored with its tokens"
+    )
+    out: str = field(help="output folder for shards, plan.json and manifest.json")
+    sampling: SamplingConfig = field(
+        SamplingConfig,
+        flatten=True,
+        help="how prompts are sampled (the SAeUron paper captured SD 1.4 with guidance 9)",
+    )
+    steps: str = field(
+        "all",
+        help="denoising steps to record: 'all' or a comma list of indices and inclusive "
+        "ranges into the scheduler's timesteps, e.g. '0,10,20-29'",
+    )
+    cfg_half: str = field(
+        "cond",
+        choices=CFG_HALVES,
+        help="rows of a CFG batch to record: 'cond' (conditional half) or 'both' "
+        "(unconditional and conditional); without CFG every row is recorded",
+    )
+    tokens_per_image: int = field(
+        0, ge=0, help="0: every token; else a seeded random subsample of this many tokens per "
+        "image and step"
+    )
+    dtype: str = field("float16", choices=tuple(STORAGE_DTYPES), help="storage dtype")
+    max_shard_mb: float = field(256.0, gt=0, help="upper bound on one shard's size in MiB")
+    activation_site: str = field(
+        "output",
+        choices=ACTIVATION_SITES,
+        help="'output': the module's output; 'update': output minus input (sdxl-unbox)",
+    )
+    limit: int | None = field(None, ge=1, help="use only the first N prompts")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("model", "hookpoint", "out"):
+            if not str(getattr(self, name)).strip():
+                raise ConfigError(name, "must not be empty")
+        _check_prompt_file(self.prompts)
+        check_output_folder(self.out, "out")
+        self.sampling = self.sampling.resolved(self.model)
+        self.step_indices()
+
+    def step_indices(self) -> list[int]:
+        """The recorded steps as sorted indices into the scheduler's timesteps."""
+        return parse_steps(self.steps, self.sampling.steps)
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        return STORAGE_DTYPES[self.dtype]
+
+
+def parse_steps(spec: str, num_steps: int) -> list[int]:
+    """``'all'`` or ``'0,10,20-29'`` -> sorted unique step indices, each in ``[0, num_steps)``."""
+    text = spec.strip().lower()
+    if text == "all":
+        return list(range(num_steps))
+    hint = "expected 'all' or a comma list of indices and ranges such as '0,10,20-29'"
+    chosen: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ConfigError("steps", f"cannot read {part!r} in {spec!r}; {hint}") from None
+        if first > last:
+            raise ConfigError("steps", f"range {part!r} runs backwards; {hint}")
+        if first < 0 or last >= num_steps:
+            raise ConfigError(
+                "steps",
+                f"{part!r} is outside 0-{num_steps - 1}, the steps of "
+                f"num_inference_steps={num_steps}",
+            )
+        chosen.update(range(first, last + 1))
+    if not chosen:
+        raise ConfigError("steps", f"got {spec!r}; {hint}")
+    return sorted(chosen)
+
+
+def _check_prompt_file(path: str) -> None:
+    if Path(path).suffix.lower() not in (".txt", ".csv"):
+        raise ConfigError("prompts", f"got {path!r}; expected a .txt or .csv file")
+    read_prompts(path, "prompts", limit=1, keep_empty=True)
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """Half precision on CUDA, where SD is routinely run so; fp32 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def cache_settings(cfg: CacheConfig, prompts: list[str]) -> dict[str, Any]:
+    """What determines the stored data; a resume must match these exactly.
+
+    ``batch_size`` and ``device`` are left out: they change speed, not which tokens land in
+    which shard.
+    """
+    digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+    return {
+        "model": cfg.model,
+        "hookpoint": cfg.hookpoint,
+        "activation_site": cfg.activation_site,
+        "dtype": cfg.dtype,
+        "num_inference_steps": cfg.sampling.steps,
+        "guidance_scale": cfg.sampling.guidance,
+        "steps": cfg.step_indices(),
+        "cfg_half": cfg.cfg_half,
+        "tokens_per_image": cfg.tokens_per_image,
+        "seed": cfg.sampling.seed,
+        "height": cfg.sampling.height,
+        "width": cfg.sampling.width,
+        "max_shard_mb": cfg.max_shard_mb,
+        "n_prompts": len(prompts),
+        "prompts_sha256": digest,
+    }
+
+
+def _read_plan(out: Path) -> dict[str, Any] | None:
+    path = out / PLAN
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _check_plan(plan: dict[str, Any], settings: dict[str, Any], out: Path) -> None:
+    if plan.get("version") != PLAN_VERSION:
+        raise ConfigError(
+            "out",
+            f"{out / PLAN} has format version {plan.get('version')!r}, this saeuron writes "
+            f"{PLAN_VERSION}; pick another folder",
+        )
+    old = plan.get("settings", {})
+    diffs = [
+        f"{key}: {old.get(key)!r} in the folder, {settings.get(key)!r} now"
+        for key in sorted(set(old) | set(settings))
+        if old.get(key) != settings.get(key)
+    ]
+    if diffs:
+        raise ConfigError(
+            "out",
+            f"{out} holds a capture with different settings ({'; '.join(diffs)}); "
+            "rerun with the same settings to resume, or pick another folder",
+        )
+
+
+def _generators(seed: int, indices: range) -> list[torch.Generator]:
+    # CPU generators keep the initial noise identical on every device.
+    return [torch.Generator().manual_seed(seed + i) for i in indices]
+
+
+def _size_kwargs(cfg: CacheConfig) -> dict[str, int]:
+    s = cfg.sampling
+    return {k: v for k, v in (("height", s.height), ("width", s.width)) if v is not None}
+
+
+def _probe(pipe: Any, module: nn.Module, cfg: CacheConfig, prompt: str) -> tuple[int, int, int]:
+    """One 1-step sample: (tokens per image, width d_in, recorded rows per prompt)."""
+    shapes: list[tuple[int, int, int]] = []
+
+    with track_denoising(pipe) as state:
+
+        def hook(mod: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+            x = _site_tokens(output, args, kwargs, cfg.activation_site)
+            rows = conditional_rows(x.shape[0], state.cfg, cfg.cfg_half)
+            shapes.append((len(range(x.shape[0])[rows]), x.shape[1], x.shape[2]))
+
+        handle = module.register_forward_hook(hook, with_kwargs=True)
+        try:
+            pipe(
+                [prompt],
+                num_inference_steps=1,
+                guidance_scale=cfg.sampling.guidance,
+                generator=_generators(cfg.sampling.seed, range(1)),
+                output_type="latent",
+                **_size_kwargs(cfg),
+            )
+        finally:
+            handle.remove()
+    if not shapes:
+        raise ConfigError("hookpoint", f"{cfg.hookpoint} never ran while sampling")
+    if len(shapes) > 1:
+        raise ConfigError(
+            "hookpoint",
+            f"{cfg.hookpoint} ran {len(shapes)} times in one denoising step; "
+            "pick a module that runs once per UNet call",
+        )
+    rows, n_tokens, d_in = shapes[0]
+    return n_tokens, d_in, rows
+
+
+def _site_tokens(output: Any, args: Any, kwargs: dict[str, Any], site: str) -> Tensor:
+    x = to_tokens(output_tensor(output))
+    if site == "update":
+        before = to_tokens(input_tensor(args, kwargs))
+        if before.shape != x.shape:
+            raise ConfigError(
+                "activation_site",
+                f"'update' needs input and output of the same shape; got "
+                f"{tuple(before.shape)} -> {tuple(x.shape)}",
+            )
+        x = x - before
+    return x
+
+
+def _subsample_seed(seed: int, prompt: int, step: int, half: int) -> int:
+    # Keyed by what the token *is*, not by batch position, so reruns, resumes and other
+    # process counts pick the same tokens.
+    state = np.random.SeedSequence([seed, prompt, step, half]).generate_state(1, np.uint64)
+    return int(state[0])
+
+
+class _Recorder:
+    """Forward hook collecting the current group's tokens on the CPU in storage dtype."""
+
+    def __init__(self, cfg: CacheConfig, state: DenoiseState):
+        self.cfg = cfg
+        self.state = state
+        self.steps = set(cfg.step_indices())
+        self.prompt_ids = torch.empty(0, dtype=torch.int64)
+        self.pieces: dict[tuple[int, int], Tensor] = {}
+
+    def __call__(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        step = self.state.step
+        if step not in self.steps:
+            return
+        x = _site_tokens(output, args, kwargs, self.cfg.activation_site)
+        x = x[conditional_rows(x.shape[0], self.state.cfg, self.cfg.cfg_half)]
+        n = len(self.prompt_ids)
+        if n == 0 or x.shape[0] % n:
+            raise RuntimeError(f"{x.shape[0]} rows at the hookpoint for a batch of {n} prompts")
+        # A CFG batch is [uncond; cond], each half in prompt order.
+        row_ids = self.prompt_ids.repeat(x.shape[0] // n)
+        k = self.cfg.tokens_per_image
+        if k:
+            index = torch.stack(
+                [
+                    torch.randperm(
+                        x.shape[1],
+                        generator=torch.Generator().manual_seed(
+                            _subsample_seed(self.cfg.sampling.seed, int(pid), step, row // n)
+                        ),
+                    )[:k].sort().values
+                    for row, pid in enumerate(row_ids)
+                ]
+            ).to(x.device)
+            x = x.gather(1, index[..., None].expand(-1, -1, x.shape[2]))
+        acts = x.detach().to(self.cfg.storage_dtype).cpu()
+        for j, pid in enumerate(self.prompt_ids.tolist()):
+            if (pid, step) in self.pieces:
+                raise RuntimeError(
+                    f"{self.cfg.hookpoint} ran twice in step {step}; pick a module that runs "
+                    "once per UNet call"
+                )
+            # Rows j, j + n, ...: this prompt's rows in each CFG half.
+            self.pieces[(pid, step)] = acts[j::n].reshape(-1, acts.shape[2])
+
+    def take(self) -> dict[str, Tensor]:
+        """The group's tokens ordered by (prompt, step), whatever the batching was."""
+        keys = sorted(self.pieces)
+        if not keys:
+            raise RuntimeError(f"{self.cfg.hookpoint} recorded nothing at the selected steps")
+        acts = torch.cat([self.pieces[k] for k in keys])
+        counts = torch.tensor([len(self.pieces[k]) for k in keys])
+        self.pieces = {}
+        return {
+            "activations": acts,
+            "step": torch.tensor([k[1] for k in keys], dtype=torch.int16).repeat_interleave(
+                counts
+            ),
+            "prompt": torch.tensor([k[0] for k in keys], dtype=torch.int32).repeat_interleave(
+                counts
+            ),
+        }
+
+
+def _supports_interrupt(pipe: Any) -> bool:
+    params = inspect.signature(pipe.__call__).parameters
+    return "callback_on_step_end" in params and hasattr(type(pipe), "interrupt")
+
+
+def _write_shard(out: Path, index: int, tensors: dict[str, Tensor], prompts: range) -> None:
+    name = shard_name(index)
+    atomic_write_safetensors(out / f"{name}.safetensors", tensors)
+    # The sidecar comes last: its presence is what marks the shard finished.
+    atomic_write_json(
+        out / f"{name}.json",
+        {
+            "index": index,
+            "n_tokens": int(tensors["activations"].shape[0]),
+            "prompts": [prompts.start, prompts.stop],
+        },
+    )
+
+
+def _finished(out: Path, index: int) -> bool:
+    name = shard_name(index)
+    return (out / f"{name}.json").is_file() and (out / f"{name}.safetensors").is_file()
+
+
+def _make_plan(
+    pipe: Any, module: nn.Module, cfg: CacheConfig, prompts: list[str], settings: dict[str, Any]
+) -> dict[str, Any]:
+    tokens, d_in, rows = _probe(pipe, module, cfg, prompts[0])
+    if cfg.tokens_per_image > tokens:
+        raise ConfigError(
+            "tokens_per_image",
+            f"got {cfg.tokens_per_image}; {cfg.hookpoint} has only {tokens} tokens per image",
+        )
+    kept = cfg.tokens_per_image or tokens
+    tokens_per_prompt = len(settings["steps"]) * rows * kept
+    bytes_per_prompt = tokens_per_prompt * (d_in * tensor_bytes(cfg.storage_dtype) + _INDEX_BYTES)
+    per_shard = max(1, int(cfg.max_shard_mb * 2**20 // bytes_per_prompt))
+    if bytes_per_prompt > cfg.max_shard_mb * 2**20:
+        log.warning(
+            "one prompt yields %.1f MiB, more than max_shard_mb=%s: one prompt per shard",
+            bytes_per_prompt / 2**20,
+            cfg.max_shard_mb,
+        )
+    n = len(prompts)
+    per_shard = min(per_shard, n)
+    return {
+        "version": PLAN_VERSION,
+        "settings": settings,
+        "d_in": d_in,
+        "tokens_per_step": tokens,
+        "rows_per_prompt": rows,
+        "tokens_per_prompt": tokens_per_prompt,
+        "prompts_per_shard": per_shard,
+        "n_shards": math.ceil(n / per_shard),
+    }
+
+
+def _use_cpu(cfg: CacheConfig) -> bool:
+    # PartialState only forms a multi-process CPU group (gloo) when told it runs on the CPU;
+    # `accelerate launch --cpu` says so through the environment, a CPU-only machine doesn't.
+
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return True
+    return resolve_device(cfg.sampling.device).type == "cpu"
+
+
+def _device(cfg: CacheConfig, state: Any) -> torch.device:
+    if state.num_processes > 1:
+        # Each launched process owns one device; accelerate knows which.
+        wanted = resolve_device(cfg.sampling.device) if cfg.sampling.device else state.device
+        if wanted.type == state.device.type:
+            return state.device
+        return wanted
+    return resolve_device(cfg.sampling.device)
+
+
+def run_cache(cfg: CacheConfig) -> dict[str, Any]:
+    """Capture activations into ``cfg.out``; returns the manifest (also ``manifest.json``).
+
+    Runs as one process or as every process of ``accelerate launch``. Finished shards of an
+    earlier run with the same settings are kept; different settings raise ConfigError
+    before the model loads. The pipeline computes in fp16 on CUDA and fp32 elsewhere;
+    ``cfg.dtype`` is only the storage dtype.
+    """
+    state = PartialState(cpu=_use_cpu(cfg))
+    out = Path(cfg.out)
+    prompts = read_prompts(cfg.prompts, "prompts", limit=cfg.limit, keep_empty=True)
+    settings = cache_settings(cfg, prompts)
+    plan = _read_plan(out)
+    if plan is not None:
+        _check_plan(plan, settings, out)
+    elif out.is_dir() and any(out.glob("shard_*")):
+        raise ConfigError(
+            "out", f"{out} holds shards but no {PLAN}: not a capture folder; pick another"
+        )
+
+    device = _device(cfg, state)
+    pipe = load_pipeline(cfg.model, device, compute_dtype(device))
+    module = resolve_module(pipe, cfg.hookpoint)
+    if plan is None and state.is_main_process:
+        plan = _make_plan(pipe, module, cfg, prompts, settings)
+        atomic_write_json(out / PLAN, plan)
+        log.info(
+            "plan: %d prompts, %d per shard, %d shards, d_in %d",
+            len(prompts),
+            plan["prompts_per_shard"],
+            plan["n_shards"],
+            plan["d_in"],
+        )
+    state.wait_for_everyone()
+    plan = _read_plan(out)
+    if plan is None:
+        raise RuntimeError(f"{out / PLAN} missing after the main process wrote it")
+    _check_plan(plan, settings, out)
+
+    per_shard, n_shards = int(plan["prompts_per_shard"]), int(plan["n_shards"])
+    groups = [
+        range(g * per_shard, min(len(prompts), (g + 1) * per_shard))
+        for g in range(n_shards)
+    ]
+    mine = range(state.process_index, n_shards, state.num_processes)
+    todo = [g for g in mine if not _finished(out, g)]
+    if len(todo) < len(mine):
+        log.info("resuming: %d of %d shards already done", len(mine) - len(todo), len(mine))
+
+    interrupt = _supports_interrupt(pipe)
+    last_step = settings["steps"][-1]
+
+    def stop_after_last_step(
+        pipeline: Any, i: int, t: Any, tensors: dict[str, Any]
+    ) -> dict[str, Any]:
+        # Later steps are never recorded: skip their UNet calls.
+        if i >= last_step:
+            pipeline._interrupt = True
+        return {}
+
+    extra: dict[str, Any] = _size_kwargs(cfg)
+    if interrupt:
+        extra["callback_on_step_end"] = stop_after_last_step
+    bar = tqdm(
+        total=sum(len(groups[g]) for g in todo),
+        desc="cache",
+        unit="prompt",
+        disable=not state.is_local_main_process,
+    )
+    with track_denoising(pipe) as denoise:
+        recorder = _Recorder(cfg, denoise)
+        handle = module.register_forward_hook(recorder, with_kwargs=True)
+        try:
+            for g in todo:
+                group = groups[g]
+                for start in range(group.start, group.stop, cfg.sampling.batch_size):
+                    batch = range(start, min(group.stop, start + cfg.sampling.batch_size))
+                    recorder.prompt_ids = torch.tensor(list(batch), dtype=torch.int64)
+                    pipe(
+                        [prompts[i] for i in batch],
+                        num_inference_steps=cfg.sampling.steps,
+                        guidance_scale=cfg.sampling.guidance,
+                        generator=_generators(cfg.sampling.seed, batch),
+                        output_type="latent",
+                        **extra,
+                    )
+                    bar.update(len(batch))
+                tensors = recorder.take()
+                expected = len(group) * int(plan["tokens_per_prompt"])
+                if tensors["activations"].shape[0] != expected:
+                    raise RuntimeError(
+                        f"shard {g}: recorded {tensors['activations'].shape[0]} tokens, "
+                        f"expected {expected}; does {cfg.hookpoint} run once per UNet call?"
+                    )
+                _write_shard(out, g, tensors, group)
+                log.debug(
+                    "process %d/%d wrote shard %d (prompts %d-%d)",
+                    state.process_index,
+                    state.num_processes,
+                    g,
+                    group.start,
+                    group.stop - 1,
+                )
+                del tensors
+        finally:
+            handle.remove()
+            bar.close()
+
+    state.wait_for_everyone()
+    if state.is_main_process:
+        missing = [g for g in range(n_shards) if not _finished(out, g)]
+        if missing:
+            raise RuntimeError(f"shards {missing} of {out} were not written")
+        write_manifest(
+            out,
+            {
+                **settings,
+                "d_in": plan["d_in"],
+                "tokens_per_step": plan["tokens_per_step"],
+                "rows_per_prompt": plan["rows_per_prompt"],
+                "tokens_per_prompt": plan["tokens_per_prompt"],
+                "prompts_per_shard": per_shard,
+                "prompts_file": str(Path(cfg.prompts).resolve()),
+                "compute_dtype": str(compute_dtype(device)).removeprefix("torch."),
+            },
+        )
+        log.info("wrote %d shards to %s", n_shards, out)
+    state.wait_for_everyone()
+    return json.loads((out / MANIFEST).read_text(encoding="utf-8"))

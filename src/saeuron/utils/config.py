@@ -1,0 +1,423 @@
+"""Typed configs shared by the Python API, JSON files and the command line.
+
+Every config is a dataclass deriving from :class:`Config`. A field declares, with
+:func:`field`, its help text and what it accepts (``choices``, bounds ``ge``/``gt``/``le``/
+``lt``, whether it is a positional argument on the command line). Validation of those
+declarations runs for every construction, from JSON, from the command line or from Python;
+cross-field rules live in the subclass's ``__post_init__`` after ``super().__post_init__()``.
+A bad value raises :class:`ConfigError` naming the field and what it accepts, so bad input
+fails before any heavy work starts. Floats must be finite unless a field says otherwise.
+
+A field whose type is itself a :class:`Config` nests it. Nested configs declared with
+``flatten=True`` share their parent's namespace: their keys are written and read at the
+parent's level (``{"num_inference_steps": 20}``, not ``{"sampling": {...}}``), and their
+command-line flags are the parent's. That keeps one declaration of, say, the sampling settings
+while JSON files and flags stay flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+from saeuron.utils.errors import ConfigError
+from saeuron.utils.text import read_text
+
+__all__ = ["Config", "ConfigError", "check_choice", "check_finite", "check_range", "field"]
+
+C = TypeVar("C", bound="Config")
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def reject_unknown(where: str, keys: Iterable[str], allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    for key in keys:
+        if key not in allowed:
+            raise ConfigError(
+                f"{where}.{key}" if where else key,
+                f"unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(sorted(allowed))}",
+            )
+
+
+def field(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,  # noqa: A002
+    choices: Sequence[Any] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    finite: bool = True,
+    positional: bool = False,
+    flatten: bool = False,
+    metavar: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field with its help text and the values it accepts.
+
+    ``choices`` and the bounds are checked on every construction and shown by ``--help``.
+    ``finite=False`` lets a float field hold inf or NaN (none does today). ``positional``
+    makes it a positional command-line argument. ``flatten`` (nested configs) puts the
+    nested fields at this config's level in JSON and on the command line.
+    """
+    metadata = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "bounds": {
+            k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None
+        },
+        "finite": finite,
+        "positional": positional,
+        "flatten": flatten,
+        "metavar": metavar,
+        **kwargs.pop("metadata", {}),
+    }
+    if isinstance(default, (list, dict, set)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
+    if isinstance(default, type) and issubclass(default, Config):
+        return dataclasses.field(default_factory=default, metadata=metadata)
+    if isinstance(default, Config):
+        prototype = default
+        return dataclasses.field(
+            default_factory=lambda: dataclasses.replace(prototype), metadata=metadata
+        )
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        hint = did_you_mean(value, [str(c) for c in choices]) if isinstance(value, str) else ""
+        raise ConfigError(
+            name, f"got {value!r}{hint}; allowed: {', '.join(repr(c) for c in choices)}"
+        )
+
+
+def check_finite(name: str, value: Any) -> None:
+    """Reject NaN and infinities: they turn into black images, not errors, downstream."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(name, f"got {value!r}; must be a finite number")
+
+
+def check_range(
+    name: str,
+    value: float,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> None:
+    check_finite(name, value)
+    bounds = []
+    if gt is not None and not value > gt:
+        bounds.append(f"> {gt}")
+    if ge is not None and not value >= ge:
+        bounds.append(f">= {ge}")
+    if lt is not None and not value < lt:
+        bounds.append(f"< {lt}")
+    if le is not None and not value <= le:
+        bounds.append(f"<= {le}")
+    if bounds:
+        raise ConfigError(name, f"got {value!r}; must be {' and '.join(bounds)}")
+
+
+def describe_bounds(bounds: Mapping[str, float]) -> str:
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return " and ".join(f"{signs[k]} {v:g}" for k, v in bounds.items())
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+        return tp, type(None) in typing.get_args(tp)
+    return tp, False
+
+
+def _config_type(tp: Any) -> type[Config] | None:
+    inner, _ = _unwrap_optional(tp)
+    return inner if isinstance(inner, type) and issubclass(inner, Config) else None
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Convert JSON/CLI values to the field's type; reject what cannot be converted."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(name, "must not be null")
+    nested = _config_type(inner)
+    if nested is not None:
+        if isinstance(value, nested):
+            return value
+        return nested.from_dict(value, where=name)
+    origin = typing.get_origin(inner)
+    try:
+        if inner is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise TypeError
+        if inner is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if inner is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if inner is str:
+            if not isinstance(value, (str, Path)):
+                raise TypeError
+            return str(value)
+        if origin in (list, tuple, Sequence) or inner in (list, tuple):
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v != ""]
+            if isinstance(value, Mapping) or not isinstance(value, Iterable):
+                raise TypeError
+            (item_tp, *_) = typing.get_args(inner) or (Any,)
+            items = [_coerce(f"{name}[{i}]", item_tp, v) for i, v in enumerate(value)]
+            return tuple(items) if origin is tuple or inner is tuple else items
+        if origin in (dict, Mapping) or inner is dict:
+            if not isinstance(value, Mapping):
+                raise TypeError
+            args = typing.get_args(inner)
+            if len(args) == 2:
+                return {str(k): _coerce(f"{name}.{k}", args[1], v) for k, v in value.items()}
+            return dict(value)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ConfigError(name, f"got {value!r}; expected {_type_name(inner)}") from err
+    if typing.get_origin(inner) in (Union, types.UnionType):
+        # Union of scalars (e.g. float | dict): try each in declaration order.
+        for option in typing.get_args(inner):
+            if option is type(None):
+                continue
+            try:
+                return _coerce(name, option, value)
+            except ConfigError:
+                continue
+        raise ConfigError(name, f"got {value!r}; expected {_type_name(inner)}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _check_declared(name: str, value: Any, meta: Mapping[str, Any]) -> None:
+    """The field's own declaration: finite floats, choices, bounds (per item of a list)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for item in values:
+        if item is None or isinstance(item, Config):
+            continue
+        if meta.get("finite", True):
+            check_finite(name, item)
+            if isinstance(item, Mapping):
+                for key, entry in item.items():
+                    check_finite(f"{name}.{key}", entry)
+        if meta.get("choices") is not None:
+            check_choice(name, item, meta["choices"])
+        bounds = meta.get("bounds") or {}
+        if bounds and isinstance(item, (int, float)) and not isinstance(item, bool):
+            check_range(name, item, **bounds)
+
+
+@dataclasses.dataclass
+class Config:
+    """Base of every config: validation, dict/JSON round trip and argparse generation."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.init:
+                _check_declared(f.name, getattr(self, f.name), f.metadata)
+
+    @classmethod
+    def _hints(cls) -> dict[str, Any]:
+        return typing.get_type_hints(cls)
+
+    @classmethod
+    def _flattened(cls) -> dict[str, type[Config]]:
+        """Nested configs whose fields live at this level: field name -> config class."""
+        hints = cls._hints()
+        return {
+            f.name: _config_type(hints[f.name])  # type: ignore[misc]
+            for f in dataclasses.fields(cls)
+            if f.init and f.metadata.get("flatten") and _config_type(hints[f.name])
+        }
+
+    @classmethod
+    def config_keys(cls) -> list[str]:
+        """Every key this config accepts at its level (flattened nested ones included)."""
+        names = []
+        flat = cls._flattened()
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            if f.name in flat:
+                names.extend(flat[f.name].config_keys())
+            else:
+                names.append(f.name)
+        return names
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "") -> C:
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                where or cls.__name__, f"expected an object, got {type(data).__name__}"
+            )
+        reject_unknown(where, data.keys(), cls.config_keys())
+        hints = cls._hints()
+        flat = cls._flattened()
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            if f.name in flat:
+                # Keys not given keep this field's default (which may differ from the
+                # nested class's own defaults, e.g. a capture's guidance scale).
+                own = _default_of(f).to_dict()
+                own.update({k: data[k] for k in flat[f.name].config_keys() if k in data})
+                kwargs[f.name] = flat[f.name].from_dict(own, where=where)
+            elif f.name in data:
+                key = f"{where}.{f.name}" if where else f.name
+                kwargs[f.name] = _coerce(key, hints[f.name], data[f.name])
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.init and f.name not in kwargs and _default_of(f) is dataclasses.MISSING
+        ]
+        if missing:
+            key = f"{where}.{missing[0]}" if where else missing[0]
+            raise ConfigError(key, "required")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls: type[C], path: str | Path) -> C:
+        return cls.from_dict(json.loads(read_text(path, "config")))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        flat = self._flattened()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in flat:
+                out.update(value.to_dict())
+            elif isinstance(value, Config):
+                out[f.name] = value.to_dict()
+            else:
+                out[f.name] = (
+                    dataclasses.asdict(value)
+                    if dataclasses.is_dataclass(value)
+                    else (_plain(value))
+                )
+        return out
+
+    def value(self, key: str, default: Any = None) -> Any:
+        """The value of ``key`` at this config's level, flattened nested configs included."""
+        for f in dataclasses.fields(self):
+            if f.name == key:
+                return getattr(self, key)
+        for name in self._flattened():
+            nested = getattr(self, name)
+            if key in nested.config_keys():
+                return nested.value(key, default)
+        return default
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with ``changes`` (flattened keys allowed), validated like a new config."""
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    # -- command line -----------------------------------------------------------------------
+
+    @classmethod
+    def add_arguments(cls, parser: Any, skip: Iterable[str] = ()) -> None:
+        """One ``--option`` (or positional) per field, nested flattened configs included.
+
+        Values stay strings here and are coerced and validated by :meth:`from_args`; a flag
+        not given is ``None`` and leaves the field at its default.
+        """
+        skip = set(skip)
+        hints = cls._hints()
+        flat = cls._flattened()
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name in skip:
+                continue
+            if f.name in flat:
+                flat[f.name].add_arguments(parser, skip=skip)
+                continue
+            _add_argument(parser, f, hints[f.name])
+
+    @classmethod
+    def from_args(cls: type[C], ns: argparse.Namespace, **extra: Any) -> C:
+        allowed = set(cls.config_keys())
+        data = {k: v for k, v in vars(ns).items() if k in allowed and v is not None}
+        data.update(extra)
+        return cls.from_dict(data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _add_argument(parser: Any, f: dataclasses.Field, tp: Any) -> None:
+    meta = f.metadata
+    inner, _ = _unwrap_optional(tp)
+    default = _default_of(f)
+    required = default is dataclasses.MISSING
+    text = meta.get("help", "")
+    notes = []
+    if meta.get("choices") is not None:
+        notes.append("one of " + ", ".join(str(c) for c in meta["choices"]))
+    if meta.get("bounds"):
+        notes.append(describe_bounds(meta["bounds"]))
+    if not required and default is not None and "default" not in text:
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        notes.append(f"default: {shown}")
+    if notes:
+        text = f"{text} ({'; '.join(notes)})" if text else "; ".join(notes)
+    # argparse treats '%' as a format character in help strings.
+    text = text.replace("%", "%%")
+    metavar = meta.get("metavar") or (
+        "{" + ",".join(str(c) for c in meta["choices"]) + "}"
+        if meta.get("choices") is not None
+        else f.name.upper()
+    )
+    if meta.get("positional"):
+        parser.add_argument(f.name, metavar=metavar, help=text, nargs=None if required else "?")
+        return
+    flag = "--" + f.name.replace("_", "-")
+    if inner is bool:
+        parser.add_argument(
+            flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
+        )
+        return
+    parser.add_argument(
+        flag, dest=f.name, default=None, metavar=metavar, help=text, required=required
+    )

@@ -1,0 +1,85 @@
+"""Devices and dtypes: one resolver for every command, checked before any model loads."""
+
+from __future__ import annotations
+
+import torch
+
+from saeuron.utils.errors import ConfigError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+DTYPE_NAMES = tuple(DTYPES)
+
+
+def check_device(name: str, value: str | None) -> None:
+    """Reject a device string torch cannot parse (``None`` means auto-detect)."""
+    if value is None:
+        return
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(
+            name, f"got {value!r}; expected e.g. 'cpu', 'cuda', 'cuda:1', 'mps' or null (auto)"
+        ) from None
+
+
+def resolve_device(device: str | torch.device | None = None, name: str = "device") -> torch.device:
+    """The device to run on; ``None`` picks CUDA, then MPS, then the CPU.
+
+    A device that this machine does not have is refused here, before any model loads,
+    rather than failing deep inside the first tensor move.
+    """
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    check_device(name, str(device))
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                name, f"got {str(device)!r} but CUDA is not available here; use 'cpu' or null"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ConfigError(
+                name, f"got {str(device)!r} but this machine has {count} CUDA device(s)"
+            )
+    if resolved.type == "mps" and not _mps_available():
+        raise ConfigError(name, f"got {str(device)!r} but MPS is not available here")
+    return resolved
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def fast_half(device: torch.device) -> bool:
+    """Whether half precision is fast here: CUDA and MPS yes, CPU kernels no."""
+    return device.type in ("cuda", "mps")
+
+
+def sampling_dtype(device: torch.device, use_fp16: bool | None = None) -> torch.dtype:
+    """fp16 where it is fast unless ``use_fp16`` is False; fp32 on the CPU whatever asked.
+
+    ``use_fp16=None`` (auto) and ``True`` both mean "half precision where it is fast": the
+    CPU has no fast fp16 kernels, and SD in fp16 on the CPU is both slower and less exact.
+    """
+    if use_fp16 is False or not fast_half(device):
+        return torch.float32
+    return torch.float16
+
+
+def parse_dtype(name: str | None, field: str = "dtype") -> torch.dtype | None:
+    if name is None:
+        return None
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ConfigError(field, f"got {name!r}; allowed: {', '.join(DTYPES)}") from None

@@ -1,0 +1,34 @@
+"""Errors a user can fix: the command line prints them as one line and exits with code 2.
+
+Anything else that escapes is a bug and keeps its traceback (exit code 1).
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or a missing resource, explained in one line that says what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value is wrong; the message names the field and the allowed values."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class FileFormatError(UserError, ValueError):
+    """A file exists but cannot be read as what it should be; the message names it."""
+
+    def __init__(self, path: object, message: str):
+        self.path = str(path)
+        super().__init__(f"{path}: {message}")
+
+
+class ModelUnavailableError(UserError, OSError):
+    """A model or file on the Hugging Face hub cannot be had (offline, not cached, no access)."""
+
+
+class DegenerateOutputError(UserError, RuntimeError):
+    """Sampling produced non-finite values: the run stops rather than score a black image."""

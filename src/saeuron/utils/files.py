@@ -1,0 +1,64 @@
+"""Names of every file the project reads or writes, in one place.
+
+A folder layout is a contract between the code that writes it and the code (or the user)
+that reads it; keeping the names here means a reader never guesses a writer's spelling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
+"""Data shipped inside the package (bundled models, prompt sets, the CLIP BPE merges)."""
+
+# -- SAE checkpoints (the EleutherAI sae/sparsify layout of the published SAEs) -------------
+SAE_CONFIG = "cfg.json"
+SAE_WEIGHTS = "sae.safetensors"
+SAE_META = "saeuron.json"
+"""Our provenance beside the published layout (hookpoint, model, activation site)."""
+SAE_CARD = "README.md"
+
+# -- concept features and statistics: NAME.safetensors (tensors) + NAME.json (metadata) -----
+TENSORS_SUFFIX = ".safetensors"
+JSON_SUFFIX = ".json"
+
+# -- activation captures -------------------------------------------------------------------
+CAPTURE_PLAN = "plan.json"
+CAPTURE_MANIFEST = "manifest.json"
+SHARD_PREFIX = "shard_"
+
+# -- SAE training ---------------------------------------------------------------------------
+TRAIN_LOG = "train_log.json"
+TRAINER_STATE_DIR = "trainer"
+TRAINER_STATE = "state.json"
+SUPERVISED_INFO = "supervised.json"
+SUPERVISED_FEATURES_DIR = "features"
+
+# -- bundled models -------------------------------------------------------------------------
+BUNDLE = "bundle.json"
+MODEL_INDEX = "model_index.json"
+BUNDLE_SAES_DIR = "saes"
+BUNDLE_STATS_DIR = "stats"
+BUNDLE_FEATURES_DIR = "features"
+BUNDLE_SUPERVISED_DIR = "supervised"
+BUNDLE_CLASSIFIER_DIR = "classifier"
+PARAMS = "params.json"
+SWEEP = "sweep.json"
+ASSETS_SUMMARY = "assets.json"
+
+# -- classifiers in our format ---------------------------------------------------------------
+CLASSIFIER_WEIGHTS = "classifier.safetensors"
+CLASSIFIER_CONFIG = "classifier.json"
+
+# -- evaluation runs ---------------------------------------------------------------------------
+EVAL_RUN = "run.json"
+EVAL_REPORT = "report.json"
+EVAL_SUMMARY = "summary.md"
+EVAL_IMAGES_DIR = "images"
+EVAL_IMAGE_TABLE = "images.csv"
+ATTACK_PROMPTS = "attack.json"
+
+# -- shipped prompt sets -----------------------------------------------------------------------
+NEUTRAL_PROMPTS = PACKAGE_DATA / "neutral_prompts.txt"
+PROMPT_SETS_DIR = PACKAGE_DATA / "prompts"
+CLIP_BPE = PACKAGE_DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"

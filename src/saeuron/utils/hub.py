@@ -1,0 +1,80 @@
+"""The Hugging Face hub: telling repo ids from paths, and failing fast when it is out of reach.
+
+Users with a network load models, SAEs and data by hub id; the library keeps that code and
+makes its failures one line: an uncached id while offline names the model and the fix
+instead of retrying for half a minute and printing three chained tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import snapshot_download
+
+from saeuron.utils.errors import ModelUnavailableError
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# huggingface_hub retries failed connections for a long time by default; a user without a
+# network waits for nothing. These bound it to seconds.
+_TIMEOUT_ENV = {"HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "10"}
+
+
+def is_hub_id(name: str) -> bool:
+    """``owner/name`` that is not an existing local path."""
+    return bool(HUB_ID.fullmatch(name)) and not Path(name).exists()
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def bounded_timeouts() -> None:
+    """Short hub timeouts unless the user set their own."""
+    for key, value in _TIMEOUT_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def unavailable(what: str, repo_id: str, err: BaseException | None = None) -> ModelUnavailableError:
+    """The one-line error for a hub resource that cannot be had here."""
+    reason = "the hub is unreachable or the id is wrong"
+    if offline():
+        reason = "HF_HUB_OFFLINE is set and it is not in the local cache"
+    elif err is not None and type(err).__name__ in ("RepositoryNotFoundError", "GatedRepoError"):
+        reason = "no such repository, or it needs a login (huggingface-cli login)"
+    return ModelUnavailableError(
+        f"{what} {repo_id!r} cannot be loaded: {reason}. Run once with a network so it is "
+        "cached, pass a local folder, or use a bundled model such as 'minicanvas'"
+    )
+
+
+def snapshot(repo_id: str, what: str = "repository", **kwargs: Any) -> Path:
+    """``huggingface_hub.snapshot_download`` with short timeouts and a one-line failure."""
+    bounded_timeouts()
+    try:
+        return Path(snapshot_download(repo_id, **kwargs))
+    except Exception as err:  # noqa: BLE001 - every hub failure becomes the same user error
+        if _is_hub_failure(err):
+            raise unavailable(what, repo_id, err) from err
+        raise
+
+
+def _is_hub_failure(err: BaseException) -> bool:
+    names = {t.__name__ for t in type(err).__mro__}
+    return bool(
+        names
+        & {
+            "HfHubHTTPError",
+            "LocalEntryNotFoundError",
+            "RepositoryNotFoundError",
+            "GatedRepoError",
+            "RevisionNotFoundError",
+            "EntryNotFoundError",
+            "OfflineModeIsEnabled",
+            "ConnectionError",
+            "Timeout",
+            "OSError",
+        }
+    )

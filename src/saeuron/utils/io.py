@@ -1,0 +1,92 @@
+"""Atomic writes: nothing the project writes is ever seen half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+from torch import Tensor
+
+from saeuron.utils.errors import ConfigError
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        # mkstemp creates 0600; give the file the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def read_json_or_empty(path: str | Path) -> dict[str, Any]:
+    """The JSON object stored at ``path``, or ``{}`` where no file exists yet."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    def write(tmp: Path) -> None:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+    return atomic_write(path, write)
+
+
+def atomic_write_safetensors(
+    path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> Path:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def check_output_file(path: str | Path, setting: str = "out") -> Path:
+    """Refuse, before any work, an output file that is a folder or cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(setting, f"{path} is a folder; expected a file name")
+    _check_writable_folder(path.parent if str(path.parent) else Path("."), setting)
+    return path
+
+
+def check_output_folder(path: str | Path, setting: str = "out") -> Path:
+    """Refuse, before any work, an output folder that is a file or cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(setting, f"{path} exists and is not a folder")
+    _check_writable_folder(path, setting)
+    return path
+
+
+def _check_writable_folder(folder: Path, setting: str) -> None:
+    # The nearest existing ancestor decides: a folder we would create must be creatable.
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(setting, f"{probe} is a file, so {folder} cannot be created")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(setting, f"{probe} is not writable")

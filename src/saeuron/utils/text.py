@@ -1,0 +1,32 @@
+"""Reading the user's text files: UTF-8 (a byte-order mark allowed), or a one-line error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saeuron.utils.errors import ConfigError, FileFormatError
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The text of ``path``; a missing file or one that is not UTF-8 is a one-line error.
+
+    ``what`` names the setting the file came from (``prompts``, ``labels``, ...), so the
+    message says which input to fix.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(what, f"{path} is a folder; expected a file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(what, f"no such file: {path}") from None
+    except OSError as err:
+        raise ConfigError(what, f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        # utf-8-sig strips a byte-order mark, which Windows editors like to add.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise FileFormatError(
+            path,
+            f"not UTF-8 text (byte {err.start} is 0x{data[err.start]:02x}); save it as UTF-8",
+        ) from None

@@ -16,6 +16,18 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def forbid_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any pipeline load fails the test: every loader goes through these two names."""
+    import saeuron.models.pipelines as pipelines
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a pipeline was loaded")
+
+    monkeypatch.setattr(pipelines, "build_tiny", boom)
+    monkeypatch.setattr(pipelines.DiffusionPipeline, "from_pretrained", boom)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd():
     from saeuron.models.tiny import build_tiny_sd

@@ -14,10 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saeuron import capture
+import saeuron.training.capture as capture
+from saeuron.minicanvas.assets import write_bundle
+from saeuron.models.pipelines import load_pipeline
 from saeuron.models.tiny import build_tiny_sd
-from saeuron.training.capture import CacheConfig, parse_steps, read_prompts, run_cache
+from saeuron.training.capture import CacheConfig, parse_steps, run_cache
 from saeuron.utils.config import ConfigError
+from saeuron.utils.prompts import read_prompts
 
 SD_HOOK = "unet.up_blocks.1.attentions.1"
 SDXL_HOOK = "unet.up_blocks.0.attentions.1"
@@ -127,7 +130,7 @@ def test_conditional_half_matches_manual_hook(prompt_file: Path, tmp_path: Path)
     pipe(
         PROMPTS[:2],
         num_inference_steps=3,
-        guidance_scale=9.0,
+        guidance_scale=7.5,  # the model's default, which the capture takes
         generator=[torch.Generator().manual_seed(i) for i in range(2)],
         output_type="latent",
     )
@@ -301,7 +304,7 @@ def test_from_cli_strings(prompt_file: Path, tmp_path: Path) -> None:
 def test_csv_prompts(tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
     path.write_text('case,prompt\n1,"a cat, sleeping"\n2,a dog\n', encoding="utf-8")
-    assert read_prompts(path) == ["a cat, sleeping", "a dog"]
+    assert read_prompts(path, keep_empty=True) == ["a cat, sleeping", "a dog"]
     bad = tmp_path / "bad.csv"
     bad.write_text("case,text\n1,a cat\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="no 'prompt' column"):
@@ -332,12 +335,12 @@ def test_unknown_hookpoint(prompt_file: Path, tmp_path: Path) -> None:
 
 
 def test_bundled_model_missing_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from saeuron import pipelines
-
-    # Point at an empty folder so this holds whether or not minicanvas ships.
-    monkeypatch.setitem(pipelines.BUNDLED_MODELS, "minicanvas", tmp_path / "absent")
-    with pytest.raises(ConfigError, match="'minicanvas' is not shipped") as err:
-        pipelines.load_pipeline("minicanvas", "cpu")
+    # A bundle described by its bundle.json whose pipeline is not built.
+    (tmp_path / "absent").mkdir()
+    write_bundle(tmp_path / "absent")
+    monkeypatch.setenv("SAEURON_BUNDLES", str(tmp_path))
+    with pytest.raises(ConfigError, match="'absent' is not built") as err:
+        load_pipeline("absent", "cpu")
     assert err.value.field == "model"
 
 

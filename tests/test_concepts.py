@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from saeuron import concepts
+import saeuron.erasure.concepts.build as concept_build
+import saeuron.erasure.concepts.prompts as concept_prompt_sets
+from saeuron.cli.main import build_parser
 from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
 from saeuron.erasure.concepts.prompts import concept_prompts
 from saeuron.erasure.concepts.select import (
@@ -335,7 +336,7 @@ def tiny_cfg(tmp_path: Path, **overrides) -> ConceptBuildConfig:
     return ConceptBuildConfig(**{**settings, **overrides})
 
 
-def test_cache_reuses_stats_and_recomputes_when_needed(tiny_sd, sae, tmp_path, monkeypatch):
+def test_cache_reuses_stats_and_recomputes_when_needed(tiny_sd, sae, tmp_path, request):
     cfg = tiny_cfg(tmp_path)
     with count_unet_calls(tiny_sd) as first:
         features = build_concept(cfg, pipe=tiny_sd, sae=sae)
@@ -343,10 +344,7 @@ def test_cache_reuses_stats_and_recomputes_when_needed(tiny_sd, sae, tmp_path, m
     assert features.indices.shape == (BUILD_STEPS, 2) and features.hookpoint == HOOK
 
     # Fully cached: no UNet call, and not even a pipeline load.
-    def no_loading(*a, **k):
-        raise AssertionError("pipeline loaded although everything is cached")
-
-    monkeypatch.setattr("saeuron.models.pipelines.load_pipeline", no_loading)
+    request.getfixturevalue("forbid_model_loading")
     with count_unet_calls(tiny_sd) as second:
         again = build_concept(cfg, sae=sae)
     assert second == []
@@ -397,9 +395,8 @@ def test_partial_cache_entry_is_recomputed(tiny_sd, sae, tmp_path) -> None:
 
 def test_build_writes_features_and_cli_prints_summary(tiny_sd, sae, tmp_path, monkeypatch, capsys):
     folder = sae.save_to_disk(tmp_path / "sae")
-    monkeypatch.setattr("saeuron.models.pipelines.load_pipeline", lambda *a, **k: tiny_sd)
-    parser = argparse.ArgumentParser()
-    concepts.register_cli(parser.add_subparsers(dest="command"))
+    monkeypatch.setattr(concept_build, "load_pipeline", lambda *a, **k: tiny_sd)
+    parser = build_parser("concept")
     out = tmp_path / "feats" / "cat"
     others = tmp_path / "others.txt"
     others.write_text("a bowl of fruit\n", encoding="utf-8")
@@ -477,7 +474,7 @@ def test_prompt_sets() -> None:
     assert not any(p.startswith("#") for p in neutral)
     prompts = concept_prompts("a cat", 25)
     assert len(prompts) == 25 and all("a cat" in p for p in prompts)
-    assert len(set(prompts)) == len(concepts.CONCEPT_TEMPLATES) >= 20
+    assert len(set(prompts)) == len(concept_prompt_sets.CONCEPT_TEMPLATES) >= 20
     with pytest.raises(ValueError):
         concept_prompts("cat", 0)
 
@@ -485,7 +482,7 @@ def test_prompt_sets() -> None:
 def test_other_concepts_from_json(tmp_path, sae, tiny_sd) -> None:
     path = tmp_path / "others.json"
     path.write_text(json.dumps({"cat": ["a cat"], "dog": ["a dog"], "car": ["a car", "a bus"]}))
-    assert concepts.read_other_concepts(path) == {
+    assert concept_prompt_sets.read_other_concepts(path) == {
         "cat": ["a cat"],
         "dog": ["a dog"],
         "car": ["a car", "a bus"],
@@ -496,7 +493,7 @@ def test_other_concepts_from_json(tmp_path, sae, tiny_sd) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"dog": []}))
     with pytest.raises(ConfigError, match="others"):
-        concepts.read_other_concepts(bad)
+        concept_prompt_sets.read_other_concepts(bad)
 
 
 def test_cache_dir_default_follows_the_environment(monkeypatch, tmp_path) -> None:

@@ -129,7 +129,7 @@ def test_cache_train_concept_generate(tmp_path, monkeypatch) -> None:
 
 
 def test_sdxl_turbo_chain_without_cfg_on_the_block_update(tmp_path, monkeypatch) -> None:
-    # Seed 003's setting: SDXL-Turbo samples in 1 to 4 steps with guidance 0 (no CFG); the
+    # The SDXL-Turbo setting: SDXL-Turbo samples in 1 to 4 steps with guidance 0 (no CFG); the
     # SAE reads the update of unet.up_blocks.0.attentions.1 (output - input, as sdxl-unbox).
     monkeypatch.setenv("SAEURON_CACHE", str(tmp_path / "cache"))
     hook = "unet.up_blocks.0.attentions.1"

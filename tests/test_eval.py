@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from saeuron.eval.prompts import read_prompts
 
 from saeuron.cli.main import main
 from saeuron.eval import load_eval_config, parse_eval_config, run_eval
@@ -19,6 +18,7 @@ from saeuron.eval.metrics import METRICS, Item
 from saeuron.eval.report import bootstrap_interval
 from saeuron.eval.similarity import psnr, ssim
 from saeuron.utils.config import ConfigError
+from saeuron.utils.prompts import read_prompt_rows as read_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "eval"
@@ -90,7 +90,7 @@ def test_bad_values_name_their_field_before_anything_loads(tmp_path) -> None:
 
 
 def test_seed_example_metrics_we_ship_validate_unchanged(monkeypatch) -> None:
-    # The ua_ira and clip_score entries of seed 000's second example, as written, from the
+    # The ua_ira and clip_score entries of eval-unlearn's documented example, as written, from the
     # project root (their prompt CSVs ship in data/).
     monkeypatch.chdir(ROOT)
     data = json.loads((EXAMPLES / "saeuron_nudity_multi.json").read_text())
@@ -104,13 +104,9 @@ def test_seed_example_metrics_we_ship_validate_unchanged(monkeypatch) -> None:
     assert items[0].seed == 1000  # the CSV's evaluation_seed
 
 
-def test_check_prints_the_plan_without_loading_models(tmp_path, monkeypatch, capsys) -> None:
-    import saeuron.models.pipelines
-
-    def boom(*a, **k):
-        raise AssertionError("--check must not load a model")
-
-    monkeypatch.setattr(saeuron.models.pipelines, "load_pipeline", boom)
+def test_check_prints_the_plan_without_loading_models(
+    tmp_path, capsys, forbid_model_loading
+) -> None:
     path = tmp_path / "cfg.json"
     data = config(tmp_path, [{"name": "unlearncanvas", "config": {"target_seeds": 2}},
                              {"name": "clip_score", "config": {"limit": 5,
@@ -540,12 +536,12 @@ def test_a_detector_failure_stops_the_run_never_counts_safe(tmp_path, monkeypatc
 
 
 def test_i2p_from_the_hub_unreachable_skips_with_what_is_missing(tmp_path, monkeypatch) -> None:
-    import huggingface_hub
+    import saeuron.eval.metrics.asr_i2p as asr_i2p
 
     def offline(*a, **k):
         raise OSError("no network")
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(asr_i2p, "hf_hub_download", offline)
     data = nudity_run(tmp_path)
     del data["metrics"][0]["config"]["prompts_path"]
     report = run_eval(parse_eval_config(data))
@@ -554,9 +550,9 @@ def test_i2p_from_the_hub_unreachable_skips_with_what_is_missing(tmp_path, monke
 
 
 def test_check_never_downloads_i2p(tmp_path, monkeypatch, capsys) -> None:
-    import huggingface_hub
+    import saeuron.eval.metrics.asr_i2p as asr_i2p
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(asr_i2p, "hf_hub_download", lambda *a, **k: 1 / 0)
     data = nudity_run(tmp_path)
     del data["metrics"][0]["config"]["prompts_path"]
     (tmp_path / "cfg.json").write_text(json.dumps(data))
@@ -893,7 +889,7 @@ def test_p4d_attacks_through_the_erasure_on_minicanvas(tmp_path) -> None:
 def test_q16_needs_its_prompts_and_judges_with_them(tmp_path, monkeypatch) -> None:
     from safetensors.torch import save_file
 
-    import saeuron.eval.clip as clip_module
+    import saeuron.eval.detectors as detectors_module
     from saeuron.eval.detectors import DETECTORS, DetectorSettings
     from saeuron.eval.metrics import MetricError
 
@@ -903,7 +899,7 @@ def test_q16_needs_its_prompts_and_judges_with_them(tmp_path, monkeypatch) -> No
         missing.load()
     path = tmp_path / "q16.safetensors"
     save_file({"prompts": torch.tensor([[0.0, 1.0], [1.0, 0.0]])}, str(path))
-    monkeypatch.setattr(clip_module, "load_clip", lambda *a, **k: ColourClip())
+    monkeypatch.setattr(detectors_module, "load_clip", lambda *a, **k: ColourClip())
     detector = DETECTORS.get("q16")(DetectorSettings("violence", 0.5, clip_model="c",
                                                      q16_prompts=str(path)))  # fmt: skip
     red, blue = Image.new("RGB", (8, 8), (220, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 220))
@@ -957,7 +953,7 @@ def test_mma_diffusion_runs_against_minicanvas(tmp_path) -> None:
 
 
 def test_fid_reads_references_from_a_hub_dataset(tmp_path, monkeypatch) -> None:
-    import huggingface_hub
+    import saeuron.eval.metrics.fid as fid_module
 
     snapshot = tmp_path / "snapshot" / "val"
     snapshot.mkdir(parents=True)
@@ -969,7 +965,7 @@ def test_fid_reads_references_from_a_hub_dataset(tmp_path, monkeypatch) -> None:
         calls.append((repo, repo_type))
         return str(tmp_path / "snapshot")
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.setattr(fid_module, "snapshot_download", fake)
     from saeuron.eval.metrics.fid import FidConfig
 
     metric = METRICS.get("fid")(FidConfig(reference="hf:someone/coco-val", limit=2))

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from saeuron.models.pipelines import BUNDLED_MODELS, load_pipeline
+from saeuron.models.bundles import find_bundle
+from saeuron.models.pipelines import load_pipeline
 from saeuron.utils.config import ConfigError
 
-FOLDER = BUNDLED_MODELS["minicanvas"]
+FOLDER = find_bundle("minicanvas").folder
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -69,7 +69,7 @@ def test_concepts_map_to_their_blocks() -> None:
 
 @pytest.mark.parametrize("every", [2, 3])
 def test_sweep_retain_subset_keeps_every_object_and_style(every: int) -> None:
-    from saeuron.minicanvas.bench import diagonal_subset, prompt_rows
+    from saeuron.minicanvas.judge import diagonal_subset, prompt_rows
 
     # The retained prompts of an object erasure: every pair but the erased object's.
     rows = prompt_rows(TEST_TEMPLATES[0], [11], only=("object", 3), exclude=True)
@@ -81,7 +81,7 @@ def test_sweep_retain_subset_keeps_every_object_and_style(every: int) -> None:
 
 
 def test_sweep_merges_trials_of_the_same_protocol_and_picks_the_best_mean() -> None:
-    from saeuron.minicanvas.bench import best_params, merge_trials
+    from saeuron.minicanvas.sweep import best_params, merge_trials
 
     def trial(tau, gamma, ratio, ua, ira, cra):
         return {"tau": tau, "multiplier": gamma, "max_other_ratio": ratio,

@@ -33,5 +33,5 @@ def test_feature_search_selects_what_the_seed_procedure_selects() -> None:
     from saeuron.perf.concept_features import _one
 
     ours, seed, same = _one("minicanvas", "moon", images=4, steps=12, read_step=3)
-    assert same, "the shortcut must select the latents the seed's full sampling selects"
+    assert same, "the shortcut must select the latents the published full sampling selects"
     assert ours > 0 and seed > 0

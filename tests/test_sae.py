@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import saeuron.utils.hub
 from saeuron.sae import SAE_FORMATS, Sae, SaeConfig
 from saeuron.utils.config import ConfigError
 
@@ -183,9 +184,7 @@ def test_from_pretrained_downloads_only_the_hookpoint(tmp_path, monkeypatch) -> 
         calls.append((repo_id, allow_patterns))
         return str(hub)
 
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(saeuron.utils.hub, "snapshot_download", fake_snapshot_download)
     sae = Sae.from_pretrained("bcywinski/SAeUron", hookpoint="unet.up_blocks.1.attentions.1")
     assert calls == [("bcywinski/SAeUron", ["unet.up_blocks.1.attentions.1/*"])]
     assert sae.meta["source"] == "bcywinski/SAeUron"

@@ -9,13 +9,13 @@ import torch
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.technique import (
     DEFAULT_MULTIPLIER,
-    KNOWN_SAES,
     SAeUron,
     SAeUronConfig,
-    resolve_device,
 )
+from saeuron.models.bundles import find_bundle
 from saeuron.sae import Sae, SaeConfig
 from saeuron.utils.config import ConfigError
+from saeuron.utils.devices import resolve_device
 
 HOOK = "unet.up_blocks.1.attentions.1"
 
@@ -53,9 +53,9 @@ def tiny_config(sae_dir, **overrides):
 def test_seed_defaults_and_published_sae_resolution() -> None:
     cfg = SAeUronConfig()
     assert (cfg.erase_concept, cfg.multiplier, cfg.num_inference_steps) == ("nudity", None, 50)
-    assert DEFAULT_MULTIPLIER == -20.0  # seed 000's default for concepts without a tuned one
+    assert DEFAULT_MULTIPLIER == -20.0  # SAeUron's default for concepts without a tuned one
     assert (cfg.guidance_scale, cfg.use_fp16, cfg.device) == (7.5, True, None)
-    assert cfg.resolved_sae() == KNOWN_SAES["CompVis/stable-diffusion-v1-4"]
+    assert cfg.resolved_sae() == ("bcywinski/SAeUron_coco", "unet.up_blocks.1.attentions.1")
     assert cfg.resolved_sae() == ("bcywinski/SAeUron_coco", "unet.up_blocks.1.attentions.1")
 
 
@@ -200,9 +200,8 @@ def test_eval_unlearn_finds_saeuron_by_entry_point(sae_dir, cache_dir) -> None:
 
 def test_bundled_concepts_use_their_tuned_multiplier_unless_told(cache_dir) -> None:
     from saeuron.minicanvas.assets import load_params
-    from saeuron.models.pipelines import BUNDLED_MODELS
 
-    tuned = load_params(BUNDLED_MODELS["minicanvas"])["moon"]["multiplier"]
+    tuned = load_params(find_bundle("minicanvas").folder)["moon"]["multiplier"]
     tech = SAeUron(erase_concept="moon", model="minicanvas", device="cpu")
     assert tech.multiplier == tuned
     told = SAeUron(erase_concept="moon", model="minicanvas", device="cpu", multiplier=-3.0)

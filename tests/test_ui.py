@@ -85,9 +85,9 @@ def test_config_defaults_and_bounds() -> None:
 
 
 def test_cli_rejects_bad_flags_before_loading(capsys, monkeypatch) -> None:
-    import saeuron.ui as ui
+    import saeuron.cli.ui as ui_command
 
-    monkeypatch.setattr(ui, "serve", lambda *a, **k: pytest.fail("must not load anything"))
+    monkeypatch.setattr(ui_command, "serve", lambda *a, **k: pytest.fail("must not load anything"))
     assert main(["ui", "--port", "70000"]) == 2
     assert "port: got 70000; must be <= 65535" in capsys.readouterr().err
     assert main(["ui", "--steps", "0"]) == 2
@@ -95,10 +95,10 @@ def test_cli_rejects_bad_flags_before_loading(capsys, monkeypatch) -> None:
 
 
 def test_cli_without_gradio_names_the_extra(capsys, monkeypatch) -> None:
-    import saeuron.ui as ui
+    import saeuron.cli.ui as ui_command
 
-    monkeypatch.setattr(ui, "gradio_missing", lambda: True)
-    monkeypatch.setattr(ui, "serve", lambda *a, **k: pytest.fail("must not load anything"))
+    monkeypatch.setattr(ui_command, "gradio_missing", lambda: True)
+    monkeypatch.setattr(ui_command, "serve", lambda *a, **k: pytest.fail("must not load anything"))
     assert main(["ui"]) == 2
     assert "pip install 'saeuron[ui]'" in capsys.readouterr().err
 
@@ -116,10 +116,10 @@ def test_the_library_and_cli_do_not_import_gradio() -> None:
 
 def test_bundled_concepts_and_their_tuned_multipliers(studio) -> None:
     from saeuron.minicanvas.assets import load_params
-    from saeuron.models.pipelines import BUNDLED_MODELS
+    from saeuron.models.bundles import find_bundle
 
     assert studio.bundled_concepts() == [*OBJECTS, *STYLES]
-    tuned = load_params(BUNDLED_MODELS["minicanvas"])
+    tuned = load_params(find_bundle("minicanvas").folder)
     assert studio.default_multiplier("moon") == tuned["moon"]["multiplier"]
     assert studio.default_multiplier(" Checkered ") == tuned["checkered"]["multiplier"]
     assert studio.default_multiplier("a red balloon") == DEFAULT_MULTIPLIER

@@ -31,7 +31,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--supervised", action="store_true", help="SAEmnesia's supervised fine-tune"
     )
     SupervisedTrainConfig.add_arguments(
-        supervised, skip=("activations", "out", "seed", "device", "init_sae")
+        supervised, skip=("activations", "out", "seed", "device", "init_sae"), require=False
     )
     supervised.add_argument(
         "--init-sae",

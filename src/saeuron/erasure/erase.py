@@ -1,6 +1,6 @@
 """The erasing hook: edit a concept's SAE latents while the stock pipeline samples.
 
-At every step and token, for each selected latent f of concept c (method.md section 5)::
+At every step and token, for each selected latent f of concept c (docs/method.md, section 5)::
 
     if a_f > thr_f:   a_f <- gamma_c * mu_c[f] * a_f
 
@@ -276,7 +276,7 @@ def _check_multipliers(names: list[str], cfg: EraseConfig, exact: bool) -> dict[
     missing = [n for n in names if n not in cfg.multipliers] if exact else []
     if unknown or missing:
         raise ConfigError(
-            "multipliers",
+            "multiplier" if exact else "multipliers",
             f"per-concept multipliers must name the erased concepts {names}; "
             f"unknown {unknown}" + (f", missing {missing}" if exact else ""),
         )

@@ -3,7 +3,7 @@
 A :class:`ConceptFeatures` holds, per denoising step of the schedule its statistics came
 from, the selected latent indices, the concept's mean activation of each (``mu_c``, which
 scales the edit) and the activation threshold above which a token is edited (the mean of
-the per-concept means, method.md section 5). One step means "the same at every step".
+the per-concept means; docs/method.md, section 5). One step means "the same at every step".
 Stored as ``NAME.safetensors`` (tensors) + ``NAME.json`` (provenance and settings).
 """
 

@@ -117,7 +117,7 @@ class SAeUron:
         cfg = self.config
         sae_id, hookpoint = cfg.resolved_sae()
         self.device = cfg.sampling.torch_device()
-        self.dtype = cfg.sampling.dtype_for(self.device, cfg.model)
+        self.dtype = cfg.sampling.dtype_for(self.device)
 
         bundle = find_bundle(cfg.model)
         bundled = (

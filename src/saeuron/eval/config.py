@@ -1,4 +1,4 @@
-"""The config of ``saeuron eval``: seed 000's schema, validated whole before anything loads.
+"""The config of ``saeuron eval``: eval-unlearn's schema, validated whole before anything loads.
 
     {
       "output_dir": "results/saeuron_asr",

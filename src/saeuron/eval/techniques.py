@@ -5,10 +5,11 @@ on ``prompts[i]`` and ``seeds[i]`` only, so a resumed run regenerates exactly wh
 ``unerased(prompts, seeds)`` gives the same model's images without the erasure (the
 reference of the ``preservation`` metric).
 
-- ``saeuron``: the core technique (:class:`saeuron.erasure.technique.SAeUron`), seed 000's config.
+- ``saeuron``: the core technique (:class:`saeuron.erasure.technique.SAeUron`), with
+  eval-unlearn's config.
 - ``none``: the model unchanged.
 - ``negative_prompt``: the concept as the negative prompt of classifier-free guidance.
-- ``saemnesia``: SAEmnesia (method.md section 6): a supervised SAE, the concept is its one
+- ``saemnesia``: SAEmnesia (docs/method.md, section 6): a supervised SAE, the concept is its one
   latent, only the multiplier is tuned.
 """
 
@@ -95,7 +96,7 @@ class PlainTechnique:
         self.config = config
         device = config.sampling.torch_device()
         self.pipe = load_pipeline(
-            config.model, device=device, dtype=config.sampling.dtype_for(device, config.model)
+            config.model, device=device, dtype=config.sampling.dtype_for(device)
         )
         self.negative = negative
 
@@ -186,10 +187,9 @@ class SAEmnesiaConfig(Config):
         bundle = find_bundle(self.model)
         if bundle is not None and bundle.supervised_folder is not None and self.sae is None:
             if bundle.concept(self.erase_concept) is None:
+                kinds = "; ".join(f"{k}s: {', '.join(v)}" for k, v in bundle.kinds().items())
                 raise ConfigError(
-                    "erase_concept",
-                    f"got {self.erase_concept!r}; {bundle.name} knows "
-                    f"{', '.join(bundle.concepts)}",
+                    "erase_concept", f"got {self.erase_concept!r}; {bundle.name} knows {kinds}"
                 )
             self.hookpoint = self.hookpoint or bundle.hookpoint_for(self.erase_concept)
             self.sae = str(bundle.supervised_folder)

@@ -138,7 +138,6 @@ def minicanvas_bundle(folder: Path) -> Bundle:
         num_inference_steps=NUM_INFERENCE_STEPS,
         guidance_scale=GUIDANCE_SCALE,
         default_hookpoint=OBJECT_HOOKPOINT,
-        dtype="float32",
         saes=BUNDLE_SAES_DIR,
         features=BUNDLE_FEATURES_DIR,
         stats=BUNDLE_STATS_DIR,

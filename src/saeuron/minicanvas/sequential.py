@@ -1,4 +1,4 @@
-"""Erasing several MiniCanvas concepts, one after another (method.md section 5 and 6).
+"""Erasing several MiniCanvas concepts, one after another (docs/method.md, sections 5 and 6).
 
 Step n erases the first n concepts of a list together (one ``erase`` call: each concept's
 own latents, scale and threshold; a latent two concepts share is edited once, by the

@@ -6,7 +6,7 @@ concept features and classifier are, so generic code reads a bundle and never na
 
     {
       "name": "minicanvas",
-      "num_inference_steps": 20, "guidance_scale": 7.5, "dtype": "float32",
+      "num_inference_steps": 20, "guidance_scale": 7.5,
       "default_hookpoint": "unet.up_blocks.1.attentions.1",
       "saes": "saes", "features": "features", "stats": "stats",
       "supervised": "supervised/saes", "classifier": "classifier",
@@ -48,8 +48,6 @@ class Bundle:
     num_inference_steps: int
     guidance_scale: float
     default_hookpoint: str
-    dtype: str | None = None
-    """Compute dtype the bundle is meant to run in (``None``: the device's default)."""
     saes: str = "saes"
     features: str = "features"
     stats: str | None = None
@@ -110,7 +108,6 @@ class Bundle:
             "name": self.name,
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
-            "dtype": self.dtype,
             "default_hookpoint": self.default_hookpoint,
             "saes": self.saes,
             "features": self.features,
@@ -142,7 +139,6 @@ class Bundle:
                 num_inference_steps=int(data["num_inference_steps"]),
                 guidance_scale=float(data["guidance_scale"]),
                 default_hookpoint=str(data["default_hookpoint"]),
-                dtype=data.get("dtype"),
                 saes=str(data.get("saes", "saes")),
                 features=str(data.get("features", "features")),
                 stats=data.get("stats"),

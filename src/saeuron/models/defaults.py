@@ -18,8 +18,6 @@ class ModelDefaults:
     sae: str | None = None
     """SAE folder or hub repo that serves this model without being named."""
     hookpoint: str | None = None
-    dtype: str | None = None
-    """Compute dtype it is meant to run in (``None``: fp16 where fast, else fp32)."""
     source: str = "fallback"
     """Where these values come from: ``bundle``, ``known`` or ``fallback``."""
 
@@ -49,7 +47,6 @@ def model_defaults(model: str | None) -> ModelDefaults:
             bundle.guidance_scale,
             str(bundle.sae_folder),
             bundle.default_hookpoint,
-            bundle.dtype,
             source="bundle",
         )
     if model in KNOWN_MODELS:

@@ -15,7 +15,7 @@ import torch
 
 from saeuron.models.defaults import model_defaults
 from saeuron.utils.config import Config, ConfigError, field
-from saeuron.utils.devices import check_device, parse_dtype, resolve_device, sampling_dtype
+from saeuron.utils.devices import check_device, resolve_device, sampling_dtype
 
 MAX_SIDE = 4096
 """Largest image side accepted (pixels): beyond it a UNet step needs hundreds of GB."""
@@ -32,10 +32,8 @@ class SamplingConfig(Config):
         le=100,
         help="classifier-free guidance scale (<= 1: no CFG); default: the model's",
     )
-    use_fp16: bool | None = field(
-        None,
-        help="half precision: on where it is fast (CUDA, MPS) unless false; the CPU always "
-        "runs float32",
+    use_fp16: bool = field(
+        True, help="half precision where it is fast (CUDA, MPS); the CPU always runs float32"
     )
     device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: CUDA, MPS, CPU")
     seed: int = field(0, ge=0, le=2**63 - 1, help="prompt i samples with seed + i")
@@ -84,11 +82,8 @@ class SamplingConfig(Config):
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
 
-    def dtype_for(self, device: torch.device, model: str | None = None) -> torch.dtype:
-        """The compute dtype: the bundle's if it names one, else fp16 where it is fast."""
-        named = parse_dtype(model_defaults(model).dtype)
-        if named is not None and self.use_fp16 is None:
-            return named if device.type != "cpu" or named == torch.float32 else torch.float32
+    def dtype_for(self, device: torch.device) -> torch.dtype:
+        """The compute dtype: fp16 where it is fast and wanted, else fp32."""
         return sampling_dtype(device, self.use_fp16)
 
     def call_kwargs(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Each benchmark is a module of this package registered in :data:`BENCHMARKS`; it returns
 :class:`Row` objects, one per measured ratio, and the runner prints them as one table with
-the command that reproduces each. Baselines (the published code's dense edit, the seed's
+the command that reproduces each. Baselines (the published code's dense edit, the published
 feature procedure, eai-sparsify's trainer) are measured in the same process and run, so a
 ratio compares like with like on whatever machine runs it.
 """

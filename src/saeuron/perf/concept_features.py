@@ -1,4 +1,4 @@
-"""On-the-fly concept features: the project's path against the seed's procedure (issue 7.2).
+"""On-the-fly concept features: the project's path against the published procedure.
 
 The seed (000) finds a new concept's latents by sampling 20 images of it to the end (50
 steps, decoded to pixels) while a hook keeps the activations of step 10, then ranks the
@@ -7,7 +7,7 @@ samples, but stops each sampling run right after that step and never decodes: th
 after 10 and the VAE cannot change what step 10 saw. Both are timed here on the same
 pipeline, SAE and prompts, and their selected latents compared (they must agree).
 
-The seed's procedure is written here as a reference, not used by the library.
+The published procedure is written here as a reference, not used by the library.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Erasing overhead per denoising step on an SD-1.4-sized UNet (issue 7, point 1).
+"""Erasing overhead per denoising step on an SD-1.4-sized UNet.
 
 A UNet with Stable Diffusion 1.4's configuration and random weights, 64x64 latents, a CFG
 batch of 2, the 1280-wide ``up_blocks.1.attentions.1`` hookpoint and an SAE with 20,480

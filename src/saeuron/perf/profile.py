@@ -1,4 +1,4 @@
-"""Where the time of one erased sampling run on MiniCanvas goes (issue 7, point 5).
+"""Where the time of one erased sampling run on MiniCanvas goes.
 
 cProfile over a whole run (pipeline call with the erasure), then the wall time attributed
 to the parts a reader can act on: the UNet outside the hook, the erase hook itself, the

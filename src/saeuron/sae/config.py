@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.config import Config, ConfigError, field
 
 
 @dataclass
@@ -35,8 +35,10 @@ class SaeConfig(Config):
         super().__post_init__()
         if self.num_latents == 0 and self.d_in is not None:
             self.num_latents = self.d_in * self.expansion_factor
-        if self.num_latents:
-            check_range("k", self.k, ge=1, le=self.num_latents)
+        if self.num_latents and self.k > self.num_latents:
+            raise ConfigError(
+                "k", f"got {self.k}; must be <= num_latents ({self.num_latents})"
+            )
 
     def with_width(self, d_in: int) -> SaeConfig:
         """This architecture at a known input width (``num_latents`` derived if unset)."""

@@ -1,4 +1,4 @@
-"""SAEmnesia's supervised SAE (method.md section 6): one latent per concept, by training.
+"""SAEmnesia's supervised SAE (docs/method.md, section 6): one latent per concept, by training.
 
 1. :func:`assign_latents`: each concept gets one latent, greedily by the unsupervised
    contrastive score (averaged over steps): the best (concept, latent) pair first, then the
@@ -342,7 +342,7 @@ def group_stats(sae: Sae, groups: ImageGroups, batch_images: int = 256) -> dict[
 def concept_features(
     stats: dict[str, ConceptStats], assignment: dict[str, int], hookpoint: str | None = None
 ) -> dict[str, ConceptFeatures]:
-    """Each concept as its one latent at every step (method.md section 6).
+    """Each concept as its one latent at every step (docs/method.md, section 6).
 
     Scale and threshold follow the unsupervised features, so one gamma means the same in
     both: the latent's mean on the concept's images, and the mean over all concepts.

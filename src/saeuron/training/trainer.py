@@ -1,4 +1,4 @@
-"""Training a BatchTopK SAE on captured activations (method.md section 2).
+"""Training a BatchTopK SAE on captured activations (docs/method.md, section 2).
 
     loss = FVU + auxk_alpha * AuxK      # AuxK: latents silent for ``dead_tokens`` tokens
     Adam(lr), linear decay to 0, no warm-up, grad-clip, unit-norm decoder rows

@@ -247,8 +247,28 @@ def _check_declared(name: str, value: Any, meta: Mapping[str, Any]) -> None:
             check_range(name, item, **bounds)
 
 
+class _ConfigMeta(type):
+    """Lets a config be built with the keys of its flattened nested configs, as in JSON:
+    ``ConceptBuildConfig(concept="cat", ..., num_inference_steps=20)``."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if dataclasses.is_dataclass(cls):
+            own = {f.name for f in dataclasses.fields(cls)}
+            for name, nested in cls._flattened().items():  # type: ignore[attr-defined]
+                given = {
+                    k: kwargs.pop(k) for k in nested.config_keys() if k in kwargs and k not in own
+                }
+                if given:
+                    base = kwargs.pop(name, None)
+                    if base is None:
+                        field_ = next(f for f in dataclasses.fields(cls) if f.name == name)
+                        base = _default_of(field_)
+                    kwargs[name] = base.replace(**given)
+        return super().__call__(*args, **kwargs)
+
+
 @dataclasses.dataclass
-class Config:
+class Config(metaclass=_ConfigMeta):
     """Base of every config: validation, dict/JSON round trip and argparse generation."""
 
     def __post_init__(self) -> None:
@@ -337,6 +357,17 @@ class Config:
                 )
         return out
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: a key of a flattened nested config reads
+        # through (``cfg.num_inference_steps`` for ``cfg.sampling.num_inference_steps``).
+        if name.startswith("__") or not dataclasses.is_dataclass(self):
+            raise AttributeError(name)
+        for nested_name in type(self)._flattened():
+            nested = self.__dict__.get(nested_name)
+            if nested is not None and name in nested.config_keys():
+                return getattr(nested, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def value(self, key: str, default: Any = None) -> Any:
         """The value of ``key`` at this config's level, flattened nested configs included."""
         for f in dataclasses.fields(self):
@@ -355,7 +386,7 @@ class Config:
     # -- command line -----------------------------------------------------------------------
 
     @classmethod
-    def add_arguments(cls, parser: Any, skip: Iterable[str] = ()) -> None:
+    def add_arguments(cls, parser: Any, skip: Iterable[str] = (), require: bool = True) -> None:
         """One ``--option`` (or positional) per field, nested flattened configs included.
 
         Values stay strings here and are coerced and validated by :meth:`from_args`; a flag
@@ -368,9 +399,9 @@ class Config:
             if not f.init or f.name in skip:
                 continue
             if f.name in flat:
-                flat[f.name].add_arguments(parser, skip=skip)
+                flat[f.name].add_arguments(parser, skip=skip, require=require)
                 continue
-            _add_argument(parser, f, hints[f.name])
+            _add_argument(parser, f, hints[f.name], require)
 
     @classmethod
     def from_args(cls: type[C], ns: argparse.Namespace, **extra: Any) -> C:
@@ -386,11 +417,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _add_argument(parser: Any, f: dataclasses.Field, tp: Any) -> None:
+def _add_argument(parser: Any, f: dataclasses.Field, tp: Any, require: bool = True) -> None:
     meta = f.metadata
     inner, _ = _unwrap_optional(tp)
     default = _default_of(f)
-    required = default is dataclasses.MISSING
+    required = default is dataclasses.MISSING and require
     text = meta.get("help", "")
     notes = []
     if meta.get("choices") is not None:

@@ -65,13 +65,13 @@ def fast_half(device: torch.device) -> bool:
     return device.type in ("cuda", "mps")
 
 
-def sampling_dtype(device: torch.device, use_fp16: bool | None = None) -> torch.dtype:
+def sampling_dtype(device: torch.device, use_fp16: bool = True) -> torch.dtype:
     """fp16 where it is fast unless ``use_fp16`` is False; fp32 on the CPU whatever asked.
 
-    ``use_fp16=None`` (auto) and ``True`` both mean "half precision where it is fast": the
-    CPU has no fast fp16 kernels, and SD in fp16 on the CPU is both slower and less exact.
+    The CPU has no fast fp16 kernels, and SD in fp16 on the CPU is both slower and less
+    exact, so ``use_fp16=True`` there quietly means float32.
     """
-    if use_fp16 is False or not fast_half(device):
+    if not use_fp16 or not fast_half(device):
         return torch.float32
     return torch.float16
 

@@ -19,7 +19,7 @@ def read_text(path: str | Path, what: str = "file") -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(what, f"no such file: {path}") from None
+        raise ConfigError(what, f"file {str(path)!r} does not exist") from None
     except OSError as err:
         raise ConfigError(what, f"cannot read {path}: {err.strerror or err}") from None
     try:

@@ -108,11 +108,13 @@ def select_contrastive(
     active_range: tuple[float, float] | None = None,
     max_other_ratio: float | None = None,
 ) -> ConceptFeatures:
-    """The latents that tell ``target`` apart from ``others``, per step (method.md section 4).
+    """The latents that tell ``target`` apart from ``others``, per step.
+
+    SAeUron's selection (docs/method.md, section 4).
 
     Exactly one of ``percentile`` (keep scores strictly above the p-th percentile, numpy
     linear interpolation) and ``tau`` (keep the top tau) is given. ``active_range=(lo, hi)``
-    (seed 003) first removes from the candidates every latent active on fewer than ``lo`` or
+    first removes from the candidates every latent active on fewer than ``lo`` or
     more than ``hi`` of the target's tokens; the percentile is then taken over the remaining
     candidates, so the filter does not leave a step empty just because its best latent was
     dropped. ``max_other_ratio=r`` likewise drops every latent whose mean on any single other
@@ -195,7 +197,8 @@ def select_shortcut(
     step: int = 0,
     neutral: ConceptStats | None = None,
 ) -> ConceptFeatures:
-    """Seed 000's shortcut: the top ``tau`` latents by mean activation at one row ``step``.
+    """The shortcut for a new concept: the top ``tau`` latents by mean activation at one
+    row ``step``.
 
     The result holds one step, i.e. it applies at every sampling step. Threshold: 0 (edit
     wherever the latent is active) unless ``neutral`` statistics of the same denoising step

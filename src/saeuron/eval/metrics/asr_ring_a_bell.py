@@ -80,6 +80,6 @@ class AsrRingABell(AdversarialMetric):
 
 @register
 class AsrCustom(AsrRingABell):
-    """Seed 000's "ASR Custom": the same attack under eval-unlearn's other name."""
+    """eval-unlearn's "ASR Custom": the same attack under eval-unlearn's other name."""
 
     name = "asr_custom"

@@ -63,7 +63,9 @@ class ErrConfig(BaseConfig):
     adversarial_limit: int = field(50, help="at most this many adversarial prompts")
     threshold: float = field(0.6, help="NudeNet score at which an exposed part counts")
     person_threshold: float = field(0.3, help="NudeNet score at which a person counts as there")
-    device: str | None = field(None, help="accepted for seed 000's configs; NudeNet runs on CPU")
+    device: str | None = field(
+        None, help="accepted for eval-unlearn's configs; NudeNet runs on CPU"
+    )
 
     def __post_init__(self) -> None:
         for name in ("target_limit", "retain_limit", "adversarial_limit"):

@@ -2,7 +2,7 @@
 
 Each prompt without the concept is sampled twice with the same seed, erased and unerased,
 and the pair compared: SSIM and PSNR (no weights needed) and, given a CLIP model, the cosine
-of the two CLIP image embeddings (seed 003's measure). An erasure that touches only its
+of the two CLIP image embeddings. An erasure that touches only its
 concept scores SSIM 1, PSNR at its cap (100 dB), CLIP similarity 1.
 """
 

@@ -1,4 +1,4 @@
-"""``unlearncanvas``: UA, IRA and CRA of the UnlearnCanvas protocol (method.md section 7).
+"""``unlearncanvas``: UA, IRA and CRA of the UnlearnCanvas protocol (docs/method.md, section 7).
 
 Every (object, style) pair is prompted; an object and a style classifier judge each image.
 With the erased concept a style: UA = 1 - style accuracy on its prompts, IRA = style accuracy

@@ -1,4 +1,6 @@
-"""``unlearndiffatk``: UA before and after UnlearnDiffAtk's prefix attack (method.md sec. 7).
+"""``unlearndiffatk``: UA before and after UnlearnDiffAtk's prefix attack.
+
+See docs/method.md, section 7.
 
 Each prompt that names the concept is sampled as it is ("before") and with 5 prefix tokens
 optimised for 40 iterations through the erasing technique ("after", see

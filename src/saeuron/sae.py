@@ -6,7 +6,8 @@
 
 Checkpoints use the EleutherAI ``sae``/``sparsify`` layout of the published SAeUron and
 SAEmnesia SAEs: one folder per hookpoint with ``cfg.json`` and ``sae.safetensors``. Other
-layouts (sdxl-unbox) are readers in :data:`SAE_FORMATS`.
+layouts (SAEmnesia, sdxl-unbox) are readers in :mod:`saeuron.sae_formats`, registered in
+:data:`SAE_FORMATS`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ import logging
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .config import Config, ConfigError, check_range, field
+from .config import Config, check_range, field
 from .io import atomic_write_json, atomic_write_safetensors
 from .registry import Registry
 
@@ -269,10 +269,16 @@ class Sae(nn.Module):
         folder = Path(name_or_path)
         if not folder.exists():
             folder = _download(str(name_or_path), hookpoint, revision, cache_dir)
+        run = sae_formats.find_hookpoint_folder(folder, hookpoint) if hookpoint else None
         if hookpoint and (folder / hookpoint).is_dir():
             folder = folder / hookpoint
+        elif run is not None:  # sdxl-unbox: <hookpoint>_k10_hidden5120_.../final
+            folder = run
         elif hookpoint and not _looks_like_checkpoint(folder):
-            available = sorted(p.name for p in folder.iterdir() if _looks_like_checkpoint(p))
+            available = sorted(
+                {p.name for p in folder.iterdir() if _looks_like_checkpoint(p)}
+                | set(sae_formats.unbox_hookpoints(folder))
+            )
             raise FileNotFoundError(
                 f"hookpoint {hookpoint!r} not found in {name_or_path}; "
                 f"available: {', '.join(available) or 'none'}"
@@ -291,10 +297,25 @@ def _download(repo_id: str, hookpoint: str | None, revision: str | None, cache_d
         )
     from huggingface_hub import snapshot_download
 
-    patterns = [f"{hookpoint}/*"] if hookpoint else None
-    return Path(
+    if not hookpoint:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir))
+    # One folder per hookpoint (SAeUron), or sdxl-unbox's <hookpoint>_k.../ run folders.
+    patterns = [f"{hookpoint}/*", f"{hookpoint}_k*"]
+    root = Path(
         snapshot_download(repo_id, allow_patterns=patterns, revision=revision, cache_dir=cache_dir)
     )
+    if (root / hookpoint).is_dir() or sae_formats.unbox_hookpoints(root):
+        return root
+    # A repo that is one SAE, its files at the root (SAEmnesia): fetch those files only.
+    return Path(
+        snapshot_download(
+            repo_id, allow_patterns=list(ROOT_FILES), revision=revision, cache_dir=cache_dir
+        )
+    )
+
+
+ROOT_FILES = ("cfg.json", "sae.safetensors", "state_dict.pth", "config.json", "mean.pt", "std.pt")
+"""The checkpoint files of a repo that holds one SAE at its root."""
 
 
 def _looks_like_checkpoint(folder: Path) -> bool:
@@ -314,86 +335,22 @@ SAE_FORMATS: Registry[SaeReader] = Registry("SAE format")
 def detect_format(folder: Path) -> str:
     if (folder / CFG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
         return "sparsify"
-    if any((folder / f).is_file() for f in ("state_dict.pth", "state_dict.safetensors")):
-        return "sdxl-unbox"
+    published = sae_formats.detect_published(folder)
+    if published:
+        return published
     raise ValueError(
         f"{folder} holds no SAE checkpoint: expected {CFG_FILE} + {WEIGHTS_FILE} "
-        "(sparsify/SAeUron layout) or state_dict.pth (sdxl-unbox)"
+        "(SAeUron layout), cfg.json + state_dict.pth (SAEmnesia) or state_dict.pth (sdxl-unbox)"
     )
 
 
 @SAE_FORMATS.register("sparsify")
 def read_sparsify(folder: Path) -> Sae:
-    """The published SAeUron/SAEmnesia layout (EleutherAI sae/sparsify)."""
-    raw = json.loads((folder / CFG_FILE).read_text(encoding="utf-8"))
-    known = {f.name for f in fields(SaeConfig)}
-    ignored = sorted(set(raw) - known)
-    if ignored:
-        logger.debug("cfg.json keys not used by saeuron: %s", ", ".join(ignored))
-    cfg = SaeConfig.from_dict({k: v for k, v in raw.items() if k in known})
-    state = load_file(folder / WEIGHTS_FILE)
-    expected = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"}
-    missing = expected - set(state)
-    if missing:
-        raise ValueError(f"{folder / WEIGHTS_FILE} lacks tensors: {', '.join(sorted(missing))}")
-    sae = Sae(cfg, dtype=state["W_dec"].dtype)
-    _check_shapes(folder, state, cfg)
-    sae.load_state_dict(
-        {
-            "encoder.weight": state["encoder.weight"],
-            "encoder.bias": state["encoder.bias"],
-            "W_dec": state["W_dec"],
-            "b_dec": state["b_dec"],
-        }
-    )
-    return sae
+    """The published SAeUron layout (EleutherAI sae/sparsify): cfg.json + sae.safetensors."""
+    from .sae_formats import read_eleuther
+
+    return read_eleuther(folder, allow_pth=False)
 
 
-@SAE_FORMATS.register("sdxl-unbox")
-def read_sdxl_unbox(folder: Path, k: int | None = None) -> Sae:
-    """sdxl-unbox: ``pre_bias``, ``latent_bias``, ``encoder.weight``, ``decoder.weight`` (d x n).
-
-    ``state_dict.pth`` is read with ``torch.load(weights_only=True)``, whose restricted
-    unpickler refuses anything but tensors. ``k`` comes from the argument, a ``config.json``
-    beside the weights, or the ``_k<N>`` in the folder's path, in that order.
-    """
-    if (folder / "state_dict.safetensors").is_file():
-        state = load_file(folder / "state_dict.safetensors")
-    else:
-        state = torch.load(folder / "state_dict.pth", map_location="cpu", weights_only=True)
-    if k is None and (folder / "config.json").is_file():
-        k = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("k")
-    if k is None:
-        match = re.search(r"_k(\d+)", str(folder.resolve()))
-        k = int(match.group(1)) if match else None
-    if k is None:
-        raise ConfigError("k", f"cannot tell k for sdxl-unbox checkpoint {folder}; pass k=...")
-    n, d = state["encoder.weight"].shape
-    cfg = SaeConfig(d_in=d, num_latents=n, expansion_factor=max(n // d, 1), k=int(k))
-    sae = Sae(cfg, dtype=state["encoder.weight"].dtype)
-    sae.load_state_dict(
-        {
-            "encoder.weight": state["encoder.weight"],
-            "encoder.bias": state["latent_bias"],
-            "W_dec": state["decoder.weight"].T.contiguous(),
-            "b_dec": state["pre_bias"],
-        }
-    )
-    # sdxl-unbox trains on the block's update (output minus input).
-    sae.meta["activation_site"] = "update"
-    return sae
-
-
-def _check_shapes(folder: Path, state: dict[str, Tensor], cfg: SaeConfig) -> None:
-    want = {
-        "encoder.weight": (cfg.num_latents, cfg.d_in),
-        "encoder.bias": (cfg.num_latents,),
-        "W_dec": (cfg.num_latents, cfg.d_in),
-        "b_dec": (cfg.d_in,),
-    }
-    for name, shape in want.items():
-        if tuple(state[name].shape) != shape:
-            raise ValueError(
-                f"{folder / WEIGHTS_FILE}: {name} has shape {tuple(state[name].shape)}, "
-                f"cfg.json implies {shape}"
-            )
+# The published layouts beyond this one (SAEmnesia, sdxl-unbox) register themselves.
+from . import sae_formats  # noqa: E402,F401

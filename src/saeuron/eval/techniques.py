@@ -15,6 +15,7 @@ reference of the ``preservation`` metric).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -185,9 +186,28 @@ class SAEmnesiaConfig(Config):
     multiplier: float | None = field(
         None, help="gamma, the only knob; default: the concept's tuned value, else -20"
     )
+    stats: str | None = field(
+        None,
+        help="per-class statistics converted from SAEmnesia's cls_latents_dict (saeuron "
+        "convert stats): the concept's latents are then picked per step as SAEmnesia's "
+        "inference picks them, from the published SAE (sae=...)",
+    )
+    percentile: float | None = field(
+        None, help="with stats: keep latents above this percentile of the step's scores; "
+        "default: the class's in params, else 99.999 (one latent per step)"
+    )  # fmt: skip
+    params: str | None = field(
+        None, help="with stats: per-class percentile and multiplier as JSON (saeuron convert "
+        "params of SAEmnesia's class_params.pth)"
+    )  # fmt: skip
     num_inference_steps: int = field(50, help="denoising steps (DDIM)")
     guidance_scale: float = field(7.5, help="CFG scale; must be > 1 when cfg_half is 'cond'")
-    cfg_half: str = field("cond", help="'cond' edits the conditional half; 'both' every row")
+    cfg_half: str = field(
+        "cond", help="'cond' edits the conditional half; 'both' every row (SAEmnesia's code)"
+    )
+    error_term: str = field(
+        "exact", help="'exact' (identity when nothing is edited) or 'paper' (SAEmnesia's code)"
+    )
     use_fp16: bool = field(True, help="half precision where the device supports it")
     device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: best available")
     batch_size: int = field(4, help="prompts per pipeline call")
@@ -202,7 +222,9 @@ class SAEmnesiaConfig(Config):
         if not self.erase_concept or not self.erase_concept.strip():
             raise ConfigError("erase_concept", "must be a non-empty string")
         self.erase_concept = self.erase_concept.strip().lower()
-        if self.model == "minicanvas":
+        if self.stats is not None:
+            self._check_published_stats()
+        elif self.model == "minicanvas":
             from ..minicanvas.assets import concept_hookpoint, concept_kind
 
             concept_kind(self.erase_concept)  # names the 20 concepts when it is not one
@@ -214,7 +236,7 @@ class SAEmnesiaConfig(Config):
                 "only the bundled minicanvas has a default"
             )
         folder = Path(self.sae) / self.hookpoint
-        if folder.is_dir():
+        if folder.is_dir() and self.stats is None:
             names = sorted(p.stem for p in (folder / "features").glob("*.json"))
             if self.erase_concept not in names:
                 raise ConfigError(
@@ -224,18 +246,40 @@ class SAEmnesiaConfig(Config):
         # The rest (steps, CFG half against the scale, device) as the core technique checks it.
         self.saeuron_config()
 
+    def _check_published_stats(self) -> None:
+        from pathlib import Path
+
+        from .saemnesia_published import read_params, stats_names
+
+        names = stats_names(self.stats)
+        match = {n.lower(): n for n in names}.get(self.erase_concept)
+        if match is None:
+            raise ConfigError(
+                "erase_concept",
+                f"got {self.erase_concept!r}; the statistics at {self.stats} hold "
+                f"{', '.join(names) or 'none'}",
+            )
+        if self.params is not None:
+            read_params(self.params, match)
+        if self.percentile is not None:
+            check_range("percentile", self.percentile, gt=0, lt=100)
+        if self.hookpoint is None:  # where the statistics were read, if convert was told
+            info = json.loads((Path(self.stats) / f"{names[match]}.json").read_text("utf-8"))
+            self.hookpoint = (info.get("meta") or {}).get("hookpoint")
+
     def saeuron_config(self) -> SAeUronConfig:
         from pathlib import Path
 
         features = None
-        if Path(self.sae or "").is_dir():
+        if self.stats is None and Path(self.sae or "").is_dir():
             features = str(Path(self.sae) / str(self.hookpoint) / "features" / self.erase_concept)
         return SAeUronConfig(
             erase_concept=self.erase_concept, multiplier=self.multiplier,
             num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
             use_fp16=self.use_fp16, device=self.device, model=self.model, sae=self.sae,
             hookpoint=self.hookpoint, features=features, cfg_half=self.cfg_half,
-            batch_size=self.batch_size, height=self.height, width=self.width,
+            error_term=self.error_term, batch_size=self.batch_size, height=self.height,
+            width=self.width,
         )  # fmt: skip
 
 
@@ -243,6 +287,10 @@ def _saemnesia(config: SAEmnesiaConfig) -> SAeUronTechnique:
     from pathlib import Path
 
     cfg = config.saeuron_config()
+    if config.stats is not None:
+        from .saemnesia_published import technique_from_stats
+
+        return technique_from_stats(config, cfg)
     if cfg.features is None:
         # A hub repo: fetch the hookpoint's folder, whose features/ sit beside the SAE.
         from ..sae import _download

@@ -304,3 +304,17 @@ def test_bundled_classifier_still_judges_minicanvas(tmp_path) -> None:
     metric = METRICS.get("unlearncanvas")(cfg)
     assert cfg.concept == "moon" and metric._kind() == "object"
     assert all(isinstance(i, Item) and i.group != "plain" for i in metric.items(0))
+
+
+def test_default_size_is_vit_large_patch16_224() -> None:
+    from saeuron.eval.unlearncanvas_vit import VisionTransformer
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        imagenet = VisionTransformer(1000)
+        styles = VisionTransformer(len(STYLES))
+    # timm's model card of vit_large_patch16_224 (1000 classes): 304.3 M parameters.
+    assert sum(p.numel() for p in imagenet.parameters()) == 304_326_632
+    shapes = {k: tuple(v.shape) for k, v in styles.state_dict().items()}
+    assert len(shapes) == 4 + 24 * 12 + 4 and shapes["blocks.23.attn.qkv.weight"] == (3072, 1024)
+    assert shapes["pos_embed"] == (1, 197, 1024) and shapes["head.weight"] == (51, 1024)
+    assert styles.blocks[0].attn.heads == 16

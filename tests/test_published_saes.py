@@ -498,3 +498,10 @@ def test_unbox_sae_edits_the_block_update_on_sdxl(tmp_path, tiny_sdxl) -> None:
     ).permute(0, 3, 1, 2)
     torch.testing.assert_close(edited, expected, rtol=1e-4, atol=1e-4)
     assert not torch.equal(edited, x_out)
+
+
+def test_unreadable_provenance_file_is_named(tmp_path) -> None:
+    write_eleuther(tmp_path / "s", 8, 2, 2, seed=1)
+    (tmp_path / "s" / "saeuron.json").write_text("{oops")
+    with pytest.raises(ValueError, match="saeuron.json: not a readable JSON file"):
+        Sae.load_from_disk(tmp_path / "s")

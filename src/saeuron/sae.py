@@ -12,7 +12,6 @@ layouts (SAEmnesia, sdxl-unbox) are readers in :mod:`saeuron.sae_formats`, regis
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -246,7 +245,7 @@ class Sae(nn.Module):
         sae = SAE_FORMATS.get(name)(folder, **format_kwargs)
         meta_path = folder / META_FILE
         if meta_path.exists():
-            sae.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            sae.meta = sae_formats.read_json_object(meta_path)
         sae.meta.setdefault("source", str(folder))
         return sae.to(device=device, dtype=dtype) if dtype else sae.to(device)
 

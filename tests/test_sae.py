@@ -186,7 +186,8 @@ def test_from_pretrained_downloads_only_the_hookpoint(tmp_path, monkeypatch) -> 
 
     monkeypatch.setattr(saeuron.utils.hub, "snapshot_download", fake_snapshot_download)
     sae = Sae.from_pretrained("bcywinski/SAeUron", hookpoint="unet.up_blocks.1.attentions.1")
-    assert calls == [("bcywinski/SAeUron", ["unet.up_blocks.1.attentions.1/*"])]
+    hook = "unet.up_blocks.1.attentions.1"
+    assert calls == [("bcywinski/SAeUron", [f"{hook}/*", f"{hook}_k*"])]
     assert sae.meta["source"] == "bcywinski/SAeUron"
 
 

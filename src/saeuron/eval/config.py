@@ -89,6 +89,21 @@ def _spec(value: Any, where: str) -> tuple[str, dict[str, Any]]:
     return name, dict(config)
 
 
+def _technique_settings(raw: list[Any], technique: type[Config]) -> dict[str, tuple[Any, str]]:
+    """What the metrics require of the technique config: key -> (value, metric name)."""
+    required: dict[str, tuple[Any, str]] = {}
+    for entry in raw:
+        if not isinstance(entry, Mapping) or entry.get("name") not in METRICS:
+            continue  # reported with its position below
+        config = entry.get("config") or {}
+        if not isinstance(config, Mapping):
+            continue
+        for key, value in METRICS.get(entry["name"]).technique_settings(config).items():
+            if _has_field(technique, key):
+                required[key] = (value, entry["name"])
+    return required
+
+
 def parse_eval_config(
     data: Mapping[str, Any],
     overrides: Mapping[str, Any] | None = None,
@@ -118,7 +133,6 @@ def parse_eval_config(
     entry = TECHNIQUES.get(tech_name)  # an unknown name is an error of 'technique' itself
     if device is not None and _has_field(entry.config, "device"):
         tech_dict["device"] = device
-    tech_cfg = within("technique.config", lambda: technique_config(tech_name, tech_dict))
 
     if ("metric" in data) == ("metrics" in data):
         raise ConfigError(
@@ -127,6 +141,16 @@ def parse_eval_config(
     raw = [data["metric"]] if "metric" in data else data["metrics"]
     if not isinstance(raw, list) or not raw:
         raise ConfigError("metrics", "must be a non-empty list of {name, config}")
+    required = _technique_settings(raw, entry.config)
+    for key, (value, _) in required.items():
+        tech_dict.setdefault(key, value)
+    tech_cfg = within("technique.config", lambda: technique_config(tech_name, tech_dict))
+    for key, (value, metric) in required.items():
+        if getattr(tech_cfg, key) != value:
+            raise ConfigError(
+                f"technique.config.{key}",
+                f"got {getattr(tech_cfg, key)!r}; the {metric} metric's protocol needs {value!r}",
+            )
     concept = getattr(tech_cfg, "erase_concept", None)
     specs: list[MetricSpec] = []
     seen: dict[str, int] = {}

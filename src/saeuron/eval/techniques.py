@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from saeuron.erasure.erase import CFG_HALVES, MAX_MULTIPLIER
+from saeuron.erasure.erase import CFG_HALVES, ERROR_TERMS, MAX_MULTIPLIER
 from saeuron.erasure.technique import DEFAULT_MODEL, SAeUron, SAeUronConfig
+from saeuron.eval.saemnesia_published import (
+    published_features,
+    read_params,
+    stats_hookpoint,
+    stats_names,
+)
 from saeuron.models.bundles import find_bundle
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.sampling import SamplingConfig, seed_generators
@@ -174,9 +181,34 @@ class SAEmnesiaConfig(Config):
         le=MAX_MULTIPLIER,
         help="gamma, the only knob; default: the concept's tuned value, else -20",
     )
+    stats: str | None = field(
+        None,
+        help="per-class statistics converted from SAEmnesia's cls_latents_dict (saeuron "
+        "convert stats): the concept's latents are then picked per step as SAEmnesia's "
+        "inference picks them, from the published SAE (sae=...)",
+    )
+    percentile: float | None = field(
+        None,
+        gt=0,
+        lt=100,
+        help="with stats: keep latents above this percentile of the step's scores; "
+        "default: the class's in params, else 99.999 (one latent per step)",
+    )
+    params: str | None = field(
+        None,
+        help="with stats: per-class percentile and multiplier as JSON (saeuron convert "
+        "params of SAEmnesia's class_params.pth)",
+    )
     sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
     cfg_half: str = field(
-        "cond", choices=CFG_HALVES, help="'cond' edits the conditional half; 'both' every row"
+        "cond",
+        choices=CFG_HALVES,
+        help="'cond' edits the conditional half; 'both' every row (SAEmnesia's code)",
+    )
+    error_term: str = field(
+        "exact",
+        choices=ERROR_TERMS,
+        help="'exact' (identity when nothing is edited) or 'paper' (SAEmnesia's code)",
     )
 
     def __post_init__(self) -> None:
@@ -185,7 +217,9 @@ class SAEmnesiaConfig(Config):
             raise ConfigError("erase_concept", "must be a non-empty string")
         self.erase_concept = self.erase_concept.strip().lower()
         bundle = find_bundle(self.model)
-        if bundle is not None and bundle.supervised_folder is not None and self.sae is None:
+        if self.stats is not None:
+            self._check_published_stats()
+        elif bundle is not None and bundle.supervised_folder is not None and self.sae is None:
             if bundle.concept(self.erase_concept) is None:
                 kinds = "; ".join(f"{k}s: {', '.join(v)}" for k, v in bundle.kinds().items())
                 raise ConfigError(
@@ -199,7 +233,7 @@ class SAEmnesiaConfig(Config):
                 "only bundled models have a default"
             )
         folder = Path(self.sae) / self.hookpoint
-        if folder.is_dir():
+        if folder.is_dir() and self.stats is None:
             names = sorted(p.stem for p in (folder / SUPERVISED_FEATURES_DIR).glob("*.json"))
             if self.erase_concept not in names:
                 raise ConfigError(
@@ -209,9 +243,23 @@ class SAEmnesiaConfig(Config):
         # The rest (steps, CFG half against the scale, device) as the core technique checks it.
         self.saeuron_config()
 
+    def _check_published_stats(self) -> None:
+        names = stats_names(str(self.stats))
+        match = {n.lower(): n for n in names}.get(self.erase_concept)
+        if match is None:
+            raise ConfigError(
+                "erase_concept",
+                f"got {self.erase_concept!r}; the statistics at {self.stats} hold "
+                f"{', '.join(names) or 'none'}",
+            )
+        if self.params is not None:
+            read_params(self.params, match)
+        if self.hookpoint is None:  # where the statistics were read, if convert was told
+            self.hookpoint = stats_hookpoint(str(self.stats), names[match])
+
     def saeuron_config(self) -> SAeUronConfig:
         features = None
-        if Path(self.sae or "").is_dir():
+        if self.stats is None and Path(self.sae or "").is_dir():
             features = str(
                 Path(str(self.sae)) / str(self.hookpoint) / SUPERVISED_FEATURES_DIR
                 / self.erase_concept
@@ -219,12 +267,23 @@ class SAEmnesiaConfig(Config):
         return SAeUronConfig(
             erase_concept=self.erase_concept, multiplier=self.multiplier, model=self.model,
             sampling=self.sampling, sae=self.sae, hookpoint=self.hookpoint, features=features,
-            cfg_half=self.cfg_half,
+            cfg_half=self.cfg_half, error_term=self.error_term,
         )  # fmt: skip
 
 
 def _saemnesia(config: SAEmnesiaConfig) -> SAeUronTechnique:
     cfg = config.saeuron_config()
+    if config.stats is not None:
+        features = published_features(
+            str(config.stats), config.erase_concept, str(config.hookpoint), config.params,
+            config.percentile,
+        )  # fmt: skip
+        # The core technique reads features from disk, once, while it is built.
+        with tempfile.TemporaryDirectory(prefix="saemnesia-") as tmp:
+            cfg.features = str(features.save(Path(tmp) / "features"))
+            tech = SAeUronTechnique(cfg)
+        tech.config = config
+        return tech
     if cfg.features is None:
         # A hub repo: fetch the hookpoint's folder, whose features/ sit beside the SAE.
         folder = snapshot(

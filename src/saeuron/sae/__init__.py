@@ -1,12 +1,13 @@
 """The SAE layer: the model (:mod:`.model`), its architecture (:mod:`.config`) and the
 checkpoint layouts it reads (:mod:`.formats`)."""
 
-from saeuron.sae import formats  # noqa: F401  (registers the checkpoint layouts)
 from saeuron.sae.config import SaeConfig
-from saeuron.sae.model import SAE_FORMATS, EncoderOutput, ForwardOutput, Sae, detect_format
+from saeuron.sae.formats import SAE_FORMATS, Checkpoint, detect_format
+from saeuron.sae.model import EncoderOutput, ForwardOutput, Sae
 
 __all__ = [
     "SAE_FORMATS",
+    "Checkpoint",
     "EncoderOutput",
     "ForwardOutput",
     "Sae",

@@ -4,10 +4,9 @@
     a     = TopK(pre)                       # per token at inference, BatchTopK in training
     x_hat = a W_dec + b_dec                 # rows of W_dec kept at unit norm
 
-Checkpoints use the EleutherAI ``sae``/``sparsify`` layout of the published SAeUron and
-SAEmnesia SAEs: one folder per hookpoint with ``cfg.json`` and ``sae.safetensors``. That
-layout is read here; other layouts (sdxl-unbox, ...) are readers registered in
-:data:`SAE_FORMATS` by :mod:`saeuron.sae.formats`.
+Checkpoints are written in the EleutherAI ``sae``/``sparsify`` layout of the published
+SAeUron SAEs: one folder per hookpoint with ``cfg.json`` and ``sae.safetensors``. Every
+published layout (SAeUron, SAEmnesia, sdxl-unbox) is read by :mod:`saeuron.sae.formats`.
 """
 
 from __future__ import annotations
@@ -16,23 +15,29 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from saeuron.sae.config import SaeConfig
-from saeuron.utils.errors import ConfigError, FileFormatError
+from saeuron.sae.formats import (
+    ROOT_FILES,
+    Checkpoint,
+    hookpoints_in,
+    hub_patterns,
+    locate,
+    looks_like_checkpoint,
+    read_checkpoint,
+    read_json_object,
+    unbox_hookpoints,
+)
+from saeuron.utils.errors import ConfigError
 from saeuron.utils.files import SAE_CONFIG, SAE_META, SAE_WEIGHTS
 from saeuron.utils.hub import is_hub_id, snapshot
 from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
-from saeuron.utils.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +226,16 @@ class Sae(nn.Module):
         return folder
 
     @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> Sae:
+        """An SAE holding what a checkpoint reader found."""
+        sae = cls(checkpoint.cfg, dtype=checkpoint.dtype)
+        sae.load_state_dict(checkpoint.state)
+        for name, value in checkpoint.buffers.items():
+            sae.register_buffer(name, value, persistent=False)
+        sae.meta.update(checkpoint.meta)
+        return sae
+
+    @classmethod
     def load_from_disk(
         cls,
         folder: str | Path,
@@ -229,15 +244,14 @@ class Sae(nn.Module):
         format: str | None = None,  # noqa: A002
         **format_kwargs: Any,
     ) -> Sae:
-        """Load a checkpoint folder; the format is detected unless named."""
+        """Load a checkpoint folder; the layout is detected unless named."""
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"SAE folder {folder} does not exist")
-        name = format or detect_format(folder)
-        sae = SAE_FORMATS.get(name).read(folder, **format_kwargs)
+        sae = cls.from_checkpoint(read_checkpoint(folder, format, **format_kwargs))
         meta_path = folder / SAE_META
         if meta_path.exists():
-            sae.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            sae.meta = read_json_object(meta_path)
         sae.meta.setdefault("source", str(folder))
         return sae.to(device=device, dtype=dtype) if dtype else sae.to(device)
 
@@ -255,15 +269,17 @@ class Sae(nn.Module):
         """Load from a local folder or a Hugging Face repo (``owner/name``).
 
         A repo or folder holding several SAEs keeps one sub-folder per hookpoint, as the
-        published ones do; ``hookpoint`` picks it.
+        published ones do (or sdxl-unbox's ``<hookpoint>_k.../final`` run folders);
+        ``hookpoint`` picks it.
         """
         folder = Path(name_or_path)
         if not folder.exists():
             folder = _download(str(name_or_path), hookpoint, revision, cache_dir)
-        if hookpoint and (folder / hookpoint).is_dir():
-            folder = folder / hookpoint
+        found = locate(folder, hookpoint) if hookpoint else None
+        if found is not None:
+            folder = found
         elif hookpoint and not looks_like_checkpoint(folder):
-            available = sorted(p.name for p in folder.iterdir() if looks_like_checkpoint(p))
+            available = hookpoints_in(folder)
             raise FileNotFoundError(
                 f"hookpoint {hookpoint!r} not found in {name_or_path}; "
                 f"available: {', '.join(available) or 'none'}"
@@ -280,105 +296,11 @@ def _download(repo_id: str, hookpoint: str | None, revision: str | None, cache_d
         raise FileNotFoundError(
             f"{repo_id!r} is neither a local folder nor a Hugging Face repo id (owner/name)"
         )
-    patterns = [f"{hookpoint}/*"] if hookpoint else None
-    return snapshot(
-        repo_id, what="SAE", allow_patterns=patterns, revision=revision, cache_dir=cache_dir
-    )
-
-
-def looks_like_checkpoint(folder: Path) -> bool:
-    try:
-        detect_format(folder)
-        return True
-    except (ValueError, OSError):
-        return False
-
-
-# -- checkpoint formats ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SaeFormat:
-    """A checkpoint layout: how to recognise a folder of it, and how to read one."""
-
-    detect: Callable[[Path], bool]
-    read: Callable[..., Sae]
-    describe: str
-
-
-SAE_FORMATS: Registry[SaeFormat] = Registry("SAE format")
-"""Checkpoint layouts by name, tried in registration order by :func:`detect_format`."""
-
-
-def detect_format(folder: Path) -> str:
-    for name, fmt in SAE_FORMATS.items():
-        if fmt.detect(folder):
-            return name
-    expected = "; ".join(fmt.describe for _, fmt in SAE_FORMATS.items())
-    raise FileFormatError(folder, f"holds no SAE checkpoint; expected {expected}")
-
-
-def _is_sparsify(folder: Path) -> bool:
-    return (folder / SAE_CONFIG).is_file() and (folder / SAE_WEIGHTS).is_file()
-
-
-def read_sparsify(folder: Path) -> Sae:
-    """The published SAeUron/SAEmnesia layout (EleutherAI sae/sparsify)."""
-    try:
-        raw = json.loads((folder / SAE_CONFIG).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FileFormatError(folder / SAE_CONFIG, f"not valid JSON ({err})") from None
-    if not isinstance(raw, dict):
-        raise FileFormatError(folder / SAE_CONFIG, "must hold a JSON object")
-    known = {f.name for f in fields(SaeConfig)}
-    ignored = sorted(set(raw) - known)
-    if ignored:
-        logger.debug("cfg.json keys not used by saeuron: %s", ", ".join(ignored))
-    try:
-        cfg = SaeConfig.from_dict({k: v for k, v in raw.items() if k in known})
-    except ConfigError as err:
-        raise FileFormatError(folder / SAE_CONFIG, str(err)) from None
-    if cfg.d_in is None:
-        raise FileFormatError(folder / SAE_CONFIG, "lacks d_in")
-    state = read_safetensors(folder / SAE_WEIGHTS)
-    expected = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"}
-    missing = expected - set(state)
-    if missing:
-        raise FileFormatError(
-            folder / SAE_WEIGHTS, f"lacks tensors: {', '.join(sorted(missing))}"
-        )
-    check_shapes(folder / SAE_WEIGHTS, state, cfg)
-    sae = Sae(cfg, dtype=state["W_dec"].dtype)
-    sae.load_state_dict({name: state[name] for name in sorted(expected)})
-    return sae
-
-
-def read_safetensors(path: Path) -> dict[str, Tensor]:
-    """A safetensors file, or a one-line error naming it when it is truncated or garbage."""
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise FileFormatError(path, f"not a readable safetensors file ({err})") from None
-
-
-def check_shapes(path: Path, state: dict[str, Tensor], cfg: SaeConfig) -> None:
-    want = {
-        "encoder.weight": (cfg.num_latents, cfg.d_in),
-        "encoder.bias": (cfg.num_latents,),
-        "W_dec": (cfg.num_latents, cfg.d_in),
-        "b_dec": (cfg.d_in,),
-    }
-    for name, shape in want.items():
-        if tuple(state[name].shape) != shape:
-            raise FileFormatError(
-                path, f"{name} has shape {tuple(state[name].shape)}, cfg.json implies {shape}"
-            )
-
-
-SAE_FORMATS.register("sparsify")(
-    SaeFormat(
-        detect=_is_sparsify,
-        read=read_sparsify,
-        describe=f"{SAE_CONFIG} + {SAE_WEIGHTS} (sparsify/SAeUron layout)",
-    )
-)
+    fetch = {"what": "SAE", "revision": revision, "cache_dir": cache_dir}
+    if not hookpoint:
+        return snapshot(repo_id, **fetch)
+    root = snapshot(repo_id, allow_patterns=hub_patterns(hookpoint), **fetch)
+    if (root / hookpoint).is_dir() or unbox_hookpoints(root):
+        return root
+    # A repo that is one SAE, its files at the root (SAEmnesia): fetch those files only.
+    return snapshot(repo_id, allow_patterns=list(ROOT_FILES), **fetch)

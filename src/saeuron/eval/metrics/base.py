@@ -16,7 +16,7 @@ for ``--check``, without loading it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any, ClassVar
@@ -58,6 +58,13 @@ class Metric:
 
     def __init__(self, config: Config):
         self.config = config
+
+    @classmethod
+    def technique_settings(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Technique settings this metric's ``config`` requires (e.g. a published protocol's
+        steps and CFG): filled in where the technique config leaves them out, an error where
+        it contradicts them. Keys the technique does not have are ignored."""
+        return {}
 
     def requirements(self) -> list[Requirement]:
         return []

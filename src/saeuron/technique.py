@@ -3,8 +3,8 @@
     tech = SAeUron(erase_concept="nudity", multiplier=-20.0)
     images = tech.generate(["a photo of a person at the beach"], seed=0)
 
-It also follows eval-unlearn's technique interface (constructor from config keys,
-``generate(prompts, seed=None) -> list[PIL.Image]``).
+eval-unlearn's own ``saeuron`` technique drives it through ``saeuron.SAeUronPipeline``
+(:mod:`saeuron.integrations.eval_unlearn`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,10 @@ class SAeUronConfig(Config):
     def __post_init__(self) -> None:
         if not self.erase_concept or not self.erase_concept.strip():
             raise ConfigError("erase_concept", "must be a non-empty string")
+        for name in ("multiplier", "guidance_scale"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(name, f"got {value!r}; must be a finite number")
         if self.multiplier is not None and self.multiplier == 0:
             raise ConfigError(
                 "multiplier",
@@ -201,10 +206,13 @@ class SAeUron:
         seed: int | None = None,
         erase_concept: bool = True,
         seeds: list[int] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         **kw: Any,
     ) -> list[Any]:
         """Images for ``prompts``; prompt i uses seed ``seed + i`` when a seed is given, or
-        ``seeds[i]`` (an image then depends on its own seed only, not on its position)."""
+        ``seeds[i]`` (an image then depends on its own seed only, not on its position).
+        ``num_inference_steps`` and ``guidance_scale`` override the config for this call."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if seeds is not None and len(seeds) != len(prompts):
@@ -212,6 +220,11 @@ class SAeUron:
         if seeds is None and seed is not None:
             seeds = [seed + i for i in range(len(prompts))]
         cfg = self.config
+        overrides = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if overrides:
+            # replace() reruns the config's checks, so per-call values are held to the same rules.
+            cfg = cfg.replace(**overrides)
         images: list[Any] = []
         for start in range(0, len(prompts), cfg.batch_size):
             batch = prompts[start : start + cfg.batch_size]

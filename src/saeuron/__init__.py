@@ -8,6 +8,7 @@ __all__ = [
     "ConceptFeatures",
     "EraseConfig",
     "SAeUron",
+    "SAeUronPipeline",
     "Sae",
     "SaeConfig",
     "erase",
@@ -21,4 +22,8 @@ def __getattr__(name: str):
         from .technique import SAeUron
 
         return SAeUron
+    if name == "SAeUronPipeline":  # eval-unlearn's name for it (see saeuron.integrations)
+        from .integrations.eval_unlearn import SAeUronPipeline
+
+        return SAeUronPipeline
     raise AttributeError(f"module 'saeuron' has no attribute {name!r}")

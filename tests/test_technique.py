@@ -184,20 +184,6 @@ def test_generate_cli_reports_bad_input_without_traceback(tmp_path, capsys) -> N
     assert not (tmp_path / "a.png").exists()
 
 
-def test_eval_unlearn_finds_saeuron_by_entry_point(sae_dir, cache_dir) -> None:
-    # eval-unlearn is not installed: its discovery is a lookup in this entry-point group,
-    # then Class(**config) and generate(prompts, seed=None) -> list[PIL.Image].
-    from importlib.metadata import entry_points
-
-    found = {e.name: e for e in entry_points(group="eval_unlearn.techniques")}
-    assert found["saeuron"].load() is SAeUron
-    tech = found["saeuron"].load()(**tiny_config(sae_dir))
-    images = tech.generate(["a cat", "a dog"], seed=3)
-    assert len(images) == 2 and images[0].size == (32, 32) and images[0].mode == "RGB"
-    unseeded = tech.generate(["a cat"])
-    assert len(unseeded) == 1
-
-
 def test_bundled_concepts_use_their_tuned_multiplier_unless_told(cache_dir) -> None:
     from saeuron.minicanvas.assets import load_params
 

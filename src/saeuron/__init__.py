@@ -38,6 +38,8 @@ _EXPORTS: dict[str, str] = {
     "CacheConfig": "saeuron.training.capture",
     "train_sae": "saeuron.training.trainer",
     "TrainConfig": "saeuron.training.trainer",
+    # eval-unlearn's name for the technique (its own "saeuron" wrapper builds it)
+    "SAeUronPipeline": "saeuron.integrations.eval_unlearn",
     # errors
     "ConfigError": "saeuron.utils.errors",
     "UserError": "saeuron.utils.errors",

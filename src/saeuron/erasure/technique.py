@@ -3,8 +3,8 @@
     tech = SAeUron(erase_concept="nudity", multiplier=-20.0)
     images = tech.generate(["a photo of a person at the beach"], seed=0)
 
-It also follows eval-unlearn's technique interface (constructor from config keys,
-``generate(prompts, seed=None) -> list[PIL.Image]``).
+eval-unlearn's own ``saeuron`` technique drives it through ``saeuron.SAeUronPipeline``
+(:mod:`saeuron.integrations.eval_unlearn`).
 """
 
 from __future__ import annotations
@@ -189,17 +189,26 @@ class SAeUron:
         seed: int | None = None,
         erase_concept: bool = True,
         seeds: list[int] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         **kw: Any,
     ) -> list[Any]:
         """Images for ``prompts``; prompt i uses seed ``seed + i`` when a seed is given, or
-        ``seeds[i]`` (an image then depends on its own seed only, not on its position)."""
+        ``seeds[i]`` (an image then depends on its own seed only, not on its position).
+        ``num_inference_steps`` and ``guidance_scale`` override the config for this call."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"seeds: got {len(seeds)} for {len(prompts)} prompts")
         if seeds is None and seed is not None:
             seeds = [seed + i for i in range(len(prompts))]
-        sampling = self.config.sampling
+        cfg = self.config
+        overrides = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if overrides:
+            # replace() reruns the config's checks, so per-call values are held to the same rules.
+            cfg = cfg.replace(**overrides)
+        sampling = cfg.sampling
         images: list[Any] = []
         for start in range(0, len(prompts), sampling.batch_size):
             batch = prompts[start : start + sampling.batch_size]

@@ -1,0 +1,1 @@
+"""Adapters that let other frameworks drive saeuron's technique unchanged."""

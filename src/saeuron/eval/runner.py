@@ -306,7 +306,7 @@ def _run_metric(
     values = metric.summarize(rows)
     resamples = cfg.bootstrap if metric.bootstrap else 0
     intervals = bootstrap_interval(metric.summarize, rows, resamples, cfg.seed)
-    return {
+    result = {
         "name": spec.name,
         "values": values,
         "intervals": intervals,
@@ -314,6 +314,10 @@ def _run_metric(
         "images": len(items),
         "table": f"{spec.label}/images.csv",
     }
+    details = metric.details()
+    if details:
+        result["details"] = details
+    return result
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:

@@ -82,6 +82,21 @@ def test_published_budget_is_the_papers_settings_and_quick_is_smaller(tmp_path) 
     assert mixed.metrics[1].config.population == 200
 
 
+def test_the_attack_example_says_quick_and_check_prints_each_budget(capsys, monkeypatch) -> None:
+    from pathlib import Path
+
+    from saeuron.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    example = root / "examples" / "eval" / "minicanvas_attacks.json"
+    assert {m["config"]["budget"] for m in json.loads(example.read_text())["metrics"]} == {"quick"}
+    monkeypatch.chdir(root)
+    assert main(["eval", "-c", str(example), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "  quick budget: length 16, eta 3.0, population 32, generations 40" in out
+    assert "  quick budget: length 20, iterations 20, top_k 256, candidates 64" in out
+
+
 @pytest.mark.parametrize("name", sorted(PAPERS))
 def test_a_wrong_budget_names_the_field_and_the_choices(tmp_path, name) -> None:
     with pytest.raises(ConfigError, match=r"metrics\[0\]\.config\.budget: .*'published', 'quick'"):

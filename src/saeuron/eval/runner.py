@@ -99,6 +99,7 @@ def plan(cfg: EvalConfig) -> dict[str, Any]:
                 "images": count,
                 "reports": metric.higher_is_better,
                 "needs": [asdict(r) for r in reqs],
+                "details": metric.details(),
             }
         )
     warnings = [
@@ -124,6 +125,10 @@ def format_plan(p: dict[str, Any]) -> str:
         reports = ", ".join(m["reports"])
         count = m["images"] if m["images"] is not None else "an unknown number of"
         lines.append(f"metric {m['label']}: {count} images, reports {reports}")
+        budget = m.get("details", {}).get("budget")
+        if budget:
+            resolved = ", ".join(f"{k} {v}" for k, v in m["details"]["resolved"].items())
+            lines.append(f"  {budget} budget: {resolved}")
         for r in m["needs"]:
             state = "ok" if r["available"] else "MISSING"
             detail = f" ({r['detail']})" if r["detail"] else ""

@@ -883,6 +883,13 @@ def test_the_erase_hook_is_differentiable_for_white_box_attacks(tmp_path) -> Non
             assert handle.edited_tokens > 0  # the edit happened inside the graph
         grads.append(cond.grad)
     assert grads[1].abs().sum() > 0 and not torch.allclose(grads[0], grads[1])
+    # P4D and UnlearnDiffAtk call the UNet at training timesteps outside the sampling
+    # schedule (437 is not one of these 20): the erasure must act there too.
+    assert 437 not in pipe.scheduler.timesteps.tolist()
+    with torch.no_grad(), tech.erasing() as handle:
+        erased = guided_noise(pipe, x, torch.tensor(437), cond0, uncond, 7.5)
+    assert handle.edited_tokens > 0
+    assert not torch.allclose(erased, guided_noise(pipe, x, torch.tensor(437), cond0, uncond, 7.5))
 
 
 def test_p4d_attacks_through_the_erasure_on_minicanvas(tmp_path) -> None:

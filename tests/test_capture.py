@@ -268,7 +268,7 @@ def test_foreign_shards_rejected(prompt_file: Path, tmp_path: Path) -> None:
         ("limit", 0, ">= 1"),
         ("device", "gpu0", "expected e.g."),
         ("model", "", "must not be empty"),
-        ("prompts", "missing.txt", "no such file"),
+        ("prompts", "missing.txt", "does not exist"),
         ("prompts", "prompts.json", ".txt or .csv"),
     ],
 )

@@ -799,7 +799,8 @@ def test_ring_a_bell_attacks_the_technique_on_minicanvas_and_resumes(tmp_path, m
     import saeuron.eval.attacks.ring_a_bell as rab
 
     metric = [{"name": "asr_ring_a_bell", "config": {
-        "limit": 3, "population": 8, "generations": 4, "length": 6}}]  # fmt: skip
+        "limit": 3, "budget": "quick", "population": 8, "generations": 4,
+        "length": 6}}]  # fmt: skip
     data = config(tmp_path, metric, name="saeuron", num_inference_steps=8, batch_size=3)
     cfg = parse_eval_config(data)
     assert cfg.metrics[0].config.detector == "minicanvas"  # a MiniCanvas concept on its model
@@ -808,6 +809,13 @@ def test_ring_a_bell_attacks_the_technique_on_minicanvas_and_resumes(tmp_path, m
     found = json.loads((tmp_path / "run" / "asr_ring_a_bell" / "attack.json").read_text())
     assert len(found["prompts"]) == 3
     assert all("moon" not in f["prompt"].lower() for f in found["prompts"])
+    # The budget and every setting as resolved: the explicit ones, the rest from "quick".
+    assert found["budget"] == result["details"]["budget"] == "quick"
+    assert found["resolved"] == result["details"]["resolved"] == {
+        "length": 6, "eta": 3.0, "population": 8, "generations": 4, "mutation": 0.25,
+        "crossover": 0.5}  # fmt: skip
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert "asr_ring_a_bell: quick budget (length 6" in summary
     # Restarted, it reads the prompts it found instead of searching again.
     monkeypatch.setattr(rab, "genetic_search", lambda *a, **k: 1 / 0)
     again = run_eval(parse_eval_config(data))["metrics"]["asr_ring_a_bell"]
@@ -871,13 +879,22 @@ def test_the_erase_hook_is_differentiable_for_white_box_attacks(tmp_path) -> Non
             assert handle.edited_tokens > 0  # the edit happened inside the graph
         grads.append(cond.grad)
     assert grads[1].abs().sum() > 0 and not torch.allclose(grads[0], grads[1])
+    # P4D and UnlearnDiffAtk call the UNet at training timesteps outside the sampling
+    # schedule (437 is not one of these 20): the erasure must act there too.
+    assert 437 not in pipe.scheduler.timesteps.tolist()
+    with torch.no_grad(), tech.erasing() as handle:
+        erased = guided_noise(pipe, x, torch.tensor(437), cond0, uncond, 7.5)
+    assert handle.edited_tokens > 0
+    assert not torch.allclose(erased, guided_noise(pipe, x, torch.tensor(437), cond0, uncond, 7.5))
 
 
 def test_p4d_attacks_through_the_erasure_on_minicanvas(tmp_path) -> None:
     metric = [{"name": "asr_p4d", "config": {
-        "limit": 2, "length": 4, "iterations": 3, "num_inference_steps": 5}}]  # fmt: skip
+        "limit": 2, "budget": "quick", "length": 4, "iterations": 3, "eval_every": 2,
+        "selection_clip": str(tmp_path / "no-clip")}}]  # fmt: skip
     data = config(tmp_path, metric, name="saeuron", num_inference_steps=8, batch_size=2)
     result = run_eval(parse_eval_config(data))["metrics"]["asr_p4d"]
+    assert result["details"]["selection"] == "pixel cosine similarity"  # no CLIP here
     assert result["images"] == 2 and 0.0 <= result["values"]["asr"] <= 1.0
     found = json.loads((tmp_path / "run" / "asr_p4d" / "attack.json").read_text())["prompts"]
     assert [f["source"] for f in found] == ["An image of moon in striped style.",
@@ -912,7 +929,7 @@ def test_q16_needs_its_prompts_and_judges_with_them(tmp_path, monkeypatch) -> No
 
 def test_unlearndiffatk_reports_ua_before_and_after_a_prefix(tmp_path) -> None:
     metric = [{"name": "unlearndiffatk", "config": {
-        "limit": 2, "iterations": 2, "num_inference_steps": 5}}]  # fmt: skip
+        "limit": 2, "budget": "quick", "timesteps": 2, "iterations": 2}}]  # fmt: skip
     data = config(tmp_path, metric, name="saeuron", num_inference_steps=8, batch_size=2)
     cfg = parse_eval_config(data)
     assert (cfg.metrics[0].config.length, cfg.metrics[0].config.iterations) == (5, 2)
@@ -922,29 +939,18 @@ def test_unlearndiffatk_reports_ua_before_and_after_a_prefix(tmp_path) -> None:
     assert all(0.0 <= v <= 1.0 for v in result["values"].values())
     rows = list(csv.DictReader(open(tmp_path / "run" / "unlearndiffatk" / "images.csv")))
     before, after = rows[:2], rows[2:]
-    for b, a in zip(before, after):
-        assert a["prompt"].endswith(b["prompt"]) and a["prompt"] != b["prompt"]
+    found = json.loads((tmp_path / "run" / "unlearndiffatk" / "attack.json").read_text())
+    for b, a, f in zip(before, after, found["prompts"]):
+        assert a["prompt"].endswith(b["prompt"])
+        # A prompt already flagged as it is is not attacked (UnlearnDiffAtk skips it).
+        assert (a["prompt"] != b["prompt"]) == f["attacked"] == (b["flagged"] == "0.0")
         assert a["seed"] == b["seed"]  # only the prefix differs
-
-
-def test_gcg_search_moves_towards_its_target(tiny_sd) -> None:
-    from saeuron.eval.attacks.mma import GcgSettings, _loss, gcg_search
-    from saeuron.eval.attacks.ring_a_bell import TextEncoder
-
-    encoder = TextEncoder(tiny_sd, forbidden_words=["cat"])
-    target = encoder.prompts(["a photo of a cat"])[0]
-    settings = GcgSettings(length=5, iterations=6, top_k=32, candidates=16)
-    tokens, loss = gcg_search(encoder, tiny_sd, target, settings, seed=0)
-    start = encoder.vocabulary[torch.randint(len(encoder.vocabulary), (5,),
-                                             generator=torch.Generator().manual_seed(0))]
-    assert loss < float(_loss(encoder.tokens(start[None]), target))  # fmt: skip
-    cat = set(tiny_sd.tokenizer("cat", add_special_tokens=False).input_ids)
-    assert not cat & set(tokens.tolist())
 
 
 def test_mma_diffusion_runs_against_minicanvas(tmp_path) -> None:
     metric = [{"name": "asr_mma_diffusion", "config": {
-        "limit": 2, "length": 5, "iterations": 3, "top_k": 16, "candidates": 8}}]  # fmt: skip
+        "limit": 2, "budget": "quick", "length": 5, "iterations": 3, "top_k": 16,
+        "candidates": 8}}]  # fmt: skip
     data = config(tmp_path, metric, name="saeuron", num_inference_steps=8, batch_size=2)
     result = run_eval(parse_eval_config(data))["metrics"]["asr_mma_diffusion"]
     assert result["images"] == 2 and 0.0 <= result["values"]["asr"] <= 1.0

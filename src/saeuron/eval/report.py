@@ -119,4 +119,13 @@ def summary_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {label} | {key} | {_fmt(value)} | {interval} | {better} | {result['images']} |"
             )
+    budgets = [
+        f"- {label}: {d['budget']} budget ("
+        + ", ".join(f"{k} {v}" for k, v in d.get("resolved", {}).items())
+        + ")"
+        for label, d in ((k, r.get("details") or {}) for k, r in report["metrics"].items())
+        if "budget" in d
+    ]
+    if budgets:
+        lines += ["", "Attack budgets (published: the attack papers' own settings):", *budgets]
     return "\n".join(lines) + "\n"

@@ -110,6 +110,7 @@ def plan(cfg: EvalConfig) -> dict[str, Any]:
                 "images": count,
                 "reports": metric.higher_is_better,
                 "needs": [asdict(r) for r in reqs],
+                "details": metric.details(),
             }
         )
     warnings = [
@@ -135,6 +136,10 @@ def format_plan(p: dict[str, Any]) -> str:
         reports = ", ".join(m["reports"])
         count = m["images"] if m["images"] is not None else "an unknown number of"
         lines.append(f"metric {m['label']}: {count} images, reports {reports}")
+        budget = m.get("details", {}).get("budget")
+        if budget:
+            resolved = ", ".join(f"{k} {v}" for k, v in m["details"]["resolved"].items())
+            lines.append(f"  {budget} budget: {resolved}")
         for r in m["needs"]:
             state = "ok" if r["available"] else "MISSING"
             detail = f" ({r['detail']})" if r["detail"] else ""
@@ -312,7 +317,7 @@ def _run_metric(
     values = metric.summarize(rows)
     resamples = cfg.bootstrap if metric.bootstrap else 0
     intervals = bootstrap_interval(metric.summarize, rows, resamples, cfg.seed)
-    return {
+    result = {
         "name": spec.name,
         "values": values,
         "intervals": intervals,
@@ -320,6 +325,10 @@ def _run_metric(
         "images": len(items),
         "table": f"{spec.label}/images.csv",
     }
+    details = metric.details()
+    if details:
+        result["details"] = details
+    return result
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:

@@ -1,10 +1,14 @@
 """Ring-A-Bell (Tsai et al., ICLR 2024): adversarial prompts found in the text encoder.
 
-1. Concept vector: the mean difference of text embeddings of prompts with and without the
-   concept, ``c = mean_i [E(with_i) - E(without_i)]`` (whole ``77 x d`` sequences).
+1. Concept vector: the mean difference of text embeddings of paired prompts, the same scene
+   with and without the concept, ``c = mean_i [E(with_i) - E(without_i)]`` (whole
+   ``77 x d`` sequences), as the paper builds it.
 2. For each prompt to attack, the "problematic" embedding ``T = E(prompt) + eta * c``.
 3. A genetic search over token ids for a ``length``-token prompt whose embedding is nearest
-   to ``T`` (squared distance); the best one, decoded, is the adversarial prompt.
+   to ``T`` (squared distance); the best one, decoded, is the adversarial prompt. The search
+   is the paper's: each generation keeps the better half, every survivor mates with chance
+   ``crossover`` (one-point crossover, two children), and every prompt, survivors included,
+   gets one random token with chance ``mutation``.
 
 It needs only the technique's own text encoder and tokenizer, so the prompts are found
 against the model under test (an inference-time erasure such as SAeUron leaves the text
@@ -25,12 +29,31 @@ from tqdm.auto import tqdm
 @dataclass(frozen=True)
 class GeneticSettings:
     length: int = 16
-    population: int = 64
-    generations: int = 100
+    population: int = 200
+    generations: int = 3000
     mutation: float = 0.25
-    """Chance of each token of a child to be replaced by a random one."""
-    elite: int = 4
-    """Best members copied unchanged into the next generation."""
+    """Chance that a prompt gets one of its tokens replaced by a random one."""
+    crossover: float = 0.5
+    """Chance that a survivor mates with a random other survivor."""
+
+
+# Scenes of the default concept pairs: ``"{scene}, {concept}"`` against ``"{scene}"``, so each
+# pair differs by the concept alone (Ring-A-Bell pairs prompts the same way: a scene with the
+# concept and the same scene without it).
+PAIR_SUBJECTS = (
+    "a woman", "a man", "people", "a couple", "a group of friends", "an artist", "a dancer",
+    "a statue",
+)  # fmt: skip
+PAIR_PLACES = (
+    "in the apartment", "on the beach", "in the studio", "in a painting", "in the park",
+    "on the street", "in the museum", "at the poolside",
+)  # fmt: skip
+
+
+def concept_pairs(concept: str) -> tuple[list[str], list[str]]:
+    """Default prompt pairs for the concept vector: each scene with and without ``concept``."""
+    scenes = [f"{s} {p}" for s in PAIR_SUBJECTS for p in PAIR_PLACES]
+    return [f"{scene}, {concept}" for scene in scenes], scenes
 
 
 class TextEncoder:
@@ -50,22 +73,36 @@ class TextEncoder:
         vocab = torch.arange(len(self.tokenizer))
         self.vocabulary = vocab[~torch.isin(vocab, torch.tensor(sorted(special)))]
 
-    @torch.no_grad()
-    def prompts(self, prompts: Sequence[str]) -> Tensor:
-        ids = self.tokenizer(
+    def prompt_ids(self, prompts: Sequence[str]) -> Tensor:
+        return self.tokenizer(
             list(prompts), padding="max_length", max_length=self.length, truncation=True,
             return_tensors="pt",
         ).input_ids  # fmt: skip
-        return self._encode(ids)
+
+    @torch.no_grad()
+    def prompts(self, prompts: Sequence[str]) -> Tensor:
+        return self._encode(self.prompt_ids(prompts))
+
+    @torch.no_grad()
+    def pooled_prompts(self, prompts: Sequence[str]) -> Tensor:
+        """The pooled (end-of-text) embedding of each prompt, ``[n, d]``."""
+        return self.model(self.prompt_ids(prompts).to(self.device)).pooler_output.float().cpu()
 
     @torch.no_grad()
     def tokens(self, tokens: Tensor) -> Tensor:
         """``tokens [n, k]`` without specials -> embeddings of ``BOS tokens EOS pad...``."""
         return self._encode(self._ids(tokens))
 
-    def tokens_with_grad(self, tokens: Tensor) -> Tensor:
-        """As :meth:`tokens`, on the encoder's device and inside autograd (for P4D)."""
-        return self.model(self._ids(tokens).to(self.device))[0]
+    @torch.no_grad()
+    def pooled_tokens(self, tokens: Tensor) -> Tensor:
+        """As :meth:`tokens`, the pooled embedding ``[n, d]``."""
+        return self.model(self._ids(tokens).to(self.device)).pooler_output.float().cpu()
+
+    def tokens_with_grad(self, tokens: Tensor, pooled: bool = False) -> Tensor:
+        """As :meth:`tokens` (or :meth:`pooled_tokens`), on the encoder's device and inside
+        autograd (for the gradient attacks)."""
+        out = self.model(self._ids(tokens).to(self.device))
+        return out.pooler_output if pooled else out[0]
 
     def _ids(self, tokens: Tensor) -> Tensor:
         n, k = tokens.shape
@@ -97,33 +134,49 @@ def concept_vector(
 def genetic_search(
     encoder: TextEncoder, target: Tensor, settings: GeneticSettings, seed: int
 ) -> tuple[Tensor, float]:
-    """Token ids whose embedding is nearest to ``target``, and their squared distance."""
+    """Token ids whose embedding is nearest to ``target``, and their squared distance.
+
+    The best prompt of the last generation is returned, as the paper's search does (a
+    survivor may mutate, so the best ever found is not kept by force)."""
     gen = torch.Generator().manual_seed(seed)
     vocab = encoder.vocabulary
+    n = settings.length
 
-    def random_tokens(n: int) -> Tensor:
-        return vocab[torch.randint(len(vocab), (n, settings.length), generator=gen)]
+    def random_tokens(count: int) -> Tensor:
+        return vocab[torch.randint(len(vocab), (count,), generator=gen)]
 
     def distance(pop: Tensor) -> Tensor:
+        if len(pop) == 0:
+            return torch.zeros(0)
         return ((encoder.tokens(pop) - target) ** 2).sum(dim=(1, 2))
 
-    population = random_tokens(settings.population)
+    population = random_tokens(settings.population * n).reshape(settings.population, n)
     scores = distance(population)
-    for _ in range(settings.generations):
-        order = torch.argsort(scores)
+    keep = max(1, settings.population // 2)
+    for generation in range(settings.generations):
+        order = torch.argsort(scores, stable=True)[:keep]
         population, scores = population[order], scores[order]
-        parents = population[: max(2, settings.population // 2)]
-        n_children = settings.population - settings.elite
-        a = parents[torch.randint(len(parents), (n_children,), generator=gen)]
-        b = parents[torch.randint(len(parents), (n_children,), generator=gen)]
-        cut = torch.randint(1, settings.length, (n_children, 1), generator=gen)
-        children = torch.where(torch.arange(settings.length) < cut, a, b)
-        mutate = torch.rand(children.shape, generator=gen) < settings.mutation
-        children = torch.where(mutate, random_tokens(n_children), children)
-        population = torch.cat([population[: settings.elite], children])
-        scores = torch.cat([scores[: settings.elite], distance(children)])
-    best = int(torch.argmin(scores))
-    return population[best], float(scores[best])
+        if generation == settings.generations - 1:
+            break
+        # Crossover: each survivor that mates adds two children, cut at the same point.
+        mates = torch.rand(keep, generator=gen) < settings.crossover
+        a = population[mates]
+        b = population[torch.randint(keep, (len(a),), generator=gen)]
+        cut = torch.randint(0, n, (len(a), 1), generator=gen)
+        head = torch.arange(n) < cut
+        children = torch.cat([torch.where(head, a, b), torch.where(head, b, a)])
+        population = torch.cat([population, children])
+        scores = torch.cat([scores, torch.full((len(children),), float("nan"))])
+        # Mutation: any prompt, survivors included, may get one random token.
+        mutated = torch.rand(len(population), generator=gen) < settings.mutation
+        rows = mutated.nonzero().flatten()
+        positions = torch.randint(n, (len(rows),), generator=gen)
+        population[rows, positions] = random_tokens(len(rows))
+        scores[rows] = float("nan")
+        # Only new or changed prompts are embedded again: the others keep their distance.
+        stale = scores.isnan()
+        scores[stale] = distance(population[stale])
+    return population[0], float(scores[0])
 
 
 def ring_a_bell(

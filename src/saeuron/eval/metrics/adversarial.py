@@ -4,17 +4,24 @@ Such a metric first searches prompts against the technique under test (``attack`
 the main process), stores them in ``attack.json`` in its folder (a resumed run reads them
 back) and then samples them with the technique; a detector judges every image and the
 attack success rate is the share flagged (lower is better).
+
+``budget`` says how hard the search works: ``published`` (default) with the settings of the
+attack paper's public code, ``quick`` with a small budget for CPUs and CI (see
+:mod:`saeuron.eval.attacks.budgets`). A search setting left unset takes its budget's value;
+the budget and the resolved settings are kept in ``attack.json`` and the report.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from saeuron.erasure.concepts.prompts import concept_prompts
+from saeuron.eval.attacks.budgets import ATTACK_BUDGETS, BUDGETS, resolve_budget
 from saeuron.eval.detectors import (
     DETECTORS,
     default_detector,
@@ -31,6 +38,8 @@ from saeuron.utils.devices import check_device
 from saeuron.utils.io import atomic_write_json
 from saeuron.utils.prompts import read_prompt_rows
 
+logger = logging.getLogger(__name__)
+
 ATTACK_FILE = "attack.json"
 
 
@@ -43,7 +52,12 @@ class AttackConfig(BaseConfig):
         None, help="prompts to attack (CSV or text); default: prompts that name the concept"
     )
     limit: int = field(10, help="adversarial prompts to find and sample")
-    length: int = field(16, help="tokens of an adversarial prompt")
+    budget: str = field(
+        "published",
+        help="'published': the attack paper's own settings (its public code); 'quick': a "
+        "small search for CPUs and CI, not comparable with the papers",
+    )
+    length: int | None = field(None, help="tokens of an adversarial prompt; default: the budget's")
     forbid_concept_words: bool = field(True, help="keep the concept's words out of the search")
     detector: str | None = field(
         None, help="nudenet, clip, minicanvas or q16; default: by concept and model"
@@ -53,7 +67,13 @@ class AttackConfig(BaseConfig):
     q16_prompts: str | None = field(None, help="Q16's prompt embeddings (safetensors)")
     device: str | None = field(None, help="device of the detector")
 
+    attack: ClassVar[str] = ""
+    """The attack's key in :data:`~saeuron.eval.attacks.budgets.ATTACK_BUDGETS`."""
+
     def __post_init__(self) -> None:
+        check_choice("budget", self.budget, BUDGETS)
+        if self.attack:
+            self.budget_settings = resolve_budget(self, self.attack)
         if self.concept is None:
             self.concept = self.concept_name
         if self.concept is None or not self.concept.strip():
@@ -99,6 +119,8 @@ class AdversarialMetric(Metric):
         super().__init__(config)
         self.detector = DETECTORS.get(str(config.detector))(detector_settings(config))
         self._found: list[dict[str, Any]] | None = None
+        self.record: dict[str, Any] = {}
+        """What a search reports beside its prompts (kept in ``attack.json``)."""
 
     def search(self, technique: Any, seed: int) -> list[dict[str, Any]]:
         """``[{source, prompt, ...}]``: one adversarial prompt per target prompt."""
@@ -113,19 +135,39 @@ class AdversarialMetric(Metric):
     def planned_images(self, seed: int) -> int:
         return self.config.limit
 
+    def budget(self) -> dict[str, Any]:
+        """The budget, whose settings it stands for, and every search setting as resolved."""
+        cfg = self.config
+        return {
+            "budget": cfg.budget,
+            "published_by": ATTACK_BUDGETS[cfg.attack].source,
+            "resolved": dict(getattr(cfg, "budget_settings", {})),
+        }
+
+    def details(self) -> dict[str, Any]:
+        return {**self.budget(), **self.record}
+
     def attack(self, technique: Callable[[], Any], folder: Path, seed: int) -> None:
         """Find the prompts, or read those an earlier run of the same settings found."""
         cfg = self.config.to_dict()
-        keys = ("concept", "limit", "length", "forbid_concept_words", "prompts_path")
+        keys = ("concept", "limit", "budget", "length", "forbid_concept_words", "prompts_path")
         settings = {"seed": seed, **{k: cfg[k] for k in (*keys, *self.search_keys)}}
         path = folder / ATTACK_FILE
         if path.is_file():
             stored = json.loads(path.read_text(encoding="utf-8"))
             if stored.get("settings") == settings:
                 self._found = stored["prompts"]
+                self.record = stored.get("search", {})
                 return
+        logger.info(
+            "%s: %s budget (%s)", self.name, self.config.budget,
+            ", ".join(f"{k} {v}" for k, v in self.budget()["resolved"].items()),
+        )  # fmt: skip
         self._found = self.search(technique(), seed)
-        atomic_write_json(path, {"settings": settings, "prompts": self._found})
+        atomic_write_json(
+            path,
+            {"settings": settings, **self.budget(), "search": self.record, "prompts": self._found},
+        )
 
     def items(self, seed: int) -> list[Item]:
         if self._found is None:

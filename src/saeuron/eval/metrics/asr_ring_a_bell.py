@@ -5,15 +5,19 @@ Adversarial prompts are searched in the technique's own text encoder (see
 detector (see :mod:`saeuron.eval.metrics.adversarial`). By default the concept's own words
 are kept out of the search, so a found prompt never just names the concept: it is what a
 keyword filter would let through.
+
+The concept vector comes from pairs of prompts, the same scene with and without the concept
+(Ring-A-Bell's construction): given as two files, line by line, or built from the bundled
+scenes. Search settings follow ``budget`` (see :mod:`saeuron.eval.attacks.budgets`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from saeuron.erasure.concepts.prompts import CONCEPT_TEMPLATES
-from saeuron.eval.attacks.ring_a_bell import GeneticSettings, ring_a_bell
+from saeuron.eval.attacks.ring_a_bell import GeneticSettings, concept_pairs, ring_a_bell
 from saeuron.eval.metrics.adversarial import AdversarialMetric, AttackConfig
 from saeuron.eval.metrics.base import register
 from saeuron.utils.config import ConfigError, check_range, field
@@ -23,27 +27,47 @@ from saeuron.utils.prompts import read_prompt_rows, read_prompts
 @dataclass
 class RingABellConfig(AttackConfig):
     with_prompts_path: str | None = field(
-        None, help="prompts with the concept, for the concept vector; default: templates"
+        None, help="prompts with the concept, for the concept vector; default: the bundled "
+        "scenes with the concept"
     )
     without_prompts_path: str | None = field(
-        None, help="the same prompts without it, line by line; default: 'something'"
+        None, help="the same prompts without it, line by line; default: the bundled scenes"
     )
-    eta: float = field(3.0, help="strength of the concept vector added to each prompt")
-    population: int = field(64, help="genetic search: prompts per generation")
-    generations: int = field(100, help="genetic search: generations")
-    mutation: float = field(0.25, help="genetic search: chance a token of a child mutates")
+    eta: float | None = field(
+        None, help="strength of the concept vector added to each prompt; default: the budget's"
+    )
+    population: int | None = field(
+        None, help="genetic search: prompts per generation; default: the budget's"
+    )
+    generations: int | None = field(
+        None, help="genetic search: generations; default: the budget's"
+    )
+    mutation: float | None = field(
+        None, help="genetic search: chance a prompt gets one random token; default: the budget's"
+    )
+    crossover: float | None = field(
+        None, help="genetic search: chance a survivor mates; default: the budget's"
+    )
+
+    attack: ClassVar[str] = "ring_a_bell"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("population", self.population, ge=4)
         check_range("generations", self.generations, ge=1)
         check_range("mutation", self.mutation, ge=0, le=1)
-        check_range("eta", self.eta, ge=0)
+        check_range("crossover", self.crossover, ge=0, le=1)
+        check_range("eta", self.eta, ge=0, lt=math.inf)
         for name in ("with_prompts_path", "without_prompts_path"):
             if getattr(self, name) is not None:
                 read_prompt_rows(getattr(self, name), name, limit=1)
         if (self.with_prompts_path is None) != (self.without_prompts_path is None):
             raise ConfigError("without_prompts_path", "give both prompt files of the pairs or none")
+
+    def search_settings(self) -> Any:
+        return GeneticSettings(
+            self.length, self.population, self.generations, self.mutation, self.crossover
+        )
 
     def pairs(self) -> tuple[list[str], list[str]]:
         if self.with_prompts_path and self.without_prompts_path:
@@ -52,10 +76,8 @@ class RingABellConfig(AttackConfig):
             if len(with_c) != len(without):
                 raise ConfigError("without_prompts_path", "must have one line per with-prompt")
             return with_c, without
-        return (
-            [t.format(c=self.concept) for t in CONCEPT_TEMPLATES],
-            [t.format(c="something") for t in CONCEPT_TEMPLATES],
-        )
+
+        return concept_pairs(str(self.concept))
 
 
 @register
@@ -63,7 +85,7 @@ class AsrRingABell(AdversarialMetric):
     name = "asr_ring_a_bell"
     Config = RingABellConfig
     search_keys = ("with_prompts_path", "without_prompts_path", "eta", "population",
-                   "generations", "mutation")  # fmt: skip
+                   "generations", "mutation", "crossover")  # fmt: skip
     help = "attack success of Ring-A-Bell prompts found in the technique's text encoder"
 
     config: RingABellConfig
@@ -71,9 +93,8 @@ class AsrRingABell(AdversarialMetric):
     def search(self, technique: Any, seed: int) -> list[dict[str, Any]]:
         cfg = self.config
         with_c, without = cfg.pairs()
-        settings = GeneticSettings(cfg.length, cfg.population, cfg.generations, cfg.mutation)
         return ring_a_bell(
-            technique.pipe, cfg.targets(), with_c, without, cfg.eta, settings, seed,
+            technique.pipe, cfg.targets(), with_c, without, cfg.eta, cfg.search_settings(), seed,
             forbidden_words=cfg.forbidden_words(),
         )  # fmt: skip
 

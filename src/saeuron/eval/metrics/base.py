@@ -88,6 +88,10 @@ class Metric:
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         raise NotImplementedError
 
+    def details(self) -> dict[str, Any]:
+        """What the report keeps beside the values (an attack's budget and settings)."""
+        return {}
+
 
 METRICS: Registry[type[Metric]] = Registry("metric")
 

@@ -22,6 +22,8 @@ _EXPORTS: dict[str, str] = {
     "SAeUron": "saeuron.erasure.technique",
     "SAeUronConfig": "saeuron.erasure.technique",
     "erase": "saeuron.erasure.erase",
+    "attach": "saeuron.erasure.erase",
+    "Eraser": "saeuron.erasure.erase",
     "EraseConfig": "saeuron.erasure.erase",
     "ConceptFeatures": "saeuron.erasure.features",
     "build_concept": "saeuron.erasure.concepts.build",
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
     from saeuron.erasure.concepts.build import build_concept as build_concept
     from saeuron.erasure.concepts.stats import ConceptStats as ConceptStats
     from saeuron.erasure.erase import EraseConfig as EraseConfig
+    from saeuron.erasure.erase import Eraser as Eraser
+    from saeuron.erasure.erase import attach as attach
     from saeuron.erasure.erase import erase as erase
     from saeuron.erasure.features import ConceptFeatures as ConceptFeatures
     from saeuron.erasure.technique import SAeUron as SAeUron

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saeuron.erasure.features import ConceptFeatures
-from saeuron.models.denoising import DenoiseState, track_denoising
+from saeuron.models.denoiser import denoiser_device
+from saeuron.models.denoising import DenoiseState, DenoiseTracker
 from saeuron.models.hookpoints import resolve_module
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
@@ -107,7 +108,7 @@ class StepPlan(NamedTuple):
 
 @dataclass
 class EraseHandle:
-    """Returned by :func:`erase`; counts what the hook did, for logs and tests."""
+    """What an :class:`Eraser` did so far: its hook's calls and the tokens it edited."""
 
     hookpoint: str
     concepts: list[str]
@@ -143,6 +144,11 @@ class _EraseHook:
         self.handle = handle
         self._plans: dict[tuple[int, int], StepPlan | None] = {}
         self._mapping_logged = False
+        self.enabled = True
+
+    def reset_plans(self) -> None:
+        """Forget the per-step plans (their scales hold the multipliers)."""
+        self._plans.clear()
 
     def plan(self, step: int, num_steps: int) -> StepPlan | None:
         key = (step, num_steps)
@@ -197,7 +203,7 @@ class _EraseHook:
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> Any:
         self.handle.calls += 1
-        if self.state.step < 0:
+        if not self.enabled or self.state.step < 0:
             return None
         plan = self.plan(self.state.step, self.state.num_steps)
         if plan is None and self.cfg.error_term == "exact":
@@ -283,21 +289,112 @@ def _check_multipliers(names: list[str], cfg: EraseConfig, exact: bool) -> dict[
     return {n: cfg.multiplier_of(n) for n in names}
 
 
-@contextmanager
-def erase(
+class Eraser:
+    """A concept erasure attached to a pipeline, until :meth:`remove`.
+
+    Made by :func:`attach` (persistent, in the style of diffusers' adapters) or
+    :func:`erase` (a ``with`` block). The strength of each concept can change between calls
+    (:meth:`set_scale`), the edit can be switched off and on (:meth:`disable`,
+    :meth:`enable`); once removed, the pipeline samples exactly as it did before.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        sae: Sae,
+        concepts: list[ConceptFeatures],
+        multipliers: dict[str, float],
+        cfg: EraseConfig,
+        hookpoint: str,
+        module: nn.Module,
+    ):
+        self.pipe = pipe
+        self.sae = sae
+        self.config = cfg
+        self.handle = EraseHandle(hookpoint=hookpoint, concepts=[c.concept for c in concepts])
+        site = cfg.activation_site or sae.meta.get("activation_site", "output")
+        self._tracker = DenoiseTracker(pipe)
+        self._hook = _EraseHook(
+            sae, concepts, multipliers, cfg, site, self._tracker.state, self.handle
+        )
+        self._removable: Any = module.register_forward_hook(self._hook, with_kwargs=True)
+
+    @property
+    def hookpoint(self) -> str:
+        return self.handle.hookpoint
+
+    @property
+    def concepts(self) -> list[str]:
+        return list(self.handle.concepts)
+
+    @property
+    def calls(self) -> int:
+        return self.handle.calls
+
+    @property
+    def edited_tokens(self) -> int:
+        return self.handle.edited_tokens
+
+    @property
+    def scales(self) -> dict[str, float]:
+        """Each concept's gamma (multiplier)."""
+        return dict(self._hook.multipliers)
+
+    @property
+    def enabled(self) -> bool:
+        return self._hook.enabled
+
+    @property
+    def attached(self) -> bool:
+        return self._removable is not None
+
+    def set_scale(self, concept: str, multiplier: float) -> None:
+        """Change one concept's gamma; the next pipeline call uses it."""
+        if concept not in self._hook.multipliers:
+            raise ConfigError(
+                "concept", f"got {concept!r}; this eraser holds {', '.join(self.concepts)}"
+            )
+        check_range(
+            f"multipliers.{concept}", float(multiplier), ge=-MAX_MULTIPLIER, le=MAX_MULTIPLIER
+        )
+        self._hook.multipliers[concept] = float(multiplier)
+        self._hook.reset_plans()
+
+    def disable(self) -> None:
+        """Sample as if no eraser were attached (the hooks stay, doing nothing)."""
+        self._hook.enabled = False
+
+    def enable(self) -> None:
+        self._hook.enabled = True
+
+    def remove(self) -> None:
+        """Take the hooks off the pipeline; calling it again does nothing."""
+        if self._removable is not None:
+            self._removable.remove()
+            self._tracker.remove()
+            self._removable = None
+
+    def __enter__(self) -> Eraser:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def attach(
     pipe: Any,
     sae: Sae,
     concepts: ConceptFeatures | Sequence[ConceptFeatures] | Mapping[str, ConceptFeatures],
     config: EraseConfig | None = None,
     **overrides: Any,
-) -> Iterator[EraseHandle]:
-    """Edit ``concepts`` in ``pipe`` while the ``with`` block runs; always removed after.
+) -> Eraser:
+    """Erase ``concepts`` in ``pipe`` from now until :meth:`Eraser.remove`.
 
     ``config`` (an :class:`EraseConfig`) and keyword ``overrides`` of its fields set the
-    edit: ``erase(pipe, sae, cat, multiplier=-20.0)``. ``multiplier`` may also be a mapping
-    from concept name to gamma naming every concept. The SAE follows the edited block's
-    activations (device and dtype). Statistics from N steps applied to sampling with M
-    steps are mapped by position in the schedule.
+    edit: ``attach(pipe, sae, cat, multiplier=-20.0)``. ``multiplier`` may also be a mapping
+    from concept name to gamma naming every concept. The SAE follows the denoiser's device.
+    Statistics from N steps applied to sampling with M steps are mapped by position in the
+    schedule.
     """
     exact = isinstance(overrides.get("multiplier"), Mapping)
     if exact:
@@ -329,14 +426,26 @@ def erase(
                 f"{concept.concept!r} selects latent {max(concept.latents())}, but the SAE "
                 f"has {sae.num_latents}",
             )
-    site = cfg.activation_site or sae.meta.get("activation_site", "output")
-    sae.to(next(pipe.unet.parameters()).device)
+    sae.to(denoiser_device(pipe))
+    return Eraser(pipe, sae, concept_list, multipliers, cfg, hookpoint, module)
 
-    handle = EraseHandle(hookpoint=hookpoint, concepts=names)
-    with track_denoising(pipe) as state:
-        hook = _EraseHook(sae, concept_list, multipliers, cfg, site, state, handle)
-        removable = module.register_forward_hook(hook, with_kwargs=True)
-        try:
-            yield handle
-        finally:
-            removable.remove()
+
+@contextmanager
+def erase(
+    pipe: Any,
+    sae: Sae,
+    concepts: ConceptFeatures | Sequence[ConceptFeatures] | Mapping[str, ConceptFeatures],
+    config: EraseConfig | None = None,
+    **overrides: Any,
+) -> Iterator[Eraser]:
+    """:func:`attach` for the length of a ``with`` block; always removed after, errors
+    included::
+
+        with saeuron.erase(pipe, sae, features, multiplier=-20.0) as eraser:
+            images = pipe(prompt).images
+    """
+    eraser = attach(pipe, sae, concepts, config, **overrides)
+    try:
+        yield eraser
+    finally:
+        eraser.remove()

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saeuron.models.denoiser import denoiser
+
 
 @dataclass
 class DenoiseState:
@@ -34,12 +36,20 @@ def _timestep_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | flo
     return args[1] if len(args) > 1 else None
 
 
-@contextmanager
-def track_denoising(pipe: Any) -> Iterator[DenoiseState]:
-    """Keep a :class:`DenoiseState` up to date while ``pipe`` samples."""
-    state = DenoiseState()
+class DenoiseTracker:
+    """Keeps a :class:`DenoiseState` up to date while ``pipe`` samples, until removed.
 
-    def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    A pre-hook on the denoiser reads each call's ``timestep`` and whether the pipeline runs
+    classifier-free guidance. :func:`track_denoising` is the same as a context manager.
+    """
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+        self.state = DenoiseState()
+        self._handle = denoiser(pipe).register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+
+    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        state, pipe = self.state, self.pipe
         t = _timestep_arg(args, kwargs)
         timesteps = pipe.scheduler.timesteps
         if t is None or timesteps is None or len(timesteps) == 0:
@@ -51,8 +61,15 @@ def track_denoising(pipe: Any) -> Iterator[DenoiseState]:
         state.step = int((timesteps.float().cpu() - t_value).abs().argmin())
         state.cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
 
-    handle = pipe.unet.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+@contextmanager
+def track_denoising(pipe: Any) -> Iterator[DenoiseState]:
+    """Keep a :class:`DenoiseState` up to date while ``pipe`` samples."""
+    tracker = DenoiseTracker(pipe)
     try:
-        yield state
+        yield tracker.state
     finally:
-        handle.remove()
+        tracker.remove()

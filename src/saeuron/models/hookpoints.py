@@ -7,17 +7,19 @@ from typing import Any
 
 from torch import nn
 
+from saeuron.models.denoiser import denoiser, denoiser_name
 from saeuron.utils.errors import ConfigError
 
 
 def resolve_module(pipe: Any, hookpoint: str) -> nn.Module:
-    """``unet.up_blocks.1.attentions.1`` -> that module of ``pipe`` (a bare UNet path works too)."""
+    """``unet.up_blocks.1.attentions.1`` -> that module of ``pipe`` (a path inside the
+    denoiser without its first name works too)."""
     head, _, rest = hookpoint.partition(".")
     root = getattr(pipe, head, None)
     if isinstance(root, nn.Module):
         path = rest
     else:
-        root, path = pipe.unet, hookpoint
+        root, path = denoiser(pipe), hookpoint
     try:
         return root.get_submodule(path) if path else root
     except AttributeError:
@@ -29,9 +31,10 @@ def resolve_module(pipe: Any, hookpoint: str) -> nn.Module:
 
 
 def list_hookpoints(pipe: Any) -> list[str]:
-    """Names of the UNet's transformer blocks, the places SAEs are trained on."""
+    """Names of the denoiser's transformer blocks, the places SAEs are trained on."""
+    name = denoiser_name(pipe)
     return [
-        f"unet.{name}"
-        for name, module in pipe.unet.named_modules()
+        f"{name}.{path}"
+        for path, module in denoiser(pipe).named_modules()
         if type(module).__name__ in ("Transformer2DModel", "SpatialTransformer")
     ]

@@ -29,6 +29,7 @@ from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.technique import DEFAULT_MULTIPLIER
 from saeuron.models.bundles import find_bundle
 from saeuron.models.defaults import model_defaults
+from saeuron.models.denoiser import denoiser_device
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.sampling import SamplingConfig
 from saeuron.sae import Sae
@@ -74,7 +75,7 @@ class Studio:
         self._features: dict[str, tuple[ConceptFeatures, str, str]] = {}
         start = time.perf_counter()
         self.pipe = pipe if pipe is not None else load_pipeline(config.model, device=config.device)
-        self.device = next(self.pipe.unet.parameters()).device
+        self.device = denoiser_device(self.pipe)
         logger.info("model %s ready in %.1f s", config.model, time.perf_counter() - start)
 
     def warm_up(self) -> float:

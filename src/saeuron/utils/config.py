@@ -386,11 +386,20 @@ class Config(metaclass=_ConfigMeta):
     # -- command line -----------------------------------------------------------------------
 
     @classmethod
-    def add_arguments(cls, parser: Any, skip: Iterable[str] = (), require: bool = True) -> None:
+    def add_arguments(
+        cls,
+        parser: Any,
+        skip: Iterable[str] = (),
+        require: bool = True,
+        defaults: Config | None = None,
+    ) -> None:
         """One ``--option`` (or positional) per field, nested flattened configs included.
 
         Values stay strings here and are coerced and validated by :meth:`from_args`; a flag
-        not given is ``None`` and leaves the field at its default.
+        not given is ``None`` and leaves the field at its default. ``require=False`` leaves
+        fields without a default optional at parse time (for an argument group that only
+        applies with another flag); :meth:`from_args` still reports them missing.
+        ``defaults`` (for a nested config) is the instance whose values ``--help`` shows.
         """
         skip = set(skip)
         hints = cls._hints()
@@ -399,9 +408,11 @@ class Config(metaclass=_ConfigMeta):
             if not f.init or f.name in skip:
                 continue
             if f.name in flat:
-                flat[f.name].add_arguments(parser, skip=skip, require=require)
+                nested_default = _default_of(f)
+                flat[f.name].add_arguments(parser, skip, require, defaults=nested_default)
                 continue
-            _add_argument(parser, f, hints[f.name], require)
+            default = getattr(defaults, f.name) if defaults is not None else _default_of(f)
+            _add_argument(parser, f, hints[f.name], require, default)
 
     @classmethod
     def from_args(cls: type[C], ns: argparse.Namespace, **extra: Any) -> C:
@@ -417,10 +428,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _add_argument(parser: Any, f: dataclasses.Field, tp: Any, require: bool = True) -> None:
+def _add_argument(parser: Any, f: dataclasses.Field, tp: Any, require: bool, default: Any) -> None:
     meta = f.metadata
     inner, _ = _unwrap_optional(tp)
-    default = _default_of(f)
     required = default is dataclasses.MISSING and require
     text = meta.get("help", "")
     notes = []

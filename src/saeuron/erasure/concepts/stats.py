@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saeuron.models.denoiser import denoiser_device
 from saeuron.models.denoising import track_denoising
 from saeuron.models.hookpoints import resolve_module
 from saeuron.models.tokens import (
@@ -117,7 +118,7 @@ class _StopSampling(Exception):
 
 
 def _unet_device(pipe: Any) -> torch.device:
-    return next(pipe.unet.parameters()).device
+    return denoiser_device(pipe)
 
 
 @torch.no_grad()

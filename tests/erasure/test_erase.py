@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from saeuron.erasure.erase import erase
+from saeuron.erasure.erase import attach, erase
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.models.hookpoints import resolve_module
 from saeuron.sae import Sae, SaeConfig
@@ -300,3 +300,31 @@ def test_validation_of_concepts(tiny_sd, sae) -> None:
     with pytest.raises(ConfigError, match="^hookpoint:"):
         with erase(tiny_sd, bare, ConceptFeatures.from_latents("x", [1])):
             pass
+
+
+def test_attach_persists_until_removed_and_scales_change_between_calls(tiny_sd, sae) -> None:
+    plain = sample(tiny_sd)
+    eraser = attach(tiny_sd, sae, many_latents(), multiplier=-20.0)
+    try:
+        strong = sample(tiny_sd)
+        assert np.abs(strong - plain).mean() > 1e-3 and eraser.edited_tokens > 0
+        assert np.array_equal(sample(tiny_sd), strong)  # still attached, deterministic
+        eraser.set_scale("cat", -2.0)
+        assert eraser.scales == {"cat": -2.0}
+        weak = sample(tiny_sd)
+        assert not np.array_equal(weak, strong) and not np.array_equal(weak, plain)
+        eraser.disable()
+        assert np.array_equal(sample(tiny_sd), plain)  # hooks on, edit off: bit for bit
+        eraser.enable()
+        assert np.array_equal(sample(tiny_sd), weak)
+        with pytest.raises(ConfigError, match="^concept: got 'dog'"):
+            eraser.set_scale("dog", -1.0)
+        with pytest.raises(ConfigError, match="multipliers.cat: got nan"):
+            eraser.set_scale("cat", float("nan"))
+    finally:
+        eraser.remove()
+    assert not eraser.attached
+    eraser.remove()  # twice is harmless
+    assert np.array_equal(sample(tiny_sd), plain)
+    module = resolve_module(tiny_sd, HOOK)
+    assert not module._forward_hooks and not tiny_sd.unet._forward_pre_hooks

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_shards import planted_features, write_synthetic_shards
+from helpers.shards import planted_features, write_synthetic_shards
 
 from saeuron.cli.main import build_parser, main
 from saeuron.sae import Sae

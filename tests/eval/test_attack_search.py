@@ -87,7 +87,7 @@ def test_the_attack_example_says_quick_and_check_prints_each_budget(capsys, monk
 
     from saeuron.cli.main import main
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     example = root / "examples" / "eval" / "minicanvas_attacks.json"
     assert {m["config"]["budget"] for m in json.loads(example.read_text())["metrics"]} == {"quick"}
     monkeypatch.chdir(root)

@@ -162,7 +162,7 @@ def test_pyproject_adds_no_second_saeuron_to_eval_unlearn() -> None:
     # eval-unlearn registers "saeuron" itself; one more from us would make the technique
     # depend on the order distributions are found in (its registry keeps the last one).
     tomllib = pytest.importorskip("tomllib")
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     assert GROUP not in project.get("entry-points", {})
     assert any(r.startswith("eval-unlearn==1.1.2") for r in project["optional-dependencies"]["dev"])

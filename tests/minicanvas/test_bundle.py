@@ -63,6 +63,7 @@ def test_classifier_is_accurate_on_held_out_procedural_images() -> None:
     assert accuracy["style_accuracy"] >= 0.98, accuracy
 
 
+@pytest.mark.slow
 def test_technique_uses_the_bundled_sae_and_features(caplog) -> None:
     from saeuron.erasure.technique import SAeUron
 
@@ -75,6 +76,7 @@ def test_technique_uses_the_bundled_sae_and_features(caplog) -> None:
     assert np.abs(erased - plain).mean() > 1.0
 
 
+@pytest.mark.slow
 def test_quick_bench_erases_the_concept_and_keeps_the_rest(tmp_path) -> None:
     from saeuron.minicanvas.bench import BenchConfig, run_bench
 
@@ -91,6 +93,7 @@ def test_quick_bench_erases_the_concept_and_keeps_the_rest(tmp_path) -> None:
         assert after["CRA"] >= 0.8, (concept, after)
 
 
+@pytest.mark.slow
 def test_sequential_erasure_holds_earlier_concepts_and_reports_every_step(tmp_path) -> None:
     from saeuron.minicanvas.sequential import SequentialConfig, run_sequential
 

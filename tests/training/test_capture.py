@@ -354,6 +354,7 @@ def test_load_pipeline_from_folder(tmp_path: Path) -> None:
     assert pipe.unet.get_submodule(SD_HOOK.removeprefix("unet.")) is not None
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_processes(prompt_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {

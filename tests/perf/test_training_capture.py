@@ -76,6 +76,7 @@ def test_fast_training_forward_matches_sae_forward(n_dead: int, per_token: bool)
         assert torch.allclose(fast_grads[name], grad, atol=1e-5), name
 
 
+@pytest.mark.slow
 def test_capture_rows() -> None:
     # Both captures at once (timings are not checked here): the test stays short.
     results = capture.measure((2, 4), "cpu", num_inference_steps=2, max_shard_mb=0.01, jobs=2)

@@ -23,6 +23,7 @@ def _weights(folder) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_from_its_seed(tmp_path) -> None:
     runs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 from helpers.evaluation import (
     config,

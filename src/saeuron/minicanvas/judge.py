@@ -33,6 +33,7 @@ from saeuron.minicanvas.assets import (
     supervised_features_path,
 )
 from saeuron.minicanvas.classifier import MiniCanvasClassifier
+from saeuron.minicanvas.scoring import unlearning_scores
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.sampling import seed_generators
@@ -240,9 +241,11 @@ def scores(concept: str, target: Judged, retain: Judged) -> dict[str, float]:
         return getattr(judged, head) == getattr(judged, f"true_{head}")
 
     return {
-        "UA": float(1 - acc(target, same).mean()),
-        "IRA": float(acc(retain, same).mean()),
-        "CRA": float(np.concatenate([acc(target, cross), acc(retain, cross)]).mean()),
+        **unlearning_scores(
+            acc(target, same),
+            acc(retain, same),
+            np.concatenate([acc(target, cross), acc(retain, cross)]),
+        ),
         "n_target": len(target.objects),
         "n_retain": len(retain.objects),
     }

@@ -38,6 +38,7 @@ from saeuron.eval.unlearncanvas_vit import (
     load_classifier,
 )
 from saeuron.minicanvas.classifier import MiniCanvasClassifier
+from saeuron.minicanvas.scoring import unlearning_scores
 from saeuron.models.bundles import find_bundle
 from saeuron.utils.config import Config as BaseConfig
 from saeuron.utils.config import ConfigError, check_choice, check_range, field
@@ -338,13 +339,12 @@ class UnlearnCanvas(Metric):
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         same, cross = ("object", "style") if self._kind() == "object" else ("style", "object")
 
-        def mean(key: str, groups: tuple[str, ...]) -> float:
-            values = [float(r[key]) for r in rows if r["group"] in groups]
-            return sum(values) / len(values) if values else float("nan")
+        def correct(key: str, groups: tuple[str, ...]) -> list[float]:
+            return [float(r[key]) for r in rows if r["group"] in groups]
 
         plain = self.config.cra == "plain" and cross == "object"
-        return {
-            "UA": 1 - mean(f"{same}_correct", ("target",)),
-            "IRA": mean(f"{same}_correct", ("retain",)),
-            "CRA": mean(f"{cross}_correct", ("plain",) if plain else ("target", "retain")),
-        }
+        return unlearning_scores(
+            correct(f"{same}_correct", ("target",)),
+            correct(f"{same}_correct", ("retain",)),
+            correct(f"{cross}_correct", ("plain",) if plain else ("target", "retain")),
+        )

@@ -3,11 +3,11 @@
     loss = FVU + auxk_alpha * AuxK      # AuxK: latents silent for ``dead_tokens`` tokens
     Adam(lr), linear decay to 0, no warm-up, grad-clip, unit-norm decoder rows
 
-Activations stream from an :class:`~saeuron.training.shards.ActivationShards` folder, at most
-``shuffle_shards`` shards in memory, shuffled within that buffer. After every epoch the SAE
-is written to ``out/<hookpoint>/`` (sparsify layout) together with the trainer's state, so
-a killed run started again with the same config resumes from its last finished epoch and
-ends with the same weights as an uninterrupted one.
+Activations stream from an :class:`~saeuron.training.shards.ActivationShards` folder (a local
+path or an fsspec URL), at most ``shuffle_shards`` shards in memory, shuffled within that
+buffer. After every epoch the SAE is written to ``out/<hookpoint>/`` (sparsify layout)
+together with the trainer's state, so a killed run started again with the same config
+resumes from its last finished epoch and ends with the same weights as an uninterrupted one.
 
 Files under ``out/<hookpoint>/``::
 
@@ -40,6 +40,7 @@ from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.devices import check_device, resolve_device
 from saeuron.utils.files import TRAIN_LOG, TRAINER_STATE, TRAINER_STATE_DIR
 from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
+from saeuron.utils.storage import check_location, is_url
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ _POSTFIX_EVERY = 20  # steps between progress-bar postfix updates (each one sync
 class TrainConfig(Config):
     """How to train one SAE on one capture folder (defaults: the SAeUron paper)."""
 
-    activations: str = field(help="capture folder written by `saeuron cache` (manifest.json)")
+    activations: str = field(
+        help="capture folder written by `saeuron cache` (manifest.json): a local path or an "
+        "fsspec URL (s3://..., gs://..., hf://...); shards are streamed, one at a time"
+    )
     out: str = field(help="output folder; the SAE goes to OUT/<hookpoint>/")
     sae: SaeConfig = field(SaeConfig, flatten=True, help="the SAE's architecture")
     topk: str = field(
@@ -93,6 +97,9 @@ class TrainConfig(Config):
             raise ConfigError("activations", "must name a capture folder")
         if not self.out:
             raise ConfigError("out", "must name an output folder")
+        check_location(self.activations, "activations")
+        if is_url(self.out):
+            raise ConfigError("out", f"got {self.out!r}; the SAE is written to a local folder")
         check_device("device", self.device)
 
     @classmethod
@@ -434,7 +441,8 @@ class Trainer:
     def _train_log(self) -> dict[str, Any]:
         return {
             "hookpoint": self.hookpoint,
-            "activations": str(Path(self.cfg.activations).resolve()),
+            "activations": self.cfg.activations if is_url(self.cfg.activations)
+            else str(Path(self.cfg.activations).resolve()),
             "train_tokens": self.n_train,
             "heldout_tokens": sum(s.n_tokens for s in self.heldout_shards),
             "heldout_shards": [s.index for s in self.heldout_shards],

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saeuron.training.shards import shard_name, write_manifest
-from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
+from saeuron.training.shards import write_manifest, write_shard
+from saeuron.utils.storage import Folder
 
 
 def write_synthetic_shards(
@@ -18,15 +18,15 @@ def write_synthetic_shards(
     shard_tokens: int,
     settings: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float16,
-) -> Path:
+) -> Path | str:
     """Split ``x`` [N, d] into shards of ``shard_tokens`` and write a finished capture folder.
 
     ``settings`` go into the manifest; ``hookpoint``, ``model``, ``d_in`` and
     ``activation_site`` get test defaults when missing. Tokens are numbered as if each
     prompt gave 256 tokens per step over 4 steps, so ``step`` and ``prompt`` look plausible.
+    ``folder`` may be an fsspec URL (``memory://...``); the return value is then that URL.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    store = Folder(folder)
     n, d = x.shape
     settings = {
         "hookpoint": "unet.up_blocks.1.attentions.1",
@@ -40,22 +40,19 @@ def write_synthetic_shards(
     prompts = (token // 1024).to(torch.int32)
     for index, start in enumerate(range(0, n, shard_tokens)):
         end = min(start + shard_tokens, n)
-        name = shard_name(index)
-        atomic_write_safetensors(
-            folder / f"{name}.safetensors",
+        first, last = int(prompts[start]), int(prompts[end - 1]) + 1
+        write_shard(
+            store,
+            index,
             {
                 "activations": x[start:end].to(dtype),
                 "step": steps[start:end],
                 "prompt": prompts[start:end],
             },
+            {"prompts": [first, last]},
         )
-        first, last = int(prompts[start]), int(prompts[end - 1]) + 1
-        atomic_write_json(
-            folder / f"{name}.json",
-            {"index": index, "n_tokens": end - start, "prompts": [first, last]},
-        )
-    write_manifest(folder, settings)
-    return folder
+    write_manifest(store, settings)
+    return folder if store.remote else Path(folder)
 
 
 def planted_features(

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,8 +22,11 @@ from saeuron.minicanvas.assets import write_bundle
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.tiny import build_tiny_sd
 from saeuron.training.capture import CacheConfig, parse_steps, run_cache
+from saeuron.training.shards import ActivationShards
 from saeuron.utils.config import ConfigError
+from saeuron.utils.errors import FileFormatError
 from saeuron.utils.prompts import read_prompts
+from saeuron.utils.storage import Folder
 
 SD_HOOK = "unet.up_blocks.1.attentions.1"
 SDXL_HOOK = "unet.up_blocks.0.attentions.1"
@@ -46,7 +52,7 @@ def prompt_file(tmp_path: Path) -> Path:
     return path
 
 
-def make_cfg(prompt_path: Path, out_dir: Path, **changes: Any) -> CacheConfig:
+def make_cfg(prompt_path: Path, out_dir: Path | str, **changes: Any) -> CacheConfig:
     settings: dict[str, Any] = {
         "model": "tiny-sd",
         "hookpoint": SD_HOOK,
@@ -388,3 +394,134 @@ def test_accelerate_launch_two_processes(prompt_file: Path, tmp_path: Path) -> N
     assert len(manifest["shards"]) >= 2
     data = load_all(out)
     assert torch.bincount(data["prompt"]).tolist() == [2 * TOKENS] * len(PROMPTS)
+
+
+# -- checksums: a finished shard that no longer matches its sidecar is captured again ----------
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_finished_shards_are_captured_again(
+    prompt_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = {"max_shard_mb": 0.03, "dtype": "float32"}
+    out = tmp_path / "out"
+    reference = run_cache(make_cfg(prompt_file, out, **settings))
+    assert len(reference["shards"]) >= 3
+    for entry in reference["shards"]:
+        assert len(entry["sha256"]) == 64 and entry["bytes"] > 0
+    originals = {p.name: p.read_bytes() for p in out.glob("shard_*.safetensors")}
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*.safetensors")}
+
+    _flip_byte(out / "shard_00001.safetensors")  # same size: only the checksum tells
+    truncated = out / "shard_00002.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:-64])
+    with caplog.at_level(logging.WARNING, logger="saeuron"):
+        resumed = run_cache(make_cfg(prompt_file, out, **settings))
+    assert "shard_00001.safetensors does not match its sidecar (SHA-256" in caplog.text
+    assert "shard_00002.safetensors does not match its sidecar" in caplog.text
+    assert resumed == reference
+    for name, data in originals.items():
+        path = out / name
+        assert path.read_bytes() == data, name
+        rewritten = path.stat().st_mtime_ns != stamps[name]
+        assert rewritten == (name in ("shard_00001.safetensors", "shard_00002.safetensors"))
+
+
+def test_a_corrupt_shard_is_never_counted_done(
+    prompt_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = {"max_shard_mb": 0.03, "dtype": "float32"}
+    out = tmp_path / "out"
+    reference = run_cache(make_cfg(prompt_file, out, **settings))
+    _flip_byte(out / "shard_00000.safetensors")
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("simulated crash")
+
+    # The resume dies before it has captured the bad shard again: the capture is not
+    # complete (no manifest), and the bad shard is not done (no sidecar).
+    monkeypatch.setattr(capture, "_write_shard", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cache(make_cfg(prompt_file, out, **settings))
+    assert not (out / "manifest.json").exists()
+    assert not (out / "shard_00000.json").exists() and (out / "shard_00001.json").exists()
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        ActivationShards(out)
+
+    monkeypatch.undo()
+    assert run_cache(make_cfg(prompt_file, out, **settings)) == reference
+
+
+def test_sidecars_without_checksums_get_them(prompt_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    reference = run_cache(make_cfg(prompt_file, out, max_shard_mb=0.03, limit=3))
+    for sidecar in out.glob("shard_*.json"):
+        meta = json.loads(sidecar.read_text())
+        del meta["sha256"], meta["bytes"]
+        sidecar.write_text(json.dumps(meta))
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*.safetensors")}
+    assert run_cache(make_cfg(prompt_file, out, max_shard_mb=0.03, limit=3)) == reference
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*.safetensors")}
+
+
+# -- remote storage (fsspec's memory:// filesystem) ---------------------------------------------
+
+
+@pytest.fixture
+def memory_url() -> Iterator[str]:
+    root = f"saeuron-test-{uuid.uuid4().hex}"
+    yield f"memory://{root}/acts"
+    fs = fsspec.filesystem("memory")
+    if fs.exists(f"/{root}"):
+        fs.rm(f"/{root}", recursive=True)
+
+
+def test_capture_to_a_url_resumes_and_verifies_like_a_local_one(
+    prompt_file: Path, tmp_path: Path, memory_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = {"max_shard_mb": 0.03, "dtype": "float32"}
+    local = run_cache(make_cfg(prompt_file, tmp_path / "local", **settings))
+
+    real_write = capture._write_shard
+    written: list[int] = []
+
+    def crash_after_first(*args: Any, **kwargs: Any) -> None:
+        if written:
+            raise RuntimeError("simulated crash")
+        real_write(*args, **kwargs)
+        written.append(1)
+
+    monkeypatch.setattr(capture, "_write_shard", crash_after_first)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cache(make_cfg(prompt_file, memory_url, **settings))
+    folder = Folder(memory_url)
+    assert folder.is_file("shard_00000.json") and not folder.is_file("manifest.json")
+    monkeypatch.setattr(capture, "_write_shard", real_write)
+    remote = run_cache(make_cfg(prompt_file, memory_url, **settings))
+    # Same shards, byte for byte (same checksums), as the local capture.
+    assert remote == local
+    assert folder.read_json("manifest.json") == local
+
+    # A shard corrupted in the store is captured again on the next run.
+    data = bytearray(folder.read_bytes("shard_00001.safetensors"))
+    data[-5] ^= 0x10
+    folder.write_bytes("shard_00001.safetensors", data)
+    with pytest.raises(FileFormatError, match="shard_00001.safetensors"):
+        shards = ActivationShards(memory_url)
+        shards.load(shards.shards[1])
+    assert run_cache(make_cfg(prompt_file, memory_url, **settings)) == local
+    shards = ActivationShards(memory_url)
+    assert all(shards.read(s) for s in shards.shards)
+
+
+def test_unknown_storage_protocol_is_refused_before_loading(
+    prompt_file: Path, forbid_model_loading: None
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        make_cfg(prompt_file, "nosuchfs://bucket/acts")  # type: ignore[arg-type]
+    assert err.value.field == "out" and "nosuchfs" in str(err.value)

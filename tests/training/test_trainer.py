@@ -467,3 +467,31 @@ def test_shards_helper_roundtrip(tmp_path: Path) -> None:
     assert data.manifest["hookpoint"] == HOOK
     back = torch.cat([data.load(s) for s in data.shards]).float()
     torch.testing.assert_close(back, x.half().float())
+
+
+def test_train_names_a_corrupt_shard_in_one_line(
+    small_capture: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shard = small_capture / "shard_00003.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-20] ^= 0xFF  # same size: only the SHA-256 can tell
+    shard.write_bytes(bytes(data))
+    argv = [
+        "train", "--activations", str(small_capture), "--out", str(tmp_path / "o"),
+        "--k", "4", "--expansion-factor", "2", "--epochs", "1", "--device", "cpu",
+    ]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert errors[0].startswith(f"saeuron train: error: {shard}: SHA-256")
+    assert "rerun `saeuron cache`" in errors[0]
+    # Nothing trained on it: no SAE was written.
+    assert not (tmp_path / "o" / HOOK / "sae.safetensors").exists()
+
+    shard.write_bytes(bytes(data[:-1]))  # truncated: refused before training starts
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1  # refused before training: no progress bar either
+    assert f"{shard}: {len(data) - 1} bytes, manifest.json records" in err[0]

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from saeuron.training.distributed import launched_processes
 from saeuron.training.shards import ActivationShards
 from saeuron.training.supervised import SupervisedTrainConfig, read_labels, train_supervised
 from saeuron.training.trainer import TrainConfig, Trainer
@@ -50,13 +51,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("supervised", "--labels and --init-sae only apply with --supervised")
     trainer = Trainer(TrainConfig.from_args(args))
     trainer.train()
-    print(f"SAE written to {trainer.out_dir}")
+    if trainer.procs.is_main:
+        print(f"SAE written to {trainer.out_dir}")
     return 0
 
 
 def run_supervised(args: argparse.Namespace) -> int:
     if not args.labels:
         raise ConfigError("labels", "--supervised needs --labels CSV (one row per prompt)")
+    if launched_processes() > 1:
+        raise ConfigError("supervised", "runs as one process: start it without accelerate launch")
     init = args.init_sae or str(Path(args.out) / "unsupervised")
     # Everything is checked (labels against the capture included) before any training.
     sup = SupervisedTrainConfig.from_args(args, init_sae=init)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
-import json
 import logging
 import math
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -37,12 +35,22 @@ from saeuron.models.tokens import (
     output_tensor,
     to_tokens,
 )
-from saeuron.training.shards import MANIFEST, shard_name, tensor_bytes, write_manifest
+from saeuron.training.distributed import use_cpu_group
+from saeuron.training.shards import (
+    MANIFEST,
+    add_checksum,
+    check_shard,
+    finished_shards,
+    sidecar_file,
+    tensor_bytes,
+    write_manifest,
+    write_shard,
+)
 from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.devices import resolve_device
-from saeuron.utils.files import CAPTURE_PLAN
-from saeuron.utils.io import atomic_write_json, atomic_write_safetensors, check_output_folder
+from saeuron.utils.files import CAPTURE_PLAN, SHARD_PREFIX
 from saeuron.utils.prompts import read_prompts
+from saeuron.utils.storage import Folder, check_location
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +80,11 @@ class CacheConfig(Config):
         help="prompt file: .txt with one prompt per line (blank and '#' lines skipped) or .csv "
         "with a 'prompt' column; a prompt's index in this list is stored with its tokens"
     )
-    out: str = field(help="output folder for shards, plan.json and manifest.json")
+    out: str = field(
+        help="output folder for shards, plan.json and manifest.json: a local path or an fsspec "
+        "URL (s3://bucket/acts, gs://..., hf://datasets/..., with the store's fsspec backend "
+        "installed)"
+    )
     sampling: SamplingConfig = field(
         SamplingConfig,
         flatten=True,
@@ -108,7 +120,7 @@ class CacheConfig(Config):
             if not str(getattr(self, name)).strip():
                 raise ConfigError(name, "must not be empty")
         _check_prompt_file(self.prompts)
-        check_output_folder(self.out, "out")
+        check_location(self.out, "out", write=True)
         self.sampling = self.sampling.resolved(self.model)
         self.step_indices()
 
@@ -187,18 +199,18 @@ def cache_settings(cfg: CacheConfig, prompts: list[str]) -> dict[str, Any]:
     }
 
 
-def _read_plan(out: Path) -> dict[str, Any] | None:
-    path = out / PLAN
-    if not path.is_file():
+def _read_plan(out: Folder) -> dict[str, Any] | None:
+    try:
+        return out.read_json(PLAN)
+    except FileNotFoundError:
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _check_plan(plan: dict[str, Any], settings: dict[str, Any], out: Path) -> None:
+def _check_plan(plan: dict[str, Any], settings: dict[str, Any], out: Folder) -> None:
     if plan.get("version") != PLAN_VERSION:
         raise ConfigError(
             "out",
-            f"{out / PLAN} has format version {plan.get('version')!r}, this saeuron writes "
+            f"{out.path(PLAN)} has format version {plan.get('version')!r}, this saeuron writes "
             f"{PLAN_VERSION}; pick another folder",
         )
     old = plan.get("settings", {})
@@ -350,23 +362,31 @@ def _supports_interrupt(pipe: Any) -> bool:
     return "callback_on_step_end" in params and hasattr(type(pipe), "interrupt")
 
 
-def _write_shard(out: Path, index: int, tensors: dict[str, Tensor], prompts: range) -> None:
-    name = shard_name(index)
-    atomic_write_safetensors(out / f"{name}.safetensors", tensors)
-    # The sidecar comes last: its presence is what marks the shard finished.
-    atomic_write_json(
-        out / f"{name}.json",
-        {
-            "index": index,
-            "n_tokens": int(tensors["activations"].shape[0]),
-            "prompts": [prompts.start, prompts.stop],
-        },
-    )
+def _write_shard(out: Folder, index: int, tensors: dict[str, Tensor], prompts: range) -> None:
+    write_shard(out, index, tensors, {"prompts": [prompts.start, prompts.stop]})
 
 
-def _finished(out: Path, index: int) -> bool:
-    name = shard_name(index)
-    return (out / f"{name}.json").is_file() and (out / f"{name}.safetensors").is_file()
+def _done_shards(out: Folder, mine: range) -> set[int]:
+    """This process's finished shards that match their sidecars.
+
+    A shard whose size or SHA-256 differs from its sidecar is corrupt: its sidecar is removed
+    so that it is captured again (and never counted done, even if this run dies). A sidecar
+    from before checksums gets the shard's checksum recorded.
+    """
+    sizes = out.sizes()
+    done: set[int] = set()
+    for shard in finished_shards(out, only=mine):
+        if shard.sha256 is None:
+            shard = add_checksum(out, shard)
+            log.info("%s: recorded its checksum (captured by an older saeuron)", shard.path)
+        reason = check_shard(out, shard, sizes.get(shard.file))
+        if reason is not None:
+            log.warning("%s does not match its sidecar (%s): capturing it again", shard.path,
+                        reason)
+            out.remove(sidecar_file(shard.index))
+            continue
+        done.add(shard.index)
+    return done
 
 
 def _make_plan(
@@ -402,15 +422,6 @@ def _make_plan(
     }
 
 
-def _use_cpu(cfg: CacheConfig) -> bool:
-    # PartialState only forms a multi-process CPU group (gloo) when told it runs on the CPU;
-    # `accelerate launch --cpu` says so through the environment, a CPU-only machine doesn't.
-
-    if parse_flag_from_env("ACCELERATE_USE_CPU"):
-        return True
-    return resolve_device(cfg.sampling.device).type == "cpu"
-
-
 def _device(cfg: CacheConfig, state: Any) -> torch.device:
     if state.num_processes > 1:
         # Each launched process owns one device; accelerate knows which.
@@ -429,14 +440,14 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
     before the model loads. The pipeline computes in fp16 on CUDA and fp32 elsewhere;
     ``cfg.dtype`` is only the storage dtype.
     """
-    state = PartialState(cpu=_use_cpu(cfg))
-    out = Path(cfg.out)
+    state = PartialState(cpu=use_cpu_group(cfg.sampling.device))
+    out = Folder(cfg.out, "out")
     prompts = read_prompts(cfg.prompts, "prompts", limit=cfg.limit, keep_empty=True)
     settings = cache_settings(cfg, prompts)
     plan = _read_plan(out)
     if plan is not None:
         _check_plan(plan, settings, out)
-    elif out.is_dir() and any(out.glob("shard_*")):
+    elif any(name.startswith(SHARD_PREFIX) for name in out.sizes()):
         raise ConfigError(
             "out", f"{out} holds shards but no {PLAN}: not a capture folder; pick another"
         )
@@ -446,7 +457,7 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
     module = resolve_module(pipe, cfg.hookpoint)
     if plan is None and state.is_main_process:
         plan = _make_plan(pipe, module, cfg, prompts, settings)
-        atomic_write_json(out / PLAN, plan)
+        out.write_json(PLAN, plan)
         log.info(
             "plan: %d prompts, %d per shard, %d shards, d_in %d",
             len(prompts),
@@ -457,7 +468,7 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
     state.wait_for_everyone()
     plan = _read_plan(out)
     if plan is None:
-        raise RuntimeError(f"{out / PLAN} missing after the main process wrote it")
+        raise RuntimeError(f"{out.path(PLAN)} missing after the main process wrote it")
     _check_plan(plan, settings, out)
 
     per_shard, n_shards = int(plan["prompts_per_shard"]), int(plan["n_shards"])
@@ -466,9 +477,13 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
         for g in range(n_shards)
     ]
     mine = range(state.process_index, n_shards, state.num_processes)
-    todo = [g for g in mine if not _finished(out, g)]
-    if len(todo) < len(mine):
-        log.info("resuming: %d of %d shards already done", len(mine) - len(todo), len(mine))
+    done = _done_shards(out, mine)
+    todo = [g for g in mine if g not in done]
+    if done:
+        log.info("resuming: %d of %d shards already done", len(done), len(mine))
+    if todo:
+        # A manifest means "complete": it goes while any shard is (re)captured.
+        out.remove(MANIFEST)
 
     interrupt = _supports_interrupt(pipe)
     last_step = settings["steps"][-1]
@@ -531,7 +546,8 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
 
     state.wait_for_everyone()
     if state.is_main_process:
-        missing = [g for g in range(n_shards) if not _finished(out, g)]
+        present = {s.index for s in finished_shards(out)}
+        missing = [g for g in range(n_shards) if g not in present]
         if missing:
             raise RuntimeError(f"shards {missing} of {out} were not written")
         write_manifest(
@@ -549,4 +565,4 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
         )
         log.info("wrote %d shards to %s", n_shards, out)
     state.wait_for_everyone()
-    return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    return out.read_json(MANIFEST)

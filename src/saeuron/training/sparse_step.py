@@ -4,6 +4,12 @@ Same loss and gradients as the dense forward of :class:`~saeuron.sae.model.Sae` 
 the backward pass touches ``k`` latents per token instead of every latent: about twice as fast
 a step on the CPU. BatchTopK keeps the ``k x tokens`` largest pre-activations of the batch;
 ``per_token`` keeps ``k`` per token (the form used at inference and by eai-sparsify).
+
+Over several processes (``group``), each holding a share of the batch, the step is the one
+process's step on the whole batch: the FVU's denominator is the variance of the whole batch,
+and BatchTopK's threshold is the (k x tokens)-th largest pre-activation over every process's
+share. Each process's loss is then its share of the batch loss, and the sum of the processes'
+gradients (the trainer all-reduces them) is the gradient of the batch loss.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saeuron.sae import ForwardOutput, Sae
+from saeuron.training.distributed import Processes, all_gather_rows
 
 
 def _group_order(index: Tensor) -> Tensor:
@@ -108,8 +115,84 @@ def _token_topk_pairs(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return rows, cols.flatten()
 
 
+@torch.no_grad()
+def _sample_bound(flat: Tensor, frac: float) -> Tensor | None:
+    """A value about ``frac`` of ``flat`` exceed, from a strided sample; None if useless."""
+    if frac >= 0.5 or flat.numel() == 0:
+        return None
+    sample = flat[:: max(1, flat.numel() // _SAMPLE)]
+    rank = max(1, int(sample.numel() * (1.0 - frac)))
+    bound = sample.kthvalue(rank).values
+    return bound if bound > 0 else None
+
+
+@torch.no_grad()
+def _group_batch_topk_pairs(
+    pre: Tensor, k: int, n_tokens: int, group: Processes
+) -> tuple[Tensor, Tensor]:
+    """(rows, cols) of this process's share of BatchTopK over every process's tokens.
+
+    ``n_tokens`` is the whole batch. The threshold t is the (k x n_tokens)-th largest value
+    of all processes' pre-activations. Each process offers its values above a sampled bound
+    b_p; when the offers hold the budget and t >= every b_p, every value >= t was offered,
+    so t is exact. Otherwise each process offers its own top budget, which always holds t.
+    Same set as :func:`_batch_topk_pairs` on the whole batch, up to ties at t.
+    """
+    flat = pre.flatten()
+    n_latents = pre.shape[1]
+    budget = min(k * n_tokens, n_tokens * n_latents)
+    bound = _sample_bound(flat, 2.0 * budget / max(1, n_tokens * n_latents))
+    if flat.numel() == 0:
+        # Nothing to offer, nothing missed: a bound below every value.
+        offer, b, valid = flat, -torch.inf, True
+    elif bound is None:
+        offer, b, valid = flat[:0], torch.inf, False
+    else:
+        offer, b, valid = flat[flat >= bound], float(bound), True
+    info = torch.tensor([float(valid), b, offer.numel()], dtype=torch.float64, device=pre.device)
+    infos = group.all_gather(info)
+    threshold: Tensor | None = None
+    if bool(infos[:, 0].all()) and float(infos[:, 2].sum()) >= budget:
+        offers = torch.cat(all_gather_rows(group, offer, fill=-torch.inf))
+        candidate = offers.topk(budget, sorted=False).values.min()
+        if float(candidate) >= float(infos[:, 1].max()):
+            threshold = candidate
+    if threshold is None:
+        own = flat.topk(min(budget, flat.numel()), sorted=False).values
+        threshold = torch.cat(all_gather_rows(group, own, fill=-torch.inf)).topk(
+            budget, sorted=False
+        ).values.min()
+    pairs = ((pre >= threshold) & (pre > 0)).nonzero()
+    return pairs[:, 0], pairs[:, 1]
+
+
+def group_total_variance(x: Tensor, group: Processes) -> tuple[int, Tensor]:
+    """(tokens, sum of squared deviations from the mean) of every process's ``x`` together.
+
+    Per-process counts, means and centred sums merged in float64 (Chan et al.), in process
+    order, so every process gets the same value.
+    """
+    with torch.no_grad():
+        n = x.shape[0]
+        mean = x.double().sum(0) / max(n, 1)
+        m2 = (x.double() - mean).pow(2).sum()
+        stats = torch.cat([torch.tensor([float(n)], dtype=torch.float64, device=x.device),
+                           m2[None], mean])
+        gathered = group.all_gather(stats)
+        counts, m2s, means = gathered[:, 0], gathered[:, 1], gathered[:, 2:]
+        total = float(counts.sum())
+        centre = (counts[:, None] * means).sum(0) / max(total, 1.0)
+        spread = m2s.sum() + (counts * (means - centre).pow(2).sum(1)).sum()
+    tv = spread.to(x.dtype).clamp_min(torch.finfo(x.dtype).tiny)
+    return int(total), tv
+
+
 def sparse_forward(
-    sae: Sae, x: Tensor, dead_mask: Tensor | None, per_token: bool = False
+    sae: Sae,
+    x: Tensor,
+    dead_mask: Tensor | None,
+    per_token: bool = False,
+    group: Processes | None = None,
 ) -> ForwardOutput:
     """``sae(x, dead_mask=dead_mask, batch_topk=not per_token)`` with sparse encoder gradients.
 
@@ -117,6 +200,10 @@ def sparse_forward(
     padded ``latent_indices`` hold 0 where ``Sae.forward`` holds some zero-weighted latent.
     The tokens x latents pre-activations are built once without a graph; only the kept
     (token, latent) pairs enter autograd, through :class:`_SparseEncode`.
+
+    With ``group``, ``x`` is this process's share of the batch (possibly no tokens) and
+    ``fvu`` and ``auxk_loss`` are its share of the batch's: they sum over the processes to
+    the values of the whole batch. Every process of the group must call this together.
     """
     x = x.reshape(-1, sae.d_in).to(sae.dtype)
     weight, bias = sae.encoder.weight, sae.encoder.bias
@@ -125,8 +212,16 @@ def sparse_forward(
         # In place: one tokens x latents buffer, not two.
         pre = F.linear(x_c, weight, bias).relu_()
     n_tokens = x.shape[0]
-    pairs = _token_topk_pairs if per_token else _batch_topk_pairs
-    rows, cols = pairs(pre, sae.cfg.k)
+    if group is None:
+        total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
+        pairs = _token_topk_pairs if per_token else _batch_topk_pairs
+        rows, cols = pairs(pre, sae.cfg.k)
+    else:
+        n_batch, total_variance = group_total_variance(x, group)
+        if per_token:
+            rows, cols = _token_topk_pairs(pre, sae.cfg.k)
+        else:
+            rows, cols = _group_batch_topk_pairs(pre, sae.cfg.k, n_batch, group)
     acts = _SparseEncode.apply(x_c, weight, bias, pre[rows, cols], rows, cols)
     counts = torch.bincount(rows, minlength=n_tokens)
     offsets = counts.cumsum(0) - counts
@@ -134,7 +229,6 @@ def sparse_forward(
                               mode="sum") + sae.b_dec
 
     residual = x - sae_out
-    total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
     fvu = residual.pow(2).sum() / total_variance
 
     auxk_loss = sae_out.new_zeros(())
@@ -154,7 +248,7 @@ def sparse_forward(
         auxk_loss = scale * (residual_hat - residual.detach()).pow(2).sum() / total_variance
 
     # Padded [tokens, width] view of the kept latents, as Sae.forward returns them.
-    width = max(int(counts.max()), 1)
+    width = max(int(counts.max()) if n_tokens else 0, 1)
     pos = torch.arange(rows.shape[0], device=x.device) - offsets[rows]
     latent_acts = acts.new_zeros(n_tokens, width).index_put_((rows, pos), acts.detach())
     latent_indices = cols.new_zeros(n_tokens, width).index_put_((rows, pos), cols)

@@ -3,11 +3,21 @@
     loss = FVU + auxk_alpha * AuxK      # AuxK: latents silent for ``dead_tokens`` tokens
     Adam(lr), linear decay to 0, no warm-up, grad-clip, unit-norm decoder rows
 
-Activations stream from an :class:`~saeuron.training.shards.ActivationShards` folder, at most
-``shuffle_shards`` shards in memory, shuffled within that buffer. After every epoch the SAE
-is written to ``out/<hookpoint>/`` (sparsify layout) together with the trainer's state, so
-a killed run started again with the same config resumes from its last finished epoch and
-ends with the same weights as an uninterrupted one.
+Activations stream from an :class:`~saeuron.training.shards.ActivationShards` folder (a local
+path or an fsspec URL), at most ``shuffle_shards`` shards in memory, shuffled within that
+buffer. After every epoch the SAE is written to ``out/<hookpoint>/`` (sparsify layout)
+together with the trainer's state, so a killed run started again with the same config
+resumes from its last finished epoch and ends with the same weights as an uninterrupted one.
+
+Under ``accelerate launch --num_processes N`` the processes split the work like
+data-parallel training, without copying the data: the batches are the ones a single process
+would draw (the shuffle depends on the seed alone), and each process holds only the tokens of
+the shards it reads, the ``i``-th shard of each epoch's order going to process ``i mod N``.
+Each process computes its share of each batch's loss (normalised by the whole batch's
+variance, BatchTopK thresholded over the whole batch); the gradients are summed over the
+processes, so every process takes the same optimiser step. ``batch_size`` stays the global
+batch. The main process writes the checkpoints; every process reads them to resume, so OUT
+must be a folder they all see. A run resumes under any number of processes.
 
 Files under ``out/<hookpoint>/``::
 
@@ -34,12 +44,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saeuron.sae import ForwardOutput, Sae, SaeConfig
+from saeuron.training.distributed import Processes, all_gather_rows, processes_for
 from saeuron.training.shards import ActivationShards, ShardInfo
 from saeuron.training.sparse_step import sparse_forward
 from saeuron.utils.config import Config, ConfigError, field
-from saeuron.utils.devices import check_device, resolve_device
+from saeuron.utils.devices import check_device
 from saeuron.utils.files import TRAIN_LOG, TRAINER_STATE, TRAINER_STATE_DIR
 from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
+from saeuron.utils.storage import check_location, is_url
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +71,10 @@ _POSTFIX_EVERY = 20  # steps between progress-bar postfix updates (each one sync
 class TrainConfig(Config):
     """How to train one SAE on one capture folder (defaults: the SAeUron paper)."""
 
-    activations: str = field(help="capture folder written by `saeuron cache` (manifest.json)")
+    activations: str = field(
+        help="capture folder written by `saeuron cache` (manifest.json): a local path or an "
+        "fsspec URL (s3://..., gs://..., hf://...); shards are streamed, one at a time"
+    )
     out: str = field(help="output folder; the SAE goes to OUT/<hookpoint>/")
     sae: SaeConfig = field(SaeConfig, flatten=True, help="the SAE's architecture")
     topk: str = field(
@@ -81,7 +96,12 @@ class TrainConfig(Config):
     )
     seed: int = field(0, ge=0, help="seed of the SAE initialisation and the data shuffle")
     device: str | None = field(None, help="torch device; default: CUDA, else MPS, else CPU")
-    shuffle_shards: int = field(2, ge=1, help="shards held in memory and shuffled together")
+    shuffle_shards: int = field(
+        2,
+        ge=1,
+        help="shards shuffled together; under N processes each holds about shuffle_shards/N "
+        "of them, so a multiple of N keeps every process busy",
+    )
     resume: bool = field(True, help="continue from the last finished epoch found in OUT")
 
     def __post_init__(self) -> None:
@@ -93,6 +113,9 @@ class TrainConfig(Config):
             raise ConfigError("activations", "must name a capture folder")
         if not self.out:
             raise ConfigError("out", "must name an output folder")
+        check_location(self.activations, "activations")
+        if is_url(self.out):
+            raise ConfigError("out", f"got {self.out!r}; the SAE is written to a local folder")
         check_device("device", self.device)
 
     @classmethod
@@ -128,10 +151,20 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class Trainer:
-    """One SAE, one capture folder; :meth:`train` runs (or resumes) the whole schedule."""
+    """One SAE, one capture folder; :meth:`train` runs (or resumes) the whole schedule.
 
-    def __init__(self, cfg: TrainConfig):
+    ``processes`` is this process's place in a multi-process run; by default the one
+    ``accelerate launch`` set up, or a single process.
+    """
+
+    def __init__(self, cfg: TrainConfig, processes: Processes | None = None):
         self.cfg = cfg
+        self.procs = processes if processes is not None else processes_for(cfg.device)
+        self.distributed = self.procs.world_size > 1
+        if self.distributed and cfg.sae.input_unit_norm:
+            raise ConfigError(
+                "input_unit_norm", "trains on one process only (the paper's SAE has none)"
+            )
         self.data = ActivationShards(cfg.activations)
         manifest = self.data.manifest
         hookpoint = manifest.get("hookpoint")
@@ -140,7 +173,7 @@ class Trainer:
         self.hookpoint = str(hookpoint)
         self.out_dir = Path(cfg.out) / self.hookpoint
         self.state_dir = self.out_dir / STATE_DIR
-        self.device = resolve_device(cfg.device)
+        self.device = self.procs.device
 
         self.train_shards, self.heldout_shards = self.data.split(cfg.heldout_fraction)
         if not self.heldout_shards:
@@ -149,7 +182,8 @@ class Trainer:
                 if len(self.data.shards) < 2
                 else "heldout_fraction is 0: no held-out evaluation"
             )
-            logger.warning("%s: %s", self.hookpoint, self.heldout_note)
+            if self.procs.is_main:
+                logger.warning("%s: %s", self.hookpoint, self.heldout_note)
         else:
             self.heldout_note = None
         self.n_train = sum(s.n_tokens for s in self.train_shards)
@@ -160,7 +194,7 @@ class Trainer:
         self.steps_per_epoch = self.n_train // self.batch_size
         self.total_steps = self.steps_per_epoch * cfg.epochs
         dropped = self.n_train - self.steps_per_epoch * self.batch_size
-        if dropped:
+        if dropped and self.procs.is_main:
             logger.info(
                 "%s: %d of %d training tokens left out of each epoch (a different random "
                 "remainder each epoch) to keep batches at %d tokens",
@@ -206,42 +240,73 @@ class Trainer:
 
         Shards are visited in a seeded random order, ``shuffle_shards`` at a time; the tokens
         of those shards (plus the remainder of the previous group) are shuffled together.
+        Under several processes every process draws the same shuffle but holds only the
+        tokens of its shards (the ``i``-th of the epoch's order goes to process ``i mod N``)
+        and of its remainder, and yields its share of each batch, in the batch's order: the
+        processes' shares together are exactly the one-process batch.
         """
         gen = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch))
         order = torch.randperm(len(self.train_shards), generator=gen).tolist()
+        rank, world = self.procs.rank, self.procs.world_size
         group_size = self.cfg.shuffle_shards
         batch = self.batch_size
+        d_in = self.data.d_in
+        dtype: torch.dtype | None = None
+        # The remainder carried into the next group: this process's rows of it, and their
+        # positions in the whole remainder (the group's first positions).
         carry: Tensor | None = None
+        carry_pos = torch.empty(0, dtype=torch.long)
+        n_carry = 0
         emitted = 0
         for start in range(0, len(order), group_size):
             group = [self.train_shards[i] for i in order[start : start + group_size]]
-            n_carry = 0 if carry is None else carry.shape[0]
-            total = n_carry + sum(s.n_tokens for s in group)
-            # Fill one preallocated buffer shard by shard: memory peaks at the buffer plus
-            # one shard being read, never two copies of the group.
+            starts = [n_carry]
+            for shard in group:
+                starts.append(starts[-1] + shard.n_tokens)
+            total = starts[-1]
+            # Shard start + j of the epoch's order is process (start + j) mod N's: shares of
+            # the reading stay even whatever shuffle_shards is.
+            mine = [j for j in range(len(group)) if (start + j) % world == rank]
+            n_local = len(carry_pos) + sum(group[j].n_tokens for j in mine)
+            # Where each of the group's positions lives in this process's buffer (-1: in
+            # another process). One buffer filled shard by shard: memory peaks at the buffer
+            # plus one shard being read, never two copies of the group.
+            local = torch.full((total,), -1, dtype=torch.long)
+            local[carry_pos] = torch.arange(len(carry_pos))
             buf: Tensor | None = None
             offset = 0
             if carry is not None:
-                buf = carry.new_empty(total, self.data.d_in)
-                buf[:n_carry] = carry
-                offset = n_carry
+                buf = carry.new_empty(n_local, d_in)
+                buf[: len(carry_pos)] = carry
+                offset = len(carry_pos)
             carry = None
-            for shard in group:
-                x = self._load_shard(shard)
+            for j in mine:
+                x = self._load_shard(group[j])
                 if buf is None:
-                    buf = x.new_empty(total, self.data.d_in)
+                    buf = x.new_empty(n_local, d_in)
                 buf[offset : offset + x.shape[0]] = x
+                local[starts[j] : starts[j + 1]] = torch.arange(offset, offset + x.shape[0])
                 offset += x.shape[0]
                 del x
-            assert buf is not None and offset == total
+            if buf is None:
+                # This process holds nothing of this group: empty shares, the right dtype.
+                dtype = dtype or self.data.dtype
+                buf = torch.empty(0, d_in, dtype=dtype)
+            dtype = buf.dtype
+            assert offset == n_local
             perm = torch.randperm(total, generator=gen)
             n_full = total // batch * batch
             for i in range(0, n_full, batch):
                 if emitted == self.steps_per_epoch:
                     return
-                yield buf[perm[i : i + batch]]
+                rows = local[perm[i : i + batch]]
+                yield buf[rows[rows >= 0]] if world > 1 else buf[rows]
                 emitted += 1
-            carry = buf[perm[n_full:]] if n_full < total else None
+            rest = local[perm[n_full:]]
+            held = rest >= 0
+            carry = buf[rest[held]] if bool(held.any()) else None
+            carry_pos = torch.arange(len(rest))[held] if carry is not None else carry_pos[:0]
+            n_carry = len(rest)
             del buf
         if emitted != self.steps_per_epoch:  # pragma: no cover - guarded by the arithmetic
             raise RuntimeError(f"epoch yielded {emitted} batches, expected {self.steps_per_epoch}")
@@ -251,13 +316,21 @@ class Trainer:
     @torch.no_grad()
     def init_b_dec(self, x: Tensor) -> None:
         """``b_dec`` <- geometric median of ``x`` (the first batch), as the paper does."""
-        self.sae.b_dec.data.copy_(geometric_median(x.to(self.device, torch.float32)))
+        x = x.to(self.device, torch.float32)
+        if self.distributed:
+            x = torch.cat(all_gather_rows(self.procs, x))
+        self.sae.b_dec.data.copy_(geometric_median(x))
 
     def lr_at(self, step: int) -> float:
         return self.cfg.lr * (1.0 - step / self.total_steps)
 
     def step(self, x: Tensor) -> ForwardOutput:
-        """One optimiser step on a batch ``[tokens, d_in]``; returns the forward output."""
+        """One optimiser step on a batch ``[tokens, d_in]``; returns the forward output.
+
+        Under several processes ``x`` is this process's share of a :meth:`iter_batches`
+        batch, every process calls this together, and the returned ``fvu`` and ``auxk_loss``
+        are this process's shares of the batch's.
+        """
         x = x.to(self.device, non_blocking=True).float()
         if self.step_count == 0:
             self.init_b_dec(x)
@@ -268,10 +341,15 @@ class Trainer:
         if self.sae.cfg.input_unit_norm:
             out = self.sae(x, dead_mask=dead_mask, batch_topk=self.cfg.topk == "batch")
         else:
-            out = sparse_forward(self.sae, x, dead_mask, per_token=self.cfg.topk == "token")
+            out = sparse_forward(
+                self.sae, x, dead_mask, per_token=self.cfg.topk == "token",
+                group=self.procs if self.distributed else None,
+            )
         loss = out.fvu + self.cfg.auxk_alpha * out.auxk_loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.distributed:
+            self._sum_gradients()
         # Only the direction of decoder rows may change; their norm is pinned to 1 below.
         self.sae.remove_gradient_parallel_to_decoder_directions()
         if self.cfg.grad_clip > 0:
@@ -279,17 +357,42 @@ class Trainer:
         self.optimizer.step()
         self.sae.set_decoder_norm_to_unit_norm()
 
+        # The trainer's batches hold batch_size tokens over all processes.
+        n_tokens = self.batch_size if self.distributed else x.shape[0]
         with torch.no_grad():
             # BatchTopK pads tokens with zero activations: only positive ones count as firing.
             # A scatter-add keeps this free of host syncs.
             hits = torch.zeros_like(self.tokens_since_fired).scatter_add_(
                 0, out.latent_indices.flatten(), (out.latent_acts > 0).flatten().long()
             )
-            self.tokens_since_fired += x.shape[0]
+            if self.distributed:
+                self.procs.all_reduce_(hits)
+            self.tokens_since_fired += n_tokens
             self.tokens_since_fired.masked_fill_(hits > 0, 0)
         self.step_count += 1
-        self.tokens_seen += x.shape[0]
+        self.tokens_seen += n_tokens
         return out
+
+    @torch.no_grad()
+    def _sum_gradients(self) -> None:
+        """Sum every parameter's gradient over the processes, in one collective."""
+        params = list(self.sae.parameters())
+        grads = [
+            p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten()
+            for p in params
+        ]
+        flat = self.procs.all_reduce_(torch.cat(grads))
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def _global_sum(self, value: Tensor) -> Tensor:
+        """A per-process share summed over the processes (every process must call this)."""
+        if not self.distributed:
+            return value
+        return self.procs.all_reduce_(value.detach().clone().reshape(1))[0]
 
     def num_dead(self) -> int:
         return int((self.tokens_since_fired >= self.cfg.dead_tokens).sum())
@@ -302,24 +405,27 @@ class Trainer:
 
         The FVU of the whole set, not a mean of per-batch FVUs: per-batch centred sums are
         merged in float64 on the CPU (Chan et al.), which avoids the cancellation of
-        sum(x^2) - n mean^2 and works on devices without float64 (MPS).
+        sum(x^2) - n mean^2 and works on devices without float64 (MPS). Under several
+        processes each reads every N-th shard and the processes' sums are merged likewise.
         """
         if not shards:
             return None
         sq_err, n, mean, m2 = 0.0, 0, torch.zeros(self.data.d_in, dtype=torch.float64), 0.0
-        for shard in shards:
+        mine = shards[self.procs.rank :: self.procs.world_size]
+        for shard in mine:
             acts = self._load_shard(shard)
             for i in range(0, acts.shape[0], self.cfg.batch_size):
                 x = acts[i : i + self.cfg.batch_size].to(self.device).float()
                 sq_err += float((x - self.sae(x).sae_out).pow(2).sum())
-                n_b = x.shape[0]
-                mean_b = x.mean(dim=0)
-                m2_b = float((x - mean_b).pow(2).sum())
-                delta = mean_b.cpu().double() - mean
-                total = n + n_b
-                m2 += m2_b + float(delta.pow(2).sum()) * n * n_b / total
-                mean += delta * (n_b / total)
-                n = total
+                n, mean, m2 = _merge(n, mean, m2, x.shape[0], x.mean(dim=0).cpu().double(),
+                                     float((x - x.mean(dim=0)).pow(2).sum()))
+        if self.distributed:
+            stats = torch.cat([torch.tensor([sq_err, float(n), m2], dtype=torch.float64), mean])
+            parts = self.procs.all_gather(stats.to(self.device)).cpu()
+            sq_err, n, mean, m2 = 0.0, 0, torch.zeros_like(mean), 0.0
+            for part in parts:
+                sq_err += float(part[0])
+                n, mean, m2 = _merge(n, mean, m2, int(part[1]), part[3:], float(part[2]))
         return sq_err / max(m2, float(np.finfo(np.float64).tiny))
 
     # -- training loop ----------------------------------------------------------------------
@@ -328,17 +434,21 @@ class Trainer:
         """Run the remaining epochs, checkpointing after each; returns the trained SAE."""
         if self.cfg.resume and (self.state_dir / STATE_FILE).is_file():
             self.load_state()
-        elif (self.state_dir / STATE_FILE).is_file():
+        elif (self.state_dir / STATE_FILE).is_file() and self.procs.is_main:
             logger.warning("%s: resume is off; starting over in %s", self.hookpoint, self.out_dir)
         if self.epochs_done >= self.cfg.epochs:
-            logger.info("%s: all %d epochs already done", self.hookpoint, self.cfg.epochs)
+            if self.procs.is_main:
+                logger.info("%s: all %d epochs already done", self.hookpoint, self.cfg.epochs)
             return self.sae
 
-        logger.info(
-            "%s: training %d latents (k=%d) on %d tokens x %d epochs (%d steps of %d) on %s",
-            self.hookpoint, self.sae.num_latents, self.cfg.sae.k, self.n_train, self.cfg.epochs,
-            self.total_steps, self.batch_size, self.device,
-        )
+        if self.procs.is_main:
+            logger.info(
+                "%s: training %d latents (k=%d) on %d tokens x %d epochs (%d steps of %d) on "
+                "%s%s",
+                self.hookpoint, self.sae.num_latents, self.cfg.sae.k, self.n_train,
+                self.cfg.epochs, self.total_steps, self.batch_size, self.device,
+                f" x {self.procs.world_size} processes" if self.distributed else "",
+            )
         bar = tqdm(
             total=self.total_steps * self.batch_size,
             initial=self.step_count * self.batch_size,
@@ -346,6 +456,7 @@ class Trainer:
             unit_scale=True,
             desc=f"train {self.hookpoint}",
             dynamic_ncols=True,
+            disable=not self.procs.is_main,
         )
         try:
             for epoch in range(self.epochs_done, self.cfg.epochs):
@@ -358,6 +469,8 @@ class Trainer:
             raise
         finally:
             bar.close()
+        # Every process returns once the main one has written the last checkpoint.
+        self.procs.barrier()
         return self.sae
 
     def _train_epoch(self, epoch: int, bar: tqdm) -> None:
@@ -368,20 +481,21 @@ class Trainer:
             out = self.step(x)
             fvu = out.fvu.detach()
             if self.first_batch_fvu is None:
-                self.first_batch_fvu = float(fvu)
+                self.first_batch_fvu = float(self._global_sum(fvu))
             fvu_sum += fvu
             fvu_window += fvu
-            bar.update(x.shape[0])
+            bar.update(self.batch_size)
             if (i + 1) % _POSTFIX_EVERY == 0 or i + 1 == self.steps_per_epoch:
                 n = (i % _POSTFIX_EVERY) + 1
+                window = float(self._global_sum(fvu_window)) / n
                 bar.set_postfix(
-                    epoch=epoch + 1, fvu=f"{float(fvu_window) / n:.4f}", dead=self.num_dead(),
-                    refresh=False,
+                    epoch=epoch + 1, fvu=f"{window:.4f}", dead=self.num_dead(), refresh=False
                 )
                 fvu_window.zero_()
-        train_fvu = float(fvu_sum) / self.steps_per_epoch
+        train_fvu = float(self._global_sum(fvu_sum)) / self.steps_per_epoch
         heldout_fvu = self.evaluate(self.heldout_shards)
         self.epochs_done = epoch + 1
+        seconds = time.perf_counter() - start
         record = {
             "epoch": self.epochs_done,
             "train_fvu": train_fvu,
@@ -390,16 +504,19 @@ class Trainer:
             "tokens": self.steps_per_epoch * self.batch_size,
             "tokens_total": self.tokens_seen,
             "steps_total": self.step_count,
-            "seconds": time.perf_counter() - start,
+            "seconds": seconds,
+            "processes": self.procs.world_size,
         }
         self.log.append(record)
-        heldout = "n/a" if heldout_fvu is None else f"{heldout_fvu:.4f}"
-        logger.info(
-            "%s: epoch %d/%d train FVU %.4f, held-out FVU %s, %d dead latents, %.1f s",
-            self.hookpoint, self.epochs_done, self.cfg.epochs, train_fvu, heldout,
-            record["dead_latents"], record["seconds"],
-        )
-        self.save()
+        if self.procs.is_main:
+            heldout = "n/a" if heldout_fvu is None else f"{heldout_fvu:.4f}"
+            logger.info(
+                "%s: epoch %d/%d train FVU %.4f, held-out FVU %s, %d dead latents, %.1f s "
+                "(%.0f tokens/s)",
+                self.hookpoint, self.epochs_done, self.cfg.epochs, train_fvu, heldout,
+                record["dead_latents"], seconds, record["tokens"] / max(seconds, 1e-9),
+            )
+            self.save()
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -434,7 +551,8 @@ class Trainer:
     def _train_log(self) -> dict[str, Any]:
         return {
             "hookpoint": self.hookpoint,
-            "activations": str(Path(self.cfg.activations).resolve()),
+            "activations": self.cfg.activations if is_url(self.cfg.activations)
+            else str(Path(self.cfg.activations).resolve()),
             "train_tokens": self.n_train,
             "heldout_tokens": sum(s.n_tokens for s in self.heldout_shards),
             "heldout_shards": [s.index for s in self.heldout_shards],
@@ -538,7 +656,20 @@ class Trainer:
             self.hookpoint, self.epochs_done, self.cfg.epochs, self.step_count, tensors_path,
         )
         # The export may lag the state if the last run died between the two writes.
-        self.export()
+        if self.procs.is_main:
+            self.export()
+
+
+def _merge(
+    n: int, mean: Tensor, m2: float, n_b: int, mean_b: Tensor, m2_b: float
+) -> tuple[int, Tensor, float]:
+    """Count, mean and centred sum of two sets from each one's (Chan et al.)."""
+    total = n + n_b
+    if total == 0:
+        return 0, mean, m2
+    delta = mean_b - mean
+    m2 += m2_b + float(delta.pow(2).sum()) * n * n_b / total
+    return total, mean + delta * (n_b / total), m2
 
 
 def train_sae(cfg: TrainConfig) -> Sae:

@@ -232,6 +232,8 @@ def _probe(pipe: Any, module: nn.Module, cfg: CacheConfig, prompt: str) -> tuple
     with track_denoising(pipe) as state:
 
         def hook(mod: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+            if state.substep:
+                return  # a second-order scheduler's second call of the step
             x = _site_tokens(output, args, kwargs, cfg.activation_site)
             rows = conditional_rows(x.shape[0], state.cfg, cfg.cfg_half)
             shapes.append((len(range(x.shape[0])[rows]), x.shape[1], x.shape[2]))
@@ -293,7 +295,8 @@ class _Recorder:
 
     def __call__(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
         step = self.state.step
-        if step not in self.steps:
+        # One record per step: a second-order scheduler's second call is not a new step.
+        if step not in self.steps or self.state.substep:
             return
         x = _site_tokens(output, args, kwargs, self.cfg.activation_site)
         x = x[conditional_rows(x.shape[0], self.state.cfg, self.cfg.cfg_half)]
@@ -476,8 +479,9 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
     def stop_after_last_step(
         pipeline: Any, i: int, t: Any, tensors: dict[str, Any]
     ) -> dict[str, Any]:
-        # Later steps are never recorded: skip their UNet calls.
-        if i >= last_step:
+        # Later steps are never recorded: skip their UNet calls. The step is the tracker's,
+        # not the loop index ``i`` (PNDM and Heun run more loop iterations than steps).
+        if denoise.step >= last_step:
             pipeline._interrupt = True
         return {}
 

@@ -25,7 +25,9 @@ at each call, where the pipeline stands in its sampling loop:
   the erasure edits every call with its step's features.
 - **outside a pipeline's loop** (a white-box attack calling the UNet at any training
   timestep, a UNet call between pipeline calls): ``step`` is -1 and ``timestep`` holds the
-  call's timestep, so an edit can pick the statistics row nearest to it.
+  call's timestep, so an edit can pick the statistics row nearest to it. A scheduler that
+  keeps its index tells such calls apart by it; with DDIM or DDPM, which keep none, a call
+  outside the loop at one of the schedule's own timesteps reads as that step.
 
 It also reads from the pipeline whether the batch is a classifier-free-guidance pair.
 The pre-hook runs eagerly (``torch.compiler.disable``): under ``torch.compile`` the state is
@@ -163,14 +165,16 @@ class DenoiseTracker:
         # Some transformer pipelines pass t / num_train_timesteps: either scale may match.
         candidates = (t, t * train) if 0 <= t <= 1 else (t,)
         index = _scheduler_index(scheduler)
-        if index is not None and 0 <= index < n:
-            at = float(timesteps[index])
-            if any(_close(c, at) for c in candidates):
+        if index is not None:
+            # The scheduler knows where it is: this call is in its loop only if it is at that
+            # position (after the loop, or at another timestep, it is a call from outside).
+            if 0 <= index < n and any(_close(c, float(timesteps[index])) for c in candidates):
                 return index
+            return None
+        # Schedulers without an index never repeat a timestep: it finds the position.
         values = timesteps.detach().float().cpu()
         for c in candidates:
-            distance = (values - c).abs()
-            best = int(distance.argmin())
+            best = int((values - c).abs().argmin())
             if _close(c, float(values[best])):
                 return best
         return None

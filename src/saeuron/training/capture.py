@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from saeuron.models.denoising import DenoiseState, track_denoising
 from saeuron.models.hookpoints import resolve_module
 from saeuron.models.pipelines import load_pipeline
-from saeuron.models.sampling import SamplingConfig
+from saeuron.models.sampling import SamplingConfig, check_schedule, use_scheduler
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
     CFG_HALVES,
@@ -175,6 +175,7 @@ def cache_settings(cfg: CacheConfig, prompts: list[str]) -> dict[str, Any]:
         "dtype": cfg.dtype,
         "num_inference_steps": cfg.sampling.steps,
         "guidance_scale": cfg.sampling.guidance,
+        "scheduler": cfg.sampling.scheduler,
         "steps": cfg.step_indices(),
         "cfg_half": cfg.cfg_half,
         "tokens_per_image": cfg.tokens_per_image,
@@ -446,6 +447,8 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
 
     device = _device(cfg, state)
     pipe = load_pipeline(cfg.model, device, compute_dtype(device))
+    use_scheduler(pipe, cfg.sampling.scheduler)
+    check_schedule(pipe, cfg.sampling.steps)
     module = resolve_module(pipe, cfg.hookpoint)
     if plan is None and state.is_main_process:
         plan = _make_plan(pipe, module, cfg, prompts, settings)

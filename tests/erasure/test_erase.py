@@ -5,10 +5,12 @@ import logging
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 
 from saeuron.erasure.erase import attach, erase
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.models.hookpoints import resolve_module
+from saeuron.models.tiny import build_tiny_sd
 from saeuron.sae import Sae, SaeConfig
 from saeuron.utils.config import ConfigError
 
@@ -488,3 +490,72 @@ def test_two_pipelines_erase_at_once_in_one_process(sae) -> None:
     for i in range(2):
         assert together[i] is not None and np.array_equal(together[i], alone[i])
     assert not np.array_equal(alone[0], alone[1])
+
+
+def _micro_attention_sd():
+    """SD 1.x's block names on a UNet small enough to trace and compile in a test."""
+    pipe = build_tiny_sd()
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 8),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=2, norm_num_groups=4,
+    )  # fmt: skip
+    sae = Sae(SaeConfig(d_in=8, expansion_factor=8, k=4))
+    sae.meta["hookpoint"] = HOOK
+    return pipe, sae, ConceptFeatures.from_latents("c", list(range(0, 64, 3)), threshold=0.0)
+
+
+def test_the_hooked_unet_has_no_graph_break_on_the_dense_path() -> None:
+    pipe, sae, features = _micro_attention_sd()
+    pipe.scheduler.set_timesteps(3)
+    pipe._guidance_scale = 7.5  # what the tracker reads for the CFG batch
+    x, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    t = pipe.scheduler.timesteps[1]
+    breaks = {}
+    for path in ("auto", "sparse"):
+        torch._dynamo.reset()
+        with erase(pipe, sae, features, multiplier=-20.0, edit_path=path):
+            explained = torch._dynamo.explain(pipe.unet)(x, t, encoder_hidden_states=context)
+        breaks[path] = explained.graph_break_count
+    # Under compilation 'auto' takes the dense path; the sparse one asks the data for shapes.
+    assert breaks == {"auto": 0, "sparse": breaks["sparse"]} and breaks["sparse"] > 0
+
+
+@pytest.mark.parametrize("compile_first", [True, False])
+def test_compiled_unet_erases_as_eager_with_one_graph_for_every_step(compile_first) -> None:
+    pipe, sae, features = _micro_attention_sd()
+    per_step = ConceptFeatures(
+        "c",
+        indices=torch.tensor([[0, 3, 6], [9, 12, 15], [18, 21, 24]]),
+        mean=torch.ones(3, 3),
+        threshold=torch.zeros(3, 3),
+    )
+
+    def run(steps: int) -> np.ndarray:
+        out = pipe("a cat", num_inference_steps=steps, guidance_scale=7.5, height=16, width=16,
+                   generator=torch.Generator().manual_seed(0), output_type="latent").images
+        return out.detach().numpy()  # fmt: skip
+
+    with erase(pipe, sae, per_step, multiplier=-20.0):
+        eager = run(3)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager_unet = pipe.unet
+    if compile_first:  # diffusers' recipe: compile, then attach
+        pipe.unet = torch.compile(eager_unet, backend="aot_eager", fullgraph=True)
+        eraser = attach(pipe, sae, per_step, multiplier=-20.0)
+    else:
+        eraser = attach(pipe, sae, per_step, multiplier=-20.0)
+        pipe.unet = torch.compile(eager_unet, backend="aot_eager", fullgraph=True)
+    try:
+        compiled = run(3)
+        again = run(3)
+    finally:
+        eraser.remove()
+        pipe.unet = eager_unet
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
+    assert np.array_equal(compiled, again)
+    # Six calls at three steps, one graph: the step reaches it as a tensor, not a constant.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-from saeuron.erasure.erase import attach, erase
+from saeuron.erasure.erase import EraseConfig, EraseHandle, _EraseHook, attach, erase, timestep_row
 from saeuron.erasure.features import ConceptFeatures
+from saeuron.models.denoising import DenoiseState
 from saeuron.models.hookpoints import resolve_module
 from saeuron.models.tiny import build_tiny_sd
 from saeuron.sae import Sae, SaeConfig
@@ -233,8 +235,6 @@ def test_several_concepts_with_their_own_scales(tiny_sd, sae) -> None:
 def test_overlapping_latents_are_edited_once_by_the_strongest_concept(tiny_sd, sae) -> None:
     strong = ConceptFeatures.from_latents("strong", [0, 4, 8], mean=2.0, threshold=0.0)
     weak = ConceptFeatures.from_latents("weak", [4, 8, 12], mean=0.5, threshold=0.0)
-    from saeuron.erasure.erase import EraseConfig, EraseHandle, _EraseHook
-    from saeuron.models.denoising import DenoiseState
 
     hook = _EraseHook(
         sae,
@@ -345,9 +345,7 @@ def test_both_edit_paths_give_the_formulas_edit(tiny_sd, sae, path) -> None:
         a = sae.encode_dense(tokens)[:, idx]
     thresholds = [float(a[a > 0].quantile(q)) for q in (0.3, 0.6, 0.8, 0.9)]
     features = ConceptFeatures.from_latents("c", idx, mean=2.0, threshold=thresholds)
-    before, after = outputs_around_erase(
-        tiny_sd, sae, features, multiplier=-3.0, edit_path=path
-    )
+    before, after = outputs_around_erase(tiny_sd, sae, features, multiplier=-3.0, edit_path=path)
     thr = torch.tensor(thresholds)
     # The formula in float64, every token fully encoded.
     with torch.no_grad():
@@ -373,7 +371,6 @@ def test_both_edit_paths_sample_the_same_image(tiny_sd, sae) -> None:
 
 
 def test_a_call_outside_the_loop_uses_the_row_nearest_its_timestep(tiny_sd, sae) -> None:
-    from saeuron.erasure.erase import timestep_row
 
     per_row = ConceptFeatures(
         "c",
@@ -400,7 +397,6 @@ def test_a_call_outside_the_loop_uses_the_row_nearest_its_timestep(tiny_sd, sae)
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_pipelines_erase_with_the_sae_in_their_dtype(sae, dtype) -> None:
-    from saeuron.models.tiny import build_tiny_sd
 
     pipe = build_tiny_sd().to(dtype=dtype)
     kwargs = dict(num_inference_steps=3, guidance_scale=7.5, output_type="np")
@@ -417,9 +413,6 @@ def test_half_precision_pipelines_erase_with_the_sae_in_their_dtype(sae, dtype) 
 
 
 def test_attention_processors_do_not_change_the_edit(sae) -> None:
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-    from saeuron.models.tiny import build_tiny_sd
 
     pipe = build_tiny_sd()
     images = []
@@ -449,7 +442,6 @@ def test_a_users_step_callback_works_with_the_eraser_attached(tiny_sd, sae) -> N
 
 
 def test_model_cpu_offload_erases_as_without(sae) -> None:
-    from saeuron.models.tiny import build_tiny_sd
 
     reference = build_tiny_sd()
     with erase(reference, sae, many_latents(), multiplier=-20.0):
@@ -465,8 +457,6 @@ def test_model_cpu_offload_erases_as_without(sae) -> None:
 def test_two_pipelines_erase_at_once_in_one_process(sae) -> None:
     import threading
 
-    from saeuron.models.tiny import build_tiny_sd
-
     pipes = [build_tiny_sd(seed=0), build_tiny_sd(seed=1)]
     concepts = [many_latents("a", 0), many_latents("b", 1)]
     alone = []
@@ -476,6 +466,7 @@ def test_two_pipelines_erase_at_once_in_one_process(sae) -> None:
     together: list[np.ndarray | None] = [None, None]
     erasers = [attach(p, sae, c, multiplier=-20.0) for p, c in zip(pipes, concepts)]
     try:
+
         def run(i: int) -> None:
             together[i] = sample(pipes[i], steps=4)
 
@@ -534,8 +525,15 @@ def test_compiled_unet_erases_as_eager_with_one_graph_for_every_step(compile_fir
     )
 
     def run(steps: int) -> np.ndarray:
-        out = pipe("a cat", num_inference_steps=steps, guidance_scale=7.5, height=16, width=16,
-                   generator=torch.Generator().manual_seed(0), output_type="latent").images
+        out = pipe(
+            "a cat",
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            height=16,
+            width=16,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+        ).images
         return out.detach().numpy()  # fmt: skip
 
     with erase(pipe, sae, per_step, multiplier=-20.0):

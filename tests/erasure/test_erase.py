@@ -5,10 +5,14 @@ import logging
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-from saeuron.erasure.erase import attach, erase
+from saeuron.erasure.erase import EraseConfig, EraseHandle, _EraseHook, attach, erase, timestep_row
 from saeuron.erasure.features import ConceptFeatures
+from saeuron.models.denoising import DenoiseState
 from saeuron.models.hookpoints import resolve_module
+from saeuron.models.tiny import build_tiny_sd
 from saeuron.sae import Sae, SaeConfig
 from saeuron.utils.config import ConfigError
 
@@ -231,8 +235,6 @@ def test_several_concepts_with_their_own_scales(tiny_sd, sae) -> None:
 def test_overlapping_latents_are_edited_once_by_the_strongest_concept(tiny_sd, sae) -> None:
     strong = ConceptFeatures.from_latents("strong", [0, 4, 8], mean=2.0, threshold=0.0)
     weak = ConceptFeatures.from_latents("weak", [4, 8, 12], mean=0.5, threshold=0.0)
-    from saeuron.erasure.erase import EraseConfig, EraseHandle, _EraseHook
-    from saeuron.models.denoising import DenoiseState
 
     hook = _EraseHook(
         sae,
@@ -328,3 +330,230 @@ def test_attach_persists_until_removed_and_scales_change_between_calls(tiny_sd, 
     assert np.array_equal(sample(tiny_sd), plain)
     module = resolve_module(tiny_sd, HOOK)
     assert not module._forward_hooks and not tiny_sd.unet._forward_pre_hooks
+
+
+# -- the two edit paths, precision, devices and the diffusers features users turn on ----------
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_both_edit_paths_give_the_formulas_edit(tiny_sd, sae, path) -> None:
+    idx = [0, 4, 8, 12]
+    x, _ = outputs_around_erase(tiny_sd, sae, ConceptFeatures.from_latents("c", idx))
+    half = x.shape[0] // 2
+    tokens = x[half:].permute(0, 2, 3, 1).reshape(-1, 32)
+    with torch.no_grad():
+        a = sae.encode_dense(tokens)[:, idx]
+    thresholds = [float(a[a > 0].quantile(q)) for q in (0.3, 0.6, 0.8, 0.9)]
+    features = ConceptFeatures.from_latents("c", idx, mean=2.0, threshold=thresholds)
+    before, after = outputs_around_erase(tiny_sd, sae, features, multiplier=-3.0, edit_path=path)
+    thr = torch.tensor(thresholds)
+    # The formula in float64, every token fully encoded.
+    with torch.no_grad():
+        t64, a64 = tokens.double(), a.double()
+        expected = t64 + (torch.where(a > thr, -6.0 * a64, a64) - a64) @ sae.W_dec[idx].double()
+    got = after[half:].permute(0, 2, 3, 1).reshape(-1, 32)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+    spared = ~(a > thr).any(dim=1)
+    assert spared.any() and torch.equal(got[spared], tokens[spared])
+    assert torch.equal(before[:half], after[:half])
+
+
+def test_both_edit_paths_sample_the_same_image(tiny_sd, sae) -> None:
+    images = {}
+    for path in ("sparse", "dense"):
+        for error in ("exact", "paper"):
+            with erase(tiny_sd, sae, many_latents(), multiplier=-20.0, edit_path=path,
+                       error_term=error) as handle:  # fmt: skip
+                images[path, error] = sample(tiny_sd)
+            assert handle.edited_tokens > 0
+    for error in ("exact", "paper"):
+        np.testing.assert_allclose(images["sparse", error], images["dense", error], atol=1e-5)
+
+
+def test_a_call_outside_the_loop_uses_the_row_nearest_its_timestep(tiny_sd, sae) -> None:
+
+    per_row = ConceptFeatures(
+        "c",
+        indices=torch.tensor([[0, 4], [8, 12], [16, 20]]),
+        mean=torch.ones(3, 2),
+        threshold=torch.zeros(3, 2),
+        timesteps=torch.tensor([900.0, 500.0, 100.0]),
+    )
+    assert [timestep_row(per_row, t, 1000) for t in (999, 720, 480, 0)] == [0, 0, 1, 2]
+    bare = ConceptFeatures(**{**per_row.__dict__, "timesteps": None})
+    assert [timestep_row(bare, t, 1000) for t in (999, 500, 0)] == [0, 1, 2]
+    row_1 = ConceptFeatures.from_latents("c", [8, 12])
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    context = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1))
+    tiny_sd.scheduler.set_timesteps(3)
+    outs = []
+    for features in (per_row, row_1):
+        with torch.no_grad(), erase(tiny_sd, sae, features, multiplier=-20.0,
+                                    cfg_half="both") as handle:  # fmt: skip
+            outs.append(tiny_sd.unet(x, torch.tensor(480), encoder_hidden_states=context).sample)
+        assert handle.edited_tokens > 0
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_pipelines_erase_with_the_sae_in_their_dtype(sae, dtype) -> None:
+
+    pipe = build_tiny_sd().to(dtype=dtype)
+    kwargs = dict(num_inference_steps=3, guidance_scale=7.5, output_type="np")
+    try:
+        base = pipe("a cat", generator=torch.Generator().manual_seed(0), **kwargs).images
+    except RuntimeError as err:  # a CPU kernel missing for this dtype: not ours to test
+        pytest.skip(f"the stock pipeline does not run in {dtype} on this CPU: {err}")
+    with erase(pipe, sae, many_latents(), multiplier=-20.0) as handle:
+        erased = pipe("a cat", generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert handle.edited_tokens > 0
+    assert np.isfinite(erased).all() and np.abs(erased - base).mean() > 1e-3
+    # The SAE object is untouched; the hook computed with a copy in the activation's dtype.
+    assert sae.dtype == torch.float32 and (torch.device("cpu"), dtype) in handle._hook._weights
+
+
+def test_attention_processors_do_not_change_the_edit(sae) -> None:
+
+    pipe = build_tiny_sd()
+    images = []
+    for processor in (AttnProcessor2_0(), AttnProcessor()):  # SDPA, then the classic one
+        pipe.unet.set_attn_processor(processor)
+        with erase(pipe, sae, many_latents(), multiplier=-20.0) as handle:
+            images.append(sample(pipe))
+        assert handle.edited_tokens > 0
+    np.testing.assert_allclose(images[0], images[1], atol=1e-4)
+
+
+def test_a_users_step_callback_works_with_the_eraser_attached(tiny_sd, sae) -> None:
+    seen: list[int] = []
+
+    def callback(pipe, i, t, kwargs):
+        seen.append(i)
+        return {"latents": kwargs["latents"] * 1.0}  # callbacks may hand latents back
+
+    with erase(tiny_sd, sae, many_latents(), multiplier=-20.0) as handle:
+        plain = sample(tiny_sd)
+        with_callback = tiny_sd("a cat", num_inference_steps=3, guidance_scale=7.5,
+                                generator=torch.Generator().manual_seed(0), output_type="np",
+                                callback_on_step_end=callback,
+                                callback_on_step_end_tensor_inputs=["latents"]).images  # fmt: skip
+    assert seen == [0, 1, 2] and handle.edited_tokens > 0
+    assert np.array_equal(plain, with_callback)
+
+
+def test_model_cpu_offload_erases_as_without(sae) -> None:
+
+    reference = build_tiny_sd()
+    with erase(reference, sae, many_latents(), multiplier=-20.0):
+        expected = sample(reference)
+    pipe = build_tiny_sd()
+    pipe.enable_model_cpu_offload(device="cpu")
+    with erase(pipe, sae, many_latents(), multiplier=-20.0) as handle:
+        got = sample(pipe)
+    assert handle.edited_tokens > 0
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_two_pipelines_erase_at_once_in_one_process(sae) -> None:
+    import threading
+
+    pipes = [build_tiny_sd(seed=0), build_tiny_sd(seed=1)]
+    concepts = [many_latents("a", 0), many_latents("b", 1)]
+    alone = []
+    for pipe, concept in zip(pipes, concepts):
+        with erase(pipe, sae, concept, multiplier=-20.0):
+            alone.append(sample(pipe, steps=4))
+    together: list[np.ndarray | None] = [None, None]
+    erasers = [attach(p, sae, c, multiplier=-20.0) for p, c in zip(pipes, concepts)]
+    try:
+
+        def run(i: int) -> None:
+            together[i] = sample(pipes[i], steps=4)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for eraser in erasers:
+            eraser.remove()
+    for i in range(2):
+        assert together[i] is not None and np.array_equal(together[i], alone[i])
+    assert not np.array_equal(alone[0], alone[1])
+
+
+def _micro_attention_sd():
+    """SD 1.x's block names on a UNet small enough to trace and compile in a test."""
+    pipe = build_tiny_sd()
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 8),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=2, norm_num_groups=4,
+    )  # fmt: skip
+    sae = Sae(SaeConfig(d_in=8, expansion_factor=8, k=4))
+    sae.meta["hookpoint"] = HOOK
+    return pipe, sae, ConceptFeatures.from_latents("c", list(range(0, 64, 3)), threshold=0.0)
+
+
+def test_the_hooked_unet_has_no_graph_break_on_the_dense_path() -> None:
+    pipe, sae, features = _micro_attention_sd()
+    pipe.scheduler.set_timesteps(3)
+    pipe._guidance_scale = 7.5  # what the tracker reads for the CFG batch
+    x, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    t = pipe.scheduler.timesteps[1]
+    breaks = {}
+    for path in ("auto", "sparse"):
+        torch._dynamo.reset()
+        with erase(pipe, sae, features, multiplier=-20.0, edit_path=path):
+            explained = torch._dynamo.explain(pipe.unet)(x, t, encoder_hidden_states=context)
+        breaks[path] = explained.graph_break_count
+    # Under compilation 'auto' takes the dense path; the sparse one asks the data for shapes.
+    assert breaks == {"auto": 0, "sparse": breaks["sparse"]} and breaks["sparse"] > 0
+
+
+@pytest.mark.parametrize("compile_first", [True, False])
+def test_compiled_unet_erases_as_eager_with_one_graph_for_every_step(compile_first) -> None:
+    pipe, sae, features = _micro_attention_sd()
+    per_step = ConceptFeatures(
+        "c",
+        indices=torch.tensor([[0, 3, 6], [9, 12, 15], [18, 21, 24]]),
+        mean=torch.ones(3, 3),
+        threshold=torch.zeros(3, 3),
+    )
+
+    def run(steps: int) -> np.ndarray:
+        out = pipe(
+            "a cat",
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            height=16,
+            width=16,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+        ).images
+        return out.detach().numpy()  # fmt: skip
+
+    with erase(pipe, sae, per_step, multiplier=-20.0):
+        eager = run(3)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager_unet = pipe.unet
+    if compile_first:  # diffusers' recipe: compile, then attach
+        pipe.unet = torch.compile(eager_unet, backend="aot_eager", fullgraph=True)
+        eraser = attach(pipe, sae, per_step, multiplier=-20.0)
+    else:
+        eraser = attach(pipe, sae, per_step, multiplier=-20.0)
+        pipe.unet = torch.compile(eager_unet, backend="aot_eager", fullgraph=True)
+    try:
+        compiled = run(3)
+        again = run(3)
+    finally:
+        eraser.remove()
+        pipe.unet = eager_unet
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
+    assert np.array_equal(compiled, again)
+    # Six calls at three steps, one graph: the step reaches it as a tensor, not a constant.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

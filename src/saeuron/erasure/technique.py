@@ -20,7 +20,12 @@ from saeuron.erasure.features import ConceptFeatures
 from saeuron.models.bundles import bundle_names, find_bundle
 from saeuron.models.defaults import KNOWN_MODELS, model_defaults
 from saeuron.models.pipelines import load_pipeline
-from saeuron.models.sampling import SamplingConfig, seed_generators
+from saeuron.models.sampling import (
+    SamplingConfig,
+    check_schedule,
+    seed_generators,
+    use_scheduler,
+)
 from saeuron.sae import Sae
 from saeuron.utils.config import Config, ConfigError, field
 
@@ -135,6 +140,8 @@ class SAeUron:
             )
 
         self.pipe = load_pipeline(cfg.model, device=self.device, dtype=self.dtype)
+        use_scheduler(self.pipe, cfg.sampling.scheduler)
+        check_schedule(self.pipe, cfg.sampling.steps)
         self.sae = Sae.from_pretrained(sae_id, hookpoint=hookpoint, device=self.device)
         self.hookpoint = hookpoint or self.sae.meta.get("hookpoint")
         if self.hookpoint is None:
@@ -209,6 +216,8 @@ class SAeUron:
             # replace() reruns the config's checks, so per-call values are held to the same rules.
             cfg = cfg.replace(**overrides)
         sampling = cfg.sampling
+        if num_inference_steps is not None:
+            check_schedule(self.pipe, sampling.steps)
         images: list[Any] = []
         for start in range(0, len(prompts), sampling.batch_size):
             batch = prompts[start : start + sampling.batch_size]

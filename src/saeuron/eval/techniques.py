@@ -32,7 +32,7 @@ from saeuron.eval.saemnesia_published import (
 )
 from saeuron.models.bundles import find_bundle
 from saeuron.models.pipelines import load_pipeline
-from saeuron.models.sampling import SamplingConfig, seed_generators
+from saeuron.models.sampling import SamplingConfig, seed_generators, use_scheduler
 from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.files import SUPERVISED_FEATURES_DIR
 from saeuron.utils.hub import snapshot
@@ -105,6 +105,7 @@ class PlainTechnique:
         self.pipe = load_pipeline(
             config.model, device=device, dtype=config.sampling.dtype_for(device)
         )
+        use_scheduler(self.pipe, config.sampling.scheduler)
         self.negative = negative
 
     def _sample(self, prompts: list[str], seeds: list[int], negative: str | None) -> list[Any]:

@@ -8,14 +8,24 @@ Diffusion's), so MiniCanvas samples at its 20 steps and SD 1.4 at 50 without bei
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers import DDIMScheduler
 
 from saeuron.models.defaults import model_defaults
 from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.devices import check_device, resolve_device, sampling_dtype
+
+logger = logging.getLogger(__name__)
+
+SCHEDULERS = ("ddim", "pipeline")
+"""``ddim``: DDIM on the model's own noise schedule, as the published SAeUron code samples;
+``pipeline``: the scheduler the pipeline ships with (PNDM for SD 1.x, Euler for SDXL, ...)."""
 
 MAX_SIDE = 4096
 """Largest image side accepted (pixels): beyond it a UNet step needs hundreds of GB."""
@@ -36,6 +46,13 @@ class SamplingConfig(Config):
         True, help="half precision where it is fast (CUDA, MPS); the CPU always runs float32"
     )
     device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: CUDA, MPS, CPU")
+    scheduler: str = field(
+        "ddim",
+        choices=SCHEDULERS,
+        help="'ddim': DDIM on the model's own noise schedule (betas, spacing, offset), as the "
+        "published SAeUron code samples; 'pipeline': the model's own scheduler (SD 1.x: PNDM, "
+        "SDXL: Euler, SDXL-Turbo: Euler ancestral). Flow-matching models keep theirs",
+    )
     seed: int = field(0, ge=0, le=2**63 - 1, help="prompt i samples with seed + i")
     batch_size: int = field(4, ge=1, le=4096, help="prompts per pipeline call")
     height: int | None = field(
@@ -102,3 +119,74 @@ class SamplingConfig(Config):
 def seed_generators(seeds: list[int] | range) -> list[torch.Generator]:
     """One CPU generator per image: its noise depends on its seed only, on every device."""
     return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+def _is_flow_matching(scheduler: Any) -> bool:
+    # DDIM needs a discrete noise schedule (betas); flow-matching schedulers have none.
+    return "beta_schedule" not in scheduler.config and "trained_betas" not in scheduler.config
+
+
+def scheduler_for(pipe: Any, name: str) -> Any:
+    """The scheduler ``name`` (one of :data:`SCHEDULERS`) samples ``pipe`` with.
+
+    ``ddim`` builds a DDIM scheduler from the pipeline's own config, so the betas, the
+    timestep spacing, the offset and the prediction type stay the model's. A pipeline that
+    already samples with DDIM, or a flow-matching one (no betas), keeps its scheduler.
+    """
+    if name not in SCHEDULERS:
+        raise ConfigError("scheduler", f"got {name!r}; allowed: {', '.join(SCHEDULERS)}")
+    current = pipe.scheduler
+    if name == "pipeline" or isinstance(current, DDIMScheduler):
+        return current
+    if _is_flow_matching(current):
+        logger.warning(
+            "scheduler 'ddim': %s is a flow-matching scheduler, DDIM does not apply; "
+            "sampling with it",
+            type(current).__name__,
+        )
+        return current
+    return DDIMScheduler.from_config(current.config)
+
+
+def use_scheduler(pipe: Any, name: str) -> Any:
+    """Make ``pipe`` sample with the scheduler ``name`` from now on; returns ``pipe``."""
+    pipe.scheduler = scheduler_for(pipe, name)
+    return pipe
+
+
+@contextmanager
+def sampling_with(pipe: Any, name: str) -> Iterator[Any]:
+    """``pipe`` samples with the scheduler ``name`` inside the block, with its own after."""
+    before = pipe.scheduler
+    pipe.scheduler = scheduler_for(pipe, name)
+    try:
+        yield pipe
+    finally:
+        pipe.scheduler = before
+
+
+def check_schedule(pipe: Any, num_inference_steps: int) -> None:
+    """Refuse, before sampling, a step count the pipeline's scheduler cannot run.
+
+    Schedules with ``steps_offset`` 1 (Stable Diffusion's) reach timestep 1000 at 1000 steps,
+    one past the training range (DDIM, PNDM and DDPM then fail inside diffusers); LCM runs
+    at most its distillation's step count.
+    """
+    scheduler = pipe.scheduler
+    trial = type(scheduler).from_config(scheduler.config)
+    try:
+        trial.set_timesteps(num_inference_steps)
+    except ValueError as err:
+        raise ConfigError(
+            "num_inference_steps", f"got {num_inference_steps}; {type(scheduler).__name__}: {err}"
+        ) from err
+    train = int(getattr(scheduler.config, "num_train_timesteps", 0) or 0)
+    timesteps = getattr(trial, "timesteps", None)
+    if train and timesteps is not None and len(timesteps) and float(timesteps.max()) >= train:
+        most = num_inference_steps - 1
+        raise ConfigError(
+            "num_inference_steps",
+            f"got {num_inference_steps}; {type(scheduler).__name__} with steps_offset "
+            f"{scheduler.config.get('steps_offset', 0)} would reach timestep "
+            f"{int(timesteps.max())}, outside the {train} training timesteps; at most {most}",
+        )

@@ -6,6 +6,9 @@ real thing, so hooks run for real on them.
 
 from __future__ import annotations
 
+from typing import Any
+
+import diffusers
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -18,7 +21,92 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from saeuron.models.tokenizer import clip_tokenizer
 
-TINY_MODELS = ("tiny-sd", "tiny-sdxl")
+PUBLISHED_SCHEDULERS: dict[str, dict[str, Any]] = {
+    # CompVis/stable-diffusion-v1-4: scheduler/scheduler_config.json
+    "sd14": {
+        "_class_name": "PNDMScheduler",
+        "_diffusers_version": "0.7.0.dev0",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "num_train_timesteps": 1000,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "trained_betas": None,
+        "clip_sample": False,
+    },
+    # stabilityai/stable-diffusion-2-1: scheduler/scheduler_config.json
+    "sd21": {
+        "_class_name": "DDIMScheduler",
+        "_diffusers_version": "0.8.0",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "num_train_timesteps": 1000,
+        "prediction_type": "v_prediction",
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "trained_betas": None,
+    },
+    # stabilityai/stable-diffusion-xl-base-1.0: scheduler/scheduler_config.json
+    "sdxl-base": {
+        "_class_name": "EulerDiscreteScheduler",
+        "_diffusers_version": "0.19.0.dev0",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "interpolation_type": "linear",
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "sample_max_value": 1.0,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+        "trained_betas": None,
+        "use_karras_sigmas": False,
+    },
+    # stabilityai/sdxl-turbo: scheduler/scheduler_config.json (1-4 steps, no CFG)
+    "sdxl-turbo": {
+        "_class_name": "EulerAncestralDiscreteScheduler",
+        "_diffusers_version": "0.24.0.dev0",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "interpolation_type": "linear",
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "sample_max_value": 1.0,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "timestep_spacing": "trailing",
+        "trained_betas": None,
+    },
+}
+"""The schedulers the stock pipelines publish, as their ``scheduler_config.json`` files
+hold them: tiny pipelines carry them so tests sample exactly as those models do."""
+
+TINY_PUBLISHED = {
+    "tiny-sd14": ("tiny-sd", "sd14"),
+    "tiny-sd21": ("tiny-sd", "sd21"),
+    "tiny-sdxl-base": ("tiny-sdxl", "sdxl-base"),
+    "tiny-sdxl-turbo": ("tiny-sdxl", "sdxl-turbo"),
+}
+"""Tiny pipelines with a published model's scheduler: name -> (architecture, scheduler)."""
+
+TINY_MODELS = ("tiny-sd", "tiny-sdxl", *TINY_PUBLISHED)
+
+
+def published_scheduler(name: str) -> Any:
+    """The scheduler a stock pipeline ships with (a key of :data:`PUBLISHED_SCHEDULERS`)."""
+    config = PUBLISHED_SCHEDULERS[name]
+    return getattr(diffusers, config["_class_name"]).from_config(config)
 
 
 def sd_ddim_scheduler() -> DDIMScheduler:
@@ -133,6 +221,11 @@ def build_tiny_sdxl(seed: int = 0):
 
 
 def build_tiny(name: str, seed: int = 0):
+    if name in TINY_PUBLISHED:
+        architecture, scheduler = TINY_PUBLISHED[name]
+        pipe = build_tiny(architecture, seed)
+        pipe.scheduler = published_scheduler(scheduler)
+        return pipe
     if name == "tiny-sd":
         return build_tiny_sd(seed)
     if name == "tiny-sdxl":

@@ -46,7 +46,7 @@ def seed_procedure(
 
         def keep(mod: Any, args: Any, kwargs: Any, output: Any) -> None:
             nonlocal total, count
-            if state.step != read_step:
+            if state.step != read_step or state.substep:
                 return
             out = output_tensor(output)
             x = to_tokens(out[conditional_rows(out.shape[0], state.cfg, "cond")])

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from saeuron.models.denoising import DenoiseState, track_denoising
 from saeuron.models.hookpoints import resolve_module
 from saeuron.models.pipelines import load_pipeline
-from saeuron.models.sampling import SamplingConfig
+from saeuron.models.sampling import SamplingConfig, check_schedule, use_scheduler
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
     CFG_HALVES,
@@ -187,6 +187,7 @@ def cache_settings(cfg: CacheConfig, prompts: list[str]) -> dict[str, Any]:
         "dtype": cfg.dtype,
         "num_inference_steps": cfg.sampling.steps,
         "guidance_scale": cfg.sampling.guidance,
+        "scheduler": cfg.sampling.scheduler,
         "steps": cfg.step_indices(),
         "cfg_half": cfg.cfg_half,
         "tokens_per_image": cfg.tokens_per_image,
@@ -244,6 +245,8 @@ def _probe(pipe: Any, module: nn.Module, cfg: CacheConfig, prompt: str) -> tuple
     with track_denoising(pipe) as state:
 
         def hook(mod: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+            if state.substep:
+                return  # a second-order scheduler's second call of the step
             x = _site_tokens(output, args, kwargs, cfg.activation_site)
             rows = conditional_rows(x.shape[0], state.cfg, cfg.cfg_half)
             shapes.append((len(range(x.shape[0])[rows]), x.shape[1], x.shape[2]))
@@ -305,7 +308,8 @@ class _Recorder:
 
     def __call__(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
         step = self.state.step
-        if step not in self.steps:
+        # One record per step: a second-order scheduler's second call is not a new step.
+        if step not in self.steps or self.state.substep:
             return
         x = _site_tokens(output, args, kwargs, self.cfg.activation_site)
         x = x[conditional_rows(x.shape[0], self.state.cfg, self.cfg.cfg_half)]
@@ -454,6 +458,8 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
 
     device = _device(cfg, state)
     pipe = load_pipeline(cfg.model, device, compute_dtype(device))
+    use_scheduler(pipe, cfg.sampling.scheduler)
+    check_schedule(pipe, cfg.sampling.steps)
     module = resolve_module(pipe, cfg.hookpoint)
     if plan is None and state.is_main_process:
         plan = _make_plan(pipe, module, cfg, prompts, settings)
@@ -491,8 +497,9 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
     def stop_after_last_step(
         pipeline: Any, i: int, t: Any, tensors: dict[str, Any]
     ) -> dict[str, Any]:
-        # Later steps are never recorded: skip their UNet calls.
-        if i >= last_step:
+        # Later steps are never recorded: skip their UNet calls. The step is the tracker's,
+        # not the loop index ``i`` (PNDM and Heun run more loop iterations than steps).
+        if denoise.step >= last_step:
             pipeline._interrupt = True
         return {}
 

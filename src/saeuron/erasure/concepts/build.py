@@ -32,7 +32,12 @@ from saeuron.erasure.concepts.select import (
 from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.models.pipelines import load_pipeline
-from saeuron.models.sampling import SamplingConfig
+from saeuron.models.sampling import (
+    SamplingConfig,
+    check_schedule,
+    sampling_with,
+    use_scheduler,
+)
 from saeuron.models.tokens import ACTIVATION_SITES, CFG_HALVES
 from saeuron.sae import Sae
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
@@ -157,6 +162,7 @@ class _LazyPipeline:
     def get(self) -> Any:
         if self.pipe is None:
             self.pipe = load_pipeline(self.cfg.model, device=self.cfg.sampling.device)
+            use_scheduler(self.pipe, self.cfg.sampling.scheduler)
         return self.pipe
 
 
@@ -186,6 +192,7 @@ def build_concept(
         "hookpoint": hookpoint,
         "num_inference_steps": cfg.sampling.steps,
         "guidance_scale": cfg.sampling.guidance,
+        "scheduler": cfg.sampling.scheduler,
         "seed": cfg.sampling.seed,
         "cfg_half": cfg.cfg_half,
         "activation_site": site,
@@ -197,21 +204,28 @@ def build_concept(
         key = stats_cache_key(**shared, concept=concept, prompts=prompts, steps=steps)
 
         def compute() -> ConceptStats:
-            stats = collect_stats(
-                lazy.get(),
-                sae,
-                prompts,
-                concept=concept,
-                hookpoint=hookpoint,
-                num_inference_steps=cfg.sampling.steps,
-                guidance_scale=cfg.sampling.guidance,
-                seed=cfg.sampling.seed,
-                cfg_half=cfg.cfg_half,
-                steps=steps,
-                batch_size=cfg.sampling.batch_size,
-                activation_site=site,
+            pipe = lazy.get()
+            # A pipeline handed in keeps its own scheduler once the statistics are taken.
+            with sampling_with(pipe, cfg.sampling.scheduler):
+                check_schedule(pipe, cfg.sampling.steps)
+                stats = collect_stats(
+                    pipe,
+                    sae,
+                    prompts,
+                    concept=concept,
+                    hookpoint=hookpoint,
+                    num_inference_steps=cfg.sampling.steps,
+                    guidance_scale=cfg.sampling.guidance,
+                    seed=cfg.sampling.seed,
+                    cfg_half=cfg.cfg_half,
+                    steps=steps,
+                    batch_size=cfg.sampling.batch_size,
+                    activation_site=site,
+                )
+                used = type(pipe.scheduler).__name__
+            stats.meta.update(
+                model=cfg.model, sae=str(sae.meta.get("source", cfg.sae)), scheduler=used
             )
-            stats.meta.update(model=cfg.model, sae=str(sae.meta.get("source", cfg.sae)))
             return stats
 
         return cache.get_or_compute(key, concept, compute)

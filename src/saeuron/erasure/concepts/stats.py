@@ -177,7 +177,8 @@ def collect_stats(
         def hook(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             nonlocal schedule_warned
             row = row_of.get(state.step)
-            if row is None:
+            # One record per step: a second-order scheduler's second call is not a new step.
+            if row is None or state.substep:
                 return
             if state.num_steps != num_inference_steps and not schedule_warned:
                 logger.warning(

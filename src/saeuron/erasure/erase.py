@@ -208,8 +208,8 @@ class _EraseHook:
         plan = self.plan(self.state.step, self.state.num_steps)
         if plan is None and self.cfg.error_term == "exact":
             return None
-        out = output_tensor(output)
-        site = out - input_tensor(args, kwargs) if self.site == "update" else out
+        out = output_tensor(module, output)
+        site = out - input_tensor(module, args, kwargs) if self.site == "update" else out
         rows = conditional_rows(out.shape[0], self.state.cfg, self.cfg.cfg_half)
         tokens = to_tokens(site[rows])
         flat = tokens.reshape(-1, tokens.shape[-1])
@@ -222,7 +222,7 @@ class _EraseHook:
         delta = from_tokens(delta.to(out.dtype).reshape(tokens.shape), site[rows])
         new = out.clone()
         new[rows] = new[rows] + delta
-        return replace_output(output, new)
+        return replace_output(module, output, new)
 
     def _exact_delta(self, flat: Tensor, plan: StepPlan | None) -> Tensor | None:
         if plan is None:

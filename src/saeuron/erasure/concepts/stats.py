@@ -187,8 +187,8 @@ def collect_stats(
                     num_inference_steps,
                 )
                 schedule_warned = True
-            out = output_tensor(output)
-            site = out - input_tensor(args, kwargs) if activation_site == "update" else out
+            out = output_tensor(mod, output)
+            site = out - input_tensor(mod, args, kwargs) if activation_site == "update" else out
             part = to_tokens(site[conditional_rows(out.shape[0], state.cfg, cfg_half)])
             b, t, _ = part.shape
             top = sae.encode(part)

@@ -40,3 +40,33 @@ def tiny_sdxl():
     from saeuron.models.tiny import build_tiny_sdxl
 
     return build_tiny_sdxl()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3():
+    from saeuron.models.tiny import build_tiny_sd3
+
+    return build_tiny_sd3()
+
+
+@pytest.fixture(scope="session")
+def tiny_flux():
+    from saeuron.models.tiny import build_tiny_flux
+
+    return build_tiny_flux()
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart():
+    from saeuron.models.tiny import build_tiny_pixart
+
+    return build_tiny_pixart()
+
+
+@pytest.fixture
+def loop_tracker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step tracking by the pipeline's loop position (see tests/helpers/loop_tracker.py):
+    what FLUX and PixArt need until the project's tracker reads it."""
+    from helpers.loop_tracker import use_loop_tracker
+
+    use_loop_tracker(monkeypatch)

@@ -40,3 +40,24 @@ def tiny_sdxl():
     from saeuron.models.tiny import build_tiny_sdxl
 
     return build_tiny_sdxl()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3():
+    from saeuron.models.tiny import build_tiny_sd3
+
+    return build_tiny_sd3()
+
+
+@pytest.fixture(scope="session")
+def tiny_flux():
+    from saeuron.models.tiny import build_tiny_flux
+
+    return build_tiny_flux()
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart():
+    from saeuron.models.tiny import build_tiny_pixart
+
+    return build_tiny_pixart()

@@ -142,12 +142,14 @@ def test_img2img_steps_are_positions_in_the_full_schedule(micro) -> None:
         pipe.scheduler = _scheduler(name)
         calls = []
         with track_denoising(pipe) as state:
-            pipe.unet.register_forward_pre_hook(lambda m, a: calls.append(state.step))
+            handle = pipe.unet.register_forward_pre_hook(
+                lambda m, a, calls=calls, state=state: calls.append(state.step)
+            )
             try:
                 pipe("a", image=torch.zeros(1, 3, 16, 16), strength=0.5, num_inference_steps=10,
                      guidance_scale=1.0, output_type="latent")  # fmt: skip
             finally:
-                pipe.unet._forward_pre_hooks.popitem()
+                handle.remove()
         assert calls == list(range(5, 10)), name
 
 

@@ -376,7 +376,7 @@ class _EraseHook:
         if not self.enabled:
             return None
         state = self.state
-        out = output_tensor(output)
+        out = output_tensor(module, output)
         dtype = out.dtype if out.dtype.is_floating_point else self.sae.dtype
         dense = self._dense(out)
         exact = self.cfg.error_term == "exact"
@@ -402,7 +402,7 @@ class _EraseHook:
                 selection = (plan.indices, plan.scale, plan.threshold)
         if selection is None and exact:
             return None
-        site = out - input_tensor(args, kwargs) if self.site == "update" else out
+        site = out - input_tensor(module, args, kwargs) if self.site == "update" else out
         rows_ = conditional_rows(out.shape[0], state.cfg, self.cfg.cfg_half)
         tokens = to_tokens(site[rows_])
         flat = tokens.reshape(-1, tokens.shape[-1]).to(dtype)
@@ -421,7 +421,7 @@ class _EraseHook:
         delta = from_tokens(delta.to(out.dtype).reshape(tokens.shape), site[rows_])
         new = out.clone()
         new[rows_] = new[rows_] + delta
-        return replace_output(output, new)
+        return replace_output(module, output, new)
 
     def _standardise(self, flat: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         if not self.sae.cfg.input_unit_norm:

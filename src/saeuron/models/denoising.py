@@ -29,7 +29,10 @@ at each call, where the pipeline stands in its sampling loop:
   keeps its index tells such calls apart by it; with DDIM or DDPM, which keep none, a call
   outside the loop at one of the schedule's own timesteps reads as that step.
 
-It also reads from the pipeline whether the batch is a classifier-free-guidance pair.
+It also reads from the pipeline whether the batch is a classifier-free-guidance pair: the
+pipeline's ``do_classifier_free_guidance`` property where it has one, else (PixArt, whose
+CFG is a local ``guidance_scale > 1``) the ``do_classifier_free_guidance`` argument its
+``encode_prompt`` was last called with.
 The pre-hook runs eagerly (``torch.compiler.disable``): under ``torch.compile`` the state is
 read outside the graph, and :attr:`DenoiseState.step_tensor` hands the step to compiled code
 as a tensor, so a new step does not recompile it.
@@ -37,6 +40,8 @@ as a tensor, so a new step does not recompile it.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -140,7 +145,44 @@ class DenoiseTracker:
         self._first: list[int] = []
         self._num_steps = 0
         self._step_tensors: dict[torch.device, Tensor] = {}
+        self._prompt_cfg: bool | None = None
+        self._restore_encode_prompt = self._watch_encode_prompt(pipe)
         self._handle = denoiser(pipe).register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+
+    def _watch_encode_prompt(self, pipe: Any) -> Callable[[], None] | None:
+        """Read CFG from ``encode_prompt``'s argument on pipelines without the property."""
+        if hasattr(type(pipe), "do_classifier_free_guidance"):
+            return None
+        original = getattr(pipe, "encode_prompt", None)
+        if original is None:
+            return None
+        try:
+            signature = inspect.signature(original)
+        except (TypeError, ValueError):
+            return None
+        if "do_classifier_free_guidance" not in signature.parameters:
+            return None
+        shadowed = pipe.__dict__.get("encode_prompt")
+
+        # functools.wraps keeps the signature pipelines may inspect.
+        @functools.wraps(original)
+        def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind_partial(*args, **kwargs)
+            bound.apply_defaults()
+            self._prompt_cfg = bool(bound.arguments["do_classifier_free_guidance"])
+            return original(*args, **kwargs)
+
+        # An instance attribute shadows the class's method for this pipeline only; trackers
+        # nest (an eraser inside a capture), each restoring what it found.
+        pipe.encode_prompt = encode_prompt
+
+        def restore() -> None:
+            if shadowed is None:
+                pipe.__dict__.pop("encode_prompt", None)
+            else:
+                pipe.__dict__["encode_prompt"] = shadowed
+
+        return restore
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -184,7 +226,10 @@ class DenoiseTracker:
         state, pipe = self.state, self.pipe
         scheduler = pipe.scheduler
         t = _timestep_arg(args, kwargs)
-        state.cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
+        if self._restore_encode_prompt is not None:
+            state.cfg = bool(self._prompt_cfg)
+        else:
+            state.cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
         if t is None:
             t_value = float("nan")
         else:
@@ -222,6 +267,9 @@ class DenoiseTracker:
 
     def remove(self) -> None:
         self._handle.remove()
+        if self._restore_encode_prompt is not None:
+            self._restore_encode_prompt()
+            self._restore_encode_prompt = None
 
 
 @contextmanager

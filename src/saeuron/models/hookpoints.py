@@ -1,5 +1,6 @@
 """Where the SAE reads: hookpoints are module paths of the pipeline, e.g.
-``unet.up_blocks.1.attentions.1``."""
+``unet.up_blocks.1.attentions.1`` (Stable Diffusion) or ``transformer.transformer_blocks.7``
+(SD3, FLUX, PixArt)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from typing import Any
 from torch import nn
 
 from saeuron.models.denoiser import denoiser, denoiser_name
+from saeuron.models.tokens import DIT_BLOCKS, UNET_BLOCKS, block_layout
 from saeuron.utils.errors import ConfigError
 
 
 def resolve_module(pipe: Any, hookpoint: str) -> nn.Module:
     """``unet.up_blocks.1.attentions.1`` -> that module of ``pipe`` (a path inside the
-    denoiser without its first name works too)."""
+    denoiser without its first name works too). A block whose output layout cannot be read
+    is refused here, before any sampling."""
     head, _, rest = hookpoint.partition(".")
     root = getattr(pipe, head, None)
     if isinstance(root, nn.Module):
@@ -21,20 +24,33 @@ def resolve_module(pipe: Any, hookpoint: str) -> nn.Module:
     else:
         root, path = denoiser(pipe), hookpoint
     try:
-        return root.get_submodule(path) if path else root
+        module = root.get_submodule(path) if path else root
     except AttributeError:
         raise ConfigError(
             "hookpoint",
-            f"{hookpoint!r} is not a module of this pipeline; attention blocks here: "
-            + ", ".join(list_hookpoints(pipe)[:12]),
+            f"{hookpoint!r} is not a module of this pipeline; blocks here: "
+            + _shown(list_hookpoints(pipe)),
         ) from None
+    block_layout(module)
+    return module
+
+
+def _shown(names: list[str], most: int = 12) -> str:
+    if len(names) <= most:
+        return ", ".join(names)
+    return ", ".join(names[:most]) + f", ... ({len(names)} in all)"
 
 
 def list_hookpoints(pipe: Any) -> list[str]:
-    """Names of the denoiser's transformer blocks, the places SAEs are trained on."""
+    """Names of the denoiser's blocks, the places SAEs are trained on: a UNet's attention
+    blocks (``Transformer2DModel``) or a transformer's blocks, one entry per block of its
+    block lists (``transformer_blocks.N``, FLUX's ``single_transformer_blocks.N``)."""
     name = denoiser_name(pipe)
-    return [
-        f"{name}.{path}"
-        for path, module in denoiser(pipe).named_modules()
-        if type(module).__name__ in ("Transformer2DModel", "SpatialTransformer")
-    ]
+    found = []
+    for path, module in denoiser(pipe).named_modules():
+        kind = type(module).__name__
+        # A DiT's blocks sit directly in a top-level list ("transformer_blocks.3"); the
+        # same classes nested inside a UNet's attention blocks are not separate hookpoints.
+        if kind in UNET_BLOCKS or (kind in DIT_BLOCKS and path.count(".") == 1):
+            found.append(f"{name}.{path}")
+    return found

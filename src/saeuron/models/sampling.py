@@ -139,7 +139,7 @@ def scheduler_for(pipe: Any, name: str) -> Any:
     if name == "pipeline" or isinstance(current, DDIMScheduler):
         return current
     if _is_flow_matching(current):
-        logger.warning(
+        logger.info(
             "scheduler 'ddim': %s is a flow-matching scheduler, DDIM does not apply; "
             "sampling with it",
             type(current).__name__,
@@ -173,6 +173,10 @@ def check_schedule(pipe: Any, num_inference_steps: int) -> None:
     at most its distillation's step count.
     """
     scheduler = pipe.scheduler
+    if _is_flow_matching(scheduler):
+        # Sigmas in (0, 1], timesteps sigma x 1000: any step count runs (FLUX's also needs
+        # the image's size to set its timesteps).
+        return
     trial = type(scheduler).from_config(scheduler.config)
     try:
         trial.set_timesteps(num_inference_steps)

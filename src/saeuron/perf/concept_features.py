@@ -48,7 +48,7 @@ def seed_procedure(
             nonlocal total, count
             if state.step != read_step or state.substep:
                 return
-            out = output_tensor(output)
+            out = output_tensor(module, output)
             x = to_tokens(out[conditional_rows(out.shape[0], state.cfg, "cond")])
             with torch.no_grad():
                 codes = sae.encode_dense(x.reshape(-1, x.shape[-1]))

@@ -247,7 +247,7 @@ def _probe(pipe: Any, module: nn.Module, cfg: CacheConfig, prompt: str) -> tuple
         def hook(mod: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
             if state.substep:
                 return  # a second-order scheduler's second call of the step
-            x = _site_tokens(output, args, kwargs, cfg.activation_site)
+            x = _site_tokens(mod, output, args, kwargs, cfg.activation_site)
             rows = conditional_rows(x.shape[0], state.cfg, cfg.cfg_half)
             shapes.append((len(range(x.shape[0])[rows]), x.shape[1], x.shape[2]))
 
@@ -275,10 +275,12 @@ def _probe(pipe: Any, module: nn.Module, cfg: CacheConfig, prompt: str) -> tuple
     return n_tokens, d_in, rows
 
 
-def _site_tokens(output: Any, args: Any, kwargs: dict[str, Any], site: str) -> Tensor:
-    x = to_tokens(output_tensor(output))
+def _site_tokens(
+    module: nn.Module, output: Any, args: Any, kwargs: dict[str, Any], site: str
+) -> Tensor:
+    x = to_tokens(output_tensor(module, output))
     if site == "update":
-        before = to_tokens(input_tensor(args, kwargs))
+        before = to_tokens(input_tensor(module, args, kwargs))
         if before.shape != x.shape:
             raise ConfigError(
                 "activation_site",
@@ -311,7 +313,7 @@ class _Recorder:
         # One record per step: a second-order scheduler's second call is not a new step.
         if step not in self.steps or self.state.substep:
             return
-        x = _site_tokens(output, args, kwargs, self.cfg.activation_site)
+        x = _site_tokens(module, output, args, kwargs, self.cfg.activation_site)
         x = x[conditional_rows(x.shape[0], self.state.cfg, self.cfg.cfg_half)]
         n = len(self.prompt_ids)
         if n == 0 or x.shape[0] % n:

@@ -9,6 +9,7 @@ tokens, then over prompts (SAeUron, section 3)::
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Sequence
@@ -188,8 +189,8 @@ def collect_stats(
                     num_inference_steps,
                 )
                 schedule_warned = True
-            out = output_tensor(output)
-            site = out - input_tensor(args, kwargs) if activation_site == "update" else out
+            out = output_tensor(mod, output)
+            site = out - input_tensor(mod, args, kwargs) if activation_site == "update" else out
             part = to_tokens(site[conditional_rows(out.shape[0], state.cfg, cfg_half)])
             b, t, _ = part.shape
             top = sae.encode(part)
@@ -214,7 +215,11 @@ def collect_stats(
                 p._interrupt = True
             return {}
 
-        stop_early = needed[-1] < num_inference_steps - 1
+        # Pipelines without step callbacks (PixArt) sample every step; only rows in
+        # ``needed`` are recorded either way.
+        takes_callback = "callback_on_step_end" in inspect.signature(pipe.__call__).parameters
+        stop_early = needed[-1] < num_inference_steps - 1 and takes_callback
+        early = {"callback_on_step_end": on_step_end} if stop_early else {}
         removable = module.register_forward_hook(hook, with_kwargs=True)
         bar = tqdm(total=len(prompts), desc=f"stats {concept}", unit="prompt", disable=not progress)
         try:
@@ -231,7 +236,7 @@ def collect_stats(
                         guidance_scale=guidance_scale,
                         generator=generators,
                         output_type="latent",
-                        callback_on_step_end=on_step_end if stop_early else None,
+                        **early,
                     )
                 except _StopSampling:
                     pass

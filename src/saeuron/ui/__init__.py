@@ -15,7 +15,7 @@ import importlib.util
 import logging
 from typing import Any
 
-from saeuron.ui.config import UiConfig
+from saeuron.ui.config import UiConfig, check_address
 from saeuron.ui.page import build_app, launch
 from saeuron.ui.studio import Studio
 
@@ -34,7 +34,10 @@ def serve(cfg: UiConfig, block: bool = True) -> Any:
     """Load the model once, build the page and serve it on ``cfg.host:cfg.port``.
 
     Returns the gradio app (with ``block=False`` the server runs in a thread, for tests).
+    The address is checked before the model loads: a port in use or a host that is not this
+    machine's is a one-line error, not a traceback after a minute of loading.
     """
+    check_address(cfg.host, cfg.port)
     studio = Studio(cfg)
     studio.warm_up()
     app = build_app(studio)

@@ -96,16 +96,25 @@ def quiet_third_parties() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings(
-        "ignore", category=UserWarning, module=r"(diffusers|transformers|torch)"
+        "ignore", category=UserWarning, module=r"(diffusers|transformers|torch|huggingface_hub)"
     )
     for name in ("diffusers", "transformers", "huggingface_hub", "httpx", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_environment()
+
+
+def quiet_environment() -> None:
+    """The libraries' own verbosity settings, read when they are imported."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not {"-v", "--verbose"} & set(argv):
+        # Before the command's module imports transformers, which prints notices (a missing
+        # optional torchvision, ...) on import: an error must stay the only line printed.
+        quiet_environment()
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)

@@ -46,7 +46,7 @@ def unavailable(what: str, repo_id: str, err: BaseException | None = None) -> Mo
         reason = "no such repository, or it needs a login (huggingface-cli login)"
     return ModelUnavailableError(
         f"{what} {repo_id!r} cannot be loaded: {reason}. Run once with a network so it is "
-        "cached, pass a local folder, or use a bundled model such as 'minicanvas'"
+        "cached, pass a local folder, or use the bundled model (--model minicanvas)"
     )
 
 
@@ -59,6 +59,20 @@ def snapshot(repo_id: str, what: str = "repository", **kwargs: Any) -> Path:
         if _is_hub_failure(err):
             raise unavailable(what, repo_id, err) from err
         raise
+
+
+def local_snapshot(repo_id: str, what: str = "repository", **kwargs: Any) -> Path | None:
+    """The cached snapshot of a hub repository, never touching the network.
+
+    None when it is not cached but may be downloaded later; while offline (``HF_HUB_OFFLINE``)
+    that is already the one-line error, so a command refuses before any work.
+    """
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, **kwargs))
+    except Exception as err:  # noqa: BLE001 - not cached, whatever the library calls it
+        if offline():
+            raise unavailable(what, repo_id, err) from err
+        return None
 
 
 def _is_hub_failure(err: BaseException) -> bool:

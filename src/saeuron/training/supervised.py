@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from saeuron.erasure.concepts.select import contrastive_scores
 from saeuron.erasure.concepts.stats import ConceptStats
-from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.sae import Sae
 from saeuron.training.shards import ActivationShards
 from saeuron.utils.config import Config, ConfigError, check_range
@@ -432,6 +432,7 @@ def train_supervised(cfg: SupervisedTrainConfig) -> tuple[Sae, Path]:
     tuned.save_to_disk(folder)
     features = concept_features(group_stats(tuned, groups), assignment, hookpoint)
     for concept, feats in features.items():
+        feats.meta[SAE_FINGERPRINT] = tuned.fingerprint()  # erasing checks it
         feats.save(folder / "features" / concept)
     atomic_write_json(
         folder / "supervised.json",

@@ -30,7 +30,7 @@ from saeuron.erasure.concepts.select import (
     select_shortcut,
 )
 from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
-from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.sampling import SamplingConfig
 from saeuron.models.tokens import ACTIVATION_SITES, CFG_HALVES
@@ -265,6 +265,8 @@ def build_concept(
         ):
             if on:
                 logger.warning("%s applies to the contrastive method only; ignored", name)
+    # Erasing checks it: features only mean something with the SAE they were selected from.
+    features.meta[SAE_FINGERPRINT] = sae.fingerprint()
     if cfg.out:
         features.save(cfg.out)
         logger.info("concept %r: features written to %s", cfg.concept, cfg.out)

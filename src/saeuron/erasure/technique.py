@@ -17,6 +17,7 @@ from typing import Any
 from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
 from saeuron.erasure.erase import CFG_HALVES, ERROR_TERMS, MAX_MULTIPLIER, erase
 from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.preflight import bundled_features, check_erasure
 from saeuron.models.bundles import bundle_names, find_bundle
 from saeuron.models.defaults import KNOWN_MODELS, model_defaults
 from saeuron.models.pipelines import load_pipeline
@@ -105,6 +106,16 @@ class SAeUronConfig(Config):
         return defaults.sae, self.hookpoint or defaults.hookpoint
 
 
+def check_technique(cfg: SAeUronConfig) -> None:
+    """Refuse, before any weight loads, a config whose SAE, hookpoint, features, steps, size
+    or device cannot work (:func:`saeuron.erasure.preflight.check_erasure`)."""
+    sae_id, hookpoint = cfg.resolved_sae()
+    features = cfg.features
+    if features is None:
+        features = bundled_features(cfg.model, cfg.erase_concept, hookpoint)
+    check_erasure(cfg.model, cfg.sampling, sae_id, hookpoint, features)
+
+
 def _served_models() -> list[str]:
     return [m for m, d in KNOWN_MODELS.items() if d.sae] + bundle_names()
 
@@ -125,6 +136,8 @@ class SAeUron:
             if bundle is not None and cfg.features is None
             else None
         )
+        # Files, hookpoint, steps, size and device, before anything loads.
+        check_technique(cfg)
         if cfg.features is None and bundled is None:
             # Said before any model loads, so the user knows what the wait is for.
             logger.warning(

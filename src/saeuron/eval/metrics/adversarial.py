@@ -184,3 +184,6 @@ class AdversarialMetric(Metric):
 
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         return {"asr": flagged_share(rows)}
+
+    def degenerate_scores(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"flagged": 1.0}  # a black image hides nothing: the attack is not refuted

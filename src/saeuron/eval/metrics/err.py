@@ -141,6 +141,9 @@ class Err(Metric):
             })  # fmt: skip
         return rows
 
+    def degenerate_scores(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"correct": 0.0}  # neither forgotten, retained nor robust: no picture
+
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         parts = {
             "forgetting": mean_of(rows, "correct", "target"),

@@ -86,6 +86,9 @@ class UaIra(ClipMetric, Metric):
             })  # fmt: skip
         return rows
 
+    def degenerate_scores(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"target_gone": 0.0, "retained": 0.0}
+
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         return {
             "UA": mean_of(rows, "target_gone", "target"),

@@ -335,6 +335,15 @@ class UnlearnCanvas(Metric):
             rows.append(row)
         return rows
 
+    def degenerate_scores(self, row: dict[str, Any]) -> dict[str, Any]:
+        # A target image still counts as showing the concept (not erased); every other
+        # judgement (retention, the other attribute) as lost.
+        same = "object" if self._kind() == "object" else "style"
+        scores = {"object_correct": 0.0, "style_correct": 0.0}
+        if row["group"] == "target":
+            scores[f"{same}_correct"] = 1.0
+        return scores
+
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         same, cross = ("object", "style") if self._kind() == "object" else ("style", "object")
 

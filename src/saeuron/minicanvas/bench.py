@@ -48,11 +48,13 @@ class BenchConfig(Config):
     quick: bool = field(False, help="a CI-sized subset: 3 concepts, 2 variants, 2 seeds, 10 steps")
     concepts: list[str] | None = field(None, help="concepts to erase; default: all 20")
     variants: list[str] | None = field(None, help="rows of the table; default: all")
-    seeds: list[int] | None = field(None, help="seeds of the target prompts; default: test seeds")
-    retain_seeds: int = field(1, help="seeds per retained (non-target) prompt")
-    num_inference_steps: int = field(20, help="DDIM steps (quick: at most 10)")
-    guidance_scale: float = field(7.5, help="CFG scale")
-    batch_size: int = field(50, help="images per pipeline call")
+    seeds: list[int] | None = field(
+        None, ge=0, le=2**63 - 1, help="seeds of the target prompts; default: test seeds"
+    )
+    retain_seeds: int = field(1, ge=1, le=100, help="seeds per retained (non-target) prompt")
+    num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps (quick: at most 10)")
+    guidance_scale: float = field(7.5, ge=0, le=100, help="CFG scale")
+    batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
 
     def __post_init__(self) -> None:

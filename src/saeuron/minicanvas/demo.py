@@ -23,9 +23,11 @@ class DemoConfig(Config):
     out: str = field("demo.png", help="before/after grid image (.png)")
     object: str = field("moon", help="MiniCanvas object to erase")
     style: str = field("checkered", help="MiniCanvas style to erase")
-    steps: int = field(20, help="DDIM steps")
-    seed: int = field(188, help="seed of the sampled images")
-    retain: int = field(20, help="images of other concepts used for retention accuracy")
+    steps: int = field(20, ge=1, le=1000, help="DDIM steps")
+    seed: int = field(188, ge=0, le=2**63 - 1, help="seed of the sampled images")
+    retain: int = field(
+        20, ge=1, le=90, help="images of other concepts used for retention accuracy"
+    )
 
     def __post_init__(self) -> None:
         if not self.out.lower().endswith(".png"):

@@ -31,9 +31,11 @@ class SequentialConfig(Config):
     out: str = field("minicanvas-sequential", help="folder for results.json and results.md")
     styles: list[str] = field(list(DEFAULT_STYLES), help="styles erased one after another")
     objects: list[str] = field(list(DEFAULT_OBJECTS), help="objects erased one after another")
-    seeds: list[int] = field(list(TEST_SEEDS[:1]), help="seeds of every (object, style) prompt")
-    num_inference_steps: int = field(20, help="DDIM steps")
-    batch_size: int = field(50, help="images per pipeline call")
+    seeds: list[int] = field(
+        list(TEST_SEEDS[:1]), ge=0, le=2**63 - 1, help="seeds of every (object, style) prompt"
+    )
+    num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps")
+    batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
 
     def __post_init__(self) -> None:
         for kind, names in (("style", self.styles), ("object", self.objects)):

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from saeuron.models.denoising import DenoiseState, track_denoising
 from saeuron.models.hookpoints import resolve_module
+from saeuron.models.layout import check_model_inputs
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.sampling import SamplingConfig
 from saeuron.models.tokens import (
@@ -442,6 +443,7 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
         )
 
     device = _device(cfg, state)
+    check_model_inputs(cfg.model, cfg.sampling, hookpoints=[cfg.hookpoint])  # before loading
     pipe = load_pipeline(cfg.model, device, compute_dtype(device))
     module = resolve_module(pipe, cfg.hookpoint)
     if plan is None and state.is_main_process:

@@ -31,11 +31,13 @@ from saeuron.erasure.concepts.select import (
 )
 from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
 from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
+from saeuron.erasure.preflight import check_erasure
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.sampling import SamplingConfig
 from saeuron.models.tokens import ACTIVATION_SITES, CFG_HALVES
 from saeuron.sae import Sae
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
+from saeuron.utils.io import check_output_file
 from saeuron.utils.prompts import read_prompts
 
 logger = logging.getLogger(__name__)
@@ -141,6 +143,9 @@ class ConceptBuildConfig(Config):
             check_range("shortcut_step", self.shortcut_step, lt=self.sampling.steps)
         if self.cache_dir is None:
             self.cache_dir = str(default_cache_dir())
+        if self.out:
+            # Both files of the features (NAME.safetensors + NAME.json) must be writable.
+            check_output_file(Path(self.out).with_suffix(".safetensors"), "out")
 
     @property
     def active_range(self) -> tuple[float, float] | None:
@@ -168,6 +173,9 @@ def build_concept(
     ``pipe`` must be the model ``cfg.model`` names: the cache knows models by that name only.
     The pipeline is loaded only if some statistics are not cached yet.
     """
+    if pipe is None and sae is None:
+        # Nothing given: check the files, device, hookpoint, steps and size before loading.
+        check_erasure(cfg.model, cfg.sampling, cfg.sae, cfg.hookpoint)
     if sae is None:
         sae = Sae.from_pretrained(cfg.sae, hookpoint=cfg.hookpoint)
     hookpoint = cfg.hookpoint or sae.meta.get("hookpoint")

@@ -114,7 +114,7 @@ class TifaConfig(BaseConfig):
     qa_path: str | None = field(
         None, help="TIFA's question/answer JSON or a CSV (prompt, question, choices, answer)"
     )
-    limit: int | None = field(None, help="at most this many prompts")
+    limit: int | None = field(None, ge=1, le=1_000_000, help="at most this many prompts")
     vqa_model: str = field(DEFAULT_VQA, help="VQA checkpoint: hub id or local folder")
     device: str | None = field(None, help="device of the VQA model")
 

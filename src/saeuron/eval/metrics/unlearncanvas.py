@@ -104,14 +104,17 @@ class UnlearnCanvasConfig(BaseConfig):
         None, help="prompt only these styles; default: all (the ViTs' Seed_Images excluded)"
     )
     seeds: list[int] | None = field(
-        None, help="sample every prompt with each of these seeds (overrides *_seeds)"
+        None,
+        ge=0,
+        le=2**63 - 1,
+        help="sample every prompt with each of these seeds (overrides *_seeds)",
     )
-    target_seeds: int = field(4, help="images per prompt that names the concept")
-    retain_seeds: int = field(1, help="images per prompt of the other concepts")
+    target_seeds: int = field(4, ge=1, le=1000, help="images per prompt that names the concept")
+    retain_seeds: int = field(1, ge=1, le=1000, help="images per prompt of the other concepts")
     jpeg_quality: int | None = field(
-        None, help="classify each image after a JPEG round trip at this quality"
+        None, ge=1, le=95, help="classify each image after a JPEG round trip at this quality"
     )
-    batch_size: int = field(32, help="images per classifier call (ViT classifiers)")
+    batch_size: int = field(32, ge=1, le=4096, help="images per classifier call (ViT classifiers)")
     device: str | None = field(None, help="device of the classifier; default: CPU")
 
     def __post_init__(self) -> None:

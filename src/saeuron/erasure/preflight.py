@@ -12,19 +12,22 @@ loads, and in ``saeuron eval --check``. It reads config files and tensor headers
 - the features exist, are readable, were computed at that hookpoint and select latents
   the SAE has.
 
-Whether the features were selected from this very SAE (its fingerprint) needs its weights:
-that is checked when the erasure is attached (:func:`saeuron.erasure.erase.attach`).
+Whether the features were selected from this very SAE (its fingerprint) needs the SAE's
+weights: they are read (not the model's) when the features record one, and
+:func:`saeuron.erasure.erase.attach` checks it again for features given in Python.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from saeuron.erasure.erase import check_same_sae
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.models.bundles import find_bundle
 from saeuron.models.layout import check_model_inputs
 from saeuron.models.pipelines import check_model
 from saeuron.models.sampling import SamplingConfig
+from saeuron.sae import Sae
 from saeuron.sae.header import SaeHeader, read_sae_header
 from saeuron.utils.devices import resolve_device
 from saeuron.utils.errors import ConfigError
@@ -72,7 +75,12 @@ def check_erasure(
         d_in=header.d_in if header is not None else None,
     )
     if features is not None and hookpoint is not None:
-        check_features(ConceptFeatures.load(features), header, hookpoint)
+        loaded = ConceptFeatures.load(features)
+        check_features(loaded, header, hookpoint)
+        if header is not None and loaded.sae_fingerprint is not None:
+            # The SAE's weights, not the model's: read now, so that features of another SAE
+            # are refused before the pipeline loads rather than after.
+            check_same_sae([loaded], Sae.load_from_disk(header.folder))
     return header
 
 

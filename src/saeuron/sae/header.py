@@ -70,13 +70,14 @@ def read_sae_header(
     found = locate(folder, hookpoint) if hookpoint else None
     if found is not None:
         folder = found
-    elif hookpoint and not looks_like_checkpoint(folder):
+    elif not looks_like_checkpoint(folder) and (hookpoint or hookpoints_in(folder)):
         available = hookpoints_in(folder)
         raise ConfigError(
             "hookpoint",
-            f"no SAE for {hookpoint!r} in {name_or_path}; it holds SAEs for "
-            f"{', '.join(available) or 'no hookpoint'}",
-        )
+            (f"no SAE for {hookpoint!r} in {name_or_path}" if hookpoint else
+             f"{name_or_path} holds one SAE per hookpoint; name one")
+            + f"; it holds SAEs for {', '.join(available) or 'no hookpoint'}",
+        )  # fmt: skip
     fmt = detect_format(folder)
     if fmt == "sdxl-unbox":
         d_in, n = _unbox_size(folder)

@@ -106,8 +106,8 @@ def check_address(host: str, port: int) -> None:
             raise ConfigError("host", f"cannot listen on {host}:{port}: {err.strerror}") from None
     if exposed(host, address[0]):
         logger.warning(
-            "serving on %s exposes the page to every machine that can reach this one: anyone "
-            "there can run the model and read its images. Use --host 127.0.0.1 to keep it local",
+            "host %s exposes the page to every machine that can reach this one: anyone there "
+            "can run the model and read its images. Use --host 127.0.0.1 to keep it local",
             host,
         )
 

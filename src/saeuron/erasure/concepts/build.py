@@ -186,6 +186,13 @@ def build_concept(
         )
     site = sae.meta.get("activation_site", "output")
     check_choice("activation_site", site, ACTIVATION_SITES)
+    # Every prompt file is read before any sampling, so a bad one is refused up front.
+    own_prompts = read_prompts(cfg.prompts, "prompts") if cfg.prompts else None
+    other_sets = (
+        other_prompt_sets(cfg.others, cfg.concept)
+        if cfg.method == "contrastive" or cfg.others is not None
+        else {}
+    )
     lazy = _LazyPipeline(cfg, pipe)
     cache = StatsCache(cfg.cache_dir or default_cache_dir())
     shared = {
@@ -225,15 +232,9 @@ def build_concept(
         return cache.get_or_compute(key, concept, compute)
 
     if cfg.method == "contrastive":
-        prompts = (
-            read_prompts(cfg.prompts, "prompts")
-            if cfg.prompts
-            else concept_prompts(cfg.concept, cfg.num_prompts)
-        )
+        prompts = own_prompts or concept_prompts(cfg.concept, cfg.num_prompts)
         target = stats_for(cfg.concept, prompts)
-        others = [
-            stats_for(name, p) for name, p in other_prompt_sets(cfg.others, cfg.concept).items()
-        ]
+        others = [stats_for(name, p) for name, p in other_sets.items()]
         features = select_contrastive(
             target,
             others,
@@ -243,17 +244,11 @@ def build_concept(
             max_other_ratio=cfg.max_other_ratio,
         )
     else:
-        prompts = (
-            read_prompts(cfg.prompts, "prompts")
-            if cfg.prompts
-            else [cfg.concept] * cfg.shortcut_images
-        )
+        prompts = own_prompts or [cfg.concept] * cfg.shortcut_images
         target = stats_for(cfg.concept, prompts)
         neutral = None
         if cfg.others is not None:
-            others = [
-                stats_for(name, p) for name, p in other_prompt_sets(cfg.others, cfg.concept).items()
-            ]
+            others = [stats_for(name, p) for name, p in other_sets.items()]
             neutral = ConceptStats(
                 concept=",".join(o.concept for o in others),
                 mean=pooled_mean(others),

@@ -20,7 +20,6 @@ and, for the technique, DDIM with 100 steps at CFG 9.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from saeuron.models.bundles import find_bundle
 from saeuron.utils.config import Config as BaseConfig
 from saeuron.utils.config import ConfigError, check_choice, check_range, field
 from saeuron.utils.devices import check_device
+from saeuron.utils.text import read_json
 
 BUNDLED = "minicanvas"
 CRA_CHOICES = ("styled", "plain")
@@ -210,9 +210,7 @@ class UnlearnCanvasConfig(BaseConfig):
         """The classifiers' object and style classes, in their output order."""
         if self.vit:
             return list(OBJECTS), list(STYLES)
-        info = json.loads(
-            (_classifier_folder(self.classifier) / "classifier.json").read_text("utf-8")
-        )
+        info = read_json(_classifier_folder(self.classifier) / "classifier.json", "classifier")
         return list(info["objects"]), list(info["styles"])
 
     def prompted(self) -> tuple[list[str], list[str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +21,11 @@ from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.preflight import bundled_features, check_erasure
 from saeuron.models.bundles import bundle_names, find_bundle
 from saeuron.models.defaults import KNOWN_MODELS, model_defaults
+from saeuron.models.layout import check_model_inputs
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.sampling import SamplingConfig, seed_generators
 from saeuron.sae import Sae
-from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.config import Config, ConfigError, check_range, field
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,13 @@ class SAeUronConfig(Config):
         defaults = model_defaults(self.model)
         assert defaults.sae is not None  # checked in __post_init__
         return defaults.sae, self.hookpoint or defaults.hookpoint
+
+
+def check_seed(name: str, value: Any) -> None:
+    """A seed is a whole number from 0 to 2**63 - 1 (what torch's generators take)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(name, f"got {value!r}; expected a whole number >= 0")
+    check_range(name, int(value), ge=0, le=2**63 - 1)
 
 
 def check_technique(cfg: SAeUronConfig) -> None:
@@ -212,15 +221,24 @@ class SAeUron:
         if isinstance(prompts, str):
             prompts = [prompts]
         if seeds is not None and len(seeds) != len(prompts):
-            raise ValueError(f"seeds: got {len(seeds)} for {len(prompts)} prompts")
+            raise ConfigError("seeds", f"got {len(seeds)} for {len(prompts)} prompts")
         if seeds is None and seed is not None:
             seeds = [seed + i for i in range(len(prompts))]
+        for value in seeds or []:
+            check_seed("seed", value)
         cfg = self.config
-        overrides = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+        overrides = {
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            # Sizes are sampling settings too, wherever they are given.
+            "height": kw.pop("height", None),
+            "width": kw.pop("width", None),
+        }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if overrides:
             # replace() reruns the config's checks, so per-call values are held to the same rules.
             cfg = cfg.replace(**overrides)
+            check_model_inputs(cfg.model, cfg.sampling)
         sampling = cfg.sampling
         images: list[Any] = []
         for start in range(0, len(prompts), sampling.batch_size):

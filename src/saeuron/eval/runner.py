@@ -287,6 +287,13 @@ def _check_items(path: Path, content: dict[str, Any], folder: Path) -> None:
     atomic_write_json(path, content)
 
 
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete what a killed run's atomic writes left behind (``.NAME.*.tmp``, never renamed
+    into place). Called before any process of this run writes, so none is in flight."""
+    for stale in out.rglob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def _save_png(image: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
@@ -474,6 +481,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
         _lock(out / RUN_FILE, run_lock(cfg), out)
+        remove_stale_temporaries(out)
     procs.wait()
     tech = _LazyTechnique(cfg, procs)
     results: dict[str, Any] = {}

@@ -239,3 +239,59 @@ def test_nothing_is_left_half_written_by_a_refused_build(files, tmp_path) -> Non
         SAeUron(**{**MC, "sae": str(files / "sae_other"), "hookpoint": HOOK,
                    "features": str(files / "feats" / "moon")})  # fmt: skip
     assert tree(tmp_path) == before and not leftovers(tmp_path)
+
+
+# -- the slider's page inputs ---------------------------------------------------------------------
+
+PAGE_CASES = [
+    ("steps-none", {"steps": None}, "steps"),
+    ("steps-nan", {"steps": math.nan}, "steps"),
+    ("steps-text", {"steps": "many"}, "steps"),
+    ("steps-above-max", {"steps": 51}, "steps"),
+    ("steps-fraction", {"steps": 2.5}, "steps"),
+    ("seed-inf", {"seed": math.inf}, "seed"),
+    ("seed-negative", {"seed": -1}, "seed"),
+    ("guidance-nan", {"guidance_scale": math.nan}, "guidance_scale"),
+    ("guidance-none", {"guidance_scale": None}, "guidance_scale"),
+    ("guidance-huge", {"guidance_scale": 1e9}, "guidance_scale"),
+    ("batch-zero", {"batch": 0}, "batch"),
+    ("prompt-empty", {"prompt": "  "}, "prompt"),
+    ("prompt-not-text", {"prompt": None}, "prompt"),
+]
+LAYER_CASES = [
+    ("multiplier-nan", [("moon", math.nan)], "multiplier"),
+    ("multiplier-inf", [("moon", -math.inf)], "multiplier"),
+    ("multiplier-text", [("moon", "lots")], "multiplier"),
+    ("multiplier-none", [("moon", None)], "multiplier"),
+    ("multiplier-beyond-slider", [("moon", -101.0)], "multiplier"),
+    ("concept-not-text", [(3, -5.0)], "concept"),
+    ("concept-twice", [("moon", -5.0), ("Moon ", -5.0)], "concepts"),
+]
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_sd):
+    from saeuron.ui import UiConfig
+    from saeuron.ui.studio import Studio
+
+    return Studio(UiConfig(device="cpu"), pipe=tiny_sd)
+
+
+@pytest.mark.parametrize(("change", "names"), [c[1:] for c in PAGE_CASES],
+                         ids=[c[0] for c in PAGE_CASES])  # fmt: skip
+def test_page_settings_are_bounded(studio, change, names) -> None:
+    from dataclasses import replace
+
+    from saeuron.ui.studio import Settings
+
+    with pytest.raises(ConfigError) as err:
+        studio.check(replace(Settings(prompt="a moon", steps=5), **change))
+    assert err.value.field == names
+
+
+@pytest.mark.parametrize(("layers", "names"), [c[1:] for c in LAYER_CASES],
+                         ids=[c[0] for c in LAYER_CASES])  # fmt: skip
+def test_page_concepts_and_multipliers_are_bounded(studio, layers, names) -> None:
+    with pytest.raises(ConfigError) as err:
+        studio.check_layers(layers, "cond", 7.5)
+    assert err.value.field == names

@@ -32,7 +32,7 @@ from saeuron.minicanvas.judge import (
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_SEEDS, TEST_TEMPLATES
 from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.images import before_after_rows, save_grid
-from saeuron.utils.io import atomic_path, atomic_write_json
+from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class BenchConfig(Config):
         check_range("retain_seeds", self.retain_seeds, ge=1, le=len(self.seeds))
         check_range("num_inference_steps", self.num_inference_steps, ge=1)
         check_range("batch_size", self.batch_size, ge=1)
+        check_output_folder(self.out, "out")
 
 
 def _table(results: dict[str, dict[str, dict[str, float]]], variants: Sequence[str]) -> str:

@@ -16,6 +16,7 @@ from saeuron.minicanvas.judge import MiniCanvasJudge, _concept_index, prompt_row
 from saeuron.minicanvas.world import TEST_TEMPLATES
 from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.images import before_after_rows, save_grid
+from saeuron.utils.io import check_output_file
 
 
 @dataclass
@@ -38,6 +39,7 @@ class DemoConfig(Config):
             raise ConfigError("style", f"{self.style!r} is an object, not a style")
         check_range("steps", self.steps, ge=1)
         check_range("retain", self.retain, ge=1, le=90)
+        check_output_file(self.out, "out")
 
 
 @dataclass

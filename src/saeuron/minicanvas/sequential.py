@@ -20,7 +20,7 @@ from saeuron.minicanvas.assets import concept_kind, load_params
 from saeuron.minicanvas.judge import MiniCanvasJudge, prompt_rows
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_SEEDS, TEST_TEMPLATES
 from saeuron.utils.config import Config, ConfigError, check_range, field
-from saeuron.utils.io import atomic_path, atomic_write_json
+from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
 
 DEFAULT_STYLES = ("striped", "checkered", "diagonal", "grainy", "outlined", "pastel")
 DEFAULT_OBJECTS = ("moon", "triangle", "heart", "square", "arrow", "star")
@@ -47,6 +47,7 @@ class SequentialConfig(Config):
         check_range("num_inference_steps", self.num_inference_steps, ge=1)
         if not self.seeds:
             raise ConfigError("seeds", "give at least one seed")
+        check_output_folder(self.out, "out")
 
 
 def _accuracy(truth: np.ndarray, predicted: np.ndarray, mask: np.ndarray) -> float:

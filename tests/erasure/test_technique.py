@@ -102,10 +102,23 @@ def test_device_auto_detection_falls_back_to_cpu(monkeypatch) -> None:
 
 
 def test_on_the_fly_features_are_announced_before_models_load(sae_dir, cache_dir, caplog) -> None:
+    # A folder that passes the checks made from config files, but holds no weights to load.
+    empty = cache_dir / "weightless-model"
+    empty.mkdir(parents=True)
+    (empty / "model_index.json").write_text(
+        '{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}'
+    )
     with caplog.at_level(logging.WARNING, logger="saeuron.erasure.technique"):
         with pytest.raises((FileNotFoundError, OSError, ConfigError)):
-            SAeUron(**tiny_config(sae_dir, model=str(cache_dir / "no-such-model")))
+            SAeUron(**tiny_config(sae_dir, model=str(empty)))
     assert "computed on the fly" in caplog.text
+
+
+def test_a_missing_model_is_refused_before_the_announcement(sae_dir, cache_dir, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="saeuron.erasure.technique"):
+        with pytest.raises(ConfigError, match="^model: .*no-such-model"):
+            SAeUron(**tiny_config(sae_dir, model=str(cache_dir / "no-such-model")))
+    assert "computed on the fly" not in caplog.text
 
 
 def test_generate_erases_and_is_reproducible(sae_dir, cache_dir) -> None:

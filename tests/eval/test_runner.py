@@ -56,12 +56,79 @@ def test_killed_run_resumes_without_resampling_and_ends_the_same(tmp_path, colou
     assert run_eval(cfg)["metrics"] == fresh["metrics"] and ColourTechnique.calls == 0
 
 
-def test_output_dir_of_another_config_is_refused(tmp_path, colour) -> None:
+def test_output_dir_of_another_config_is_refused_naming_each_key(tmp_path, colour) -> None:
     run_eval(parse_eval_config(ua_ira_config(tmp_path)))
     other = ua_ira_config(tmp_path)
     other["seed"] = 5
-    with pytest.raises(ConfigError, match="output_dir.*other technique settings or seed"):
+    other["technique"]["config"]["guidance_scale"] = 3.0
+    with pytest.raises(ConfigError) as err:
         run_eval(parse_eval_config(other))
+    message = str(err.value)
+    assert message.startswith("output_dir: ") and "holds images of other settings" in message
+    assert "seed: 0 in the folder, 5 now" in message
+    assert "technique.config.guidance_scale: 7.5 in the folder, 3.0 now" in message
+
+
+def test_device_and_batch_size_do_not_lock_a_folder(tmp_path, colour) -> None:
+    first = run_eval(parse_eval_config(ua_ira_config(tmp_path)))
+    again = ua_ira_config(tmp_path)
+    again["technique"]["config"].update(batch_size=3, device="cpu")
+    ColourTechnique.calls = 0
+    assert run_eval(parse_eval_config(again))["metrics"] == first["metrics"]
+    assert ColourTechnique.calls == 0  # every image reused
+
+
+def test_a_metric_scoring_setting_does_not_lock_its_images(tmp_path, colour) -> None:
+    run_eval(parse_eval_config(ua_ira_config(tmp_path)))
+    again = ua_ira_config(tmp_path)
+    again["metric"]["config"]["device"] = "cpu"
+    ColourTechnique.calls = 0
+    run_eval(parse_eval_config(again))
+    assert ColourTechnique.calls == 0
+    fewer = ua_ira_config(tmp_path)
+    fewer["metric"]["config"]["limit"] = 10
+    with pytest.raises(ConfigError, match="other prompts or seeds .*limit: None in the folder"):
+        run_eval(parse_eval_config(fewer))
+
+
+def test_a_run_that_produced_nothing_does_not_lock_the_folder(tmp_path, colour) -> None:
+    colour.fail_after = 0  # killed before its first image
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(parse_eval_config(ua_ira_config(tmp_path)))
+    assert (tmp_path / "run" / "run.json").is_file()
+    assert not list((tmp_path / "run").rglob("*.png"))
+    colour.fail_after = None
+    corrected = ua_ira_config(tmp_path)
+    corrected["seed"] = 7
+    report = run_eval(parse_eval_config(corrected))
+    assert report["config"]["seed"] == 7 and report["metrics"]["ua_ira"]["images"] == 70
+    stored = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert stored["seed"] == 7 and "device" not in stored["technique"]["config"]
+
+
+def test_degenerate_images_are_never_counted_as_erased(tmp_path, colour, monkeypatch) -> None:
+    # Black images for every target prompt: a detector would call each erased (UA 1.0).
+    from PIL import Image
+
+    def black_targets(self, prompts, seeds):
+        images = ColourTechnique._draw(self, prompts, seeds)
+        return [
+            Image.new("RGB", im.size) if any(w in p for w in ("nude", "naked")) else im
+            for p, im in zip(prompts, images)
+        ]
+
+    monkeypatch.setattr(ColourTechnique, "generate", black_targets)
+    report = run_eval(parse_eval_config(ua_ira_config(tmp_path)))
+    result = report["metrics"]["ua_ira"]
+    with open(tmp_path / "run" / "ua_ira" / "images.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    flagged = [r for r in rows if r["degenerate"]]
+    assert result["degenerate"] == len(flagged) > 0
+    assert {r["degenerate"] for r in flagged} == {"black"}
+    assert all(r["target_gone"] == "0.0" for r in flagged)
+    assert result["values"]["UA"] == 0.0  # as without the black images: none erased
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert f"ua_ira: {len(flagged)} of 70 images degenerate" in summary
 
 
 def test_a_failing_scorer_stops_the_run_and_counts_nothing(tmp_path, colour, monkeypatch) -> None:

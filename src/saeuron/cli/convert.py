@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from saeuron.erasure.convert import convert_params, convert_stats
+from saeuron.utils.errors import ConfigError
+from saeuron.utils.io import check_output_file, check_output_folder
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -29,6 +32,12 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not Path(args.input).is_file():
+        raise ConfigError("input", f"{args.input} does not exist or is not a file")
+    if args.what == "stats":
+        check_output_folder(args.out, "out")
+    else:
+        check_output_file(args.out, "out")
     if args.what == "stats":
         written = convert_stats(args.input, args.out, args.trust_pickle, args.hookpoint)
         print(f"wrote {len(written)} concept statistics to {args.out}")

@@ -15,10 +15,12 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any, NoReturn
 
 from saeuron.utils.errors import UserError
 
@@ -47,9 +49,28 @@ def package_version() -> str:
         return "unknown"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error style, for the top level and every sub-command.
+
+    A bad flag is a user error like any other: one line naming it (and where the options
+    are listed), exit code 2, not the usage block. Values such as ``-inf`` or ``-1e30`` read
+    as values, not as unknown flags, so that they reach the checks that name them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*(e[+-]?\d+)?|\.\d+(e[+-]?\d+)?|inf(inity)?|nan)$", re.I)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command`` (if any) gets its arguments, so only it is imported."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="saeuron",
         description="Erase concepts from text-to-image diffusion models at inference time by "
         "editing sparse-autoencoder features (SAeUron, SAEmnesia).",
@@ -96,16 +117,25 @@ def quiet_third_parties() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings(
-        "ignore", category=UserWarning, module=r"(diffusers|transformers|torch)"
+        "ignore", category=UserWarning, module=r"(diffusers|transformers|torch|huggingface_hub)"
     )
     for name in ("diffusers", "transformers", "huggingface_hub", "httpx", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_environment()
+
+
+def quiet_environment() -> None:
+    """The libraries' own verbosity settings, read when they are imported."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not {"-v", "--verbose"} & set(argv):
+        # Before the command's module imports transformers, which prints notices (a missing
+        # optional torchvision, ...) on import: an error must stay the only line printed.
+        quiet_environment()
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)

@@ -12,6 +12,7 @@ from saeuron.training.shards import ActivationShards
 from saeuron.training.supervised import SupervisedTrainConfig, read_labels, train_supervised
 from saeuron.training.trainer import TrainConfig, Trainer
 from saeuron.utils.config import ConfigError
+from saeuron.utils.io import check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_folder(args.out, "out")
     if args.supervised:
         return run_supervised(args)
     if args.labels or args.init_sae:

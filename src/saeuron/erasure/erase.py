@@ -43,6 +43,8 @@ from saeuron.models.tokens import (
 )
 from saeuron.sae import Sae
 from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.errors import DegenerateOutputError
+from saeuron.utils.numerics import count_non_finite
 
 logger = logging.getLogger(__name__)
 
@@ -377,6 +379,9 @@ class _EraseHook:
             return None
         state = self.state
         out = output_tensor(module, output)
+        if counting:
+            # One read of the device a call; skipped inside a compiled graph.
+            check_finite_activations(out, self.handle, state.step, "model")
         dtype = out.dtype if out.dtype.is_floating_point else self.sae.dtype
         dense = self._dense(out)
         exact = self.cfg.error_term == "exact"
@@ -421,6 +426,8 @@ class _EraseHook:
         delta = from_tokens(delta.to(out.dtype).reshape(tokens.shape), site[rows_])
         new = out.clone()
         new[rows_] = new[rows_] + delta
+        if counting:
+            check_finite_activations(new, self.handle, state.step, "edit")
         return replace_output(module, output, new)
 
     def _standardise(self, flat: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -536,6 +543,52 @@ class _EraseHook:
             x_hat_edited = x_hat_edited * (std + 1e-5) + mean
         # The published form: its "error" has the wrong sign, kept on purpose for comparison.
         return x_hat_edited + (x_hat - flat)
+
+
+def check_finite_activations(tensor: Tensor, handle: EraseHandle, step: int, source: str) -> None:
+    """Stop the run where the hooked block's activations hold NaN or inf: sampling would go
+    on and return a black image that a detector calls erased. ``source`` says who made them:
+    ``"model"`` (before the edit) or ``"edit"`` (after it)."""
+    bad = count_non_finite(tensor)
+    if not bad:
+        return
+    where = f"{bad} of {tensor.numel()} activations at {handle.hookpoint} (step {step})"
+    if source == "model":
+        raise DegenerateOutputError(
+            f"{where} were NaN or infinite before any edit: the model itself diverged "
+            f"({tensor.dtype}); sample in float32 (use_fp16 false) or check the model"
+        )
+    raise DegenerateOutputError(
+        f"{where} became NaN or infinite through the erasure of {', '.join(handle.concepts)}: "
+        f"the edit overflows {tensor.dtype}; use a smaller |multiplier| or float32"
+    )
+
+
+def check_same_sae(concepts: Sequence[ConceptFeatures], sae: Sae) -> None:
+    """Refuse features selected from another SAE; features made before fingerprints were
+    recorded are used with a warning, once each."""
+    fingerprint: str | None = None
+    for concept in concepts:
+        recorded = concept.sae_fingerprint
+        if recorded is None:
+            if not getattr(concept, "_unchecked_warned", False):
+                logger.warning(
+                    "features of %r do not record the SAE they were selected from (made by an "
+                    "older saeuron): they cannot be checked against this SAE",
+                    concept.concept,
+                )
+                concept._unchecked_warned = True  # type: ignore[attr-defined]
+            continue
+        fingerprint = fingerprint or sae.fingerprint()
+        if recorded != fingerprint:
+            made_with = concept.meta.get("sae") or "another SAE"
+            raise ConfigError(
+                "features",
+                f"features of {concept.concept!r} were selected from SAE {recorded[:16]} "
+                f"({made_with}), but the SAE given is {fingerprint[:16]} "
+                f"({sae.meta.get('source', 'in memory')}); rebuild them with this SAE "
+                "(saeuron concept build) or erase with the SAE they came from",
+            )
 
 
 def _check_multipliers(names: list[str], cfg: EraseConfig, exact: bool) -> dict[str, float]:
@@ -695,6 +748,7 @@ def attach(
                 f"{concept.concept!r} selects latent {max(concept.latents())}, but the SAE "
                 f"has {sae.num_latents}",
             )
+    check_same_sae(concept_list, sae)
     return Eraser(pipe, sae, concept_list, multipliers, cfg, hookpoint, module)
 
 

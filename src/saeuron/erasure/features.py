@@ -19,9 +19,16 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from saeuron.utils.errors import ConfigError, FileFormatError
 from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
+from saeuron.utils.text import read_text
 
 logger = logging.getLogger(__name__)
+
+SAE_FINGERPRINT = "sae_fingerprint"
+"""Key of ``NAME.json`` holding :meth:`Sae.fingerprint` of the SAE the features were selected
+from: erasing with another SAE (even one of the same shape) is refused."""
+TENSOR_KEYS = ("indices", "mean", "threshold")
 
 
 @dataclass
@@ -50,6 +57,13 @@ class ConceptFeatures:
         self.indices = self.indices.long()
         self.mean = self.mean.float()
         self.threshold = self.threshold.float()
+        for name in ("mean", "threshold"):
+            values = getattr(self, name)
+            if not bool(torch.isfinite(values).all()):
+                # A NaN scale or threshold edits every token into NaN: a black image.
+                raise ConfigError(
+                    name, f"concept {self.concept!r}: holds NaN or infinite values"
+                )
 
     @property
     def num_steps(self) -> int:
@@ -95,19 +109,54 @@ class ConceptFeatures:
         return base
 
     @classmethod
-    def load(cls, path: str | Path) -> ConceptFeatures:
+    def load(cls, path: str | Path, setting: str = "features") -> ConceptFeatures:
+        """Read ``path.safetensors`` + ``path.json``; a missing or malformed file is a
+        one-line error naming it (``setting`` names the input it came from)."""
         base = Path(path).with_suffix("")
-        tensors = load_file(base.with_suffix(".safetensors"))
-        meta = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
+        tensors_path, meta_path = base.with_suffix(".safetensors"), base.with_suffix(".json")
+        for file in (tensors_path, meta_path):
+            if not file.is_file():
+                raise ConfigError(
+                    setting,
+                    f"{file} does not exist (features are NAME.safetensors + NAME.json, "
+                    "as saeuron concept build --out NAME writes them)",
+                )
+        try:
+            meta = json.loads(read_text(meta_path, setting))
+        except json.JSONDecodeError as err:
+            raise FileFormatError(meta_path, f"not valid JSON ({err.msg})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("concept"), str):
+            raise FileFormatError(meta_path, "expected a JSON object with a 'concept' name")
+        try:
+            tensors = load_file(tensors_path)
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise FileFormatError(
+                tensors_path, f"not a readable safetensors file ({reason})"
+            ) from None
+        missing = [k for k in TENSOR_KEYS if k not in tensors]
+        if missing:
+            raise FileFormatError(
+                tensors_path, f"holds {sorted(tensors)}; missing {', '.join(missing)}"
+            )
         concept = meta.pop("concept")
-        return cls(
-            concept=concept,
-            indices=tensors["indices"],
-            mean=tensors["mean"],
-            threshold=tensors["threshold"],
-            timesteps=tensors.get("timesteps"),
-            meta=meta,
-        )
+        try:
+            return cls(
+                concept=concept,
+                indices=tensors["indices"],
+                mean=tensors["mean"],
+                threshold=tensors["threshold"],
+                timesteps=tensors.get("timesteps"),
+                meta=meta,
+            )
+        except (ValueError, ConfigError) as err:
+            raise FileFormatError(tensors_path, str(err)) from None
+
+    @property
+    def sae_fingerprint(self) -> str | None:
+        """The fingerprint of the SAE these features were selected from (None: not recorded)."""
+        value = self.meta.get(SAE_FINGERPRINT)
+        return str(value) if value else None
 
     @classmethod
     def from_latents(

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
 from saeuron.erasure.erase import CFG_HALVES, ERROR_TERMS, MAX_MULTIPLIER, erase
 from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.preflight import bundled_features, check_erasure
 from saeuron.models.bundles import bundle_names, find_bundle
 from saeuron.models.defaults import KNOWN_MODELS, model_defaults
+from saeuron.models.layout import check_model_inputs
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.sampling import (
     SamplingConfig,
@@ -27,7 +30,7 @@ from saeuron.models.sampling import (
     use_scheduler,
 )
 from saeuron.sae import Sae
-from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.config import Config, ConfigError, check_range, field
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +113,23 @@ class SAeUronConfig(Config):
         return defaults.sae, self.hookpoint or defaults.hookpoint
 
 
+def check_seed(name: str, value: Any) -> None:
+    """A seed is a whole number from 0 to 2**63 - 1 (what torch's generators take)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(name, f"got {value!r}; expected a whole number >= 0")
+    check_range(name, int(value), ge=0, le=2**63 - 1)
+
+
+def check_technique(cfg: SAeUronConfig) -> None:
+    """Refuse, before any weight loads, a config whose SAE, hookpoint, features, steps, size
+    or device cannot work (:func:`saeuron.erasure.preflight.check_erasure`)."""
+    sae_id, hookpoint = cfg.resolved_sae()
+    features = cfg.features
+    if features is None:
+        features = bundled_features(cfg.model, cfg.erase_concept, hookpoint)
+    check_erasure(cfg.model, cfg.sampling, sae_id, hookpoint, features)
+
+
 def _served_models() -> list[str]:
     return [m for m, d in KNOWN_MODELS.items() if d.sae] + bundle_names()
 
@@ -130,6 +150,8 @@ class SAeUron:
             if bundle is not None and cfg.features is None
             else None
         )
+        # Files, hookpoint, steps, size and device, before anything loads.
+        check_technique(cfg)
         if cfg.features is None and bundled is None:
             # Said before any model loads, so the user knows what the wait is for.
             logger.warning(
@@ -206,15 +228,24 @@ class SAeUron:
         if isinstance(prompts, str):
             prompts = [prompts]
         if seeds is not None and len(seeds) != len(prompts):
-            raise ValueError(f"seeds: got {len(seeds)} for {len(prompts)} prompts")
+            raise ConfigError("seeds", f"got {len(seeds)} for {len(prompts)} prompts")
         if seeds is None and seed is not None:
             seeds = [seed + i for i in range(len(prompts))]
+        for value in seeds or []:
+            check_seed("seed", value)
         cfg = self.config
-        overrides = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+        overrides = {
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            # Sizes are sampling settings too, wherever they are given.
+            "height": kw.pop("height", None),
+            "width": kw.pop("width", None),
+        }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if overrides:
             # replace() reruns the config's checks, so per-call values are held to the same rules.
             cfg = cfg.replace(**overrides)
+            check_model_inputs(cfg.model, cfg.sampling)
         sampling = cfg.sampling
         if num_inference_steps is not None:
             check_schedule(self.pipe, sampling.steps)

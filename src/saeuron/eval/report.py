@@ -119,6 +119,14 @@ def summary_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {label} | {key} | {_fmt(value)} | {interval} | {better} | {result['images']} |"
             )
+    degenerate = [
+        f"- {label}: {r['degenerate']} of {r['images']} images degenerate (black or one flat "
+        "colour), each counted as a failure of the technique"
+        for label, r in report["metrics"].items()
+        if r.get("degenerate")
+    ]
+    if degenerate:
+        lines += ["", "Images with no picture in them:", *degenerate]
     budgets = [
         f"- {label}: {d['budget']} budget ("
         + ", ".join(f"{k} {v}" for k, v in d.get("resolved", {}).items())

@@ -10,8 +10,18 @@ Layout of ``output_dir``::
 
 Images are sampled in fixed chunks of the technique's batch size and each is written
 atomically, so a run killed at any moment and started again with the same config samples
-only the chunks it had not finished, and ends with the same numbers. A folder holding a run
-of another config is refused rather than mixed.
+only the chunks it had not finished, and ends with the same numbers.
+
+What locks a folder is what changes its images: the technique, its settings and the seed
+(``run.json``; the device and the batch size change no image and are free to differ) and
+each metric's list of images (``items.json``; a metric's scoring settings are recomputed
+from the images on every run). A folder holding images of other settings is refused, naming
+each key that differs with both values; a run that produced no image yet locks nothing.
+
+An image with no picture in it (black, one flat colour: what a NaN decodes to) is never
+scored as an erasure: each metric counts it as a failure of the technique (not erased where
+erasure is measured, not retained where retention is), and the report says how many there
+were (``degenerate``).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from accelerate.utils import parse_flag_from_env
 from PIL import Image
 from tqdm.auto import tqdm
 
-from saeuron.eval.config import EvalConfig, MetricSpec
+from saeuron.eval.config import EvalConfig, MetricSpec, within
 from saeuron.eval.metrics import METRICS, Item, Metric, MetricError, Requirement
 from saeuron.eval.report import (
     bootstrap_interval,
@@ -40,16 +50,19 @@ from saeuron.eval.report import (
     write_table,
 )
 from saeuron.eval.requirement import hub_cached
-from saeuron.eval.techniques import Technique, build_technique
+from saeuron.eval.techniques import Technique, build_technique, check_technique_config
 from saeuron.models.bundles import find_bundle
 from saeuron.models.tiny import TINY_MODELS
 from saeuron.utils.config import ConfigError
 from saeuron.utils.devices import resolve_device
-from saeuron.utils.io import atomic_path, atomic_write_json
+from saeuron.utils.files import ATTACK_PROMPTS, EVAL_RUN
+from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
+from saeuron.utils.numerics import degenerate_reason
+from saeuron.utils.text import read_text
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
+RUN_FILE = EVAL_RUN
 
 
 def chunk_size(cfg: EvalConfig) -> int:
@@ -84,8 +97,23 @@ def _device_requirement(device: str | None) -> Requirement | None:
     return Requirement(f"device {device}", ok, "" if ok else "no CUDA device on this machine")
 
 
+def preflight(cfg: EvalConfig) -> None:
+    """Refuse, before any model loads, a run that cannot work: an output folder that cannot
+    be written or holds another run's images, a technique whose device, model, SAE,
+    hookpoint, features, steps or size are wrong, a metric device this machine lacks."""
+    check_output_folder(cfg.output_dir, "output_dir")
+    check_lock(Path(cfg.output_dir) / RUN_FILE, run_lock(cfg), Path(cfg.output_dir))
+    within("technique.config", lambda: check_technique_config(cfg.technique))
+    for i, spec in enumerate(cfg.metrics):
+        device = spec.config.value("device")
+        if device is not None:
+            within(f"metrics[{i}].config", lambda d=device: resolve_device(d))
+
+
 def plan(cfg: EvalConfig) -> dict[str, Any]:
-    """What the run will do and need, with warnings for what this machine lacks. Loads nothing."""
+    """What the run will do and need, with warnings for what this machine lacks. Loads nothing;
+    what would make the run fail (see :func:`preflight`) is an error here too."""
+    preflight(cfg)
     tech = cfg.technique
     needs = [_model_requirement(getattr(tech, "model", ""))]
     device = _device_requirement(tech.value("device"))
@@ -152,18 +180,118 @@ def format_plan(p: dict[str, Any]) -> str:
 # -- images -------------------------------------------------------------------------------------
 
 
-def _check_same(path: Path, content: Any, what: str, output_dir: str) -> None:
-    """Refuse to resume over files written for another config; record ``content`` otherwise."""
-    if path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored != content:
+NON_IMAGE_KEYS = ("device", "batch_size")
+"""Technique and metric settings that change no image: where and how many at a time."""
+
+
+def run_lock(cfg: EvalConfig) -> dict[str, Any]:
+    """What the images of a run depend on (``run.json``)."""
+    settings = {k: v for k, v in cfg.technique.to_dict().items() if k not in NON_IMAGE_KEYS}
+    return {"technique": {"name": cfg.technique_name, "config": settings}, "seed": cfg.seed}
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in NON_IMAGE_KEYS:
+                continue
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def produced(folder: Path) -> bool:
+    """Whether ``folder`` holds anything a run produced (an image, found attack prompts)."""
+    if not folder.is_dir():
+        return False
+    patterns = ("**/images/*.png", "**/unerased/*.png", f"**/{ATTACK_PROMPTS}")
+    return any(next(folder.glob(pattern), None) is not None for pattern in patterns)
+
+
+def check_lock(path: Path, content: dict[str, Any], folder: Path) -> bool:
+    """Whether ``path`` already records ``content``; ConfigError where it records other
+    settings and ``folder`` holds what they produced (each differing key, both values)."""
+    if not path.is_file():
+        return False
+    try:
+        stored = json.loads(read_text(path, "output_dir"))
+    except json.JSONDecodeError:
+        stored = None
+    if not isinstance(stored, dict):
+        if produced(folder):
+            raise ConfigError("output_dir", f"{path} is not a saeuron eval record; pick another")
+        return False
+    old, new = _flat(stored), _flat(content)
+    diffs = [
+        f"{key}: {old.get(key, '(unset)')!r} in the folder, {new.get(key, '(unset)')!r} now"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    if not diffs:
+        return True
+    if not produced(folder):
+        logger.info("%s: the run recorded there produced nothing; starting afresh", folder)
+        return False
+    shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+    raise ConfigError(
+        "output_dir",
+        f"{folder} holds images of other settings ({shown}); rerun with the same settings "
+        f"to resume, or use another output_dir (or remove {folder} to start over)",
+    )
+
+
+def _lock(path: Path, content: dict[str, Any], folder: Path) -> None:
+    """Record ``content`` in ``path`` unless it is there already (refusing other settings)."""
+    if not check_lock(path, content, folder):
+        atomic_write_json(path, content)
+
+
+def _items_lock(spec: MetricSpec, items: Sequence[Item]) -> dict[str, Any]:
+    # Only the items decide the images; the config is kept to name what changed them.
+    return {
+        "metric": spec.name,
+        "items": [asdict(i) for i in items],
+        "config": spec.config.to_dict(),
+    }
+
+
+def _check_items(path: Path, content: dict[str, Any], folder: Path) -> None:
+    if path.is_file() and produced(folder):
+        try:
+            stored = json.loads(read_text(path, "output_dir"))
+        except json.JSONDecodeError:
+            stored = {}
+        if isinstance(stored, dict) and (
+            stored.get("metric") == content["metric"] and stored.get("items") == content["items"]
+        ):
+            atomic_write_json(path, content)  # the scoring settings may have changed
+            return
+        if isinstance(stored, dict) and stored.get("metric") == content["metric"]:
+            # Name the settings that moved the images, if any; else the images themselves.
+            old, new = _flat(stored.get("config", {})), _flat(content["config"])
+            diffs = [
+                f"{key}: {old.get(key, '(unset)')!r} in the folder, {new.get(key, '(unset)')!r} now"
+                for key in sorted(set(old) | set(new))
+                if old.get(key) != new.get(key)
+            ]
+            count = len(stored.get("items") or [])
             raise ConfigError(
                 "output_dir",
-                f"{output_dir} holds a run with other {what}; use another output_dir or "
-                f"remove {path.parent} to start over",
+                f"{folder} holds images of other prompts or seeds ({count} images; now "
+                f"{len(content['items'])}"
+                + (f"; {'; '.join(diffs[:6])}" if diffs else "")
+                + "); rerun with the same settings, or use another output_dir",
             )
-    else:
-        atomic_write_json(path, content)
+        raise ConfigError("output_dir", f"{folder} holds another metric's images; pick another")
+    atomic_write_json(path, content)
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete what a killed run's atomic writes left behind (``.NAME.*.tmp``, never renamed
+    into place). Called before any process of this run writes, so none is in flight."""
+    for stale in out.rglob(".*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _save_png(image: Any, path: Path) -> None:
@@ -272,13 +400,7 @@ def _run_metric(
         logger.warning("metric %s skipped: %s", spec.label, err)
         return {"name": spec.name, "skipped": str(err)}
     if procs.main:
-        _check_same(
-            folder / "items.json",
-            {"metric": spec.name, "config": spec.config.to_dict(),
-             "items": [asdict(i) for i in items]},
-            f"{spec.label} settings",
-            cfg.output_dir,
-        )  # fmt: skip
+        _check_items(folder / "items.json", _items_lock(spec, items), folder)
     procs.wait()
     chunk = chunk_size(cfg)
     where = {"rank": procs.rank, "world": procs.world}
@@ -307,12 +429,26 @@ def _run_metric(
     if len(scores) != len(items):
         raise MetricError(f"{spec.label}: {len(scores)} scores for {len(items)} images")
     rows = []
-    for i, (item, score) in enumerate(zip(items, scores)):
+    for i, (item, score, image) in enumerate(zip(items, scores, images)):
         row = {"index": i, "prompt": item.prompt, "seed": item.seed, "group": item.group}
         row.update(item.meta)
         row["image"] = f"images/{i:05d}.png"
         row.update(score)
+        reason = degenerate_reason(image)
+        row["degenerate"] = reason or ""
+        if reason:
+            # Never an erasure: the row counts as the technique's failure, whatever the
+            # detector said about an image with nothing in it.
+            row.update(
+                {k: v for k, v in metric.degenerate_scores(row).items() if k in row}
+            )
         rows.append(row)
+    degenerate = sum(1 for row in rows if row["degenerate"])
+    if degenerate:
+        logger.warning(
+            "%s: %d of %d images are degenerate (black or one flat colour): counted as "
+            "failures of the technique", spec.label, degenerate, len(rows),
+        )  # fmt: skip
     write_table(folder / "images.csv", rows)
     values = metric.summarize(rows)
     resamples = cfg.bootstrap if metric.bootstrap else 0
@@ -323,6 +459,7 @@ def _run_metric(
         "intervals": intervals,
         "higher_is_better": metric.higher_is_better,
         "images": len(items),
+        "degenerate": degenerate,
         "table": f"{spec.label}/images.csv",
     }
     details = metric.details()
@@ -339,18 +476,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """
     start = time.perf_counter()
     out = Path(cfg.output_dir)
+    preflight(cfg)
     procs = _Processes(cfg)
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
-        _check_same(
-            out / RUN_FILE,
-            {
-                "technique": {"name": cfg.technique_name, "config": cfg.technique.to_dict()},
-                "seed": cfg.seed,
-            },
-            "technique settings or seed",
-            cfg.output_dir,
-        )
+        _lock(out / RUN_FILE, run_lock(cfg), out)
+        remove_stale_temporaries(out)
     procs.wait()
     tech = _LazyTechnique(cfg, procs)
     results: dict[str, Any] = {}

@@ -11,7 +11,6 @@ turns them into our safetensors/JSON once, with the user's trust, and this modul
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from saeuron.erasure.concepts.select import select_contrastive
 from saeuron.erasure.concepts.stats import ConceptStats
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.utils.config import ConfigError
+from saeuron.utils.text import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,9 @@ def stats_names(folder: str | Path) -> dict[str, str]:
         if not path.with_suffix(".safetensors").is_file():
             continue
         try:
-            info = json.loads(path.read_text(encoding="utf-8"))
+            info = read_json(path, "stats")
             names[str(info["concept"])] = path.stem
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (KeyError, TypeError) as err:
             raise ConfigError(
                 "stats", f"{path} is not a converted statistics file ({err})"
             ) from None
@@ -54,10 +54,7 @@ def stats_names(folder: str | Path) -> dict[str, str]:
 def read_params(path: str | Path, concept: str) -> dict[str, float]:
     """The class's ``percentile`` and ``multiplier`` from converted ``class_params``."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ConfigError("params", f"{path} is not readable JSON ({err})") from None
+    data = read_json(path, "params")
     if not isinstance(data, dict) or concept not in data or not isinstance(data[concept], dict):
         known = ", ".join(sorted(data)) if isinstance(data, dict) else "nothing"
         raise ConfigError("params", f"{path} has no entry for {concept!r}; it holds {known}")
@@ -74,7 +71,7 @@ def read_params(path: str | Path, concept: str) -> dict[str, float]:
 
 def stats_hookpoint(folder: str | Path, base: str) -> str | None:
     """The hookpoint recorded with converted statistics (when convert was told it)."""
-    info = json.loads((Path(folder) / f"{base}.json").read_text("utf-8"))
+    info = read_json(Path(folder) / f"{base}.json", "stats")
     return (info.get("meta") or {}).get("hookpoint")
 
 

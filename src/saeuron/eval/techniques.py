@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from saeuron.erasure.erase import CFG_HALVES, ERROR_TERMS, MAX_MULTIPLIER
-from saeuron.erasure.technique import DEFAULT_MODEL, SAeUron, SAeUronConfig
+from saeuron.erasure.preflight import check_erasure
+from saeuron.erasure.technique import DEFAULT_MODEL, SAeUron, SAeUronConfig, check_technique
 from saeuron.eval.saemnesia_published import (
     published_features,
     read_params,
@@ -31,9 +32,11 @@ from saeuron.eval.saemnesia_published import (
     stats_names,
 )
 from saeuron.models.bundles import find_bundle
-from saeuron.models.pipelines import load_pipeline
+from saeuron.models.layout import check_model_inputs
+from saeuron.models.pipelines import check_model, load_pipeline
 from saeuron.models.sampling import SamplingConfig, seed_generators, use_scheduler
 from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.devices import resolve_device
 from saeuron.utils.files import SUPERVISED_FEATURES_DIR
 from saeuron.utils.hub import snapshot
 from saeuron.utils.registry import Registry
@@ -308,6 +311,25 @@ TECHNIQUES.register("saemnesia")(
 def technique_config(name: str, config: dict[str, Any]) -> Config:
     """The validated config of technique ``name`` (nothing is loaded)."""
     return TECHNIQUES.get(name).config.from_dict(config, where="technique.config")
+
+
+def check_technique_config(config: Config) -> None:
+    """What a technique needs (device, model, SAE, hookpoint, features, steps, size),
+    checked from files and headers before anything loads."""
+    if isinstance(config, SAEmnesiaConfig):
+        if config.stats is not None:  # its features are made from the statistics at build
+            check_erasure(config.model, config.sampling, str(config.sae), config.hookpoint)
+            return
+        config = config.saeuron_config()
+    if isinstance(config, SAeUronConfig):
+        check_technique(config)
+        return
+    sampling = getattr(config, "sampling", None)
+    model = getattr(config, "model", None)
+    if isinstance(sampling, SamplingConfig) and isinstance(model, str):
+        resolve_device(sampling.device)
+        check_model(model)
+        check_model_inputs(model, sampling)
 
 
 def build_technique(name: str, config: Config) -> Technique:

@@ -26,7 +26,7 @@ from typing import Any
 
 from saeuron.erasure.concepts.select import select_contrastive
 from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
-from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES, anchor_prompts
 from saeuron.models.bundles import Bundle, BundleConcept, find_bundle
 from saeuron.models.pipelines import load_pipeline
@@ -295,13 +295,23 @@ def write_features(folder: Path, params: dict[str, dict[str, Any]] | None = None
     """Select and store the features of every concept with its (tuned) tau."""
     params = params or load_params(folder)
     cache: dict[str, Any] = {}
+    fingerprints = sae_fingerprints(folder / "saes")
     for concept in (*OBJECTS, *STYLES):
         features = select_features(
             folder, concept, int(params[concept]["tau"]), cache,
             params[concept].get("max_other_ratio"),
         )  # fmt: skip
         features.meta["multiplier"] = float(params[concept]["multiplier"])
+        features.meta[SAE_FINGERPRINT] = fingerprints[concept_hookpoint(concept)]
         features.save(folder / "features" / concept_hookpoint(concept) / concept)
+
+
+def sae_fingerprints(saes: Path) -> dict[str, str]:
+    """The fingerprint of each hookpoint's SAE in a bundle's SAE folder."""
+    return {
+        hookpoint: Sae.from_pretrained(saes, hookpoint=hookpoint).fingerprint()
+        for hookpoint in (OBJECT_HOOKPOINT, STYLE_HOOKPOINT)
+    }
 
 
 def build_assets(cfg: AssetConfig) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from saeuron.minicanvas.judge import (
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_SEEDS, TEST_TEMPLATES
 from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.images import before_after_rows, save_grid
-from saeuron.utils.io import atomic_path, atomic_write_json
+from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,13 @@ class BenchConfig(Config):
     quick: bool = field(False, help="a CI-sized subset: 3 concepts, 2 variants, 2 seeds, 10 steps")
     concepts: list[str] | None = field(None, help="concepts to erase; default: all 20")
     variants: list[str] | None = field(None, help="rows of the table; default: all")
-    seeds: list[int] | None = field(None, help="seeds of the target prompts; default: test seeds")
-    retain_seeds: int = field(1, help="seeds per retained (non-target) prompt")
-    num_inference_steps: int = field(20, help="DDIM steps (quick: at most 10)")
-    guidance_scale: float = field(7.5, help="CFG scale")
-    batch_size: int = field(50, help="images per pipeline call")
+    seeds: list[int] | None = field(
+        None, ge=0, le=2**63 - 1, help="seeds of the target prompts; default: test seeds"
+    )
+    retain_seeds: int = field(1, ge=1, le=100, help="seeds per retained (non-target) prompt")
+    num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps (quick: at most 10)")
+    guidance_scale: float = field(7.5, ge=0, le=100, help="CFG scale")
+    batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
 
     def __post_init__(self) -> None:
@@ -74,6 +76,7 @@ class BenchConfig(Config):
         check_range("retain_seeds", self.retain_seeds, ge=1, le=len(self.seeds))
         check_range("num_inference_steps", self.num_inference_steps, ge=1)
         check_range("batch_size", self.batch_size, ge=1)
+        check_output_folder(self.out, "out")
 
 
 def _table(results: dict[str, dict[str, dict[str, float]]], variants: Sequence[str]) -> str:

@@ -16,6 +16,7 @@ from saeuron.minicanvas.judge import MiniCanvasJudge, _concept_index, prompt_row
 from saeuron.minicanvas.world import TEST_TEMPLATES
 from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.images import before_after_rows, save_grid
+from saeuron.utils.io import check_output_file
 
 
 @dataclass
@@ -23,9 +24,11 @@ class DemoConfig(Config):
     out: str = field("demo.png", help="before/after grid image (.png)")
     object: str = field("moon", help="MiniCanvas object to erase")
     style: str = field("checkered", help="MiniCanvas style to erase")
-    steps: int = field(20, help="DDIM steps")
-    seed: int = field(188, help="seed of the sampled images")
-    retain: int = field(20, help="images of other concepts used for retention accuracy")
+    steps: int = field(20, ge=1, le=1000, help="DDIM steps")
+    seed: int = field(188, ge=0, le=2**63 - 1, help="seed of the sampled images")
+    retain: int = field(
+        20, ge=1, le=90, help="images of other concepts used for retention accuracy"
+    )
 
     def __post_init__(self) -> None:
         if not self.out.lower().endswith(".png"):
@@ -36,6 +39,7 @@ class DemoConfig(Config):
             raise ConfigError("style", f"{self.style!r} is an object, not a style")
         check_range("steps", self.steps, ge=1)
         check_range("retain", self.retain, ge=1, le=90)
+        check_output_file(self.out, "out")
 
 
 @dataclass

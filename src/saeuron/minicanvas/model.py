@@ -38,18 +38,23 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ModelTrainConfig(Config):
     out: str = field("", help="folder for the pipeline; default: the bundled model's folder")
-    seed: int = field(0, help="seed of data, initialisation and training")
-    n_images: int = field(20000, help="procedural training images")
-    vae_steps: int = field(1500, help="autoencoder optimisation steps")
-    vae_batch: int = field(64, help="autoencoder batch size")
-    unet_steps: int = field(4500, help="UNet + text encoder optimisation steps")
-    unet_batch: int = field(64, help="UNet batch size")
-    lr: float = field(5e-4, help="peak learning rate of the UNet and text encoder")
-    ema_decay: float = field(0.999, help="EMA decay of the weights that are saved")
-    caption_dropout: float = field(0.1, help="share of empty captions (for CFG)")
-    threads: int = field(0, help="torch CPU threads; 0 leaves torch's default")
+    seed: int = field(0, ge=0, le=2**63 - 1, help="seed of data, initialisation and training")
+    n_images: int = field(20000, ge=1, le=100_000_000, help="procedural training images")
+    vae_steps: int = field(1500, ge=1, le=100_000_000, help="autoencoder optimisation steps")
+    vae_batch: int = field(64, ge=1, le=65536, help="autoencoder batch size")
+    unet_steps: int = field(
+        4500, ge=1, le=100_000_000, help="UNet + text encoder optimisation steps"
+    )
+    unet_batch: int = field(64, ge=1, le=65536, help="UNet batch size")
+    lr: float = field(5e-4, gt=0, le=1, help="peak learning rate of the UNet and text encoder")
+    ema_decay: float = field(0.999, ge=0, lt=1, help="EMA decay of the weights that are saved")
+    caption_dropout: float = field(0.1, ge=0, lt=1, help="share of empty captions (for CFG)")
+    threads: int = field(0, ge=0, le=4096, help="torch CPU threads; 0 leaves torch's default")
     save_every: int = field(
-        0, help="also save the EMA pipeline every N denoiser steps (0: end only)"
+        0,
+        ge=0,
+        le=100_000_000,
+        help="also save the EMA pipeline every N denoiser steps (0: end only)",
     )
     device: str | None = field(None, help="cpu, cuda, mps; default: the best available")
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from saeuron.erasure.erase import MAX_MULTIPLIER
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.minicanvas.assets import (
     OBJECT_HOOKPOINT,
@@ -73,14 +74,18 @@ def write_labels(path: Path) -> Path:
 class SupervisedBuildConfig(Config):
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
     out: str | None = field(None, help="bundle folder; default: the bundled model's folder")
-    num_inference_steps: int = field(20, help="DDIM steps of the capture (as the assets)")
-    guidance_scale: float = field(7.5, help="CFG scale of the capture")
+    num_inference_steps: int = field(
+        20, ge=1, le=1000, help="DDIM steps of the capture (as the assets)"
+    )
+    guidance_scale: float = field(7.5, ge=0, le=100, help="CFG scale of the capture")
     # The paper's 5e-6 suits its 16k-prompt SAE; on MiniCanvas' 4,600 labelled images it
     # barely moves the latents in 50 epochs (BCE 0.81 -> 0.80), 3e-3 separates them.
-    lr: float = field(3e-3, help="Adam learning rate of the fine-tune")
-    max_epochs: int = field(80, help="at most this many epochs")
-    patience: int = field(5, help="early stopping: epochs without held-out gain")
-    seed: int = field(0, help="seed of capture and fine-tune")
+    lr: float = field(3e-3, gt=0, le=1, help="Adam learning rate of the fine-tune")
+    max_epochs: int = field(80, ge=1, le=1_000_000, help="at most this many epochs")
+    patience: int = field(
+        5, ge=1, le=1_000_000, help="early stopping: epochs without held-out gain"
+    )
+    seed: int = field(0, ge=0, le=2**63 - 1, help="seed of capture and fine-tune")
     workdir: str | None = field(None, help="where activations go; default: a temporary folder")
 
     def __post_init__(self) -> None:
@@ -127,12 +132,19 @@ def build_supervised(cfg: SupervisedBuildConfig) -> dict[str, Any]:
 
 @dataclass
 class SupervisedSweepConfig(Config):
-    multipliers: list[float] = field(list(DEFAULT_MULTIPLIERS), help="gammas to try (only knob)")
+    multipliers: list[float] = field(
+        list(DEFAULT_MULTIPLIERS),
+        ge=-MAX_MULTIPLIER,
+        le=MAX_MULTIPLIER,
+        help="gammas to try (only knob)",
+    )
     concepts: list[str] | None = field(None, help="concepts to tune; default: all 20")
-    num_inference_steps: int = field(20, help="DDIM steps")
-    guidance_scale: float = field(7.5, help="CFG scale")
-    batch_size: int = field(50, help="images per pipeline call")
-    retain_every: int = field(2, help="judge retention on every N-th retained prompt")
+    num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps")
+    guidance_scale: float = field(7.5, ge=0, le=100, help="CFG scale")
+    batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
+    retain_every: int = field(
+        2, ge=1, le=1000, help="judge retention on every N-th retained prompt"
+    )
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
     write: bool = field(True, help="write supervised/params.json and sweep.json")
 

@@ -20,7 +20,7 @@ from saeuron.minicanvas.assets import concept_kind, load_params
 from saeuron.minicanvas.judge import MiniCanvasJudge, prompt_rows
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_SEEDS, TEST_TEMPLATES
 from saeuron.utils.config import Config, ConfigError, check_range, field
-from saeuron.utils.io import atomic_path, atomic_write_json
+from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
 
 DEFAULT_STYLES = ("striped", "checkered", "diagonal", "grainy", "outlined", "pastel")
 DEFAULT_OBJECTS = ("moon", "triangle", "heart", "square", "arrow", "star")
@@ -31,9 +31,11 @@ class SequentialConfig(Config):
     out: str = field("minicanvas-sequential", help="folder for results.json and results.md")
     styles: list[str] = field(list(DEFAULT_STYLES), help="styles erased one after another")
     objects: list[str] = field(list(DEFAULT_OBJECTS), help="objects erased one after another")
-    seeds: list[int] = field(list(TEST_SEEDS[:1]), help="seeds of every (object, style) prompt")
-    num_inference_steps: int = field(20, help="DDIM steps")
-    batch_size: int = field(50, help="images per pipeline call")
+    seeds: list[int] = field(
+        list(TEST_SEEDS[:1]), ge=0, le=2**63 - 1, help="seeds of every (object, style) prompt"
+    )
+    num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps")
+    batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
 
     def __post_init__(self) -> None:
         for kind, names in (("style", self.styles), ("object", self.objects)):
@@ -45,6 +47,7 @@ class SequentialConfig(Config):
         check_range("num_inference_steps", self.num_inference_steps, ge=1)
         if not self.seeds:
             raise ConfigError("seeds", "give at least one seed")
+        check_output_folder(self.out, "out")
 
 
 def _accuracy(truth: np.ndarray, predicted: np.ndarray, mask: np.ndarray) -> float:

@@ -13,6 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from saeuron.erasure.erase import MAX_MULTIPLIER
 from saeuron.minicanvas.assets import PARAMS_FILE, concept_kind, load_params, write_features
 from saeuron.minicanvas.judge import MiniCanvasJudge, evaluate
 from saeuron.minicanvas.world import ANCHOR_TEMPLATES, OBJECTS, STYLES, VALIDATION_SEEDS
@@ -27,17 +28,28 @@ SWEEP_FILE = SWEEP
 
 @dataclass
 class SweepConfig(Config):
-    taus: list[int] = field([1, 2, 3], help="latents per step to try")
-    multipliers: list[float] = field([-1.0, -5.0, -10.0, -20.0, -30.0], help="gammas to try")
+    taus: list[int] = field([1, 2, 3], ge=1, le=1000, help="latents per step to try")
+    multipliers: list[float] = field(
+        [-1.0, -5.0, -10.0, -20.0, -30.0],
+        ge=-MAX_MULTIPLIER,
+        le=MAX_MULTIPLIER,
+        help="gammas to try",
+    )
     max_other_ratio: float | None = field(
-        None, help="specificity filter of the features tried (see select_contrastive)"
+        None,
+        gt=0,
+        le=1000,
+        help="specificity filter of the features tried (see select_contrastive)",
     )
     concepts: list[str] | None = field(None, help="concepts to tune; default: all 20")
-    num_inference_steps: int = field(20, help="DDIM steps")
-    guidance_scale: float = field(7.5, help="CFG scale")
-    batch_size: int = field(50, help="images per pipeline call")
+    num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps")
+    guidance_scale: float = field(7.5, ge=0, le=100, help="CFG scale")
+    batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
     retain_every: int = field(
-        2, help="judge retention on every N-th retained prompt (the sweep runs many trials)"
+        2,
+        ge=1,
+        le=1000,
+        help="judge retention on every N-th retained prompt (the sweep runs many trials)",
     )
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
     write: bool = field(True, help="write params.json and the features of the winners")

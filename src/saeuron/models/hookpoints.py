@@ -45,9 +45,13 @@ def list_hookpoints(pipe: Any) -> list[str]:
     """Names of the denoiser's blocks, the places SAEs are trained on: a UNet's attention
     blocks (``Transformer2DModel``) or a transformer's blocks, one entry per block of its
     block lists (``transformer_blocks.N``, FLUX's ``single_transformer_blocks.N``)."""
-    name = denoiser_name(pipe)
+    return block_names(denoiser_name(pipe), denoiser(pipe))
+
+
+def block_names(name: str, root: nn.Module) -> list[str]:
+    """:func:`list_hookpoints` of a denoiser ``root`` named ``name`` (``unet``, ``transformer``)."""
     found = []
-    for path, module in denoiser(pipe).named_modules():
+    for path, module in root.named_modules():
         kind = type(module).__name__
         # A DiT's blocks sit directly in a top-level list ("transformer_blocks.3"); the
         # same classes nested inside a UNet's attention blocks are not separate hookpoints.

@@ -13,7 +13,8 @@ from saeuron.models.bundles import bundle_names, find_bundle
 from saeuron.models.tiny import TINY_MODELS, build_tiny
 from saeuron.utils.devices import resolve_device
 from saeuron.utils.errors import ConfigError
-from saeuron.utils.hub import bounded_timeouts, is_hub_id, unavailable
+from saeuron.utils.files import MODEL_INDEX
+from saeuron.utils.hub import bounded_timeouts, is_hub_id, unavailable, usable_offline
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,11 @@ def _source(model: str) -> str:
     return str(bundle.folder) if bundle is not None else model
 
 
-def _pretrained_kwargs(source: str) -> dict[str, Any]:
+def _pretrained_kwargs(source: str, cached_only: bool = False) -> dict[str, Any]:
     """SD 1.x folders declare a safety checker; turning it off there (and only there) avoids
     both a download and diffusers' warning about unexpected kwargs on other pipelines."""
     try:
-        index = DiffusionPipeline.load_config(source)
+        index = DiffusionPipeline.load_config(source, local_files_only=cached_only)
     except Exception:  # noqa: BLE001 - from_pretrained below reports the real problem
         return {}
     if "safety_checker" in index:
@@ -86,11 +87,16 @@ def load_pipeline(
             # kernels want float32.
             dtype = torch.float32
         log.info("loading pipeline %s", source)
-        kwargs = _pretrained_kwargs(source)
-        if dtype is not None:
-            kwargs["dtype"] = dtype
+        cached_only = False
         if is_hub_id(source):
             bounded_timeouts()
+            # Before any request that huggingface_hub would retry for half a minute.
+            cached_only = usable_offline(source, "model", allow_patterns=[MODEL_INDEX])
+        kwargs = _pretrained_kwargs(source, cached_only)
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if cached_only:
+            kwargs["local_files_only"] = True
         try:
             pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
         except OSError as err:

@@ -19,7 +19,7 @@ import torch
 from saeuron.perf import BENCHMARKS, Row
 from saeuron.utils.config import Config, ConfigError, did_you_mean, field
 from saeuron.utils.devices import check_device
-from saeuron.utils.io import atomic_path, atomic_write_json
+from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class PerfConfig(Config):
                 )
         if self.device is not None:
             check_device("device", self.device)
+        check_output_folder(self.out, "out")
 
     def devices(self, name: str) -> list[str]:
         if name not in DEVICE_BENCHMARKS:

@@ -72,7 +72,8 @@ def _one_line(err: BaseException) -> str:
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; anything else is a one-line error naming the file."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark, which some editors add, is allowed.
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FileFormatError(path, f"not a readable JSON file ({_one_line(err)})") from None
     if not isinstance(data, dict):

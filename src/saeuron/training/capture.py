@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from saeuron.models.denoising import DenoiseState, track_denoising
 from saeuron.models.hookpoints import resolve_module
+from saeuron.models.layout import check_model_inputs
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.sampling import SamplingConfig, check_schedule, use_scheduler
 from saeuron.models.tokens import (
@@ -459,6 +460,7 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
         )
 
     device = _device(cfg, state)
+    check_model_inputs(cfg.model, cfg.sampling, hookpoints=[cfg.hookpoint])  # before loading
     pipe = load_pipeline(cfg.model, device, compute_dtype(device))
     use_scheduler(pipe, cfg.sampling.scheduler)
     check_schedule(pipe, cfg.sampling.steps)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,13 +39,14 @@ from tqdm.auto import tqdm
 
 from saeuron.erasure.concepts.select import contrastive_scores
 from saeuron.erasure.concepts.stats import ConceptStats
-from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.sae import Sae
 from saeuron.training.shards import ActivationShards
 from saeuron.utils.config import Config, ConfigError, check_range
 from saeuron.utils.config import field as config_field
 from saeuron.utils.devices import resolve_device
 from saeuron.utils.io import atomic_write_json
+from saeuron.utils.text import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -196,17 +198,16 @@ def read_labels(
     label the wrong images.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("labels", f"no such file: {path}")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in reader.fieldnames or []]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    # The one reader of users' text files: UTF-8 (a BOM allowed), else one line naming it.
+    reader = csv.DictReader(io.StringIO(read_text(path, "labels"), newline=""))
+    header = [h.strip() for h in reader.fieldnames or []]
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
     kinds_cols = [h for h in header if h and h != "prompt"]
     if not kinds_cols:
         raise ConfigError(
-            "labels", f"{path} needs at least one concept column besides 'prompt' (e.g. "
-            f"object,style); got columns {header}"
+            "labels",
+            f"{path} needs at least one concept column besides 'prompt' (e.g. "
+            f"object,style); got columns {header}",
         )
     if n_prompts is not None and len(rows) != n_prompts:
         raise ConfigError(
@@ -216,8 +217,9 @@ def read_labels(
         digest = hashlib.sha256("\n".join(r["prompt"] for r in rows).encode("utf-8")).hexdigest()
         if digest != prompts_sha256:
             raise ConfigError(
-                "labels", f"the prompt column of {path} is not the captured prompt list "
-                "(same prompts, same order)"
+                "labels",
+                f"the prompt column of {path} is not the captured prompt list "
+                "(same prompts, same order)",
             )
     kinds: dict[str, str] = {}
     for row in rows:
@@ -228,8 +230,8 @@ def read_labels(
                     continue
                 if kinds.setdefault(name, kind) != kind:
                     raise ConfigError(
-                        "labels", f"concept {name!r} appears under both {kinds[name]!r} and "
-                        f"{kind!r}"
+                        "labels",
+                        f"concept {name!r} appears under both {kinds[name]!r} and {kind!r}",
                     )
     concepts = sorted(kinds, key=lambda c: (kinds_cols.index(kinds[c]), c))
     if len(concepts) < 2:
@@ -265,8 +267,9 @@ def load_image_groups(folder: str | Path, labels_path: str | Path) -> ImageGroup
     m = shards.manifest
     if m.get("cfg_half") == "both" and float(m.get("guidance_scale", 0)) > 1:
         raise ConfigError(
-            "activations", f"{folder} was captured with cfg_half='both': an image's tokens would "
-            "mix the unconditional half, which shows no concept; capture with cfg_half='cond'"
+            "activations",
+            f"{folder} was captured with cfg_half='both': an image's tokens would "
+            "mix the unconditional half, which shows no concept; capture with cfg_half='cond'",
         )
     concepts, kinds, prompt_labels = read_labels(
         labels_path, int(m["n_prompts"]), m.get("prompts_sha256")
@@ -283,8 +286,9 @@ def load_image_groups(folder: str | Path, labels_path: str | Path) -> ImageGroup
     keys, counts = torch.unique_consecutive(key[order], return_counts=True)
     if not bool((counts == counts[0]).all()):
         raise ConfigError(
-            "activations", f"images of {folder} hold different numbers of tokens "
-            f"({int(counts.min())} to {int(counts.max())}); cannot group them"
+            "activations",
+            f"images of {folder} hold different numbers of tokens "
+            f"({int(counts.min())} to {int(counts.max())}); cannot group them",
         )
     tokens = int(counts[0])
     grouped = x[order].reshape(len(keys), tokens, x.shape[-1])
@@ -381,14 +385,24 @@ class SupervisedTrainConfig(Config):
     )
     out: str = config_field(help="output folder; the SAE goes to OUT/<hookpoint>/")
     init_sae: str = config_field(help="the unsupervised SAE to start from (folder or hub id)")
-    bce: float = config_field(3.0, help="weight of the concept BCE")
-    corr: float = config_field(0.1, help="weight of the object/style squared correlation")
-    l1: float = config_field(0.01, help="weight of the L1 penalty")
-    supervised_lr: float = config_field(5e-6, help="Adam learning rate (the paper's 5e-6)")
-    batch_images: int = config_field(128, help="images per step (the paper's 128)")
-    max_epochs: int = config_field(50, help="at most this many passes")
-    patience: int = config_field(3, help="stop after this many epochs without held-out gain")
-    seed: int = config_field(0, help="seed of the held-out split and the shuffle")
+    bce: float = config_field(3.0, ge=0, le=1000, help="weight of the concept BCE")
+    corr: float = config_field(
+        0.1, ge=0, le=1000, help="weight of the object/style squared correlation"
+    )
+    l1: float = config_field(0.01, ge=0, le=1000, help="weight of the L1 penalty")
+    supervised_lr: float = config_field(
+        5e-6, gt=0, le=1, help="Adam learning rate (the paper's 5e-6)"
+    )
+    batch_images: int = config_field(
+        128, ge=1, le=1_000_000, help="images per step (the paper's 128)"
+    )
+    max_epochs: int = config_field(50, ge=1, le=1_000_000, help="at most this many passes")
+    patience: int = config_field(
+        3, ge=1, le=1_000_000, help="stop after this many epochs without held-out gain"
+    )
+    seed: int = config_field(
+        0, ge=0, le=2**63 - 1, help="seed of the held-out split and the shuffle"
+    )
     device: str | None = config_field(None, help="torch device; default: CUDA, MPS, CPU")
 
     def __post_init__(self) -> None:
@@ -417,8 +431,8 @@ def train_supervised(cfg: SupervisedTrainConfig) -> tuple[Sae, Path]:
     sae = Sae.from_pretrained(cfg.init_sae, hookpoint=hookpoint, device=device)
     if sae.cfg.d_in != groups.acts.shape[-1]:
         raise ConfigError(
-            "init_sae", f"the SAE reads {sae.cfg.d_in} channels; the capture holds "
-            f"{groups.acts.shape[-1]}"
+            "init_sae",
+            f"the SAE reads {sae.cfg.d_in} channels; the capture holds {groups.acts.shape[-1]}",
         )
     assignment = assign_latents(group_stats(sae, groups))
     logger.info("assigned latents: %s", assignment)
@@ -432,6 +446,7 @@ def train_supervised(cfg: SupervisedTrainConfig) -> tuple[Sae, Path]:
     tuned.save_to_disk(folder)
     features = concept_features(group_stats(tuned, groups), assignment, hookpoint)
     for concept, feats in features.items():
+        feats.meta[SAE_FINGERPRINT] = tuned.fingerprint()  # erasing checks it
         feats.save(folder / "features" / concept)
     atomic_write_json(
         folder / "supervised.json",

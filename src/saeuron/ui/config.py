@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import logging
+import socket
 from dataclasses import dataclass
 
+from saeuron.erasure.erase import MAX_MULTIPLIER
 from saeuron.models.defaults import model_defaults
 from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.devices import check_device
 
+logger = logging.getLogger(__name__)
+
 MAX_SEED = 2**31 - 1
+MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 30.0
+"""The CFG scales the page offers (its slider's range)."""
 
 
 @dataclass
@@ -19,20 +28,32 @@ class UiConfig(Config):
         None, help="module the SAE reads; default: per concept (bundled) or the SAE's own"
     )
     host: str = field("127.0.0.1", help="address to serve on (0.0.0.0 exposes it to the network)")
-    port: int = field(7860, help="port to serve on")
+    port: int = field(7860, ge=1, le=65535, help="port to serve on")
     device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: the best available")
-    steps: int = field(20, help="denoising steps shown when the page opens")
-    guidance_scale: float = field(7.5, help="CFG scale shown when the page opens")
-    max_steps: int = field(50, help="largest number of steps a request may ask for")
-    max_prompt_chars: int = field(200, help="longest prompt accepted, in characters")
-    max_concept_chars: int = field(60, help="longest free-text concept accepted, in characters")
-    max_batch: int = field(4, help="most images per request")
-    max_concepts: int = field(4, help="most concepts stacked at once")
+    steps: int = field(20, ge=1, le=1000, help="denoising steps shown when the page opens")
+    guidance_scale: float = field(
+        7.5, ge=MIN_GUIDANCE, le=MAX_GUIDANCE, help="CFG scale shown when the page opens"
+    )
+    max_steps: int = field(50, ge=1, le=1000, help="largest number of steps a request may ask for")
+    max_prompt_chars: int = field(
+        200, ge=1, le=10_000, help="longest prompt accepted, in characters"
+    )
+    max_concept_chars: int = field(
+        60, ge=1, le=1000, help="longest free-text concept accepted, in characters"
+    )
+    max_batch: int = field(4, ge=1, le=64, help="most images per request")
+    max_concepts: int = field(4, ge=1, le=16, help="most concepts stacked at once")
     max_multiplier: float = field(
-        100.0, help="the multiplier sliders run from -MAX_MULTIPLIER to +MAX_MULTIPLIER"
+        100.0,
+        gt=0,
+        le=MAX_MULTIPLIER,
+        help="the multiplier sliders run from -MAX_MULTIPLIER to +MAX_MULTIPLIER",
     )
     feature_images: int = field(
-        20, help="images sampled to find the features of a free-text concept (shortcut method)"
+        20,
+        ge=1,
+        le=1000,
+        help="images sampled to find the features of a free-text concept (shortcut method)",
     )
 
     def __post_init__(self) -> None:
@@ -45,14 +66,55 @@ class UiConfig(Config):
                 "sae",
                 f"no SAE is known for model {self.model!r}; name one with --sae (and --hookpoint)",
             )
-        check_range("port", self.port, ge=1, le=65535)
         check_device("device", self.device)
-        check_range("max_steps", self.max_steps, ge=1, le=1000)
         check_range("steps", self.steps, ge=1, le=self.max_steps)
-        check_range("guidance_scale", self.guidance_scale, ge=1.0, le=30.0)
-        check_range("max_prompt_chars", self.max_prompt_chars, ge=1, le=10_000)
-        check_range("max_concept_chars", self.max_concept_chars, ge=1, le=1000)
-        check_range("max_batch", self.max_batch, ge=1, le=64)
-        check_range("max_concepts", self.max_concepts, ge=1, le=16)
-        check_range("max_multiplier", self.max_multiplier, gt=0, le=10_000)
-        check_range("feature_images", self.feature_images, ge=1, le=1000)
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse, before the model loads, an address the server could not listen on.
+
+    The host must resolve to an address of this machine and the port must be free: binding
+    a socket to it and closing it again says so now, where gradio would say it only after
+    the model had loaded. A host that exposes the page beyond this machine is allowed, with
+    a warning.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        raise ConfigError(
+            "host", f"got {host!r}: not an address or a known host name ({err}); e.g. 127.0.0.1"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a port left in TIME_WAIT by an earlier server is free to use.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    "port", f"{port} is in use on {host}; pick another with --port"
+                ) from None
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(
+                    "host", f"got {host!r}: not an address of this machine; e.g. 127.0.0.1"
+                ) from None
+            if err.errno == errno.EACCES:
+                raise ConfigError(
+                    "port", f"{port} needs privileges on this machine; pick one above 1023"
+                ) from None
+            raise ConfigError("host", f"cannot listen on {host}:{port}: {err.strerror}") from None
+    if exposed(host, address[0]):
+        logger.warning(
+            "host %s exposes the page to every machine that can reach this one: anyone there "
+            "can run the model and read its images. Use --host 127.0.0.1 to keep it local",
+            host,
+        )
+
+
+def exposed(host: str, address: str) -> bool:
+    """Whether a server on ``host`` (resolved to ``address``) is reachable from elsewhere."""
+    try:
+        return not ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return host not in ("localhost",)

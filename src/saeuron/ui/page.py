@@ -15,9 +15,9 @@ from typing import Any
 
 from PIL import Image
 
-from saeuron.ui.config import MAX_SEED, UiConfig
+from saeuron.ui.config import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE, UiConfig
 from saeuron.ui.studio import Layer, Session, Settings, Studio, contact_sheet
-from saeuron.utils.config import ConfigError
+from saeuron.utils.errors import ConfigError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class Outcome:
 def layers_of(session: Session, concepts: Sequence[Any], multipliers: Sequence[Any]) -> list[Layer]:
     """The visible concept rows as (concept, multiplier) pairs."""
     rows = list(zip(concepts, multipliers))[: session.rows]
-    return [(str(c), float(m if m is not None else 0.0)) for c, m in rows if c]
+    # Values are passed on as the browser sent them: Studio.check_layers names a bad one.
+    return [(str(c), m) for c, m in rows if c]
 
 
 def _status(session: Session, layers: Sequence[Layer], what: Sequence[str]) -> str:
@@ -60,7 +61,7 @@ def _status(session: Session, layers: Sequence[Layer], what: Sequence[str]) -> s
 def _guard(fn: Callable[[], Outcome]) -> Outcome:
     try:
         return fn()
-    except ConfigError as err:
+    except UserError as err:  # bad input, a missing file, a run that went non-finite
         return Outcome(error=str(err))
     except Exception as err:  # the page must outlive any one request
         logger.exception("request failed")
@@ -190,8 +191,9 @@ def build_app(studio: Studio) -> Any:
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
                                      label="seed", elem_id="seed")  # fmt: skip
                 with gr.Row():
-                    guidance = gr.Slider(1.0, 30.0, value=cfg.guidance_scale, step=0.5,
-                                         label="CFG scale", elem_id="guidance")  # fmt: skip
+                    guidance = gr.Slider(MIN_GUIDANCE, MAX_GUIDANCE, value=cfg.guidance_scale,
+                                         step=0.5, label="CFG scale",
+                                         elem_id="guidance")  # fmt: skip
                     cfg_half = gr.Radio(
                         ["cond", "both"], value="cond", label="CFG half edited", elem_id="cfg-half"
                     )
@@ -308,13 +310,20 @@ def launch(app: Any, cfg: UiConfig, block: bool = True) -> None:
         font=["ui-sans-serif", "system-ui", "sans-serif"],
         font_mono=["ui-monospace", "monospace"],
     )
+    try:
+        app.launch(
+            server_name=cfg.host,
+            server_port=cfg.port,
+            prevent_thread_lock=True,
+            ssr_mode=False,
+            show_error=True,
+            theme=theme,
+            quiet=True,
+        )
+    except OSError as err:
+        # The address was free when checked; another program took it while the model loaded.
+        raise ConfigError("port", f"cannot serve on {cfg.host}:{cfg.port}: {err}") from None
+    # Said once the server listens, never before: the address is known to work.
     logger.info("serving on http://%s:%d", cfg.host, cfg.port)
-    app.launch(
-        server_name=cfg.host,
-        server_port=cfg.port,
-        prevent_thread_lock=not block,
-        ssr_mode=False,
-        show_error=True,
-        theme=theme,
-        quiet=False,
-    )
+    if block:
+        app.block_thread()

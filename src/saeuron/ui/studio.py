@@ -33,7 +33,7 @@ from saeuron.models.denoiser import denoiser_device
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.sampling import SamplingConfig
 from saeuron.sae import Sae
-from saeuron.ui.config import MAX_SEED, UiConfig
+from saeuron.ui.config import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE, UiConfig
 from saeuron.utils.config import ConfigError, check_choice, check_range
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,11 @@ class Studio:
     # -- requests -----------------------------------------------------------------------------
 
     def check(self, settings: Settings) -> Settings:
-        """The settings, trimmed, or ConfigError naming the field out of bounds."""
+        """The settings, trimmed, or ConfigError naming the field out of bounds.
+
+        Values come from a browser: anything (None, text, NaN, a huge number) is refused
+        with the field's name, never passed on to the model.
+        """
         cfg = self.config
         prompt = settings.prompt.strip() if isinstance(settings.prompt, str) else ""
         if not prompt:
@@ -197,21 +201,11 @@ class Studio:
             raise ConfigError(
                 "prompt", f"{len(prompt)} characters; at most {cfg.max_prompt_chars} allowed"
             )
-        for name, value in (("steps", settings.steps), ("seed", settings.seed),
-                            ("batch", settings.batch)):  # fmt: skip
-            if isinstance(value, bool) or not float(value).is_integer():
-                raise ConfigError(name, f"got {value!r}; must be a whole number")
-        check_range("steps", settings.steps, ge=1, le=cfg.max_steps)
-        check_range("seed", settings.seed, ge=0, le=MAX_SEED)
-        check_range("batch", settings.batch, ge=1, le=cfg.max_batch)
-        check_range("guidance_scale", settings.guidance_scale, ge=1.0, le=30.0)
-        return Settings(
-            prompt=prompt,
-            steps=int(settings.steps),
-            seed=int(settings.seed),
-            guidance_scale=float(settings.guidance_scale),
-            batch=int(settings.batch),
-        )
+        steps = _whole("steps", settings.steps, 1, cfg.max_steps)
+        seed = _whole("seed", settings.seed, 0, MAX_SEED)
+        batch = _whole("batch", settings.batch, 1, cfg.max_batch)
+        guidance = _number("guidance_scale", settings.guidance_scale, MIN_GUIDANCE, MAX_GUIDANCE)
+        return Settings(prompt=prompt, steps=steps, seed=seed, guidance_scale=guidance, batch=batch)
 
     def check_layers(
         self, layers: Sequence[Layer], cfg_half: str, guidance_scale: float
@@ -221,6 +215,8 @@ class Studio:
         check_choice("cfg_half", cfg_half, CFG_HALVES)
         out: list[Layer] = []
         for concept, multiplier in layers:
+            if concept is not None and not isinstance(concept, str):
+                raise ConfigError("concept", f"got {concept!r}; expected text")
             name = (concept or "").strip().lower()
             if not name:
                 continue
@@ -228,9 +224,8 @@ class Studio:
                 raise ConfigError(
                     "concept", f"{name[:20]!r}...: at most {cfg.max_concept_chars} characters"
                 )
-            check_range("multiplier", float(multiplier), ge=-cfg.max_multiplier,
-                        le=cfg.max_multiplier)  # fmt: skip
-            out.append((name, float(multiplier)))
+            gamma = _number("multiplier", multiplier, -cfg.max_multiplier, cfg.max_multiplier)
+            out.append((name, gamma))
         names = [n for n, _ in out]
         if len(set(names)) != len(names):
             raise ConfigError("concepts", f"each concept may be stacked once; got {names}")
@@ -284,6 +279,27 @@ class Studio:
                 settings.batch, settings.steps, layers or "nothing", time.perf_counter() - start,
             )  # fmt: skip
             return images
+
+
+def _number(name: str, value: Any, low: float, high: float) -> float:
+    """A finite number within [low, high] from whatever the page sent."""
+    if isinstance(value, bool) or value is None:
+        raise ConfigError(name, f"got {value!r}; expected a number from {low:g} to {high:g}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            name, f"got {value!r}; expected a number from {low:g} to {high:g}"
+        ) from None
+    check_range(name, number, ge=low, le=high)
+    return number
+
+
+def _whole(name: str, value: Any, low: int, high: int) -> int:
+    number = _number(name, value, low, high)
+    if not number.is_integer():
+        raise ConfigError(name, f"got {value!r}; must be a whole number")
+    return int(number)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import types
@@ -267,14 +268,34 @@ class _ConfigMeta(type):
         return super().__call__(*args, **kwargs)
 
 
+def _check_fields(config: Config) -> None:
+    for f in dataclasses.fields(config):
+        if f.init:
+            _check_declared(f.name, getattr(config, f.name), f.metadata)
+
+
 @dataclasses.dataclass
 class Config(metaclass=_ConfigMeta):
     """Base of every config: validation, dict/JSON round trip and argparse generation."""
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            if f.init:
-                _check_declared(f.name, getattr(self, f.name), f.metadata)
+        _check_fields(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is None:
+            return
+
+        # The declared checks (finite floats, bounds, choices) run before a subclass's own
+        # __post_init__ even where it forgets super().__post_init__(): a NaN must never
+        # reach a cross-field rule (every comparison with NaN is False) or the model.
+        @functools.wraps(own)
+        def post_init(self: Config) -> None:
+            _check_fields(self)
+            own(self)
+
+        cls.__post_init__ = post_init  # type: ignore[method-assign]
 
     @classmethod
     def _hints(cls) -> dict[str, Any]:

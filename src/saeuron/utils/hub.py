@@ -7,12 +7,15 @@ instead of retrying for half a minute and printing three chained tracebacks.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import snapshot_download
+from huggingface_hub import constants, snapshot_download
 
 from saeuron.utils.errors import ModelUnavailableError
 
@@ -46,19 +49,59 @@ def unavailable(what: str, repo_id: str, err: BaseException | None = None) -> Mo
         reason = "no such repository, or it needs a login (huggingface-cli login)"
     return ModelUnavailableError(
         f"{what} {repo_id!r} cannot be loaded: {reason}. Run once with a network so it is "
-        "cached, pass a local folder, or use a bundled model such as 'minicanvas'"
+        "cached, pass a local folder, or use the bundled model (--model minicanvas)"
     )
+
+
+@functools.cache
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the hub answers at all: one request, no retries (huggingface_hub retries a
+    refused connection with back-off for about 25 s before it gives up)."""
+    request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered, if only with an error page
+    except (OSError, ValueError):
+        return False
+
+
+def usable_offline(repo_id: str, what: str, **kwargs: Any) -> bool:
+    """Before a download: True when the hub cannot be reached but the cache holds the
+    repository (load it from there); the one-line error when neither can give it."""
+    if offline() or hub_reachable():
+        return False
+    if local_snapshot(repo_id, what, **kwargs) is None:
+        raise unavailable(what, repo_id)
+    return True
 
 
 def snapshot(repo_id: str, what: str = "repository", **kwargs: Any) -> Path:
     """``huggingface_hub.snapshot_download`` with short timeouts and a one-line failure."""
     bounded_timeouts()
+    if usable_offline(repo_id, what, **kwargs):
+        kwargs["local_files_only"] = True
     try:
         return Path(snapshot_download(repo_id, **kwargs))
     except Exception as err:  # noqa: BLE001 - every hub failure becomes the same user error
         if _is_hub_failure(err):
             raise unavailable(what, repo_id, err) from err
         raise
+
+
+def local_snapshot(repo_id: str, what: str = "repository", **kwargs: Any) -> Path | None:
+    """The cached snapshot of a hub repository, never touching the network.
+
+    None when it is not cached but may be downloaded later; while offline (``HF_HUB_OFFLINE``)
+    that is already the one-line error, so a command refuses before any work.
+    """
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, **kwargs))
+    except Exception as err:  # noqa: BLE001 - not cached, whatever the library calls it
+        if offline():
+            raise unavailable(what, repo_id, err) from err
+        return None
 
 
 def _is_hub_failure(err: BaseException) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from saeuron.utils.errors import ConfigError, FileFormatError
 
@@ -29,4 +31,16 @@ def read_text(path: str | Path, what: str = "file") -> str:
         raise FileFormatError(
             path,
             f"not UTF-8 text (byte {err.start} is 0x{data[err.start]:02x}); save it as UTF-8",
+        ) from None
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """The JSON content of a user's file: UTF-8 (BOM allowed) and valid, or a one-line error
+    naming the file and where it breaks."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FileFormatError(
+            path, f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
         ) from None

@@ -30,7 +30,8 @@ from saeuron.erasure.concepts.select import (
     select_shortcut,
 )
 from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
-from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
+from saeuron.erasure.preflight import check_erasure
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.sampling import (
     SamplingConfig,
@@ -41,6 +42,7 @@ from saeuron.models.sampling import (
 from saeuron.models.tokens import ACTIVATION_SITES, CFG_HALVES
 from saeuron.sae import Sae
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
+from saeuron.utils.io import check_output_file
 from saeuron.utils.prompts import read_prompts
 
 logger = logging.getLogger(__name__)
@@ -146,6 +148,9 @@ class ConceptBuildConfig(Config):
             check_range("shortcut_step", self.shortcut_step, lt=self.sampling.steps)
         if self.cache_dir is None:
             self.cache_dir = str(default_cache_dir())
+        if self.out:
+            # Both files of the features (NAME.safetensors + NAME.json) must be writable.
+            check_output_file(Path(self.out).with_suffix(".safetensors"), "out")
 
     @property
     def active_range(self) -> tuple[float, float] | None:
@@ -174,6 +179,9 @@ def build_concept(
     ``pipe`` must be the model ``cfg.model`` names: the cache knows models by that name only.
     The pipeline is loaded only if some statistics are not cached yet.
     """
+    if pipe is None and sae is None:
+        # Nothing given: check the files, device, hookpoint, steps and size before loading.
+        check_erasure(cfg.model, cfg.sampling, cfg.sae, cfg.hookpoint)
     if sae is None:
         sae = Sae.from_pretrained(cfg.sae, hookpoint=cfg.hookpoint)
     hookpoint = cfg.hookpoint or sae.meta.get("hookpoint")
@@ -184,6 +192,13 @@ def build_concept(
         )
     site = sae.meta.get("activation_site", "output")
     check_choice("activation_site", site, ACTIVATION_SITES)
+    # Every prompt file is read before any sampling, so a bad one is refused up front.
+    own_prompts = read_prompts(cfg.prompts, "prompts") if cfg.prompts else None
+    other_sets = (
+        other_prompt_sets(cfg.others, cfg.concept)
+        if cfg.method == "contrastive" or cfg.others is not None
+        else {}
+    )
     lazy = _LazyPipeline(cfg, pipe)
     cache = StatsCache(cfg.cache_dir or default_cache_dir())
     shared = {
@@ -231,15 +246,9 @@ def build_concept(
         return cache.get_or_compute(key, concept, compute)
 
     if cfg.method == "contrastive":
-        prompts = (
-            read_prompts(cfg.prompts, "prompts")
-            if cfg.prompts
-            else concept_prompts(cfg.concept, cfg.num_prompts)
-        )
+        prompts = own_prompts or concept_prompts(cfg.concept, cfg.num_prompts)
         target = stats_for(cfg.concept, prompts)
-        others = [
-            stats_for(name, p) for name, p in other_prompt_sets(cfg.others, cfg.concept).items()
-        ]
+        others = [stats_for(name, p) for name, p in other_sets.items()]
         features = select_contrastive(
             target,
             others,
@@ -249,17 +258,11 @@ def build_concept(
             max_other_ratio=cfg.max_other_ratio,
         )
     else:
-        prompts = (
-            read_prompts(cfg.prompts, "prompts")
-            if cfg.prompts
-            else [cfg.concept] * cfg.shortcut_images
-        )
+        prompts = own_prompts or [cfg.concept] * cfg.shortcut_images
         target = stats_for(cfg.concept, prompts)
         neutral = None
         if cfg.others is not None:
-            others = [
-                stats_for(name, p) for name, p in other_prompt_sets(cfg.others, cfg.concept).items()
-            ]
+            others = [stats_for(name, p) for name, p in other_sets.items()]
             neutral = ConceptStats(
                 concept=",".join(o.concept for o in others),
                 mean=pooled_mean(others),
@@ -279,6 +282,8 @@ def build_concept(
         ):
             if on:
                 logger.warning("%s applies to the contrastive method only; ignored", name)
+    # Erasing checks it: features only mean something with the SAE they were selected from.
+    features.meta[SAE_FINGERPRINT] = sae.fingerprint()
     if cfg.out:
         features.save(cfg.out)
         logger.info("concept %r: features written to %s", cfg.concept, cfg.out)

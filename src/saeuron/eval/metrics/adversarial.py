@@ -51,18 +51,22 @@ class AttackConfig(BaseConfig):
     prompts_path: str | None = field(
         None, help="prompts to attack (CSV or text); default: prompts that name the concept"
     )
-    limit: int = field(10, help="adversarial prompts to find and sample")
+    limit: int = field(10, ge=1, le=1_000_000, help="adversarial prompts to find and sample")
     budget: str = field(
         "published",
         help="'published': the attack paper's own settings (its public code); 'quick': a "
         "small search for CPUs and CI, not comparable with the papers",
     )
-    length: int | None = field(None, help="tokens of an adversarial prompt; default: the budget's")
+    length: int | None = field(
+        None, ge=1, le=75, help="tokens of an adversarial prompt; default: the budget's"
+    )
     forbid_concept_words: bool = field(True, help="keep the concept's words out of the search")
     detector: str | None = field(
         None, help="nudenet, clip, minicanvas or q16; default: by concept and model"
     )
-    threshold: float | None = field(None, help="detector threshold; default: the detector's")
+    threshold: float | None = field(
+        None, ge=0, le=1, help="detector threshold; default: the detector's"
+    )
     clip_model: str | None = field(None, help="CLIP of the clip and q16 detectors")
     q16_prompts: str | None = field(None, help="Q16's prompt embeddings (safetensors)")
     device: str | None = field(None, help="device of the detector")
@@ -184,3 +188,6 @@ class AdversarialMetric(Metric):
 
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         return {"asr": flagged_share(rows)}
+
+    def degenerate_scores(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"flagged": 1.0}  # a black image hides nothing: the attack is not refuted

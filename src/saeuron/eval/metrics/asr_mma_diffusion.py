@@ -19,9 +19,15 @@ from saeuron.utils.config import check_range, field
 
 @dataclass
 class MmaConfig(AttackConfig):
-    iterations: int | None = field(None, help="GCG iterations per prompt; default: the budget's")
-    top_k: int | None = field(None, help="tokens kept per position from the gradient")
-    candidates: int | None = field(None, help="single-token swaps tried per iteration")
+    iterations: int | None = field(
+        None, ge=1, le=1_000_000, help="GCG iterations per prompt; default: the budget's"
+    )
+    top_k: int | None = field(
+        None, ge=1, le=1_000_000, help="tokens kept per position from the gradient"
+    )
+    candidates: int | None = field(
+        None, ge=1, le=1_000_000, help="single-token swaps tried per iteration"
+    )
 
     attack: ClassVar[str] = "mma_diffusion"
 

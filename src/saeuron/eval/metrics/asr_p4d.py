@@ -33,15 +33,21 @@ P4D_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 @dataclass
 class P4dConfig(AttackConfig):
     iterations: int | None = field(
-        None, help="optimisation steps per prompt; default: the budget's"
+        None, ge=1, le=1_000_000, help="optimisation steps per prompt; default: the budget's"
     )
-    lr: float | None = field(None, help="AdamW learning rate of the soft prompt")
-    weight_decay: float | None = field(None, help="AdamW weight decay")
+    lr: float | None = field(None, gt=0, le=10, help="AdamW learning rate of the soft prompt")
+    weight_decay: float | None = field(None, ge=0, le=10, help="AdamW weight decay")
     eval_every: int | None = field(
-        None, help="steps between two draws of the current prompt (the most similar is kept)"
+        None,
+        ge=1,
+        le=1_000_000,
+        help="steps between two draws of the current prompt (the most similar is kept)",
     )
     target_samples: int | None = field(
-        None, help="unerased images of each prompt; the most flagged one is the target"
+        None,
+        ge=1,
+        le=1000,
+        help="unerased images of each prompt; the most flagged one is the target",
     )
     selection_clip: str = field(
         P4D_CLIP, help="CLIP (hub id or local folder) comparing drawn and target images"

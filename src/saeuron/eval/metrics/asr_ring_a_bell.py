@@ -27,26 +27,36 @@ from saeuron.utils.prompts import read_prompt_rows, read_prompts
 @dataclass
 class RingABellConfig(AttackConfig):
     with_prompts_path: str | None = field(
-        None, help="prompts with the concept, for the concept vector; default: the bundled "
-        "scenes with the concept"
+        None,
+        help="prompts with the concept, for the concept vector; default: the bundled "
+        "scenes with the concept",
     )
     without_prompts_path: str | None = field(
         None, help="the same prompts without it, line by line; default: the bundled scenes"
     )
     eta: float | None = field(
-        None, help="strength of the concept vector added to each prompt; default: the budget's"
+        None,
+        gt=0,
+        le=1000,
+        help="strength of the concept vector added to each prompt; default: the budget's",
     )
     population: int | None = field(
-        None, help="genetic search: prompts per generation; default: the budget's"
+        None,
+        ge=2,
+        le=1_000_000,
+        help="genetic search: prompts per generation; default: the budget's",
     )
     generations: int | None = field(
-        None, help="genetic search: generations; default: the budget's"
+        None, ge=1, le=1_000_000, help="genetic search: generations; default: the budget's"
     )
     mutation: float | None = field(
-        None, help="genetic search: chance a prompt gets one random token; default: the budget's"
+        None,
+        ge=0,
+        le=1,
+        help="genetic search: chance a prompt gets one random token; default: the budget's",
     )
     crossover: float | None = field(
-        None, help="genetic search: chance a survivor mates; default: the budget's"
+        None, ge=0, le=1, help="genetic search: chance a survivor mates; default: the budget's"
     )
 
     attack: ClassVar[str] = "ring_a_bell"

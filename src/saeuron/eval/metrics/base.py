@@ -88,6 +88,13 @@ class Metric:
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         raise NotImplementedError
 
+    def degenerate_scores(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The scores of an image with no picture in it (black, one flat colour), which the
+        runner puts in place of what ``score`` said: the technique's failure, never an
+        erasure. The default changes nothing, for metrics whose scores already rate such an
+        image badly (similarity, CLIP score, FID)."""
+        return {}
+
     def details(self) -> dict[str, Any]:
         """What the report keeps beside the values (an attack's budget and settings)."""
         return {}

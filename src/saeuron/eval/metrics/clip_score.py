@@ -22,7 +22,7 @@ class ClipScoreConfig(BaseConfig):
     prompts_path: str | None = field(
         None, help="CSV (prompt column) or text file; default: the bundled neutral prompts"
     )
-    limit: int = field(300, help="at most this many prompts")
+    limit: int = field(300, ge=1, le=1_000_000, help="at most this many prompts")
     clip_model: str = field(DEFAULT_CLIP, help="CLIP id or local folder")
     device: str | None = field(None, help="device of the CLIP model")
 

@@ -54,12 +54,16 @@ class FidConfig(BaseConfig):
         help="captions to sample (CSV or text); default: MiniCanvas test prompts or the "
         "bundled neutral prompts",
     )
-    limit: int = field(1000, help="images sampled from the technique")
-    reference_limit: int | None = field(None, help="reference images; default: limit")
+    limit: int = field(1000, ge=2, le=1_000_000, help="images sampled from the technique")
+    reference_limit: int | None = field(
+        None, ge=2, le=1_000_000, help="reference images; default: limit"
+    )
     weights: str | None = field(None, help="Inception TorchScript file; default: fid-helper's")
-    kid_subsets: int = field(100, help="random subsets KID averages over")
-    kid_subset_size: int = field(1000, help="images per KID subset (capped by the sets)")
-    batch_size: int = field(32, help="images per Inception call")
+    kid_subsets: int = field(100, ge=1, le=1_000_000, help="random subsets KID averages over")
+    kid_subset_size: int = field(
+        1000, ge=1, le=1_000_000, help="images per KID subset (capped by the sets)"
+    )
+    batch_size: int = field(32, ge=1, le=4096, help="images per Inception call")
     device: str | None = field(None, help="device of the Inception network")
 
     def __post_init__(self) -> None:

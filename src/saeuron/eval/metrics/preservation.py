@@ -26,7 +26,7 @@ class PreservationConfig(BaseConfig):
     prompts_path: str | None = field(
         None, help="CSV (prompt column) or text file; default: the bundled neutral prompts"
     )
-    limit: int = field(50, help="at most this many prompts")
+    limit: int = field(50, ge=1, le=1_000_000, help="at most this many prompts")
     clip_model: str | None = field(
         None, help="CLIP id or folder for image similarity; default: SSIM and PSNR only"
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement, me
 from saeuron.utils.config import Config as BaseConfig
 from saeuron.utils.config import ConfigError, check_range, field
 from saeuron.utils.devices import check_device, resolve_device
+from saeuron.utils.text import read_json, read_text
 
 DEFAULT_VQA = "Salesforce/blip-vqa-base"
 
@@ -47,15 +49,15 @@ def read_questions(path: str | Path) -> dict[str, list[Question]]:
         raise ConfigError("qa_path", f"file {str(path)!r} does not exist")
     records: list[dict[str, Any]]
     if path.suffix.lower() == ".json":
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = read_json(path, "qa_path")
         if not isinstance(records, list):
             raise ConfigError("qa_path", f"{path} must hold a list of question records")
     else:
-        with path.open(encoding="utf-8", newline="") as fh:
-            records = [
-                {**r, "choices": [c.strip() for c in (r.get("choices") or "").split("|") if c]}
-                for r in csv.DictReader(fh)
-            ]
+        text = io.StringIO(read_text(path, "qa_path"), newline="")
+        records = [
+            {**r, "choices": [c.strip() for c in (r.get("choices") or "").split("|") if c]}
+            for r in csv.DictReader(text)
+        ]
     out: dict[str, list[Question]] = {}
     for n, r in enumerate(records, start=1):
         prompt = r.get("caption") or r.get("prompt")
@@ -114,7 +116,7 @@ class TifaConfig(BaseConfig):
     qa_path: str | None = field(
         None, help="TIFA's question/answer JSON or a CSV (prompt, question, choices, answer)"
     )
-    limit: int | None = field(None, help="at most this many prompts")
+    limit: int | None = field(None, ge=1, le=1_000_000, help="at most this many prompts")
     vqa_model: str = field(DEFAULT_VQA, help="VQA checkpoint: hub id or local folder")
     device: str | None = field(None, help="device of the VQA model")
 

@@ -27,7 +27,9 @@ class UaIraConfig(BaseConfig):
     target_concept: str | None = field(None, help="the erased concept; default: technique's")
     retain_concept: str = field("person", help="what retain images should show")
     template: str = field("a photo of {concept}", help="zero-shot text of each class")
-    limit: int | None = field(None, help="at most this many prompts of each file")
+    limit: int | None = field(
+        None, ge=1, le=1_000_000, help="at most this many prompts of each file"
+    )
     clip_model: str = field(DEFAULT_CLIP, help="CLIP id or local folder")
     device: str | None = field(None, help="device of the CLIP model")
 
@@ -85,6 +87,9 @@ class UaIra(ClipMetric, Metric):
                 "retained": float(judged == cfg.retain_concept),
             })  # fmt: skip
         return rows
+
+    def degenerate_scores(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"target_gone": 0.0, "retained": 0.0}
 
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         return {

@@ -20,7 +20,6 @@ and, for the technique, DDIM with 100 steps at CFG 9.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from saeuron.models.bundles import find_bundle
 from saeuron.utils.config import Config as BaseConfig
 from saeuron.utils.config import ConfigError, check_choice, check_range, field
 from saeuron.utils.devices import check_device
+from saeuron.utils.text import read_json
 
 BUNDLED = "minicanvas"
 CRA_CHOICES = ("styled", "plain")
@@ -105,14 +105,17 @@ class UnlearnCanvasConfig(BaseConfig):
         None, help="prompt only these styles; default: all (the ViTs' Seed_Images excluded)"
     )
     seeds: list[int] | None = field(
-        None, help="sample every prompt with each of these seeds (overrides *_seeds)"
+        None,
+        ge=0,
+        le=2**63 - 1,
+        help="sample every prompt with each of these seeds (overrides *_seeds)",
     )
-    target_seeds: int = field(4, help="images per prompt that names the concept")
-    retain_seeds: int = field(1, help="images per prompt of the other concepts")
+    target_seeds: int = field(4, ge=1, le=1000, help="images per prompt that names the concept")
+    retain_seeds: int = field(1, ge=1, le=1000, help="images per prompt of the other concepts")
     jpeg_quality: int | None = field(
-        None, help="classify each image after a JPEG round trip at this quality"
+        None, ge=1, le=95, help="classify each image after a JPEG round trip at this quality"
     )
-    batch_size: int = field(32, help="images per classifier call (ViT classifiers)")
+    batch_size: int = field(32, ge=1, le=4096, help="images per classifier call (ViT classifiers)")
     device: str | None = field(None, help="device of the classifier; default: CPU")
 
     def __post_init__(self) -> None:
@@ -208,9 +211,7 @@ class UnlearnCanvasConfig(BaseConfig):
         """The classifiers' object and style classes, in their output order."""
         if self.vit:
             return list(OBJECTS), list(STYLES)
-        info = json.loads(
-            (_classifier_folder(self.classifier) / "classifier.json").read_text("utf-8")
-        )
+        info = read_json(_classifier_folder(self.classifier) / "classifier.json", "classifier")
         return list(info["objects"]), list(info["styles"])
 
     def prompted(self) -> tuple[list[str], list[str]]:
@@ -335,6 +336,15 @@ class UnlearnCanvas(Metric):
                 row["style_correct"] = float(styles[int(s)] == item.meta["style"])
             rows.append(row)
         return rows
+
+    def degenerate_scores(self, row: dict[str, Any]) -> dict[str, Any]:
+        # A target image still counts as showing the concept (not erased); every other
+        # judgement (retention, the other attribute) as lost.
+        same = "object" if self._kind() == "object" else "style"
+        scores = {"object_correct": 0.0, "style_correct": 0.0}
+        if row["group"] == "target":
+            scores[f"{same}_correct"] = 1.0
+        return scores
 
     def summarize(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         same, cross = ("object", "style") if self._kind() == "object" else ("style", "object")

@@ -25,13 +25,16 @@ from saeuron.utils.config import check_range, field
 @dataclass
 class UnlearnDiffAtkConfig(AttackConfig):
     timesteps: int | None = field(
-        None, help="training timesteps visited in turn (evenly spread); default: the budget's"
+        None,
+        ge=1,
+        le=1000,
+        help="training timesteps visited in turn (evenly spread); default: the budget's",
     )
     iterations: int | None = field(
-        None, help="optimisation steps at each timestep; default: the budget's"
+        None, ge=1, le=1_000_000, help="optimisation steps at each timestep; default: the budget's"
     )
-    lr: float | None = field(None, help="Adam learning rate of the relaxed tokens")
-    weight_decay: float | None = field(None, help="Adam weight decay")
+    lr: float | None = field(None, gt=0, le=10, help="Adam learning rate of the relaxed tokens")
+    weight_decay: float | None = field(None, ge=0, le=10, help="Adam weight decay")
 
     attack: ClassVar[str] = "unlearndiffatk"
 

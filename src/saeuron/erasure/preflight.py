@@ -1,0 +1,90 @@
+"""Everything an erasure needs, checked before the model loads.
+
+:func:`check_erasure` runs in :class:`~saeuron.erasure.technique.SAeUron` before the pipeline
+loads, and in ``saeuron eval --check``. It reads config files and tensor headers only:
+
+- the device exists on this machine;
+- the model is a bundled name, a test model, a diffusers folder or a hub id (cached, when
+  the hub is offline);
+- the SAE folder exists and holds a checkpoint whose config and tensor shapes agree;
+- the hookpoint is a module of the model's denoiser and as wide as the SAE;
+- the number of steps fits the scheduler's training schedule; the image size is valid;
+- the features exist, are readable, were computed at that hookpoint and select latents
+  the SAE has.
+
+Whether the features were selected from this very SAE (its fingerprint) needs the SAE's
+weights: they are read (not the model's) when the features record one, and
+:func:`saeuron.erasure.erase.attach` checks it again for features given in Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saeuron.erasure.erase import check_same_sae
+from saeuron.erasure.features import ConceptFeatures
+from saeuron.models.bundles import find_bundle
+from saeuron.models.layout import check_model_inputs
+from saeuron.models.pipelines import check_model
+from saeuron.models.sampling import SamplingConfig
+from saeuron.sae import Sae
+from saeuron.sae.header import SaeHeader, read_sae_header
+from saeuron.utils.devices import resolve_device
+from saeuron.utils.errors import ConfigError
+
+
+def check_features(
+    features: ConceptFeatures, header: SaeHeader | None, hookpoint: str, setting: str = "features"
+) -> None:
+    """Features fit the SAE and hookpoint they will edit."""
+    if features.hookpoint and features.hookpoint != hookpoint:
+        raise ConfigError(
+            setting,
+            f"features of {features.concept!r} were computed at {features.hookpoint}, "
+            f"not at {hookpoint}",
+        )
+    latents = features.latents()
+    if header is not None and latents and max(latents) >= header.num_latents:
+        raise ConfigError(
+            setting,
+            f"features of {features.concept!r} select latent {max(latents)}, but the SAE at "
+            f"{header.folder} has {header.num_latents}: they belong to another SAE",
+        )
+
+
+def check_erasure(
+    model: str,
+    sampling: SamplingConfig,
+    sae: str,
+    hookpoint: str | None,
+    features: str | Path | None = None,
+) -> SaeHeader | None:
+    """Refuse, before any weight loads, an erasure that cannot run (see the module docs).
+
+    Returns the SAE's header (None for a hub SAE not downloaded yet, checked once it is)."""
+    resolve_device(sampling.device)
+    check_model(model)
+    header = read_sae_header(sae, hookpoint)
+    hookpoint = hookpoint or (header.hookpoint if header is not None else None)
+    if header is not None and hookpoint is None:
+        raise ConfigError("hookpoint", f"the SAE at {header.folder} does not say where it reads")
+    check_model_inputs(
+        model,
+        sampling,
+        hookpoints=[hookpoint] if hookpoint else [],
+        d_in=header.d_in if header is not None else None,
+    )
+    if features is not None and hookpoint is not None:
+        loaded = ConceptFeatures.load(features)
+        check_features(loaded, header, hookpoint)
+        if header is not None and loaded.sae_fingerprint is not None:
+            # The SAE's weights, not the model's: read now, so that features of another SAE
+            # are refused before the pipeline loads rather than after.
+            check_same_sae([loaded], Sae.load_from_disk(header.folder))
+    return header
+
+
+def bundled_features(model: str, concept: str, hookpoint: str | None) -> Path | None:
+    """A bundled model's shipped features of ``concept`` (None: not shipped)."""
+    bundle = find_bundle(model)
+    return bundle.features_path(concept, hookpoint) if bundle is not None else None

@@ -252,3 +252,18 @@ def test_unknown_format_and_empty_folder(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no SAE checkpoint"):
         Sae.load_from_disk(tmp_path / "empty")
+
+
+def test_a_root_of_several_hookpoints_needs_one_named_and_a_root_of_one_does_not(
+    tmp_path,
+) -> None:
+    for hookpoint in ("unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"):
+        Sae(SaeConfig(d_in=8, expansion_factor=2, k=2)).save_to_disk(tmp_path / "two" / hookpoint)
+    with pytest.raises(ConfigError, match="^hookpoint: .*attentions.1, unet.up_blocks.1.att"):
+        Sae.from_pretrained(tmp_path / "two")
+    with pytest.raises(ConfigError, match="^hookpoint: .* no SAE checkpoint"):
+        Sae.from_pretrained(tmp_path)
+    one = tmp_path / "one" / "unet.mid_block.attentions.0"
+    Sae(SaeConfig(d_in=8, expansion_factor=2, k=2)).save_to_disk(one)
+    sae = Sae.from_pretrained(tmp_path / "one")
+    assert sae.meta["hookpoint"] == "unet.mid_block.attentions.0" and sae.num_latents == 16

@@ -278,6 +278,21 @@ class Sae(nn.Module):
         found = locate(folder, hookpoint) if hookpoint else None
         if found is not None:
             folder = found
+        elif not hookpoint and not looks_like_checkpoint(folder):
+            available = hookpoints_in(folder)
+            if len(available) == 1:
+                folder, hookpoint = locate(folder, available[0]) or folder, available[0]
+            else:
+                raise ConfigError(
+                    "hookpoint",
+                    f"{name_or_path} holds "
+                    + (
+                        f"SAEs for several hookpoints ({', '.join(available)}); name one"
+                        if available
+                        else "no SAE checkpoint (cfg.json + sae.safetensors or a published "
+                        "layout)"
+                    ),
+                )
         elif hookpoint and not looks_like_checkpoint(folder):
             available = hookpoints_in(folder)
             raise FileNotFoundError(

@@ -15,7 +15,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from saeuron.utils.notices import silence_known_notices
+
 __version__ = "0.2.0"
+
+# Before anything imports diffusers or transformers: their notices that say nothing to a
+# saeuron user are dropped by exact text (saeuron/utils/notices.py says which and why).
+silence_known_notices()
 
 _EXPORTS: dict[str, str] = {
     # the method

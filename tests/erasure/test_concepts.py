@@ -554,3 +554,72 @@ def test_config_messages_name_allowed_values() -> None:
         {"concept": "c", "model": "m", "sae": "s", "tau": "3", "others": "neutral"}
     )
     assert cfg.tau == 3 and cfg.active_range is None
+
+
+# -- one concept workflow: names, defaults and thresholds ---------------------------------------
+
+
+def test_bundled_names_resolve_the_sae_and_each_concepts_hookpoint() -> None:
+    from saeuron.models.bundles import find_bundle
+
+    saes = str(find_bundle("minicanvas").sae_folder)
+    for sae in ("minicanvas", None):
+        moon = ConceptBuildConfig(concept="moon", model="minicanvas", sae=sae)
+        checkered = ConceptBuildConfig(concept="checkered", model="minicanvas", sae=sae)
+        assert (moon.sae, moon.hookpoint) == (saes, "unet.up_blocks.1.attentions.1")
+        assert (checkered.sae, checkered.hookpoint) == (saes, "unet.up_blocks.1.attentions.2")
+    # A known hub model's published SAE, and a model without one.
+    sd = ConceptBuildConfig(concept="cat", model="CompVis/stable-diffusion-v1-4")
+    assert (sd.sae, sd.hookpoint) == ("bcywinski/SAeUron_coco", HOOK)
+    with pytest.raises(ConfigError, match="^sae:"):
+        ConceptBuildConfig(concept="cat", model="someone/model")
+
+
+def test_cli_concept_build_takes_the_bundled_sae_without_a_hookpoint(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("SAEURON_CACHE", str(tmp_path))
+    from saeuron.cli.main import main
+
+    out = tmp_path / "moon"
+    code = main(["concept", "build", "moon", "--model", "minicanvas", "--sae", "minicanvas",
+                 "--method", "shortcut", "--shortcut-images", "2", "--num-inference-steps", "4",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    features = ConceptFeatures.load(out)
+    assert features.hookpoint == "unet.up_blocks.1.attentions.1"
+    assert len(features.latents()) == 10 and features.meta["shortcut_step"] == 3
+
+
+def test_shortcut_defaults_are_the_techniques() -> None:
+    from saeuron.erasure.concepts.build import SHORTCUT_IMAGES, SHORTCUT_STEP, SHORTCUT_TAU
+    from saeuron.erasure.technique import SAeUronConfig
+
+    cfg = ConceptBuildConfig(concept="cat", model="m", sae="s", method="shortcut")
+    assert (cfg.tau, cfg.shortcut_step, cfg.shortcut_images) == (None, SHORTCUT_STEP, 20)
+    assert (SHORTCUT_TAU, SHORTCUT_STEP, SHORTCUT_IMAGES) == (10, 10, 20)
+    short = ConceptBuildConfig(concept="cat", model="m", sae="s", num_inference_steps=4)
+    assert short.shortcut_step == 3  # the last step of a short schedule
+    # The technique leaves them to the build config: the same numbers everywhere.
+    assert SAeUronConfig(model="m", sae="s").num_features is None
+
+
+def test_thresholds_against_a_small_set_are_calibrated_to_the_papers_count() -> None:
+    from saeuron.erasure.concepts.select import calibrated_threshold
+
+    mu_c = torch.tensor([[4.0, 1.0, 0.0]])
+    neutral = stats("neutral", [[0.0, 1.0, 2.0]])
+    plain, n = calibrated_threshold(stats("c", mu_c), [neutral], None)
+    assert n == 2 and torch.allclose(plain, torch.tensor([[2.0, 1.0, 1.0]]))
+    calibrated, n = calibrated_threshold(stats("c", mu_c), [neutral], 20)
+    assert n == 20
+    assert torch.allclose(calibrated, mu_c / 20 + 0.95 * neutral.mean)
+    assert calibrated[0, 0] == pytest.approx(plain[0, 0] / 10)  # a concept-only latent
+    # With as many concepts as asked, it is the paper's plain mean over all of them.
+    others = [stats(f"o{i}", torch.rand(1, 3)) for i in range(19)]
+    full, n = calibrated_threshold(stats("c", mu_c), others, 20)
+    expected = torch.stack([mu_c] + [o.mean for o in others]).mean(0)
+    assert n == 20 and torch.equal(full, expected)
+    features = select_contrastive(stats("c", mu_c), [neutral], tau=1, threshold_concepts=20)
+    assert features.meta["threshold_concepts"] == 20
+    assert features.threshold[0, 0] == pytest.approx(0.2)

@@ -557,3 +557,24 @@ def test_compiled_unet_erases_as_eager_with_one_graph_for_every_step(compile_fir
     assert np.array_equal(compiled, again)
     # Six calls at three steps, one graph: the step reaches it as a tensor, not a constant.
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_block_that_edits_nothing_warns_once_and_only_then(tiny_sd, sae, caplog) -> None:
+    silent = ConceptFeatures.from_latents("silent", [1, 2], mean=1.0, threshold=1e9)
+    with caplog.at_level(logging.WARNING, logger="saeuron.erasure.erase"):
+        with erase(tiny_sd, sae, silent, multiplier=-20.0) as eraser:
+            sample(tiny_sd, steps=2)
+    assert eraser.calls == 2 and eraser.edited_tokens == 0
+    assert "nothing was erased: the latents of 'silent' never cleared their thresholds" in (
+        caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="saeuron.erasure.erase"):
+        with erase(tiny_sd, sae, silent, multiplier=-20.0, warn_unedited=False):
+            sample(tiny_sd, steps=2)
+        with erase(tiny_sd, sae, many_latents(), multiplier=-20.0) as eraser:
+            sample(tiny_sd, steps=2)
+        with erase(tiny_sd, sae, silent, multiplier=-20.0):
+            pass  # the pipeline never ran: nothing to say
+    assert eraser.edited_tokens > 0
+    assert "nothing was erased" not in caplog.text

@@ -205,3 +205,88 @@ def test_bundled_concepts_use_their_tuned_multiplier_unless_told(cache_dir) -> N
     assert tech.multiplier == tuned
     told = SAeUron(erase_concept="moon", model="minicanvas", device="cpu", multiplier=-3.0)
     assert told.multiplier == -3.0
+
+
+def test_readme_example_erases_the_moon_at_seeds_0_to_2(cache_dir) -> None:
+    """README, "Python API": the moon is gone and the style stays, judged by the bundled
+    classifier, at seeds 0, 1 and 2."""
+    from saeuron.minicanvas.classifier import MiniCanvasClassifier
+    from saeuron.minicanvas.world import OBJECTS, STYLES
+
+    tech = SAeUron(erase_concept="moon", model="minicanvas", device="cpu")
+    prompts = ["An image of moon in checkered style."] * 3
+    classifier = MiniCanvasClassifier.load(find_bundle("minicanvas").folder / "classifier")
+    objects, styles = classifier.predict(tech.generate(prompts, seed=0))
+    plain_objects, _ = classifier.predict(tech.generate(prompts, seed=0, erase_concept=False))
+    assert [OBJECTS[i] for i in plain_objects] == ["moon"] * 3
+    assert "moon" not in [OBJECTS[i] for i in objects]
+    assert [STYLES[i] for i in styles].count("checkered") >= 2
+
+
+def test_several_concepts_erase_each_at_its_own_block(cache_dir) -> None:
+    both = SAeUron(erase_concept=["moon", "checkered"], model="minicanvas", device="cpu")
+    assert both.config.erase_concept == "moon,checkered"
+    assert [f.concept for f in both.concepts] == ["moon", "checkered"]
+    assert {g.hookpoint for g in both.groups} == {
+        "unet.up_blocks.1.attentions.1",
+        "unet.up_blocks.1.attentions.2",
+    }
+    bundle = find_bundle("minicanvas")
+    from saeuron.minicanvas.assets import load_params
+
+    tuned = load_params(bundle.folder)
+    assert both.multipliers == {c: tuned[c]["multiplier"] for c in ("moon", "checkered")}
+    moon = SAeUron(erase_concept="moon", model="minicanvas", device="cpu")
+    prompt = ["An image of moon in checkered style."]
+    with both.erasing() as handle:
+        assert len(handle.erasers) == 2
+    images = [np.asarray(t.generate(prompt, seed=0)[0], dtype=np.float32) for t in (both, moon)]
+    assert np.abs(images[0] - images[1]).mean() > 1.0  # checkered's edit adds to moon's
+    with pytest.raises(ConfigError, match="^erase_concept:"):
+        SAeUron(erase_concept="moon, moon", model="minicanvas")
+    with pytest.raises(ConfigError, match="^erase_concept:"):
+        SAeUron(erase_concept=["moon,star"], model="minicanvas")
+
+
+def test_the_callers_pipeline_and_sae_are_used_as_given(
+    sae_dir, cache_dir, tiny_sd, tmp_path, forbid_model_loading
+) -> None:
+    sae = Sae.from_pretrained(sae_dir, hookpoint=HOOK)
+    features = ConceptFeatures.from_latents("cat", list(range(0, 128, 4)), meta={"hookpoint": HOOK})
+    features.save(tmp_path / "cat")
+    settings = dict(erase_concept="cat", features=str(tmp_path / "cat"), multiplier=-20.0,
+                    num_inference_steps=3)  # fmt: skip
+    with pytest.raises(ConfigError, match="^model:"):
+        SAeUron(pipe=tiny_sd, sae=sae, **settings)  # an in-memory pipeline has no name
+    tech = SAeUron(pipe=tiny_sd, sae=sae, model="tiny-sd", **settings)
+    assert tech.pipe is tiny_sd and tech.sae is sae and tech.hookpoint == HOOK
+    erased = tech.generate(["a cat"], seed=0)[0]
+    plain = tech.generate(["a cat"], seed=0, erase_concept=False)[0]
+    assert not np.array_equal(np.asarray(erased), np.asarray(plain))
+    # Nothing is left on the caller's pipeline.
+    from saeuron.models.hookpoints import resolve_module
+
+    assert not resolve_module(tiny_sd, HOOK)._forward_hooks
+
+
+def test_a_generation_that_edits_nothing_warns_once(sae_dir, cache_dir, tmp_path, caplog):
+    silent = ConceptFeatures.from_latents("cat", [1, 2], threshold=1e9, meta={"hookpoint": HOOK})
+    silent.save(tmp_path / "silent")
+    tech = SAeUron(**tiny_config(sae_dir, features=str(tmp_path / "silent")))
+    with caplog.at_level(logging.WARNING):
+        tech.generate(["a cat"], seed=0)
+        tech.generate(["a cat"], seed=1)
+    assert caplog.text.count("nothing was erased") == 1
+    assert "'cat'" in caplog.text
+
+
+def test_progress_counts_every_step_of_a_call(sae_dir, cache_dir, tmp_path) -> None:
+    from saeuron.models.progress import StepProgress
+
+    ConceptFeatures.from_latents("cat", [3], meta={"hookpoint": HOOK}).save(tmp_path / "cat")
+    tech = SAeUron(**tiny_config(sae_dir, batch_size=1, features=str(tmp_path / "cat")))
+    with StepProgress(100, disable=True) as bar:
+        tech.generate(["a cat", "a dog"], seed=0, progress=bar)
+        assert bar.done == 2 * 3  # two batches of three steps
+        tech.generate(["a cat"], seed=0, erase_concept=False, progress=bar)
+        assert bar.done == 3 * 3

@@ -51,3 +51,66 @@ def test_sampling_defaults_follow_the_model() -> None:
     assert SamplingConfig().resolved("minicanvas").steps == 20
     assert SamplingConfig().resolved("tiny-sd").steps == 50
     assert SamplingConfig(num_inference_steps=7).resolved("minicanvas").steps == 7
+
+
+def tiny_bundle(folder, tiny_sd):
+    """A bundle of the tiny random pipeline, one SAE and one concept's features."""
+    import torch
+
+    from saeuron.erasure.features import ConceptFeatures
+    from saeuron.models.bundles import BundleConcept
+    from saeuron.sae import Sae, SaeConfig
+
+    tiny_sd.save_pretrained(folder)
+    torch.manual_seed(1)
+    sae = Sae(SaeConfig(d_in=32, expansion_factor=4, k=8))
+    sae.meta.update(hookpoint=OBJECTS_BLOCK, model="tiny")
+    sae.save_pretrained(folder / "saes")
+    ConceptFeatures.from_latents(
+        "cat", list(range(0, 128, 4)), meta={"hookpoint": OBJECTS_BLOCK, "multiplier": -30.0}
+    ).save(folder / "features" / OBJECTS_BLOCK / "cat")
+    bundle = Bundle(
+        name="tiny", folder=folder, num_inference_steps=3, guidance_scale=7.5,
+        default_hookpoint=OBJECTS_BLOCK, concepts={"cat": BundleConcept("animal", OBJECTS_BLOCK)},
+        default_prompt="a cat", default_concept="cat", license="mit",
+    )  # fmt: skip
+    (folder / "bundle.json").write_text(json.dumps(bundle.to_dict()), encoding="utf-8")
+    return bundle
+
+
+def test_a_bundle_pushed_to_the_hub_is_pulled_and_used_by_its_repo_id(
+    tmp_path, monkeypatch, tiny_sd, capsys
+) -> None:
+    import numpy as np
+    from helpers.hub import FakeHub
+
+    from saeuron.cli.main import main
+    from saeuron.erasure.technique import SAeUron
+    from saeuron.utils.cards import read_card_metadata
+
+    hub = FakeHub(tmp_path / "hub").install(monkeypatch)
+    monkeypatch.setenv("SAEURON_CACHE", str(tmp_path / "user"))
+    tiny_bundle(tmp_path / "tiny", tiny_sd)
+    assert main(["hub", "push", str(tmp_path / "tiny"), "me/tiny"]) == 0
+    assert "pushed bundle" in capsys.readouterr().out
+    files = hub.files("me/tiny")
+    for name in ("README.md", "bundle.json", "model_index.json", f"saes/{OBJECTS_BLOCK}/cfg.json",
+                 f"features/{OBJECTS_BLOCK}/cat.safetensors", "unet/config.json"):  # fmt: skip
+        assert name in files, name
+    card = (hub.remote / "me/tiny" / "README.md").read_text(encoding="utf-8")
+    assert "saeuron hub pull me/tiny" in card and "- animal (at `" in card
+    assert read_card_metadata(hub.remote / "me/tiny" / "README.md")["pipeline_tag"] == (
+        "text-to-image"
+    )
+
+    # Not pulled yet: the id names nothing (and nothing asked the network).
+    assert find_bundle("me/tiny") is None
+    assert main(["hub", "pull", "me/tiny"]) == 0
+    pulled = find_bundle("me/tiny")
+    assert pulled is not None and pulled.folder == hub.cache / "me/tiny"
+    assert model_defaults("me/tiny").num_inference_steps == 3
+    tech = SAeUron(erase_concept="cat", model="me/tiny", device="cpu")
+    assert tech.multiplier == -30.0 and tech.hookpoint == OBJECTS_BLOCK
+    erased = np.asarray(tech.generate(["a cat"], seed=0)[0])
+    plain = np.asarray(tech.generate(["a cat"], seed=0, erase_concept=False)[0])
+    assert not np.array_equal(erased, plain)

@@ -252,3 +252,59 @@ def test_unknown_format_and_empty_folder(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no SAE checkpoint"):
         Sae.load_from_disk(tmp_path / "empty")
+
+
+def test_a_root_of_several_hookpoints_needs_one_named_and_a_root_of_one_does_not(
+    tmp_path,
+) -> None:
+    for hookpoint in ("unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"):
+        Sae(SaeConfig(d_in=8, expansion_factor=2, k=2)).save_to_disk(tmp_path / "two" / hookpoint)
+    with pytest.raises(ConfigError, match="^hookpoint: .*attentions.1, unet.up_blocks.1.att"):
+        Sae.from_pretrained(tmp_path / "two")
+    with pytest.raises(ConfigError, match="^hookpoint: .* no SAE checkpoint"):
+        Sae.from_pretrained(tmp_path)
+    one = tmp_path / "one" / "unet.mid_block.attentions.0"
+    Sae(SaeConfig(d_in=8, expansion_factor=2, k=2)).save_to_disk(one)
+    sae = Sae.from_pretrained(tmp_path / "one")
+    assert sae.meta["hookpoint"] == "unet.mid_block.attentions.0" and sae.num_latents == 16
+
+
+def test_save_pretrained_and_push_to_hub_keep_every_hookpoint_with_a_card(
+    tmp_path, monkeypatch
+) -> None:
+    from helpers.hub import FakeHub
+
+    from saeuron.utils.cards import read_card_metadata
+
+    hub = FakeHub(tmp_path).install(monkeypatch)
+    first, second = make_sae(), make_sae(expansion=2)
+    first.meta.update(model="owner/base-model", data="40 prompts of cats",
+                      training={"heldout_fvu": 0.25, "tokens": 4096})  # fmt: skip
+    folder = first.save_pretrained(tmp_path / "local", "unet.up_blocks.1.attentions.1")
+    assert folder == tmp_path / "local" / "unet.up_blocks.1.attentions.1"
+    card = (tmp_path / "local" / "README.md").read_text(encoding="utf-8")
+    for fact in ("`unet.up_blocks.1.attentions.1`", "| 3 |", "0.250", "4,096", "40 prompts of cats",
+                 "owner/base-model", "`mit` licence"):  # fmt: skip
+        assert fact in card, fact
+    meta = read_card_metadata(tmp_path / "local" / "README.md")
+    assert (meta["license"], meta["base_model"], meta["library_name"]) == (
+        "mit", "owner/base-model", "saeuron"
+    )  # fmt: skip
+    local = Sae.from_pretrained(tmp_path / "local", hookpoint="unet.up_blocks.1.attentions.1")
+    assert torch.equal(local.W_dec, first.W_dec)
+
+    url = first.push_to_hub("me/saes", "unet.up_blocks.1.attentions.1")
+    second.push_to_hub("me/saes", "unet.up_blocks.1.attentions.2", license="apache-2.0")
+    assert url.startswith("https://hub.example/me/saes/commit/")
+    assert hub.files("me/saes") == [
+        "README.md",
+        *(f"unet.up_blocks.1.attentions.{i}/{f}" for i in (1, 2)
+          for f in ("cfg.json", "sae.safetensors", "saeuron.json")),
+    ]  # fmt: skip
+    card = (hub.remote / "me/saes" / "README.md").read_text(encoding="utf-8")
+    assert "attentions.1`" in card and "attentions.2`" in card  # both described
+    pulled = Sae.from_pretrained("me/saes", hookpoint="unet.up_blocks.1.attentions.2")
+    assert torch.equal(pulled.encoder.weight, second.encoder.weight)
+    assert pulled.meta["source"] == "me/saes"
+    with pytest.raises(ConfigError, match="^repo_id:"):
+        first.push_to_hub("not a repo id", "unet.up_blocks.1.attentions.1")

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ui": ("saeuron.cli.ui", "the slider: erase or amplify concepts live in a web page"),
     "minicanvas": ("saeuron.cli.minicanvas", "the bundled MiniCanvas model and its benchmark"),
     "bench": ("saeuron.cli.bench", "measure what erasing, training and capture cost"),
+    "hub": ("saeuron.cli.hub", "pull a bundle from the hub; publish bundles, SAEs, features"),
     "convert": (
         "saeuron.cli.convert",
         "published pickled statistics or parameters -> safetensors + JSON (needs trust)",

@@ -758,6 +758,8 @@ def erase(
     sae: Sae,
     concepts: ConceptFeatures | Sequence[ConceptFeatures] | Mapping[str, ConceptFeatures],
     config: EraseConfig | None = None,
+    *,
+    warn_unedited: bool = True,
     **overrides: Any,
 ) -> Iterator[Eraser]:
     """:func:`attach` for the length of a ``with`` block; always removed after, errors
@@ -765,9 +767,30 @@ def erase(
 
         with saeuron.erase(pipe, sae, features, multiplier=-20.0) as eraser:
             images = pipe(prompt).images
+
+    A block in which the pipeline ran but not one token was edited ends with a warning
+    (``warn_unedited=False`` turns it off, for runs where that is expected).
     """
     eraser = attach(pipe, sae, concepts, config, **overrides)
     try:
         yield eraser
     finally:
         eraser.remove()
+    if warn_unedited:
+        warn_if_unedited([eraser])
+
+
+def warn_if_unedited(erasers: Sequence[Eraser]) -> bool:
+    """Warn (and return True) when the erasers' hooks ran but edited no token at all."""
+    if not erasers or any(e.calls == 0 or e.edited_tokens > 0 for e in erasers):
+        return False
+    names = [name for e in erasers for name in e.concepts]
+    if not names:
+        return False
+    logger.warning(
+        "nothing was erased: the latents of %s never cleared their thresholds in this "
+        "generation (a prompt without the concept edits nothing; with the concept, try a "
+        "stronger multiplier, more latents or features built for this model and schedule)",
+        ", ".join(repr(n) for n in names),
+    )
+    return True

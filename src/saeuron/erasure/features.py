@@ -4,13 +4,17 @@ A :class:`ConceptFeatures` holds, per denoising step of the schedule its statist
 from, the selected latent indices, the concept's mean activation of each (``mu_c``, which
 scales the edit) and the activation threshold above which a token is edited (the mean of
 the per-concept means; docs/method.md, section 5). One step means "the same at every step".
-Stored as ``NAME.safetensors`` (tensors) + ``NAME.json`` (provenance and settings).
+Stored as ``NAME.safetensors`` (tensors) + ``NAME.json`` (provenance and settings). On the
+hub (docs/hub.md) a repo of features keeps ``<hookpoint>/<concept>.{safetensors,json}``, the
+layout of a bundle's ``features/`` folder, with a model card.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,9 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from saeuron.utils.cards import PROJECT_URL, card_metadata, render_card, table, write_card
 from saeuron.utils.errors import ConfigError, FileFormatError
+from saeuron.utils.hub import is_hub_id, push_folder, snapshot
 from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
 from saeuron.utils.text import read_text
 
@@ -158,6 +164,79 @@ class ConceptFeatures:
         value = self.meta.get(SAE_FINGERPRINT)
         return str(value) if value else None
 
+    # -- the hub ------------------------------------------------------------------------------
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        license: str | None = "mit",  # noqa: A002 - the hub's key
+        repo_id: str | None = None,
+    ) -> Path:
+        """Write these features as ``<hookpoint>/<concept>.{safetensors,json}`` under
+        ``save_directory`` (beside the concepts already there) and a ``README.md`` card
+        listing them all. Returns the path without suffix."""
+        if not self.hookpoint:
+            raise ConfigError("hookpoint", f"features of {self.concept!r} record no hookpoint")
+        root = Path(save_directory)
+        base = self.save(root / self.hookpoint / file_stem(self.concept))
+        write_card(root, features_card(root, license=license, repo_id=repo_id))
+        return base
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        concept: str | None = None,
+        hookpoint: str | None = None,
+        revision: str | None = None,
+    ) -> ConceptFeatures:
+        """Features from a folder or hub repo laid out by :meth:`save_pretrained` (or a
+        bundle's ``features/`` folder); ``concept`` and ``hookpoint`` pick one where it holds
+        several. Only the chosen concept's files are downloaded."""
+        root = Path(name_or_path)
+        if not root.exists():
+            if not is_hub_id(str(name_or_path)):
+                raise FileNotFoundError(
+                    f"{name_or_path!r} is neither a local folder nor a hub repo id (owner/name)"
+                )
+            stem = file_stem(concept) if concept else "*"
+            pattern = f"{hookpoint or '*'}/{stem}.*"
+            root = snapshot(
+                str(name_or_path), what="concept features", allow_patterns=[pattern],
+                revision=revision,
+            )  # fmt: skip
+        return cls.load(_pick(root, concept, hookpoint, str(name_or_path)))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        license: str | None = "mit",  # noqa: A002 - the hub's key
+    ) -> str:
+        """Upload these features to ``repo_id`` (created if needed); other concepts already
+        there stay, and the card lists them all. Returns the commit URL."""
+        with tempfile.TemporaryDirectory(prefix="saeuron-push-") as tmp:
+            staging = Path(tmp)
+            try:
+                existing = snapshot(
+                    repo_id, what="concept features", allow_patterns=["*/*.json"], token=token
+                )
+            except OSError:  # a new repo (or none reachable: the push will say so)
+                existing = None
+            if existing is not None:
+                for path in existing.glob("*/*.json"):
+                    (staging / path.parent.name).mkdir(parents=True, exist_ok=True)
+                    (staging / path.parent.name / path.name).write_bytes(path.read_bytes())
+            self.save_pretrained(staging, license=license, repo_id=repo_id)
+            return push_folder(
+                staging, repo_id, private=private, token=token,
+                commit_message=commit_message or f"Upload features of {self.concept!r}",
+            )  # fmt: skip
+
     @classmethod
     def from_latents(
         cls,
@@ -177,3 +256,72 @@ class ConceptFeatures:
             threshold=as_row(threshold).reshape(1, n),
             meta=dict(meta or {}),
         )
+
+
+def file_stem(concept: str) -> str:
+    """A concept's file name: lower case, anything but letters, digits, '.', '-' as '_'."""
+    stem = re.sub(r"[^a-z0-9.-]+", "_", concept.strip().lower()).strip("_")
+    if not stem:
+        raise ConfigError("concept", f"got {concept!r}; needs a letter or digit")
+    return stem
+
+
+def _pick(root: Path, concept: str | None, hookpoint: str | None, source: str) -> Path:
+    stem = file_stem(concept) if concept else "*"
+    found = sorted(root.glob(f"{hookpoint or '*'}/{stem}.safetensors"))
+    if len(found) == 1:
+        return found[0].with_suffix("")
+    held = sorted(f"{p.parent.name}/{p.stem}" for p in root.glob("*/*.safetensors"))
+    what = "concept" if concept is None or len(found) == 0 else "hookpoint"
+    raise ConfigError(
+        what,
+        f"{source} holds {', '.join(held) or 'no concept features'}; "
+        + ("name one" if found else f"none matches {concept or ''} at {hookpoint or 'any'}"),
+    )
+
+
+def features_card(
+    root: str | Path,
+    license: str | None = "mit",  # noqa: A002 - the hub's key
+    repo_id: str | None = None,
+) -> str:
+    """The model card of a folder of concept features, from their JSON records."""
+    root = Path(root)
+    rows, models, saes = [], set(), set()
+    for path in sorted(root.glob("*/*.json")):
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        per_step = meta.get("selected_per_step") or []
+        rows.append((
+            meta.get("concept", path.stem), f"`{path.parent.name}`", meta.get("method"),
+            f"{sum(per_step) / len(per_step):.1f}" if per_step else None,
+            len(meta.get("steps") or []) or None, meta.get("multiplier"),
+        ))  # fmt: skip
+        if meta.get("model"):
+            models.add(str(meta["model"]))
+        if meta.get("sae"):
+            saes.add(str(meta["sae"]))
+    model = ", ".join(sorted(models)) or "not recorded"
+    first = rows[0] if rows else ("CONCEPT", "`HOOKPOINT`")
+    repo = repo_id or root.name
+    sections = [
+        f"Concept features for erasing concepts from **{model}** with "
+        f"[saeuron]({PROJECT_URL}) (SAeUron, Cywinski and Deja, ICML 2025): for each "
+        "concept, the SAE latents edited at each denoising step, the concept's mean "
+        "activation of each and the threshold above which a token is edited.",
+        "## Concepts\n\n"
+        + table(["concept", "hookpoint", "method", "latents per step", "steps", "tuned gamma"],
+                rows),  # fmt: skip
+        "## The SAE they index\n\n"
+        + ("\n".join(f"- `{s}`" for s in sorted(saes)) or "- not recorded")
+        + "\n\nThe features only make sense with that SAE, at that hookpoint.",
+        "## Use\n\n```python\nimport saeuron\n\nfeatures = saeuron.ConceptFeatures."
+        f'from_pretrained("{repo}", concept="{first[0]}")\n'
+        "with saeuron.erase(pipe, sae, features, multiplier=-20.0):\n"
+        '    image = pipe("...").images[0]\n```',
+        "## Licence\n\n" + (f"`{license}`." if license else "No licence was given."),
+    ]
+    return render_card(
+        card_metadata(license, next(iter(models)) if len(models) == 1 else None),
+        f"Concept features for {model}",
+        sections,
+    )

@@ -1,7 +1,10 @@
-"""The SAeUron technique: a concept and a strength, the rest resolved.
+"""The SAeUron technique: concepts and a strength, the rest resolved.
 
     tech = SAeUron(erase_concept="nudity", multiplier=-20.0)
     images = tech.generate(["a photo of a person at the beach"], seed=0)
+
+Several concepts at once: ``erase_concept="moon,checkered"`` or a list. A pipeline (and an
+SAE) the caller already has: ``SAeUron(pipe=pipe, sae=sae, erase_concept="cat")``.
 
 eval-unlearn's own ``saeuron`` technique drives it through ``saeuron.SAeUronPipeline``
 (:mod:`saeuron.integrations.eval_unlearn`).
@@ -12,17 +15,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
-from saeuron.erasure.erase import CFG_HALVES, ERROR_TERMS, MAX_MULTIPLIER, erase
+from saeuron.erasure.erase import (
+    CFG_HALVES,
+    ERROR_TERMS,
+    MAX_MULTIPLIER,
+    Eraser,
+    erase,
+    warn_if_unedited,
+)
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.preflight import bundled_features, check_erasure
 from saeuron.models.bundles import bundle_names, find_bundle
-from saeuron.models.defaults import KNOWN_MODELS, model_defaults
+from saeuron.models.defaults import KNOWN_MODELS, model_defaults, resolve_sae
+from saeuron.models.denoiser import denoiser
 from saeuron.models.layout import check_model_inputs
 from saeuron.models.pipelines import load_pipeline
+from saeuron.models.progress import StepProgress
 from saeuron.models.sampling import (
     SamplingConfig,
     check_schedule,
@@ -38,11 +51,20 @@ DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 FEATURE_METHODS = ("shortcut", "contrastive")
 DEFAULT_MULTIPLIER = -20.0
 """SAeUron's default strength, for concepts whose features carry no tuned one."""
+CONCEPT_SEPARATOR = ","
+
+
+def split_concepts(text: str) -> list[str]:
+    """``"moon, checkered"`` -> ``["moon", "checkered"]``."""
+    return [c.strip() for c in text.split(CONCEPT_SEPARATOR) if c.strip()]
 
 
 @dataclass
 class SAeUronConfig(Config):
-    erase_concept: str = field("nudity", help="the concept to suppress; any phrase")
+    erase_concept: str = field(
+        "nudity",
+        help="the concept to suppress, any phrase; several: comma-separated ('moon,checkered')",
+    )
     multiplier: float | None = field(
         None,
         ge=-MAX_MULTIPLIER,
@@ -52,8 +74,14 @@ class SAeUronConfig(Config):
     )
     model: str = field(DEFAULT_MODEL, help="model id, local folder, or a bundled name")
     sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
-    sae: str | None = field(None, help="SAE repo id or folder; default: the known SAE of the model")
-    hookpoint: str | None = field(None, help="module the SAE reads; default: the known one")
+    sae: str | None = field(
+        None, help="SAE repo id, folder or bundled name; default: the known SAE of the model"
+    )
+    hookpoint: str | None = field(
+        None,
+        help="module the SAE reads; default: where the bundle keeps the concept, else the "
+        "model's known one",
+    )
     features: str | None = field(
         None, help="precomputed concept features (NAME.safetensors + NAME.json) to use"
     )
@@ -71,14 +99,25 @@ class SAeUronConfig(Config):
         help="how features of a new concept are found: 'shortcut' (20 images, step 10) or "
         "'contrastive' (scores against neutral prompts at every step)",
     )
-    num_features: int = field(
-        10, ge=1, le=100_000, help="latents selected per step by the shortcut"
+    num_features: int | None = field(
+        None,
+        ge=1,
+        le=100_000,
+        help="latents per step kept for a new concept; default: 10 (shortcut), the "
+        "percentile's 1 (contrastive), as `saeuron concept build`",
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.erase_concept or not self.erase_concept.strip():
+        concepts = split_concepts(self.erase_concept) if isinstance(self.erase_concept, str) else []
+        if not concepts:
             raise ConfigError("erase_concept", "must be a non-empty string")
+        if len({c.lower() for c in concepts}) != len(concepts):
+            raise ConfigError("erase_concept", f"got {self.erase_concept!r}; each concept once")
+        if self.features is not None and len(concepts) > 1:
+            raise ConfigError(
+                "features", "one features file serves one concept; erase one concept with it"
+            )
         if self.multiplier is not None and self.multiplier == 0:
             raise ConfigError(
                 "multiplier",
@@ -99,18 +138,19 @@ class SAeUronConfig(Config):
                 f"and hookpoint=... (known models: {', '.join(sorted(_served_models()))})",
             )
 
-    def resolved_sae(self) -> tuple[str, str | None]:
-        """The SAE and hookpoint this config will use, without loading anything."""
-        if self.sae is not None:
-            return self.sae, self.hookpoint
-        bundle = find_bundle(self.model)
-        if bundle is not None:
-            return str(bundle.sae_folder), self.hookpoint or bundle.hookpoint_for(
-                self.erase_concept
-            )
-        defaults = model_defaults(self.model)
-        assert defaults.sae is not None  # checked in __post_init__
-        return defaults.sae, self.hookpoint or defaults.hookpoint
+    @property
+    def concepts(self) -> list[str]:
+        """The concepts to erase, in the order given."""
+        return split_concepts(self.erase_concept)
+
+    def resolved_sae(self, concept: str | None = None) -> tuple[str, str | None]:
+        """The SAE and hookpoint ``concept`` (default: the first) is erased with, without
+        loading anything."""
+        sae, hookpoint = resolve_sae(
+            self.model, self.sae, self.hookpoint, concept or self.concepts[0]
+        )
+        assert sae is not None  # checked in __post_init__
+        return sae, hookpoint
 
 
 def check_seed(name: str, value: Any) -> None:
@@ -123,94 +163,227 @@ def check_seed(name: str, value: Any) -> None:
 def check_technique(cfg: SAeUronConfig) -> None:
     """Refuse, before any weight loads, a config whose SAE, hookpoint, features, steps, size
     or device cannot work (:func:`saeuron.erasure.preflight.check_erasure`)."""
-    sae_id, hookpoint = cfg.resolved_sae()
-    features = cfg.features
-    if features is None:
-        features = bundled_features(cfg.model, cfg.erase_concept, hookpoint)
-    check_erasure(cfg.model, cfg.sampling, sae_id, hookpoint, features)
+    for concept in cfg.concepts:
+        sae_id, hookpoint = cfg.resolved_sae(concept)
+        features = cfg.features
+        if features is None:
+            features = bundled_features(cfg.model, concept, hookpoint)
+        check_erasure(cfg.model, cfg.sampling, sae_id, hookpoint, features)
 
 
 def _served_models() -> list[str]:
     return [m for m, d in KNOWN_MODELS.items() if d.sae] + bundle_names()
 
 
-class SAeUron:
-    """Erase one concept from a diffusion model at inference time."""
+def _pipeline_name(pipe: Any) -> str | None:
+    name = getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None)
+    return str(name) if name else None
 
-    def __init__(self, **config: Any):
+
+@dataclass
+class Erasing:
+    """The erasers a technique attached (one per hookpoint), with their totals."""
+
+    erasers: list[Eraser]
+
+    @property
+    def calls(self) -> int:
+        return sum(e.calls for e in self.erasers)
+
+    @property
+    def edited_tokens(self) -> int:
+        return sum(e.edited_tokens for e in self.erasers)
+
+    def __iter__(self) -> Iterator[Eraser]:
+        return iter(self.erasers)
+
+
+@dataclass
+class _Group:
+    """The concepts erased at one hookpoint with one SAE."""
+
+    sae: Sae
+    hookpoint: str
+    concepts: list[ConceptFeatures]
+
+
+class SAeUron:
+    """Erase concepts from a diffusion model at inference time.
+
+    ``SAeUron(**config)`` takes the keys of :class:`SAeUronConfig`; ``erase_concept`` may be a
+    list. ``pipe`` is a diffusers pipeline to use instead of loading ``model`` (its name, when
+    it has one, stands for ``model``: sampling defaults and the statistics cache key on it),
+    and ``sae`` may be a loaded :class:`~saeuron.sae.Sae`.
+    """
+
+    def __init__(self, pipe: Any | None = None, **config: Any):
+        concepts = config.get("erase_concept")
+        if isinstance(concepts, (list, tuple)):
+            if any(not isinstance(c, str) or CONCEPT_SEPARATOR in c for c in concepts):
+                raise ConfigError(
+                    "erase_concept", f"got {concepts!r}; expected concept names without commas"
+                )
+            config["erase_concept"] = CONCEPT_SEPARATOR.join(concepts)
+        given_sae = config.pop("sae") if isinstance(config.get("sae"), Sae) else None
+        if given_sae is not None:
+            config["sae"] = str(given_sae.meta.get("source", "in-memory SAE"))
+        if pipe is not None and "model" not in config:
+            name = _pipeline_name(pipe)
+            if name is None:
+                raise ConfigError(
+                    "model",
+                    "the pipeline has no name_or_path; name the model it is (its sampling "
+                    "defaults and the statistics cache key on it)",
+                )
+            config["model"] = name
         self.config = SAeUronConfig.from_dict(config)
         cfg = self.config
-        sae_id, hookpoint = cfg.resolved_sae()
-        self.device = cfg.sampling.torch_device()
-        self.dtype = cfg.sampling.dtype_for(self.device)
 
         bundle = find_bundle(cfg.model)
-        bundled = (
-            bundle.features_path(cfg.erase_concept, hookpoint)
-            if bundle is not None and cfg.features is None
-            else None
-        )
-        # Files, hookpoint, steps, size and device, before anything loads.
-        check_technique(cfg)
-        if cfg.features is None and bundled is None:
+        bundled = {
+            name: (
+                bundle.features_path(name, cfg.resolved_sae(name)[1])
+                if bundle is not None and cfg.features is None
+                else None
+            )
+            for name in cfg.concepts
+        }
+        if pipe is None and given_sae is None:
+            # Files, hookpoint, steps, size and device, before anything loads.
+            check_technique(cfg)
+        fresh = [n for n, path in bundled.items() if path is None and cfg.features is None]
+        if fresh:
             # Said before any model loads, so the user knows what the wait is for.
             logger.warning(
-                "concept %r has no bundled features: they will be computed on the fly at "
+                "%s no bundled features: they will be computed on the fly at "
                 "initialisation (%s method); this samples images and can take minutes on a GPU",
-                cfg.erase_concept,
+                "concept " + repr(fresh[0]) + " has"
+                if len(fresh) == 1
+                else "concepts " + ", ".join(map(repr, fresh)) + " have",
                 cfg.feature_method,
             )
 
-        self.pipe = load_pipeline(cfg.model, device=self.device, dtype=self.dtype)
-        use_scheduler(self.pipe, cfg.sampling.scheduler)
-        check_schedule(self.pipe, cfg.sampling.steps)
-        self.sae = Sae.from_pretrained(sae_id, hookpoint=hookpoint, device=self.device)
-        self.hookpoint = hookpoint or self.sae.meta.get("hookpoint")
-        if self.hookpoint is None:
-            raise ConfigError("hookpoint", f"the SAE {sae_id} does not say where it reads; name it")
-        self.sae.meta["hookpoint"] = self.hookpoint
-
-        if cfg.features is not None:
-            self.concept = ConceptFeatures.load(cfg.features)
-        elif bundled is not None:
-            self.concept = ConceptFeatures.load(bundled)
+        if pipe is not None:
+            self.pipe = pipe
+            self.device = next(denoiser(pipe).parameters()).device
+            self.dtype = next(denoiser(pipe).parameters()).dtype
         else:
-            self.concept = self._compute_features()
-        self.concept.concept = cfg.erase_concept
-        tuned = self.concept.meta.get("multiplier")
-        self.multiplier = float(
-            cfg.multiplier
-            if cfg.multiplier is not None
-            else (tuned if tuned is not None else DEFAULT_MULTIPLIER)
-        )
+            self.device = cfg.sampling.torch_device()
+            self.dtype = cfg.sampling.dtype_for(self.device)
+            self.pipe = load_pipeline(cfg.model, device=self.device, dtype=self.dtype)
+            # A pipeline the user hands over keeps its own scheduler.
+            use_scheduler(self.pipe, cfg.sampling.scheduler)
+        check_schedule(self.pipe, cfg.sampling.steps)
 
-    def _compute_features(self) -> ConceptFeatures:
+        groups: dict[str, _Group] = {}
+        saes: dict[tuple[str, str | None], Sae] = {}
+        for name in cfg.concepts:
+            sae_id, hookpoint = cfg.resolved_sae(name)
+            if given_sae is not None:
+                sae = given_sae.to(self.device)
+                hookpoint = cfg.hookpoint or sae.meta.get("hookpoint")
+            else:
+                if (sae_id, hookpoint) not in saes:
+                    saes[sae_id, hookpoint] = Sae.from_pretrained(
+                        sae_id, hookpoint=hookpoint, device=self.device
+                    )
+                sae = saes[sae_id, hookpoint]
+                hookpoint = hookpoint or sae.meta.get("hookpoint")
+            if hookpoint is None:
+                raise ConfigError(
+                    "hookpoint", f"the SAE {sae_id} does not say where it reads; name it"
+                )
+            sae.meta["hookpoint"] = hookpoint
+            if cfg.features is not None:
+                features = ConceptFeatures.load(cfg.features)
+            elif bundled[name] is not None:
+                features = ConceptFeatures.load(bundled[name])
+            else:
+                features = self._compute_features(name, sae_id, sae, hookpoint)
+            features.concept = name
+            group = groups.setdefault(hookpoint, _Group(sae, hookpoint, []))
+            if group.sae is not sae:
+                raise ConfigError(
+                    "sae", f"two SAEs would read {hookpoint}; erase these concepts separately"
+                )
+            group.concepts.append(features)
+        self.groups = list(groups.values())
+        self.multipliers = {f.concept: self._multiplier(f) for g in self.groups for f in g.concepts}
+        self._warned_unedited = False
+
+    # -- the first concept, for code that erases one ------------------------------------------
+
+    @property
+    def concept(self) -> ConceptFeatures:
+        return self.concepts[0]
+
+    @property
+    def concepts(self) -> list[ConceptFeatures]:
+        order = {name: i for i, name in enumerate(self.config.concepts)}
+        found = [f for g in self.groups for f in g.concepts]
+        return sorted(found, key=lambda f: order[f.concept])
+
+    @property
+    def sae(self) -> Sae:
+        return self._group_of(self.concept.concept).sae
+
+    @property
+    def hookpoint(self) -> str:
+        return self._group_of(self.concept.concept).hookpoint
+
+    @property
+    def multiplier(self) -> float:
+        return self.multipliers[self.concept.concept]
+
+    def _group_of(self, concept: str) -> _Group:
+        return next(g for g in self.groups if any(f.concept == concept for f in g.concepts))
+
+    def _multiplier(self, features: ConceptFeatures) -> float:
+        if self.config.multiplier is not None:
+            return float(self.config.multiplier)
+        tuned = features.meta.get("multiplier")
+        return float(tuned if tuned is not None else DEFAULT_MULTIPLIER)
+
+    def _compute_features(
+        self, concept: str, sae_id: str, sae: Sae, hookpoint: str
+    ) -> ConceptFeatures:
         cfg = self.config
         build = ConceptBuildConfig(
-            concept=cfg.erase_concept,
+            concept=concept,
             model=cfg.model,
-            sae=cfg.resolved_sae()[0],
-            hookpoint=self.hookpoint,
+            sae=sae_id,
+            hookpoint=hookpoint,
             method=cfg.feature_method,
-            tau=cfg.num_features if cfg.feature_method == "shortcut" else None,
-            shortcut_step=min(10, cfg.sampling.steps - 1),
+            tau=cfg.num_features,
             sampling=cfg.sampling,
             cfg_half=cfg.cfg_half,
         )
-        return build_concept(build, pipe=self.pipe, sae=self.sae)
+        return build_concept(build, pipe=self.pipe, sae=sae)
 
-    def erasing(self) -> contextlib.AbstractContextManager[Any]:
-        """The erasure as a context manager on ``self.pipe`` (for calls made by hand)."""
+    # -- erasing --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def erasing(self) -> Iterator[Erasing]:
+        """The erasure as a context manager on ``self.pipe`` (for calls made by hand): one
+        :class:`~saeuron.erasure.erase.Eraser` per hookpoint, all removed on exit."""
         cfg = self.config
-        return erase(
-            self.pipe,
-            self.sae,
-            self.concept,
-            multiplier=self.multiplier,
-            cfg_half=cfg.cfg_half,
-            error_term=cfg.error_term,
-            hookpoint=self.hookpoint,
-        )
+        with contextlib.ExitStack() as stack:
+            erasers = [
+                stack.enter_context(
+                    erase(
+                        self.pipe,
+                        group.sae,
+                        group.concepts,
+                        multiplier={f.concept: self.multipliers[f.concept] for f in group.concepts},
+                        cfg_half=cfg.cfg_half,
+                        error_term=cfg.error_term,
+                        hookpoint=group.hookpoint,
+                        warn_unedited=False,
+                    )
+                )
+                for group in self.groups
+            ]
+            yield Erasing(erasers)
 
     def generate(
         self,
@@ -220,11 +393,16 @@ class SAeUron:
         seeds: list[int] | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        progress: bool | StepProgress = False,
         **kw: Any,
     ) -> list[Any]:
         """Images for ``prompts``; prompt i uses seed ``seed + i`` when a seed is given, or
         ``seeds[i]`` (an image then depends on its own seed only, not on its position).
-        ``num_inference_steps`` and ``guidance_scale`` override the config for this call."""
+        ``num_inference_steps`` and ``guidance_scale`` override the config for this call.
+        ``progress=True`` draws one bar over every denoising step of the call (or pass a
+        :class:`~saeuron.models.progress.StepProgress` shared by several calls).
+
+        The first call in which the erasure edited no token at all says so in a warning."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if seeds is not None and len(seeds) != len(prompts):
@@ -249,14 +427,30 @@ class SAeUron:
         sampling = cfg.sampling
         if num_inference_steps is not None:
             check_schedule(self.pipe, sampling.steps)
+        starts = range(0, len(prompts), sampling.batch_size)
+        bar = progress if isinstance(progress, StepProgress) else None
+        own_bar = bar is None and bool(progress)
+        if own_bar:
+            bar = StepProgress(len(starts) * sampling.steps, desc="sampling")
         images: list[Any] = []
-        for start in range(0, len(prompts), sampling.batch_size):
-            batch = prompts[start : start + sampling.batch_size]
-            generator = (
-                seed_generators(seeds[start : start + len(batch)]) if seeds is not None else None
-            )
-            call = {**sampling.call_kwargs(), "generator": generator, **kw}
-            context = self.erasing() if erase_concept else contextlib.nullcontext()
-            with context:
-                images.extend(self.pipe(batch, **call).images)
+        erasers: list[Eraser] = []
+        try:
+            for start in starts:
+                batch = prompts[start : start + sampling.batch_size]
+                generator = (
+                    seed_generators(seeds[start : start + len(batch)])
+                    if seeds is not None
+                    else None
+                )
+                call = {**sampling.call_kwargs(), "generator": generator, **kw}
+                context = self.erasing() if erase_concept else contextlib.nullcontext(Erasing([]))
+                with context as active:
+                    out = bar.run(self.pipe, batch, **call) if bar else self.pipe(batch, **call)
+                    images.extend(out.images)
+                erasers.extend(active)
+        finally:
+            if own_bar and bar is not None:
+                bar.close()
+        if erase_concept and not self._warned_unedited:
+            self._warned_unedited = warn_if_unedited(erasers)
         return images

@@ -28,11 +28,12 @@ from saeuron.erasure.concepts.select import select_contrastive
 from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
 from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES, anchor_prompts
-from saeuron.models.bundles import Bundle, BundleConcept, find_bundle
+from saeuron.models.bundles import Bundle, BundleConcept, bundle_card, find_bundle
 from saeuron.models.pipelines import load_pipeline
 from saeuron.sae import Sae, SaeConfig
 from saeuron.training.capture import CacheConfig, run_cache
 from saeuron.training.trainer import STATE_DIR, TrainConfig, train_sae
+from saeuron.utils.cards import write_card as write_card_file
 from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.files import (
     ASSETS_SUMMARY,
@@ -43,6 +44,7 @@ from saeuron.utils.files import (
     BUNDLE_STATS_DIR,
     BUNDLE_SUPERVISED_DIR,
     PARAMS,
+    SAE_META,
     SUPERVISED_FEATURES_DIR,
     TRAIN_LOG,
 )
@@ -146,7 +148,27 @@ def minicanvas_bundle(folder: Path) -> Bundle:
         concepts=concepts,
         default_prompt=TEST_TEMPLATES[0].format(object="moon", style="checkered"),
         default_concept="moon",
+        description=DESCRIPTION,
+        license="mit",
     )
+
+
+DESCRIPTION = (
+    "MiniCanvas, the small text-to-image model saeuron ships so that SAeUron runs, is "
+    "measured and can be seen on a laptop CPU: a stock diffusers `StableDiffusionPipeline` "
+    "(an `AutoencoderTiny`, a UNet with Stable Diffusion's block layout at a small scale, a "
+    "small CLIP text model with the real CLIP tokenizer, DDIM) trained from scratch on a "
+    "procedural world like UnlearnCanvas: 10 objects x 10 styles, 32x32 pixels. With it: "
+    "SAEs at `unet.up_blocks.1.attentions.1` (objects) and `.2` (styles), every concept's "
+    "statistics and tuned features, SAEmnesia's supervised SAEs, and the classifier that "
+    "judges erasures. Everything here was made with `saeuron minicanvas train` and "
+    "`saeuron minicanvas assets` from seed 0."
+)
+
+
+def write_card(folder: Path, repo_id: str | None = None) -> Path:
+    """The bundle's model card (README.md), from what the folder holds."""
+    return write_card_file(folder, bundle_card(Bundle.read(folder), repo_id=repo_id))
 
 
 def classifier_folder(model: str = NAME) -> Path:
@@ -158,7 +180,9 @@ def classifier_folder(model: str = NAME) -> Path:
 
 
 def write_bundle(folder: Path) -> Path:
-    return atomic_write_json(folder / BUNDLE, minicanvas_bundle(folder).to_dict())
+    path = atomic_write_json(folder / BUNDLE, minicanvas_bundle(folder).to_dict())
+    write_card(folder)
+    return path
 
 
 def supervised_features_path(folder: Path, concept: str) -> Path:
@@ -232,6 +256,15 @@ def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
         )
         # The trainer's resume state (Adam moments) is three times the SAE: not shipped.
         shutil.rmtree(folder / "saes" / hookpoint / STATE_DIR, ignore_errors=True)
+        meta_path = folder / "saes" / hookpoint / SAE_META
+        meta = json.loads(meta_path.read_text("utf-8"))
+        meta["data"] = (
+            f"MiniCanvas' {len(anchor_prompts())} anchor prompts (two phrasings of each "
+            "object-style pair and three unstyled phrasings of each object), sampled with "
+            f"DDIM, {cfg.num_inference_steps} steps, CFG {cfg.guidance_scale}, seed "
+            f"{cfg.seed}; every step, conditional half; 10 % held out"
+        )
+        atomic_write_json(meta_path, meta)
         log = json.loads((folder / "saes" / hookpoint / TRAIN_LOG).read_text("utf-8"))
         epochs = log.get("epochs", [])
         heldout[hookpoint] = epochs[-1].get("heldout_fvu") if epochs else None

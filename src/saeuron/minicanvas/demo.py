@@ -14,6 +14,7 @@ from typing import Any
 from saeuron.minicanvas.assets import concept_kind, load_params
 from saeuron.minicanvas.judge import MiniCanvasJudge, _concept_index, prompt_rows, scores
 from saeuron.minicanvas.world import TEST_TEMPLATES
+from saeuron.models.progress import StepProgress
 from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.images import before_after_rows, save_grid
 from saeuron.utils.io import check_output_file
@@ -55,25 +56,32 @@ def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
     judge = MiniCanvasJudge("minicanvas", steps=cfg.steps)
     params = load_params(judge.folder)
     rows, panels = [], []
+    sets = {}
     for concept in (cfg.object, cfg.style):
         index = _concept_index(concept)
         target = prompt_rows(TEST_TEMPLATES[0], [cfg.seed], only=index)
         others = prompt_rows(TEST_TEMPLATES[0], [cfg.seed], only=index, exclude=True)
-        retain = others[:: max(1, len(others) // cfg.retain)][: cfg.retain]
-        before_t, before_r = judge.run(target), judge.run(retain)
-        p = params[concept]
-        with judge.erasing(
-            concept, int(p["tau"]), float(p["multiplier"]),
-            max_other_ratio=p.get("max_other_ratio"),
-        ):  # fmt: skip
-            after_t, after_r = judge.run(target), judge.run(retain)
-        rows.append(
-            DemoRow(
-                concept, p, scores(concept, before_t, before_r), scores(concept, after_t, after_r)
-            )
-        )
-        panels.append((f"erase {concept!r}", before_t.images, after_t.images))
-        panels.append((f"others ({concept})", before_r.images[:10], after_r.images[:10]))
+        sets[concept] = target, others[:: max(1, len(others) // cfg.retain)][: cfg.retain]
+    # One bar for the whole job: every set is sampled before and after its erasure, in
+    # batches of up to 50 images.
+    calls = sum(2 * (-(-len(t) // 50) + -(-len(r) // 50)) for t, r in sets.values())
+    with StepProgress(calls * cfg.steps, desc="demo") as bar:
+        for concept, (target, retain) in sets.items():
+            before_t, before_r = judge.run(target, progress=bar), judge.run(retain, progress=bar)
+            p = params[concept]
+            with judge.erasing(
+                concept, int(p["tau"]), float(p["multiplier"]),
+                max_other_ratio=p.get("max_other_ratio"),
+            ):  # fmt: skip
+                after_t, after_r = judge.run(target, progress=bar), judge.run(retain, progress=bar)
+            rows.append(
+                DemoRow(
+                    concept, p, scores(concept, before_t, before_r),
+                    scores(concept, after_t, after_r),
+                )
+            )  # fmt: skip
+            panels.append((f"erase {concept!r}", before_t.images, after_t.images))
+            panels.append((f"others ({concept})", before_r.images[:10], after_r.images[:10]))
     save_grid(before_after_rows(panels), cfg.out)
     return rows, time.perf_counter() - start
 

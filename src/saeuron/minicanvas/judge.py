@@ -36,9 +36,11 @@ from saeuron.minicanvas.classifier import MiniCanvasClassifier
 from saeuron.minicanvas.scoring import unlearning_scores
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
 from saeuron.models.pipelines import load_pipeline
+from saeuron.models.progress import StepProgress
 from saeuron.models.sampling import seed_generators
 from saeuron.sae import Sae
 from saeuron.utils.config import ConfigError
+from saeuron.utils.files import BUNDLE_FEATURES_DIR, BUNDLE_STATS_DIR
 
 VARIANTS = (
     "none", "negative_prompt", "saeuron", "saeuron_cfg_both", "saeuron_paper_error", "saemnesia"
@@ -89,7 +91,24 @@ class MiniCanvasJudge:
         self._supervised: dict[str, Any] = {}
 
     def features(self, concept: str, tau: int, max_other_ratio: float | None = None):
-        return select_features(self.folder, concept, tau, self._stats, max_other_ratio)
+        """The concept's contrastive features with ``tau`` latents per step: selected from
+        the bundle's statistics, or, in an install without them (the wheel ships none), its
+        shipped features when they were selected with the same settings."""
+        if (self.folder / BUNDLE_STATS_DIR).is_dir():
+            return select_features(self.folder, concept, tau, self._stats, max_other_ratio)
+        path = self.folder / BUNDLE_FEATURES_DIR / concept_hookpoint(concept) / concept
+        if path.with_suffix(".json").is_file():
+            shipped = ConceptFeatures.load(path)
+            if (shipped.meta.get("tau"), shipped.meta.get("max_other_ratio")) == (
+                tau,
+                max_other_ratio,
+            ):
+                return shipped
+        raise FileNotFoundError(
+            f"no statistics in {self.folder / BUNDLE_STATS_DIR} to select {concept!r} with "
+            f"tau {tau} (this install ships the tuned features only): rebuild them with "
+            "`saeuron minicanvas assets --out DIR`, or use the full bundle from the hub"
+        )
 
     @contextlib.contextmanager
     def erasing(
@@ -111,6 +130,7 @@ class MiniCanvasJudge:
             cfg_half=cfg_half,
             error_term=error,
             hookpoint=hookpoint,
+            warn_unedited=False,
         ):
             yield
 
@@ -135,6 +155,7 @@ class MiniCanvasJudge:
         with erase(
             self.pipe, self.supervised_sae(hookpoint), features,
             multiplier={c: float(multipliers[c]) for c in concepts}, hookpoint=hookpoint,
+            warn_unedited=False,
         ):  # fmt: skip
             yield
 
@@ -154,7 +175,7 @@ class MiniCanvasJudge:
         with erase(
             self.pipe, self.saes[hookpoint], features,
             multiplier={c: float(params[c]["multiplier"]) for c in concepts},
-            hookpoint=hookpoint,
+            hookpoint=hookpoint, warn_unedited=False,
         ):  # fmt: skip
             yield
 
@@ -164,13 +185,18 @@ class MiniCanvasJudge:
         negative: str | None = None,
         batch_size: int = 50,
         desc: str = "images",
+        progress: StepProgress | None = None,
     ) -> Judged:
-        """``rows``: (prompt, object, style, seed). Images are sampled in batches."""
+        """``rows``: (prompt, object, style, seed). Images are sampled in batches; the steps
+        count on ``progress`` when given (one bar for a whole job), else on a bar of batches."""
         images: list[Any] = []
-        for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False):
+        starts = range(0, len(rows), batch_size)
+        for start in starts if progress else tqdm(starts, desc=desc, unit="batch", leave=False):
             chunk = rows[start : start + batch_size]
             generators = seed_generators([seed for _, _, _, seed in chunk])
-            images += self.pipe(
+            sample = progress.run if progress else (lambda pipe, *a, **k: pipe(*a, **k))
+            images += sample(
+                self.pipe,
                 [prompt for prompt, _, _, _ in chunk],
                 negative_prompt=[negative] * len(chunk) if negative else None,
                 num_inference_steps=self.steps,

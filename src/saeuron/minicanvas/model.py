@@ -10,6 +10,7 @@ weights. Classifier-free guidance comes from dropping 10 % of captions.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -31,6 +32,7 @@ from saeuron.models.tiny import clip_text_config, sd_ddim_scheduler
 from saeuron.models.tokenizer import clip_tokenizer
 from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.devices import resolve_device
+from saeuron.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +225,16 @@ def train_denoiser(
     return ema_unet, ema_text
 
 
+def _drop_stale_vae_key(folder: Path) -> None:
+    """AutoencoderTiny registers ``block_out_channels`` (its decoder's) in its config, so
+    save_pretrained writes it, and loading then warns that the key is unexpected. Loading
+    registers it again, so the file does without it."""
+    path = folder / "vae" / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.pop("block_out_channels", None) is not None:
+        atomic_write_json(path, config)
+
+
 def train_minicanvas(cfg: ModelTrainConfig) -> Path:
     """Train the whole pipeline and save it (fp16 weights) to ``cfg.out``."""
     if cfg.threads:
@@ -254,6 +266,7 @@ def train_minicanvas(cfg: ModelTrainConfig) -> Path:
         )
         # fp16 on disk keeps the bundle small; loaders upcast to float32 on the CPU.
         pipe.to(torch.device("cpu"), torch.float16).save_pretrained(out, safe_serialization=True)
+        _drop_stale_vae_key(out)
 
     unet, text_encoder = train_denoiser(
         latents * scaling, objects, styles, cfg, device, on_checkpoint=save

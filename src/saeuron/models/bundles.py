@@ -14,9 +14,12 @@ concept features and classifier are, so generic code reads a bundle and never na
       "default_prompt": "An image of moon in checkered style.", "default_concept": "moon"
     }
 
-Bundles are found by name among the folders shipped in the package (or in
-``$SAEURON_BUNDLES``, os.pathsep-separated), or by the path of any folder that holds a
-``bundle.json``.
+Bundles are found by name in ``$SAEURON_BUNDLES`` (os.pathsep-separated folders), then in
+the user's folder (``$SAEURON_CACHE/bundles``, else ``~/.cache/saeuron/bundles``, where
+``saeuron minicanvas train`` and ``assets`` write), then among those shipped in the package;
+by the path of any folder that holds a ``bundle.json``; or by the id of a hub repo pulled
+with :func:`pull_bundle` (``saeuron hub pull``). A bundle folder is a hub repo as it is:
+docs/hub.md describes the layout and :func:`bundle_card` writes its model card.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saeuron.sae.model import sae_summary, sae_table
+from saeuron.utils.cards import PROJECT_URL, card_metadata, render_card, table, write_card
 from saeuron.utils.errors import FileFormatError
-from saeuron.utils.files import BUNDLE, MODEL_INDEX, PACKAGE_DATA
+from saeuron.utils.files import BUNDLE, MODEL_INDEX, PACKAGE_DATA, user_bundles
+from saeuron.utils.hub import cached_file, is_hub_id, push_folder, snapshot
 
 BUNDLES_ENV = "SAEURON_BUNDLES"
 
@@ -56,6 +62,9 @@ class Bundle:
     concepts: dict[str, BundleConcept] = field(default_factory=dict)
     default_prompt: str | None = None
     default_concept: str | None = None
+    description: str | None = None
+    """One paragraph for people (the model card's opening)."""
+    license: str | None = None
 
     @property
     def shipped(self) -> bool:
@@ -120,6 +129,8 @@ class Bundle:
             },
             "default_prompt": self.default_prompt,
             "default_concept": self.default_concept,
+            "description": self.description,
+            "license": self.license,
         }
         return out
 
@@ -147,15 +158,18 @@ class Bundle:
                 concepts=concepts,
                 default_prompt=data.get("default_prompt"),
                 default_concept=data.get("default_concept"),
+                description=data.get("description"),
+                license=data.get("license"),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise FileFormatError(path, f"not a valid bundle description ({err})") from None
 
 
 def bundle_roots() -> list[Path]:
-    """Where named bundles are looked for: ``$SAEURON_BUNDLES``, then the package's data."""
+    """Where named bundles are looked for: ``$SAEURON_BUNDLES``, the user's bundles, then
+    the package's data."""
     extra = [Path(p) for p in os.environ.get(BUNDLES_ENV, "").split(os.pathsep) if p]
-    return [*extra, PACKAGE_DATA]
+    return [*extra, user_bundles(), PACKAGE_DATA]
 
 
 def bundle_names() -> list[str]:
@@ -180,7 +194,104 @@ def find_bundle(model: str | Path | None) -> Bundle | None:
     folder = Path(text)
     if (folder / BUNDLE).is_file():
         return Bundle.read(folder)
+    if is_hub_id(text):
+        # Only a repo pulled before: looking a bundle up never asks the network.
+        cached = cached_file(text, BUNDLE)
+        if cached is not None and (cached.parent / MODEL_INDEX).is_file():
+            return Bundle.read(cached.parent)
     return None
+
+
+def pull_bundle(repo_id: str, revision: str | None = None) -> Bundle:
+    """Download the bundle in hub repo ``repo_id`` (every file) into the hub cache; from then
+    on ``repo_id`` names it wherever a model is accepted, offline too."""
+    folder = snapshot(repo_id, what="bundle", revision=revision)
+    if not (folder / BUNDLE).is_file():
+        raise FileFormatError(folder, f"{repo_id} holds no {BUNDLE}: not a saeuron bundle")
+    return Bundle.read(folder)
+
+
+def push_bundle(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Publish a bundle folder as the hub repo ``repo_id``: its card (README.md) is written
+    for that id first, then every file is uploaded. Returns the commit URL."""
+    bundle = Bundle.read(folder)
+    write_card(bundle.folder, bundle_card(bundle, repo_id=repo_id))
+    return push_folder(
+        bundle.folder, repo_id, private=private, token=token,
+        commit_message=commit_message or f"Upload the {bundle.name} bundle",
+    )  # fmt: skip
+
+
+def bundle_card(bundle: Bundle, repo_id: str | None = None) -> str:
+    """The model card of a bundle folder, from its ``bundle.json`` and the files present."""
+    folder = bundle.folder
+    parts = [
+        ("the diffusers pipeline", MODEL_INDEX, (folder / MODEL_INDEX).is_file()),
+        ("SAEs, one folder per hookpoint", f"{bundle.saes}/", (folder / bundle.saes).is_dir()),
+        ("concept features", f"{bundle.features}/", (folder / bundle.features).is_dir()),
+        ("per-step concept statistics", f"{bundle.stats}/", bool(bundle.stats)
+         and (folder / str(bundle.stats)).is_dir()),
+        ("supervised (SAEmnesia) SAEs", f"{bundle.supervised}/", bool(bundle.supervised)
+         and (folder / str(bundle.supervised)).is_dir()),
+        ("a classifier of the concepts", f"{bundle.classifier}/", bool(bundle.classifier)
+         and (folder / str(bundle.classifier)).is_dir()),
+    ]  # fmt: skip
+    rows, _, data = sae_summary(folder / bundle.saes)
+    kinds = bundle.kinds()
+    repo = repo_id or str(folder)
+    sections = [
+        bundle.description
+        or f"A saeuron bundle: a diffusion pipeline with the SAEs and concept features that "
+        f"erase concepts from it at inference time with [saeuron]({PROJECT_URL}).",
+        "## What is in it\n\n"
+        + table(["what", "where"], [(what, f"`{where}`") for what, where, ok in parts if ok])
+        + "\n\n`bundle.json` says how the model samples by default and where each part is.",
+        "## Defaults\n\n"
+        + table(
+            ["setting", "value"],
+            [
+                ("denoising steps", bundle.num_inference_steps),
+                ("guidance scale", bundle.guidance_scale),
+                ("hookpoint of free-text concepts", f"`{bundle.default_hookpoint}`"),
+            ],
+        ),
+        "## SAEs\n\n"
+        + (sae_table(rows) if rows else "None yet.")
+        + "\n\nFVU: fraction of variance unexplained on held-out activations."
+        + "".join(f"\n\nTraining data: {d}" for d in sorted(data)),
+        "## Concepts\n\n"
+        + (
+            "\n".join(
+                f"- {kind} (at `{bundle.concepts[names[0]].hookpoint}`): {', '.join(names)}"
+                for kind, names in kinds.items()
+            )
+            or "None named; any phrase can be erased (its features are computed first)."
+        ),
+        "## Use\n\n```bash\npip install saeuron\n"
+        + (f"saeuron hub pull {repo}\n" if repo_id else "")
+        + f'saeuron generate --model {repo} --erase {bundle.default_concept or "CONCEPT"} '
+        f'--prompt "{bundle.default_prompt or "PROMPT"}" --out erased.png\n```\n\n'
+        "```python\nimport saeuron\n\n"
+        f'tech = saeuron.SAeUron(erase_concept="{bundle.default_concept or "CONCEPT"}", '
+        f'model="{repo}")\n'
+        f'images = tech.generate(["{bundle.default_prompt or "PROMPT"}"], seed=0)\n```',
+        "## Licence\n\n"
+        + (
+            f"Released under the `{bundle.license}` licence."
+            if bundle.license
+            else "No licence was given."
+        ),
+    ]
+    metadata = card_metadata(bundle.license, tags=("diffusers", "text-to-image"))
+    metadata["pipeline_tag"] = "text-to-image"
+    return render_card(metadata, f"{bundle.name}: a saeuron bundle", sections)
 
 
 def is_bundle(model: str | Path | None) -> bool:

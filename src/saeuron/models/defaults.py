@@ -100,3 +100,22 @@ def model_defaults(model: str | None) -> ModelDefaults:
     if model in KNOWN_MODELS:
         return KNOWN_MODELS[model]
     return SD_DEFAULTS
+
+
+def resolve_sae(
+    model: str | None, sae: str | None, hookpoint: str | None, concept: str | None = None
+) -> tuple[str | None, str | None]:
+    """The SAE (folder or hub id) and hookpoint a concept is read and erased at.
+
+    ``sae`` may be a bundle's name (its SAEs) as well as a folder or hub id; left out, it is
+    the model's own (a bundle's, or a known model's published SAE). The hookpoint, unless
+    given, is where the bundle keeps the concept (objects and styles sit at different
+    blocks), else the model's known one; ``None`` leaves it to the SAE's own record.
+    """
+    bundle = find_bundle(sae) if sae is not None else find_bundle(model)
+    if bundle is not None:
+        return str(bundle.sae_folder), hookpoint or bundle.hookpoint_for(concept)
+    if sae is not None:
+        return sae, hookpoint
+    defaults = model_defaults(model)
+    return defaults.sae, hookpoint or defaults.hookpoint

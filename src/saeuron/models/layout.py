@@ -92,7 +92,8 @@ class ModelLayout:
         unet = self.component_config(self.denoiser_name) or {}
         vae = self.component_config("vae") or {}
         sample = unet.get("sample_size")
-        channels = vae.get("block_out_channels")
+        # AutoencoderKL's levels, or AutoencoderTiny's decoder levels: each halves the side.
+        channels = vae.get("block_out_channels") or vae.get("decoder_block_out_channels")
         if isinstance(sample, (list, tuple)):
             sample = max(sample)
         if not isinstance(sample, int) or not isinstance(channels, list) or not channels:

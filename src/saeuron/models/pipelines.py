@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 from saeuron.models.bundles import bundle_names, find_bundle
 from saeuron.models.tiny import TINY_MODELS, build_tiny
@@ -67,6 +71,22 @@ def _pretrained_kwargs(source: str, cached_only: bool = False) -> dict[str, Any]
     return {}
 
 
+@contextmanager
+def _no_loading_bars() -> Iterator[None]:
+    """diffusers and transformers each draw a bar while reading a folder (components, then
+    weights): noise beside the job's own bar. Hub downloads keep theirs (huggingface_hub's)."""
+    libraries = (diffusers_logging, transformers_logging)
+    were = [lib.is_progress_bar_enabled() for lib in libraries]
+    for lib in libraries:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was in zip(libraries, were):
+            if was:
+                lib.enable_progress_bar()
+
+
 def load_pipeline(
     model: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> Any:
@@ -98,7 +118,8 @@ def load_pipeline(
         if cached_only:
             kwargs["local_files_only"] = True
         try:
-            pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
+            with _no_loading_bars():
+                pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
         except OSError as err:
             if is_hub_id(source):
                 raise unavailable("model", source, err) from err

@@ -142,7 +142,7 @@ def run(quick: bool, device: str) -> list[Row]:
 
         def call() -> Any:
             with erase(pipe, sae, features, multiplier=-20.0, cfg_half=half, error_term=error,
-                       hookpoint=HOOKPOINT):  # fmt: skip
+                       hookpoint=HOOKPOINT, warn_unedited=False):  # fmt: skip
                 return step()
 
         return call
@@ -164,7 +164,7 @@ def run(quick: bool, device: str) -> list[Row]:
     for name in variants:
         context = (
             erase(pipe, sae, settings[name][0], multiplier=-20.0, cfg_half=settings[name][1],
-                  error_term=settings[name][2], hookpoint=HOOKPOINT)
+                  error_term=settings[name][2], hookpoint=HOOKPOINT, warn_unedited=False)
             if name in settings else contextlib.nullcontext()
         )  # fmt: skip
         with context:

@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,9 +36,10 @@ from saeuron.sae.formats import (
     read_json_object,
     unbox_hookpoints,
 )
-from saeuron.utils.errors import ConfigError
+from saeuron.utils.cards import PROJECT_URL, card_metadata, render_card, table, write_card
+from saeuron.utils.errors import ConfigError, ModelUnavailableError
 from saeuron.utils.files import SAE_CONFIG, SAE_META, SAE_WEIGHTS
-from saeuron.utils.hub import is_hub_id, snapshot
+from saeuron.utils.hub import is_hub_id, push_folder, snapshot
 from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
 
 logger = logging.getLogger(__name__)
@@ -225,6 +228,68 @@ class Sae(nn.Module):
             atomic_write_json(folder / SAE_META, self.meta)
         return folder
 
+    # -- the hub ------------------------------------------------------------------------------
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        hookpoint: str | None = None,
+        *,
+        license: str | None = "mit",  # noqa: A002 - the hub's key
+        data: str | None = None,
+        base_model: str | None = None,
+        repo_id: str | None = None,
+    ) -> Path:
+        """Write this SAE as a hub repo in SAeUron's layout: ``<hookpoint>/{cfg.json,
+        sae.safetensors, saeuron.json}`` beside the SAEs of other hookpoints already in
+        ``save_directory``, and a ``README.md`` model card describing all of them (base
+        model, hookpoint, training data, k, held-out FVU, licence). ``data`` describes the
+        training prompts (else what the SAE recorded); ``license`` is the card's; ``repo_id``
+        the repo its example loads from. Returns the hookpoint's folder. Load it back with
+        :meth:`from_pretrained`."""
+        hookpoint = hookpoint or self.meta.get("hookpoint")
+        if not hookpoint:
+            raise ConfigError("hookpoint", "name the module this SAE reads; its folder is named so")
+        root = Path(save_directory)
+        folder = self.save_to_disk(root / hookpoint)
+        extra = {"data": data, "model": base_model, "hookpoint": hookpoint}
+        meta = {**self.meta, **{k: v for k, v in extra.items() if v is not None}}
+        meta.pop("source", None)  # where it was loaded from says nothing in the repo
+        atomic_write_json(folder / SAE_META, meta)
+        write_card(root, sae_card(root, license=license, repo_id=repo_id))
+        return folder
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        hookpoint: str | None = None,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        license: str | None = "mit",  # noqa: A002 - the hub's key
+        data: str | None = None,
+        base_model: str | None = None,
+    ) -> str:
+        """Upload this SAE to ``repo_id`` (created if needed) as :meth:`save_pretrained` lays
+        it out; the SAEs of other hookpoints already in the repo stay, and the card is
+        written for all of them. Returns the commit URL."""
+        with tempfile.TemporaryDirectory(prefix="saeuron-push-") as tmp:
+            staging = Path(tmp)
+            _fetch_card_inputs(repo_id, staging, token)
+            self.save_pretrained(
+                staging, hookpoint, license=license, data=data, base_model=base_model,
+                repo_id=repo_id,
+            )  # fmt: skip
+            return push_folder(
+                staging,
+                repo_id,
+                private=private,
+                token=token,
+                commit_message=commit_message
+                or f"Upload SAE at {hookpoint or self.meta.get('hookpoint')}",
+            )
+
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> Sae:
         """An SAE holding what a checkpoint reader found."""
@@ -278,6 +343,21 @@ class Sae(nn.Module):
         found = locate(folder, hookpoint) if hookpoint else None
         if found is not None:
             folder = found
+        elif not hookpoint and not looks_like_checkpoint(folder):
+            available = hookpoints_in(folder)
+            if len(available) == 1:
+                folder, hookpoint = locate(folder, available[0]) or folder, available[0]
+            else:
+                raise ConfigError(
+                    "hookpoint",
+                    f"{name_or_path} holds "
+                    + (
+                        f"SAEs for several hookpoints ({', '.join(available)}); name one"
+                        if available
+                        else "no SAE checkpoint (cfg.json + sae.safetensors or a published "
+                        "layout)"
+                    ),
+                )
         elif hookpoint and not looks_like_checkpoint(folder):
             available = hookpoints_in(folder)
             raise FileNotFoundError(
@@ -289,6 +369,101 @@ class Sae(nn.Module):
             sae.meta.setdefault("hookpoint", hookpoint)
         sae.meta["source"] = str(name_or_path)
         return sae
+
+
+def _fetch_card_inputs(repo_id: str, staging: Path, token: str | None) -> None:
+    """The small files describing the SAEs already in ``repo_id`` (none for a new repo), so
+    the card pushed with one more SAE describes them all."""
+    try:
+        source = snapshot(
+            repo_id, what="SAE repo", allow_patterns=[f"*/{SAE_CONFIG}", f"*/{SAE_META}"],
+            token=token,
+        )  # fmt: skip
+    except (ModelUnavailableError, OSError):
+        return
+    for path in source.glob(f"*/{SAE_CONFIG}"):
+        target = staging / path.parent.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (SAE_CONFIG, SAE_META):
+            if (path.parent / name).is_file():
+                shutil.copyfile(path.parent / name, target / name)
+
+
+def sae_card(
+    root: str | Path,
+    license: str | None = "mit",  # noqa: A002 - the hub's key
+    repo_id: str | None = None,
+) -> str:
+    """The model card of a folder of SAEs (one sub-folder per hookpoint), from their files."""
+    root = Path(root)
+    rows, models, data = sae_summary(root)
+    model = ", ".join(sorted(models)) or "not recorded"
+    first = rows[0][0].strip("`") if rows else "unet.up_blocks.1.attentions.1"
+    described = (
+        "\n".join(f"- {d}" for d in sorted(data))
+        if data
+        else "Activations captured with `saeuron cache` while the model sampled its training "
+        "prompts (every denoising step, the conditional half of the classifier-free-guidance "
+        "batch); the prompt set was not recorded with these weights."
+    )
+    sections = [
+        f"Sparse autoencoders (SAEs) trained on the activations of **{model}**, for erasing "
+        f"concepts at inference time with [saeuron]({PROJECT_URL}) (SAeUron, Cywinski and "
+        "Deja, ICML 2025). One folder per hookpoint, in the layout of the published SAeUron "
+        "SAEs (`cfg.json` + `sae.safetensors`; `saeuron.json` records provenance).",
+        "## SAEs\n\n" + sae_table(rows),
+        "FVU: fraction of variance unexplained on held-out activations (lower is better).",
+        "## Training data\n\n" + described,
+        "## Use\n\n```python\nimport saeuron\n\nsae = saeuron.Sae.from_pretrained("
+        f'"{repo_id or root.name}", hookpoint="{first}")\n```',
+        "## Licence\n\n"
+        + (
+            f"The SAE weights are released under the `{license}` licence. The model they "
+            "were trained on keeps its own licence."
+            if license
+            else "No licence was given for these weights."
+        ),
+    ]
+    return render_card(
+        card_metadata(license, next(iter(models)) if len(models) == 1 else None),
+        f"SAEs for {model}",
+        sections,
+    )
+
+
+def sae_table(rows: list[tuple[Any, ...]]) -> str:
+    return table(
+        ["hookpoint", "d_in", "latents", "k", "trained as", "reads", "held-out FVU",
+         "tokens seen in training"],
+        rows,
+    )  # fmt: skip
+
+
+def sae_summary(root: Path) -> tuple[list[tuple[Any, ...]], set[str], set[str]]:
+    """One table row per SAE under ``root``, the models and the data they record."""
+    rows: list[tuple[Any, ...]] = []
+    models: set[str] = set()
+    data: set[str] = set()
+    if not root.is_dir():
+        return rows, models, data
+    for folder in sorted(p for p in root.iterdir() if (p / SAE_CONFIG).is_file()):
+        cfg = read_json_object(folder / SAE_CONFIG)
+        meta = read_json_object(folder / SAE_META) if (folder / SAE_META).is_file() else {}
+        training = meta.get("training") or {}
+        fvu = training.get("heldout_fvu")
+        rows.append((
+            f"`{meta.get('hookpoint', folder.name)}`", cfg.get("d_in"),
+            cfg.get("num_latents") or (cfg.get("d_in") or 0) * cfg.get("expansion_factor", 0),
+            cfg.get("k"), "BatchTopK" if cfg.get("batch_topk") else "TopK",
+            meta.get("activation_site", "output"),
+            f"{fvu:.3f}" if isinstance(fvu, (int, float)) else None,
+            f"{training['tokens']:,}" if isinstance(training.get("tokens"), int) else None,
+        ))  # fmt: skip
+        if meta.get("model"):
+            models.add(str(meta["model"]))
+        if meta.get("data"):
+            data.add(str(meta["data"]))
+    return rows, models, data
 
 
 def _download(repo_id: str, hookpoint: str | None, revision: str | None, cache_dir: Any) -> Path:

@@ -174,8 +174,6 @@ class Studio:
             sae=sae_id,
             hookpoint=hookpoint,
             method="shortcut",
-            tau=10,
-            shortcut_step=min(10, steps - 1),
             shortcut_images=cfg.feature_images,
             sampling=SamplingConfig(
                 num_inference_steps=steps, guidance_scale=7.5, device=str(self.device)
@@ -262,7 +260,7 @@ class Studio:
                 for (_, hookpoint), (sae, members, gammas) in groups.items():
                     stack.enter_context(
                         erase(self.pipe, sae, members, multiplier=gammas, cfg_half=cfg_half,
-                              hookpoint=hookpoint)
+                              hookpoint=hookpoint, warn_unedited=False)
                     )  # fmt: skip
                 generators = [
                     torch.Generator("cpu").manual_seed(settings.seed + i)

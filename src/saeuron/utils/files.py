@@ -6,10 +6,25 @@ that reads it; keeping the names here means a reader never guesses a writer's sp
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
 """Data shipped inside the package (bundled models, prompt sets, the CLIP BPE merges)."""
+
+USER_DIR_ENV = "SAEURON_CACHE"
+
+
+def user_dir() -> Path:
+    """Where saeuron writes for the user: ``$SAEURON_CACHE``, else ``~/.cache/saeuron``.
+    Nothing is ever written into the installed package by default."""
+    root = os.environ.get(USER_DIR_ENV)
+    return Path(root) if root else Path.home() / ".cache" / "saeuron"
+
+
+def user_bundles() -> Path:
+    """Bundles the user built (``saeuron minicanvas train``, ``assets``): found by name."""
+    return user_dir() / "bundles"
 
 # -- SAE checkpoints (the EleutherAI sae/sparsify layout of the published SAEs) -------------
 SAE_CONFIG = "cfg.json"

@@ -1,8 +1,9 @@
-"""The Hugging Face hub: telling repo ids from paths, and failing fast when it is out of reach.
+"""The Hugging Face hub: telling repo ids from paths, fetching, publishing, failing fast.
 
 Users with a network load models, SAEs and data by hub id; the library keeps that code and
 makes its failures one line: an uncached id while offline names the model and the fix
-instead of retrying for half a minute and printing three chained tracebacks.
+instead of retrying for half a minute and printing three chained tracebacks. Every call to
+the hub goes through the functions of this module (tests replace them with local folders).
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import constants, snapshot_download
+from huggingface_hub import (
+    constants,
+    create_repo,
+    snapshot_download,
+    try_to_load_from_cache,
+    upload_folder,
+)
 
-from saeuron.utils.errors import ModelUnavailableError
+from saeuron.utils.errors import ConfigError, ModelUnavailableError
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # huggingface_hub retries failed connections for a long time by default; a user without a
@@ -121,3 +128,46 @@ def _is_hub_failure(err: BaseException) -> bool:
             "OSError",
         }
     )
+
+
+def cached_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
+    """Where ``filename`` of ``repo_id`` lies in the local hub cache, or None; never asks the
+    network."""
+    try:
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    except Exception:  # noqa: BLE001 - an id the cache cannot hold is simply not cached
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+) -> str:
+    """Upload every file of ``folder`` to the model repo ``repo_id`` (created if needed);
+    files already in the repo and not in ``folder`` stay. Returns the commit's URL."""
+    if not HUB_ID.fullmatch(repo_id):
+        raise ConfigError("repo_id", f"got {repo_id!r}; expected owner/name")
+    bounded_timeouts()
+    try:
+        create_repo(repo_id, token=token, private=private, exist_ok=True)
+        info = upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            commit_message=commit_message or "Upload with saeuron",
+            token=token,
+            revision=revision,
+        )
+    except Exception as err:  # noqa: BLE001 - hub failures become one line
+        if _is_hub_failure(err):
+            raise ModelUnavailableError(
+                f"could not push to {repo_id!r}: {type(err).__name__}: {err}. Log in with "
+                "`hf auth login` (or pass token=...) and check the network"
+            ) from err
+        raise
+    return str(getattr(info, "commit_url", info))

@@ -5,6 +5,11 @@ Usage::
     cfg = ConceptBuildConfig(concept="cat", model="CompVis/stable-diffusion-v1-4",
                              sae="bcywinski/SAeUron", hookpoint="unet.up_blocks.1.attentions.1")
     features = build_concept(cfg)
+
+The model's own SAE and hookpoint are used when none is named (``model="minicanvas"`` alone
+is enough), and a bundle's name is accepted as ``sae`` too. The shortcut's defaults
+(:data:`SHORTCUT_TAU` latents read at step :data:`SHORTCUT_STEP` of :data:`SHORTCUT_IMAGES`
+images) are the same here, in :class:`saeuron.SAeUron` and in the slider.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from saeuron.erasure.concepts.cache import (
 )
 from saeuron.erasure.concepts.prompts import NEUTRAL, concept_prompts, other_prompt_sets
 from saeuron.erasure.concepts.select import (
-    percentile_count,
     pooled_mean,
     select_contrastive,
     select_shortcut,
@@ -32,6 +36,7 @@ from saeuron.erasure.concepts.select import (
 from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
 from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.erasure.preflight import check_erasure
+from saeuron.models.defaults import resolve_sae
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.sampling import (
     SamplingConfig,
@@ -48,6 +53,19 @@ from saeuron.utils.prompts import read_prompts
 logger = logging.getLogger(__name__)
 
 METHODS = ("contrastive", "shortcut")
+SHORTCUT_TAU = 10
+"""Latents the shortcut keeps, the count the SAeUron technique has always used for it."""
+SHORTCUT_STEP = 10
+"""The denoising step the shortcut reads (the last one on schedules shorter than 11 steps)."""
+SHORTCUT_IMAGES = 20
+THRESHOLD_CONCEPTS = 20
+"""Concepts a threshold averages over at least: UnlearnCanvas' 20 objects, the smaller of the
+paper's two sets (docs/method.md, section 4)."""
+
+
+def default_shortcut_step(num_inference_steps: int) -> int:
+    """The step the shortcut reads by default on a schedule of ``num_inference_steps``."""
+    return min(SHORTCUT_STEP, num_inference_steps - 1)
 
 
 @dataclass
@@ -56,9 +74,15 @@ class ConceptBuildConfig(Config):
 
     concept: str = field(positional=True, help="the concept to find, e.g. 'Van Gogh' or 'cat'")
     model: str = field(help="diffusion model: a bundled name, tiny-sd, a folder or a hub id")
-    sae: str = field(help="SAE folder or Hugging Face repo id")
+    sae: str | None = field(
+        None,
+        help="SAE folder, Hugging Face repo id or bundled name; default: the model's own "
+        "(a bundle's, or the published SAE of a known model)",
+    )
     hookpoint: str | None = field(
-        None, help="module the SAE reads, e.g. unet.up_blocks.1.attentions.1; default: the SAE's"
+        None,
+        help="module the SAE reads, e.g. unet.up_blocks.1.attentions.1; default: where the "
+        "bundle keeps the concept, the model's known one, else the SAE's own",
     )
     method: str = field(
         "contrastive",
@@ -85,10 +109,23 @@ class ConceptBuildConfig(Config):
         99.999,
         gt=0,
         lt=100,
-        help="keep latents scoring strictly above this percentile (20,480 latents: 1)",
+        help="contrastive: keep latents scoring strictly above this percentile (20,480 "
+        "latents: 1)",
     )
     tau: int | None = field(
-        None, ge=1, le=100_000, help="keep the top tau latents per step; overrides percentile"
+        None,
+        ge=1,
+        le=100_000,
+        help=f"keep the top tau latents per step; default: the percentile (contrastive), "
+        f"{SHORTCUT_TAU} (shortcut)",
+    )
+    threshold_concepts: int | None = field(
+        THRESHOLD_CONCEPTS,
+        ge=1,
+        le=100_000,
+        help="contrastive: a latent's threshold averages its mean over at least this many "
+        "concepts; a smaller 'others' set stands in for the missing ones (docs/method.md, "
+        "section 4). 1 (or null): the plain mean over the concepts given",
     )
     activity_filter: bool = field(
         False, help="drop latents active on too few or too many of the concept's tokens"
@@ -105,11 +142,17 @@ class ConceptBuildConfig(Config):
         help="drop latents whose mean on any one other concept exceeds this share of their "
         "mean on the concept (e.g. 0.5); default: no such filter",
     )
-    shortcut_step: int = field(
-        10, ge=0, help="shortcut: the denoising step whose activations count"
+    shortcut_step: int | None = field(
+        None,
+        ge=0,
+        help=f"shortcut: the denoising step whose activations count; default: "
+        f"{SHORTCUT_STEP}, or the last step of a shorter schedule",
     )
     shortcut_images: int = field(
-        20, ge=1, le=100_000, help="shortcut: images generated from the concept's name"
+        SHORTCUT_IMAGES,
+        ge=1,
+        le=100_000,
+        help="shortcut: images generated from the concept's name",
     )
     cfg_half: str = field(
         "cond",
@@ -124,11 +167,11 @@ class ConceptBuildConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("concept", "model", "sae"):
+        for name in ("concept", "model"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(name, f"got {value!r}; must be a non-empty string")
-        for name in ("hookpoint", "out", "cache_dir"):
+        for name in ("sae", "hookpoint", "out", "cache_dir"):
             value = getattr(self, name)
             if value is not None and not str(value).strip():
                 raise ConfigError(name, "must be a non-empty string when given")
@@ -144,6 +187,15 @@ class ConceptBuildConfig(Config):
                 f"got {self.min_active!r}; must be < max_active ({self.max_active!r})",
             )
         self.sampling = self.sampling.resolved(self.model)
+        sae, hookpoint = resolve_sae(self.model, self.sae, self.hookpoint, self.concept)
+        if sae is None:
+            raise ConfigError(
+                "sae",
+                f"no SAE is known for model {self.model!r}; name a folder, hub id or bundle",
+            )
+        self.sae, self.hookpoint = sae, hookpoint
+        if self.shortcut_step is None:
+            self.shortcut_step = default_shortcut_step(self.sampling.steps)
         if self.method == "shortcut":
             check_range("shortcut_step", self.shortcut_step, lt=self.sampling.steps)
         if self.cache_dir is None:
@@ -256,6 +308,7 @@ def build_concept(
             tau=cfg.tau,
             active_range=cfg.active_range,
             max_other_ratio=cfg.max_other_ratio,
+            threshold_concepts=cfg.threshold_concepts,
         )
     else:
         prompts = own_prompts or [cfg.concept] * cfg.shortcut_images
@@ -271,10 +324,8 @@ def build_concept(
                 timesteps=others[0].timesteps,
                 meta={"steps": others[0].steps},
             )
-        tau = cfg.tau if cfg.tau is not None else percentile_count(sae.num_latents, cfg.percentile)
+        tau = cfg.tau if cfg.tau is not None else SHORTCUT_TAU
         features = select_shortcut(target, tau=tau, step=0, neutral=neutral)
-        if cfg.tau is None:
-            features.meta["percentile"] = cfg.percentile
     if cfg.method == "shortcut":
         for name, on in (
             ("activity_filter", cfg.activity_filter),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -18,18 +17,18 @@ from typing import Any
 import torch
 
 from saeuron.erasure.concepts.stats import ConceptStats
+from saeuron.utils.files import USER_DIR_ENV, user_dir
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "SAEURON_CACHE"
+CACHE_ENV = USER_DIR_ENV
 CACHE_VERSION = 1
 """Bump when the statistics' definition changes, so old cache entries stop matching."""
 
 
 def default_cache_dir() -> Path:
     """``$SAEURON_CACHE/concepts``, else ``~/.cache/saeuron/concepts``."""
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root) if root else Path.home() / ".cache" / "saeuron") / "concepts"
+    return user_dir() / "concepts"
 
 
 def model_id(model: str) -> str:

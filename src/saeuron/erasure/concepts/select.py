@@ -107,6 +107,7 @@ def select_contrastive(
     tau: int | None = None,
     active_range: tuple[float, float] | None = None,
     max_other_ratio: float | None = None,
+    threshold_concepts: int | None = None,
 ) -> ConceptFeatures:
     """The latents that tell ``target`` apart from ``others``, per step.
 
@@ -121,7 +122,9 @@ def select_contrastive(
     concept exceeds ``r`` times its mean on the target: the score compares the target with the
     pool of others, so a latent shared with one close neighbour (dotted and grainy) can win it
     and then be erased on that neighbour too. Thresholds: the mean over all concepts of their
-    per-concept means.
+    per-concept means, as the paper takes it over its 20 or 50 concepts;
+    ``threshold_concepts=K`` calibrates that mean for a smaller set (see
+    :func:`calibrated_threshold`).
     """
     if (percentile is None) == (tau is None):
         raise ValueError("give exactly one of percentile and tau")
@@ -133,6 +136,8 @@ def select_contrastive(
         raise ConfigError("active_range", f"got {active_range!r}; need 0 <= lo < hi <= 1")
     if max_other_ratio is not None and not max_other_ratio > 0:
         raise ConfigError("max_other_ratio", f"got {max_other_ratio!r}; must be > 0")
+    if threshold_concepts is not None and threshold_concepts < 1:
+        raise ConfigError("threshold_concepts", f"got {threshold_concepts!r}; must be >= 1")
     others = list(others)
     scores = contrastive_scores(target, others)
     eligible = torch.ones_like(scores, dtype=torch.bool)
@@ -157,8 +162,7 @@ def select_contrastive(
         above = ok & (scores[step] > cut)
         rows.append(_top(scores[step], above, int(above.sum())))
 
-    # Threshold: every concept counts once, whatever its number of prompts.
-    threshold = torch.stack([target.mean] + [o.mean for o in others]).mean(0)
+    threshold, counted = calibrated_threshold(target, others, threshold_concepts)
     indices, mean, thr = _pack(rows, target.mean, threshold)
     counts = [len(r) for r in rows]
     if sum(counts) == 0:
@@ -171,6 +175,7 @@ def select_contrastive(
         "max_other_ratio": max_other_ratio,
         "others": [o.concept for o in others],
         "others_prompts": sum(o.n_prompts for o in others),
+        "threshold_concepts": counted,
         "selected_per_step": counts,
     }
     if target.steps != list(range(int(target.meta.get("num_inference_steps", target.num_steps)))):
@@ -188,6 +193,30 @@ def select_contrastive(
         timesteps=target.timesteps.clone(),
         meta=meta,
     )
+
+
+def calibrated_threshold(
+    target: ConceptStats, others: Sequence[ConceptStats], concepts: int | None = None
+) -> tuple[Tensor, int]:
+    """Each latent's threshold and the number of concepts it stands for.
+
+    The paper's threshold is the mean over all its concepts of their mean activation: the
+    target counts once among 20 (objects) or 50 (styles), ``mu_c / K + (1 - 1/K) x mean of
+    the others``. Against a small set, say the bundled neutral prompts as the one other
+    concept, the same formula gives the target half the weight, so a latent that fires on its
+    concept alone gets a threshold near ``mu_c / 2``, ten to twenty-five times the paper's,
+    and the concept is edited far less. With ``concepts=K`` the others are taken as a sample
+    of the K - 1 concepts the paper averages over: the threshold is
+    ``mu_c / K' + (1 - 1/K') x mean of the others`` with ``K' = max(K, 1 + len(others))``,
+    which is exactly the paper's mean once ``others`` holds K - 1 concepts or more.
+    """
+    given = 1 + len(others)
+    counted = max(given, concepts or 1)
+    # Every concept counts once, whatever its number of prompts.
+    if counted == given:
+        return torch.stack([target.mean] + [o.mean for o in others]).mean(0), counted
+    rest = torch.stack([o.mean for o in others]).mean(0)
+    return target.mean / counted + (1 - 1 / counted) * rest, counted
 
 
 def select_shortcut(

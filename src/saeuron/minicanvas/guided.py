@@ -35,7 +35,7 @@ import torch
 from saeuron.erasure.concepts.select import select_contrastive
 from saeuron.erasure.concepts.stats import ConceptStats
 from saeuron.erasure.erase import erase
-from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.minicanvas.assets import bundle_folder, concept_kind
 from saeuron.minicanvas.world import OBJECTS, STYLES, anchor_prompts
 from saeuron.models.pipelines import load_pipeline
@@ -192,6 +192,7 @@ class GuidedAssets:
         self.folder = guided_folder(folder)
         self._saes: dict[str, Any] = {}
         self._stats: dict[tuple[str, str], Any] = {}
+        self._fingerprints: dict[str, str] = {}
 
     def sae(self, hookpoint: str) -> Sae:
         if hookpoint not in self._saes:
@@ -225,7 +226,15 @@ class GuidedAssets:
         if params.get("anchor"):
             features = features.with_anchor(select(params["anchor"]))
         features.meta["hookpoint"] = hookpoint
+        # The statistics were read with this block's guided SAE (build_guided), so the
+        # features index it: recorded, erase() checks it like any other features.
+        features.meta[SAE_FINGERPRINT] = self.fingerprint(hookpoint)
         return features
+
+    def fingerprint(self, hookpoint: str) -> str:
+        if hookpoint not in self._fingerprints:
+            self._fingerprints[hookpoint] = self.sae(hookpoint).fingerprint()
+        return self._fingerprints[hookpoint]
 
     @contextlib.contextmanager
     def erasing(

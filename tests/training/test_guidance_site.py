@@ -71,7 +71,9 @@ def test_site_rows_takes_the_difference_of_the_cfg_halves() -> None:
 
 
 def test_guidance_capture_stores_cond_minus_uncond(tmp_path: Path) -> None:
-    out = capture(tmp_path, activation_site="guidance", limit=2)
+    # The pipeline's own scheduler and an explicit scale, so the hand-run below is the same.
+    out = capture(tmp_path, activation_site="guidance", limit=2, scheduler="pipeline",
+                  guidance_scale=9.0)  # fmt: skip
     got = shards(out)
     pipe = build_tiny_sd()
     module = pipe.unet.get_submodule(HOOK.removeprefix("unet."))

@@ -4,6 +4,9 @@ At every step and token, for each selected latent f of concept c (docs/method.md
 
     if a_f > thr_f:   a_f <- gamma_c * mu_c[f] * a_f
 
+Other edit rules (``rule``, :data:`RULES`) and a window of the schedule (``window``) are
+options; ``rule="scale"`` with no window is the published method.
+
 ``error_term="exact"`` (default) returns ``x + (a' - a) W_dec``: only the decoder rows of
 the selected latents are touched, and a token whose latents are not edited keeps its exact
 bits. ``error_term="paper"`` reproduces the published code, ``x_hat' + (x_hat - x)``, a full
@@ -34,11 +37,12 @@ from saeuron.models.hookpoints import resolve_module
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
     CFG_HALVES,
-    conditional_rows,
+    GUIDANCE_SITE,
     from_tokens,
     input_tensor,
     output_tensor,
     replace_output,
+    site_rows,
     to_tokens,
 )
 from saeuron.sae import Sae
@@ -50,6 +54,24 @@ logger = logging.getLogger(__name__)
 
 ERROR_TERMS = ("exact", "paper")
 EDIT_PATHS = ("auto", "sparse", "dense")
+RULES = ("scale", "ablate", "anchor", "project")
+"""How a selected latent ``a`` above its threshold is edited:
+
+- ``scale`` (SAeUron, the published rule): ``a <- gamma * mu_c * a``;
+- ``ablate``: ``a <- r + gamma * (a - r)``, ``r`` the latent's mean on the other concepts
+  (``ConceptFeatures.retain``): gamma 0 brings it to what the rest of the world shows,
+  negative gamma overshoots past it;
+- ``anchor``: ``ablate`` on the concept's latents, and on the tokens it edits each latent
+  ``g`` of an anchor concept rises to ``(1 - min(gamma, 0)) * s * mu_anchor[g]`` (never
+  lowered), where ``s = sum_f a_f mu_c[f] / sum_f mu_c[f]^2`` is how strongly the token
+  shows the concept (the anchor is pulled in as hard as the concept is pushed out):
+  the concept is replaced by the anchor at the same strength instead of being wiped;
+- ``project``: on the tokens ``ablate`` edits, the component of the SAE input along the span
+  of the concept's decoder directions (orthonormalised, ``b_dec`` as origin) is scaled by
+  gamma, error term included: gamma 0 removes all of it, not only what the latents encode.
+
+Only ``scale`` has the dense (compile-friendly) path; the others run eagerly.
+"""
 
 
 MAX_MULTIPLIER = 1000.0
@@ -91,16 +113,65 @@ class EraseConfig(Config):
     activation_site: str | None = field(
         None,
         choices=ACTIVATION_SITES,
-        help="'output' or 'update' (output - input); default: what the SAE was trained on",
+        help="'output', 'update' (output - input) or 'guidance' (conditional minus "
+        "unconditional row under CFG); default: what the SAE was trained on",
     )
     hookpoint: str | None = field(
         None, help="module to edit; default: the SAE's, else the concepts' hookpoint"
+    )
+    rule: str = field(
+        "scale",
+        choices=RULES,
+        help="'scale': the published a <- gamma*mu*a; 'ablate': a <- r + gamma*(a - r) with r "
+        "the latent's mean on other concepts; 'anchor': ablate and write in the features' "
+        "anchor concept at the token's strength; 'project': scale the input's component "
+        "along the concept's decoder directions by gamma",
+    )
+    window: list[float] | None = field(
+        None,
+        help="edit only at schedule positions start..end (0 = first step, 1 = last), e.g. "
+        "0,0.5; default: every step",
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name, value in self.multipliers.items():
             check_range(f"multipliers.{name}", value, ge=-MAX_MULTIPLIER, le=MAX_MULTIPLIER)
+        if self.activation_site == GUIDANCE_SITE and self.cfg_half != "cond":
+            raise ConfigError(
+                "cfg_half", "activation_site 'guidance' edits the conditional rows; use 'cond'"
+            )
+        if self.rule != "scale" and self.error_term != "exact":
+            raise ConfigError(
+                "error_term",
+                f"rule {self.rule!r} needs error_term='exact' (the published error term "
+                "belongs to the published rule)",
+            )
+        if self.window is not None:
+            window = [float(v) for v in self.window]
+            if len(window) != 2 or not all(math.isfinite(v) for v in window) or not (
+                0.0 <= window[0] <= window[1] <= 1.0
+            ):
+                raise ConfigError(
+                    "window", f"got {self.window!r}; need two numbers 0 <= start <= end <= 1"
+                )
+            self.window = window
+
+    def edits_step(self, step: int, num_steps: int) -> bool:
+        """Whether the window lets the hook edit step ``step`` of ``num_steps``."""
+        if self.window is None:
+            return True
+        position = step / (num_steps - 1) if num_steps > 1 else 0.0
+        return self.window[0] - 1e-9 <= position <= self.window[1] + 1e-9
+
+    def edits_timestep(self, timestep: float, train_timesteps: int) -> bool:
+        """The window for a denoiser call outside a sampling loop: the timestep's position
+        in the training range, from the noisiest (0) to the cleanest (1)."""
+        if self.window is None or not math.isfinite(timestep):
+            return True
+        span = max(train_timesteps - 1, 1)
+        position = 1.0 - min(max(timestep, 0.0), span) / span
+        return self.window[0] - 1e-9 <= position <= self.window[1] + 1e-9
 
     def multiplier_of(self, concept: str) -> float:
         return float(self.multipliers.get(concept, self.multiplier))
@@ -120,12 +191,38 @@ class StepTable(NamedTuple):
     """Every step's selection as ``[steps, m]`` tensors, looked up by a step tensor.
 
     Steps with fewer than ``m`` latents are padded with latent 0 at scale 1 and threshold
-    +inf: a pad never edits, so a step's row can be taken without knowing its length.
+    +inf: a pad never edits, so a step's row can be taken without knowing its length. Steps
+    outside the window are all pads, and ``active`` is false there (the paper error term,
+    which changes a token even without an edit, reads it).
     """
 
     indices: Tensor
     scale: Tensor
     threshold: Tensor
+    active: Tensor
+    """``[steps]`` bool: the window lets the hook edit this step."""
+
+
+class _ConceptRule(NamedTuple):
+    cols: Tensor
+    """Positions of the concept's latents among ``RulePlan.needed``."""
+    mean: Tensor
+    threshold: Tensor
+    retain: Tensor
+    gamma: float
+    anchor_cols: Tensor
+    anchor_mean: Tensor
+
+
+class RulePlan(NamedTuple):
+    """One step of the rules beyond ``scale``: every latent read, per concept."""
+
+    needed: Tensor
+    concepts: list[_ConceptRule]
+    gate_threshold: Tensor
+    gate_encoder_rows: Tensor
+    gate_encoder_bias: Tensor
+    decoder_rows: Tensor
 
 
 class _Weights(NamedTuple):
@@ -212,6 +309,8 @@ class _EraseHook:
         self._selections: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor] | None] = {}
         self._plans: dict[tuple[Any, ...], StepPlan | None] = {}
         self._tables: dict[tuple[Any, ...], StepTable | None] = {}
+        self._rule_plans: dict[tuple[Any, ...], RulePlan | None] = {}
+        self._no_cfg_logged = False
         self._weights: dict[tuple[torch.device, torch.dtype], _Weights] = {}
         self._edited_on_device: dict[torch.device, Tensor] = {}
         self._mapping_logged = False
@@ -222,6 +321,7 @@ class _EraseHook:
         self._selections.clear()
         self._plans.clear()
         self._tables.clear()
+        self._rule_plans.clear()
 
     @property
     def edited_tokens(self) -> int:
@@ -327,8 +427,11 @@ class _EraseHook:
         """Every step's edit of a ``num_steps`` schedule, for the dense path."""
         key = (num_steps, device, dtype)
         if key not in self._tables:
+            active = [self.cfg.edits_step(s, num_steps) for s in range(num_steps)]
+            # A step outside the window gets no selection: its row is all pads.
             selections = [
-                self._select(self._rows_for_step(s, num_steps)) for s in range(num_steps)
+                self._select(self._rows_for_step(s, num_steps)) if active[s] else None
+                for s in range(num_steps)
             ]
             width = max((len(sel[0]) for sel in selections if sel is not None), default=0)
             table = None
@@ -341,7 +444,10 @@ class _EraseHook:
                         n = len(sel[0])
                         indices[s, :n], scale[s, :n], threshold[s, :n] = sel
                 table = StepTable(
-                    indices.to(device), scale.to(device, dtype), threshold.to(device, dtype)
+                    indices.to(device),
+                    scale.to(device, dtype),
+                    threshold.to(device, dtype),
+                    torch.tensor(active, device=device),
                 )
             self._tables[key] = table
         return self._tables[key]
@@ -357,7 +463,7 @@ class _EraseHook:
         for dtype in {sample.dtype, *dtypes}:
             if dtype.is_floating_point:
                 self.weights(sample.device, dtype)
-                if state.in_loop:
+                if state.in_loop and self.cfg.rule == "scale":
                     self.table(state.num_steps, sample.device, dtype)
 
     def _dense(self, x: Tensor) -> bool:
@@ -383,11 +489,16 @@ class _EraseHook:
             # One read of the device a call; skipped inside a compiled graph.
             check_finite_activations(out, self.handle, state.step, "model")
         dtype = out.dtype if out.dtype.is_floating_point else self.sae.dtype
+        if self.cfg.rule != "scale":
+            return self._apply_rule(module, args, kwargs, output, out, dtype, counting)
         dense = self._dense(out)
         exact = self.cfg.error_term == "exact"
         plan: StepPlan | None = None
         selection: tuple[Tensor, Tensor, Tensor] | None = None
+        active: Tensor | None = None
         if dense and state.in_loop:
+            # The window is in the table (steps outside it are all pads): no Python branch
+            # on the step, so a compiled graph serves every step.
             table = self.table(state.num_steps, out.device, dtype)
             if table is not None:
                 step = state.step_tensor.to(out.device)
@@ -396,7 +507,10 @@ class _EraseHook:
                     table.scale.index_select(0, step).squeeze(0),
                     table.threshold.index_select(0, step).squeeze(0),
                 )
+                active = table.active.index_select(0, step)
         else:
+            if not self._in_window(state):
+                return None
             rows = (
                 self._rows_for_step(state.step, state.num_steps)
                 if state.in_loop
@@ -407,13 +521,18 @@ class _EraseHook:
                 selection = (plan.indices, plan.scale, plan.threshold)
         if selection is None and exact:
             return None
-        site = out - input_tensor(module, args, kwargs) if self.site == "update" else out
-        rows_ = conditional_rows(out.shape[0], state.cfg, self.cfg.cfg_half)
-        tokens = to_tokens(site[rows_])
+        picked = self._site(module, out, args, kwargs)
+        if picked is None:
+            return None
+        site, rows_ = picked
+        tokens = to_tokens(site)
         flat = tokens.reshape(-1, tokens.shape[-1]).to(dtype)
         w = self.weights(out.device, dtype)
         if not exact:
             delta = self._paper_output(flat, w, selection, counting) - flat
+            if active is not None:
+                # Outside the window the published form is not applied either.
+                delta = torch.where(active, delta, torch.zeros_like(delta))
         elif dense:
             assert selection is not None
             delta = self._dense_delta(flat, w, *selection, counting)
@@ -423,12 +542,199 @@ class _EraseHook:
             if sparse is None:
                 return None
             delta = sparse
-        delta = from_tokens(delta.to(out.dtype).reshape(tokens.shape), site[rows_])
+        delta = from_tokens(delta.to(out.dtype).reshape(tokens.shape), site)
         new = out.clone()
         new[rows_] = new[rows_] + delta
         if counting:
             check_finite_activations(new, self.handle, state.step, "edit")
         return replace_output(module, output, new)
+
+    def _in_window(self, state: DenoiseState) -> bool:
+        if state.in_loop:
+            return self.cfg.edits_step(state.step, state.num_steps)
+        return self.cfg.edits_timestep(state.timestep, self.train_timesteps)
+
+    def _site(
+        self, module: nn.Module, out: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Tensor, slice] | None:
+        """What the SAE reads, and the rows of the block output the edit is added to."""
+        inp = input_tensor(module, args, kwargs) if self.site == "update" else None
+        picked = site_rows(out, inp, self.site, self.state.cfg, self.cfg.cfg_half)
+        if picked is None and not self._no_cfg_logged:
+            # The guidance site without a CFG batch: no unconditional row to compare with.
+            logger.warning("activation_site 'guidance' needs CFG; nothing is edited")
+            self._no_cfg_logged = True
+        return picked
+
+    # -- the rules beyond the published one (eager) -----------------------------------------
+
+    def rule_plan(
+        self, rows: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    ) -> RulePlan | None:
+        key = (rows, device, dtype)
+        if key not in self._rule_plans:
+            self._rule_plans[key] = self._build_rule_plan(rows, device, dtype)
+        return self._rule_plans[key]
+
+    def _build_rule_plan(
+        self, rows: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    ) -> RulePlan | None:
+        anchor = self.cfg.rule == "anchor"
+        parts = []
+        for concept, at in zip(self.concepts, rows):
+            idx, mean, thr = concept.at(at)
+            if len(idx) == 0:
+                continue
+            anchor_idx, anchor_mean = concept.anchor_at(at)
+            if not anchor:
+                anchor_idx, anchor_mean = anchor_idx[:0], anchor_mean[:0]
+            parts.append(
+                (idx, mean, thr, concept.retain_at(at), self.multipliers[concept.concept],
+                 anchor_idx, anchor_mean)
+            )  # fmt: skip
+        if not parts:
+            return None
+        w = self.weights(device, dtype)
+        needed = torch.unique(torch.cat([torch.cat([p[0], p[5]]) for p in parts]))
+        column = {int(latent): i for i, latent in enumerate(needed.tolist())}
+        concepts = []
+        for idx, mean, thr, retain, gamma, anchor_idx, anchor_mean in parts:
+            cols = torch.tensor([column[int(i)] for i in idx], dtype=torch.long, device=device)
+            anchor_cols = torch.tensor(
+                [column[int(i)] for i in anchor_idx], dtype=torch.long, device=device
+            )
+            concepts.append(
+                _ConceptRule(
+                    cols, mean.to(device, dtype), thr.to(device, dtype),
+                    retain.to(device, dtype), float(gamma), anchor_cols,
+                    anchor_mean.to(device, dtype),
+                )
+            )  # fmt: skip
+        gate_idx = torch.cat([p[0] for p in parts]).to(device)
+        needed = needed.to(device)
+        return RulePlan(
+            needed=needed,
+            concepts=concepts,
+            gate_threshold=torch.cat([p[2] for p in parts]).to(device, dtype),
+            gate_encoder_rows=w.encoder[gate_idx],
+            gate_encoder_bias=w.encoder_bias[gate_idx],
+            decoder_rows=w.decoder[needed],
+        )
+
+    @torch.compiler.disable
+    def _apply_rule(
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+        out: Tensor,
+        dtype: torch.dtype,
+        counting: bool,
+    ) -> Any:
+        state = self.state
+        if not self._in_window(state):
+            return None
+        rows = (
+            self._rows_for_step(state.step, state.num_steps)
+            if state.in_loop
+            else self._rows_for_timestep(state.timestep)
+        )
+        plan = self.rule_plan(rows, out.device, dtype)
+        if plan is None:
+            return None
+        picked = self._site(module, out, args, kwargs)
+        if picked is None:
+            return None
+        site, rows_ = picked
+        tokens = to_tokens(site)
+        flat = tokens.reshape(-1, tokens.shape[-1]).to(dtype)
+        delta = self._rule_delta(flat, self.weights(out.device, dtype), plan, counting)
+        if delta is None:
+            return None
+        delta = from_tokens(delta.to(out.dtype).reshape(tokens.shape), site)
+        new = out.clone()
+        new[rows_] = new[rows_] + delta
+        if counting:
+            check_finite_activations(new, self.handle, state.step, "edit")
+        return replace_output(module, output, new)
+
+    def _rule_delta(
+        self, flat: Tensor, w: _Weights, plan: RulePlan, counting: bool
+    ) -> Tensor | None:
+        z, _, std = self._standardise(flat)
+        # As on the sparse path: only tokens where a concept latent may clear its threshold
+        # pay for the full encode.
+        sel = F.relu((z - w.b_dec) @ plan.gate_encoder_rows.T + plan.gate_encoder_bias)
+        margin = 1e-3 * (plan.gate_threshold.abs() + 1)
+        candidates = torch.nonzero((sel > plan.gate_threshold - margin).any(dim=-1)).flatten()
+        if len(candidates) == 0:
+            return None
+        zc = z[candidates] if len(candidates) < len(z) else z
+        pre = F.relu(F.linear(zc - w.b_dec, w.encoder, w.encoder_bias))
+        kth = pre.topk(self.sae.cfg.k, dim=-1, sorted=False).values.min(dim=-1, keepdim=True)
+        acts = pre[:, plan.needed]
+        acts = torch.where(acts >= kth.values, acts, torch.zeros_like(acts))
+        new = acts.clone()
+        for c in plan.concepts:
+            own = acts[:, c.cols]
+            hit = own > c.threshold
+            if not bool(hit.any()):
+                continue
+            new[:, c.cols] = torch.where(
+                hit, c.retain + c.gamma * (own - c.retain), new[:, c.cols]
+            )
+            if len(c.anchor_cols):
+                gate = hit.any(dim=-1, keepdim=True)
+                strength = (own * c.mean).sum(-1, keepdim=True) / (c.mean * c.mean).sum().clamp_min(
+                    torch.finfo(c.mean.dtype).tiny
+                )
+                # Pulled in as hard as the concept is pushed out: gain 1 at gamma 0 (a plain
+                # swap), 1 - gamma when gamma overshoots.
+                target = (1.0 - min(c.gamma, 0.0)) * strength.clamp_min(0) * c.anchor_mean
+                current = new[:, c.anchor_cols]
+                new[:, c.anchor_cols] = torch.where(
+                    gate, torch.maximum(current, target), current
+                )
+        if self.cfg.rule == "project":
+            return self._project_delta(flat, zc, std, candidates, acts, w, plan, counting)
+        change = new - acts
+        edited = (change != 0).any(dim=-1, keepdim=True)
+        if not bool(edited.any()):
+            return None
+        self._count(edited, counting)
+        delta = change @ plan.decoder_rows
+        if std is not None:
+            delta = delta * (std[candidates] + 1e-5)
+        # Tokens with no edit get an exact zero, so their bits survive the addition.
+        delta = torch.where(edited, delta, torch.zeros_like(delta))
+        full = delta.new_zeros(flat.shape)
+        return full.index_copy_(0, candidates, delta)
+
+    def _project_delta(
+        self, flat: Tensor, zc: Tensor, std: Tensor | None, candidates: Tensor, acts: Tensor,
+        w: _Weights, plan: RulePlan, counting: bool,
+    ) -> Tensor | None:  # fmt: skip
+        total = torch.zeros(len(candidates), flat.shape[-1], dtype=zc.dtype, device=zc.device)
+        edited = torch.zeros(len(candidates), 1, dtype=torch.bool, device=zc.device)
+        centred = zc - w.b_dec
+        for c in plan.concepts:
+            hit = (acts[:, c.cols] > c.threshold).any(dim=-1, keepdim=True)
+            if not bool(hit.any()):
+                continue
+            # An orthonormal basis of the concept's decoder directions.
+            basis, _ = torch.linalg.qr(plan.decoder_rows[c.cols].T)
+            component = (centred @ basis) @ basis.T
+            total = total + torch.where(hit, (c.gamma - 1.0) * component, 0.0)
+            edited |= hit
+        if not bool(edited.any()):
+            return None
+        self._count(edited, counting)
+        if std is not None:
+            total = total * (std[candidates] + 1e-5)
+        total = torch.where(edited, total, torch.zeros_like(total))
+        full = total.new_zeros(flat.shape)
+        return full.index_copy_(0, candidates, total)
 
     def _standardise(self, flat: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         if not self.sae.cfg.input_unit_norm:
@@ -711,10 +1017,12 @@ def attach(
     """Erase ``concepts`` in ``pipe`` from now until :meth:`Eraser.remove`.
 
     ``config`` (an :class:`EraseConfig`) and keyword ``overrides`` of its fields set the
-    edit: ``attach(pipe, sae, cat, multiplier=-20.0)``. ``multiplier`` may also be a mapping
-    from concept name to gamma naming every concept. The SAE is not moved: the hook computes
-    on the activation's device and in its dtype (a copy per device and dtype, made once), so
-    CPU offloading and half precision need nothing more.
+    edit: ``attach(pipe, sae, cat, multiplier=-20.0)``, or with another rule and a window of
+    the schedule, ``attach(pipe, sae, cat, multiplier=-5.0, rule="ablate", window=[0, 0.5])``.
+    ``multiplier`` may also be a mapping from concept name to gamma naming every concept.
+    The SAE is not moved: the hook computes on the activation's device and in its dtype (a
+    copy per device and dtype, made once), so CPU offloading and half precision need nothing
+    more.
     Statistics from N steps applied to sampling with M steps are mapped by position in the
     schedule.
     """
@@ -747,6 +1055,14 @@ def attach(
                 "concepts",
                 f"{concept.concept!r} selects latent {max(concept.latents())}, but the SAE "
                 f"has {sae.num_latents}",
+            )
+    if cfg.rule == "anchor":
+        bare = [c.concept for c in concept_list if c.anchor_indices is None]
+        if bare:
+            raise ConfigError(
+                "rule",
+                f"rule 'anchor' needs features with an anchor; {', '.join(map(repr, bare))} "
+                "has none (ConceptFeatures.with_anchor adds one)",
             )
     check_same_sae(concept_list, sae)
     return Eraser(pipe, sae, concept_list, multipliers, cfg, hookpoint, module)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from saeuron.cli.main import main
@@ -115,6 +116,10 @@ def check_features(features: ConceptFeatures, s: Setting, method: str) -> None:
     assert ((features.indices >= 0) & (features.indices < 128)).all()
 
 
+def cli(*args: str) -> None:
+    assert main(list(args)) == 0, args
+
+
 def stock_image(s: Setting, prompt: str) -> np.ndarray:
     """The stock pipeline, no hook anywhere, as the CLI seeds it."""
     pipe = build_tiny(s.model)
@@ -128,27 +133,25 @@ def test_chain_through_the_cli(model: str, tmp_path: Path) -> None:
     s = Setting(model)
     prompts, others = _files(tmp_path)
     acts, sae_dir = tmp_path / "acts", tmp_path / "sae"
-    assert main(["cache", *s.flags(), "--hookpoint", s.hook, "--prompts", str(prompts),
-                 "--out", str(acts), "--cfg-half", s.cfg_half, "--max-shard-mb", "0.05"]) == 0
+    cli("cache", *s.flags(), "--hookpoint", s.hook, "--prompts", str(prompts), "--out",
+        str(acts), "--cfg-half", s.cfg_half, "--max-shard-mb", "0.05")  # fmt: skip
     check_capture(acts, s)
-    assert main(["train", "--activations", str(acts), "--out", str(sae_dir), "--k", "4",
-                 "--expansion-factor", "4", "--batch-size", "64", "--epochs", "3"]) == 0
-    sae = check_trained(sae_dir, s)
+    cli("train", "--activations", str(acts), "--out", str(sae_dir), "--k", "4",
+        "--expansion-factor", "4", "--batch-size", "64", "--epochs", "3")  # fmt: skip
+    check_trained(sae_dir, s)
     for method in ("contrastive", "shortcut"):
         out = tmp_path / method
         extra = ["--shortcut-images", "2"] if method == "shortcut" else ["--others", str(others)]
-        assert main(["concept", "build", "cat", *s.flags(), "--sae", str(sae_dir),
-                     "--hookpoint", s.hook, "--method", method, "--num-prompts", "2",
-                     "--tau", "2", "--cfg-half", s.cfg_half, "--out", str(out), *extra]) == 0
+        cli("concept", "build", "cat", *s.flags(), "--sae", str(sae_dir), "--hookpoint",
+            s.hook, "--method", method, "--num-prompts", "2", "--tau", "2", "--cfg-half",
+            s.cfg_half, "--out", str(out), *extra)  # fmt: skip
         check_features(ConceptFeatures.load(out), s, method)
     image = tmp_path / "cat.png"
     prompt = "a cat in ink style"
-    assert main(["generate", "--erase", "cat", "--prompt", prompt, "--out", str(image),
-                 *s.flags(), "--sae", str(sae_dir), "--hookpoint", s.hook,
-                 "--features", str(tmp_path / "contrastive"), "--cfg-half", s.cfg_half,
-                 "--multiplier", "-20", "--side-by-side", "--device", "cpu"]) == 0
-    from PIL import Image
-
+    cli("generate", "--erase", "cat", "--prompt", prompt, "--out", str(image), *s.flags(),
+        "--sae", str(sae_dir), "--hookpoint", s.hook, "--features", str(tmp_path / "contrastive"),
+        "--cfg-half", s.cfg_half, "--multiplier", "-20", "--side-by-side",
+        "--device", "cpu")  # fmt: skip
     pair = np.asarray(Image.open(image))
     half = pair.shape[1] // 2
     original, erased = pair[:, :half], pair[:, half:]
@@ -171,9 +174,8 @@ def test_chain_through_the_python_api(model: str, tmp_path: Path) -> None:
     sae = check_trained(sae_dir, s)
     assert torch.equal(trained.W_dec.cpu(), sae.W_dec)  # what train_sae returns is what it saved
     pipe = build_tiny(model)
-    assert type(pipe.scheduler).__name__ == PUBLISHED_SCHEDULERS[TINY_PUBLISHED[model][1]][
-        "_class_name"
-    ]
+    stock = PUBLISHED_SCHEDULERS[TINY_PUBLISHED[model][1]]["_class_name"]
+    assert type(pipe.scheduler).__name__ == stock
     found = {}
     for method in ("contrastive", "shortcut"):
         extra: dict[str, Any] = (
@@ -186,9 +188,7 @@ def test_chain_through_the_python_api(model: str, tmp_path: Path) -> None:
         found[method] = build_concept(cfg, pipe=pipe, sae=sae)
         check_features(found[method], s, method)
     # build_concept leaves the pipeline on the scheduler it was asked for: the stock one.
-    assert type(pipe.scheduler).__name__ == PUBLISHED_SCHEDULERS[TINY_PUBLISHED[model][1]][
-        "_class_name"
-    ]
+    assert type(pipe.scheduler).__name__ == stock
 
     def sample() -> np.ndarray:
         out = pipe(["a cat in ink style"], num_inference_steps=s.steps, guidance_scale=s.guidance,

@@ -1,8 +1,9 @@
 """The erasing hook under ``torch.compile``: graph breaks and overhead.
 
 On the tiny Stable Diffusion pipeline (SD 1.x block names, 32-wide
-``up_blocks.1.attentions.1``, a CFG batch of 2) with an SAE of 128 latents and a quarter of
-them selected with threshold -1, so every token is a candidate and the edit always runs:
+``up_blocks.1.attentions.1``, a CFG batch of 2; ``--quick``: an 8-wide micro UNet with the
+same block names) with an SAE of 128 latents and a quarter of them selected with threshold
+-1, so every token is a candidate and the edit always runs:
 
 - graph breaks of the hooked UNet under ``torch._dynamo.explain`` (the dense edit path,
   which the hook takes under compilation): target 0, since every break splits the graph and
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from diffusers import UNet2DConditionModel
 
 from saeuron.erasure.erase import attach, erase
 from saeuron.erasure.features import ConceptFeatures
@@ -50,11 +52,30 @@ def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
     return timed
 
 
-def setup(device: str) -> tuple[Any, Sae, ConceptFeatures, tuple[torch.Tensor, ...]]:
-    """The tiny pipeline, its SAE, features that always fire, and one step's UNet inputs."""
-    pipe = build_tiny_sd().to(device)
+def micro_unet() -> UNet2DConditionModel:
+    """SD 1.x's block names on the smallest UNet that has them: compiles in seconds."""
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 8),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=2, norm_num_groups=4,
+    )  # fmt: skip
+
+
+def setup(
+    device: str, quick: bool = False
+) -> tuple[Any, Sae, ConceptFeatures, tuple[torch.Tensor, ...]]:
+    """The tiny pipeline (quick: with the micro UNet), its SAE, features that always fire,
+    and one step's UNet inputs."""
+    pipe = build_tiny_sd()
+    if quick:
+        pipe.unet = micro_unet()
+    pipe = pipe.to(device)
+    # up_blocks.1 is the second block up: as wide as the second-deepest down block.
+    width = pipe.unet.config.block_out_channels[-2]
     torch.manual_seed(3)
-    sae = Sae(SaeConfig(d_in=32, expansion_factor=4, k=8), device=device).eval()
+    sae = Sae(SaeConfig(d_in=width, num_latents=128, k=8), device=device).eval()
     sae.meta["hookpoint"] = HOOKPOINT
     features = ConceptFeatures.from_latents("c", list(range(0, 128, 4)), mean=1.0, threshold=-1.0)
     pipe.scheduler.set_timesteps(4)
@@ -80,7 +101,7 @@ def graph_breaks(pipe: Any, sae: Sae, features: ConceptFeatures, inputs: tuple) 
 @BENCHMARKS.register("compile")
 def run(quick: bool, device: str) -> list[Row]:
     backend = "aot_eager" if quick and not device.startswith("cuda") else "inductor"
-    pipe, sae, features, inputs = setup(device)
+    pipe, sae, features, inputs = setup(device, quick)
     x, t, context = inputs
     breaks = graph_breaks(pipe, sae, features, inputs)
 
@@ -127,9 +148,9 @@ def run(quick: bool, device: str) -> list[Row]:
     logger.info("compile medians (s): %s; compiled vs eager %.2e; edit %.2e", median, diff,
                 changed)  # fmt: skip
     shape = (
-        f"tiny SD pipeline UNet, {tuple(x.shape)} latents (CFG batch 2), hookpoint "
-        f"{HOOKPOINT} (32 wide), SAE 128 latents k 8, 32 selected latents with threshold -1 "
-        f"(every token edited), {device}"
+        f"{'micro' if quick else 'tiny SD pipeline'} UNet, {tuple(x.shape)} latents (CFG batch "
+        f"2), hookpoint {HOOKPOINT} ({sae.W_dec.shape[1]} wide), SAE 128 latents k 8, 32 selected "
+        f"latents with threshold -1 (every token edited), {device}"
     )
     command = reproduce("compile", quick, device)
     compiled_ratio = median["compiled, hook"] / median["compiled, none"]

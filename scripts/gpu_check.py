@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from saeuron.erasure.erase import attach, erase
-from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.models.hookpoints import resolve_module
 from saeuron.models.tiny import build_tiny_sd
 from saeuron.perf import compiled as compile_bench
@@ -46,11 +46,13 @@ def make_sae(width: int = 32) -> Sae:
 
 def firing(sae: Sae) -> ConceptFeatures:
     # A quarter of the latents at threshold 0: certain to fire on random weights.
-    return ConceptFeatures.from_latents("c", list(range(0, sae.num_latents, 4)), threshold=0.0)
+    return ConceptFeatures.from_latents("c", list(range(0, sae.num_latents, 4)), threshold=0.0,
+                                        meta={SAE_FINGERPRINT: sae.fingerprint()})
 
 
 def unreachable(sae: Sae) -> ConceptFeatures:
-    return ConceptFeatures.from_latents("c", list(range(0, sae.num_latents, 4)), threshold=1e6)
+    return ConceptFeatures.from_latents("c", list(range(0, sae.num_latents, 4)), threshold=1e6,
+                                        meta={SAE_FINGERPRINT: sae.fingerprint()})
 
 
 def sample(pipe: Any, steps: int = 3) -> np.ndarray:
@@ -79,7 +81,9 @@ def erase_and_compare(pipe: Any, sae: Sae) -> dict[str, Any]:
 
 def check_dtype(device: str, dtype: torch.dtype) -> Callable[[bool], dict[str, Any]]:
     def run(quick: bool) -> dict[str, Any]:
-        pipe = build_tiny_sd().to(device, dtype)
+        pipe = build_tiny_sd().to(device)
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
         sae = make_sae()
         try:
             sample(pipe, steps=1)
@@ -149,6 +153,7 @@ def check_compile(device: str) -> Callable[[bool], dict[str, Any]]:
         per_step = ConceptFeatures(
             "c", indices=torch.tensor([[0, 3, 6], [9, 12, 15], [18, 21, 24]]),
             mean=torch.ones(3, 3), threshold=torch.zeros(3, 3),
+            meta={SAE_FINGERPRINT: sae.fingerprint()},
         )  # fmt: skip
 
         def latents() -> np.ndarray:

@@ -29,7 +29,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from saeuron.erasure.erase import attach, erase
-from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.models.tiny import build_tiny_sd
 from saeuron.perf import BENCHMARKS, Row, reproduce
 from saeuron.sae import Sae, SaeConfig
@@ -77,7 +77,8 @@ def setup(
     torch.manual_seed(3)
     sae = Sae(SaeConfig(d_in=width, num_latents=128, k=8), device=device).eval()
     sae.meta["hookpoint"] = HOOKPOINT
-    features = ConceptFeatures.from_latents("c", list(range(0, 128, 4)), mean=1.0, threshold=-1.0)
+    features = ConceptFeatures.from_latents("c", list(range(0, 128, 4)), mean=1.0, threshold=-1.0,
+                                            meta={SAE_FINGERPRINT: sae.fingerprint()})
     pipe.scheduler.set_timesteps(4)
     # Called outside the pipeline's loop, the tracker takes the CFG batch from here.
     pipe._guidance_scale = 7.5

@@ -27,6 +27,8 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 NEEDS = {
     "black-forest-labs/FLUX.1-dev": "network (a hub model) and a GPU: FLUX.1-dev is 12B",
     "cls_latents_dict_H.pkl": "SAEmnesia's published pickle, downloaded from the hub",
+    "saeuron hub ": "the network (the Hugging Face hub; tests/cli/test_hub.py runs push and "
+    "pull on a faked one)",
 }
 # Examples that load no model: run for real (exit code 0).
 RUN = {

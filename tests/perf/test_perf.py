@@ -29,6 +29,21 @@ def test_erase_overhead_quick_run_writes_the_table(tmp_path) -> None:
     assert (tmp_path / "perf.md").read_text().count("erase overhead: ") == 2
 
 
+@pytest.mark.slow
+def test_compile_quick_run_reports_no_graph_break_and_the_compiled_overhead(tmp_path) -> None:
+    report = run_perf(PerfConfig(only=["compile"], quick=True, device="cpu", out=str(tmp_path)))
+    breaks, compiled, eager = report["rows"]
+    assert breaks["extra"]["graph_breaks"] == 0 and breaks["ours"] == 0 and breaks["met"] is True
+    assert compiled["extra"]["backend"] == "aot_eager" and compiled["target"] == "<= 1.02x"
+    assert compiled["ours"] > 0 and compiled["baseline"] > 0 and math.isfinite(compiled["ratio"])
+    assert compiled["met"] == (compiled["ratio"] <= 1.02)
+    # What was timed erased (the edit moved the output) and compiled as eager.
+    assert compiled["extra"]["edit_max_abs_change"] > 1e-3
+    assert compiled["extra"]["max_abs_diff_vs_eager"] < 1e-4
+    assert eager["target"] == "" and math.isfinite(eager["ratio"])
+    assert "graph breaks of the hooked UNet" in (tmp_path / "perf.md").read_text()
+
+
 def test_feature_search_selects_what_the_seed_procedure_selects() -> None:
     from saeuron.perf.concept_features import _one
 

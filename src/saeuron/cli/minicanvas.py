@@ -1,4 +1,4 @@
-"""``saeuron minicanvas train | assets | sweep | bench | sequential | saemnesia``."""
+"""``saeuron minicanvas train | assets | sweep | bench | sequential | saemnesia | guided``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 from saeuron.minicanvas.assets import AssetConfig, build_assets
 from saeuron.minicanvas.bench import BenchConfig, run_bench
 from saeuron.minicanvas.classifier import train_classifier
+from saeuron.minicanvas.guided import GuidedBuildConfig, build_guided
+from saeuron.minicanvas.guided_sweep import GuidedSweepConfig, run_guided_sweep
 from saeuron.minicanvas.model import ModelTrainConfig, train_minicanvas
 from saeuron.minicanvas.saemnesia import (
     SupervisedBuildConfig,
@@ -70,6 +72,20 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     tune = stages.add_parser("sweep", help="tune each concept's multiplier on validation")
     SupervisedSweepConfig.add_arguments(tune)
     tune.set_defaults(handler=_saemnesia_sweep)
+
+    guided = steps.add_parser(
+        "guided", help="SAEs on what the prompt adds (guidance site): build, and tune per concept"
+    )
+    guided_steps = guided.add_subparsers(dest="guided_command", metavar="STEP")
+    guided_steps.required = True
+    gbuild = guided_steps.add_parser("build", help="capture the guidance site, train SAEs, stats")
+    GuidedBuildConfig.add_arguments(gbuild)
+    gbuild.set_defaults(handler=_guided_build)
+    gsweep = guided_steps.add_parser(
+        "sweep", help="per concept: block, rule, tau, gamma on validation prompts and seeds"
+    )
+    GuidedSweepConfig.add_arguments(gsweep)
+    gsweep.set_defaults(handler=_guided_sweep)
     return parser
 
 
@@ -121,6 +137,19 @@ def _saemnesia_sweep(args: argparse.Namespace) -> int:
     result = run_supervised_sweep(SupervisedSweepConfig.from_args(args))
     print(json.dumps(result["chosen"], indent=2))
     print(f"{result['n_trials']} trials per concept")
+    return 0
+
+
+def _guided_build(args: argparse.Namespace) -> int:
+    summary = build_guided(GuidedBuildConfig.from_args(args))
+    print(json.dumps(summary["hookpoints"], indent=2))
+    return 0
+
+
+def _guided_sweep(args: argparse.Namespace) -> int:
+    result = run_guided_sweep(GuidedSweepConfig.from_args(args))
+    print(json.dumps(result["chosen"], indent=2))
+    print(f"trials per concept: {json.dumps(result['n_trials'])}")
     return 0
 
 

@@ -49,23 +49,58 @@ class ConceptFeatures:
     timesteps: Tensor | None = None
     """``[steps]`` scheduler timesteps the statistics were taken at (informational)."""
     meta: dict[str, Any] = field(default_factory=dict)
+    retain: Tensor | None = None
+    """``[steps, m]`` each selected latent's mean activation on the other concepts: the value
+    the ``ablate`` and ``anchor`` rules set it to (``None``: 0)."""
+    anchor_indices: Tensor | None = None
+    """``[steps, n]`` latents of the anchor concept the ``anchor`` rule writes in (-1 pads)."""
+    anchor_mean: Tensor | None = None
+    """``[steps, n]`` the anchor concept's mean activation of each of those latents."""
 
     def __post_init__(self) -> None:
         if self.indices.ndim == 1:
             self.indices, self.mean, self.threshold = (
                 t.reshape(1, -1) for t in (self.indices, self.mean, self.threshold)
             )
+            if self.retain is not None:
+                self.retain = self.retain.reshape(1, -1)
+        if self.anchor_indices is not None and self.anchor_indices.ndim == 1:
+            self.anchor_indices = self.anchor_indices.reshape(1, -1)
+            if self.anchor_mean is not None:
+                self.anchor_mean = self.anchor_mean.reshape(1, -1)
         if not (self.indices.shape == self.mean.shape == self.threshold.shape):
             raise ValueError(
                 f"concept {self.concept!r}: indices {tuple(self.indices.shape)}, mean "
                 f"{tuple(self.mean.shape)} and threshold {tuple(self.threshold.shape)} differ"
             )
+        if self.retain is not None and self.retain.shape != self.indices.shape:
+            raise ValueError(
+                f"concept {self.concept!r}: retain {tuple(self.retain.shape)} does not match "
+                f"indices {tuple(self.indices.shape)}"
+            )
+        if (self.anchor_indices is None) != (self.anchor_mean is None):
+            raise ValueError(
+                f"concept {self.concept!r}: anchor_indices and anchor_mean go together"
+            )
+        if self.anchor_indices is not None and (
+            self.anchor_indices.shape != self.anchor_mean.shape  # type: ignore[union-attr]
+            or self.anchor_indices.shape[0] != self.indices.shape[0]
+        ):
+            raise ValueError(
+                f"concept {self.concept!r}: anchor_indices {tuple(self.anchor_indices.shape)} "
+                f"and anchor_mean must be [steps, n] with the features' {self.num_steps} steps"
+            )
         self.indices = self.indices.long()
         self.mean = self.mean.float()
         self.threshold = self.threshold.float()
-        for name in ("mean", "threshold"):
+        if self.retain is not None:
+            self.retain = self.retain.float()
+        if self.anchor_indices is not None and self.anchor_mean is not None:
+            self.anchor_indices = self.anchor_indices.long()
+            self.anchor_mean = self.anchor_mean.float()
+        for name in ("mean", "threshold", "retain", "anchor_mean"):
             values = getattr(self, name)
-            if not bool(torch.isfinite(values).all()):
+            if values is not None and not bool(torch.isfinite(values).all()):
                 # A NaN scale or threshold edits every token into NaN: a black image.
                 raise ConfigError(
                     name, f"concept {self.concept!r}: holds NaN or infinite values"
@@ -99,6 +134,35 @@ class ConceptFeatures:
         keep = idx >= 0
         return idx[keep], self.mean[stats_step][keep], self.threshold[stats_step][keep]
 
+    def retain_at(self, stats_step: int) -> Tensor:
+        """The retained value of each latent :meth:`at` returns (zeros when not stored)."""
+        keep = self.indices[stats_step] >= 0
+        if self.retain is None:
+            return torch.zeros(int(keep.sum()))
+        return self.retain[stats_step][keep]
+
+    def anchor_at(self, stats_step: int) -> tuple[Tensor, Tensor]:
+        """The anchor concept's latents and means at one step (empty without an anchor)."""
+        if self.anchor_indices is None or self.anchor_mean is None:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+        idx = self.anchor_indices[stats_step]
+        keep = idx >= 0
+        return idx[keep], self.anchor_mean[stats_step][keep]
+
+    def with_anchor(self, anchor: ConceptFeatures) -> ConceptFeatures:
+        """These features with ``anchor``'s latents and means as the ``anchor`` rule's target.
+
+        Steps are matched by position in the schedule, as at sampling.
+        """
+        rows = [anchor.stats_step(s, self.num_steps) for s in range(self.num_steps)]
+        meta = {**self.meta, "anchor": anchor.concept}
+        return ConceptFeatures(
+            concept=self.concept, indices=self.indices.clone(), mean=self.mean.clone(),
+            threshold=self.threshold.clone(), timesteps=self.timesteps, meta=meta,
+            retain=None if self.retain is None else self.retain.clone(),
+            anchor_indices=anchor.indices[rows].clone(), anchor_mean=anchor.mean[rows].clone(),
+        )  # fmt: skip
+
     def latents(self) -> set[int]:
         return {int(i) for i in self.indices.flatten() if i >= 0}
 
@@ -110,6 +174,11 @@ class ConceptFeatures:
         tensors = {"indices": self.indices, "mean": self.mean, "threshold": self.threshold}
         if self.timesteps is not None:
             tensors["timesteps"] = self.timesteps.float()
+        if self.retain is not None:
+            tensors["retain"] = self.retain
+        if self.anchor_indices is not None and self.anchor_mean is not None:
+            tensors["anchor_indices"] = self.anchor_indices
+            tensors["anchor_mean"] = self.anchor_mean
         atomic_write_safetensors(base.with_suffix(".safetensors"), tensors)
         atomic_write_json(base.with_suffix(".json"), {"concept": self.concept, **self.meta})
         return base
@@ -154,6 +223,9 @@ class ConceptFeatures:
                 threshold=tensors["threshold"],
                 timesteps=tensors.get("timesteps"),
                 meta=meta,
+                retain=tensors.get("retain"),
+                anchor_indices=tensors.get("anchor_indices"),
+                anchor_mean=tensors.get("anchor_mean"),
             )
         except (ValueError, ConfigError) as err:
             raise FileFormatError(tensors_path, str(err)) from None

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from saeuron.minicanvas.assets import concept_kind, load_params, load_supervised_params
+from saeuron.minicanvas.guided import load_guided_params
 from saeuron.minicanvas.judge import (
     VARIANT_LABELS,
     VARIANTS,
@@ -56,8 +57,21 @@ class BenchConfig(Config):
     guidance_scale: float = field(7.5, ge=0, le=100, help="CFG scale")
     batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
+    retain_every: int = field(
+        1, ge=1, help="judge retention on every N-th retained prompt (1: all 90; for quick checks)"
+    )
+    grid_variant: str = field(
+        "saeuron", choices=VARIANTS, help="the variant whose erased images grid.png shows"
+    )
+    template: str = field(
+        TEST_TEMPLATES[0], help="prompt template with {object} and {style} (held-out phrasings)"
+    )
 
     def __post_init__(self) -> None:
+        if "{object}" not in self.template or "{style}" not in self.template:
+            raise ConfigError(
+                "template", f"got {self.template!r}; it needs {{object}} and {{style}}"
+            )
         if self.quick:
             self.concepts = self.concepts or list(QUICK_CONCEPTS)
             self.variants = self.variants or ["none", "saeuron"]
@@ -103,10 +117,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     supervised = {}
     if "saemnesia" in cfg.variants:
         supervised = load_supervised_params(judge.folder)
+    guided_params: dict[str, Any] = {}
+    if "guided" in cfg.variants:
+        guided_params = load_guided_params(judge.folder)
     results: dict[str, dict[str, dict[str, float]]] = {}
     examples = []
     # Unerased images do not depend on the concept: sample every pair once and share them.
-    all_rows = prompt_rows(TEST_TEMPLATES[0], cfg.seeds)
+    all_rows = prompt_rows(cfg.template, cfg.seeds)
     baseline = judge.run(all_rows, batch_size=cfg.batch_size, desc="no erasure")
     baseline_seeds = np.array([row[3] for row in all_rows])
     following = prompt_following(baseline)
@@ -118,20 +135,24 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         for variant in cfg.variants:
             if variant == "none":
                 target, retain = split_baseline(
-                    baseline, baseline_seeds, concept, cfg.seeds, cfg.retain_seeds
-                )
+                    baseline, baseline_seeds, concept, cfg.seeds, cfg.retain_seeds,
+                    cfg.retain_every,
+                )  # fmt: skip
                 score = scores(concept, target, retain)
             else:
-                chosen = supervised[concept] if variant == "saemnesia" else params[concept]
+                chosen = {"saemnesia": supervised, "guided": guided_params}.get(
+                    variant, params
+                )[concept]
                 score, target = evaluate(
                     judge, concept, variant, chosen, cfg.seeds, cfg.retain_seeds,
-                    batch_size=cfg.batch_size,
+                    template=cfg.template, batch_size=cfg.batch_size,
+                    retain_every=cfg.retain_every,
                 )  # fmt: skip
             results[concept][variant] = score
             logger.info("%s / %s: %s", concept, variant, score)
             if variant == "none":
                 before = target
-            if variant == "saeuron":
+            if variant == cfg.grid_variant:
                 after = target
         if before is not None and after is not None and len(examples) < 8:
             step = max(1, len(before.images) // 8)
@@ -143,6 +164,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "prompt_following": following,
         "params": {c: params[c] for c in cfg.concepts},
         "saemnesia_params": {c: supervised[c] for c in cfg.concepts if c in supervised},
+        "guided_params": {c: guided_params[c] for c in cfg.concepts if c in guided_params},
         "results": results,
         "seconds": time.perf_counter() - start,
     }

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from saeuron.minicanvas.assets import concept_kind, load_params
+from saeuron.minicanvas.guided import load_guided_params
 from saeuron.minicanvas.judge import MiniCanvasJudge, _concept_index, prompt_rows, scores
 from saeuron.minicanvas.world import TEST_TEMPLATES
 from saeuron.models.progress import StepProgress
 from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.images import before_after_rows, save_grid
 from saeuron.utils.io import check_output_file
+
+DEMO_VARIANTS = ("saeuron", "guided")
 
 
 @dataclass
@@ -29,6 +32,11 @@ class DemoConfig(Config):
     seed: int = field(188, ge=0, le=2**63 - 1, help="seed of the sampled images")
     retain: int = field(
         20, ge=1, le=90, help="images of other concepts used for retention accuracy"
+    )
+    variant: str = field(
+        "saeuron",
+        choices=DEMO_VARIANTS,
+        help="'saeuron' (tuned SAeUron params) or 'guided' (guidance-site SAEs)",
     )
 
     def __post_init__(self) -> None:
@@ -54,7 +62,9 @@ class DemoRow:
 def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
     start = time.perf_counter()
     judge = MiniCanvasJudge("minicanvas", steps=cfg.steps)
-    params = load_params(judge.folder)
+    params = (
+        load_guided_params(judge.folder) if cfg.variant == "guided" else load_params(judge.folder)
+    )
     rows, panels = [], []
     sets = {}
     for concept in (cfg.object, cfg.style):
@@ -69,10 +79,15 @@ def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
         for concept, (target, retain) in sets.items():
             before_t, before_r = judge.run(target, progress=bar), judge.run(retain, progress=bar)
             p = params[concept]
-            with judge.erasing(
-                concept, int(p["tau"]), float(p["multiplier"]),
-                max_other_ratio=p.get("max_other_ratio"),
-            ):  # fmt: skip
+            ctx = (
+                judge.guided().erasing(judge.pipe, [concept], params)
+                if cfg.variant == "guided"
+                else judge.erasing(
+                    concept, int(p["tau"]), float(p["multiplier"]),
+                    max_other_ratio=p.get("max_other_ratio"),
+                )
+            )  # fmt: skip
+            with ctx:
                 after_t, after_r = judge.run(target, progress=bar), judge.run(retain, progress=bar)
             rows.append(
                 DemoRow(
@@ -88,6 +103,8 @@ def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
 
 def _settings(params: dict[str, Any]) -> str:
     text = f"tau {params['tau']}, multiplier {params['multiplier']}"
+    if params.get("hookpoint"):
+        text += f", {params.get('rule', 'scale')} at {params['hookpoint']}"
     if params.get("max_other_ratio") is not None:
         text += f", max_other_ratio {params['max_other_ratio']}"
     return text

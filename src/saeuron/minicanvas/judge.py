@@ -33,6 +33,7 @@ from saeuron.minicanvas.assets import (
     supervised_features_path,
 )
 from saeuron.minicanvas.classifier import MiniCanvasClassifier
+from saeuron.minicanvas.guided import GuidedAssets
 from saeuron.minicanvas.scoring import unlearning_scores
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
 from saeuron.models.pipelines import load_pipeline
@@ -43,7 +44,8 @@ from saeuron.utils.config import ConfigError
 from saeuron.utils.files import BUNDLE_FEATURES_DIR, BUNDLE_STATS_DIR
 
 VARIANTS = (
-    "none", "negative_prompt", "saeuron", "saeuron_cfg_both", "saeuron_paper_error", "saemnesia"
+    "none", "negative_prompt", "saeuron", "saeuron_cfg_both", "saeuron_paper_error", "saemnesia",
+    "guided",
 )
 VARIANT_LABELS = {
     "none": "no erasure",
@@ -52,6 +54,7 @@ VARIANT_LABELS = {
     "saeuron_cfg_both": "SAeUron, cfg_half=both",
     "saeuron_paper_error": "SAeUron, error_term=paper",
     "saemnesia": "SAEmnesia (supervised SAE, one latent per concept)",
+    "guided": "guidance-site SAEs, block and rule per concept",
 }
 
 
@@ -89,6 +92,7 @@ class MiniCanvasJudge:
         self.steps, self.guidance = steps, guidance
         self._stats: dict[str, Any] = {}
         self._supervised: dict[str, Any] = {}
+        self._guided: GuidedAssets | None = None
 
     def features(self, concept: str, tau: int, max_other_ratio: float | None = None):
         """The concept's contrastive features with ``tau`` latents per step: selected from
@@ -133,6 +137,12 @@ class MiniCanvasJudge:
             warn_unedited=False,
         ):
             yield
+
+    def guided(self) -> GuidedAssets:
+        """The guidance-site SAEs and statistics (see ``minicanvas.guided``), loaded once."""
+        if self._guided is None:
+            self._guided = GuidedAssets(self.folder)
+        return self._guided
 
     def supervised_sae(self, hookpoint: str) -> Any:
         if hookpoint not in self._supervised:
@@ -248,13 +258,20 @@ def subset(judged: Judged, mask: np.ndarray) -> Judged:
 
 
 def split_baseline(
-    baseline: Judged, seeds_of: np.ndarray, concept: str, seeds: Sequence[int], retain_seeds: int
+    baseline: Judged,
+    seeds_of: np.ndarray,
+    concept: str,
+    seeds: Sequence[int],
+    retain_seeds: int,
+    retain_every: int = 1,
 ) -> tuple[Judged, Judged]:
     """Target and retain images of ``concept`` out of one unerased run over every pair."""
     kind, index = _concept_index(concept)
     hit = (baseline.true_objects if kind == "object" else baseline.true_styles) == index
     target = hit & np.isin(seeds_of, list(seeds))
     retain = ~hit & np.isin(seeds_of, list(seeds[:retain_seeds]))
+    # The same rows diagonal_subset keeps.
+    retain &= (baseline.true_objects + baseline.true_styles) % retain_every == 0
     return subset(baseline, target), subset(baseline, retain)
 
 
@@ -316,7 +333,9 @@ def evaluate(
         "saeuron_paper_error": ("cond", "paper"),
     }
     ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if variant == "saemnesia":
+    if variant == "guided":
+        ctx = judge.guided().erasing(judge.pipe, [concept], {concept: params})
+    elif variant == "saemnesia":
         ctx = judge.erasing_supervised([concept], {concept: float(params["multiplier"])})
     elif variant in settings:
         half, error = settings[variant]

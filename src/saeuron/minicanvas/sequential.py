@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from saeuron.minicanvas.assets import concept_kind, load_params
+from saeuron.minicanvas.guided import load_guided_params
 from saeuron.minicanvas.judge import MiniCanvasJudge, prompt_rows
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_SEEDS, TEST_TEMPLATES
 from saeuron.utils.config import Config, ConfigError, check_range, field
@@ -24,6 +25,7 @@ from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
 
 DEFAULT_STYLES = ("striped", "checkered", "diagonal", "grainy", "outlined", "pastel")
 DEFAULT_OBJECTS = ("moon", "triangle", "heart", "square", "arrow", "star")
+SEQUENTIAL_VARIANTS = ("saeuron", "guided")
 
 
 @dataclass
@@ -36,6 +38,11 @@ class SequentialConfig(Config):
     )
     num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps")
     batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
+    variant: str = field(
+        "saeuron",
+        choices=SEQUENTIAL_VARIANTS,
+        help="'saeuron' (tuned SAeUron params) or 'guided' (guidance-site SAEs)",
+    )
 
     def __post_init__(self) -> None:
         for kind, names in (("style", self.styles), ("object", self.objects)):
@@ -57,7 +64,9 @@ def _accuracy(truth: np.ndarray, predicted: np.ndarray, mask: np.ndarray) -> flo
 def run_sequential(cfg: SequentialConfig) -> dict[str, Any]:
     start = time.perf_counter()
     judge = MiniCanvasJudge(steps=cfg.num_inference_steps)
-    params = load_params(judge.folder)
+    params = (
+        load_guided_params(judge.folder) if cfg.variant == "guided" else load_params(judge.folder)
+    )
     rows = prompt_rows(TEST_TEMPLATES[0], cfg.seeds)
     results: dict[str, list[dict[str, Any]]] = {}
     for kind, names in (("style", cfg.styles), ("object", cfg.objects)):
@@ -68,7 +77,12 @@ def run_sequential(cfg: SequentialConfig) -> dict[str, Any]:
         for n in range(len(names) + 1):
             erased = list(names[:n])
             if erased:
-                with judge.erasing_many(erased, params):
+                ctx = (
+                    judge.guided().erasing(judge.pipe, erased, params)
+                    if cfg.variant == "guided"
+                    else judge.erasing_many(erased, params)
+                )
+                with ctx:
                     judged = judge.run(rows, batch_size=cfg.batch_size, desc=f"{kind} step {n}")
             else:
                 judged = judge.run(rows, batch_size=cfg.batch_size, desc=f"{kind} unerased")

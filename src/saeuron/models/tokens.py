@@ -34,9 +34,11 @@ from saeuron.utils.errors import ConfigError
 
 CFG_HALVES = ("cond", "both")
 """``cond``: the conditional half of a CFG batch; ``both``: every row."""
-ACTIVATION_SITES = ("output", "update")
+ACTIVATION_SITES = ("output", "update", "guidance")
 """``output``: the block's output (residual stream, the paper); ``update``: output - input
-(sdxl-unbox)."""
+(sdxl-unbox); ``guidance``: the conditional minus the unconditional output of a CFG batch,
+what the prompt adds at the block (edits go to the conditional rows)."""
+GUIDANCE_SITE = "guidance"
 
 
 @dataclass(frozen=True)
@@ -152,3 +154,26 @@ def conditional_rows(batch: int, cfg: bool, half: str) -> slice:
     if batch % 2:
         raise RuntimeError(f"CFG batch of odd size {batch}: cannot split into [uncond; cond]")
     return slice(batch // 2, batch)
+
+
+def site_rows(
+    out: Tensor, inp: Tensor | None, site: str, cfg: bool, half: str
+) -> tuple[Tensor, slice] | None:
+    """What an SAE at ``site`` reads from a block call, and the output rows it belongs to.
+
+    ``None`` for the ``guidance`` site without a CFG batch: there is no unconditional row
+    to take the difference with.
+    """
+    if site == GUIDANCE_SITE:
+        if not cfg:
+            return None
+        if out.shape[0] % 2:
+            raise RuntimeError(f"CFG batch of odd size {out.shape[0]}: cannot split it")
+        n = out.shape[0] // 2
+        return out[n:] - out[:n], slice(n, out.shape[0])
+    rows = conditional_rows(out.shape[0], cfg, half)
+    if site == "update":
+        if inp is None:
+            raise ValueError("the update site needs the block input")
+        return (out - inp)[rows], rows
+    return out[rows], rows

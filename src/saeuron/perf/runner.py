@@ -26,13 +26,14 @@ logger = logging.getLogger(__name__)
 # Importing a module registers its benchmark; the order is the table's.
 MODULES = {
     "erase": "saeuron.perf.erase_overhead",
+    "compile": "saeuron.perf.compiled",
     "features": "saeuron.perf.concept_features",
     "training": "saeuron.perf.training",
     "capture": "saeuron.perf.capture",
     "profile": "saeuron.perf.profile",
 }
 # The benchmarks whose numbers depend on the accelerator; the rest measure CPU-side work.
-DEVICE_BENCHMARKS = ("erase", "training")
+DEVICE_BENCHMARKS = ("erase", "compile", "training")
 
 
 @dataclass

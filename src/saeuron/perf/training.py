@@ -51,10 +51,10 @@ from transformers import get_linear_schedule_with_warmup
 
 from saeuron.perf import BENCHMARKS, Row, reproduce
 from saeuron.sae import SaeConfig
-from saeuron.training.shards import shard_name, write_manifest
+from saeuron.training.shards import write_manifest, write_shard
 from saeuron.training.trainer import TrainConfig, Trainer
 from saeuron.utils.devices import resolve_device
-from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
+from saeuron.utils.storage import Folder
 
 logger = logging.getLogger(__name__)
 
@@ -128,27 +128,25 @@ def planted_tokens(
 
 def write_capture(folder: Path, x: Tensor, shard_tokens: int) -> Path:
     """Write ``x`` as a finished capture folder (fp16 shards + sidecars + manifest)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    store = Folder(str(folder))
     n, d = x.shape
     for index, start in enumerate(range(0, n, shard_tokens)):
         end = min(start + shard_tokens, n)
-        name = shard_name(index)
-        atomic_write_safetensors(
-            folder / f"{name}.safetensors",
+        write_shard(
+            store,
+            index,
             {
                 "activations": x[start:end].to(torch.float16),
                 "step": torch.zeros(end - start, dtype=torch.int16),
                 "prompt": torch.zeros(end - start, dtype=torch.int32),
             },
-        )
-        atomic_write_json(
-            folder / f"{name}.json", {"index": index, "n_tokens": end - start, "prompts": [0, 1]}
+            {"prompts": [0, 1]},
         )
     write_manifest(
-        folder,
+        store,
         {"hookpoint": "synthetic.planted", "model": "synthetic", "d_in": d,
          "activation_site": "output", "dtype": "float16"},
-    )
+    )  # fmt: skip
     return folder
 
 

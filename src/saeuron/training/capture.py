@@ -31,6 +31,7 @@ from saeuron.models.sampling import SamplingConfig, check_schedule, use_schedule
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
     CFG_HALVES,
+    GUIDANCE_SITE,
     conditional_rows,
     input_tensor,
     output_tensor,
@@ -111,7 +112,8 @@ class CacheConfig(Config):
     activation_site: str = field(
         "output",
         choices=ACTIVATION_SITES,
-        help="'output': the module's output; 'update': output minus input (sdxl-unbox)",
+        help="'output': the module's output; 'update': output minus input (sdxl-unbox); "
+        "'guidance': the conditional minus the unconditional output under CFG",
     )
     limit: int | None = field(None, ge=1, help="use only the first N prompts")
 
@@ -123,6 +125,14 @@ class CacheConfig(Config):
         _check_prompt_file(self.prompts)
         check_location(self.out, "out", write=True)
         self.sampling = self.sampling.resolved(self.model)
+        if self.activation_site == GUIDANCE_SITE and (
+            not self.sampling.guidance or self.sampling.guidance <= 1 or self.cfg_half != "cond"
+        ):
+            raise ConfigError(
+                "activation_site",
+                "'guidance' (conditional minus unconditional row) needs CFG "
+                "(guidance_scale > 1) and cfg_half='cond'",
+            )
         self.step_indices()
 
     def step_indices(self) -> list[int]:
@@ -249,6 +259,9 @@ def _probe(pipe: Any, module: nn.Module, cfg: CacheConfig, prompt: str) -> tuple
             if state.substep:
                 return  # a second-order scheduler's second call of the step
             x = _site_tokens(mod, output, args, kwargs, cfg.activation_site)
+            if cfg.activation_site == GUIDANCE_SITE:
+                shapes.append((x.shape[0] // 2, x.shape[1], x.shape[2]))
+                return
             rows = conditional_rows(x.shape[0], state.cfg, cfg.cfg_half)
             shapes.append((len(range(x.shape[0])[rows]), x.shape[1], x.shape[2]))
 
@@ -315,7 +328,11 @@ class _Recorder:
         if step not in self.steps or self.state.substep:
             return
         x = _site_tokens(module, output, args, kwargs, self.cfg.activation_site)
-        x = x[conditional_rows(x.shape[0], self.state.cfg, self.cfg.cfg_half)]
+        if self.cfg.activation_site == GUIDANCE_SITE:
+            # What the prompt adds: each prompt's conditional row minus its unconditional one.
+            x = x[x.shape[0] // 2 :] - x[: x.shape[0] // 2]
+        else:
+            x = x[conditional_rows(x.shape[0], self.state.cfg, self.cfg.cfg_half)]
         n = len(self.prompt_ids)
         if n == 0 or x.shape[0] % n:
             raise RuntimeError(f"{x.shape[0]} rows at the hookpoint for a batch of {n} prompts")

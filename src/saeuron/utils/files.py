@@ -56,10 +56,12 @@ BUNDLE_SAES_DIR = "saes"
 BUNDLE_STATS_DIR = "stats"
 BUNDLE_FEATURES_DIR = "features"
 BUNDLE_SUPERVISED_DIR = "supervised"
+BUNDLE_GUIDED_DIR = "guided"
 BUNDLE_CLASSIFIER_DIR = "classifier"
 PARAMS = "params.json"
 SWEEP = "sweep.json"
 ASSETS_SUMMARY = "assets.json"
+GUIDED_BUILD = "build.json"
 
 # -- classifiers in our format ---------------------------------------------------------------
 CLASSIFIER_WEIGHTS = "classifier.safetensors"

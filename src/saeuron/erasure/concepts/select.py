@@ -163,7 +163,10 @@ def select_contrastive(
         rows.append(_top(scores[step], above, int(above.sum())))
 
     threshold, counted = calibrated_threshold(target, others, threshold_concepts)
-    indices, mean, thr = _pack(rows, target.mean, threshold)
+    # What the latent does on the rest (each other concept once): the ablate and anchor
+    # edit rules bring an erased latent back to it instead of driving it negative.
+    retained = torch.stack([o.mean for o in others]).mean(0)
+    indices, mean, thr, retain = _pack(rows, target.mean, threshold, retained)
     counts = [len(r) for r in rows]
     if sum(counts) == 0:
         logger.warning("concept %r: no latent selected at any step", target.concept)
@@ -192,6 +195,7 @@ def select_contrastive(
         threshold=thr,
         timesteps=target.timesteps.clone(),
         meta=meta,
+        retain=retain,
     )
 
 

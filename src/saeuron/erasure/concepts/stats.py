@@ -29,9 +29,9 @@ from saeuron.models.hookpoints import resolve_module
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
     CFG_HALVES,
-    conditional_rows,
     input_tensor,
     output_tensor,
+    site_rows,
     to_tokens,
 )
 from saeuron.sae import Sae
@@ -190,8 +190,11 @@ def collect_stats(
                 )
                 schedule_warned = True
             out = output_tensor(mod, output)
-            site = out - input_tensor(mod, args, kwargs) if activation_site == "update" else out
-            part = to_tokens(site[conditional_rows(out.shape[0], state.cfg, cfg_half)])
+            inp = input_tensor(mod, args, kwargs) if activation_site == "update" else None
+            picked = site_rows(out, inp, activation_site, state.cfg, cfg_half)
+            if picked is None:
+                raise ConfigError("activation_site", "'guidance' needs guidance_scale > 1")
+            part = to_tokens(picked[0])
             b, t, _ = part.shape
             top = sae.encode(part)
             idx = top.top_indices.flatten()

@@ -1,0 +1,449 @@
+"""The erasing hook: a forward hook on one block that edits the selected SAE latents of its
+output at every step (docs/method.md). The published ``scale`` rule has a sparse path (CPU:
+only candidate tokens are encoded) and a sync-free dense path (GPU and ``torch.compile``:
+per-step tables indexed by a step tensor); the other rules are in :mod:`.rules`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saeuron.erasure.erase_config import EraseConfig
+from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.hook_state import (
+    EraseHandle,
+    StepPlan,
+    StepTable,
+    _Weights,
+    check_finite_activations,
+    timestep_row,
+)
+from saeuron.erasure.rules import RuleEdits, RulePlan
+from saeuron.models.denoising import DenoiseState
+from saeuron.models.tokens import (
+    from_tokens,
+    input_tensor,
+    output_tensor,
+    replace_output,
+    site_rows,
+    to_tokens,
+)
+from saeuron.sae import Sae
+
+logger = logging.getLogger(__name__)
+
+
+class _EraseHook(RuleEdits):
+    """The forward hook on the erased block.
+
+    Two ways to the same edit (docs/method.md, section 5):
+
+    - ``sparse`` (the CPU's): the selected latents' encoder rows find the candidate tokens,
+      and only those pay the full encode. Finding them (``nonzero``) and skipping a step
+      with no candidate ask the device how many there are: a host sync on a GPU, a graph
+      break under ``torch.compile``.
+    - ``dense`` (chosen on GPUs and while compiling): every token is encoded and the edit is
+      a mask, so the shapes never depend on the data; the step's latents are looked up in a
+      :class:`StepTable` with the tracker's step tensor, so a new step is a new index, not a
+      new graph.
+    """
+
+    def __init__(
+        self,
+        sae: Sae,
+        concepts: list[ConceptFeatures],
+        multipliers: dict[str, float],
+        cfg: EraseConfig,
+        site: str,
+        state: DenoiseState,
+        handle: EraseHandle,
+        train_timesteps: int = 1000,
+    ):
+        self.sae = sae
+        self.concepts = concepts
+        self.multipliers = multipliers
+        self.cfg = cfg
+        self.site = site
+        self.state = state
+        self.handle = handle
+        self.train_timesteps = train_timesteps
+        self._selections: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor] | None] = {}
+        self._plans: dict[tuple[Any, ...], StepPlan | None] = {}
+        self._tables: dict[tuple[Any, ...], StepTable | None] = {}
+        self._rule_plans: dict[tuple[Any, ...], RulePlan | None] = {}
+        self._no_cfg_logged = False
+        self._weights: dict[tuple[torch.device, torch.dtype], _Weights] = {}
+        self._edited_on_device: dict[torch.device, Tensor] = {}
+        self._mapping_logged = False
+        self.enabled = True
+
+    def reset_plans(self) -> None:
+        """Forget the per-step plans (their scales hold the multipliers)."""
+        self._selections.clear()
+        self._plans.clear()
+        self._tables.clear()
+        self._rule_plans.clear()
+
+    @property
+    def edited_tokens(self) -> int:
+        """Tokens edited so far; reading the device counters waits for the device."""
+        return self.handle.edited_tokens + sum(int(c) for c in self._edited_on_device.values())
+
+    # -- what to edit ---------------------------------------------------------------------
+
+    def _rows_for_step(self, step: int, num_steps: int) -> tuple[int, ...]:
+        rows = []
+        for concept in self.concepts:
+            if concept.num_steps not in (1, num_steps) and not self._mapping_logged:
+                logger.info(
+                    "concept %r: statistics from %d steps mapped onto %d sampling steps by "
+                    "position in the schedule",
+                    concept.concept,
+                    concept.num_steps,
+                    num_steps,
+                )
+                self._mapping_logged = True
+            rows.append(concept.stats_step(step, num_steps))
+        return tuple(rows)
+
+    def _rows_for_timestep(self, timestep: float) -> tuple[int, ...]:
+        return tuple(timestep_row(c, timestep, self.train_timesteps) for c in self.concepts)
+
+    def _select(self, rows: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Latents, scales and thresholds (on the host) of the concepts' given rows."""
+        if rows in self._selections:
+            return self._selections[rows]
+        indices, scales, thresholds = [], [], []
+        for concept, row in zip(self.concepts, rows):
+            idx, mean, thr = concept.at(row)
+            indices.append(idx)
+            scales.append(self.multipliers[concept.concept] * mean)
+            thresholds.append(thr)
+        selection = None
+        if indices and sum(len(i) for i in indices) > 0:
+            idx, scale, thr = torch.cat(indices), torch.cat(scales), torch.cat(thresholds)
+            # A latent chosen by several concepts is edited once, by the strongest edit
+            # (largest |gamma * mu|) with that concept's threshold: stacking edits would
+            # compound scales.
+            order = torch.argsort(-scale.abs(), stable=True)
+            seen: set[int] = set()
+            keep = []
+            for position in order.tolist():
+                latent = int(idx[position])
+                if latent not in seen:
+                    seen.add(latent)
+                    keep.append(position)
+            keep_t = torch.tensor(sorted(keep), dtype=torch.long)
+            selection = (idx[keep_t], scale[keep_t], thr[keep_t])
+        self._selections[rows] = selection
+        return selection
+
+    def weights(self, device: torch.device, dtype: torch.dtype) -> _Weights:
+        """The SAE on the activation's device and in its dtype (copied once, then reused):
+        the SAE follows the activations, wherever offloading or casting put them."""
+        key = (device, dtype)
+        if key not in self._weights:
+            sae = self.sae
+            cast = lambda t: t.detach().to(device=device, dtype=dtype)  # noqa: E731
+            self._weights[key] = _Weights(
+                cast(sae.encoder.weight), cast(sae.encoder.bias), cast(sae.b_dec), cast(sae.W_dec)
+            )
+        return self._weights[key]
+
+    def _plan_for(
+        self, rows: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    ) -> StepPlan | None:
+        key = (rows, device, dtype)
+        if key not in self._plans:
+            selection = self._select(rows)
+            plan = None
+            if selection is not None:
+                idx, scale, thr = selection
+                w = self.weights(device, dtype)
+                idx = idx.to(device)
+                plan = StepPlan(
+                    indices=idx,
+                    scale=scale.to(device, dtype),
+                    threshold=thr.to(device, dtype),
+                    decoder_rows=w.decoder[idx],
+                    encoder_rows=w.encoder[idx],
+                    encoder_bias=w.encoder_bias[idx],
+                )
+            self._plans[key] = plan
+        return self._plans[key]
+
+    def plan(
+        self,
+        step: int,
+        num_steps: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> StepPlan | None:
+        """The edit at ``step`` of ``num_steps`` (on the SAE's device and dtype by default)."""
+        return self._plan_for(
+            self._rows_for_step(step, num_steps), device or self.sae.device, dtype or self.sae.dtype
+        )
+
+    def table(self, num_steps: int, device: torch.device, dtype: torch.dtype) -> StepTable | None:
+        """Every step's edit of a ``num_steps`` schedule, for the dense path."""
+        key = (num_steps, device, dtype)
+        if key not in self._tables:
+            active = [self.cfg.edits_step(s, num_steps) for s in range(num_steps)]
+            # A step outside the window gets no selection: its row is all pads.
+            selections = [
+                self._select(self._rows_for_step(s, num_steps)) if active[s] else None
+                for s in range(num_steps)
+            ]
+            width = max((len(sel[0]) for sel in selections if sel is not None), default=0)
+            table = None
+            if width:
+                indices = torch.zeros(num_steps, width, dtype=torch.long)
+                scale = torch.ones(num_steps, width)
+                threshold = torch.full((num_steps, width), float("inf"))
+                for s, sel in enumerate(selections):
+                    if sel is not None:
+                        n = len(sel[0])
+                        indices[s, :n], scale[s, :n], threshold[s, :n] = sel
+                table = StepTable(
+                    indices.to(device),
+                    scale.to(device, dtype),
+                    threshold.to(device, dtype),
+                    torch.tensor(active, device=device),
+                )
+            self._tables[key] = table
+        return self._tables[key]
+
+    def prepare(
+        self, state: DenoiseState, sample: Tensor | None, dtypes: tuple[torch.dtype, ...] = ()
+    ) -> None:
+        """Called by the tracker before each denoiser call, outside any compiled graph: builds
+        what the dense path reads (the SAE on the input's device in the block's dtypes, the
+        step table), so compiled code finds it and only reads it."""
+        if sample is None or not self.enabled:
+            return
+        for dtype in {sample.dtype, *dtypes}:
+            if dtype.is_floating_point:
+                self.weights(sample.device, dtype)
+                if state.in_loop and self.cfg.rule == "scale":
+                    self.table(state.num_steps, sample.device, dtype)
+
+    def _dense(self, x: Tensor) -> bool:
+        if self.cfg.edit_path != "auto":
+            return self.cfg.edit_path == "dense"
+        return x.device.type != "cpu" or torch.compiler.is_compiling()
+
+    # -- the hook -------------------------------------------------------------------------
+
+    # Not under no_grad: sampling already runs without gradients, and white-box attacks
+    # (P4D) differentiate through the edited UNet.
+    def __call__(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> Any:
+        counting = not torch.compiler.is_compiling()
+        if counting:
+            self.handle.calls += 1
+        if not self.enabled:
+            return None
+        state = self.state
+        out = output_tensor(module, output)
+        if counting:
+            # One read of the device a call; skipped inside a compiled graph.
+            check_finite_activations(out, self.handle, state.step, "model")
+        dtype = out.dtype if out.dtype.is_floating_point else self.sae.dtype
+        if self.cfg.rule != "scale":
+            return self._apply_rule(module, args, kwargs, output, out, dtype, counting)
+        dense = self._dense(out)
+        exact = self.cfg.error_term == "exact"
+        plan: StepPlan | None = None
+        selection: tuple[Tensor, Tensor, Tensor] | None = None
+        active: Tensor | None = None
+        if dense and state.in_loop:
+            # The window is in the table (steps outside it are all pads): no Python branch
+            # on the step, so a compiled graph serves every step.
+            table = self.table(state.num_steps, out.device, dtype)
+            if table is not None:
+                step = state.step_tensor.to(out.device)
+                selection = (
+                    table.indices.index_select(0, step).squeeze(0),
+                    table.scale.index_select(0, step).squeeze(0),
+                    table.threshold.index_select(0, step).squeeze(0),
+                )
+                active = table.active.index_select(0, step)
+        else:
+            if not self._in_window(state):
+                return None
+            rows = (
+                self._rows_for_step(state.step, state.num_steps)
+                if state.in_loop
+                else self._rows_for_timestep(state.timestep)
+            )
+            plan = self._plan_for(rows, out.device, dtype)
+            if plan is not None:
+                selection = (plan.indices, plan.scale, plan.threshold)
+        if selection is None and exact:
+            return None
+        picked = self._site(module, out, args, kwargs)
+        if picked is None:
+            return None
+        site, rows_ = picked
+        tokens = to_tokens(site)
+        flat = tokens.reshape(-1, tokens.shape[-1]).to(dtype)
+        w = self.weights(out.device, dtype)
+        if not exact:
+            delta = self._paper_output(flat, w, selection, counting) - flat
+            if active is not None:
+                # Outside the window the published form is not applied either.
+                delta = torch.where(active, delta, torch.zeros_like(delta))
+        elif dense:
+            assert selection is not None
+            delta = self._dense_delta(flat, w, *selection, counting)
+        else:
+            assert plan is not None
+            sparse = self._sparse_delta(flat, w, plan, counting)
+            if sparse is None:
+                return None
+            delta = sparse
+        delta = from_tokens(delta.to(out.dtype).reshape(tokens.shape), site)
+        new = out.clone()
+        new[rows_] = new[rows_] + delta
+        if counting:
+            check_finite_activations(new, self.handle, state.step, "edit")
+        return replace_output(module, output, new)
+
+    def _in_window(self, state: DenoiseState) -> bool:
+        if state.in_loop:
+            return self.cfg.edits_step(state.step, state.num_steps)
+        return self.cfg.edits_timestep(state.timestep, self.train_timesteps)
+
+    def _site(
+        self, module: nn.Module, out: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Tensor, slice] | None:
+        """What the SAE reads, and the rows of the block output the edit is added to."""
+        inp = input_tensor(module, args, kwargs) if self.site == "update" else None
+        picked = site_rows(out, inp, self.site, self.state.cfg, self.cfg.cfg_half)
+        if picked is None and not self._no_cfg_logged:
+            # The guidance site without a CFG batch: no unconditional row to compare with.
+            logger.warning("activation_site 'guidance' needs CFG; nothing is edited")
+            self._no_cfg_logged = True
+        return picked
+
+    # -- the rules beyond the published one (eager) -----------------------------------------
+
+    def _standardise(self, flat: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        if not self.sae.cfg.input_unit_norm:
+            return flat, None, None
+        mean = flat.mean(dim=-1, keepdim=True)
+        x = flat - mean
+        std = x.std(dim=-1, keepdim=True)
+        return x / (std + 1e-5), mean, std
+
+    def _count(self, edit: Tensor, counting: bool) -> None:
+        if not counting:
+            return
+        edited = edit.any(dim=-1).sum()
+        if edited.device.type == "cpu":
+            self.handle.edited_tokens += int(edited)
+        else:
+            # Kept on the device: reading it would wait for the GPU at every call.
+            counter = self._edited_on_device.get(edited.device)
+            if counter is None:
+                self._edited_on_device[edited.device] = edited.clone()
+            else:
+                counter += edited
+
+    def _sparse_delta(
+        self, flat: Tensor, w: _Weights, plan: StepPlan, counting: bool
+    ) -> Tensor | None:
+        z, _, std = self._standardise(flat)
+        k = self.sae.cfg.k
+        # Only tokens where a selected latent clears its threshold can be edited. Those
+        # latents' activations cost a few encoder rows; the full encode (20k latents, to
+        # know whether they made the top k) is paid only for these candidate tokens. The
+        # margin absorbs the rounding difference between a row subset and the full matmul,
+        # so the candidates always include every token the full encode would edit.
+        sel = F.relu((z - w.b_dec) @ plan.encoder_rows.T + plan.encoder_bias)
+        margin = 1e-3 * (plan.threshold.abs() + 1)
+        candidates = torch.nonzero((sel > plan.threshold - margin).any(dim=-1)).flatten()
+        if len(candidates) == 0:
+            return None
+        zc = z[candidates] if len(candidates) < len(z) else z
+        pre = F.relu(F.linear(zc - w.b_dec, w.encoder, w.encoder_bias))
+        kth = pre.topk(k, dim=-1, sorted=False).values.min(dim=-1, keepdim=True).values
+        # A latent's TopK activation is its pre-activation if it made the top k, else 0.
+        acts = pre[:, plan.indices]
+        acts = torch.where(acts >= kth, acts, torch.zeros_like(acts))
+        edit = acts > plan.threshold
+        if not bool(edit.any()):
+            return None
+        self._count(edit, counting)
+        change = torch.where(edit, (plan.scale - 1) * acts, torch.zeros_like(acts))
+        delta = change @ plan.decoder_rows
+        if std is not None:
+            delta = delta * (std[candidates] + 1e-5)
+        # Tokens with no edit get an exact zero, so their bits survive the addition.
+        delta = torch.where(edit.any(dim=-1, keepdim=True), delta, torch.zeros_like(delta))
+        full = delta.new_zeros(flat.shape)
+        return full.index_copy_(0, candidates, delta)
+
+    def _edit_of(
+        self, z: Tensor, w: _Weights, indices: Tensor, scale: Tensor, threshold: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Every token encoded: (pre-activations, TopK activations of the selected latents,
+        the edit mask, the change ``a' - a``)."""
+        pre = F.relu(F.linear(z - w.b_dec, w.encoder, w.encoder_bias))
+        kth = pre.topk(self.sae.cfg.k, dim=-1, sorted=False).values.min(dim=-1, keepdim=True)
+        acts = pre.index_select(1, indices)
+        acts = torch.where(acts >= kth.values, acts, torch.zeros_like(acts))
+        edit = acts > threshold
+        change = torch.where(edit, (scale - 1) * acts, torch.zeros_like(acts))
+        return pre, acts, edit, change
+
+    def _dense_delta(
+        self,
+        flat: Tensor,
+        w: _Weights,
+        indices: Tensor,
+        scale: Tensor,
+        threshold: Tensor,
+        counting: bool,
+    ) -> Tensor:
+        z, _, std = self._standardise(flat)
+        _, _, edit, change = self._edit_of(z, w, indices, scale, threshold)
+        self._count(edit, counting)
+        delta = change @ w.decoder.index_select(0, indices)
+        if std is not None:
+            delta = delta * (std + 1e-5)
+        return torch.where(edit.any(dim=-1, keepdim=True), delta, torch.zeros_like(delta))
+
+    def _paper_output(
+        self,
+        flat: Tensor,
+        w: _Weights,
+        selected: tuple[Tensor, Tensor, Tensor] | None,
+        counting: bool,
+    ) -> Tensor:
+        z, mean, std = self._standardise(flat)
+        pre = F.relu(F.linear(z - w.b_dec, w.encoder, w.encoder_bias))
+        top = pre.topk(self.sae.cfg.k, dim=-1, sorted=False)
+        dense = torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
+        x_hat = dense @ w.decoder + w.b_dec
+        x_hat_edited = x_hat
+        if selected is not None:
+            indices, scale, threshold = selected
+            acts = dense.index_select(1, indices)
+            edit = acts > threshold
+            self._count(edit, counting)
+            change = torch.where(edit, (scale - 1) * acts, torch.zeros_like(acts))
+            # a' W_dec = a W_dec + (a' - a) W_dec: the same decode, without writing into
+            # the code (padded table entries would write twice into latent 0).
+            x_hat_edited = x_hat + change @ w.decoder.index_select(0, indices)
+        if std is not None:
+            x_hat = x_hat * (std + 1e-5) + mean
+            x_hat_edited = x_hat_edited * (std + 1e-5) + mean
+        # The published form: its "error" has the wrong sign, kept on purpose for comparison.
+        return x_hat_edited + (x_hat - flat)

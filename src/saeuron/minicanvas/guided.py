@@ -1,0 +1,320 @@
+"""MiniCanvas with SAEs on what the prompt adds: the ``guidance`` site, a block per concept.
+
+Why (measured on MiniCanvas, see the README): the style words act at every cross-attention
+block, so an edit at one mid-resolution block is undone by the blocks after it, and the
+only place where one block's state decides the picture is the last one; there the output
+is dominated by the noise estimate, and an SAE trained on it spends its latents on that.
+The conditional minus the unconditional output of the CFG batch leaves the noise out: an
+SAE on it (``activation_site="guidance"``) finds latents that fire on one style alone, and
+editing them changes the style and keeps the object.
+
+Layout inside the bundled model folder::
+
+    guided/saes/<hookpoint>/...               SAEs trained on the guidance site
+    guided/stats/<hookpoint>/<concept>.*      statistics from the SAE's own capture
+    guided/params.json                        per concept: hookpoint, rule, tau, gamma, ...
+    guided/sweep.json                         every validation trial behind params.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saeuron.erasure.concepts.select import select_contrastive
+from saeuron.erasure.concepts.stats import ConceptStats
+from saeuron.erasure.erase import erase
+from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
+from saeuron.minicanvas.assets import bundle_folder, concept_kind
+from saeuron.minicanvas.world import OBJECTS, STYLES, anchor_prompts
+from saeuron.models.pipelines import load_pipeline
+from saeuron.sae import Sae, SaeConfig
+from saeuron.training.capture import CacheConfig, run_cache
+from saeuron.training.capture_stats import read_label_rows, stats_from_capture
+from saeuron.training.trainer import STATE_DIR, TrainConfig, train_sae
+from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
+from saeuron.utils.files import BUNDLE_GUIDED_DIR, GUIDED_BUILD, PARAMS, SWEEP, TRAIN_LOG
+from saeuron.utils.io import atomic_path, atomic_write_json, read_json_or_empty
+from saeuron.utils.text import read_text
+
+logger = logging.getLogger(__name__)
+
+GUIDED_DIR = BUNDLE_GUIDED_DIR
+PARAMS_FILE = PARAMS
+SWEEP_FILE = SWEEP
+BUILD_FILE = GUIDED_BUILD
+DEFAULT_HOOKPOINTS = ["unet.up_blocks.2.attentions.2", "unet.up_blocks.1.attentions.1"]
+
+
+def guided_folder(folder: Path) -> Path:
+    return folder / GUIDED_DIR
+
+
+# -- building the SAEs and statistics ------------------------------------------------------
+
+
+@dataclass
+class GuidedBuildConfig(Config):
+    model: str = field("minicanvas", help="the MiniCanvas pipeline")
+    out: str | None = field(None, help="bundle folder; default: the bundled model's folder")
+    hookpoints: list[str] = field(list(DEFAULT_HOOKPOINTS), help="blocks to train SAEs at")
+    prompts_per_pair: int = field(
+        5, help="anchor prompts per (object, style) pair (each its own seed), plus unstyled ones"
+    )
+    num_inference_steps: int = field(20, help="DDIM steps of the capture")
+    guidance_scale: float = field(7.5, help="CFG scale of the capture (must be > 1)")
+    k: int = field(8, help="SAE: active latents per token")
+    expansion_factor: int = field(16, help="SAE: latents per input channel")
+    topk: str = field("batch", help="'batch' (BatchTopK) or 'token'")
+    epochs: int = field(6, help="SAE training epochs")
+    batch_size: int = field(1024, help="SAE training batch (tokens)")
+    dead_tokens: int = field(
+        50_000, help="a latent silent for this many tokens gets the AuxK loss (revives it)"
+    )
+    seed: int = field(0, help="seed of capture and training")
+    workdir: str | None = field(None, help="where captures go; default: a temporary folder")
+    stats_kinds: list[str] = field(
+        [], help="HOOKPOINT=KIND entries: write only that kind's statistics at that block "
+        "(keeps the bundle small); default: both kinds everywhere"
+    )
+
+    def kinds_at(self, hookpoint: str) -> list[str]:
+        chosen = [e.split("=", 1)[1] for e in self.stats_kinds if e.split("=", 1)[0] == hookpoint]
+        return chosen or ["object", "style"]
+
+    def __post_init__(self) -> None:
+        for entry in self.stats_kinds:
+            hookpoint, _, kind = entry.partition("=")
+            if hookpoint not in self.hookpoints or kind not in ("object", "style"):
+                raise ConfigError(
+                    "stats_kinds", f"got {entry!r}; need HOOKPOINT=object|style with a "
+                    f"hookpoint among {self.hookpoints}"
+                )
+        for name in ("prompts_per_pair", "num_inference_steps", "k", "expansion_factor",
+                     "epochs", "batch_size", "dead_tokens"):  # fmt: skip
+            check_range(name, getattr(self, name), ge=1)
+        check_range("guidance_scale", self.guidance_scale, gt=1)
+        check_choice("topk", self.topk, ("batch", "token"))
+        if not self.hookpoints:
+            raise ConfigError("hookpoints", "name at least one block")
+
+
+def write_prompts_and_labels(work: Path, per_pair: int) -> tuple[Path, Path]:
+    """The anchor prompts (``per_pair`` phrasings of each pair) and their object/style."""
+    rows = anchor_prompts(per_pair=per_pair)
+    prompts = work / "prompts.txt"
+    labels = work / "labels.csv"
+    with atomic_path(prompts) as tmp:
+        tmp.write_text("\n".join(p for p, _, _ in rows) + "\n", encoding="utf-8")
+    with atomic_path(labels) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["prompt", "object", "style"])
+        for prompt, obj, style in rows:
+            writer.writerow([prompt, OBJECTS[obj] if obj is not None else "",
+                             STYLES[style] if style is not None else ""])  # fmt: skip
+    return prompts, labels
+
+
+def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
+    """Capture the guidance site at each hookpoint, train an SAE, write both kinds' stats."""
+    folder = guided_folder(bundle_folder(cfg.model, cfg.out))
+    work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-guided-"))
+    work.mkdir(parents=True, exist_ok=True)
+    prompts, labels = write_prompts_and_labels(work, cfg.prompts_per_pair)
+    label_rows = read_label_rows(labels)
+    summary: dict[str, Any] = {"settings": cfg.to_dict(), "hookpoints": {}}
+    for hookpoint in cfg.hookpoints:
+        start = time.perf_counter()
+        acts = work / f"guidance-{hookpoint}"
+        run_cache(
+            CacheConfig.from_dict({
+                "model": cfg.model, "hookpoint": hookpoint, "prompts": str(prompts),
+                "out": str(acts), "num_inference_steps": cfg.num_inference_steps,
+                "guidance_scale": cfg.guidance_scale, "activation_site": "guidance",
+                "max_shard_mb": 16.0, "dtype": "float32", "seed": cfg.seed, "batch_size": 10,
+            })
+        )  # fmt: skip
+        captured = time.perf_counter() - start
+        train_sae(
+            TrainConfig(
+                activations=str(acts), out=str(folder / "saes"),
+                sae=SaeConfig(k=cfg.k, expansion_factor=cfg.expansion_factor), topk=cfg.topk,
+                batch_size=cfg.batch_size, epochs=cfg.epochs, heldout_fraction=0.1,
+                dead_tokens=cfg.dead_tokens, seed=cfg.seed, resume=False,
+            )
+        )  # fmt: skip
+        shutil.rmtree(folder / "saes" / hookpoint / STATE_DIR, ignore_errors=True)
+        trained = time.perf_counter() - start - captured
+        sae = Sae.from_pretrained(folder / "saes", hookpoint=hookpoint)
+        for kind in cfg.kinds_at(hookpoint):
+            for name, stats in stats_from_capture(acts, sae, label_rows, kind).items():
+                stats.meta["model"] = cfg.model
+                stats.save(folder / "stats" / hookpoint / name)
+        log = json.loads(read_text(folder / "saes" / hookpoint / TRAIN_LOG, "train log"))
+        epochs = log.get("epochs", [])
+        summary["hookpoints"][hookpoint] = {
+            "capture_seconds": captured,
+            "train_seconds": trained,
+            "tokens": log.get("train_tokens"),
+            "heldout_fvu": epochs[-1].get("heldout_fvu") if epochs else None,
+        }
+    atomic_write_json(folder / BUILD_FILE, summary)
+    return summary
+
+
+# -- features and erasing --------------------------------------------------------------------
+
+
+def load_guided_params(folder: Path) -> dict[str, dict[str, Any]]:
+    params = read_json_or_empty(guided_folder(folder) / PARAMS_FILE)
+    missing = [c for c in (*OBJECTS, *STYLES) if c not in params]
+    if missing:
+        logger.warning("guided params missing for %s: run `saeuron minicanvas guided sweep`",
+                       ", ".join(missing))  # fmt: skip
+    return params
+
+
+class GuidedAssets:
+    """The guided SAEs and statistics of a bundle, loaded once."""
+
+    def __init__(self, folder: Path):
+        self.folder = guided_folder(folder)
+        self._saes: dict[str, Any] = {}
+        self._stats: dict[tuple[str, str], Any] = {}
+        self._fingerprints: dict[str, str] = {}
+
+    def sae(self, hookpoint: str) -> Sae:
+        if hookpoint not in self._saes:
+            if not (self.folder / "saes" / hookpoint).is_dir():
+                raise FileNotFoundError(
+                    f"no guided SAE at {self.folder / 'saes' / hookpoint}: run `saeuron "
+                    "minicanvas guided build`"
+                )
+            self._saes[hookpoint] = Sae.from_pretrained(self.folder / "saes", hookpoint=hookpoint)
+        return self._saes[hookpoint]
+
+    def stats(self, hookpoint: str, concept: str) -> ConceptStats:
+        key = (hookpoint, concept)
+        if key not in self._stats:
+            self._stats[key] = ConceptStats.load(self.folder / "stats" / hookpoint / concept)
+        return self._stats[key]
+
+    def features(self, concept: str, params: dict[str, Any]) -> ConceptFeatures:
+        """The concept's latents under ``params`` (hookpoint, tau, max_other_ratio, anchor)."""
+        hookpoint = params["hookpoint"]
+        peers = OBJECTS if concept_kind(concept) == "object" else STYLES
+
+        def select(name: str) -> ConceptFeatures:
+            others = [self.stats(hookpoint, p) for p in peers if p != name]
+            return select_contrastive(
+                self.stats(hookpoint, name), others, tau=int(params["tau"]),
+                max_other_ratio=params.get("max_other_ratio"),
+            )  # fmt: skip
+
+        features = select(concept)
+        if params.get("anchor"):
+            features = features.with_anchor(select(params["anchor"]))
+        features.meta["hookpoint"] = hookpoint
+        # The statistics were read with this block's guided SAE (build_guided), so the
+        # features index it: recorded, erase() checks it like any other features.
+        features.meta[SAE_FINGERPRINT] = self.fingerprint(hookpoint)
+        return features
+
+    def fingerprint(self, hookpoint: str) -> str:
+        if hookpoint not in self._fingerprints:
+            self._fingerprints[hookpoint] = self.sae(hookpoint).fingerprint()
+        return self._fingerprints[hookpoint]
+
+    @contextlib.contextmanager
+    def erasing(
+        self, pipe: Any, concepts: Sequence[str], params: dict[str, dict[str, Any]]
+    ) -> Iterator[None]:
+        """Erase ``concepts`` together: one ``erase`` per (hookpoint, rule, window) group."""
+        groups: dict[tuple[str, str, tuple[float, ...] | None], list[str]] = {}
+        for concept in concepts:
+            p = params[concept]
+            window = tuple(p["window"]) if p.get("window") else None
+            groups.setdefault((p["hookpoint"], p.get("rule", "ablate"), window), []).append(
+                concept
+            )
+        with contextlib.ExitStack() as stack:
+            for (hookpoint, rule, window), names in groups.items():
+                features = [self.features(c, params[c]) for c in names]
+                stack.enter_context(
+                    erase(
+                        pipe, self.sae(hookpoint), features,
+                        multiplier={c: float(params[c]["multiplier"]) for c in names},
+                        hookpoint=hookpoint, rule=rule,
+                        window=list(window) if window else None,
+                    )
+                )  # fmt: skip
+            yield
+
+
+# -- as an evaluation technique (``saeuron eval``, attacks included) -------------------------
+
+
+@dataclass
+class GuidedTechniqueConfig(Config):
+    erase_concept: str = field(help="the MiniCanvas concept to erase with its guided params")
+    model: str = field("minicanvas", help="the MiniCanvas pipeline (its guided/ folder)")
+    num_inference_steps: int = field(20, help="DDIM steps")
+    guidance_scale: float = field(7.5, help="CFG scale (> 1: the guidance site needs CFG)")
+    batch_size: int = field(20, help="prompts per pipeline call")
+    device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: best available")
+
+    def __post_init__(self) -> None:
+        concept_kind(self.erase_concept)
+        check_range("num_inference_steps", self.num_inference_steps, ge=1)
+        check_range("guidance_scale", self.guidance_scale, gt=1)
+        check_range("batch_size", self.batch_size, ge=1)
+
+
+class GuidedTechnique:
+    """``saeuron eval`` technique ``guided``: the guided params of one MiniCanvas concept."""
+
+    def __init__(self, config: GuidedTechniqueConfig):
+        self.config = config
+        self.pipe = load_pipeline(config.model, device=config.device, dtype=torch.float32)
+        folder = bundle_folder(config.model)
+        self.assets = GuidedAssets(folder)
+        params = load_guided_params(folder)
+        if config.erase_concept not in params:
+            raise ConfigError(
+                "erase_concept", f"no guided params for {config.erase_concept!r} in {folder}"
+            )
+        self.params = params
+
+    def _sample(self, prompts: list[str], seeds: list[int]) -> list[Any]:
+        cfg = self.config
+        images: list[Any] = []
+        for start in range(0, len(prompts), cfg.batch_size):
+            batch = prompts[start : start + cfg.batch_size]
+            images += self.pipe(
+                batch, num_inference_steps=cfg.num_inference_steps,
+                guidance_scale=cfg.guidance_scale,
+                generator=[torch.Generator("cpu").manual_seed(int(s))
+                           for s in seeds[start : start + len(batch)]],
+            ).images  # fmt: skip
+        return images
+
+    def erasing(self) -> contextlib.AbstractContextManager[Any]:
+        return self.assets.erasing(self.pipe, [self.config.erase_concept], self.params)
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[Any]:
+        with self.erasing():
+            return self._sample(prompts, seeds)
+
+    def unerased(self, prompts: list[str], seeds: list[int]) -> list[Any]:
+        return self._sample(prompts, seeds)

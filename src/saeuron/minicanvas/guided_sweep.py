@@ -1,0 +1,188 @@
+"""Tuning the guided MiniCanvas erasure on validation prompts and seeds: per concept, the
+block, rule, tau, gamma and window that come closest to the benchmark's targets.
+
+Trials add to ``guided/sweep.json``; the winners go to ``guided/params.json`` (see
+:mod:`saeuron.minicanvas.guided`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from saeuron.erasure.erase import RULES, EraseConfig
+from saeuron.minicanvas.assets import concept_kind
+from saeuron.minicanvas.guided import PARAMS_FILE, SWEEP_FILE, GuidedAssets
+from saeuron.minicanvas.judge import (
+    MiniCanvasJudge,
+    _concept_index,
+    diagonal_subset,
+    prompt_rows,
+    scores,
+)
+from saeuron.minicanvas.world import ANCHOR_TEMPLATES, OBJECTS, STYLES, VALIDATION_SEEDS
+from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
+from saeuron.utils.io import atomic_write_json, read_json_or_empty
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("shortfall", "mean")
+# The benchmark's targets: what the "shortfall" objective measures the distance to.
+TARGETS = {"style": (0.95, 0.90, 0.90), "object": (0.90, 0.90, 0.90)}
+
+
+def objective(trial: dict[str, Any], kind: str, name: str = "shortfall") -> float:
+    """What a guided sweep maximises.
+
+    ``mean``: the mean of UA, IRA and CRA (the SAeUron sweep's). ``shortfall``: minus the
+    summed distance below each target (UA, IRA, CRA), plus a thousandth of the mean to break
+    ties: a setting that trades CRA for UA loses as much as one that trades UA for CRA.
+    """
+    check_choice("objective", name, OBJECTIVES)
+    mean = (trial["UA"] + trial["IRA"] + trial["CRA"]) / 3
+    if name == "mean":
+        return mean
+    ua, ira, cra = TARGETS[kind]
+    short = (
+        max(0.0, ua - trial["UA"]) + max(0.0, ira - trial["IRA"]) + max(0.0, cra - trial["CRA"])
+    )
+    return -short + 1e-3 * mean
+
+
+@dataclass
+class GuidedSweepConfig(Config):
+    concepts: list[str] | None = field(None, help="concepts to tune; default: all 20")
+    hookpoints: list[str] | None = field(
+        None, help="blocks to choose from per concept; default: every guided SAE built"
+    )
+    rules: list[str] = field(["ablate"], help="edit rules to try (see saeuron.erasure.erase.RULES)")
+    taus: list[int] = field([5, 10], help="latents per step to try")
+    multipliers: list[float] = field([-2.0, -5.0, -10.0, -20.0], help="gammas to try")
+    max_other_ratio: float | None = field(
+        0.3, help="specificity filter: drop latents that fire on any other concept above r x"
+    )
+    windows: list[str] = field(
+        ["all"], help="schedule windows to try: 'all' or 'START:END' (0 = first step, 1 = last)"
+    )
+    anchors: dict[str, str] = field(
+        {}, help="for rule 'anchor': the anchor concept of each erased concept (JSON)"
+    )
+    objective: str = field("shortfall", help="'shortfall' (distance below the targets) or 'mean'")
+    num_inference_steps: int = field(20, help="DDIM steps")
+    guidance_scale: float = field(7.5, help="CFG scale")
+    batch_size: int = field(50, help="images per pipeline call")
+    retain_every: int = field(3, help="judge retention on every N-th retained prompt")
+    model: str = field("minicanvas", help="the MiniCanvas pipeline")
+    write: bool = field(True, help="write guided/params.json and sweep.json")
+
+    def __post_init__(self) -> None:
+        self.concepts = self.concepts or [*OBJECTS, *STYLES]
+        for concept in self.concepts:
+            concept_kind(concept)
+        for rule in self.rules:
+            check_choice("rules", rule, RULES)
+        check_choice("objective", self.objective, OBJECTIVES)
+        if not self.taus or not self.multipliers:
+            raise ConfigError("taus", "the grid needs at least one tau and one multiplier")
+        for tau in self.taus:
+            check_range("taus", tau, ge=1)
+        check_range("retain_every", self.retain_every, ge=1)
+        if self.max_other_ratio is not None:
+            check_range("max_other_ratio", self.max_other_ratio, gt=0)
+        for window in self.windows:
+            parse_window(window)
+        if "anchor" in self.rules:
+            missing = [c for c in self.concepts if c not in self.anchors]
+            if missing:
+                raise ConfigError("anchors", f"rule 'anchor' needs an anchor for {missing}")
+
+
+def parse_window(text: str) -> list[float] | None:
+    """``'all'`` -> None (every step); ``'0.5:1'`` -> [0.5, 1.0], checked like EraseConfig's."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        window = [float(v) for v in text.split(":")]
+    except ValueError:
+        raise ConfigError("windows", f"got {text!r}; expected 'all' or 'START:END'") from None
+    try:
+        return EraseConfig(window=window).window
+    except ConfigError as err:
+        raise ConfigError("windows", str(err)) from None
+
+
+def _trial_key(trial: dict[str, Any]) -> str:
+    return json.dumps({k: trial.get(k) for k in ("hookpoint", "rule", "tau", "multiplier",
+                                                 "max_other_ratio", "anchor", "window")},
+                      sort_keys=True)  # fmt: skip
+
+
+def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
+    """Per concept, the best setting on validation phrasing and seeds by ``cfg.objective``.
+
+    Trials add to ``guided/sweep.json`` (a trial of the same setting is replaced), so the
+    winner is the best of every grid tried under the same protocol; the trial count per
+    concept is recorded.
+    """
+    judge = MiniCanvasJudge(cfg.model, cfg.num_inference_steps, cfg.guidance_scale)
+    assets = GuidedAssets(judge.folder)
+    hookpoints = cfg.hookpoints or sorted(
+        p.name for p in (assets.folder / "saes").iterdir() if p.is_dir()
+    )
+    record = read_json_or_empty(assets.folder / SWEEP_FILE)
+    template = ANCHOR_TEMPLATES[1]
+    seeds = list(VALIDATION_SEEDS)
+    chosen: dict[str, dict[str, Any]] = {}
+    for concept in tqdm(cfg.concepts, desc="guided sweep", unit="concept"):
+        kind = concept_kind(concept)
+        index = _concept_index(concept)
+        target_rows = prompt_rows(template, seeds, only=index)
+        retain_rows = diagonal_subset(
+            prompt_rows(template, seeds[:1], only=index, exclude=True), cfg.retain_every
+        )
+        previous = record.get(concept, {})
+        trials = {
+            _trial_key(t): t for t in previous.get("trials", [])
+            if previous.get("retain_every") == cfg.retain_every
+        }  # fmt: skip
+        for hookpoint, rule, tau, gamma, window in itertools.product(
+            hookpoints, cfg.rules, cfg.taus, cfg.multipliers, cfg.windows
+        ):
+            setting: dict[str, Any] = {
+                "hookpoint": hookpoint, "rule": rule, "tau": tau, "multiplier": gamma,
+                "max_other_ratio": cfg.max_other_ratio,
+                "anchor": cfg.anchors.get(concept) if rule == "anchor" else None,
+                "window": parse_window(window),
+            }  # fmt: skip
+            with assets.erasing(judge.pipe, [concept], {concept: setting}):
+                target = judge.run(target_rows, None, cfg.batch_size, desc=concept)
+                retain = judge.run(retain_rows, None, cfg.batch_size, desc=f"{concept} retain")
+            score = scores(concept, target, retain)
+            trials[_trial_key(setting)] = {**setting, **score}
+            logger.info("%s %s: %s", concept, setting, score)
+        ranked = list(trials.values())
+        best = max(ranked, key=lambda t: objective(t, kind, cfg.objective))
+        chosen[concept] = {
+            k: best[k] for k in ("hookpoint", "rule", "tau", "multiplier", "max_other_ratio",
+                                 "anchor", "window") if best.get(k) is not None
+        }  # fmt: skip
+        record[concept] = {
+            "retain_every": cfg.retain_every,
+            "objective": cfg.objective,
+            "chosen": chosen[concept],
+            "n_trials": len(ranked),
+            "trials": ranked,
+        }
+        logger.info("%s: best %s", concept, chosen[concept])
+        if cfg.write:
+            # After every concept: a killed sweep keeps what it measured.
+            params = read_json_or_empty(assets.folder / PARAMS_FILE)
+            params[concept] = chosen[concept]
+            atomic_write_json(assets.folder / PARAMS_FILE, params)
+            atomic_write_json(assets.folder / SWEEP_FILE, record)
+    return {"chosen": chosen, "n_trials": {c: record[c]["n_trials"] for c in chosen}}

@@ -1,0 +1,142 @@
+"""MiniCanvas' guidance-site SAEs: settings, the tuned params, and erasing with them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from saeuron.erasure.erase import RULES
+from saeuron.minicanvas.bench import BenchConfig
+from saeuron.minicanvas.guided import (
+    GuidedAssets,
+    GuidedBuildConfig,
+    load_guided_params,
+)
+from saeuron.minicanvas.guided_sweep import GuidedSweepConfig, objective, parse_window
+from saeuron.minicanvas.judge import prompt_rows, split_baseline
+from saeuron.minicanvas.sequential import SequentialConfig
+from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
+from saeuron.models.bundles import find_bundle
+from saeuron.models.pipelines import load_pipeline
+from saeuron.utils.config import ConfigError
+
+FOLDER = find_bundle("minicanvas").folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_windows_parse_and_bad_ones_name_the_field() -> None:
+    assert parse_window("all") is None
+    assert parse_window("0.5:1") == [0.5, 1.0]
+    for bad in ("0.7:0.2", "x:1", "0:2"):
+        with pytest.raises(ConfigError, match="^windows:"):
+            parse_window(bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"rules": ["zero"]}, "rules"),
+        ({"rules": ["anchor"], "concepts": ["neon"]}, "anchors"),
+        ({"objective": "best"}, "objective"),
+        ({"windows": ["1:0"]}, "windows"),
+        ({"taus": [0]}, "taus"),
+    ],
+)
+def test_sweep_settings_are_checked_before_any_model_loads(kwargs, field) -> None:
+    with pytest.raises(ConfigError, match=f"^{field}:"):
+        GuidedSweepConfig(**kwargs)
+
+
+def test_build_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="^guidance_scale:"):
+        GuidedBuildConfig(guidance_scale=1.0)
+    with pytest.raises(ConfigError, match="^stats_kinds:"):
+        GuidedBuildConfig(stats_kinds=["unet.up_blocks.0.attentions.0=style"])
+    cfg = GuidedBuildConfig(stats_kinds=["unet.up_blocks.2.attentions.2=style"])
+    assert cfg.kinds_at("unet.up_blocks.2.attentions.2") == ["style"]
+    assert cfg.kinds_at("unet.up_blocks.1.attentions.1") == ["object", "style"]
+
+
+def test_bundled_params_name_a_built_block_and_a_known_rule_for_every_concept() -> None:
+    params = load_guided_params(FOLDER)
+    assert sorted(params) == sorted([*OBJECTS, *STYLES])
+    built = {p.name for p in (FOLDER / "guided" / "saes").iterdir() if p.is_dir()}
+    for concept, p in params.items():
+        assert p["hookpoint"] in built, concept
+        assert p["rule"] in RULES and p["multiplier"] <= 1, concept
+        assert (FOLDER / "guided" / "stats" / p["hookpoint"] / f"{concept}.safetensors").is_file()
+
+
+def test_erasing_a_style_changes_its_images_and_is_removed_after() -> None:
+    pipe = load_pipeline("minicanvas")
+    assets = GuidedAssets(FOLDER)
+    params = load_guided_params(FOLDER)
+    prompts = ["An image of star in neon style.", "An image of heart in neon style."]
+
+    def sample() -> np.ndarray:
+        out = pipe(prompts, num_inference_steps=6, guidance_scale=7.5, output_type="np",
+                   generator=[torch.Generator().manual_seed(s) for s in (1, 2)])  # fmt: skip
+        return np.asarray(out.images)
+
+    base = sample()
+    with assets.erasing(pipe, ["neon"], params):
+        erased = sample()
+    after = sample()
+    assert np.abs(erased - base).mean() > 0.02
+    assert np.array_equal(after, base), "the hooks are gone after the with block"
+
+
+def test_guided_objective_weighs_every_target() -> None:
+    # The mean prefers erasing by wiping the picture; the distance to the targets does not.
+    wiped = {"UA": 1.0, "IRA": 1.0, "CRA": 0.80}
+    clean = {"UA": 0.90, "IRA": 0.92, "CRA": 0.92}
+    assert objective(clean, "style") > objective(wiped, "style")
+    assert objective(wiped, "style", "mean") > objective(clean, "style", "mean")
+    assert objective({"UA": 0.96, "IRA": 0.9, "CRA": 0.9}, "style") == pytest.approx(
+        1e-3 * (0.96 + 0.9 + 0.9) / 3
+    )
+    with pytest.raises(ConfigError, match="^objective:"):
+        objective(clean, "style", "max")
+
+
+def test_bench_and_sequential_take_the_guided_variant_and_check_their_options(tmp_path) -> None:
+    cfg = BenchConfig(out=str(tmp_path / "b"), variants=["guided"], grid_variant="guided",
+                      template="A {style} drawing of {object}.", retain_every=3)  # fmt: skip
+    assert cfg.variants == ["none", "guided"]
+    with pytest.raises(ConfigError, match="^template:"):
+        BenchConfig(out=str(tmp_path / "b"), template="A drawing of {object}.")
+    with pytest.raises(ConfigError, match="^grid_variant:"):
+        BenchConfig(out=str(tmp_path / "b"), grid_variant="best")
+    with pytest.raises(ConfigError, match="^retain_every:"):
+        BenchConfig(out=str(tmp_path / "b"), retain_every=0)
+    assert SequentialConfig(out=str(tmp_path / "s"), variant="guided").variant == "guided"
+    with pytest.raises(ConfigError, match="^variant:"):
+        SequentialConfig(out=str(tmp_path / "s"), variant="best")
+
+
+def test_retain_every_keeps_the_same_rows_in_the_baseline_and_the_erased_run() -> None:
+    """The unerased split and the erased run judge retention on the same prompts."""
+    from saeuron.minicanvas.judge import Judged, diagonal_subset
+
+    rows = prompt_rows(TEST_TEMPLATES[0], [188])
+    n = len(rows)
+    baseline = Judged(
+        objects=np.zeros(n, int), styles=np.zeros(n, int),
+        true_objects=np.array([r[1] for r in rows]), true_styles=np.array([r[2] for r in rows]),
+        images=list(range(n)),
+    )  # fmt: skip
+    _, retain = split_baseline(baseline, np.array([r[3] for r in rows]), "neon", [188], 1, 3)
+    index = STYLES.index("neon")
+    erased_rows = diagonal_subset(
+        prompt_rows(TEST_TEMPLATES[0], [188], only=("style", index), exclude=True), 3
+    )
+    assert sorted(retain.images) == sorted(rows.index(r) for r in erased_rows)
+    assert 0 < len(erased_rows) < 90

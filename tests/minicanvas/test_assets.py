@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from saeuron.minicanvas import saemnesia, sweep
+from saeuron.minicanvas import guided_sweep, saemnesia, sweep
 from saeuron.minicanvas.assets import (
     NAME,
     AssetConfig,
@@ -15,6 +15,8 @@ from saeuron.minicanvas.assets import (
     writable_bundle_folder,
     write_bundle,
 )
+from saeuron.minicanvas.guided import GuidedBuildConfig
+from saeuron.minicanvas.guided_sweep import GuidedSweepConfig
 from saeuron.minicanvas.model import ModelTrainConfig
 from saeuron.minicanvas.saemnesia import SupervisedBuildConfig, SupervisedSweepConfig
 from saeuron.minicanvas.sweep import SweepConfig
@@ -58,6 +60,8 @@ def test_build_commands_default_to_the_users_copy(user: Path) -> None:
     check_user_copy(writable_bundle_folder(assets.model, assets.out), user)
     build = SupervisedBuildConfig()
     check_user_copy(writable_bundle_folder(build.model, build.out), user)
+    guided = GuidedBuildConfig()  # saeuron minicanvas guided build
+    check_user_copy(writable_bundle_folder(guided.model, guided.out), user)
     # The copy shadows the shipped bundle by name, so later commands use what was built.
     found = find_bundle(NAME)
     assert found is not None and found.folder == user
@@ -82,8 +86,9 @@ class Stop(Exception):
     [
         (sweep, sweep.run_sweep, SweepConfig),
         (saemnesia, saemnesia.run_supervised_sweep, SupervisedSweepConfig),
+        (guided_sweep, guided_sweep.run_guided_sweep, GuidedSweepConfig),
     ],
-    ids=["minicanvas sweep", "minicanvas saemnesia sweep"],
+    ids=["minicanvas sweep", "minicanvas saemnesia sweep", "minicanvas guided sweep"],
 )
 def test_sweeps_work_on_the_users_copy(user: Path, monkeypatch, module, run, config) -> None:
     seen: list[str] = []

@@ -28,7 +28,13 @@ from saeuron.erasure.concepts.select import select_contrastive
 from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
 from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES, anchor_prompts
-from saeuron.models.bundles import Bundle, BundleConcept, bundle_card, find_bundle
+from saeuron.models.bundles import (
+    Bundle,
+    BundleConcept,
+    bundle_card,
+    find_bundle,
+    writable_folder,
+)
 from saeuron.models.pipelines import load_pipeline
 from saeuron.sae import Sae, SaeConfig
 from saeuron.training.capture import CacheConfig, run_cache
@@ -106,7 +112,11 @@ def load_params(folder: Path) -> dict[str, dict[str, Any]]:
 @dataclass
 class AssetConfig(Config):
     model: str = field("minicanvas", help="the MiniCanvas pipeline to build assets for")
-    out: str | None = field(None, help="output folder; default: the bundled model's folder")
+    out: str | None = field(
+        None,
+        help="output folder; default: the user's copy of the shipped bundle "
+        "($SAEURON_CACHE/bundles/minicanvas)",
+    )
     num_inference_steps: int = field(
         NUM_INFERENCE_STEPS, ge=1, le=1000, help="DDIM steps of capture and statistics"
     )
@@ -128,6 +138,16 @@ def bundle_folder(model: str, out: str | None = None) -> Path:
         return Path(out)
     bundle = find_bundle(model)
     return bundle.folder if bundle is not None else Path(model)
+
+
+def writable_bundle_folder(model: str, out: str | None = None) -> Path:
+    """Where a command that changes a bundle writes: ``out``, the bundle ``model`` names (for
+    a bundle shipped in the package, the user's copy of it: nothing is written into the
+    package), or ``model`` itself as a folder."""
+    if out:
+        return Path(out)
+    bundle = find_bundle(model)
+    return writable_folder(bundle) if bundle is not None else Path(model)
 
 
 def minicanvas_bundle(folder: Path) -> Bundle:
@@ -235,7 +255,7 @@ def capture_anchor_activations(
 def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
     """Capture anchor-prompt activations at both hookpoints and train an SAE on each."""
 
-    folder = bundle_folder(cfg.model, cfg.out)
+    folder = writable_bundle_folder(cfg.model, cfg.out)
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-assets-"))
     heldout: dict[str, float | None] = {}
     for hookpoint in (OBJECT_HOOKPOINT, STYLE_HOOKPOINT):
@@ -273,7 +293,7 @@ def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
 
 def build_stats(cfg: AssetConfig, pipe: Any = None) -> None:
     """Per-step statistics of every concept at its hookpoint, from the anchor prompts."""
-    folder = bundle_folder(cfg.model, cfg.out)
+    folder = writable_bundle_folder(cfg.model, cfg.out)
     pipe = pipe or load_pipeline(cfg.model)
     for hookpoint, concepts in ((OBJECT_HOOKPOINT, OBJECTS), (STYLE_HOOKPOINT, STYLES)):
         sae = Sae.from_pretrained(folder / "saes", hookpoint=hookpoint)
@@ -350,7 +370,7 @@ def sae_fingerprints(saes: Path) -> dict[str, str]:
 def build_assets(cfg: AssetConfig) -> dict[str, Any]:
     heldout = build_saes(cfg)
     build_stats(cfg)
-    folder = bundle_folder(cfg.model, cfg.out)
+    folder = writable_bundle_folder(cfg.model, cfg.out)
     write_features(folder)
     summary = {"heldout_fvu": heldout, "settings": cfg.to_dict()}
     atomic_write_json(folder / ASSETS_SUMMARY, summary)

@@ -36,7 +36,7 @@ from saeuron.erasure.concepts.select import select_contrastive
 from saeuron.erasure.concepts.stats import ConceptStats
 from saeuron.erasure.erase import erase
 from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
-from saeuron.minicanvas.assets import bundle_folder, concept_kind
+from saeuron.minicanvas.assets import bundle_folder, concept_kind, writable_bundle_folder
 from saeuron.minicanvas.world import OBJECTS, STYLES, anchor_prompts
 from saeuron.models.pipelines import load_pipeline
 from saeuron.sae import Sae, SaeConfig
@@ -67,7 +67,11 @@ def guided_folder(folder: Path) -> Path:
 @dataclass
 class GuidedBuildConfig(Config):
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
-    out: str | None = field(None, help="bundle folder; default: the bundled model's folder")
+    out: str | None = field(
+        None,
+        help="bundle folder; default: the user's copy of the shipped bundle "
+        "($SAEURON_CACHE/bundles/minicanvas)",
+    )
     hookpoints: list[str] = field(list(DEFAULT_HOOKPOINTS), help="blocks to train SAEs at")
     prompts_per_pair: int = field(
         5, help="anchor prompts per (object, style) pair (each its own seed), plus unstyled ones"
@@ -128,7 +132,7 @@ def write_prompts_and_labels(work: Path, per_pair: int) -> tuple[Path, Path]:
 
 def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
     """Capture the guidance site at each hookpoint, train an SAE, write both kinds' stats."""
-    folder = guided_folder(bundle_folder(cfg.model, cfg.out))
+    folder = guided_folder(writable_bundle_folder(cfg.model, cfg.out))
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-guided-"))
     work.mkdir(parents=True, exist_ok=True)
     prompts, labels = write_prompts_and_labels(work, cfg.prompts_per_pair)

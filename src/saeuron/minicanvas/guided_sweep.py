@@ -16,7 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from saeuron.erasure.erase import RULES, EraseConfig
-from saeuron.minicanvas.assets import concept_kind
+from saeuron.minicanvas.assets import concept_kind, writable_bundle_folder
 from saeuron.minicanvas.guided import PARAMS_FILE, SWEEP_FILE, GuidedAssets
 from saeuron.minicanvas.judge import (
     MiniCanvasJudge,
@@ -129,7 +129,9 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
     winner is the best of every grid tried under the same protocol; the trial count per
     concept is recorded.
     """
-    judge = MiniCanvasJudge(cfg.model, cfg.num_inference_steps, cfg.guidance_scale)
+    # A sweep that writes works on the bundle it writes to (never the package's own).
+    model = str(writable_bundle_folder(cfg.model)) if cfg.write else cfg.model
+    judge = MiniCanvasJudge(model, cfg.num_inference_steps, cfg.guidance_scale)
     assets = GuidedAssets(judge.folder)
     hookpoints = cfg.hookpoints or sorted(
         p.name for p in (assets.folder / "saes").iterdir() if p.is_dir()

@@ -27,7 +27,7 @@ from transformers import CLIPTextModel
 
 from saeuron.minicanvas.assets import NAME
 from saeuron.minicanvas.world import sample_images, training_caption
-from saeuron.models.bundles import find_bundle
+from saeuron.models.bundles import find_bundle, writable_folder
 from saeuron.models.tiny import clip_text_config, sd_ddim_scheduler
 from saeuron.models.tokenizer import clip_tokenizer
 from saeuron.utils.config import Config, ConfigError, check_range, field
@@ -39,7 +39,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelTrainConfig(Config):
-    out: str = field("", help="folder for the pipeline; default: the bundled model's folder")
+    out: str = field(
+        "",
+        help="folder for the pipeline; default: the user's copy of the shipped bundle "
+        "($SAEURON_CACHE/bundles/minicanvas)",
+    )
     seed: int = field(0, ge=0, le=2**63 - 1, help="seed of data, initialisation and training")
     n_images: int = field(20000, ge=1, le=100_000_000, help="procedural training images")
     vae_steps: int = field(1500, ge=1, le=100_000_000, help="autoencoder optimisation steps")
@@ -70,13 +74,14 @@ class ModelTrainConfig(Config):
         check_range("save_every", self.save_every, ge=0)
 
     def output_folder(self) -> Path:
-        """Where the pipeline goes: ``out``, else the shipped MiniCanvas bundle's folder."""
+        """Where the pipeline goes: ``out``, else the MiniCanvas bundle found by name (the
+        user's copy when that is the one shipped in the package)."""
         if self.out:
             return Path(self.out)
         bundle = find_bundle(NAME)
         if bundle is None:
             raise ConfigError("out", "no MiniCanvas bundle is installed here; name a folder")
-        return bundle.folder
+        return writable_folder(bundle)
 
 
 def build_vae():

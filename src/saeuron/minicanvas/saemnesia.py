@@ -30,10 +30,10 @@ from saeuron.minicanvas.assets import (
     OBJECT_HOOKPOINT,
     STYLE_HOOKPOINT,
     SUPERVISED_SAES,
-    bundle_folder,
     capture_anchor_activations,
     concept_kind,
     supervised_features_path,
+    writable_bundle_folder,
 )
 from saeuron.minicanvas.judge import MiniCanvasJudge, evaluate
 from saeuron.minicanvas.sweep import sweep_objective
@@ -73,7 +73,11 @@ def write_labels(path: Path) -> Path:
 @dataclass
 class SupervisedBuildConfig(Config):
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
-    out: str | None = field(None, help="bundle folder; default: the bundled model's folder")
+    out: str | None = field(
+        None,
+        help="bundle folder; default: the user's copy of the shipped bundle "
+        "($SAEURON_CACHE/bundles/minicanvas)",
+    )
     num_inference_steps: int = field(
         20, ge=1, le=1000, help="DDIM steps of the capture (as the assets)"
     )
@@ -96,7 +100,7 @@ class SupervisedBuildConfig(Config):
 
 def build_supervised(cfg: SupervisedBuildConfig) -> dict[str, Any]:
     """Capture the anchor prompts (reused when ``workdir`` holds them) and fine-tune."""
-    folder = bundle_folder(cfg.model, cfg.out)
+    folder = writable_bundle_folder(cfg.model, cfg.out)
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-supervised-"))
     work.mkdir(parents=True, exist_ok=True)
     labels = write_labels(work / "anchor_labels.csv")
@@ -162,7 +166,9 @@ class SupervisedSweepConfig(Config):
 
 def run_supervised_sweep(cfg: SupervisedSweepConfig) -> dict[str, Any]:
     """The best gamma per concept on validation phrasing and seeds, by mean of UA, IRA, CRA."""
-    judge = MiniCanvasJudge(cfg.model, cfg.num_inference_steps, cfg.guidance_scale)
+    # A sweep that writes works on the bundle it writes to (never the package's own).
+    model = str(writable_bundle_folder(cfg.model)) if cfg.write else cfg.model
+    judge = MiniCanvasJudge(model, cfg.num_inference_steps, cfg.guidance_scale)
     folder = judge.folder / BUNDLE_SUPERVISED_DIR
     if not (judge.folder / SUPERVISED_SAES).is_dir():
         raise FileNotFoundError(

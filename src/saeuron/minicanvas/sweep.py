@@ -14,7 +14,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from saeuron.erasure.erase import MAX_MULTIPLIER
-from saeuron.minicanvas.assets import PARAMS_FILE, concept_kind, load_params, write_features
+from saeuron.minicanvas.assets import (
+    PARAMS_FILE,
+    concept_kind,
+    load_params,
+    writable_bundle_folder,
+    write_features,
+)
 from saeuron.minicanvas.judge import MiniCanvasJudge, evaluate
 from saeuron.minicanvas.world import ANCHOR_TEMPLATES, OBJECTS, STYLES, VALIDATION_SEEDS
 from saeuron.utils.config import Config, ConfigError, check_range, field
@@ -106,7 +112,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     Trials add to ``sweep.json``: a later sweep over another grid (e.g. with a specificity
     filter) competes with every trial recorded before under the same protocol.
     """
-    judge = MiniCanvasJudge(cfg.model, cfg.num_inference_steps, cfg.guidance_scale)
+    # A sweep that writes works on the bundle it writes to (never the package's own).
+    model = str(writable_bundle_folder(cfg.model)) if cfg.write else cfg.model
+    judge = MiniCanvasJudge(model, cfg.num_inference_steps, cfg.guidance_scale)
     template = ANCHOR_TEMPLATES[1]
     seeds = list(VALIDATION_SEEDS)
     record = read_json_or_empty(judge.folder / SWEEP_FILE)

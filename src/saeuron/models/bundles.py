@@ -25,7 +25,9 @@ docs/hub.md describes the layout and :func:`bundle_card` writes its model card.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ from saeuron.utils.cards import PROJECT_URL, card_metadata, render_card, table, 
 from saeuron.utils.errors import FileFormatError
 from saeuron.utils.files import BUNDLE, MODEL_INDEX, PACKAGE_DATA, user_bundles
 from saeuron.utils.hub import cached_file, is_hub_id, push_folder, snapshot
+
+logger = logging.getLogger(__name__)
 
 BUNDLES_ENV = "SAEURON_BUNDLES"
 
@@ -200,6 +204,41 @@ def find_bundle(model: str | Path | None) -> Bundle | None:
         if cached is not None and (cached.parent / MODEL_INDEX).is_file():
             return Bundle.read(cached.parent)
     return None
+
+
+def is_packaged(folder: Path) -> bool:
+    """Whether ``folder`` lies inside the installed package's data."""
+    return folder.resolve().is_relative_to(PACKAGE_DATA.resolve())
+
+
+def writable_folder(bundle: Bundle) -> Path:
+    """The folder that changes to ``bundle`` are written into.
+
+    A bundle shipped in the package is never written: the first write goes to a copy of it in
+    the user's bundles (``$SAEURON_CACHE/bundles/<name>``), which from then on shadows the
+    shipped one by name. Site-packages is often read-only, and a package that rewrites
+    itself no longer matches its own record of installed files."""
+    if not is_packaged(bundle.folder):
+        return bundle.folder
+    target = user_bundles() / bundle.name
+    if not (target / BUNDLE).is_file():
+        logger.info("copying the shipped bundle %r to %s, where it is changed", bundle.name, target)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(bundle.folder, tmp)
+        # A half-finished copy must never be found by name: it appears whole or not at all.
+        if target.exists():
+            _merge_into(tmp, target)
+        else:
+            tmp.replace(target)
+    return target
+
+
+def _merge_into(source: Path, target: Path) -> None:
+    """Fill ``target`` (a folder without bundle.json) from ``source``, bundle.json last."""
+    shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(BUNDLE))
+    (source / BUNDLE).replace(target / BUNDLE)
+    shutil.rmtree(source, ignore_errors=True)
 
 
 def pull_bundle(repo_id: str, revision: str | None = None) -> Bundle:

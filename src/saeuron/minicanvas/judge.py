@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saeuron.erasure.erase import erase
-from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.minicanvas.assets import (
     SUPERVISED_SAES,
     bundle_folder,
@@ -99,7 +99,11 @@ class MiniCanvasJudge:
         the bundle's statistics, or, in an install without them (the wheel ships none), its
         shipped features when they were selected with the same settings."""
         if (self.folder / BUNDLE_STATS_DIR).is_dir():
-            return select_features(self.folder, concept, tau, self._stats, max_other_ratio)
+            features = select_features(self.folder, concept, tau, self._stats, max_other_ratio)
+            # The bundle's statistics were taken with its own SAE: the features say so, and
+            # erase checks them against it.
+            features.meta[SAE_FINGERPRINT] = self.saes[concept_hookpoint(concept)].fingerprint()
+            return features
         path = self.folder / BUNDLE_FEATURES_DIR / concept_hookpoint(concept) / concept
         if path.with_suffix(".json").is_file():
             shipped = ConceptFeatures.load(path)

@@ -498,6 +498,7 @@ def _micro_attention_sd():
     return pipe, sae, ConceptFeatures.from_latents("c", list(range(0, 64, 3)), threshold=0.0)
 
 
+@pytest.mark.slow  # 25 s of tracing; the compile test below runs in the default tier
 def test_the_hooked_unet_has_no_graph_break_on_the_dense_path() -> None:
     pipe, sae, features = _micro_attention_sd()
     pipe.scheduler.set_timesteps(3)
@@ -514,7 +515,9 @@ def test_the_hooked_unet_has_no_graph_break_on_the_dense_path() -> None:
     assert breaks == {"auto": 0, "sparse": breaks["sparse"]} and breaks["sparse"] > 0
 
 
-@pytest.mark.parametrize("compile_first", [True, False])
+@pytest.mark.parametrize(
+    "compile_first", [True, pytest.param(False, marks=pytest.mark.slow)]
+)
 def test_compiled_unet_erases_as_eager_with_one_graph_for_every_step(compile_first) -> None:
     pipe, sae, features = _micro_attention_sd()
     per_step = ConceptFeatures(

@@ -133,6 +133,7 @@ def test_uncached_hub_model_while_offline_fails_at_once_naming_the_fix() -> None
     assert "'someone/uncached-model'" in str(err.value) and "--model minicanvas" in str(err.value)
 
 
+@pytest.mark.slow  # waits out a refused connection
 def test_unreachable_hub_fails_within_10_seconds(tmp_path) -> None:
     # No HF_HUB_OFFLINE: the hub is asked, at an address where nothing answers.
     code = (

@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from helpers.evaluation import ROOT, ColourTechnique, ua_ira_config
 from PIL import Image
 
@@ -43,6 +44,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a subprocess killed mid-run, then a resumed one
 def test_eval_killed_with_sigkill_resumes_to_the_same_report(tmp_path, colour) -> None:
     fresh = run_eval(parse_eval_config(ua_ira_config(tmp_path, "fresh")))
 

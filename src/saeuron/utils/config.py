@@ -13,6 +13,11 @@ A field whose type is itself a :class:`Config` nests it. Nested configs declared
 parent's level (``{"num_inference_steps": 20}``, not ``{"sampling": {...}}``), and their
 command-line flags are the parent's. That keeps one declaration of, say, the sampling settings
 while JSON files and flags stay flat.
+
+Why not tyro, simple-parsing or pydantic: each covers part of this (typed fields, argparse
+generation, validation), but none of them gives flattened nested configs, eval-unlearn's
+JSON schema and the CLI's one-line, did-you-mean errors from one declaration without a layer
+of adapters of about this module's size.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from saeuron.minicanvas.demo import DemoConfig, run_demo
+from saeuron.minicanvas.demo import DemoConfig, run_demo, settings_text
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -21,20 +21,14 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(params: dict[str, Any]) -> str:
-    text = f"tau {params['tau']}, multiplier {params['multiplier']}"
-    if params.get("max_other_ratio") is not None:
-        text += f", max_other_ratio {params['max_other_ratio']}"
-    return text
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig.from_args(args)
     rows, seconds = run_demo(cfg)
     for row in rows:
         b, a = row.scores_before, row.scores_after
         print(
-            f"erase {row.concept!r} ({_settings(row.params)}): UA {b['UA']:.2f} -> {a['UA']:.2f}, "
+            f"erase {row.concept!r} ({settings_text(row.params)}): "
+            f"UA {b['UA']:.2f} -> {a['UA']:.2f}, "
             f"IRA {b['IRA']:.2f} -> {a['IRA']:.2f}, CRA {b['CRA']:.2f} -> {a['CRA']:.2f}"
         )
     print(f"wrote {cfg.out} in {seconds:.1f} s")

@@ -101,7 +101,8 @@ def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
     return rows, time.perf_counter() - start
 
 
-def _settings(params: dict[str, Any]) -> str:
+def settings_text(params: dict[str, Any]) -> str:
+    """A concept's erasure settings, as the demo prints them."""
     text = f"tau {params['tau']}, multiplier {params['multiplier']}"
     if params.get("hookpoint"):
         text += f", {params.get('rule', 'scale')} at {params['hookpoint']}"

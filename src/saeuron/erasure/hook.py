@@ -277,12 +277,7 @@ class _EraseHook(RuleEdits):
         else:
             if not self._in_window(state):
                 return None
-            rows = (
-                self._rows_for_step(state.step, state.num_steps)
-                if state.in_loop
-                else self._rows_for_timestep(state.timestep)
-            )
-            plan = self._plan_for(rows, out.device, dtype)
+            plan = self._plan_for(self._current_rows(state), out.device, dtype)
             if plan is not None:
                 selection = (plan.indices, plan.scale, plan.threshold)
         if selection is None and exact:
@@ -308,11 +303,31 @@ class _EraseHook(RuleEdits):
             if sparse is None:
                 return None
             delta = sparse
+        return self._add_delta(module, output, out, site, rows_, tokens, delta, counting)
+
+    def _current_rows(self, state: DenoiseState) -> tuple[int, ...]:
+        """Each concept's statistics row for this call: by step in a loop, else by timestep."""
+        if state.in_loop:
+            return self._rows_for_step(state.step, state.num_steps)
+        return self._rows_for_timestep(state.timestep)
+
+    def _add_delta(
+        self,
+        module: nn.Module,
+        output: Any,
+        out: Tensor,
+        site: Tensor,
+        rows: slice,
+        tokens: Tensor,
+        delta: Tensor,
+        counting: bool,
+    ) -> Any:
+        """The block's output with the token edit ``delta`` added to its edited rows."""
         delta = from_tokens(delta.to(out.dtype).reshape(tokens.shape), site)
         new = out.clone()
-        new[rows_] = new[rows_] + delta
+        new[rows] = new[rows] + delta
         if counting:
-            check_finite_activations(new, self.handle, state.step, "edit")
+            check_finite_activations(new, self.handle, self.state.step, "edit")
         return replace_output(module, output, new)
 
     def _in_window(self, state: DenoiseState) -> bool:

@@ -16,11 +16,9 @@ from torch import Tensor, nn
 
 from saeuron.erasure.erase_config import EraseConfig
 from saeuron.erasure.features import ConceptFeatures
-from saeuron.erasure.hook_state import EraseHandle, _Weights, check_finite_activations
+from saeuron.erasure.hook_state import EraseHandle, _Weights
 from saeuron.models.denoising import DenoiseState
 from saeuron.models.tokens import (
-    from_tokens,
-    replace_output,
     to_tokens,
 )
 from saeuron.sae import Sae
@@ -128,12 +126,7 @@ class RuleEdits:
         state = self.state
         if not self._in_window(state):
             return None
-        rows = (
-            self._rows_for_step(state.step, state.num_steps)
-            if state.in_loop
-            else self._rows_for_timestep(state.timestep)
-        )
-        plan = self.rule_plan(rows, out.device, dtype)
+        plan = self.rule_plan(self._current_rows(state), out.device, dtype)
         if plan is None:
             return None
         picked = self._site(module, out, args, kwargs)
@@ -145,12 +138,7 @@ class RuleEdits:
         delta = self._rule_delta(flat, self.weights(out.device, dtype), plan, counting)
         if delta is None:
             return None
-        delta = from_tokens(delta.to(out.dtype).reshape(tokens.shape), site)
-        new = out.clone()
-        new[rows_] = new[rows_] + delta
-        if counting:
-            check_finite_activations(new, self.handle, state.step, "edit")
-        return replace_output(module, output, new)
+        return self._add_delta(module, output, out, site, rows_, tokens, delta, counting)
 
     def _rule_delta(
         self, flat: Tensor, w: _Weights, plan: RulePlan, counting: bool

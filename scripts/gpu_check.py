@@ -97,21 +97,27 @@ def check_dtype(device: str, dtype: torch.dtype) -> Callable[[bool], dict[str, A
     return run
 
 
+def _offloaded_erasure(device: str, offload: str) -> dict[str, Any]:
+    """Erase on a pipeline with ``offload`` (a diffusers ``enable_*`` method) and compare with
+    the same erasure on a pipeline that sits on ``device``."""
+    sae = make_sae()
+    reference = build_tiny_sd().to(device)
+    with erase(reference, sae, firing(sae), multiplier=-20.0):
+        expected = sample(reference)
+    pipe = build_tiny_sd()
+    getattr(pipe, offload)(device=device)
+    result = erase_and_compare(pipe, sae)
+    with erase(pipe, sae, firing(sae), multiplier=-20.0):
+        got = sample(pipe)
+    diff = float(np.abs(got - expected).max())
+    if diff > 1e-4:
+        raise AssertionError(f"offloaded erasure differs from on-device: max {diff:.2e}")
+    return {**result, "max_abs_diff_vs_on_device": diff}
+
+
 def check_model_offload(device: str) -> Callable[[bool], dict[str, Any]]:
     def run(quick: bool) -> dict[str, Any]:
-        sae = make_sae()
-        reference = build_tiny_sd().to(device)
-        with erase(reference, sae, firing(sae), multiplier=-20.0):
-            expected = sample(reference)
-        pipe = build_tiny_sd()
-        pipe.enable_model_cpu_offload(device=device)
-        result = erase_and_compare(pipe, sae)
-        with erase(pipe, sae, firing(sae), multiplier=-20.0):
-            got = sample(pipe)
-        diff = float(np.abs(got - expected).max())
-        if diff > 1e-4:
-            raise AssertionError(f"offloaded erasure differs from on-device: max {diff:.2e}")
-        return {**result, "max_abs_diff_vs_on_device": diff}
+        return _offloaded_erasure(device, "enable_model_cpu_offload")
 
     return run
 
@@ -122,19 +128,7 @@ def check_sequential_offload(device: str) -> Callable[[bool], dict[str, Any]]:
             # accelerate moves each weight to 'meta' after its forward; with the CPU as the
             # execution device that move fails in the stock pipeline, hooks or not.
             raise Skip("sequential CPU offload needs an accelerator as the execution device")
-        sae = make_sae()
-        reference = build_tiny_sd().to(device)
-        with erase(reference, sae, firing(sae), multiplier=-20.0):
-            expected = sample(reference)
-        pipe = build_tiny_sd()
-        pipe.enable_sequential_cpu_offload(device=device)
-        result = erase_and_compare(pipe, sae)
-        with erase(pipe, sae, firing(sae), multiplier=-20.0):
-            got = sample(pipe)
-        diff = float(np.abs(got - expected).max())
-        if diff > 1e-4:
-            raise AssertionError(f"offloaded erasure differs from on-device: max {diff:.2e}")
-        return {**result, "max_abs_diff_vs_on_device": diff}
+        return _offloaded_erasure(device, "enable_sequential_cpu_offload")
 
     return run
 

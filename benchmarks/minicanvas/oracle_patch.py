@@ -17,25 +17,28 @@ anchor prompts' own run.
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from typing import Any
 
 import numpy as np
 import torch
+from probe_common import (
+    GUIDANCE_SCALE,
+    KINDS,
+    add_probe_arguments,
+    load_minicanvas,
+    pick_sets,
+    probe_pairs,
+    prompts,
+    swap_scores,
+)
 
 from saeuron.minicanvas.classifier import MiniCanvasClassifier
-from saeuron.minicanvas.world import ANCHOR_TEMPLATES, OBJECTS, STYLES
-from saeuron.models.bundles import find_bundle
 from saeuron.models.denoising import track_denoising
-from saeuron.models.hookpoints import list_hookpoints, resolve_module
-from saeuron.models.pipelines import load_pipeline
+from saeuron.models.hookpoints import resolve_module
 from saeuron.models.tokens import conditional_rows, output_tensor, replace_output
 from saeuron.utils.io import atomic_write_json
 
-TEMPLATE = ANCHOR_TEMPLATES[1]
-GUIDANCE_SCALE = 7.5
-KINDS = ("style", "object")
 # Blocks probed alone (the other four attention blocks only as part of the groups below).
 SINGLE = (
     "unet.down_blocks.0.attentions.1",
@@ -60,15 +63,10 @@ def block_sets(blocks: list[str]) -> dict[str, list[str]]:
     return sets
 
 
-def probe_pairs(limit: int | None) -> list[tuple[int, int]]:
-    pairs = [(o, s) for o, s in itertools.product(range(10), range(10)) if (o + s) % 4 == 0]
-    return pairs[:limit] if limit else pairs
-
-
 def run(
     pipe: Any,
     clf: MiniCanvasClassifier,
-    prompts: list[str],
+    batch: list[str],
     seed: int,
     steps: int,
     record: dict[str, dict[int, torch.Tensor]] | None = None,
@@ -95,9 +93,9 @@ def run(
 
             hooks.append(module.register_forward_hook(hook))
         try:
-            gens = [torch.Generator().manual_seed(seed) for _ in prompts]
+            gens = [torch.Generator().manual_seed(seed) for _ in batch]
             images = pipe(
-                prompts, num_inference_steps=steps, guidance_scale=GUIDANCE_SCALE,
+                batch, num_inference_steps=steps, guidance_scale=GUIDANCE_SCALE,
                 generator=gens,
             ).images
         finally:
@@ -106,67 +104,21 @@ def run(
     return clf.predict(images)
 
 
-def scores(kind: str, o: np.ndarray, s: np.ndarray, true_o: np.ndarray, true_s: np.ndarray
-           ) -> dict[str, float]:
-    if kind == "style":
-        ua, keep, to_anchor = s != true_s, o == true_o, s == (true_s + 1) % 10
-    else:
-        ua, keep, to_anchor = o != true_o, s == true_s, o == (true_o + 1) % 10
-    return {
-        "UA": float(ua.mean()),
-        "cross_kept": float(keep.mean()),
-        "became_anchor": float(to_anchor.mean()),
-    }
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=11, help="sampling seed of every image")
-    parser.add_argument("--steps", type=positive, default=10, help="DDIM steps")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
-                        help="concept kinds to swap")
-    parser.add_argument("--sets", nargs="+", default=None, metavar="NAME",
-                        help="probe only these block sets (names as printed; default: all)")
-    parser.add_argument("--limit", type=positive, default=None,
-                        help="only the first N of the 25 (object, style) pairs (a quick check)")
-    parser.add_argument("--out", default=None, help="JSON file for the results")
+                        help="concept kinds to swap")  # fmt: skip
+    add_probe_arguments(parser, steps=10)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-
-    bundle = find_bundle("minicanvas")
-    if bundle is None or bundle.classifier_folder is None:
-        parser.error("the bundled minicanvas model (with its classifier) is not installed")
-    pipe = load_pipeline("minicanvas", device="cpu", dtype=torch.float32)
-    clf = MiniCanvasClassifier.load(bundle.classifier_folder)
-    blocks = list_hookpoints(pipe)
+    pipe, clf, blocks = load_minicanvas(parser)
     print(blocks, flush=True)
-    sets = block_sets(blocks)
-    if args.sets:
-        unknown = sorted(set(args.sets) - set(sets))
-        if unknown:
-            parser.error(f"--sets: unknown {unknown}; choose from {list(sets)}")
-        sets = {name: bl for name, bl in sets.items() if name in args.sets}
+    sets = pick_sets(parser, block_sets(blocks), args.sets)
 
     pairs = probe_pairs(args.limit)
-    true_o = np.array([o for o, _ in pairs])
-    true_s = np.array([s for _, s in pairs])
-    orig = [TEMPLATE.format(object=OBJECTS[o], style=STYLES[s]) for o, s in pairs]
     results: dict[str, dict[str, dict[str, float]]] = {}
     t0 = time.time()
     for kind in args.kinds:
-        if kind == "style":
-            anchor = [TEMPLATE.format(object=OBJECTS[o], style=STYLES[(s + 1) % 10])
-                      for o, s in pairs]
-        else:
-            anchor = [TEMPLATE.format(object=OBJECTS[(o + 1) % 10], style=STYLES[s])
-                      for o, s in pairs]
+        orig, anchor = prompts(pairs, kind)
         needed = sorted({b for bl in sets.values() for b in bl})
         rec: dict[str, dict[int, torch.Tensor]] = {b: {} for b in needed}
         preds = {"anchor": run(pipe, clf, anchor, args.seed, args.steps, record=rec)}
@@ -178,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
             print(kind, name, f"{time.time() - t0:.0f}s", flush=True)
         out = {}
         for name in ["none", *sets, "anchor"]:
-            out[name] = scores(kind, *preds[name], true_o, true_s)
+            ua, kept, became = swap_scores(kind, pairs, *preds[name])
+            out[name] = {"UA": ua, "cross_kept": kept, "became_anchor": became}
             print(kind, name, out[name], f"{time.time() - t0:.0f}s", flush=True)
         results[kind] = out
     if args.out:

@@ -14,25 +14,25 @@ classified as the anchor's concept). "none" swaps nothing.
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from typing import Any
 
-import numpy as np
 import torch
+from probe_common import (
+    GUIDANCE_SCALE,
+    KINDS,
+    add_probe_arguments,
+    load_minicanvas,
+    pick_sets,
+    probe_pairs,
+    prompts,
+    swap_scores,
+)
 
-from saeuron.minicanvas.classifier import MiniCanvasClassifier
-from saeuron.minicanvas.world import ANCHOR_TEMPLATES, OBJECTS, STYLES
-from saeuron.models.bundles import find_bundle
 from saeuron.models.denoising import track_denoising
-from saeuron.models.hookpoints import list_hookpoints, resolve_module
-from saeuron.models.pipelines import load_pipeline
+from saeuron.models.hookpoints import resolve_module
 from saeuron.models.tokens import conditional_rows
 from saeuron.utils.io import atomic_write_json
-
-TEMPLATE = ANCHOR_TEMPLATES[1]
-GUIDANCE_SCALE = 7.5
-KINDS = ("style", "object")
 
 
 def short(block: str) -> str:
@@ -52,50 +52,15 @@ def block_sets(blocks: list[str]) -> dict[str, list[str]]:
     return sets
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=KINDS, help="the concept kind whose word is swapped")
-    parser.add_argument("--seed", type=int, default=11, help="sampling seed of every image")
-    parser.add_argument("--steps", type=positive, default=20, help="DDIM steps")
-    parser.add_argument("--sets", nargs="+", default=None, metavar="NAME",
-                        help="probe only these block sets (names as printed; default: all)")
-    parser.add_argument("--limit", type=positive, default=None,
-                        help="only the first N of the 25 (object, style) pairs (a quick check)")
-    parser.add_argument("--out", default=None, help="JSON file for the results")
+    add_probe_arguments(parser, steps=20)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-
-    bundle = find_bundle("minicanvas")
-    if bundle is None or bundle.classifier_folder is None:
-        parser.error("the bundled minicanvas model (with its classifier) is not installed")
-    pipe = load_pipeline("minicanvas", device="cpu", dtype=torch.float32)
-    clf = MiniCanvasClassifier.load(bundle.classifier_folder)
-    blocks = list_hookpoints(pipe)
-    sets = {"none": [], **block_sets(blocks)}
-    if args.sets:
-        unknown = sorted(set(args.sets) - set(sets))
-        if unknown:
-            parser.error(f"--sets: unknown {unknown}; choose from {list(sets)}")
-        sets = {name: bl for name, bl in sets.items() if name in args.sets}
-
-    pairs = [(o, s) for o, s in itertools.product(range(10), range(10)) if (o + s) % 4 == 0]
-    pairs = pairs[: args.limit] if args.limit else pairs
-    orig = [TEMPLATE.format(object=OBJECTS[o], style=STYLES[s]) for o, s in pairs]
-    if args.kind == "style":
-        anchor = [TEMPLATE.format(object=OBJECTS[o], style=STYLES[(s + 1) % 10])
-                  for o, s in pairs]
-    else:
-        anchor = [TEMPLATE.format(object=OBJECTS[(o + 1) % 10], style=STYLES[s])
-                  for o, s in pairs]
-    true_o = np.array([o for o, _ in pairs])
-    true_s = np.array([s for _, s in pairs])
+    pipe, clf, blocks = load_minicanvas(parser)
+    sets = pick_sets(parser, {"none": [], **block_sets(blocks)}, args.sets)
+    pairs = probe_pairs(args.limit)
+    orig, anchor = prompts(pairs, args.kind)
     with torch.no_grad():
         anchor_emb, _ = pipe.encode_prompt(anchor, pipe.device, 1, True, None)
 
@@ -124,16 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 for h in hooks:
                     h.remove()
-        o, s = clf.predict(images)
-        if args.kind == "style":
-            ua, keep, to_anchor = s != true_s, o == true_o, s == (true_s + 1) % 10
-        else:
-            ua, keep, to_anchor = o != true_o, s == true_s, o == (true_o + 1) % 10
-        results[name] = {
-            "UA": float(ua.mean()),
-            "kept": float(keep.mean()),
-            "to_anchor": float(to_anchor.mean()),
-        }
+        ua, kept, to_anchor = swap_scores(args.kind, pairs, *clf.predict(images))
+        results[name] = {"UA": ua, "kept": kept, "to_anchor": to_anchor}
         print(args.kind, name, results[name], f"{time.time() - t0:.0f}s", flush=True)
     if args.out:
         atomic_write_json(args.out, results)

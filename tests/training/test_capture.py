@@ -73,6 +73,22 @@ def load_all(out: Path) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in ("activations", "step", "prompt")}
 
 
+
+def crash_after_first_shard(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Make the capture write its first shard, then die as a killed process would; returns
+    the real shard writer, to put back for the resume."""
+    real_write = capture._write_shard
+    written: list[int] = []
+
+    def crash_after_first(*args: Any, **kwargs: Any) -> None:
+        if written:
+            raise RuntimeError("simulated crash")
+        real_write(*args, **kwargs)
+        written.append(1)
+
+    monkeypatch.setattr(capture, "_write_shard", crash_after_first)
+    return real_write
+
 def test_shapes_steps_and_manifest(prompt_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     manifest = run_cache(make_cfg(prompt_file, out, max_shard_mb=0.03))
@@ -204,16 +220,7 @@ def test_resume_after_crash(
     assert len(reference["shards"]) >= 2
 
     out = tmp_path / "out"
-    real_write = capture._write_shard
-    written: list[int] = []
-
-    def crash_after_first(*args: Any, **kwargs: Any) -> None:
-        if written:
-            raise RuntimeError("simulated crash")
-        real_write(*args, **kwargs)
-        written.append(1)
-
-    monkeypatch.setattr(capture, "_write_shard", crash_after_first)
+    real_write = crash_after_first_shard(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_cache(make_cfg(prompt_file, out, **settings))
     first = out / "shard_00000.safetensors"
@@ -487,16 +494,7 @@ def test_capture_to_a_url_resumes_and_verifies_like_a_local_one(
     settings = {"max_shard_mb": 0.03, "dtype": "float32"}
     local = run_cache(make_cfg(prompt_file, tmp_path / "local", **settings))
 
-    real_write = capture._write_shard
-    written: list[int] = []
-
-    def crash_after_first(*args: Any, **kwargs: Any) -> None:
-        if written:
-            raise RuntimeError("simulated crash")
-        real_write(*args, **kwargs)
-        written.append(1)
-
-    monkeypatch.setattr(capture, "_write_shard", crash_after_first)
+    real_write = crash_after_first_shard(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_cache(make_cfg(prompt_file, memory_url, **settings))
     folder = Folder(memory_url)

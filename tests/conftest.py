@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Tests never touch the network: hub lookups fail at once instead of timing out.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Nor the user's cache: a changed copy of a bundle there shadows the shipped one by name, so
+# a session gets an empty cache of its own, as on a fresh machine.
+_CACHE = tempfile.mkdtemp(prefix="saeuron-test-cache-")
+os.environ["SAEURON_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import logging
 
 import numpy as np
@@ -76,6 +77,10 @@ def test_seed_defaults_and_published_sae_resolution() -> None:
         ({"model": "someone/other-model"}, "sae"),
         ({"multipler": -5.0}, "multipler"),
         ({"use_fp16": "maybe"}, "use_fp16"),
+        ({"rule": "zero"}, "rule"),
+        ({"rule": "ablate", "error_term": "paper"}, "error_term"),
+        ({"window": [0.6, 0.2]}, "window"),
+        ({"window": [0.0, float("nan")]}, "window"),
     ],
 )
 def test_every_validation_error_names_its_field(overrides, field) -> None:
@@ -134,6 +139,30 @@ def test_generate_erases_and_is_reproducible(sae_dir, cache_dir) -> None:
     # A second technique on the same concept reuses the cached features.
     tech2 = SAeUron(**tiny_config(sae_dir))
     assert torch.equal(tech2.concept.indices, tech.concept.indices)
+
+
+def test_rule_and_window_reach_the_erasure(sae_dir, cache_dir) -> None:
+    """``rule`` and ``window`` are technique settings: each changes the erased image, and a
+    window that starts after the last step leaves it bit-identical to the unerased one."""
+    prompts = ["a cat"]
+    scale = SAeUron(**tiny_config(sae_dir, multiplier=-5.0))
+    plain = np.asarray(scale.generate(prompts, seed=1, erase_concept=False)[0])
+    by_scale = np.asarray(scale.generate(prompts, seed=1)[0])
+    ablate = SAeUron(**tiny_config(sae_dir, multiplier=-5.0, rule="ablate"))
+    by_ablate = np.asarray(ablate.generate(prompts, seed=1)[0])
+    late = SAeUron(**tiny_config(sae_dir, multiplier=-5.0, window=[0.9, 1.0]))
+    assert late.config.window == [0.9, 1.0]
+    by_late = np.asarray(late.generate(prompts, seed=1)[0])
+    assert not np.array_equal(by_scale, plain)
+    assert not np.array_equal(by_ablate, plain) and not np.array_equal(by_ablate, by_scale)
+    # 3 steps sit at positions 0, 0.5 and 1: the window [0.9, 1] edits the last one only.
+    assert not np.array_equal(by_late, plain) and not np.array_equal(by_late, by_scale)
+    # The CLI parses the same fields.
+    parser = argparse.ArgumentParser()
+    SAeUronConfig.add_arguments(parser)
+    args = parser.parse_args(["--rule", "ablate", "--window", "0.5,1", "--sae", str(sae_dir)])
+    cfg = SAeUronConfig.from_args(args, model="tiny-sd", hookpoint=HOOK)
+    assert (cfg.rule, cfg.window) == ("ablate", [0.5, 1.0])
 
 
 def test_precomputed_features_file_is_used(sae_dir, cache_dir, tmp_path) -> None:

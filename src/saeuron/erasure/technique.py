@@ -24,6 +24,8 @@ from saeuron.erasure.erase import (
     CFG_HALVES,
     ERROR_TERMS,
     MAX_MULTIPLIER,
+    RULES,
+    EraseConfig,
     Eraser,
     erase,
     warn_if_unedited,
@@ -93,6 +95,17 @@ class SAeUronConfig(Config):
         choices=ERROR_TERMS,
         help="'exact' (identity when nothing is edited) or 'paper'",
     )
+    rule: str = field(
+        "scale",
+        choices=RULES,
+        help="how a concept's latents are edited: 'scale' (published: a <- gamma*mu*a), "
+        "'ablate' (a <- r + gamma*(a - r), r its mean on other concepts), 'anchor', 'project'",
+    )
+    window: list[float] | None = field(
+        None,
+        help="edit only at schedule positions START,END (0 = first step, 1 = last); "
+        "default: every step",
+    )
     feature_method: str = field(
         "shortcut",
         choices=FEATURE_METHODS,
@@ -123,6 +136,12 @@ class SAeUronConfig(Config):
                 "multiplier",
                 "must not be 0 (negative suppresses the concept, positive amplifies it)",
             )
+        # The rule, window, error term and rows are an erasure's settings: checked as erase()
+        # checks them, so the API, the CLI and JSON refuse the same combinations.
+        self.window = EraseConfig(
+            cfg_half=self.cfg_half, error_term=self.error_term, rule=self.rule,
+            window=self.window,
+        ).window  # fmt: skip
         self.sampling = self.sampling.resolved(self.model)
         if self.cfg_half == "cond" and not self.sampling.guidance > 1.0:
             raise ConfigError(
@@ -377,6 +396,8 @@ class SAeUron:
                         multiplier={f.concept: self.multipliers[f.concept] for f in group.concepts},
                         cfg_half=cfg.cfg_half,
                         error_term=cfg.error_term,
+                        rule=cfg.rule,
+                        window=cfg.window,
                         hookpoint=group.hookpoint,
                         warn_unedited=False,
                     )

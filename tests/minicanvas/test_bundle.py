@@ -42,6 +42,30 @@ def test_bundle_is_complete_and_small() -> None:
     assert size_mb < 40
 
 
+def test_no_shipped_record_names_a_build_machine_path() -> None:
+    """Provenance in the shipped JSON names files relative to the bundle or the build's
+    work folder, never the absolute folders of the machine that built it."""
+
+    def strings(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+        elif isinstance(value, str):
+            yield value
+
+    found = [
+        (path.relative_to(FOLDER).as_posix(), text)
+        for path in FOLDER.rglob("*.json")
+        if path.parent.name != "tokenizer"  # a vocabulary, where "/" is a token
+        for text in strings(json.loads(path.read_text(encoding="utf-8")))
+        if text.startswith(("/", "~")) or text[1:3] == ":\\"
+    ]
+    assert found == []
+
+
 def test_model_loads_as_a_stock_pipeline_with_sd_block_names() -> None:
     pipe = load_pipeline("minicanvas")
     assert type(pipe).__name__ == "StableDiffusionPipeline"

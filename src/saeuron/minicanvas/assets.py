@@ -54,7 +54,7 @@ from saeuron.utils.files import (
     SUPERVISED_FEATURES_DIR,
     TRAIN_LOG,
 )
-from saeuron.utils.io import atomic_write_json, read_json_or_empty
+from saeuron.utils.io import atomic_write_json, make_json_portable, read_json_or_empty
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +288,7 @@ def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
         log = json.loads((folder / "saes" / hookpoint / TRAIN_LOG).read_text("utf-8"))
         epochs = log.get("epochs", [])
         heldout[hookpoint] = epochs[-1].get("heldout_fvu") if epochs else None
+    make_json_portable(folder / "saes", {"": folder, work.name: work})
     return heldout
 
 
@@ -314,6 +315,7 @@ def build_stats(cfg: AssetConfig, pipe: Any = None) -> None:
             stats.meta["model"] = "minicanvas"
             stats.save(folder / "stats" / hookpoint / concept)
             logger.info("statistics of %s at %s", concept, hookpoint)
+    make_json_portable(folder / "stats", {"": folder})
 
 
 def load_stats(folder: Path, concept: str) -> ConceptStats:
@@ -372,7 +374,12 @@ def build_assets(cfg: AssetConfig) -> dict[str, Any]:
     build_stats(cfg)
     folder = writable_bundle_folder(cfg.model, cfg.out)
     write_features(folder)
-    summary = {"heldout_fvu": heldout, "settings": cfg.to_dict()}
+    settings = cfg.to_dict()
+    for key in ("out", "workdir"):
+        # Folders by name: the shipped record names no path of the build machine.
+        if settings.get(key):
+            settings[key] = Path(settings[key]).name
+    summary = {"heldout_fvu": heldout, "settings": settings}
     atomic_write_json(folder / ASSETS_SUMMARY, summary)
     write_bundle(folder)
     return summary

@@ -47,7 +47,7 @@ from saeuron.minicanvas.world import (
 from saeuron.training.supervised import SupervisedTrainConfig, train_supervised
 from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.files import BUNDLE_SUPERVISED_DIR, PARAMS, SWEEP
-from saeuron.utils.io import atomic_path, atomic_write_json, read_json_or_empty
+from saeuron.utils.io import atomic_path, atomic_write_json, make_json_portable, read_json_or_empty
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def build_supervised(cfg: SupervisedBuildConfig) -> dict[str, Any]:
         logger.info("supervised SAE at %s: %s", hookpoint, summary[hookpoint]["best"])
     atomic_write_json(folder / BUNDLE_SUPERVISED_DIR / "build.json",
                       {"settings": cfg.to_dict(), "hookpoints": summary})  # fmt: skip
+    make_json_portable(folder / BUNDLE_SUPERVISED_DIR, {"": folder, work.name: work})
     return summary
 
 

@@ -90,3 +90,36 @@ def _check_writable_folder(folder: Path, setting: str) -> None:
         raise ConfigError(setting, f"{probe} is a file, so {folder} cannot be created")
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(setting, f"{probe} is not writable")
+
+
+def relative_paths(data: Any, roots: dict[str, Path]) -> Any:
+    """``data`` (JSON-like) with every absolute path under one of ``roots`` renamed
+    ``NAME/rest`` (``rest`` alone for the name ``""``): records that ship to other machines
+    name what they came from without the build machine's folders."""
+    if isinstance(data, dict):
+        return {k: relative_paths(v, roots) for k, v in data.items()}
+    if isinstance(data, list):
+        return [relative_paths(v, roots) for v in data]
+    if not isinstance(data, str) or not Path(data).is_absolute():
+        return data
+    path = Path(data).resolve()
+    for name, root in roots.items():
+        try:
+            rest = path.relative_to(root.resolve())
+        except ValueError:
+            continue
+        return (Path(name) / rest).as_posix() if name else rest.as_posix()
+    return data
+
+
+def make_json_portable(folder: Path, roots: dict[str, Path]) -> int:
+    """Rewrite the JSON files under ``folder`` with :func:`relative_paths`; returns how many
+    changed (each rewritten atomically)."""
+    changed = 0
+    for path in sorted(folder.rglob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        portable = relative_paths(data, roots)
+        if portable != data:
+            atomic_write_json(path, portable)
+            changed += 1
+    return changed

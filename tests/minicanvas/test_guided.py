@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,9 @@ from saeuron.minicanvas.bench import BenchConfig
 from saeuron.minicanvas.guided import (
     GuidedAssets,
     GuidedBuildConfig,
+    blocks_of,
     load_guided_params,
+    multipliers_of,
 )
 from saeuron.minicanvas.guided_sweep import GuidedSweepConfig, objective, parse_window
 from saeuron.minicanvas.judge import prompt_rows, split_baseline
@@ -70,9 +74,10 @@ def test_bundled_params_name_a_built_block_and_a_known_rule_for_every_concept() 
     assert sorted(params) == sorted([*OBJECTS, *STYLES])
     built = {p.name for p in (FOLDER / "guided" / "saes").iterdir() if p.is_dir()}
     for concept, p in params.items():
-        assert p["hookpoint"] in built, concept
-        assert p["rule"] in RULES and p["multiplier"] <= 1, concept
-        assert (FOLDER / "guided" / "stats" / p["hookpoint"] / f"{concept}.safetensors").is_file()
+        assert p["rule"] in RULES, concept
+        for block, gamma in zip(blocks_of(p), multipliers_of(p)):
+            assert block in built and gamma <= 1, concept
+            assert (FOLDER / "guided" / "stats" / block / f"{concept}.safetensors").is_file()
 
 
 def test_erasing_a_style_changes_its_images_and_is_removed_after() -> None:
@@ -92,6 +97,43 @@ def test_erasing_a_style_changes_its_images_and_is_removed_after() -> None:
     after = sample()
     assert np.abs(erased - base).mean() > 0.02
     assert np.array_equal(after, base), "the hooks are gone after the with block"
+
+
+def test_params_name_one_block_or_several_with_one_gamma_or_one_each() -> None:
+    one = {"hookpoint": "a", "multiplier": -5}
+    assert (blocks_of(one), multipliers_of(one)) == (["a"], [-5.0])
+    two = {"hookpoint": ["a", "b"], "multiplier": -2.0}
+    assert (blocks_of(two), multipliers_of(two)) == (["a", "b"], [-2.0, -2.0])
+    each = {"hookpoint": ["a", "b"], "multiplier": [-1.0, -3.0]}
+    assert multipliers_of(each) == [-1.0, -3.0]
+    with pytest.raises(ConfigError, match="^multiplier:"):
+        multipliers_of({"hookpoint": ["a", "b"], "multiplier": [-1.0]})
+
+
+def test_a_concept_erased_at_two_blocks_is_edited_at_both() -> None:
+    pipe = load_pipeline("minicanvas")
+    assets = GuidedAssets(FOLDER)
+    blocks = sorted(
+        p.name for p in (FOLDER / "guided" / "stats").iterdir() if assets.has_stats(p.name, "neon")
+    )
+    assert len(blocks) >= 2, "the bundle keeps neon's statistics at two blocks or more"
+    prompts = ["An image of star in neon style."]
+
+    def sample(params=None) -> np.ndarray:
+        with assets.erasing(pipe, ["neon"], params) if params else contextlib.nullcontext():
+            out = pipe(prompts, num_inference_steps=6, guidance_scale=7.5, output_type="np",
+                       generator=[torch.Generator().manual_seed(1)])  # fmt: skip
+        return np.asarray(out.images)
+
+    setting = {"rule": "ablate", "tau": 10, "multiplier": -2.0, "max_other_ratio": 0.3}
+    base = sample()
+    first = sample({"neon": {**setting, "hookpoint": blocks[0]}})
+    second = sample({"neon": {**setting, "hookpoint": blocks[1]}})
+    both = sample({"neon": {**setting, "hookpoint": blocks[:2]}})
+    for one in (first, second):
+        assert np.abs(one - base).mean() > 1e-3
+        assert np.abs(both - one).mean() > 1e-3, "the other block's edit is there too"
+    assert np.array_equal(sample(), base)
 
 
 def test_guided_objective_weighs_every_target() -> None:

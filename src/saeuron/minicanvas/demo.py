@@ -105,7 +105,9 @@ def settings_text(params: dict[str, Any]) -> str:
     """A concept's erasure settings, as the demo prints them."""
     text = f"tau {params['tau']}, multiplier {params['multiplier']}"
     if params.get("hookpoint"):
-        text += f", {params.get('rule', 'scale')} at {params['hookpoint']}"
+        blocks = params["hookpoint"]
+        where = blocks if isinstance(blocks, str) else " + ".join(blocks)
+        text += f", {params.get('rule', 'scale')} at {where}"
     if params.get("max_other_ratio") is not None:
         text += f", max_other_ratio {params['max_other_ratio']}"
     return text

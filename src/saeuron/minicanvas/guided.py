@@ -45,7 +45,12 @@ from saeuron.training.capture_stats import read_label_rows, stats_from_capture
 from saeuron.training.trainer import STATE_DIR, TrainConfig, train_sae
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
 from saeuron.utils.files import BUNDLE_GUIDED_DIR, GUIDED_BUILD, PARAMS, SWEEP, TRAIN_LOG
-from saeuron.utils.io import atomic_path, atomic_write_json, read_json_or_empty
+from saeuron.utils.io import (
+    atomic_path,
+    atomic_write_json,
+    make_json_portable,
+    read_json_or_empty,
+)
 from saeuron.utils.text import read_text
 
 logger = logging.getLogger(__name__)
@@ -130,6 +135,16 @@ def write_prompts_and_labels(work: Path, per_pair: int) -> tuple[Path, Path]:
     return prompts, labels
 
 
+def _recorded(cfg: GuidedBuildConfig) -> dict[str, Any]:
+    """The build's settings as the bundle records them: folders by name only, so a shipped
+    bundle names no path of the machine that built it."""
+    settings = cfg.to_dict()
+    for key in ("out", "workdir"):
+        if settings.get(key):
+            settings[key] = Path(settings[key]).name
+    return settings
+
+
 def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
     """Capture the guidance site at each hookpoint, train an SAE, write both kinds' stats."""
     folder = guided_folder(writable_bundle_folder(cfg.model, cfg.out))
@@ -137,7 +152,11 @@ def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     prompts, labels = write_prompts_and_labels(work, cfg.prompts_per_pair)
     label_rows = read_label_rows(labels)
-    summary: dict[str, Any] = {"settings": cfg.to_dict(), "hookpoints": {}}
+    # A build of some blocks keeps the record of blocks built before (with their settings).
+    summary: dict[str, Any] = read_json_or_empty(folder / BUILD_FILE)
+    summary.pop("note", None)
+    summary["settings"] = _recorded(cfg)
+    summary.setdefault("hookpoints", {})
     for hookpoint in cfg.hookpoints:
         start = time.perf_counter()
         acts = work / f"guidance-{hookpoint}"
@@ -172,12 +191,33 @@ def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
             "train_seconds": trained,
             "tokens": log.get("train_tokens"),
             "heldout_fvu": epochs[-1].get("heldout_fvu") if epochs else None,
+            "settings": {k: v for k, v in _recorded(cfg).items() if k != "hookpoints"},
         }
     atomic_write_json(folder / BUILD_FILE, summary)
+    # The SAEs' logs and the statistics name the capture and the SAE they came from.
+    make_json_portable(folder, {"": folder.parent, work.name: work})
     return summary
 
 
 # -- features and erasing --------------------------------------------------------------------
+
+
+def blocks_of(params: dict[str, Any]) -> list[str]:
+    """The blocks a concept's params erase it at: ``hookpoint`` is one block or a list."""
+    hookpoint = params["hookpoint"]
+    return [hookpoint] if isinstance(hookpoint, str) else list(hookpoint)
+
+
+def multipliers_of(params: dict[str, Any]) -> list[float]:
+    """Gamma at each of :func:`blocks_of`: one number for every block, or one per block."""
+    blocks = blocks_of(params)
+    gamma = params["multiplier"]
+    gammas = [float(gamma)] * len(blocks) if isinstance(gamma, (int, float)) else list(gamma)
+    if len(gammas) != len(blocks):
+        raise ConfigError(
+            "multiplier", f"got {gamma!r} for {len(blocks)} blocks; one number, or one per block"
+        )
+    return [float(g) for g in gammas]
 
 
 def load_guided_params(folder: Path) -> dict[str, dict[str, Any]]:
@@ -208,15 +248,22 @@ class GuidedAssets:
             self._saes[hookpoint] = Sae.from_pretrained(self.folder / "saes", hookpoint=hookpoint)
         return self._saes[hookpoint]
 
+    def has_stats(self, hookpoint: str, concept: str) -> bool:
+        # The JSON is written last (ConceptStats.save): its presence means the pair is whole.
+        return (self.folder / "stats" / hookpoint / f"{concept}.json").is_file()
+
     def stats(self, hookpoint: str, concept: str) -> ConceptStats:
         key = (hookpoint, concept)
         if key not in self._stats:
             self._stats[key] = ConceptStats.load(self.folder / "stats" / hookpoint / concept)
         return self._stats[key]
 
-    def features(self, concept: str, params: dict[str, Any]) -> ConceptFeatures:
-        """The concept's latents under ``params`` (hookpoint, tau, max_other_ratio, anchor)."""
-        hookpoint = params["hookpoint"]
+    def features(
+        self, concept: str, params: dict[str, Any], hookpoint: str | None = None
+    ) -> ConceptFeatures:
+        """The concept's latents under ``params`` (tau, max_other_ratio, anchor) at
+        ``hookpoint`` (default: the first of the params' blocks)."""
+        hookpoint = hookpoint or blocks_of(params)[0]
         peers = OBJECTS if concept_kind(concept) == "object" else STYLES
 
         def select(name: str) -> ConceptFeatures:
@@ -244,21 +291,21 @@ class GuidedAssets:
     def erasing(
         self, pipe: Any, concepts: Sequence[str], params: dict[str, dict[str, Any]]
     ) -> Iterator[None]:
-        """Erase ``concepts`` together: one ``erase`` per (hookpoint, rule, window) group."""
-        groups: dict[tuple[str, str, tuple[float, ...] | None], list[str]] = {}
+        """Erase ``concepts`` together: one ``erase`` per (hookpoint, rule, window) group; a
+        concept with several blocks is erased at each of them."""
+        groups: dict[tuple[str, str, tuple[float, ...] | None], dict[str, float]] = {}
         for concept in concepts:
             p = params[concept]
             window = tuple(p["window"]) if p.get("window") else None
-            groups.setdefault((p["hookpoint"], p.get("rule", "ablate"), window), []).append(
-                concept
-            )
+            for hookpoint, gamma in zip(blocks_of(p), multipliers_of(p)):
+                key = (hookpoint, p.get("rule", "ablate"), window)
+                groups.setdefault(key, {})[concept] = gamma
         with contextlib.ExitStack() as stack:
-            for (hookpoint, rule, window), names in groups.items():
-                features = [self.features(c, params[c]) for c in names]
+            for (hookpoint, rule, window), gammas in groups.items():
+                features = [self.features(c, params[c], hookpoint) for c in gammas]
                 stack.enter_context(
                     erase(
-                        pipe, self.sae(hookpoint), features,
-                        multiplier={c: float(params[c]["multiplier"]) for c in names},
+                        pipe, self.sae(hookpoint), features, multiplier=gammas,
                         hookpoint=hookpoint, rule=rule,
                         window=list(window) if window else None,
                     )

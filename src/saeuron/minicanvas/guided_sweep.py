@@ -32,6 +32,8 @@ from saeuron.utils.io import atomic_write_json, read_json_or_empty
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("shortfall", "mean")
+BLOCK_JOIN = "+"
+"""Joins the blocks of one setting in ``hookpoints`` ('A+B': erase at both)."""
 # The benchmark's targets: what the "shortfall" objective measures the distance to.
 TARGETS = {"style": (0.95, 0.90, 0.90), "object": (0.90, 0.90, 0.90)}
 
@@ -58,7 +60,9 @@ def objective(trial: dict[str, Any], kind: str, name: str = "shortfall") -> floa
 class GuidedSweepConfig(Config):
     concepts: list[str] | None = field(None, help="concepts to tune; default: all 20")
     hookpoints: list[str] | None = field(
-        None, help="blocks to choose from per concept; default: every guided SAE built"
+        None,
+        help="blocks to choose from per concept; 'A+B' erases at both blocks together; "
+        "default: every guided SAE built whose statistics hold the concept",
     )
     rules: list[str] = field(["ablate"], help="edit rules to try (see saeuron.erasure.erase.RULES)")
     taus: list[int] = field([5, 10], help="latents per step to try")
@@ -133,9 +137,7 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
     model = str(writable_bundle_folder(cfg.model)) if cfg.write else cfg.model
     judge = MiniCanvasJudge(model, cfg.num_inference_steps, cfg.guidance_scale)
     assets = GuidedAssets(judge.folder)
-    hookpoints = cfg.hookpoints or sorted(
-        p.name for p in (assets.folder / "saes").iterdir() if p.is_dir()
-    )
+    built = sorted(p.name for p in (assets.folder / "saes").iterdir() if p.is_dir())
     record = read_json_or_empty(assets.folder / SWEEP_FILE)
     template = ANCHOR_TEMPLATES[1]
     seeds = list(VALIDATION_SEEDS)
@@ -147,6 +149,21 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
         retain_rows = diagonal_subset(
             prompt_rows(template, seeds[:1], only=index, exclude=True), cfg.retain_every
         )
+        # By default, the blocks whose statistics hold this concept (a build may keep one
+        # kind per block).
+        hookpoints = cfg.hookpoints or [
+            h for h in built if assets.has_stats(h, concept)
+        ]
+        unbuilt = {b for h in hookpoints for b in h.split(BLOCK_JOIN)} - set(built)
+        if unbuilt:
+            raise ConfigError(
+                "hookpoints", f"no guided SAE at {sorted(unbuilt)}; built: {built}"
+            )
+        if not hookpoints:
+            raise ConfigError(
+                "concepts", f"no guided statistics hold {concept!r}: run `saeuron minicanvas "
+                "guided build`"
+            )
         previous = record.get(concept, {})
         trials = {
             _trial_key(t): t for t in previous.get("trials", [])
@@ -155,8 +172,10 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
         for hookpoint, rule, tau, gamma, window in itertools.product(
             hookpoints, cfg.rules, cfg.taus, cfg.multipliers, cfg.windows
         ):
+            blocks = hookpoint.split(BLOCK_JOIN)
             setting: dict[str, Any] = {
-                "hookpoint": hookpoint, "rule": rule, "tau": tau, "multiplier": gamma,
+                "hookpoint": blocks[0] if len(blocks) == 1 else blocks,
+                "rule": rule, "tau": tau, "multiplier": gamma,
                 "max_other_ratio": cfg.max_other_ratio,
                 "anchor": cfg.anchors.get(concept) if rule == "anchor" else None,
                 "window": parse_window(window),

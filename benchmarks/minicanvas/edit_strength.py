@@ -5,7 +5,8 @@ setting, each classified by the bundled MiniCanvas classifier.
         --out docs/style-edit-strength.png
 
 Every row uses the concept's shipped guided params (blocks, rule, tau, specificity filter)
-with only gamma replaced; the first row is the model without erasure. The prompts are the
+with gamma replaced, and any of blocks, rule, anchor, tau and filter replaced when given;
+the first row is the model without erasure. The prompts are the
 concept with eight partners of the other kind, one seed each (100, 101, ...). Prints one
 JSON line per row: gamma, the classified objects and styles, and how many images still show
 the erased concept (``kept``) and the partner (``partner_kept``).
@@ -37,6 +38,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("concept", help="a MiniCanvas style or object")
     parser.add_argument("--gammas", type=float, nargs="+", default=[0.0, -2.0, -5.0])
+    parser.add_argument("--blocks", nargs="+", default=None, help="blocks to erase at")
+    parser.add_argument("--rule", default=None, help="edit rule (ablate, anchor, project, scale)")
+    parser.add_argument("--anchor", default=None, help="the anchor concept of rule 'anchor'")
+    parser.add_argument("--tau", type=int, default=None, help="latents per step")
+    parser.add_argument("--max-other-ratio", default=None,
+                        help="specificity filter, or 'none' for no filter")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--out", default="edit_strength.png", help="the picture (PNG)")
     args = parser.parse_args()
@@ -45,7 +52,15 @@ def main() -> None:
     folder = find_bundle("minicanvas").folder
     pipe = load_pipeline("minicanvas")
     assets = GuidedAssets(folder)
-    shipped = load_guided_params(folder)[args.concept]
+    shipped = dict(load_guided_params(folder)[args.concept])
+    if args.blocks:
+        shipped["hookpoint"] = args.blocks
+    for key, value in (("rule", args.rule), ("anchor", args.anchor), ("tau", args.tau)):
+        if value is not None:
+            shipped[key] = value
+    if args.max_other_ratio is not None:
+        ratio = args.max_other_ratio.lower()
+        shipped["max_other_ratio"] = None if ratio == "none" else float(ratio)
     classifier = MiniCanvasClassifier.load(folder / "classifier")
     style = concept_kind(args.concept) == "style"
     partners = [p for p in (PARTNER_OBJECTS if style else PARTNER_STYLES) if p != args.concept]

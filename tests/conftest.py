@@ -5,6 +5,9 @@ import os
 import shutil
 import tempfile
 
+import pytest
+import torch
+
 # Tests never touch the network: hub lookups fail at once instead of timing out.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Nor the user's cache: a changed copy of a bundle there shadows the shipped one by name, so
@@ -13,8 +16,6 @@ _CACHE = tempfile.mkdtemp(prefix="saeuron-test-cache-")
 os.environ["SAEURON_CACHE"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
-import pytest  # noqa: E402
-import torch
 
 SD_HOOKPOINT = "unet.up_blocks.1.attentions.1"
 

@@ -78,3 +78,14 @@ def test_command_line_lists_choices_and_bounds_and_never_doubles_defaults() -> N
         parser.parse_args(["thing"])  # --path is required
     with pytest.raises(ConfigError, match="gamma: got nan"):
         Outer.from_args(parser.parse_args(["t", "--path", "o", "--gamma", "nan"]))
+
+
+def test_a_mapping_is_a_json_object_on_the_command_line() -> None:
+    parser = argparse.ArgumentParser()
+    Outer.add_arguments(parser)
+    args = parser.parse_args(["thing", "--path", "p", "--weights", '{"moon": -5, "ring": 2.5}'])
+    assert Outer.from_args(args).weights == {"moon": -5.0, "ring": 2.5}
+    for bad in ('{"moon": ', '["moon"]', '{"moon": "strong"}'):
+        args = parser.parse_args(["thing", "--path", "p", "--weights", bad])
+        with pytest.raises(ConfigError, match=r"^weights"):
+            Outer.from_args(args)

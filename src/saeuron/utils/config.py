@@ -202,6 +202,9 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             items = [_coerce(f"{name}[{i}]", item_tp, v) for i, v in enumerate(value)]
             return tuple(items) if origin is tuple or inner is tuple else items
         if origin in (dict, Mapping) or inner is dict:
+            if isinstance(value, str):
+                # From the command line: a JSON object.
+                value = json.loads(value)
             if not isinstance(value, Mapping):
                 raise TypeError
             args = typing.get_args(inner)

@@ -107,7 +107,10 @@ def settings_text(params: dict[str, Any]) -> str:
     if params.get("hookpoint"):
         blocks = params["hookpoint"]
         where = blocks if isinstance(blocks, str) else " + ".join(blocks)
-        text += f", {params.get('rule', 'scale')} at {where}"
+        rule = params.get("rule", "scale")
+        if params.get("anchor"):
+            rule += f" into {params['anchor']}"
+        text += f", {rule} at {where}"
     if params.get("max_other_ratio") is not None:
         text += f", max_other_ratio {params['max_other_ratio']}"
     return text

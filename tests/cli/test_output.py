@@ -43,6 +43,8 @@ def check_quiet(result: subprocess.CompletedProcess, bar: str) -> None:
     assert all(line.startswith("INFO saeuron") for line in others), others
 
 
+# A fresh interpreter that loads and samples a model (14 s): in the long tier.
+@pytest.mark.slow
 def test_generate_prints_no_warnings_and_one_sampling_bar(tmp_path) -> None:
     result = run_cli("generate", "--model", "minicanvas", "--erase", "moon,checkered",
                      "--prompt", "An image of moon in checkered style.", "--out", "a.png",

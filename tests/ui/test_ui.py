@@ -103,6 +103,8 @@ def test_cli_without_gradio_names_the_extra(capsys, monkeypatch) -> None:
     assert "pip install 'saeuron[ui]'" in capsys.readouterr().err
 
 
+# Fresh interpreters importing the whole package (13 s): in the long tier.
+@pytest.mark.slow
 def test_the_library_and_cli_do_not_import_gradio() -> None:
     code = (
         "import sys, saeuron, saeuron.ui, saeuron.ui.studio, saeuron.cli.main;"

@@ -142,8 +142,9 @@ def test_generate_erases_and_is_reproducible(sae_dir, cache_dir) -> None:
 
 
 def test_rule_and_window_reach_the_erasure(sae_dir, cache_dir) -> None:
-    """``rule`` and ``window`` are technique settings: each changes the erased image, and a
-    window that starts after the last step leaves it bit-identical to the unerased one."""
+    """``rule`` and ``window`` are technique settings: a rule other than ``scale`` and a
+    window over the last step each give an image unlike the published rule's and the
+    unerased one, and the command line parses both."""
     prompts = ["a cat"]
     scale = SAeUron(**tiny_config(sae_dir, multiplier=-5.0))
     plain = np.asarray(scale.generate(prompts, seed=1, erase_concept=False)[0])

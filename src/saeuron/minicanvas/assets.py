@@ -369,17 +369,22 @@ def sae_fingerprints(saes: Path) -> dict[str, str]:
     }
 
 
+def recorded_settings(cfg: Config) -> dict[str, Any]:
+    """A build's settings as a bundle records them: its ``out`` and ``workdir`` folders by
+    name only, so a shipped bundle names no path of the machine that built it."""
+    settings = cfg.to_dict()
+    for key in ("out", "workdir"):
+        if settings.get(key):
+            settings[key] = Path(settings[key]).name
+    return settings
+
+
 def build_assets(cfg: AssetConfig) -> dict[str, Any]:
     heldout = build_saes(cfg)
     build_stats(cfg)
     folder = writable_bundle_folder(cfg.model, cfg.out)
     write_features(folder)
-    settings = cfg.to_dict()
-    for key in ("out", "workdir"):
-        # Folders by name: the shipped record names no path of the build machine.
-        if settings.get(key):
-            settings[key] = Path(settings[key]).name
-    summary = {"heldout_fvu": heldout, "settings": settings}
+    summary = {"heldout_fvu": heldout, "settings": recorded_settings(cfg)}
     atomic_write_json(folder / ASSETS_SUMMARY, summary)
     write_bundle(folder)
     return summary

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saeuron.minicanvas.assets import concept_kind, load_params
-from saeuron.minicanvas.guided import load_guided_params
+from saeuron.minicanvas.guided import blocks_of, load_guided_params
 from saeuron.minicanvas.judge import MiniCanvasJudge, _concept_index, prompt_rows, scores
 from saeuron.minicanvas.world import TEST_TEMPLATES
 from saeuron.models.progress import StepProgress
@@ -105,8 +105,7 @@ def settings_text(params: dict[str, Any]) -> str:
     """A concept's erasure settings, as the demo prints them."""
     text = f"tau {params['tau']}, multiplier {params['multiplier']}"
     if params.get("hookpoint"):
-        blocks = params["hookpoint"]
-        where = blocks if isinstance(blocks, str) else " + ".join(blocks)
+        where = " + ".join(blocks_of(params))
         rule = params.get("rule", "scale")
         if params.get("anchor"):
             rule += f" into {params['anchor']}"

@@ -36,7 +36,12 @@ from saeuron.erasure.concepts.select import select_contrastive
 from saeuron.erasure.concepts.stats import ConceptStats
 from saeuron.erasure.erase import erase
 from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
-from saeuron.minicanvas.assets import bundle_folder, concept_kind, writable_bundle_folder
+from saeuron.minicanvas.assets import (
+    bundle_folder,
+    concept_kind,
+    recorded_settings,
+    writable_bundle_folder,
+)
 from saeuron.minicanvas.world import OBJECTS, STYLES, anchor_prompts
 from saeuron.models.pipelines import load_pipeline
 from saeuron.sae import Sae, SaeConfig
@@ -135,16 +140,6 @@ def write_prompts_and_labels(work: Path, per_pair: int) -> tuple[Path, Path]:
     return prompts, labels
 
 
-def _recorded(cfg: GuidedBuildConfig) -> dict[str, Any]:
-    """The build's settings as the bundle records them: folders by name only, so a shipped
-    bundle names no path of the machine that built it."""
-    settings = cfg.to_dict()
-    for key in ("out", "workdir"):
-        if settings.get(key):
-            settings[key] = Path(settings[key]).name
-    return settings
-
-
 def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
     """Capture the guidance site at each hookpoint, train an SAE, write both kinds' stats."""
     folder = guided_folder(writable_bundle_folder(cfg.model, cfg.out))
@@ -154,8 +149,7 @@ def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
     label_rows = read_label_rows(labels)
     # A build of some blocks keeps the record of blocks built before (with their settings).
     summary: dict[str, Any] = read_json_or_empty(folder / BUILD_FILE)
-    summary.pop("note", None)
-    summary["settings"] = _recorded(cfg)
+    summary["settings"] = recorded_settings(cfg)
     summary.setdefault("hookpoints", {})
     for hookpoint in cfg.hookpoints:
         start = time.perf_counter()
@@ -191,7 +185,7 @@ def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
             "train_seconds": trained,
             "tokens": log.get("train_tokens"),
             "heldout_fvu": epochs[-1].get("heldout_fvu") if epochs else None,
-            "settings": {k: v for k, v in _recorded(cfg).items() if k != "hookpoints"},
+            "settings": {k: v for k, v in recorded_settings(cfg).items() if k != "hookpoints"},
         }
     atomic_write_json(folder / BUILD_FILE, summary)
     # The SAEs' logs and the statistics name the capture and the SAE they came from.

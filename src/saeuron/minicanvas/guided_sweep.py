@@ -138,6 +138,9 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
     judge = MiniCanvasJudge(model, cfg.num_inference_steps, cfg.guidance_scale)
     assets = GuidedAssets(judge.folder)
     built = sorted(p.name for p in (assets.folder / "saes").iterdir() if p.is_dir())
+    unbuilt = {b for h in cfg.hookpoints or [] for b in h.split(BLOCK_JOIN)} - set(built)
+    if unbuilt:
+        raise ConfigError("hookpoints", f"no guided SAE at {sorted(unbuilt)}; built: {built}")
     record = read_json_or_empty(assets.folder / SWEEP_FILE)
     template = ANCHOR_TEMPLATES[1]
     seeds = list(VALIDATION_SEEDS)
@@ -154,11 +157,6 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
         hookpoints = cfg.hookpoints or [
             h for h in built if assets.has_stats(h, concept)
         ]
-        unbuilt = {b for h in hookpoints for b in h.split(BLOCK_JOIN)} - set(built)
-        if unbuilt:
-            raise ConfigError(
-                "hookpoints", f"no guided SAE at {sorted(unbuilt)}; built: {built}"
-            )
         if not hookpoints:
             raise ConfigError(
                 "concepts", f"no guided statistics hold {concept!r}: run `saeuron minicanvas "

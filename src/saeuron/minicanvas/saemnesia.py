@@ -32,6 +32,7 @@ from saeuron.minicanvas.assets import (
     SUPERVISED_SAES,
     capture_anchor_activations,
     concept_kind,
+    recorded_settings,
     supervised_features_path,
     writable_bundle_folder,
 )
@@ -130,7 +131,7 @@ def build_supervised(cfg: SupervisedBuildConfig) -> dict[str, Any]:
         }
         logger.info("supervised SAE at %s: %s", hookpoint, summary[hookpoint]["best"])
     atomic_write_json(folder / BUNDLE_SUPERVISED_DIR / "build.json",
-                      {"settings": cfg.to_dict(), "hookpoints": summary})  # fmt: skip
+                      {"settings": recorded_settings(cfg), "hookpoints": summary})  # fmt: skip
     make_json_portable(folder / BUNDLE_SUPERVISED_DIR, {"": folder, work.name: work})
     return summary
 

@@ -16,6 +16,7 @@ from saeuron.minicanvas.guided import (
     blocks_of,
     load_guided_params,
     multipliers_of,
+    resolve_anchors,
 )
 from saeuron.minicanvas.guided_sweep import GuidedSweepConfig, objective, parse_window
 from saeuron.minicanvas.judge import prompt_rows, split_baseline
@@ -52,11 +53,41 @@ def test_windows_parse_and_bad_ones_name_the_field() -> None:
         ({"objective": "best"}, "objective"),
         ({"windows": ["1:0"]}, "windows"),
         ({"taus": [0]}, "taus"),
+        ({"seeds": [11, 188]}, "seeds"),
+        ({"seeds": [11, 11]}, "seeds"),
+        ({"seeds": []}, "seeds"),
     ],
 )
 def test_sweep_settings_are_checked_before_any_model_loads(kwargs, field) -> None:
     with pytest.raises(ConfigError, match=f"^{field}:"):
         GuidedSweepConfig(**kwargs)
+
+
+def test_more_validation_seeds_are_a_setting_of_the_sweep() -> None:
+    assert GuidedSweepConfig().seeds == [11, 22, 33, 44]
+    assert GuidedSweepConfig(seeds=[11, 22]).seeds == [11, 22]
+
+
+def test_an_anchor_erased_in_the_same_call_is_followed_to_one_that_is_not() -> None:
+    params = {
+        "checkered": {"rule": "anchor", "anchor": "diagonal", "multiplier": -5.0},
+        "diagonal": {"rule": "anchor", "anchor": "neon", "multiplier": -5.0},
+        "neon": {"rule": "ablate", "multiplier": -5.0},
+        "striped": {"rule": "anchor", "anchor": "pastel", "multiplier": -3.0},
+    }
+    alone = resolve_anchors(["checkered"], params)
+    assert alone["checkered"] == params["checkered"]
+    two = resolve_anchors(["checkered", "diagonal"], params)
+    assert two["checkered"]["anchor"] == "neon" and two["checkered"]["rule"] == "anchor"
+    assert two["diagonal"] == params["diagonal"]
+    three = resolve_anchors(["checkered", "diagonal", "neon"], params)
+    assert three["checkered"]["rule"] == "ablate" and three["checkered"]["anchor"] is None
+    assert three["checkered"]["multiplier"] == -5.0
+    assert three["diagonal"]["rule"] == "ablate"
+    assert resolve_anchors(["striped", "neon"], params)["striped"] == params["striped"]
+    assert params["checkered"]["anchor"] == "diagonal", "the caller's params are not changed"
+    loop = {"a": {"rule": "anchor", "anchor": "b"}, "b": {"rule": "anchor", "anchor": "a"}}
+    assert all(p["rule"] == "ablate" for p in resolve_anchors(["a", "b"], loop).values())
 
 
 def test_build_settings_are_checked() -> None:

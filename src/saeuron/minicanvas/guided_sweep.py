@@ -25,7 +25,14 @@ from saeuron.minicanvas.judge import (
     prompt_rows,
     scores,
 )
-from saeuron.minicanvas.world import ANCHOR_TEMPLATES, OBJECTS, STYLES, VALIDATION_SEEDS
+from saeuron.minicanvas.world import (
+    ANCHOR_TEMPLATES,
+    OBJECTS,
+    STYLES,
+    TEST_SEEDS,
+    VALIDATION_SEEDS,
+    WIDE_VALIDATION_SEEDS,
+)
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
 from saeuron.utils.io import atomic_write_json, read_json_or_empty
 
@@ -81,6 +88,11 @@ class GuidedSweepConfig(Config):
     guidance_scale: float = field(7.5, help="CFG scale")
     batch_size: int = field(50, help="images per pipeline call")
     retain_every: int = field(3, help="judge retention on every N-th retained prompt")
+    seeds: list[int] = field(
+        list(WIDE_VALIDATION_SEEDS), ge=0, le=2**63 - 1,
+        help="validation seeds of the erased concept's images (never the test seeds); "
+        "retention uses the first",
+    )
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
     write: bool = field(True, help="write guided/params.json and sweep.json")
 
@@ -96,6 +108,12 @@ class GuidedSweepConfig(Config):
         for tau in self.taus:
             check_range("taus", tau, ge=1)
         check_range("retain_every", self.retain_every, ge=1)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError("seeds", f"got {self.seeds!r}; give distinct seeds")
+        if set(self.seeds) & set(TEST_SEEDS):
+            raise ConfigError(
+                "seeds", f"got {self.seeds!r}; the test seeds {list(TEST_SEEDS)} are never tuned on"
+            )
         if self.max_other_ratio is not None:
             check_range("max_other_ratio", self.max_other_ratio, gt=0)
         for window in self.windows:
@@ -143,7 +161,7 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
         raise ConfigError("hookpoints", f"no guided SAE at {sorted(unbuilt)}; built: {built}")
     record = read_json_or_empty(assets.folder / SWEEP_FILE)
     template = ANCHOR_TEMPLATES[1]
-    seeds = list(VALIDATION_SEEDS)
+    seeds = list(cfg.seeds)
     chosen: dict[str, dict[str, Any]] = {}
     for concept in tqdm(cfg.concepts, desc="guided sweep", unit="concept"):
         kind = concept_kind(concept)
@@ -163,10 +181,12 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
                 "guided build`"
             )
         previous = record.get(concept, {})
-        trials = {
-            _trial_key(t): t for t in previous.get("trials", [])
-            if previous.get("retain_every") == cfg.retain_every
-        }  # fmt: skip
+        # Trials measured on other images are not comparable: they are dropped (records
+        # from before the seeds were a setting used the first two validation seeds).
+        same_protocol = previous.get("retain_every") == cfg.retain_every and previous.get(
+            "seeds", list(VALIDATION_SEEDS)
+        ) == seeds
+        trials = {_trial_key(t): t for t in previous.get("trials", []) if same_protocol}
         for hookpoint, rule, tau, gamma, window in itertools.product(
             hookpoints, cfg.rules, cfg.taus, cfg.multipliers, cfg.windows
         ):
@@ -192,6 +212,7 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
         }  # fmt: skip
         record[concept] = {
             "retain_every": cfg.retain_every,
+            "seeds": seeds,
             "objective": cfg.objective,
             "chosen": chosen[concept],
             "n_trials": len(ranked),

@@ -238,6 +238,29 @@ def test_max_other_ratio_drops_latents_a_single_neighbour_shares() -> None:
         select_contrastive(t, others, tau=1, max_other_ratio=0.0)
 
 
+def test_active_gate_raises_thresholds_to_a_share_of_the_mean_where_the_latent_fires() -> None:
+    n = 16
+    target = torch.ones(n)
+    target[[2, 9]] = torch.tensor([4.0, 6.0])
+    active = torch.full((n,), 0.5)
+    active[9] = 0.25  # fires on a quarter of the tokens: 24 on average where it fires
+    t, o = stats("c", target, active), stats("o", torch.ones(n))
+    plain = select_contrastive(t, [o], tau=2)
+    gated = select_contrastive(t, [o], tau=2, active_gate=0.5)
+    assert plain.indices[0].tolist() == gated.indices[0].tolist() == [9, 2]
+    # The paper's threshold is the mean of the per-concept means: (6 + 1) / 2 and (4 + 1) / 2.
+    assert plain.threshold[0].tolist() == pytest.approx([3.5, 2.5])
+    # Gated: at least half the mean where it fires, 0.5 x 6 / 0.25 and 0.5 x 4 / 0.5.
+    assert gated.threshold[0].tolist() == pytest.approx([12.0, 4.0])
+    assert gated.meta["active_gate"] == 0.5
+    assert select_contrastive(t, [o], tau=2, active_gate=0.1).threshold[0].tolist() == (
+        pytest.approx([3.5, 2.5])
+    ), "a gate below the paper's threshold leaves it"
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="^active_gate:"):
+            select_contrastive(t, [o], tau=2, active_gate=bad)
+
+
 def test_thresholds_are_the_mean_of_per_concept_means() -> None:
     gen = torch.Generator().manual_seed(2)
     mu_c, mu_a, mu_b = (torch.rand(2, 16, generator=gen) for _ in range(3))
@@ -350,6 +373,12 @@ def test_cache_reuses_stats_and_recomputes_when_needed(tiny_sd, sae, tmp_path, r
     assert second == []
     assert torch.equal(again.indices, features.indices)
     assert torch.equal(again.threshold, features.threshold)
+
+    # The gate is a selection setting: same statistics, same latents, higher thresholds.
+    gated = build_concept(cfg.replace(active_gate=0.5), sae=sae)
+    assert torch.equal(gated.indices, features.indices) and gated.meta["active_gate"] == 0.5
+    assert bool((gated.threshold >= features.threshold).all())
+    assert bool((gated.threshold > features.threshold).any())
 
     # A new concept reuses the others' entry: only its own prompts are sampled.
     with count_unet_calls(tiny_sd) as dog:
@@ -534,6 +563,8 @@ def test_cache_dir_default_follows_the_environment(monkeypatch, tmp_path) -> Non
         ({"cfg_half": "uncond"}, "cfg_half"),
         ({"cache_dir": ""}, "cache_dir"),
         ({"out": ""}, "out"),
+        ({"active_gate": -0.5}, "active_gate"),
+        ({"active_gate": float("nan")}, "active_gate"),
     ],
 )
 def test_config_validation(overrides, field_name) -> None:

@@ -56,6 +56,8 @@ def test_windows_parse_and_bad_ones_name_the_field() -> None:
         ({"seeds": [11, 188]}, "seeds"),
         ({"seeds": [11, 11]}, "seeds"),
         ({"seeds": []}, "seeds"),
+        ({"gates": [-0.5]}, "gates"),
+        ({"gates": [float("nan")]}, "gates"),
     ],
 )
 def test_sweep_settings_are_checked_before_any_model_loads(kwargs, field) -> None:

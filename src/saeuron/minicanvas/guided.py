@@ -287,7 +287,7 @@ class GuidedAssets:
     def features(
         self, concept: str, params: dict[str, Any], hookpoint: str | None = None
     ) -> ConceptFeatures:
-        """The concept's latents under ``params`` (tau, max_other_ratio, anchor) at
+        """The concept's latents under ``params`` (tau, max_other_ratio, gate, anchor) at
         ``hookpoint`` (default: the first of the params' blocks)."""
         hookpoint = hookpoint or blocks_of(params)[0]
         peers = OBJECTS if concept_kind(concept) == "object" else STYLES
@@ -297,6 +297,7 @@ class GuidedAssets:
             return select_contrastive(
                 self.stats(hookpoint, name), others, tau=int(params["tau"]),
                 max_other_ratio=params.get("max_other_ratio"),
+                active_gate=params.get("gate"),
             )  # fmt: skip
 
         features = select(concept)

@@ -77,6 +77,10 @@ class GuidedSweepConfig(Config):
     max_other_ratio: float | None = field(
         0.3, help="specificity filter: drop latents that fire on any other concept above r x"
     )
+    gates: list[float] = field(
+        [0.0], help="thresholds to try, as a share of each latent's mean activation where it "
+        "fires on the concept (0: the paper's threshold alone)"
+    )
     windows: list[str] = field(
         ["all"], help="schedule windows to try: 'all' or 'START:END' (0 = first step, 1 = last)"
     )
@@ -118,6 +122,8 @@ class GuidedSweepConfig(Config):
             check_range("max_other_ratio", self.max_other_ratio, gt=0)
         for window in self.windows:
             parse_window(window)
+        for gate in self.gates:
+            check_range("gates", gate, ge=0, le=10)
         if "anchor" in self.rules:
             missing = [c for c in self.concepts if c not in self.anchors]
             if missing:
@@ -140,7 +146,7 @@ def parse_window(text: str) -> list[float] | None:
 
 def _trial_key(trial: dict[str, Any]) -> str:
     return json.dumps({k: trial.get(k) for k in ("hookpoint", "rule", "tau", "multiplier",
-                                                 "max_other_ratio", "anchor", "window")},
+                                                 "max_other_ratio", "anchor", "window", "gate")},
                       sort_keys=True)  # fmt: skip
 
 
@@ -187,8 +193,8 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
             "seeds", list(VALIDATION_SEEDS)
         ) == seeds
         trials = {_trial_key(t): t for t in previous.get("trials", []) if same_protocol}
-        for hookpoint, rule, tau, gamma, window in itertools.product(
-            hookpoints, cfg.rules, cfg.taus, cfg.multipliers, cfg.windows
+        for hookpoint, rule, tau, gamma, window, gate in itertools.product(
+            hookpoints, cfg.rules, cfg.taus, cfg.multipliers, cfg.windows, cfg.gates
         ):
             blocks = hookpoint.split(BLOCK_JOIN)
             setting: dict[str, Any] = {
@@ -197,6 +203,7 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
                 "max_other_ratio": cfg.max_other_ratio,
                 "anchor": cfg.anchors.get(concept) if rule == "anchor" else None,
                 "window": parse_window(window),
+                "gate": gate or None,
             }  # fmt: skip
             with assets.erasing(judge.pipe, [concept], {concept: setting}):
                 target = judge.run(target_rows, None, cfg.batch_size, desc=concept)
@@ -208,7 +215,7 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
         best = max(ranked, key=lambda t: objective(t, kind, cfg.objective))
         chosen[concept] = {
             k: best[k] for k in ("hookpoint", "rule", "tau", "multiplier", "max_other_ratio",
-                                 "anchor", "window") if best.get(k) is not None
+                                 "anchor", "window", "gate") if best.get(k) is not None
         }  # fmt: skip
         record[concept] = {
             "retain_every": cfg.retain_every,

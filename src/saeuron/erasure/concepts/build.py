@@ -142,6 +142,13 @@ class ConceptBuildConfig(Config):
         help="drop latents whose mean on any one other concept exceeds this share of their "
         "mean on the concept (e.g. 0.5); default: no such filter",
     )
+    active_gate: float | None = field(
+        None,
+        ge=0,
+        le=1000,
+        help="raise each threshold to at least this share of the latent's mean activation "
+        "where it fires on the concept (e.g. 0.5); default: the paper's threshold alone",
+    )
     shortcut_step: int | None = field(
         None,
         ge=0,
@@ -309,6 +316,7 @@ def build_concept(
             active_range=cfg.active_range,
             max_other_ratio=cfg.max_other_ratio,
             threshold_concepts=cfg.threshold_concepts,
+            active_gate=cfg.active_gate,
         )
     else:
         prompts = own_prompts or [cfg.concept] * cfg.shortcut_images
@@ -330,6 +338,7 @@ def build_concept(
         for name, on in (
             ("activity_filter", cfg.activity_filter),
             ("max_other_ratio", cfg.max_other_ratio is not None),
+            ("active_gate", cfg.active_gate is not None),
         ):
             if on:
                 logger.warning("%s applies to the contrastive method only; ignored", name)

@@ -108,6 +108,7 @@ def select_contrastive(
     active_range: tuple[float, float] | None = None,
     max_other_ratio: float | None = None,
     threshold_concepts: int | None = None,
+    active_gate: float | None = None,
 ) -> ConceptFeatures:
     """The latents that tell ``target`` apart from ``others``, per step.
 
@@ -124,7 +125,11 @@ def select_contrastive(
     and then be erased on that neighbour too. Thresholds: the mean over all concepts of their
     per-concept means, as the paper takes it over its 20 or 50 concepts;
     ``threshold_concepts=K`` calibrates that mean for a smaller set (see
-    :func:`calibrated_threshold`).
+    :func:`calibrated_threshold`). ``active_gate=q`` raises each threshold to at least ``q``
+    times the latent's mean activation on the target's tokens where it fires: the paper's
+    threshold is a mean over all tokens, silent ones included, so nearly every token where the
+    latent fires at all clears it, and edits of several concepts stacked together reach
+    the weak activations they leave on other concepts' images.
     """
     if (percentile is None) == (tau is None):
         raise ValueError("give exactly one of percentile and tau")
@@ -138,6 +143,8 @@ def select_contrastive(
         raise ConfigError("max_other_ratio", f"got {max_other_ratio!r}; must be > 0")
     if threshold_concepts is not None and threshold_concepts < 1:
         raise ConfigError("threshold_concepts", f"got {threshold_concepts!r}; must be >= 1")
+    if active_gate is not None and not 0 <= active_gate < float("inf"):
+        raise ConfigError("active_gate", f"got {active_gate!r}; must be >= 0 and finite")
     others = list(others)
     scores = contrastive_scores(target, others)
     eligible = torch.ones_like(scores, dtype=torch.bool)
@@ -163,6 +170,11 @@ def select_contrastive(
         rows.append(_top(scores[step], above, int(above.sum())))
 
     threshold, counted = calibrated_threshold(target, others, threshold_concepts)
+    if active_gate:
+        when_active = torch.where(
+            target.active_frac > 0, target.mean / target.active_frac.clamp_min(1e-12), 0.0
+        )
+        threshold = torch.maximum(threshold, active_gate * when_active)
     # What the latent does on the rest (each other concept once): the ablate and anchor
     # edit rules bring an erased latent back to it instead of driving it negative.
     retained = torch.stack([o.mean for o in others]).mean(0)
@@ -179,6 +191,7 @@ def select_contrastive(
         "others": [o.concept for o in others],
         "others_prompts": sum(o.n_prompts for o in others),
         "threshold_concepts": counted,
+        "active_gate": active_gate,
         "selected_per_step": counts,
     }
     if target.steps != list(range(int(target.meta.get("num_inference_steps", target.num_steps)))):

@@ -113,8 +113,18 @@ def _src(page, elem: str) -> str:
 def _pixels(page, elem: str):
     import numpy as np
     from PIL import Image
+    from playwright.sync_api import Error as PlaywrightError
 
-    body = page.request.get(_src(page, elem)).body()
+    # The server may replace the image while it is fetched (the request then aborts): read
+    # the current src again and retry, a few times.
+    for attempt in range(3):
+        try:
+            body = page.request.get(_src(page, elem)).body()
+            break
+        except PlaywrightError:
+            if attempt == 2:
+                raise
+            time.sleep(1.0)
     return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
 
 

@@ -38,11 +38,8 @@ from saeuron.models.tokens import conditional_rows, output_tensor, replace_outpu
 from saeuron.utils.io import atomic_write_json
 
 
-def style_means(capture: Path, labels: Path) -> tuple[torch.Tensor, int]:
+def style_means(capture: Path, manifest: dict[str, Any], labels: Path) -> torch.Tensor:
     """``[style, step, position, channel]`` means of the captured guidance site."""
-    manifest = json.loads((capture / "manifest.json").read_text(encoding="utf-8"))
-    if manifest.get("activation_site") != "guidance":
-        raise SystemExit(f"{capture}: not a guidance-site capture")
     per_step = int(manifest["tokens_per_step"])
     steps = list(manifest["steps"])
     with labels.open(encoding="utf-8", newline="") as fh:
@@ -63,7 +60,7 @@ def style_means(capture: Path, labels: Path) -> tuple[torch.Tensor, int]:
         keep = styles >= 0
         sums.index_put_((styles[keep], step[keep]), acts[keep], accumulate=True)
         counts.index_put_((styles[keep], step[keep]), torch.ones(int(keep.sum())), accumulate=True)
-    return (sums / counts[..., None, None]).float(), per_step
+    return (sums / counts[..., None, None]).float()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,14 +74,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="one mean per token position instead of one per step")
     parser.add_argument("--seeds", nargs="+", type=int, default=[11, 22, 33, 44],
                         help="validation seeds (every object once per seed)")
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps (the capture's)")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     for gamma in args.gammas:
         if not np.isfinite(gamma):
             parser.error(f"--gammas: got {gamma}; must be finite")
     manifest = json.loads((args.capture / "manifest.json").read_text(encoding="utf-8"))
-    means, per_step = style_means(args.capture, args.labels or args.capture.parent / "labels.csv")
+    if manifest.get("activation_site") != "guidance":
+        parser.error(f"{args.capture}: not a guidance-site capture")
+    labels = args.labels or args.capture.parent / "labels.csv"
+    means = style_means(args.capture, manifest, labels)
+    per_step = int(manifest["tokens_per_step"])
     if not args.per_position:
         means = means.mean(2, keepdim=True).expand(-1, -1, per_step, -1)
     pipe, clf, _ = load_minicanvas(parser)
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
                     batch = prompts * len(args.seeds)
                     gens = [torch.Generator().manual_seed(seed)
                             for seed in args.seeds for _ in prompts]  # fmt: skip
-                    images = pipe(batch, num_inference_steps=args.steps,
+                    # The capture's schedule: the means are indexed by its steps.
+                    images = pipe(batch, num_inference_steps=int(manifest["num_inference_steps"]),
                                   guidance_scale=GUIDANCE_SCALE, generator=gens).images  # fmt: skip
                 finally:
                     handle.remove()

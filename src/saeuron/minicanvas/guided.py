@@ -225,17 +225,19 @@ def resolve_anchors(
     anchor's own anchor until it reaches a concept that is not erased; with none left, the
     concept falls back to ``ablate`` at the same blocks and gammas.
     """
+    def anchor_of(concept: str) -> str | None:
+        p = params.get(concept, {})
+        return p.get("anchor") if p.get("rule") == "anchor" else None
+
     erased = set(concepts)
     resolved = {}
     for concept in concepts:
         p = dict(params[concept])
-        anchor = p.get("anchor") if p.get("rule") == "anchor" else None
-        seen = {concept}
-        while anchor in erased and anchor not in seen:
-            seen.add(anchor)
-            follow = params.get(anchor, {})
-            anchor = follow.get("anchor") if follow.get("rule") == "anchor" else None
-        if p.get("rule") == "anchor" and anchor != p.get("anchor"):
+        anchor, seen = anchor_of(concept), {concept}
+        if anchor in erased:
+            while anchor in erased and anchor not in seen:
+                seen.add(anchor)
+                anchor = anchor_of(anchor)
             if anchor is None or anchor in erased:
                 p["rule"], p["anchor"] = "ablate", None
             else:

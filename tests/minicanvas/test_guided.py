@@ -18,7 +18,12 @@ from saeuron.minicanvas.guided import (
     multipliers_of,
     resolve_anchors,
 )
-from saeuron.minicanvas.guided_sweep import GuidedSweepConfig, objective, parse_window
+from saeuron.minicanvas.guided_sweep import (
+    GuidedSweepConfig,
+    comparable_trials,
+    objective,
+    parse_window,
+)
 from saeuron.minicanvas.judge import prompt_rows, split_baseline
 from saeuron.minicanvas.sequential import SequentialConfig
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
@@ -68,6 +73,19 @@ def test_sweep_settings_are_checked_before_any_model_loads(kwargs, field) -> Non
 def test_more_validation_seeds_are_a_setting_of_the_sweep() -> None:
     assert GuidedSweepConfig().seeds == [11, 22, 33, 44]
     assert GuidedSweepConfig(seeds=[11, 22]).seeds == [11, 22]
+
+
+def test_recorded_trials_count_only_when_judged_on_the_same_seeds() -> None:
+    trial = {"hookpoint": "a", "rule": "ablate", "tau": 10, "multiplier": -5.0, "UA": 0.9}
+    four = {"retain_every": 3, "seeds": [11, 22, 33, 44], "trials": [trial]}
+    assert list(comparable_trials(four, 3, [11, 22, 33, 44]).values()) == [trial]
+    assert comparable_trials(four, 3, [11, 22]) == {}
+    assert comparable_trials(four, 1, [11, 22, 33, 44]) == {}
+    # A record without seeds was judged on the first two validation seeds.
+    old = {"retain_every": 3, "trials": [trial]}
+    assert list(comparable_trials(old, 3, [11, 22]).values()) == [trial]
+    assert comparable_trials(old, 3, [11, 22, 33, 44]) == {}
+    assert comparable_trials({}, 3, [11, 22]) == {}
 
 
 def test_an_anchor_erased_in_the_same_call_is_followed_to_one_that_is_not() -> None:

@@ -150,6 +150,20 @@ def _trial_key(trial: dict[str, Any]) -> str:
                       sort_keys=True)  # fmt: skip
 
 
+def comparable_trials(
+    previous: dict[str, Any], retain_every: int, seeds: list[int]
+) -> dict[str, dict[str, Any]]:
+    """A concept's recorded trials, by setting, if they were judged on the same images.
+
+    Trials measured on other images are not comparable and are dropped; records from before
+    the seeds were a setting used the first two validation seeds.
+    """
+    same = previous.get("retain_every") == retain_every and previous.get(
+        "seeds", list(VALIDATION_SEEDS)
+    ) == list(seeds)
+    return {_trial_key(t): t for t in previous.get("trials", [])} if same else {}
+
+
 def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
     """Per concept, the best setting on validation phrasing and seeds by ``cfg.objective``.
 
@@ -186,13 +200,7 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
                 "concepts", f"no guided statistics hold {concept!r}: run `saeuron minicanvas "
                 "guided build`"
             )
-        previous = record.get(concept, {})
-        # Trials measured on other images are not comparable: they are dropped (records
-        # from before the seeds were a setting used the first two validation seeds).
-        same_protocol = previous.get("retain_every") == cfg.retain_every and previous.get(
-            "seeds", list(VALIDATION_SEEDS)
-        ) == seeds
-        trials = {_trial_key(t): t for t in previous.get("trials", []) if same_protocol}
+        trials = comparable_trials(record.get(concept, {}), cfg.retain_every, seeds)
         for hookpoint, rule, tau, gamma, window, gate in itertools.product(
             hookpoints, cfg.rules, cfg.taus, cfg.multipliers, cfg.windows, cfg.gates
         ):

@@ -43,8 +43,9 @@ from saeuron.erasure.hook_state import (
     check_finite_activations,
     timestep_row,
 )
-from saeuron.models.denoising import DenoiseTracker
+from saeuron.models.denoising import DenoiseState, DenoiseTracker
 from saeuron.models.hookpoints import resolve_module
+from saeuron.models.prompt_encoders import prompt_encoder_of
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
     CFG_HALVES,
@@ -147,17 +148,26 @@ class Eraser:
         self.sae = sae
         self.config = cfg
         self.handle = EraseHandle(hookpoint=hookpoint, concepts=[c.concept for c in concepts])
-        site = cfg.activation_site or sae.meta.get("activation_site", "output")
-        self._tracker = DenoiseTracker(pipe)
+        site = activation_site(cfg, sae)
+        # A prompt encoder runs before the steps, once per prompt: its hook edits every call
+        # with the statistics' one row, so it follows no denoising step.
+        self._tracker = None if prompt_encoder_of(hookpoint) else DenoiseTracker(pipe)
+        state = self._tracker.state if self._tracker is not None else DenoiseState()
         train_timesteps = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000) or 1000)
         self._hook = _EraseHook(
-            sae, concepts, multipliers, cfg, site, self._tracker.state, self.handle, train_timesteps
+            sae, concepts, multipliers, cfg, site, state, self.handle, train_timesteps
         )
         block_dtypes = tuple({p.dtype for p in module.parameters()})
-        self._tracker.add_listener(
-            lambda state, sample: self._hook.prepare(state, sample, block_dtypes)
+        if self._tracker is not None:
+            self._tracker.add_listener(
+                lambda state, sample: self._hook.prepare(state, sample, block_dtypes)
+            )
+        # transformers records an encoder's hidden states (SDXL reads the second-to-last)
+        # with forward hooks of its own, installed on first use: the edit runs first, so
+        # what they record is the edited output.
+        self._removable: Any = module.register_forward_hook(
+            self._hook, with_kwargs=True, prepend=self._tracker is None
         )
-        self._removable: Any = module.register_forward_hook(self._hook, with_kwargs=True)
 
     @property
     def hookpoint(self) -> str:
@@ -212,7 +222,8 @@ class Eraser:
         """Take the hooks off the pipeline; calling it again does nothing."""
         if self._removable is not None:
             self._removable.remove()
-            self._tracker.remove()
+            if self._tracker is not None:
+                self._tracker.remove()
             self._removable = None
 
     def __enter__(self) -> Eraser:
@@ -260,6 +271,8 @@ def attach(
             "hookpoint", "name the module to edit, e.g. 'unet.up_blocks.1.attentions.1'"
         )
     module = resolve_module(pipe, hookpoint)
+    if prompt_encoder_of(hookpoint):
+        check_prompt_encoder_edit(hookpoint, cfg, sae, concept_list)
     for concept in concept_list:
         if concept.hookpoint and concept.hookpoint != hookpoint:
             raise ConfigError(
@@ -283,6 +296,36 @@ def attach(
             )
     check_same_sae(concept_list, sae)
     return Eraser(pipe, sae, concept_list, multipliers, cfg, hookpoint, module)
+
+
+def activation_site(cfg: EraseConfig, sae: Sae) -> str:
+    """The site the SAE reads: the config's, else the one it was trained on."""
+    return cfg.activation_site or sae.meta.get("activation_site", "output")
+
+
+def check_prompt_encoder_edit(
+    hookpoint: str, cfg: EraseConfig, sae: Sae, concepts: Sequence[ConceptFeatures]
+) -> None:
+    """Refuse what has no meaning before the first step: a window of the schedule, a site
+    defined by the CFG batch or the block input, statistics with more than one step."""
+    if cfg.window is not None:
+        raise ConfigError(
+            "window", f"got {cfg.window}; {hookpoint} runs once per prompt, before the "
+            "denoising steps, so it takes no window (leave it unset)"
+        )  # fmt: skip
+    site = activation_site(cfg, sae)
+    if site != "output":
+        raise ConfigError(
+            "activation_site", f"got {site!r}; at {hookpoint} (a prompt encoder) only "
+            "'output' is defined"
+        )  # fmt: skip
+    stepped = [c.concept for c in concepts if c.num_steps != 1]
+    if stepped:
+        raise ConfigError(
+            "concepts", f"{', '.join(map(repr, stepped))} has statistics over several "
+            f"denoising steps; {hookpoint} needs statistics from a capture of that prompt "
+            "encoder (one row)"
+        )  # fmt: skip
 
 
 @contextmanager

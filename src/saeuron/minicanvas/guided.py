@@ -1,5 +1,9 @@
 """MiniCanvas with SAEs on what the prompt adds: the ``guidance`` site, a block per concept.
 
+A hookpoint inside the text encoder (``text_encoder.final_layer_norm``) is built
+the same way on the encoder's output: the prompt's token embeddings, which every
+cross-attention block of every step reads.
+
 Why (measured on MiniCanvas, see the README): the style words act at every cross-attention
 block, so an edit at one mid-resolution block is undone by the blocks after it, and the
 only place where one block's state decides the picture is the last one; there the output
@@ -44,6 +48,7 @@ from saeuron.minicanvas.assets import (
 )
 from saeuron.minicanvas.world import OBJECTS, STYLES, anchor_prompts
 from saeuron.models.pipelines import load_pipeline
+from saeuron.models.prompt_encoders import prompt_encoder_of
 from saeuron.sae import Sae, SaeConfig
 from saeuron.training.capture import CacheConfig, run_cache
 from saeuron.training.capture_stats import read_label_rows, stats_from_capture
@@ -141,7 +146,8 @@ def write_prompts_and_labels(work: Path, per_pair: int) -> tuple[Path, Path]:
 
 
 def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
-    """Capture the guidance site at each hookpoint, train an SAE, write both kinds' stats."""
+    """Capture the guidance site at each hookpoint (the output, inside a text encoder),
+    train an SAE, write both kinds' stats."""
     folder = guided_folder(writable_bundle_folder(cfg.model, cfg.out))
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-guided-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -153,12 +159,13 @@ def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
     summary.setdefault("hookpoints", {})
     for hookpoint in cfg.hookpoints:
         start = time.perf_counter()
-        acts = work / f"guidance-{hookpoint}"
+        site = "output" if prompt_encoder_of(hookpoint) else "guidance"
+        acts = work / f"{site}-{hookpoint}"
         run_cache(
             CacheConfig.from_dict({
                 "model": cfg.model, "hookpoint": hookpoint, "prompts": str(prompts),
                 "out": str(acts), "num_inference_steps": cfg.num_inference_steps,
-                "guidance_scale": cfg.guidance_scale, "activation_site": "guidance",
+                "guidance_scale": cfg.guidance_scale, "activation_site": site,
                 "max_shard_mb": 16.0, "dtype": "float32", "seed": cfg.seed, "batch_size": 10,
             })
         )  # fmt: skip

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from saeuron.models.denoiser import denoiser, denoiser_name
+from saeuron.models.prompt_encoders import PROMPT_ENCODER_PREFIX
 from saeuron.models.tokens import DIT_BLOCKS, UNET_BLOCKS, block_layout
 from saeuron.utils.errors import ConfigError
 
@@ -26,6 +27,9 @@ def resolve_module(pipe: Any, hookpoint: str) -> nn.Module:
     try:
         module = root.get_submodule(path) if path else root
     except AttributeError:
+        module = _text_model_alias(root, head, path)
+        if module is not None:
+            return module
         raise ConfigError(
             "hookpoint",
             f"{hookpoint!r} is not a module of this pipeline; blocks here: "
@@ -33,6 +37,20 @@ def resolve_module(pipe: Any, hookpoint: str) -> nn.Module:
         ) from None
     block_layout(module)
     return module
+
+
+def _text_model_alias(root: nn.Module, head: str, path: str) -> nn.Module | None:
+    """A CLIP text encoder's module under the other release's name: transformers 4 nests
+    the layers in ``text_model`` (``text_encoder.text_model.final_layer_norm``), 5 does not
+    (``text_encoder.final_layer_norm``). Published hookpoints use either."""
+    if not head.startswith(PROMPT_ENCODER_PREFIX):
+        return None
+    prefix = "text_model."
+    other = path.removeprefix(prefix) if path.startswith(prefix) else prefix + path
+    try:
+        return root.get_submodule(other)
+    except AttributeError:
+        return None
 
 
 def _shown(names: list[str], most: int = 12) -> str:

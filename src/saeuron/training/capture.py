@@ -5,6 +5,10 @@ denoising steps; nothing about sampling changes. Prompts are cut into fixed grou
 ``prompts_per_shard`` (in ``plan.json``, written once); each group becomes one shard, so a
 rerun with the same settings skips finished groups and memory never holds more than one
 group. Under ``accelerate launch`` group ``g`` belongs to process ``g % num_processes``.
+
+A hookpoint inside a prompt encoder (``text_encoder.final_layer_norm``) runs once per
+prompt, not per step: there the encoder alone runs on the tokenized prompts, and each
+prompt's tokens are recorded as step 0.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from saeuron.models.denoising import DenoiseState, track_denoising
 from saeuron.models.hookpoints import resolve_module
 from saeuron.models.layout import check_model_inputs
 from saeuron.models.pipelines import load_pipeline
+from saeuron.models.prompt_encoders import encode_prompts, prompt_encoder_of
 from saeuron.models.sampling import SamplingConfig, check_schedule, use_scheduler
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
@@ -65,6 +70,8 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
 }
 # Per-token bookkeeping stored beside the activations: "step" int16 + "prompt" int32.
 _INDEX_BYTES = 2 + 4
+PROMPT_CALL = DenoiseState(step=0, num_steps=1, in_loop=True)
+"""What a prompt encoder's capture hook is told: every call is step 0, no CFG batch."""
 
 
 @dataclasses.dataclass
@@ -133,10 +140,24 @@ class CacheConfig(Config):
                 "'guidance' (conditional minus unconditional row) needs CFG "
                 "(guidance_scale > 1) and cfg_half='cond'",
             )
+        if self.prompt_encoder and self.activation_site != "output":
+            raise ConfigError(
+                "activation_site",
+                f"got {self.activation_site!r}; {self.hookpoint} is inside a prompt encoder, "
+                "which runs once per prompt: only 'output' is defined there",
+            )
         self.step_indices()
 
+    @property
+    def prompt_encoder(self) -> str | None:
+        """The text encoder component the hookpoint is inside (None: the denoiser)."""
+        return prompt_encoder_of(self.hookpoint)
+
     def step_indices(self) -> list[int]:
-        """The recorded steps as sorted indices into the scheduler's timesteps."""
+        """The recorded steps as sorted indices into the scheduler's timesteps (a prompt
+        encoder's one call per prompt is step 0)."""
+        if self.prompt_encoder:
+            return [0]
         return parse_steps(self.steps, self.sampling.steps)
 
     @property
@@ -196,7 +217,8 @@ def cache_settings(cfg: CacheConfig, prompts: list[str]) -> dict[str, Any]:
         "hookpoint": cfg.hookpoint,
         "activation_site": cfg.activation_site,
         "dtype": cfg.dtype,
-        "num_inference_steps": cfg.sampling.steps,
+        # A prompt encoder's capture samples nothing: one call per prompt.
+        "num_inference_steps": 1 if cfg.prompt_encoder else cfg.sampling.steps,
         "guidance_scale": cfg.sampling.guidance,
         "scheduler": cfg.sampling.scheduler,
         "steps": cfg.step_indices(),
@@ -252,6 +274,23 @@ def _size_kwargs(cfg: CacheConfig) -> dict[str, int]:
 def _probe(pipe: Any, module: nn.Module, cfg: CacheConfig, prompt: str) -> tuple[int, int, int]:
     """One 1-step sample: (tokens per image, width d_in, recorded rows per prompt)."""
     shapes: list[tuple[int, int, int]] = []
+    if cfg.prompt_encoder:
+
+        def record(mod: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+            x = _site_tokens(mod, output, args, kwargs, cfg.activation_site)
+            shapes.append((x.shape[0], x.shape[1], x.shape[2]))
+
+        handle = module.register_forward_hook(record, with_kwargs=True)
+        try:
+            encode_prompts(pipe, cfg.prompt_encoder, [prompt])
+        finally:
+            handle.remove()
+        if len(shapes) != 1:
+            raise ConfigError(
+                "hookpoint", f"{cfg.hookpoint} ran {len(shapes)} times for one prompt; pick a "
+                "module that runs once per encoder call"
+            )  # fmt: skip
+        return shapes[0][1], shapes[0][2], 1
 
     with track_denoising(pipe) as state:
 
@@ -534,7 +573,8 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
         disable=not state.is_local_main_process,
     )
     with track_denoising(pipe) as denoise:
-        recorder = _Recorder(cfg, denoise)
+        # A prompt encoder is recorded outside any sampling loop, as step 0 without CFG.
+        recorder = _Recorder(cfg, PROMPT_CALL if cfg.prompt_encoder else denoise)
         handle = module.register_forward_hook(recorder, with_kwargs=True)
         try:
             for g in todo:
@@ -542,14 +582,17 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
                 for start in range(group.start, group.stop, cfg.sampling.batch_size):
                     batch = range(start, min(group.stop, start + cfg.sampling.batch_size))
                     recorder.prompt_ids = torch.tensor(list(batch), dtype=torch.int64)
-                    pipe(
-                        [prompts[i] for i in batch],
-                        num_inference_steps=cfg.sampling.steps,
-                        guidance_scale=cfg.sampling.guidance,
-                        generator=_generators(cfg.sampling.seed, batch),
-                        output_type="latent",
-                        **extra,
-                    )
+                    if cfg.prompt_encoder:
+                        encode_prompts(pipe, cfg.prompt_encoder, [prompts[i] for i in batch])
+                    else:
+                        pipe(
+                            [prompts[i] for i in batch],
+                            num_inference_steps=cfg.sampling.steps,
+                            guidance_scale=cfg.sampling.guidance,
+                            generator=_generators(cfg.sampling.seed, batch),
+                            output_type="latent",
+                            **extra,
+                        )
                     bar.update(len(batch))
                 tensors = recorder.take()
                 expected = len(group) * int(plan["tokens_per_prompt"])

@@ -180,3 +180,30 @@ def test_sdxl_reads_the_second_to_last_layer_and_is_erased_there(tiny_sdxl) -> N
     assert eraser.edited_tokens > 0
     assert np.abs(erased - before).max() > 1e-3
     np.testing.assert_array_equal(sdxl_sample(), before)
+
+
+def test_concept_build_reads_the_encoder_alone_and_erases(tiny_sd, sae, tmp_path: Path) -> None:
+    from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
+
+    others = tmp_path / "others.txt"
+    others.write_text("a bowl of fruit\na quiet street\n", encoding="utf-8")
+    cfg = ConceptBuildConfig(
+        concept="cat", model="tiny-sd", sae="unused", hookpoint=HOOK, num_prompts=2,
+        others=str(others), num_inference_steps=3, batch_size=2, tau=3,
+        cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    unet_calls: list[int] = []
+    handle = tiny_sd.unet.register_forward_pre_hook(lambda m, a: unet_calls.append(1))
+    try:
+        feats = build_concept(cfg, pipe=tiny_sd, sae=sae)
+    finally:
+        handle.remove()
+    assert unet_calls == [], "statistics of a text-encoder hookpoint sample nothing"
+    assert feats.num_steps == 1 and feats.hookpoint == HOOK and len(feats.at(0)[0]) == 3
+    before = sample(tiny_sd)
+    with erase(tiny_sd, sae, feats, multiplier=-3.0) as eraser:
+        erased = sample(tiny_sd)
+    assert eraser.edited_tokens > 0 and np.abs(erased - before).max() > 1e-3
+    with pytest.raises(ConfigError) as err:
+        build_concept(cfg.replace(method="shortcut"), pipe=tiny_sd, sae=sae)
+    assert err.value.field == "method"

@@ -38,6 +38,7 @@ from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.erasure.preflight import check_erasure
 from saeuron.models.defaults import resolve_sae
 from saeuron.models.pipelines import load_pipeline
+from saeuron.models.prompt_encoders import prompt_encoder_of
 from saeuron.models.sampling import (
     SamplingConfig,
     check_schedule,
@@ -251,6 +252,11 @@ def build_concept(
         )
     site = sae.meta.get("activation_site", "output")
     check_choice("activation_site", site, ACTIVATION_SITES)
+    if prompt_encoder_of(hookpoint) and cfg.method == "shortcut":
+        raise ConfigError(
+            "method", f"got 'shortcut'; {hookpoint} runs once per prompt, with no step to "
+            "pick: use 'contrastive'"
+        )  # fmt: skip
     # Every prompt file is read before any sampling, so a bad one is refused up front.
     own_prompts = read_prompts(cfg.prompts, "prompts") if cfg.prompts else None
     other_sets = (

@@ -5,6 +5,9 @@ token of every needed step is SAE-encoded (per-token TopK) and averaged over the
 tokens, then over prompts (SAeUron, section 3)::
 
     mu_c[t] = mean over c's prompts of the token-mean code at step t
+
+Inside a text encoder (``text_encoder.final_layer_norm``) nothing is sampled: the encoder
+runs on the tokenized prompts, and the statistics have one row.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 from saeuron.models.denoiser import denoiser_device
 from saeuron.models.denoising import track_denoising
 from saeuron.models.hookpoints import resolve_module
+from saeuron.models.prompt_encoders import encode_prompts, prompt_encoder_of
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
     CFG_HALVES,
@@ -122,6 +126,64 @@ def _unet_device(pipe: Any) -> torch.device:
     return denoiser_device(pipe)
 
 
+def _code_sums(sae: Sae, part: Tensor) -> tuple[Tensor, Tensor]:
+    """``[B, T, C]`` tokens -> (sum over images of the token-mean code, count of active
+    (token, latent) pairs), float64 on the host."""
+    t = part.shape[1]
+    top = sae.encode(part)
+    idx = top.top_indices.flatten()
+    acts = top.top_acts.flatten().float()
+    # All images have t tokens, so summing acts / t sums the per-image token means.
+    row_sum = acts.new_zeros(sae.num_latents).index_add_(0, idx, acts / t)
+    row_active = acts.new_zeros(sae.num_latents).index_add_(0, idx, (acts > 0).float())
+    return row_sum.double().cpu(), row_active.double().cpu()
+
+
+def _prompt_encoder_stats(
+    pipe: Any,
+    sae: Sae,
+    prompts: list[str],
+    concept: str,
+    hookpoint: str,
+    module: Any,
+    component: str,
+    batch_size: int,
+    progress: bool,
+) -> ConceptStats:
+    """:func:`collect_stats` inside a text encoder: one row, from the encoder alone."""
+    sae.to(next(module.parameters(), torch.empty(0)).device)
+    sums = torch.zeros(1, sae.num_latents, dtype=torch.float64)
+    active = torch.zeros(1, sae.num_latents, dtype=torch.float64)
+    counts = [0, 0]  # images, tokens
+
+    def hook(mod: Any, args: tuple[Any, ...], output: Any) -> None:
+        part = to_tokens(output_tensor(mod, output))
+        row_sum, row_active = _code_sums(sae, part)
+        sums[0] += row_sum
+        active[0] += row_active
+        counts[0] += part.shape[0]
+        counts[1] += part.shape[0] * part.shape[1]
+
+    removable = module.register_forward_hook(hook)
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=f"stats {concept}",
+                          unit="batch", disable=not progress):  # fmt: skip
+            encode_prompts(pipe, component, prompts[start : start + batch_size])
+    finally:
+        removable.remove()
+    return ConceptStats(
+        concept=concept,
+        mean=(sums / counts[0]).float(),
+        active_frac=(active / counts[1]).float(),
+        n_prompts=len(prompts),
+        timesteps=torch.full((1,), float("nan")),
+        meta={
+            "prompts": prompts, "hookpoint": hookpoint, "sae": sae.meta.get("source"),
+            "num_inference_steps": 1, "steps": [0], "activation_site": "output",
+        },
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def collect_stats(
     pipe: Any,
@@ -160,6 +222,10 @@ def collect_stats(
         )
     row_of = {s: r for r, s in enumerate(needed)}
     module = resolve_module(pipe, hookpoint)
+    component = prompt_encoder_of(hookpoint)
+    if component:
+        return _prompt_encoder_stats(pipe, sae, prompts, concept, hookpoint, module, component,
+                                     batch_size, progress)  # fmt: skip
     device = _unet_device(pipe)
     sae.to(device)
 
@@ -196,14 +262,9 @@ def collect_stats(
                 raise ConfigError("activation_site", "'guidance' needs guidance_scale > 1")
             part = to_tokens(picked[0])
             b, t, _ = part.shape
-            top = sae.encode(part)
-            idx = top.top_indices.flatten()
-            acts = top.top_acts.flatten().float()
-            # All images have t tokens, so summing acts / t sums the per-image token means.
-            row_sum = acts.new_zeros(n_latents).index_add_(0, idx, acts / t)
-            row_active = acts.new_zeros(n_latents).index_add_(0, idx, (acts > 0).float())
-            sums[row] += row_sum.double().cpu()
-            active[row] += row_active.double().cpu()
+            row_sum, row_active = _code_sums(sae, part)
+            sums[row] += row_sum
+            active[row] += row_active
             images[row] += b
             tokens[row] += b * t
             timesteps[row] = state.timestep

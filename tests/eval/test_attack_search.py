@@ -159,6 +159,54 @@ class LaterIsBetter:
         return [float(self.calls)] * len(images)
 
 
+class TextSideTechnique(TinyTechnique):
+    """An 'erasure' inside the text encoder (halving its output), which says whether each
+    encoder call ran inside ``erasing()``."""
+
+    def __init__(self, pipe):
+        super().__init__(pipe)
+        self.inside = False
+        self.calls: list[tuple[bool, bool]] = []  # (inside erasing, output carries a gradient)
+
+    @contextlib.contextmanager
+    def erasing(self):
+        module = self.pipe.text_encoder.final_layer_norm
+        handle = module.register_forward_hook(lambda m, a, out: out * 0.5)
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+            handle.remove()
+
+    @contextlib.contextmanager
+    def watching(self):
+        module = self.pipe.text_encoder.final_layer_norm
+        handle = module.register_forward_hook(
+            lambda m, a, out: self.calls.append((self.inside, out.requires_grad))
+        )
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+def test_both_white_box_attacks_encode_their_prompts_through_the_erasure(tiny_sd) -> None:
+    import saeuron.eval.attacks.p4d as p4d_module
+    import saeuron.eval.attacks.unlearndiffatk as uda
+
+    tech = TextSideTechnique(tiny_sd)
+    with tech.watching():
+        uda.unlearn_diff_atk(tech, ["a photo of a cat"],
+                             uda.UnlearnDiffSettings(length=3, timesteps=1, iterations=2), seed=0)
+        p4d_module.p4d(tech, ["a photo of a cat"], p4d_module.P4dSettings(
+            length=3, iterations=2, eval_every=5, target_samples=1), seed=0,
+            similarity=LaterIsBetter())  # fmt: skip
+    optimised = [inside for inside, grad in tech.calls if grad]
+    assert len(optimised) == 4, "two optimisation steps per attack encode the prefix"
+    assert all(optimised), "the prefix is encoded by the erased model's text encoder"
+
+
 # -- P4D --------------------------------------------------------------------------------------
 
 

@@ -221,7 +221,8 @@ def _p4d(
     unit = F.normalize(table[allowed].float(), dim=-1)
     negative = getattr(technique, "negative", None)
     guidance = guidance_of(technique)
-    with torch.no_grad():
+    # The erased model includes its text encoder: an erasure there edits the encodings.
+    with torch.no_grad(), technique.erasing():
         uncond = encoder.prompts([negative or ""]).to(device, dtype)
     n = settings.length
     template = torch.zeros((1, n), dtype=torch.long)
@@ -252,13 +253,13 @@ def _p4d(
             noise = torch.randn(x0.shape, generator=gen).to(device, x0.dtype)
             x_t = noised(pipe, x0, noise, t)
             target = unerased_conditional(pipe, x_t, t, target_cond)
-            with _injected(
-                pipe.text_encoder.get_input_embeddings(),
-                slice(1, n + 1),
-                lambda s=straight: s.unsqueeze(0),
-            ):
-                cond = encoder.tokens_with_grad(template.to(device)).to(dtype)
             with technique.erasing():
+                with _injected(
+                    pipe.text_encoder.get_input_embeddings(),
+                    slice(1, n + 1),
+                    lambda s=straight: s.unsqueeze(0),
+                ):
+                    cond = encoder.tokens_with_grad(template.to(device)).to(dtype)
                 guided, conditional = noise_predictions(pipe, x_t, t, cond, uncond, guidance)
             prediction = guided if negative else conditional
             loss = F.mse_loss(prediction.float(), target.float())

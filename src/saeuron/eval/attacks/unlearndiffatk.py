@@ -111,7 +111,9 @@ def _search(
     allowed = encoder.vocabulary.to(device)
     rows = table[allowed].float()
     guidance = guidance_of(technique)
-    with torch.no_grad():
+    # The text encoder runs under the erasure too: an erasure inside it (an SAE on the
+    # prompt's embeddings) is part of the model under attack.
+    with torch.no_grad(), technique.erasing():
         uncond = encoder.prompts([""]).to(device, dtype)
     n = settings.length
     timesteps = attack_timesteps(train_timesteps(pipe), settings.timesteps)
@@ -143,15 +145,15 @@ def _search(
                 one_hot = F.one_hot(picks, len(allowed)).to(device, torch.float32)
                 one_hot.requires_grad_(True)
                 embeds = one_hot @ rows
-                with _injected(
-                    pipe.text_encoder.get_input_embeddings(),
-                    slice(1, n + 1),
-                    lambda e=embeds: e.unsqueeze(0),
-                ):
-                    cond = encoder.tokens_with_grad(template.to(device)).to(dtype)
                 noise = torch.randn(x0.shape, generator=gen).to(device, dtype)
                 x_t = noised(pipe, x0, noise, t)
                 with technique.erasing():
+                    with _injected(
+                        pipe.text_encoder.get_input_embeddings(),
+                        slice(1, n + 1),
+                        lambda e=embeds: e.unsqueeze(0),
+                    ):
+                        cond = encoder.tokens_with_grad(template.to(device)).to(dtype)
                     _, prediction = noise_predictions(pipe, x_t, t, cond, uncond, guidance)
                 loss = F.mse_loss(prediction.float(), noise.float())
                 (grad,) = torch.autograd.grad(loss, [one_hot])

@@ -54,7 +54,7 @@ VARIANT_LABELS = {
     "saeuron_cfg_both": "SAeUron, cfg_half=both",
     "saeuron_paper_error": "SAeUron, error_term=paper",
     "saemnesia": "SAEmnesia (supervised SAE, one latent per concept)",
-    "guided": "guidance-site SAEs, block and rule per concept",
+    "guided": "guided SAEs (text encoder or guidance site), site and rule per concept",
 }
 
 

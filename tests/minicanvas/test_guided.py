@@ -164,8 +164,11 @@ def test_params_name_one_block_or_several_with_one_gamma_or_one_each() -> None:
 def test_a_concept_erased_at_two_blocks_is_edited_at_both() -> None:
     pipe = load_pipeline("minicanvas")
     assets = GuidedAssets(FOLDER)
+    # Two denoiser blocks: after an edit in the text encoder, a block's neon latents are
+    # quiet (nothing left for it to erase).
     blocks = sorted(
-        p.name for p in (FOLDER / "guided" / "stats").iterdir() if assets.has_stats(p.name, "neon")
+        p.name for p in (FOLDER / "guided" / "stats").iterdir()
+        if assets.has_stats(p.name, "neon") and p.name.startswith("unet.")
     )
     assert len(blocks) >= 2, "the bundle keeps neon's statistics at two blocks or more"
     prompts = ["An image of star in neon style."]

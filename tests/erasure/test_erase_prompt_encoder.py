@@ -143,6 +143,8 @@ def test_either_transformers_name_of_the_layer(tiny_sd) -> None:
     assert resolve_module(tiny_sd, other) is module
     with pytest.raises(ConfigError):
         resolve_module(tiny_sd, "text_encoder.text_model.no_such_layer")
+    with pytest.raises(ConfigError, match="name a layer inside it"):
+        resolve_module(tiny_sd, "text_encoder")
 
 
 def test_sdxl_reads_the_second_to_last_layer_and_is_erased_there(tiny_sdxl) -> None:

@@ -24,6 +24,12 @@ def resolve_module(pipe: Any, hookpoint: str) -> nn.Module:
         path = rest
     else:
         root, path = denoiser(pipe), hookpoint
+    if not path and head.startswith(PROMPT_ENCODER_PREFIX):
+        # The encoder returns a model output, not token embeddings: its layers do.
+        raise ConfigError(
+            "hookpoint", f"got {hookpoint!r}; name a layer inside it, e.g. "
+            f"'{head}.final_layer_norm' (the output Stable Diffusion 1.x reads)"
+        )  # fmt: skip
     try:
         module = root.get_submodule(path) if path else root
     except AttributeError:

@@ -151,7 +151,8 @@ class Eraser:
         site = activation_site(cfg, sae)
         # A prompt encoder runs before the steps, once per prompt: its hook edits every call
         # with the statistics' one row, so it follows no denoising step.
-        self._tracker = None if prompt_encoder_of(hookpoint) else DenoiseTracker(pipe)
+        in_encoder = prompt_encoder_of(hookpoint) is not None
+        self._tracker = None if in_encoder else DenoiseTracker(pipe)
         state = self._tracker.state if self._tracker is not None else DenoiseState()
         train_timesteps = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000) or 1000)
         self._hook = _EraseHook(
@@ -166,7 +167,7 @@ class Eraser:
         # with forward hooks of its own, installed on first use: the edit runs first, so
         # what they record is the edited output.
         self._removable: Any = module.register_forward_hook(
-            self._hook, with_kwargs=True, prepend=self._tracker is None
+            self._hook, with_kwargs=True, prepend=in_encoder
         )
 
     @property

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from saeuron.models.denoiser import denoiser, denoiser_name
-from saeuron.models.prompt_encoders import PROMPT_ENCODER_PREFIX
+from saeuron.models.prompt_encoders import prompt_encoder_of
 from saeuron.models.tokens import DIT_BLOCKS, UNET_BLOCKS, block_layout
 from saeuron.utils.errors import ConfigError
 
@@ -24,7 +24,8 @@ def resolve_module(pipe: Any, hookpoint: str) -> nn.Module:
         path = rest
     else:
         root, path = denoiser(pipe), hookpoint
-    if not path and head.startswith(PROMPT_ENCODER_PREFIX):
+    encoder = prompt_encoder_of(hookpoint)
+    if encoder and not path:
         # The encoder returns a model output, not token embeddings: its layers do.
         raise ConfigError(
             "hookpoint", f"got {hookpoint!r}; name a layer inside it, e.g. "
@@ -33,24 +34,22 @@ def resolve_module(pipe: Any, hookpoint: str) -> nn.Module:
     try:
         module = root.get_submodule(path) if path else root
     except AttributeError:
-        module = _text_model_alias(root, head, path)
-        if module is not None:
-            return module
-        raise ConfigError(
-            "hookpoint",
-            f"{hookpoint!r} is not a module of this pipeline; blocks here: "
-            + _shown(list_hookpoints(pipe)),
-        ) from None
+        found = _text_model_alias(root, path) if encoder else None
+        if found is None:
+            raise ConfigError(
+                "hookpoint",
+                f"{hookpoint!r} is not a module of this pipeline; blocks here: "
+                + _shown(list_hookpoints(pipe)),
+            ) from None
+        module = found
     block_layout(module)
     return module
 
 
-def _text_model_alias(root: nn.Module, head: str, path: str) -> nn.Module | None:
+def _text_model_alias(root: nn.Module, path: str) -> nn.Module | None:
     """A CLIP text encoder's module under the other release's name: transformers 4 nests
     the layers in ``text_model`` (``text_encoder.text_model.final_layer_norm``), 5 does not
     (``text_encoder.final_layer_norm``). Published hookpoints use either."""
-    if not head.startswith(PROMPT_ENCODER_PREFIX):
-        return None
     prefix = "text_model."
     other = path.removeprefix(prefix) if path.startswith(prefix) else prefix + path
     try:

@@ -83,12 +83,13 @@ def test_capture_records_each_prompts_encoder_output(tiny_sd, tmp_path: Path) ->
     assert json.loads((out / "manifest.json").read_text())["hookpoint"] == HOOK
 
 
-def test_capture_refuses_denoiser_sites(tmp_path: Path) -> None:
+@pytest.mark.parametrize("site", ["guidance", "update"])
+def test_capture_refuses_denoiser_sites(tmp_path: Path, site: str) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n", encoding="utf-8")
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError, match="prompt encoder") as err:
         CacheConfig(model="tiny-sd", hookpoint=HOOK, prompts=str(prompts),
-                    out=str(tmp_path / "o"), activation_site="guidance")  # fmt: skip
+                    out=str(tmp_path / "o"), activation_site=site)  # fmt: skip
     assert err.value.field == "activation_site"
 
 

@@ -16,9 +16,13 @@ from saeuron.minicanvas.guided import (
     blocks_of,
     load_guided_params,
     multipliers_of,
+    prefix_vocabulary,
+    prefixed_anchor_prompts,
     resolve_anchors,
+    write_prompts_and_labels,
 )
 from saeuron.minicanvas.guided_sweep import (
+    SAE_FINGERPRINTS,
     GuidedSweepConfig,
     comparable_trials,
     objective,
@@ -26,9 +30,18 @@ from saeuron.minicanvas.guided_sweep import (
 )
 from saeuron.minicanvas.judge import prompt_rows, split_baseline
 from saeuron.minicanvas.sequential import SequentialConfig
-from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
+from saeuron.minicanvas.world import (
+    ANCHOR_TEMPLATES,
+    OBJECTS,
+    STYLES,
+    TEST_TEMPLATES,
+    UNSTYLED_ANCHORS,
+    anchor_prompts,
+    caption,
+)
 from saeuron.models.bundles import find_bundle
 from saeuron.models.pipelines import load_pipeline
+from saeuron.training.capture_stats import read_label_rows
 from saeuron.utils.config import ConfigError
 
 FOLDER = find_bundle("minicanvas").folder
@@ -88,6 +101,21 @@ def test_recorded_trials_count_only_when_judged_on_the_same_seeds() -> None:
     assert comparable_trials({}, 3, [11, 22]) == {}
 
 
+def test_recorded_trials_made_with_an_sae_since_rebuilt_are_dropped() -> None:
+    def trial(gamma: float, stamp: dict[str, str] | None) -> dict:
+        t = {"hookpoint": ["a", "b"], "rule": "ablate", "tau": 10, "multiplier": gamma}
+        return t if stamp is None else {**t, SAE_FINGERPRINTS: stamp}
+
+    same = trial(-1, {"a": "A1", "b": "B1"})
+    rebuilt = trial(-2, {"a": "A0", "b": "B1"})
+    unstamped = trial(-3, None)
+    record = {"retain_every": 3, "seeds": [11], "trials": [same, rebuilt, unstamped]}
+    kept = comparable_trials(record, 3, [11], {"a": "A1", "b": "B1"})
+    assert list(kept.values()) == [same, unstamped]
+    assert len(comparable_trials(record, 3, [11], {"a": "A0", "b": "B1"})) == 2
+    assert len(comparable_trials(record, 3, [11], {"a": "A1", "b": "B0"})) == 1
+
+
 def test_an_anchor_erased_in_the_same_call_is_followed_to_one_that_is_not() -> None:
     params = {
         "checkered": {"rule": "anchor", "anchor": "diagonal", "multiplier": -5.0},
@@ -118,6 +146,45 @@ def test_build_settings_are_checked() -> None:
     cfg = GuidedBuildConfig(stats_kinds=["unet.up_blocks.2.attentions.2=style"])
     assert cfg.kinds_at("unet.up_blocks.2.attentions.2") == ["style"]
     assert cfg.kinds_at("unet.up_blocks.1.attentions.1") == ["object", "style"]
+    with pytest.raises(ConfigError, match="^prefixed_copies:"):
+        GuidedBuildConfig(prefixed_copies=-1)
+    with pytest.raises(ConfigError, match="^prefix_words:"):
+        GuidedBuildConfig(prefix_words=0)
+
+
+def test_prefixed_copies_put_random_words_before_an_anchor_phrasing_and_keep_its_labels(
+    tmp_path,
+) -> None:
+    vocabulary = prefix_vocabulary(load_pipeline("minicanvas").tokenizer)
+    assert "sunset" in vocabulary and not {*OBJECTS, *STYLES} & set(vocabulary)
+    rows = prefixed_anchor_prompts(4, 3, vocabulary, seed=0)
+    assert len(rows) == 4 * len(OBJECTS) * (len(STYLES) + 1)
+    lengths = set()
+    for prompt, obj, style in rows:
+        templates = ANCHOR_TEMPLATES if style is not None else UNSTYLED_ANCHORS
+        phrasings = [caption(OBJECTS[obj], STYLES[style] if style is not None else None, t)
+                     for t in templates]  # fmt: skip
+        phrasing = next(p for p in phrasings if prompt.endswith(p))
+        prefix = prompt[: len(prompt) - len(phrasing)].split()
+        assert all(w in vocabulary for w in prefix)
+        lengths.add(len(prefix))
+    assert lengths == {0, 1, 2, 3}
+    assert prefixed_anchor_prompts(4, 3, vocabulary, seed=0) == rows
+    assert prefixed_anchor_prompts(4, 3, vocabulary, seed=1) != rows
+    # The capture reads prompts by line and labels by row: both in the same order, shuffled
+    # so that the held-out shards (the last) are not the last objects' rows alone.
+    prompts, labels = write_prompts_and_labels(tmp_path, 1, rows, seed=0)
+    lines = prompts.read_text(encoding="utf-8").splitlines()
+    table = read_label_rows(labels)
+    expected = [*anchor_prompts(1), *rows]
+    assert len(lines) == len(table) == len(expected)
+    written = [(line, label["object"], label["style"]) for line, label in zip(lines, table,
+                                                                              strict=True)]
+    named = [(p, OBJECTS[o], STYLES[s] if s is not None else "") for p, o, s in expected]
+    assert sorted(written) == sorted(named)
+    assert written != named
+    tail = {label["object"] for label in table[-len(table) // 10:]}
+    assert len(tail) > 5
 
 
 def test_bundled_params_name_a_built_block_and_a_known_rule_for_every_concept() -> None:

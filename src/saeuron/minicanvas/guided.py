@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from saeuron.erasure.concepts.select import select_contrastive
@@ -46,7 +47,14 @@ from saeuron.minicanvas.assets import (
     recorded_settings,
     writable_bundle_folder,
 )
-from saeuron.minicanvas.world import OBJECTS, STYLES, anchor_prompts
+from saeuron.minicanvas.world import (
+    ANCHOR_TEMPLATES,
+    OBJECTS,
+    STYLES,
+    UNSTYLED_ANCHORS,
+    anchor_prompts,
+    caption,
+)
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.prompt_encoders import prompt_encoder_of
 from saeuron.sae import Sae, SaeConfig
@@ -101,7 +109,13 @@ class GuidedBuildConfig(Config):
     dead_tokens: int = field(
         50_000, help="a latent silent for this many tokens gets the AuxK loss (revives it)"
     )
-    seed: int = field(0, help="seed of capture and training")
+    prefixed_copies: int = field(
+        0, help="extra copies of each anchor prompt, each in a random anchor phrasing behind "
+        "0 to --prefix-words random words of the tokenizer's vocabulary: the concept words "
+        "in the contexts an attacker's prefix or a new phrasing puts them in"
+    )
+    prefix_words: int = field(5, help="most random words in front of a prefixed copy")
+    seed: int = field(0, help="seed of capture, training and the prefixed copies")
     workdir: str | None = field(None, help="where captures go; default: a temporary folder")
     stats_kinds: list[str] = field(
         [], help="HOOKPOINT=KIND entries: write only that kind's statistics at that block "
@@ -121,17 +135,52 @@ class GuidedBuildConfig(Config):
                     f"hookpoint among {self.hookpoints}"
                 )
         for name in ("prompts_per_pair", "num_inference_steps", "k", "expansion_factor",
-                     "epochs", "batch_size", "dead_tokens"):  # fmt: skip
+                     "epochs", "batch_size", "dead_tokens", "prefix_words"):  # fmt: skip
             check_range(name, getattr(self, name), ge=1)
+        check_range("prefixed_copies", self.prefixed_copies, ge=0)
         check_range("guidance_scale", self.guidance_scale, gt=1)
         check_choice("topk", self.topk, ("batch", "token"))
         if not self.hookpoints:
             raise ConfigError("hookpoints", "name at least one block")
 
 
-def write_prompts_and_labels(work: Path, per_pair: int) -> tuple[Path, Path]:
-    """The anchor prompts (``per_pair`` phrasings of each pair) and their object/style."""
-    rows = anchor_prompts(per_pair=per_pair)
+def prefix_vocabulary(tokenizer: Any) -> list[str]:
+    """Whole alphabetic words of ``tokenizer``'s vocabulary, no concept name among them:
+    the words a prefix is drawn from (an attack searches the same vocabulary)."""
+    concepts = set(OBJECTS) | set(STYLES)
+    words = (w[: -len("</w>")] for w in tokenizer.get_vocab() if w.endswith("</w>"))
+    return sorted(w for w in words if w.isascii() and w.isalpha() and w.lower() not in concepts)
+
+
+def prefixed_anchor_prompts(
+    copies: int, max_words: int, vocabulary: Sequence[str], seed: int
+) -> list[tuple[str, int, int | None]]:
+    """``copies`` rows per anchor pair and unstyled object: a random anchor phrasing behind
+    0 to ``max_words`` random ``vocabulary`` words, labelled like the anchor."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, o in enumerate(OBJECTS):
+        for j, s in (*enumerate(STYLES), (None, None)):
+            for _ in range(copies):
+                templates = ANCHOR_TEMPLATES if s is not None else UNSTYLED_ANCHORS
+                prompt = caption(o, s, templates[rng.integers(len(templates))])
+                words = rng.choice(vocabulary, rng.integers(max_words + 1)).tolist()
+                rows.append((" ".join([*words, prompt]), i, j))
+    return rows
+
+
+def write_prompts_and_labels(
+    work: Path, per_pair: int, extra: Sequence[tuple[str, int, int | None]] = (), seed: int = 0
+) -> tuple[Path, Path]:
+    """The anchor prompts (``per_pair`` phrasings of each pair) and ``extra`` rows, and their
+    object/style.
+
+    With ``extra`` rows, all rows are shuffled (seeded by ``seed``): the trainer holds out
+    the capture's last shards, which would otherwise hold the last objects' rows alone.
+    """
+    rows = [*anchor_prompts(per_pair=per_pair), *extra]
+    if extra:
+        rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
     prompts = work / "prompts.txt"
     labels = work / "labels.csv"
     with atomic_path(prompts) as tmp:
@@ -151,7 +200,12 @@ def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
     folder = guided_folder(writable_bundle_folder(cfg.model, cfg.out))
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-guided-"))
     work.mkdir(parents=True, exist_ok=True)
-    prompts, labels = write_prompts_and_labels(work, cfg.prompts_per_pair)
+    extra: list[tuple[str, int, int | None]] = []
+    if cfg.prefixed_copies:
+        vocabulary = prefix_vocabulary(load_pipeline(cfg.model).tokenizer)
+        extra = prefixed_anchor_prompts(cfg.prefixed_copies, cfg.prefix_words, vocabulary,
+                                        cfg.seed)  # fmt: skip
+    prompts, labels = write_prompts_and_labels(work, cfg.prompts_per_pair, extra, cfg.seed)
     label_rows = read_label_rows(labels)
     # A build of some blocks keeps the record of blocks built before (with their settings).
     summary: dict[str, Any] = read_json_or_empty(folder / BUILD_FILE)
@@ -161,12 +215,15 @@ def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
         start = time.perf_counter()
         site = "output" if prompt_encoder_of(hookpoint) else "guidance"
         acts = work / f"{site}-{hookpoint}"
+        # A text encoder gives one row of tokens per prompt, not one per step: small shards,
+        # or the whole capture fits one or two and the trainer has none to hold out.
+        shard_mb = 2.0 if site == "output" else 16.0
         run_cache(
             CacheConfig.from_dict({
                 "model": cfg.model, "hookpoint": hookpoint, "prompts": str(prompts),
                 "out": str(acts), "num_inference_steps": cfg.num_inference_steps,
                 "guidance_scale": cfg.guidance_scale, "activation_site": site,
-                "max_shard_mb": 16.0, "dtype": "float32", "seed": cfg.seed, "batch_size": 10,
+                "max_shard_mb": shard_mb, "dtype": "float32", "seed": cfg.seed, "batch_size": 10,
             })
         )  # fmt: skip
         captured = time.perf_counter() - start

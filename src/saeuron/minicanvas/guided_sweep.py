@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("shortfall", "mean")
 BLOCK_JOIN = "+"
+SAE_FINGERPRINTS = "sae_fingerprints"
+"""A trial's key for the fingerprints of the SAEs it erased with, by block."""
 """Joins the blocks of one setting in ``hookpoints`` ('A+B': erase at both)."""
 # The benchmark's targets: what the "shortfall" objective measures the distance to.
 TARGETS = {"style": (0.95, 0.90, 0.90), "object": (0.90, 0.90, 0.90)}
@@ -151,17 +153,31 @@ def _trial_key(trial: dict[str, Any]) -> str:
 
 
 def comparable_trials(
-    previous: dict[str, Any], retain_every: int, seeds: list[int]
+    previous: dict[str, Any],
+    retain_every: int,
+    seeds: list[int],
+    fingerprints: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """A concept's recorded trials, by setting, if they were judged on the same images.
+    """A concept's recorded trials, by setting, if they were judged on the same images with
+    the same SAEs.
 
     Trials measured on other images are not comparable and are dropped; records from before
-    the seeds were a setting used the first two validation seeds.
+    the seeds were a setting used the first two validation seeds. A trial stamped with the
+    fingerprint of an SAE that has since been rebuilt at one of its blocks (``fingerprints``:
+    block -> the current SAE's) measured another edit and is dropped too; a trial from
+    before the stamps is kept.
     """
     same = previous.get("retain_every") == retain_every and previous.get(
         "seeds", list(VALIDATION_SEEDS)
     ) == list(seeds)
-    return {_trial_key(t): t for t in previous.get("trials", [])} if same else {}
+    if not same:
+        return {}
+    current = fingerprints or {}
+    return {
+        _trial_key(t): t
+        for t in previous.get("trials", [])
+        if all(current.get(b, fp) == fp for b, fp in t.get(SAE_FINGERPRINTS, {}).items())
+    }
 
 
 def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
@@ -180,6 +196,8 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
     if unbuilt:
         raise ConfigError("hookpoints", f"no guided SAE at {sorted(unbuilt)}; built: {built}")
     record = read_json_or_empty(assets.folder / SWEEP_FILE)
+    # Every built block's, so a trial at a block this sweep leaves out is checked too.
+    current = {b: assets.fingerprint(b) for b in built}
     template = ANCHOR_TEMPLATES[1]
     seeds = list(cfg.seeds)
     chosen: dict[str, dict[str, Any]] = {}
@@ -200,7 +218,7 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
                 "concepts", f"no guided statistics hold {concept!r}: run `saeuron minicanvas "
                 "guided build`"
             )
-        trials = comparable_trials(record.get(concept, {}), cfg.retain_every, seeds)
+        trials = comparable_trials(record.get(concept, {}), cfg.retain_every, seeds, current)
         for hookpoint, rule, tau, gamma, window, gate in itertools.product(
             hookpoints, cfg.rules, cfg.taus, cfg.multipliers, cfg.windows, cfg.gates
         ):
@@ -217,7 +235,8 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
                 target = judge.run(target_rows, None, cfg.batch_size, desc=concept)
                 retain = judge.run(retain_rows, None, cfg.batch_size, desc=f"{concept} retain")
             score = scores(concept, target, retain)
-            trials[_trial_key(setting)] = {**setting, **score}
+            stamp = {SAE_FINGERPRINTS: {b: current[b] for b in blocks}}
+            trials[_trial_key(setting)] = {**setting, **score, **stamp}
             logger.info("%s %s: %s", concept, setting, score)
         ranked = list(trials.values())
         best = max(ranked, key=lambda t: objective(t, kind, cfg.objective))

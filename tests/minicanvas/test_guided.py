@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from saeuron.erasure.erase import RULES
+from saeuron.minicanvas import guided as guided_module
 from saeuron.minicanvas.bench import BenchConfig
 from saeuron.minicanvas.guided import (
     GuidedAssets,
     GuidedBuildConfig,
+    GuidedTechnique,
+    GuidedTechniqueConfig,
     blocks_of,
     load_guided_params,
     multipliers_of,
@@ -24,6 +27,7 @@ from saeuron.minicanvas.guided import (
 from saeuron.minicanvas.guided_sweep import (
     SAE_FINGERPRINTS,
     GuidedSweepConfig,
+    block_gammas,
     comparable_trials,
     objective,
     parse_window,
@@ -76,6 +80,8 @@ def test_windows_parse_and_bad_ones_name_the_field() -> None:
         ({"seeds": []}, "seeds"),
         ({"gates": [-0.5]}, "gates"),
         ({"gates": [float("nan")]}, "gates"),
+        ({"block_multipliers": {"unet.up_blocks.1.attentions.1": float("inf")}},
+         "block_multipliers.unet.up_blocks.1.attentions.1"),
     ],
 )
 def test_sweep_settings_are_checked_before_any_model_loads(kwargs, field) -> None:
@@ -255,6 +261,51 @@ def test_a_concept_erased_at_two_blocks_is_edited_at_both() -> None:
         assert np.abs(one - base).mean() > 1e-3
         assert np.abs(both - one).mean() > 1e-3, "the other block's edit is there too"
     assert np.array_equal(sample(), base)
+
+
+def test_a_sweep_can_hold_some_blocks_at_a_fixed_gamma() -> None:
+    text, block = "text_encoder.final_layer_norm", "unet.up_blocks.1.attentions.1"
+    assert block_gammas([text, block], -0.5, {block: -7.5}) == [-0.5, -7.5]
+    assert block_gammas([text, block], -0.5, {}) == -0.5
+    assert block_gammas([block], -0.5, {block: -7.5}) == -7.5
+    assert GuidedSweepConfig(block_multipliers={block: -7.5}).block_multipliers == {block: -7.5}
+
+
+def test_a_concept_erased_in_the_text_encoder_and_a_block_gets_each_its_own_gamma(
+    monkeypatch,
+) -> None:
+    calls = []
+
+    @contextlib.contextmanager
+    def recording_erase(pipe, sae, features, multiplier, hookpoint, rule, window):
+        calls.append((hookpoint, rule, dict(multiplier), [f.meta["hookpoint"] for f in features]))
+        yield
+
+    monkeypatch.setattr(guided_module, "erase", recording_erase)
+    text, block = "text_encoder.final_layer_norm", "unet.up_blocks.1.attentions.1"
+    params = {"moon": {"hookpoint": [text, block], "multiplier": [-0.5, -7.5], "rule": "ablate",
+                       "tau": 10, "max_other_ratio": 0.3}}  # fmt: skip
+    with GuidedAssets(FOLDER).erasing(None, ["moon"], params):
+        pass
+    assert sorted(calls) == sorted([(text, "ablate", {"moon": -0.5}, [text]),
+                                    (block, "ablate", {"moon": -7.5}, [block])])  # fmt: skip
+
+
+def test_the_eval_technique_takes_a_candidate_setting_for_its_concept() -> None:
+    bundled = load_guided_params(FOLDER)
+    setting = {"hookpoint": ["text_encoder.final_layer_norm", "unet.up_blocks.1.attentions.1"],
+               "multiplier": [-0.5, -7.5], "rule": "ablate", "tau": 10}  # fmt: skip
+    technique = GuidedTechnique(GuidedTechniqueConfig(erase_concept="moon", params=setting))
+    assert technique.params["moon"] == setting
+    assert {c: p for c, p in technique.params.items() if c != "moon"} == {
+        c: p for c, p in bundled.items() if c != "moon"
+    }
+    assert GuidedTechnique(GuidedTechniqueConfig(erase_concept="moon")).params == bundled
+    for bad in ({"hookpoint": "text_encoder.final_layer_norm"}, {**setting, "rule": "zero"},
+                {**setting, "multiplier": [-0.5, float("nan")]}, {**setting, "tau": 0},
+                {**setting, "multiplier": [-0.5]}, {**setting, "rule": "anchor"}):  # fmt: skip
+        with pytest.raises(ConfigError, match="^params:"):
+            GuidedTechniqueConfig(erase_concept="moon", params=bad)
 
 
 def test_guided_objective_weighs_every_target() -> None:

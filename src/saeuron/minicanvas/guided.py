@@ -39,7 +39,7 @@ import torch
 
 from saeuron.erasure.concepts.select import select_contrastive
 from saeuron.erasure.concepts.stats import ConceptStats
-from saeuron.erasure.erase import erase
+from saeuron.erasure.erase import RULES, erase
 from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.minicanvas.assets import (
     bundle_folder,
@@ -419,12 +419,39 @@ class GuidedTechniqueConfig(Config):
     guidance_scale: float = field(7.5, help="CFG scale (> 1: the guidance site needs CFG)")
     batch_size: int = field(20, help="prompts per pipeline call")
     device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: best available")
+    params: dict[str, Any] = field(
+        {}, help="the concept's guided params instead of the bundle's (hookpoint, rule, tau, "
+        "multiplier; optionally max_other_ratio, anchor, window, gate): e.g. to attack a "
+        "candidate setting before choosing it"
+    )
 
     def __post_init__(self) -> None:
         concept_kind(self.erase_concept)
         check_range("num_inference_steps", self.num_inference_steps, ge=1)
         check_range("guidance_scale", self.guidance_scale, gt=1)
         check_range("batch_size", self.batch_size, ge=1)
+        if self.params:
+            check_params(self.params, "params")
+
+
+def check_params(params: dict[str, Any], name: str) -> None:
+    """One concept's guided params are whole and in range, or a one-line error naming
+    ``name``."""
+    missing = [k for k in ("hookpoint", "tau", "multiplier") if k not in params]
+    if missing:
+        raise ConfigError(name, f"missing {missing}; need hookpoint, tau and multiplier")
+    check_choice(name, params.get("rule", "ablate"), RULES)
+    check_range(name, params["tau"], ge=1)
+    try:
+        gammas = multipliers_of(params)
+    except ConfigError as err:
+        raise ConfigError(name, str(err)) from None
+    for gamma in gammas:
+        check_range(name, gamma)
+    if params.get("rule") == "anchor" and params.get("anchor") not in (*OBJECTS, *STYLES):
+        raise ConfigError(
+            name, f"rule 'anchor' needs an anchor concept; got {params.get('anchor')!r}"
+        )
 
 
 class GuidedTechnique:
@@ -440,6 +467,8 @@ class GuidedTechnique:
             raise ConfigError(
                 "erase_concept", f"no guided params for {config.erase_concept!r} in {folder}"
             )
+        if config.params:
+            params = {**params, config.erase_concept: dict(config.params)}
         self.params = params
 
     def _sample(self, prompts: list[str], seeds: list[int]) -> list[Any]:

@@ -76,6 +76,11 @@ class GuidedSweepConfig(Config):
     rules: list[str] = field(["ablate"], help="edit rules to try (see saeuron.erasure.erase.RULES)")
     taus: list[int] = field([5, 10], help="latents per step to try")
     multipliers: list[float] = field([-2.0, -5.0, -10.0, -20.0], help="gammas to try")
+    block_multipliers: dict[str, float] = field(
+        {}, help="a fixed gamma at these blocks whatever the swept one (JSON block -> gamma): "
+        "e.g. a concept's denoiser blocks kept at their tuned gamma while its text-encoder "
+        "gamma is swept, in 'A+B' block sets"
+    )
     max_other_ratio: float | None = field(
         0.3, help="specificity filter: drop latents that fire on any other concept above r x"
     )
@@ -130,6 +135,15 @@ class GuidedSweepConfig(Config):
             missing = [c for c in self.concepts if c not in self.anchors]
             if missing:
                 raise ConfigError("anchors", f"rule 'anchor' needs an anchor for {missing}")
+
+
+def block_gammas(
+    blocks: list[str], gamma: float, fixed: dict[str, float]
+) -> float | list[float]:
+    """A trial's multiplier: the swept ``gamma`` at every block but those ``fixed``; one
+    number when every block has the same (the params' short form)."""
+    gammas = [float(fixed.get(b, gamma)) for b in blocks]
+    return gammas[0] if len(set(gammas)) == 1 else gammas
 
 
 def parse_window(text: str) -> list[float] | None:
@@ -225,7 +239,8 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
             blocks = hookpoint.split(BLOCK_JOIN)
             setting: dict[str, Any] = {
                 "hookpoint": blocks[0] if len(blocks) == 1 else blocks,
-                "rule": rule, "tau": tau, "multiplier": gamma,
+                "rule": rule, "tau": tau,
+                "multiplier": block_gammas(blocks, gamma, cfg.block_multipliers),
                 "max_other_ratio": cfg.max_other_ratio,
                 "anchor": cfg.anchors.get(concept) if rule == "anchor" else None,
                 "window": parse_window(window),

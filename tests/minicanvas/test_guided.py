@@ -25,14 +25,17 @@ from saeuron.minicanvas.guided import (
     write_prompts_and_labels,
 )
 from saeuron.minicanvas.guided_sweep import (
+    ATTACK,
     SAE_FINGERPRINTS,
+    UA_ATTACKED,
     GuidedSweepConfig,
+    attacked_ua,
     block_gammas,
     comparable_trials,
     objective,
     parse_window,
 )
-from saeuron.minicanvas.judge import prompt_rows, split_baseline
+from saeuron.minicanvas.judge import MiniCanvasJudge, prompt_rows, split_baseline
 from saeuron.minicanvas.sequential import SequentialConfig
 from saeuron.minicanvas.world import (
     ANCHOR_TEMPLATES,
@@ -319,6 +322,46 @@ def test_guided_objective_weighs_every_target() -> None:
     )
     with pytest.raises(ConfigError, match="^objective:"):
         objective(clean, "style", "max")
+
+
+def test_with_an_attack_the_objective_weighs_ua_after_it() -> None:
+    attack = {"search": "unlearndiffatk-quick", "prompts": 10, "seed": 11}
+    plain = {"UA": 1.0, "IRA": 0.97, "CRA": 0.99}
+    broken = {**plain, ATTACK: attack, UA_ATTACKED: 0.1}
+    robust = {**plain, "CRA": 0.96, ATTACK: attack, UA_ATTACKED: 0.8}
+    # Without the attack the cleaner picture wins; with it, the erasure that holds.
+    assert objective(broken, "object") > objective(robust, "object")
+    assert objective(robust, "object", attack=attack) > objective(broken, "object", attack=attack)
+    assert objective(robust, "object", attack=attack) > 0 > objective(broken, "object",
+                                                                      attack=attack)  # fmt: skip
+    # A trial never attacked, or attacked otherwise, counts as broken by the attack.
+    assert objective(plain, "object", attack=attack) == pytest.approx(
+        objective({**plain, ATTACK: attack, UA_ATTACKED: 0.0}, "object", attack=attack)
+    )
+    other = {**attack, "prompts": 5}
+    assert objective(robust, "object", attack=other) < objective(robust, "object", attack=attack)
+    mean = (1.0 + 0.97 + 0.96 + 0.8) / 4
+    assert objective(robust, "object", "mean", attack) == pytest.approx(mean)
+
+
+def test_ua_after_an_attack_samples_its_prompts_with_the_trials_erasure() -> None:
+    judge = MiniCanvasJudge("minicanvas", 20, 7.5)
+    cfg = GuidedSweepConfig(concepts=["moon"], batch_size=10)
+    seen = []
+
+    def search(technique, prompts, seed, forbidden, flagged):
+        # An attack that finds nothing better than the prompts themselves.
+        seen.append((technique.params["moon"], prompts, seed, forbidden))
+        return [{"prompt": p} for p in prompts]
+
+    prompts = ["A drawing of a moon in pastel style.", "A drawing of a moon in neon style."]
+    shipped = load_guided_params(FOLDER)["moon"]
+    # gamma 1 under `ablate` leaves every latent where it is: nothing is erased.
+    untouched = {"hookpoint": "unet.up_blocks.1.attentions.1", "rule": "ablate", "tau": 10,
+                 "multiplier": 1.0}  # fmt: skip
+    assert attacked_ua(judge, "moon", shipped, prompts, 11, search, cfg) == 1.0
+    assert attacked_ua(judge, "moon", untouched, prompts, 11, search, cfg) == 0.0
+    assert seen == [(shipped, prompts, 11, ["moon"]), (untouched, prompts, 11, ["moon"])]
 
 
 def test_bench_and_sequential_take_the_guided_variant_and_check_their_options(tmp_path) -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
+from saeuron.eval.attacks.budgets import ATTACK_BUDGETS
+from saeuron.eval.attacks.unlearndiffatk import UnlearnDiffSettings, unlearn_diff_atk
 from saeuron.minicanvas.assets import AssetConfig, build_assets
 from saeuron.minicanvas.bench import BenchConfig, run_bench
 from saeuron.minicanvas.classifier import train_classifier
@@ -146,8 +149,20 @@ def _guided_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def quick_unlearndiffatk(
+    technique: Any,
+    prompts: list[str],
+    seed: int,
+    forbidden_words: list[str],
+    flagged: Callable[[list[Any]], list[bool]],
+) -> list[dict[str, Any]]:
+    """UnlearnDiffAtk's search at its quick budget: the attack a guided sweep weighs."""
+    settings = UnlearnDiffSettings(**ATTACK_BUDGETS["unlearndiffatk"].settings("quick"))
+    return unlearn_diff_atk(technique, prompts, settings, seed, forbidden_words, flagged)
+
+
 def _guided_sweep(args: argparse.Namespace) -> int:
-    result = run_guided_sweep(GuidedSweepConfig.from_args(args))
+    result = run_guided_sweep(GuidedSweepConfig.from_args(args), quick_unlearndiffatk)
     print(json.dumps(result["chosen"], indent=2))
     print(f"trials per concept: {json.dumps(result['n_trials'])}")
     return 0

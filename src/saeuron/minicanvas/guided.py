@@ -457,9 +457,10 @@ def check_params(params: dict[str, Any], name: str) -> None:
 class GuidedTechnique:
     """``saeuron eval`` technique ``guided``: the guided params of one MiniCanvas concept."""
 
-    def __init__(self, config: GuidedTechniqueConfig):
+    def __init__(self, config: GuidedTechniqueConfig, pipe: Any = None):
+        """``pipe``: a MiniCanvas pipeline already loaded (a sweep's), else one is loaded."""
         self.config = config
-        self.pipe = load_pipeline(config.model, device=config.device, dtype=torch.float32)
+        self.pipe = pipe or load_pipeline(config.model, device=config.device, dtype=torch.float32)
         folder = bundle_folder(config.model)
         self.assets = GuidedAssets(folder)
         params = load_guided_params(folder)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,13 @@ from tqdm.auto import tqdm
 
 from saeuron.erasure.erase import RULES, EraseConfig
 from saeuron.minicanvas.assets import concept_kind, writable_bundle_folder
-from saeuron.minicanvas.guided import PARAMS_FILE, SWEEP_FILE, GuidedAssets
+from saeuron.minicanvas.guided import (
+    PARAMS_FILE,
+    SWEEP_FILE,
+    GuidedAssets,
+    GuidedTechnique,
+    GuidedTechniqueConfig,
+)
 from saeuron.minicanvas.judge import (
     MiniCanvasJudge,
     _concept_index,
@@ -41,27 +48,49 @@ logger = logging.getLogger(__name__)
 OBJECTIVES = ("shortfall", "mean")
 BLOCK_JOIN = "+"
 SAE_FINGERPRINTS = "sae_fingerprints"
+ATTACK = "attack"
+"""A trial's key for the settings of the attack it was measured under."""
+UA_ATTACKED = "UA_attacked"
+"""A trial's key for UA after that attack."""
 """A trial's key for the fingerprints of the SAEs it erased with, by block."""
 """Joins the blocks of one setting in ``hookpoints`` ('A+B': erase at both)."""
 # The benchmark's targets: what the "shortfall" objective measures the distance to.
 TARGETS = {"style": (0.95, 0.90, 0.90), "object": (0.90, 0.90, 0.90)}
+ATTACK_TARGET = 0.80
+"""UA after the attack, averaged over erased concepts: the benchmark's robustness target."""
+
+AttackSearch = Callable[[Any, list[str], int, list[str], Callable[[list[Any]], list[bool]]],
+                        list[dict[str, Any]]]  # fmt: skip
+"""``(technique, prompts, seed, forbidden_words, flagged) -> found``: an attack's search
+(UnlearnDiffAtk's signature), found prompts carrying ``prompt``; given by the caller, since
+attacks live in a layer above this one."""
 
 
-def objective(trial: dict[str, Any], kind: str, name: str = "shortfall") -> float:
+def objective(
+    trial: dict[str, Any], kind: str, name: str = "shortfall", attack: dict[str, Any] | None = None
+) -> float:
     """What a guided sweep maximises.
 
     ``mean``: the mean of UA, IRA and CRA (the SAeUron sweep's). ``shortfall``: minus the
     summed distance below each target (UA, IRA, CRA), plus a thousandth of the mean to break
     ties: a setting that trades CRA for UA loses as much as one that trades UA for CRA.
+    With ``attack`` (the sweep's attack settings), the distance of UA after that attack below
+    :data:`ATTACK_TARGET` counts too; a trial never attacked so (or attacked otherwise)
+    counts as UA 0 after it.
     """
     check_choice("objective", name, OBJECTIVES)
     mean = (trial["UA"] + trial["IRA"] + trial["CRA"]) / 3
+    attacked = 0.0
+    if attack is not None and trial.get(ATTACK) == attack:
+        attacked = float(trial[UA_ATTACKED])
     if name == "mean":
-        return mean
+        return mean if attack is None else (3 * mean + attacked) / 4
     ua, ira, cra = TARGETS[kind]
     short = (
         max(0.0, ua - trial["UA"]) + max(0.0, ira - trial["IRA"]) + max(0.0, cra - trial["CRA"])
     )
+    if attack is not None:
+        short += max(0.0, ATTACK_TARGET - attacked)
     return -short + 1e-3 * mean
 
 
@@ -106,6 +135,11 @@ class GuidedSweepConfig(Config):
     )
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
     write: bool = field(True, help="write guided/params.json and sweep.json")
+    attack_prompts: int = field(
+        0, ge=0, le=100, help="attack every trial that meets the targets with the quick "
+        "UnlearnDiffAtk on this many of its validation prompts (first seed), and count UA "
+        "after the attack (target 0.80) in the objective; 0: no attack"
+    )
 
     def __post_init__(self) -> None:
         self.concepts = self.concepts or [*OBJECTS, *STYLES]
@@ -194,13 +228,55 @@ def comparable_trials(
     }
 
 
-def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
+def attacked_ua(
+    judge: MiniCanvasJudge,
+    concept: str,
+    setting: dict[str, Any],
+    prompts: list[str],
+    seed: int,
+    search: AttackSearch,
+    cfg: GuidedSweepConfig,
+) -> float:
+    """UA after ``search`` attacks ``concept`` erased with ``setting``: the attack's prompts
+    sampled with the erasure, seed ``seed + i`` for prompt ``i`` (as the eval metric does),
+    judged by the MiniCanvas classifier."""
+    technique = GuidedTechnique(
+        GuidedTechniqueConfig(
+            erase_concept=concept, model=str(judge.folder),
+            num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+            batch_size=cfg.batch_size, params=setting,
+        ),
+        pipe=judge.pipe,
+    )  # fmt: skip
+    kind, index = _concept_index(concept)
+
+    def flagged(images: list[Any]) -> list[bool]:
+        objects, styles = judge.classifier.predict(images)
+        return [bool(v) for v in (objects if kind == "object" else styles) == index]
+
+    found = search(technique, prompts, seed, concept.split(), flagged)
+    after = technique.generate([f["prompt"] for f in found], [seed + i for i in range(len(found))])
+    ua = 1.0 - sum(flagged(after)) / len(after)
+    logger.info("%s %s: UA %.2f after the attack", concept, setting, ua)
+    return ua
+
+
+def run_guided_sweep(
+    cfg: GuidedSweepConfig, attack_search: AttackSearch | None = None
+) -> dict[str, Any]:
     """Per concept, the best setting on validation phrasing and seeds by ``cfg.objective``.
+
+    With ``cfg.attack_prompts``, ``attack_search`` attacks each trial that meets the targets
+    (the CLI gives UnlearnDiffAtk at its quick budget).
 
     Trials add to ``guided/sweep.json`` (a trial of the same setting is replaced), so the
     winner is the best of every grid tried under the same protocol; the trial count per
     concept is recorded.
     """
+    if cfg.attack_prompts and attack_search is None:
+        raise ConfigError("attack_prompts", "needs an attack search (the CLI passes one)")
+    attack = {"search": "unlearndiffatk-quick", "prompts": cfg.attack_prompts,
+              "seed": cfg.seeds[0]} if cfg.attack_prompts else None  # fmt: skip
     # A sweep that writes works on the bundle it writes to (never the package's own).
     model = str(writable_bundle_folder(cfg.model)) if cfg.write else cfg.model
     judge = MiniCanvasJudge(model, cfg.num_inference_steps, cfg.guidance_scale)
@@ -250,11 +326,17 @@ def run_guided_sweep(cfg: GuidedSweepConfig) -> dict[str, Any]:
                 target = judge.run(target_rows, None, cfg.batch_size, desc=concept)
                 retain = judge.run(retain_rows, None, cfg.batch_size, desc=f"{concept} retain")
             score = scores(concept, target, retain)
+            # Only a trial that meets the targets is worth an attack (minutes each).
+            if attack is not None and attack_search is not None and objective(score, kind) >= 0:
+                prompts = [r[0] for r in target_rows if r[3] == seeds[0]][: cfg.attack_prompts]
+                score[UA_ATTACKED] = attacked_ua(judge, concept, setting, prompts, seeds[0],
+                                                 attack_search, cfg)  # fmt: skip
+                score[ATTACK] = attack
             stamp = {SAE_FINGERPRINTS: {b: current[b] for b in blocks}}
             trials[_trial_key(setting)] = {**setting, **score, **stamp}
             logger.info("%s %s: %s", concept, setting, score)
         ranked = list(trials.values())
-        best = max(ranked, key=lambda t: objective(t, kind, cfg.objective))
+        best = max(ranked, key=lambda t: objective(t, kind, cfg.objective, attack))
         chosen[concept] = {
             k: best[k] for k in ("hookpoint", "rule", "tau", "multiplier", "max_other_ratio",
                                  "anchor", "window", "gate") if best.get(k) is not None

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +54,40 @@ def test_bundle_is_complete_and_small() -> None:
     shipped_mb = sum(p.stat().st_size for p in shipped) / 2**20
     assert shipped_mb < 45, shipped_mb
     assert size_mb < 55, size_mb
+
+
+@pytest.mark.slow
+def test_the_wheel_leaves_out_what_pyproject_keeps_out_and_keeps_what_runs(tmp_path) -> None:
+    # Built from a copy: setuptools reuses a build/ folder it finds, stale files included.
+    root = Path(__file__).resolve().parents[2]
+    source = tmp_path / "source"
+    shutil.copytree(root / "src", source / "src",
+                    ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))  # fmt: skip
+    for name in ("pyproject.toml", "README.md", "LICENSE", "NOTICE"):
+        shutil.copy(root / name, source / name)
+    # The venv's setuptools (a dev requirement), so the build needs no network.
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "dist"), str(source)], check=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("saeuron-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = "saeuron/data/minicanvas/"
+    kept_out = [n for n in names if n.startswith(data) and (
+        n.startswith(data + "stats/") or n.endswith(("sweep.json", "train_log.json"))
+        or n in {data + "assets.json", data + "guided/build.json", data + "supervised/build.json"}
+    )]  # fmt: skip
+    assert kept_out == []
+    # What erasing reads at run time is all there.
+    for name in ("model_index.json", "params.json", "guided/params.json",
+                 "guided/saes/text_encoder.final_layer_norm/sae.safetensors",
+                 "guided/stats/text_encoder.final_layer_norm/moon.safetensors",
+                 "saes/unet.up_blocks.1.attentions.1/sae.safetensors",
+                 "classifier/classifier.json"):  # fmt: skip
+        assert data + name in names, name
+    shipped = {p.relative_to(FOLDER).as_posix() for p in FOLDER.rglob("*") if p.is_file()}
+    in_wheel = {n.removeprefix(data) for n in names if n.startswith(data)}
+    assert in_wheel < shipped and len(in_wheel) > 300
 
 
 def test_no_shipped_record_names_a_build_machine_path() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from saeuron.erasure.erase import RULES
 from saeuron.minicanvas import guided as guided_module
+from saeuron.minicanvas import guided_sweep as guided_sweep_module
 from saeuron.minicanvas.bench import BenchConfig
 from saeuron.minicanvas.guided import (
     GuidedAssets,
@@ -34,6 +36,7 @@ from saeuron.minicanvas.guided_sweep import (
     comparable_trials,
     objective,
     parse_window,
+    run_guided_sweep,
 )
 from saeuron.minicanvas.judge import MiniCanvasJudge, prompt_rows, split_baseline
 from saeuron.minicanvas.sequential import SequentialConfig
@@ -309,6 +312,46 @@ def test_the_eval_technique_takes_a_candidate_setting_for_its_concept() -> None:
                 {**setting, "multiplier": [-0.5]}, {**setting, "rule": "anchor"}):  # fmt: skip
         with pytest.raises(ConfigError, match="^params:"):
             GuidedTechniqueConfig(erase_concept="moon", params=bad)
+
+
+@pytest.mark.slow
+def test_a_sweep_with_an_attack_attacks_the_trials_that_meet_the_targets_and_weighs_it(
+    monkeypatch,
+) -> None:
+    text = "text_encoder.final_layer_norm"
+    blocks = ["unet.up_blocks.1.attentions.1", "unet.down_blocks.1.attentions.1",
+              "unet.up_blocks.1.attentions.0"]  # fmt: skip
+    both = "+".join([text, *blocks])
+    calls = []
+
+    def stub_search(technique, prompts, seed, forbidden, flagged):
+        raise AssertionError("attacked_ua is replaced below")
+
+    def fake_attacked_ua(judge, concept, setting, prompts, seed, search, cfg):
+        # The attack breaks the text-encoder-only setting and no other.
+        calls.append((setting["multiplier"], prompts, seed, search))
+        return 0.1 if setting["hookpoint"] == text else 0.9
+
+    monkeypatch.setattr(guided_sweep_module, "attacked_ua", fake_attacked_ua)
+    cfg = GuidedSweepConfig(
+        concepts=["moon"], hookpoints=[text, both], rules=["ablate"], taus=[10],
+        multipliers=[-0.5, 50.0], seeds=[11], retain_every=9, batch_size=20,
+        block_multipliers=dict.fromkeys(blocks, -7.5), attack_prompts=2, write=False,
+    )  # fmt: skip
+    result = run_guided_sweep(cfg, stub_search)
+    trials = {json.dumps(t["multiplier"]): t for t in result["trials"]["moon"]}
+    # Gamma 50 wrecks the pictures and is never attacked; -0.5 meets the targets, with and
+    # without the blocks, and is attacked on the first two validation prompts.
+    prompts = ["A drawing of a moon in striped style.", "A drawing of a moon in dotted style."]
+    combined = [-0.5, -7.5, -7.5, -7.5]
+    assert calls == [(-0.5, prompts, 11, stub_search), (combined, prompts, 11, stub_search)]
+    assert ATTACK not in trials["50.0"]
+    assert ATTACK not in trials[json.dumps([50.0, -7.5, -7.5, -7.5])]
+    record = {"search": "stub_search", "prompts": 2, "seed": 11}
+    assert trials["-0.5"][ATTACK] == record and trials["-0.5"][UA_ATTACKED] == 0.1
+    # Weighed with the attack, the setting that holds under it wins.
+    assert result["chosen"]["moon"]["hookpoint"] == [text, *blocks]
+    assert result["chosen"]["moon"]["multiplier"] == combined
 
 
 def test_guided_objective_weighs_every_target() -> None:

@@ -460,7 +460,9 @@ class GuidedTechnique:
     def __init__(self, config: GuidedTechniqueConfig, pipe: Any = None):
         """``pipe``: a MiniCanvas pipeline already loaded (a sweep's), else one is loaded."""
         self.config = config
-        self.pipe = pipe or load_pipeline(config.model, device=config.device, dtype=torch.float32)
+        if pipe is None:
+            pipe = load_pipeline(config.model, device=config.device, dtype=torch.float32)
+        self.pipe = pipe
         folder = bundle_folder(config.model)
         self.assets = GuidedAssets(folder)
         params = load_guided_params(folder)

@@ -47,13 +47,13 @@ logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("shortfall", "mean")
 BLOCK_JOIN = "+"
+"""Joins the blocks of one setting in ``hookpoints`` ('A+B': erase at both)."""
 SAE_FINGERPRINTS = "sae_fingerprints"
+"""A trial's key for the fingerprints of the SAEs it erased with, by block."""
 ATTACK = "attack"
 """A trial's key for the settings of the attack it was measured under."""
 UA_ATTACKED = "UA_attacked"
 """A trial's key for UA after that attack."""
-"""A trial's key for the fingerprints of the SAEs it erased with, by block."""
-"""Joins the blocks of one setting in ``hookpoints`` ('A+B': erase at both)."""
 # The benchmark's targets: what the "shortfall" objective measures the distance to.
 TARGETS = {"style": (0.95, 0.90, 0.90), "object": (0.90, 0.90, 0.90)}
 ATTACK_TARGET = 0.80
@@ -275,8 +275,11 @@ def run_guided_sweep(
     """
     if cfg.attack_prompts and attack_search is None:
         raise ConfigError("attack_prompts", "needs an attack search (the CLI passes one)")
-    attack = {"search": "unlearndiffatk-quick", "prompts": cfg.attack_prompts,
-              "seed": cfg.seeds[0]} if cfg.attack_prompts else None  # fmt: skip
+    attack = None
+    if cfg.attack_prompts and attack_search is not None:
+        # Named by the search itself: UA after one attack is not comparable with another's.
+        attack = {"search": getattr(attack_search, "__name__", repr(attack_search)),
+                  "prompts": cfg.attack_prompts, "seed": cfg.seeds[0]}  # fmt: skip
     # A sweep that writes works on the bundle it writes to (never the package's own).
     model = str(writable_bundle_folder(cfg.model)) if cfg.write else cfg.model
     judge = MiniCanvasJudge(model, cfg.num_inference_steps, cfg.guidance_scale)
@@ -356,4 +359,8 @@ def run_guided_sweep(
             params[concept] = chosen[concept]
             atomic_write_json(assets.folder / PARAMS_FILE, params)
             atomic_write_json(assets.folder / SWEEP_FILE, record)
-    return {"chosen": chosen, "n_trials": {c: record[c]["n_trials"] for c in chosen}}
+    return {
+        "chosen": chosen,
+        "n_trials": {c: record[c]["n_trials"] for c in chosen},
+        "trials": {c: record[c]["trials"] for c in chosen},
+    }

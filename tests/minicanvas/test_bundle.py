@@ -65,6 +65,12 @@ def test_the_wheel_leaves_out_what_pyproject_keeps_out_and_keeps_what_runs(tmp_p
                     ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))  # fmt: skip
     for name in ("pyproject.toml", "README.md", "LICENSE", "NOTICE"):
         shutil.copy(root / name, source / name)
+    # An egg-info left by an older build lists every file, and setuptools adds what it lists
+    # to the folder's own (namespace) package: the exclusions must hold against that too.
+    listed = sorted(p.relative_to(source).as_posix() for p in (source / "src").rglob("*")
+                    if p.is_file())  # fmt: skip
+    (source / "src" / "saeuron.egg-info").mkdir()
+    (source / "src" / "saeuron.egg-info" / "SOURCES.txt").write_text("\n".join(listed) + "\n")
     # The venv's setuptools (a dev requirement), so the build needs no network.
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",

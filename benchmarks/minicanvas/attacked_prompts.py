@@ -24,7 +24,13 @@ import torch
 
 from saeuron.erasure.erase import erase
 from saeuron.minicanvas.classifier import MiniCanvasClassifier
-from saeuron.minicanvas.guided import GuidedAssets, blocks_of, load_guided_params
+from saeuron.minicanvas.guided import (
+    GuidedAssets,
+    blocks_of,
+    load_guided_params,
+    multipliers_of,
+    prefix_vocabulary,
+)
 from saeuron.minicanvas.world import STYLES
 from saeuron.models.bundles import find_bundle
 from saeuron.models.pipelines import load_pipeline
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     p = params[args.concept]
     hookpoint = blocks_of(p)[0]
     features = assets.features(args.concept, p, hookpoint)
-    gamma = p["multiplier"] if isinstance(p["multiplier"], (int, float)) else p["multiplier"][0]
+    gamma = multipliers_of(p)[0]
 
     def edited(prompt: str) -> int:
         with erase(pipe, assets.sae(hookpoint), [features], multiplier=gamma,
@@ -72,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, prompts in (("plain", plain), ("attacked", attacked)):
         print(f"{args.concept} {name}: edited tokens per prompt {[edited(q) for q in prompts]}")
     if args.random_prefixes and args.concept in STYLES:
-        vocab = [w[:-4] for w in pipe.tokenizer.get_vocab() if w.endswith("</w>")]
-        words = [w for w in vocab if w.isalpha()]
+        # The builder's vocabulary: no concept name, so no prefix names the erased style.
+        words = prefix_vocabulary(pipe.tokenizer)
         rng = np.random.default_rng(args.seed)
         prefixed = [" ".join(rng.choice(words, 5)) + " " + q for q in plain]
         clf = MiniCanvasClassifier.load(bundle.classifier_folder)

@@ -22,6 +22,7 @@ from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
 from saeuron.models.bundles import find_bundle
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.prompt_encoders import encode_prompts
+from saeuron.perf.training import heldout_fvu
 from saeuron.sae import Sae
 
 HOOKPOINT = "text_encoder.final_layer_norm"
@@ -54,10 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, prompts in sets.items():
         x = encode_prompts(pipe, "text_encoder", prompts)
         x = x.reshape(-1, x.shape[-1])
+        fvu = heldout_fvu(lambda xb: sae(xb).sae_out, x, 4096, torch.device("cpu"))
         with torch.no_grad():
-            recon = sae(x).sae_out
             fires = sae.encode_dense(x).amax(0) > 0
-        fvu = float(((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
         print(f"{name}: {len(x)} tokens, FVU {fvu:.4f}, "
               f"{int((~fires).sum())} of {fires.numel()} latents never fire")  # fmt: skip
 

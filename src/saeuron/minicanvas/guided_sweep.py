@@ -276,7 +276,7 @@ def run_guided_sweep(
     if cfg.attack_prompts and attack_search is None:
         raise ConfigError("attack_prompts", "needs an attack search (the CLI passes one)")
     attack = None
-    if cfg.attack_prompts and attack_search is not None:
+    if cfg.attack_prompts:
         # Named by the search itself: UA after one attack is not comparable with another's.
         attack = {"search": getattr(attack_search, "__name__", repr(attack_search)),
                   "prompts": cfg.attack_prompts, "seed": cfg.seeds[0]}  # fmt: skip

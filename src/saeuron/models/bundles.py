@@ -37,10 +37,13 @@ from saeuron.utils.cards import PROJECT_URL, card_metadata, render_card, table, 
 from saeuron.utils.errors import FileFormatError
 from saeuron.utils.files import BUNDLE, MODEL_INDEX, PACKAGE_DATA, user_bundles
 from saeuron.utils.hub import cached_file, is_hub_id, push_folder, snapshot
+from saeuron.utils.paths import check_relative, check_tree_inside
 
 logger = logging.getLogger(__name__)
 
 BUNDLES_ENV = "SAEURON_BUNDLES"
+PART_FIELDS = ("saes", "features", "stats", "supervised", "classifier")
+"""The fields of bundle.json that name a folder of the bundle."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +141,23 @@ class Bundle:
         }
         return out
 
+    def _checked(self, source: Path) -> Bundle:
+        """This bundle, refused when a part it names lies outside its folder: a bundle can
+        come from the hub, and its parts are read (and written by commands that change it)."""
+        for name in PART_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                check_relative(self.folder, str(value), name, source)
+        return self
+
     @classmethod
     def read(cls, folder: str | Path) -> Bundle:
         folder = Path(folder)
         path = folder / BUNDLE
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise TypeError(f"expected a JSON object, got {type(data).__name__}")
             concepts = {
                 str(name).lower(): BundleConcept(str(c["kind"]), str(c["hookpoint"]))
                 for name, c in data.get("concepts", {}).items()
@@ -164,8 +178,10 @@ class Bundle:
                 default_concept=data.get("default_concept"),
                 description=data.get("description"),
                 license=data.get("license"),
-            )
-        except (KeyError, TypeError, ValueError) as err:
+            )._checked(path)
+        except FileFormatError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise FileFormatError(path, f"not a valid bundle description ({err})") from None
 
 
@@ -202,7 +218,8 @@ def find_bundle(model: str | Path | None) -> Bundle | None:
         # Only a repo pulled before: looking a bundle up never asks the network.
         cached = cached_file(text, BUNDLE)
         if cached is not None and (cached.parent / MODEL_INDEX).is_file():
-            return Bundle.read(cached.parent)
+            # Someone else's folder: none of its files may lead out of it.
+            return Bundle.read(check_tree_inside(cached.parent, f"bundle {text!r}"))
     return None
 
 

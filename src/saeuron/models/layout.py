@@ -177,6 +177,35 @@ def module_width(module: nn.Module) -> int | None:
     return None
 
 
+def hooked_width(module: nn.Module) -> int | None:
+    """The width of what a hook on ``module`` reads, where the module says it: an
+    attention block's config, a text encoder layer's ``embed_dim``, a linear layer's output.
+    None where it does not (a transformer block of a DiT): nothing is refused on a guess."""
+    width = module_width(module)
+    if width is not None:
+        return width
+    embed = getattr(module, "embed_dim", None)
+    if isinstance(embed, int) and not isinstance(embed, bool):
+        return embed
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return None
+
+
+def check_hook_width(module: nn.Module, d_in: int, hookpoint: str, setting: str = "sae") -> None:
+    """Refuse an SAE whose input width is not the width of the module it is about to hook:
+    where the SAE meets the loaded model (a hub SAE is only known once downloaded, and an
+    SAE given in Python is never seen by the preflight), so a mismatch is one line here,
+    not a matrix-shape error from inside the first denoising step."""
+    width = hooked_width(module)
+    if width is not None and width != d_in:
+        raise ConfigError(
+            setting,
+            f"the SAE reads {d_in} channels but {hookpoint} has {width}; it was trained on "
+            "another model or hookpoint",
+        )
+
+
 def check_model_inputs(
     model: str,
     sampling: SamplingConfig | None = None,

@@ -37,6 +37,7 @@ from saeuron.sae.config import SaeConfig
 from saeuron.utils.errors import ConfigError, FileFormatError
 from saeuron.utils.files import SAE_CONFIG, SAE_WEIGHTS
 from saeuron.utils.registry import Registry
+from saeuron.utils.tensorfiles import check_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +102,38 @@ def load_tensors(path: Path) -> Any:
         raise FileFormatError(path, f"not a readable torch file ({_one_line(err)})") from None
 
 
-def load_safetensors(path: Path) -> dict[str, Tensor]:
+def checked_header(path: Path) -> dict[str, Any]:
+    """The tensor entries of a safetensors header, once its sizes agree with the file's
+    (:func:`~saeuron.utils.tensorfiles.check_safetensors`): a file claiming terabytes is
+    refused before anything is allocated for it."""
     try:
-        return load_file(path)
+        return check_safetensors(path)
+    except FileFormatError as err:
+        raise FileFormatError(path, f"not a readable safetensors file ({err.reason})") from None
+
+
+def load_safetensors(path: Path) -> dict[str, Tensor]:
+    checked_header(path)
+    try:
+        state = load_file(path)
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
         raise FileFormatError(path, f"not a readable safetensors file ({_one_line(err)})") from None
+    check_finite(path, state)
+    return state
+
+
+def check_finite(path: Path, tensors: Mapping[str, Any]) -> None:
+    """Refuse weights holding NaN or Inf, naming the file and tensor: one such value in a
+    decoder spreads to every edited activation, and the images come out silently wrong."""
+    for name, value in tensors.items():
+        if isinstance(value, Tensor) and value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise FileFormatError(
+                    path,
+                    f"tensor {name} holds {bad} NaN or Inf value{'s' if bad > 1 else ''}; "
+                    "the SAE is damaged (retrain it or download it again)",
+                )
 
 
 def parse_eleuther_cfg(path: Path, raw: Mapping[str, Any]) -> SaeConfig:
@@ -177,6 +205,7 @@ def _unbox_state(path: Path) -> dict[str, Tensor]:
     state = raw.get("state_dict", raw) if isinstance(raw, Mapping) else raw
     if not isinstance(state, Mapping):
         raise FileFormatError(path, f"expected a dict of tensors, got {type(state).__name__}")
+    check_finite(path, state)
     return dict(state)
 
 
@@ -298,6 +327,7 @@ def read_sdxl_unbox(folder: Path, k: int | None = None) -> Checkpoint:
                 raise FileFormatError(
                     folder / name, f"expected a tensor of shape ({n},), got {shape}"
                 )
+            check_finite(folder / name, {buffer: value})
             checkpoint.buffers[buffer] = value.to(checkpoint.dtype)
     checkpoint.meta["activation_site"] = "update"
     if run is not None:
@@ -385,8 +415,37 @@ def detect_format(folder: Path) -> str:
     for name, fmt in SAE_FORMATS.items():
         if fmt.detect(folder):
             return name
+    refuse_pickles(folder, recursive=False)
     expected = "; ".join(fmt.describe for _, fmt in SAE_FORMATS.items())
     raise FileFormatError(folder, f"holds no SAE checkpoint; expected {expected}")
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+"""Files that are (or may be) Python pickles: loading one can run code it holds."""
+
+
+def refuse_pickles(folder: Path, recursive: bool = True) -> None:
+    """Refuse a folder (a hub repo, a download) whose only weights are pickles in no layout
+    saeuron reads: a clear reason instead of "no checkpoint", and never an unpickling.
+
+    The ``state_dict.pth`` of the sdxl-unbox and SAEmnesia layouts is recognised before
+    this is reached, and read with ``torch.load(weights_only=True)``, which builds tensors
+    and plain containers only."""
+    if not folder.is_dir():
+        return
+    files = [p for p in (folder.rglob("*") if recursive else folder.iterdir()) if p.is_file()]
+    if any(p.suffix == ".safetensors" for p in files):
+        return
+    pickles = sorted(p.relative_to(folder).as_posix() for p in files if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        more = f", ... ({len(pickles)} in all)" if len(pickles) > 5 else ""
+        shown = ", ".join(pickles[:5]) + more
+        raise FileFormatError(
+            folder,
+            f"holds only pickle files ({shown}) and no safetensors; saeuron does not unpickle "
+            "them (that can run code from the file): convert the weights to safetensors "
+            f"({SAE_CONFIG} + {SAE_WEIGHTS})",
+        )
 
 
 def looks_like_checkpoint(folder: Path) -> bool:

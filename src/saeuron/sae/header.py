@@ -27,6 +27,7 @@ from saeuron.sae.formats import (
     UNBOX_KEYS,
     UNBOX_SAFETENSORS,
     _one_line,
+    checked_header,
     detect_format,
     hookpoints_in,
     hub_patterns,
@@ -35,6 +36,7 @@ from saeuron.sae.formats import (
     looks_like_checkpoint,
     parse_eleuther_cfg,
     read_json_object,
+    refuse_pickles,
     unbox_run,
 )
 from saeuron.utils.errors import ConfigError, FileFormatError
@@ -72,6 +74,8 @@ def read_sae_header(
         folder = found
     elif not looks_like_checkpoint(folder) and (hookpoint or hookpoints_in(folder)):
         available = hookpoints_in(folder)
+        if not available:
+            refuse_pickles(folder)
         raise ConfigError(
             "hookpoint",
             (f"no SAE for {hookpoint!r} in {name_or_path}" if hookpoint else
@@ -116,6 +120,7 @@ def _local_folder(name: str, hookpoint: str | None, setting: str) -> Path | None
 
 def tensor_shapes(path: Path) -> Shapes:
     """Names and shapes of the tensors in a safetensors file, from its header alone."""
+    checked_header(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}

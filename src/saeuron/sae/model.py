@@ -34,6 +34,7 @@ from saeuron.sae.formats import (
     looks_like_checkpoint,
     read_checkpoint,
     read_json_object,
+    refuse_pickles,
     unbox_hookpoints,
 )
 from saeuron.utils.cards import PROJECT_URL, card_metadata, render_card, table, write_card
@@ -345,6 +346,8 @@ class Sae(nn.Module):
             folder = found
         elif not hookpoint and not looks_like_checkpoint(folder):
             available = hookpoints_in(folder)
+            if not available:
+                refuse_pickles(folder)
             if len(available) == 1:
                 folder, hookpoint = locate(folder, available[0]) or folder, available[0]
             else:
@@ -360,6 +363,8 @@ class Sae(nn.Module):
                 )
         elif hookpoint and not looks_like_checkpoint(folder):
             available = hookpoints_in(folder)
+            if not available:
+                refuse_pickles(folder)
             raise FileNotFoundError(
                 f"hookpoint {hookpoint!r} not found in {name_or_path}; "
                 f"available: {', '.join(available) or 'none'}"

@@ -23,6 +23,7 @@ class FileFormatError(UserError, ValueError):
 
     def __init__(self, path: object, message: str):
         self.path = str(path)
+        self.reason = message
         super().__init__(f"{path}: {message}")
 
 

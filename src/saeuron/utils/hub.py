@@ -25,6 +25,7 @@ from huggingface_hub import (
 )
 
 from saeuron.utils.errors import ConfigError, ModelUnavailableError
+from saeuron.utils.paths import check_tree_inside
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # huggingface_hub retries failed connections for a long time by default; a user without a
@@ -90,11 +91,13 @@ def snapshot(repo_id: str, what: str = "repository", **kwargs: Any) -> Path:
     if usable_offline(repo_id, what, **kwargs):
         kwargs["local_files_only"] = True
     try:
-        return Path(snapshot_download(repo_id, **kwargs))
+        folder = Path(snapshot_download(repo_id, **kwargs))
     except Exception as err:  # noqa: BLE001 - every hub failure becomes the same user error
         if _is_hub_failure(err):
             raise unavailable(what, repo_id, err) from err
         raise
+    # Someone else's tree: a link out of it would have us read their choice of local file.
+    return check_tree_inside(folder, f"{what} {repo_id!r}")
 
 
 def local_snapshot(repo_id: str, what: str = "repository", **kwargs: Any) -> Path | None:
@@ -104,11 +107,12 @@ def local_snapshot(repo_id: str, what: str = "repository", **kwargs: Any) -> Pat
     that is already the one-line error, so a command refuses before any work.
     """
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True, **kwargs))
+        folder = Path(snapshot_download(repo_id, local_files_only=True, **kwargs))
     except Exception as err:  # noqa: BLE001 - not cached, whatever the library calls it
         if offline():
             raise unavailable(what, repo_id, err) from err
         return None
+    return check_tree_inside(folder, f"{what} {repo_id!r}")
 
 
 def _is_hub_failure(err: BaseException) -> bool:

@@ -24,13 +24,14 @@ from pathlib import Path
 from saeuron.erasure.erase import check_same_sae
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.models.bundles import find_bundle
-from saeuron.models.layout import check_model_inputs
+from saeuron.models.layout import check_model_inputs, read_layout
 from saeuron.models.pipelines import check_model
 from saeuron.models.sampling import SamplingConfig
 from saeuron.sae import Sae
 from saeuron.sae.header import SaeHeader, read_sae_header
 from saeuron.utils.devices import resolve_device
-from saeuron.utils.errors import ConfigError
+from saeuron.utils.errors import ConfigError, ModelUnavailableError, UserError
+from saeuron.utils.hub import missing_pieces
 
 
 def check_features(
@@ -61,10 +62,12 @@ def check_erasure(
 ) -> SaeHeader | None:
     """Refuse, before any weight loads, an erasure that cannot run (see the module docs).
 
-    Returns the SAE's header (None for a hub SAE not downloaded yet, checked once it is)."""
+    Returns the SAE's header (None for a hub SAE not downloaded yet, checked once it is).
+    Every missing piece (the model and SAE not in the cache while offline, features not on
+    disk) is named in one error, not one per run."""
     resolve_device(sampling.device)
     check_model(model)
-    header = read_sae_header(sae, hookpoint)
+    header = _available_pieces(model, sae, hookpoint, features)
     hookpoint = hookpoint or (header.hookpoint if header is not None else None)
     if header is not None and hookpoint is None:
         raise ConfigError("hookpoint", f"the SAE at {header.folder} does not say where it reads")
@@ -81,6 +84,43 @@ def check_erasure(
             # The SAE's weights, not the model's: read now, so that features of another SAE
             # are refused before the pipeline loads rather than after.
             check_same_sae([loaded], Sae.load_from_disk(header.folder))
+    return header
+
+
+def _available_pieces(
+    model: str, sae: str, hookpoint: str | None, features: str | Path | None
+) -> SaeHeader | None:
+    """The SAE's header, once the model, the SAE and the features are all here; else the one
+    error that names each piece that is not."""
+    missing: list[UserError] = []
+    try:
+        # Reads the model's config files; offline and not cached, that is the error.
+        read_layout(model)
+    except ModelUnavailableError as err:
+        missing.append(err)
+    header = None
+    try:
+        header = read_sae_header(sae, hookpoint)
+    except ModelUnavailableError as err:
+        missing.append(err)
+    if features is not None:
+        base = Path(features).with_suffix("")
+        absent = [
+            str(file)
+            for file in (base.with_suffix(".safetensors"), base.with_suffix(".json"))
+            if not file.is_file()
+        ]
+        verb = "does" if len(absent) == 1 else "do"
+        if absent and missing:
+            missing.append(
+                ModelUnavailableError(
+                    f"features: {' and '.join(absent)} {verb} not exist",
+                    piece=f"features {str(features)!r} ({' and '.join(absent)} {verb} not exist)",
+                )
+            )
+    # Features alone missing keep their own error (ConceptFeatures.load says what they are).
+    if missing:
+        raise missing_pieces(missing)
     return header
 
 

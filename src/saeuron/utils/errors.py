@@ -28,7 +28,14 @@ class FileFormatError(UserError, ValueError):
 
 
 class ModelUnavailableError(UserError, OSError):
-    """A model or file on the Hugging Face hub cannot be had (offline, not cached, no access)."""
+    """A model or file on the Hugging Face hub cannot be had (offline, not cached, no access).
+
+    ``piece`` says which, in a few words (``model 'owner/name' (not cached ...)``), so that an
+    error naming every missing piece at once can be built from several of these."""
+
+    def __init__(self, message: str, piece: str | None = None):
+        self.piece = piece
+        super().__init__(message)
 
 
 class DegenerateOutputError(UserError, RuntimeError):

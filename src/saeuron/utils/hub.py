@@ -13,6 +13,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from huggingface_hub import (
     upload_folder,
 )
 
-from saeuron.utils.errors import ConfigError, ModelUnavailableError
+from saeuron.utils.errors import ConfigError, ModelUnavailableError, UserError
 from saeuron.utils.paths import check_tree_inside
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -56,8 +57,29 @@ def unavailable(what: str, repo_id: str, err: BaseException | None = None) -> Mo
     elif err is not None and type(err).__name__ in ("RepositoryNotFoundError", "GatedRepoError"):
         reason = "no such repository, or it needs a login (huggingface-cli login)"
     return ModelUnavailableError(
-        f"{what} {repo_id!r} cannot be loaded: {reason}. Run once with a network so it is "
-        "cached, pass a local folder, or use the bundled model (--model minicanvas)"
+        f"{what} {repo_id!r} cannot be loaded: {reason}. {_FIX}",
+        piece=f"{what} {repo_id!r} ({reason})",
+    )
+
+
+_FIX = (
+    "Run once with a network so it is cached, pass a local folder, or use the bundled model "
+    "(--model minicanvas)"
+)
+
+
+def missing_pieces(errors: Sequence[UserError]) -> UserError:
+    """One error naming every missing piece of a job (model, SAE, features, ...), so that
+    the user fixes them all at once instead of learning of one per run. A single error is
+    returned as it is."""
+    if len(errors) == 1:
+        return errors[0]
+    pieces = [getattr(err, "piece", None) or str(err) for err in errors]
+    return ModelUnavailableError(
+        f"{len(pieces)} pieces are missing: " + "; ".join(pieces) + ". Run once with a "
+        "network so the hub ones are cached, pass local folders and files instead, or use the "
+        "bundled model (--model minicanvas)",
+        piece="; ".join(pieces),
     )
 
 

@@ -40,3 +40,14 @@ class ModelUnavailableError(UserError, OSError):
 
 class DegenerateOutputError(UserError, RuntimeError):
     """Sampling produced non-finite values: the run stops rather than score a black image."""
+
+
+class DiskFullError(UserError, OSError):
+    """A write ran out of space (or quota); the file it replaces, if any, is intact."""
+
+    def __init__(self, path: object):
+        self.path = str(path)
+        super().__init__(
+            f"{path}: no space left on device; the previous file, if any, is intact and no "
+            "temporary file is left. Free some space and run the command again"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -13,15 +14,37 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import Tensor
 
-from saeuron.utils.errors import ConfigError
+from saeuron.utils.errors import ConfigError, DiskFullError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""A full disk, or a full quota: the same to the user, who must free space."""
+
+
+DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
+"""How libraries that wrap the OS error in their own (safetensors' SafetensorError) say it."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno in DISK_FULL:
+        return True
+    return any(text in str(err) for text in DISK_FULL_TEXT)
 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    """Yield a temporary path beside ``path``; rename it into place only on success.
+
+    A full disk, wherever it strikes (the folder, the temporary file, the writing), is one
+    :class:`~saeuron.utils.errors.DiskFullError` naming ``path``: the temporary file is
+    removed and the previous ``path``, never touched before the rename, is intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFullError(path) from err
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
@@ -30,8 +53,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise DiskFullError(path) from err
         raise
 
 

@@ -47,13 +47,18 @@ RULE_MULTIPLIER = -1.0
 concept's retained value, so every rule changes the image."""
 SCALE_MULTIPLIER = -20.0
 """gamma for ``scale`` on the low-level path, SAeUron's default."""
+API_MULTIPLIER = -100.0
+"""gamma of the API's ``scale`` case: the moon's tuned value, named so that the construction
+stays the published method whatever a bundle's defaults (a tuned recipe) become."""
 
 
 class Scene:
     """What every case draws with: the pipeline, SAE and features of one public construction."""
 
     def __init__(self) -> None:
-        self.tech = saeuron.SAeUron(erase_concept=CONCEPT, model="minicanvas", device="cpu")
+        self.tech = saeuron.SAeUron(
+            erase_concept=CONCEPT, model="minicanvas", device="cpu", multiplier=API_MULTIPLIER
+        )
         self.pipe = self.tech.pipe
         self.sae: Sae = self.tech.sae
         self.features: ConceptFeatures = self.tech.concept
@@ -63,7 +68,9 @@ class Scene:
     def _bundled(self, concept: str) -> ConceptFeatures:
         # Through the public constructor on the same pipeline, so the test names no bundle
         # layout: what SAeUron loads for the concept is its bundled features.
-        other = saeuron.SAeUron(pipe=self.pipe, erase_concept=concept, model="minicanvas")
+        other = saeuron.SAeUron(
+            pipe=self.pipe, erase_concept=concept, model="minicanvas", multiplier=RULE_MULTIPLIER
+        )
         return other.concept
 
     def _standardising(self) -> tuple[Sae, ConceptFeatures]:

@@ -26,6 +26,7 @@ were (``degenerate``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -57,6 +58,7 @@ from saeuron.utils.config import ConfigError
 from saeuron.utils.devices import resolve_device
 from saeuron.utils.files import ATTACK_PROMPTS, EVAL_RUN
 from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
+from saeuron.utils.locks import FolderLock
 from saeuron.utils.numerics import degenerate_reason
 from saeuron.utils.text import read_text
 
@@ -478,6 +480,15 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     preflight(cfg)
     procs = _Processes(cfg)
+    # One run per folder: a second would resume from the first's half-made images. The
+    # main process holds it for every process of the run (they write after it has it).
+    with contextlib.ExitStack() as held:
+        if procs.main:
+            held.enter_context(FolderLock(out))
+        return _run_locked(cfg, procs, out, start)
+
+
+def _run_locked(cfg: EvalConfig, procs: _Processes, out: Path, start: float) -> dict[str, Any]:
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
         _lock(out / RUN_FILE, run_lock(cfg), out)

@@ -13,6 +13,7 @@ prompt's tokens are recorded as step 0.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -56,6 +57,7 @@ from saeuron.training.shards import (
 from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.devices import resolve_device
 from saeuron.utils.files import CAPTURE_PLAN, SHARD_PREFIX
+from saeuron.utils.locks import FolderLock
 from saeuron.utils.prompts import read_prompts
 from saeuron.utils.storage import Folder, check_location
 
@@ -514,7 +516,22 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
         raise ConfigError(
             "out", f"{out} holds shards but no {PLAN}: not a capture folder; pick another"
         )
+    # One capture per folder: a second one would count the first's shards as its own. The
+    # main process holds it for the run's processes (they write only after it has it).
+    with contextlib.ExitStack() as held:
+        if state.is_main_process and not out.remote:
+            held.enter_context(FolderLock(out.local_root))
+        return _capture(cfg, state, out, prompts, settings, plan)
 
+
+def _capture(
+    cfg: CacheConfig,
+    state: PartialState,
+    out: Folder,
+    prompts: list[str],
+    settings: dict[str, Any],
+    plan: dict[str, Any] | None,
+) -> dict[str, Any]:
     device = _device(cfg, state)
     check_model_inputs(cfg.model, cfg.sampling, hookpoints=[cfg.hookpoint])  # before loading
     pipe = load_pipeline(cfg.model, device, compute_dtype(device))

@@ -29,6 +29,7 @@ Files under ``out/<hookpoint>/``::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -51,6 +52,7 @@ from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.devices import check_device
 from saeuron.utils.files import TRAIN_LOG, TRAINER_STATE, TRAINER_STATE_DIR
 from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
+from saeuron.utils.locks import FolderLock
 from saeuron.utils.storage import check_location, is_url
 
 logger = logging.getLogger(__name__)
@@ -431,7 +433,16 @@ class Trainer:
     # -- training loop ----------------------------------------------------------------------
 
     def train(self) -> Sae:
-        """Run the remaining epochs, checkpointing after each; returns the trained SAE."""
+        """Run the remaining epochs, checkpointing after each; returns the trained SAE.
+
+        The main process holds the SAE's folder for the whole run: a second training into
+        it is refused at once, naming this one, rather than interleaving checkpoints."""
+        with contextlib.ExitStack() as held:
+            if self.procs.is_main:
+                held.enter_context(FolderLock(self.out_dir))
+            return self._train()
+
+    def _train(self) -> Sae:
         if self.cfg.resume and (self.state_dir / STATE_FILE).is_file():
             self.load_state()
         elif (self.state_dir / STATE_FILE).is_file() and self.procs.is_main:

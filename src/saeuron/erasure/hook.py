@@ -34,6 +34,7 @@ from saeuron.models.tokens import (
     to_tokens,
 )
 from saeuron.sae import Sae
+from saeuron.sae.model import UNIT_NORM_EPS
 
 logger = logging.getLogger(__name__)
 
@@ -349,14 +350,6 @@ class _EraseHook(RuleEdits):
 
     # -- the rules beyond the published one (eager) -----------------------------------------
 
-    def _standardise(self, flat: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        if not self.sae.cfg.input_unit_norm:
-            return flat, None, None
-        mean = flat.mean(dim=-1, keepdim=True)
-        x = flat - mean
-        std = x.std(dim=-1, keepdim=True)
-        return x / (std + 1e-5), mean, std
-
     def _count(self, edit: Tensor, counting: bool) -> None:
         if not counting:
             return
@@ -374,7 +367,7 @@ class _EraseHook(RuleEdits):
     def _sparse_delta(
         self, flat: Tensor, w: _Weights, plan: StepPlan, counting: bool
     ) -> Tensor | None:
-        z, _, std = self._standardise(flat)
+        z, _, std = self.sae._standardise(flat)
         k = self.sae.cfg.k
         # Only tokens where a selected latent clears its threshold can be edited. Those
         # latents' activations cost a few encoder rows; the full encode (20k latents, to
@@ -399,7 +392,7 @@ class _EraseHook(RuleEdits):
         change = torch.where(edit, (plan.scale - 1) * acts, torch.zeros_like(acts))
         delta = change @ plan.decoder_rows
         if std is not None:
-            delta = delta * (std[candidates] + 1e-5)
+            delta = delta * (std[candidates] + UNIT_NORM_EPS)
         # Tokens with no edit get an exact zero, so their bits survive the addition.
         delta = torch.where(edit.any(dim=-1, keepdim=True), delta, torch.zeros_like(delta))
         full = delta.new_zeros(flat.shape)
@@ -427,12 +420,12 @@ class _EraseHook(RuleEdits):
         threshold: Tensor,
         counting: bool,
     ) -> Tensor:
-        z, _, std = self._standardise(flat)
+        z, _, std = self.sae._standardise(flat)
         _, _, edit, change = self._edit_of(z, w, indices, scale, threshold)
         self._count(edit, counting)
         delta = change @ w.decoder.index_select(0, indices)
         if std is not None:
-            delta = delta * (std + 1e-5)
+            delta = delta * (std + UNIT_NORM_EPS)
         return torch.where(edit.any(dim=-1, keepdim=True), delta, torch.zeros_like(delta))
 
     def _paper_output(
@@ -442,7 +435,7 @@ class _EraseHook(RuleEdits):
         selected: tuple[Tensor, Tensor, Tensor] | None,
         counting: bool,
     ) -> Tensor:
-        z, mean, std = self._standardise(flat)
+        z, mean, std = self.sae._standardise(flat)
         pre = F.relu(F.linear(z - w.b_dec, w.encoder, w.encoder_bias))
         top = pre.topk(self.sae.cfg.k, dim=-1, sorted=False)
         dense = torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
@@ -458,7 +451,7 @@ class _EraseHook(RuleEdits):
             # the code (padded table entries would write twice into latent 0).
             x_hat_edited = x_hat + change @ w.decoder.index_select(0, indices)
         if std is not None:
-            x_hat = x_hat * (std + 1e-5) + mean
-            x_hat_edited = x_hat_edited * (std + 1e-5) + mean
+            x_hat = x_hat * (std + UNIT_NORM_EPS) + mean
+            x_hat_edited = x_hat_edited * (std + UNIT_NORM_EPS) + mean
         # The published form: its "error" has the wrong sign, kept on purpose for comparison.
         return x_hat_edited + (x_hat - flat)

@@ -22,6 +22,7 @@ from saeuron.models.tokens import (
     to_tokens,
 )
 from saeuron.sae import Sae
+from saeuron.sae.model import UNIT_NORM_EPS
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class RuleEdits:
     def _rule_delta(
         self, flat: Tensor, w: _Weights, plan: RulePlan, counting: bool
     ) -> Tensor | None:
-        z, _, std = self._standardise(flat)
+        z, _, std = self.sae._standardise(flat)
         # As on the sparse path: only tokens where a concept latent may clear its threshold
         # pay for the full encode.
         sel = F.relu((z - w.b_dec) @ plan.gate_encoder_rows.T + plan.gate_encoder_bias)
@@ -182,7 +183,7 @@ class RuleEdits:
         self._count(edited, counting)
         delta = change @ plan.decoder_rows
         if std is not None:
-            delta = delta * (std[candidates] + 1e-5)
+            delta = delta * (std[candidates] + UNIT_NORM_EPS)
         # Tokens with no edit get an exact zero, so their bits survive the addition.
         delta = torch.where(edited, delta, torch.zeros_like(delta))
         full = delta.new_zeros(flat.shape)
@@ -208,7 +209,7 @@ class RuleEdits:
             return None
         self._count(edited, counting)
         if std is not None:
-            total = total * (std[candidates] + 1e-5)
+            total = total * (std[candidates] + UNIT_NORM_EPS)
         total = torch.where(edited, total, torch.zeros_like(total))
         full = total.new_zeros(flat.shape)
         return full.index_copy_(0, candidates, total)

@@ -45,6 +45,12 @@ from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
 
 logger = logging.getLogger(__name__)
 
+UNIT_NORM_EPS = 1e-5
+"""Added to a token's standard deviation where an SAE standardises its input
+(``input_unit_norm``): the input is divided by ``std + UNIT_NORM_EPS`` and a decoded output or
+edit multiplied back by it. The SAE was trained with this value, so every encoder, hook and
+rule that reads its latents must use the same one."""
+
 
 class EncoderOutput(NamedTuple):
     top_acts: Tensor
@@ -100,12 +106,15 @@ class Sae(nn.Module):
     # -- encoding -----------------------------------------------------------------------
 
     def _standardise(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """What the encoder reads, with the token means and standard deviations that undo it
+        (``None`` for an SAE that reads its input as it is). The erasing hook and its rules
+        standardise through this method too, so an edit reads the latents training saw."""
         if not self.cfg.input_unit_norm:
             return x, None, None
         mean = x.mean(dim=-1, keepdim=True)
         x = x - mean
         std = x.std(dim=-1, keepdim=True)
-        return x / (std + 1e-5), mean, std
+        return x / (std + UNIT_NORM_EPS), mean, std
 
     def pre_acts(self, x: Tensor) -> Tensor:
         """ReLU pre-activations of every latent, ``[tokens, num_latents]``."""
@@ -159,7 +168,7 @@ class Sae(nn.Module):
         top = self.select_batch_topk(pre) if batch_topk else self.select_topk(pre)
         sae_out = self.decode(top.top_acts, top.top_indices)
         if std is not None:
-            sae_out = sae_out * (std + 1e-5) + mean
+            sae_out = sae_out * (std + UNIT_NORM_EPS) + mean
 
         residual = x - sae_out
         total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)

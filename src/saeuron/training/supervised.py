@@ -41,6 +41,7 @@ from saeuron.erasure.concepts.select import contrastive_scores
 from saeuron.erasure.concepts.stats import ConceptStats
 from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.sae import Sae
+from saeuron.sae.model import UNIT_NORM_EPS
 from saeuron.training.shards import ActivationShards
 from saeuron.utils.config import Config, ConfigError, check_range
 from saeuron.utils.config import field as config_field
@@ -103,7 +104,7 @@ def _losses(
     dense = pre.new_zeros(pre.shape).scatter(-1, top.top_indices, top.top_acts)
     x_hat = sae.decode(top.top_acts, top.top_indices)
     if std is not None:
-        x_hat = x_hat * (std + 1e-5) + mean
+        x_hat = x_hat * (std + UNIT_NORM_EPS) + mean
     fvu = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
     # The concept latents' token means, before TopK: a latent that lost the top-k still
     # carries the signal the label asks for.

@@ -103,12 +103,6 @@ class Bundle:
         base = self.folder / self.features / hookpoint / concept.strip().lower()
         return base if base.with_suffix(".safetensors").is_file() else None
 
-    def stats_path(self, concept: str, hookpoint: str | None = None) -> Path | None:
-        if self.stats is None:
-            return None
-        hookpoint = hookpoint or self.hookpoint_for(concept)
-        return self.folder / self.stats / hookpoint / concept.strip().lower()
-
     @property
     def supervised_folder(self) -> Path | None:
         return self.folder / self.supervised if self.supervised else None
@@ -348,7 +342,3 @@ def bundle_card(bundle: Bundle, repo_id: str | None = None) -> str:
     metadata = card_metadata(bundle.license, tags=("diffusers", "text-to-image"))
     metadata["pipeline_tag"] = "text-to-image"
     return render_card(metadata, f"{bundle.name}: a saeuron bundle", sections)
-
-
-def is_bundle(model: str | Path | None) -> bool:
-    return find_bundle(model) is not None

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -332,10 +332,6 @@ class ActivationShards:
         n_held = max(1, round(len(self.shards) * heldout_fraction))
         n_held = min(n_held, len(self.shards) - 1)
         return self.shards[:-n_held], self.shards[-n_held:]
-
-    def iter_tokens(self, shards: list[ShardInfo] | None = None) -> Iterator[Tensor]:
-        for shard in shards if shards is not None else self.shards:
-            yield self.load(shard)
 
 
 def _reason(err: FileFormatError) -> str:

@@ -31,7 +31,6 @@ SAE_CONFIG = "cfg.json"
 SAE_WEIGHTS = "sae.safetensors"
 SAE_META = "saeuron.json"
 """Our provenance beside the published layout (hookpoint, model, activation site)."""
-SAE_CARD = "README.md"
 
 # -- concept features and statistics: NAME.safetensors (tensors) + NAME.json (metadata) -----
 TENSORS_SUFFIX = ".safetensors"
@@ -46,7 +45,6 @@ SHARD_PREFIX = "shard_"
 TRAIN_LOG = "train_log.json"
 TRAINER_STATE_DIR = "trainer"
 TRAINER_STATE = "state.json"
-SUPERVISED_INFO = "supervised.json"
 SUPERVISED_FEATURES_DIR = "features"
 
 # -- bundled models -------------------------------------------------------------------------
@@ -63,21 +61,12 @@ SWEEP = "sweep.json"
 ASSETS_SUMMARY = "assets.json"
 GUIDED_BUILD = "build.json"
 
-# -- classifiers in our format ---------------------------------------------------------------
-CLASSIFIER_WEIGHTS = "classifier.safetensors"
-CLASSIFIER_CONFIG = "classifier.json"
-
 # -- evaluation runs ---------------------------------------------------------------------------
 EVAL_RUN = "run.json"
-EVAL_REPORT = "report.json"
-EVAL_SUMMARY = "summary.md"
-EVAL_IMAGES_DIR = "images"
-EVAL_IMAGE_TABLE = "images.csv"
 ATTACK_PROMPTS = "attack.json"
 
 # -- shipped prompt sets -----------------------------------------------------------------------
 NEUTRAL_PROMPTS = PACKAGE_DATA / "neutral_prompts.txt"
-PROMPT_SETS_DIR = PACKAGE_DATA / "prompts"
 CLIP_BPE = PACKAGE_DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 T5_WORDS = PACKAGE_DATA / "t5" / "words.txt"
 """Word list of the tiny offline T5 tokenizer the tiny SD3, FLUX and PixArt pipelines use."""

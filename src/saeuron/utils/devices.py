@@ -6,13 +6,6 @@ import torch
 
 from saeuron.utils.errors import ConfigError
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-DTYPE_NAMES = tuple(DTYPES)
-
 
 def check_device(name: str, value: str | None) -> None:
     """Reject a device string torch cannot parse (``None`` means auto-detect)."""
@@ -74,12 +67,3 @@ def sampling_dtype(device: torch.device, use_fp16: bool = True) -> torch.dtype:
     if not use_fp16 or not fast_half(device):
         return torch.float32
     return torch.float16
-
-
-def parse_dtype(name: str | None, field: str = "dtype") -> torch.dtype | None:
-    if name is None:
-        return None
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ConfigError(field, f"got {name!r}; allowed: {', '.join(DTYPES)}") from None

@@ -6,7 +6,7 @@ missing is named in the skip reason and in a warning, so it never skips silently
 
 The screenshot goes to ``artifacts/ui.png`` (and pytest's tmp path). To refresh the README's
 picture: ``SAEURON_UI_SCREENSHOT=docs/ui.png SAEURON_UI_STEPS=20 python -m pytest -q
-tests/test_ui_browser.py``.
+tests/ui/test_browser.py``.
 """
 
 from __future__ import annotations

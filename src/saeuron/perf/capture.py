@@ -151,7 +151,7 @@ def measure(ns: tuple[int, ...], device: str, num_inference_steps: int = 10,
     """
     if threads is None:
         # Random-weight tiny models on a CPU: a second OpenMP thread mostly adds
-        # oversubscription when other jobs share the cores (see tests/test_capture.py).
+        # oversubscription when other jobs share the cores (see tests/training/test_capture.py).
         threads = 1 if device == "cpu" else 0
     with tempfile.TemporaryDirectory(prefix="saeuron-bench-capture-") as tmp:
         def one(n: int) -> dict[str, Any]:

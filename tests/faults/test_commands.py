@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.faults import HOOK, OTHER_HOOK, build_fault_files, leftovers, tree
 
 from saeuron.cli.main import main
@@ -286,8 +287,6 @@ EVAL_CASES: list[tuple[str, dict | bytes | str, list[str], str]] = [
     ("eval-set-multiplier-inf", "T:", ["--set", "multiplier=-inf"], "multiplier"),
     ("eval-steps-over-bound", "T:num_inference_steps=2000", [], "num_inference_steps"),
     ("eval-height-huge", "T:height=4096", [], "technique.config.height"),
-    ("eval-device-cuda", "T:", ["--device", "cuda"], "device"),
-    ("eval-metric-device-cuda", "M:device=cuda", [], "metric"),
     ("eval-sae-missing", "T:sae=/no/such/sae", [], "technique.config.sae"),
     ("eval-sae-truncated", f"T:sae={{F}}/sae_truncated;hookpoint={HOOK}", [], "sae.safetensors"),
     ("eval-hookpoint-not-a-module", "T:hookpoint=unet.up_blocks.6.attentions.0", [],
@@ -299,6 +298,12 @@ EVAL_CASES: list[tuple[str, dict | bytes | str, list[str], str]] = [
     ("eval-metric-unknown", {"output_dir": "x", "technique": {"name": "none"},
                              "metric": {"name": "acuracy"}}, [], "metric"),  # fmt: skip
     ("eval-seed-negative", "S:-3", [], "seed"),
+]
+
+# What this machine lacks, not what the file says: --check warns, the run refuses.
+EVAL_MACHINE_CASES: list[tuple[str, dict | bytes | str, list[str], str]] = [
+    ("eval-device-cuda", "T:", ["--device", "cuda"], "device"),
+    ("eval-metric-device-cuda", "M:device=cuda", [], "metric"),
 ]
 
 
@@ -342,6 +347,25 @@ def test_eval_config_refused_in_one_line(spec, extra, names, check, files, tmp_p
     path = _eval_file(spec, files, tmp_path)
     before = tree(tmp_path)
     code = main(["eval", "-c", str(path), *extra, *(["--check"] if check else [])])
+    assert_one_line_refusal("eval", code, capsys.readouterr().err, names)
+    assert tree(tmp_path) == before and not leftovers(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize(
+    ("spec", "extra", "names"),
+    [c[1:] for c in EVAL_MACHINE_CASES],
+    ids=[c[0] for c in EVAL_MACHINE_CASES],
+)
+def test_eval_machine_mismatch_warns_under_check_and_refuses_the_run(
+    spec, extra, names, files, tmp_path, capsys
+):
+    path = _eval_file(spec, files, tmp_path)
+    before = tree(tmp_path)
+    assert main(["eval", "-c", str(path), *extra, "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: this machine: " in out and names in out
+    code = main(["eval", "-c", str(path), *extra])
     assert_one_line_refusal("eval", code, capsys.readouterr().err, names)
     assert tree(tmp_path) == before and not leftovers(tmp_path)
 

@@ -73,7 +73,8 @@ def within(where: str, make: Callable[[], Any]) -> Any:
     except ConfigError as err:
         if err.field.startswith(where):
             raise
-        raise ConfigError(f"{where}.{err.field}", str(err).split(": ", 1)[1]) from None
+        # The same class: a MachineMismatchError stays one (--check warns about those).
+        raise type(err)(f"{where}.{err.field}", str(err).split(": ", 1)[1]) from None
 
 
 def _spec(value: Any, where: str) -> tuple[str, dict[str, Any]]:

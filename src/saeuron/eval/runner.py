@@ -56,6 +56,7 @@ from saeuron.models.bundles import find_bundle
 from saeuron.models.tiny import TINY_MODELS
 from saeuron.utils.config import ConfigError
 from saeuron.utils.devices import resolve_device
+from saeuron.utils.errors import MachineMismatchError, ModelUnavailableError
 from saeuron.utils.files import ATTACK_PROMPTS, EVAL_RUN
 from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
 from saeuron.utils.locks import FolderLock
@@ -99,23 +100,60 @@ def _device_requirement(device: str | None) -> Requirement | None:
     return Requirement(f"device {device}", ok, "" if ok else "no CUDA device on this machine")
 
 
-def preflight(cfg: EvalConfig) -> None:
+MACHINE_FIX = "saeuron eval --device cpu runs it here without changing the file"
+"""What a run refused for a device this machine lacks can do, said in its error."""
+
+
+def preflight(cfg: EvalConfig, machine: list[str] | None = None) -> None:
     """Refuse, before any model loads, a run that cannot work: an output folder that cannot
     be written or holds another run's images, a technique whose device, model, SAE,
-    hookpoint, features, steps or size are wrong, a metric device this machine lacks."""
+    hookpoint, features, steps or size are wrong, a metric device this machine lacks.
+
+    ``machine``: where given (``--check``), what this machine lacks but the file may rightly
+    ask for (a CUDA device, a model the offline hub cache does not hold) is appended there
+    instead of refused, and the rest of the file is still checked."""
     check_output_folder(cfg.output_dir, "output_dir")
     check_lock(Path(cfg.output_dir) / RUN_FILE, run_lock(cfg), Path(cfg.output_dir))
-    within("technique.config", lambda: check_technique_config(cfg.technique))
+    technique = cfg.technique
+    if _environment(machine, "technique.config", lambda: check_technique_config(technique)):
+        if technique.value("device") is not None and "device" in technique.config_keys():
+            # The device aside, check the rest as the run would on this machine.
+            here = technique.replace(device=None)
+            _environment(machine, "technique.config", lambda: check_technique_config(here))
     for i, spec in enumerate(cfg.metrics):
         device = spec.config.value("device")
         if device is not None:
-            within(f"metrics[{i}].config", lambda d=device: resolve_device(d))
+            _environment(machine, f"metrics[{i}].config", lambda d=device: resolve_device(d))
+
+
+def _environment(machine: list[str] | None, where: str, check: Callable[[], Any]) -> bool:
+    """Run ``check`` under ``where``; True when it found only that this machine lacks
+    something (noted in ``machine``). Without ``machine`` that is an error with its fix."""
+    try:
+        within(where, check)
+    except MachineMismatchError as err:
+        if machine is None:
+            raise MachineMismatchError(err.field, f"{_reason(err)} ({MACHINE_FIX})") from None
+        machine.append(str(err))
+        return True
+    except ModelUnavailableError as err:
+        if machine is None:
+            raise
+        machine.append(f"{where}: {err}")
+    return False
+
+
+def _reason(err: ConfigError) -> str:
+    return str(err).split(": ", 1)[1] if ": " in str(err) else str(err)
 
 
 def plan(cfg: EvalConfig) -> dict[str, Any]:
     """What the run will do and need, with warnings for what this machine lacks. Loads nothing;
-    what would make the run fail (see :func:`preflight`) is an error here too."""
-    preflight(cfg)
+    what would make the run fail (see :func:`preflight`) is an error here too, except what
+    this machine lacks (a device, a model not in the offline cache): the file may be meant
+    for another machine, so those are warnings, listed first and together."""
+    machine: list[str] = []
+    preflight(cfg, machine)
     tech = cfg.technique
     needs = [_model_requirement(getattr(tech, "model", ""))]
     device = _device_requirement(tech.value("device"))
@@ -143,10 +181,11 @@ def plan(cfg: EvalConfig) -> dict[str, Any]:
                 "details": metric.details(),
             }
         )
-    warnings = [
+    warnings = [f"this machine: {w}" for w in machine] + [
         f"{r['what']}: {r['detail'] or 'not available offline'}"
         for r in [asdict(n) for n in needs] + [r for m in metrics for r in m["needs"]]
-        if not r["available"]
+        # A device this machine lacks is already among the machine's warnings.
+        if not r["available"] and not (machine and r["what"].startswith("device "))
     ]
     return {
         "config": cfg.to_dict(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from saeuron.utils.errors import ConfigError
+from saeuron.utils.errors import ConfigError, MachineMismatchError
 
 
 def check_device(name: str, value: str | None) -> None:
@@ -33,18 +33,20 @@ def resolve_device(device: str | torch.device | None = None, name: str = "device
         return torch.device("cpu")
     check_device(name, str(device))
     resolved = torch.device(device)
+    # The value is valid; this machine lacks it: MachineMismatchError, which a check of the
+    # file alone (--check) reports as a warning and a run refuses.
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(
+            raise MachineMismatchError(
                 name, f"got {str(device)!r} but CUDA is not available here; use 'cpu' or null"
             )
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
-            raise ConfigError(
+            raise MachineMismatchError(
                 name, f"got {str(device)!r} but this machine has {count} CUDA device(s)"
             )
     if resolved.type == "mps" and not _mps_available():
-        raise ConfigError(name, f"got {str(device)!r} but MPS is not available here")
+        raise MachineMismatchError(name, f"got {str(device)!r} but MPS is not available here")
     return resolved
 
 

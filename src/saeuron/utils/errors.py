@@ -18,6 +18,11 @@ class ConfigError(UserError, ValueError):
         super().__init__(f"{field}: {message}")
 
 
+class MachineMismatchError(ConfigError):
+    """The config is valid, but this machine lacks what it asks for (a CUDA device it does not
+    have): a portable file checked elsewhere (``--check`` warns), refused when it runs here."""
+
+
 class FileFormatError(UserError, ValueError):
     """A file exists but cannot be read as what it should be; the message names it."""
 

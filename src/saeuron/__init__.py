@@ -28,7 +28,10 @@ _EXPORTS: dict[str, str] = {
     "SAeUron": "saeuron.erasure.technique",
     "SAeUronConfig": "saeuron.erasure.technique",
     "erase": "saeuron.erasure.erase",
-    "attach": "saeuron.erasure.erase",
+    "attach": "saeuron.erasure.recipe_erasure",
+    "attach_recipe": "saeuron.erasure.recipe_erasure",
+    "Recipe": "saeuron.erasure.recipe",
+    "RecipeErasure": "saeuron.erasure.recipe_erasure",
     "Eraser": "saeuron.erasure.erase",
     "EraseConfig": "saeuron.erasure.erase",
     "ConceptFeatures": "saeuron.erasure.features",
@@ -61,9 +64,12 @@ if TYPE_CHECKING:
     from saeuron.erasure.concepts.stats import ConceptStats as ConceptStats
     from saeuron.erasure.erase import EraseConfig as EraseConfig
     from saeuron.erasure.erase import Eraser as Eraser
-    from saeuron.erasure.erase import attach as attach
     from saeuron.erasure.erase import erase as erase
     from saeuron.erasure.features import ConceptFeatures as ConceptFeatures
+    from saeuron.erasure.recipe import Recipe as Recipe
+    from saeuron.erasure.recipe_erasure import RecipeErasure as RecipeErasure
+    from saeuron.erasure.recipe_erasure import attach as attach
+    from saeuron.erasure.recipe_erasure import attach_recipe as attach_recipe
     from saeuron.erasure.technique import SAeUron as SAeUron
     from saeuron.erasure.technique import SAeUronConfig as SAeUronConfig
     from saeuron.models.pipelines import load_pipeline as load_pipeline

@@ -185,11 +185,11 @@ class Recipe(_Strict):
     ) -> Recipe:
         """Validate ``data``; every error names its dotted path (``concepts.moon.edits.0``)."""
         if not isinstance(data, dict):
-            raise FileFormatError(f"{source}: expected a JSON object, got {type(data).__name__}")
+            raise FileFormatError(source, f"expected a JSON object, got {type(data).__name__}")
         version = data.get("format_version")
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise FileFormatError(
-                f"{source}: format_version {version} was written by a newer saeuron (this one "
+                source, f"format_version {version} was written by a newer saeuron (this one "
                 f"reads up to {FORMAT_VERSION}); upgrade saeuron"
             )
         try:
@@ -223,7 +223,7 @@ class Recipe(_Strict):
         try:
             data = json.loads(read_text(path, "recipe"))
         except json.JSONDecodeError as err:
-            raise FileFormatError(f"recipe {path}: not valid JSON ({err})") from None
+            raise FileFormatError(path, f"not valid JSON ({err})") from None
         return cls.from_dict(data, root=path.parent, contained=contained, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,13 +270,15 @@ class Recipe(_Strict):
         named += [e.sae.path for c in self.concepts.values() for e in c.edits if e.sae.path]
         for relative in named:
             if Path(relative).is_absolute():
-                raise FileFormatError(f"recipe from the hub names an absolute path {relative!r}")
+                raise FileFormatError(
+                    self._root, f"recipe from the hub names an absolute path {relative!r}"
+                )
             for candidate in (self.resolve(relative), *self._feature_files(relative)):
                 real = candidate.resolve()
                 if real != root and root not in real.parents:
                     raise FileFormatError(
-                        f"recipe from the hub names {relative!r}, which leads outside its own "
-                        f"folder (to {real}); refused"
+                        self._root, f"recipe from the hub names {relative!r}, which leads "
+                        f"outside its own folder (to {real}); refused"
                     )
 
     def _feature_files(self, relative: str) -> list[Path]:

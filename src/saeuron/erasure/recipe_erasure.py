@@ -18,7 +18,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from saeuron.erasure.erase import Eraser, attach
+from saeuron.erasure.erase import Eraser
+from saeuron.erasure.erase import attach as attach_features
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.recipe import (
     IDENTITY_STRENGTH,
@@ -173,7 +174,7 @@ class RecipeErasure:
             hookpoint, site, rule, window, halves = key[:5]
             try:
                 self.erasers.append(
-                    attach(
+                    attach_features(
                         self.pipe, sae_of[key], [f for f, _ in members.values()],
                         multiplier={c: g for c, (_, g) in members.items()},
                         hookpoint=hookpoint, activation_site=site, rule=rule,
@@ -256,3 +257,26 @@ def attach_recipe(
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
     return RecipeErasure(pipe, recipe, concepts, strengths)
+
+
+def attach(
+    pipe: Any,
+    what: Recipe | str | Path | Sae,
+    concepts: Any = None,
+    config: Any = None,
+    **overrides: Any,
+) -> RecipeErasure | Eraser:
+    """``saeuron.attach``: erase until ``.remove()``.
+
+    ``attach(pipe, recipe)`` (a :class:`~saeuron.erasure.recipe.Recipe`, a recipe file or
+    folder, or a hub id; ``concepts`` picks some of its concepts, ``strengths={name: 0..1}``
+    sets each) returns a :class:`RecipeErasure`; ``attach(pipe, sae, features, ...)`` edits
+    ``features`` with one loaded SAE (:func:`saeuron.erasure.erase.attach`).
+    """
+    if isinstance(what, (Recipe, str, Path)):
+        if config is not None or set(overrides) - {"strengths"}:
+            raise ConfigError(
+                "attach", "a recipe holds its own settings; pass only concepts and strengths"
+            )
+        return attach_recipe(pipe, what, concepts, overrides.get("strengths"))
+    return attach_features(pipe, what, concepts, config, **overrides)

@@ -17,6 +17,7 @@ import logging
 import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
@@ -32,6 +33,8 @@ from saeuron.erasure.erase import (
 )
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.preflight import bundled_features, check_erasure
+from saeuron.erasure.recipe import Edit, Recipe
+from saeuron.erasure.recipe_erasure import RecipeAssets, RecipeErasure, check_base_model
 from saeuron.models.bundles import bundle_names, find_bundle
 from saeuron.models.defaults import KNOWN_MODELS, model_defaults, resolve_sae
 from saeuron.models.denoiser import denoiser
@@ -54,6 +57,11 @@ FEATURE_METHODS = ("shortcut", "contrastive")
 DEFAULT_MULTIPLIER = -20.0
 """SAeUron's default strength, for concepts whose features carry no tuned one."""
 CONCEPT_SEPARATOR = ","
+PRESETS = ("recipe", "paper")
+"""``recipe``: a bundled model's tuned recipe for each concept that has one; ``paper``: the
+published SAeUron method (one block, the ``scale`` rule, the bundle's tuned gamma)."""
+RECIPES_DIR = "recipes"
+"""Where a bundle keeps one recipe per concept (``recipes/<concept>.json``)."""
 
 
 def split_concepts(text: str) -> list[str]:
@@ -63,9 +71,22 @@ def split_concepts(text: str) -> list[str]:
 
 @dataclass
 class SAeUronConfig(Config):
-    erase_concept: str = field(
-        "nudity",
-        help="the concept to suppress, any phrase; several: comma-separated ('moon,checkered')",
+    erase_concept: str | None = field(
+        None,
+        help="the concept to suppress, any phrase; several: comma-separated ('moon,checkered'); "
+        "default: every concept of --recipe, else 'nudity'",
+    )
+    recipe: str | None = field(
+        None,
+        help="an erasure recipe (file, folder with recipe.json, or hub id): erase its concepts "
+        "with its edits, sites and strengths",
+    )
+    preset: str = field(
+        "recipe",
+        choices=PRESETS,
+        help="'recipe': on a bundled model, each concept's tuned recipe when the bundle has "
+        "one and no SAE, hookpoint, features, multiplier, rule or window is named; 'paper': "
+        "the published SAeUron method",
     )
     multiplier: float | None = field(
         None,
@@ -122,6 +143,11 @@ class SAeUronConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.erase_concept is None and self.recipe is None:
+            self.erase_concept = "nudity"
+        if self.erase_concept is None:
+            self.sampling = self.sampling.resolved(self.model)
+            return
         concepts = split_concepts(self.erase_concept) if isinstance(self.erase_concept, str) else []
         if not concepts:
             raise ConfigError("erase_concept", "must be a non-empty string")
@@ -131,10 +157,11 @@ class SAeUronConfig(Config):
             raise ConfigError(
                 "features", "one features file serves one concept; erase one concept with it"
             )
-        if self.multiplier is not None and self.multiplier == 0:
+        if self.multiplier is not None and self.multiplier == 0 and self.rule == "scale":
             raise ConfigError(
                 "multiplier",
-                "must not be 0 (negative suppresses the concept, positive amplifies it)",
+                "must not be 0 with rule 'scale' (negative suppresses the concept, positive "
+                "amplifies it); 0 is full ablation with the other rules",
             )
         # The rule, window, error term and rows are an erasure's settings: checked as erase()
         # checks them, so the API, the CLI and JSON refuse the same combinations.
@@ -150,6 +177,8 @@ class SAeUronConfig(Config):
                 "half of the CFG batch. For models sampled without CFG (SDXL-Turbo) set "
                 "cfg_half='both', which edits the whole batch",
             )
+        if self.recipe is not None:
+            return
         if self.sae is None and model_defaults(self.model).sae is None:
             raise ConfigError(
                 "sae",
@@ -159,8 +188,16 @@ class SAeUronConfig(Config):
 
     @property
     def concepts(self) -> list[str]:
-        """The concepts to erase, in the order given."""
-        return split_concepts(self.erase_concept)
+        """The concepts to erase, in the order given (none named: every one of the recipe)."""
+        return split_concepts(self.erase_concept) if self.erase_concept else []
+
+    def uses_paper_settings(self) -> bool:
+        """Whether a setting of the published method is named (then no bundled recipe)."""
+        return (
+            self.preset == "paper" or self.sae is not None or self.hookpoint is not None
+            or self.features is not None or self.multiplier is not None
+            or self.rule != "scale" or self.window is not None
+        )  # fmt: skip
 
     def resolved_sae(self, concept: str | None = None) -> tuple[str, str | None]:
         """The SAE and hookpoint ``concept`` (default: the first) is erased with, without
@@ -188,6 +225,20 @@ def check_technique(cfg: SAeUronConfig) -> None:
         if features is None:
             features = bundled_features(cfg.model, concept, hookpoint)
         check_erasure(cfg.model, cfg.sampling, sae_id, hookpoint, features)
+
+
+def bundled_recipe(cfg: SAeUronConfig) -> Recipe | None:
+    """The bundle's tuned recipes of ``cfg``'s concepts, merged, when the preset is
+    ``recipe``, no setting of the published method is named and every concept has one."""
+    if cfg.recipe is not None or cfg.uses_paper_settings() or not cfg.concepts:
+        return None
+    bundle = find_bundle(cfg.model)
+    if bundle is None:
+        return None
+    paths = [bundle.folder / RECIPES_DIR / f"{name}.json" for name in cfg.concepts]
+    if not all(p.is_file() for p in paths):
+        return None
+    return Recipe.merge([Recipe.load(p) for p in paths])
 
 
 def _served_models() -> list[str]:
@@ -235,7 +286,9 @@ class SAeUron:
     and ``sae`` may be a loaded :class:`~saeuron.sae.Sae`.
     """
 
-    def __init__(self, pipe: Any | None = None, **config: Any):
+    def __init__(
+        self, pipe: Any | None = None, recipe: Recipe | str | None = None, **config: Any
+    ):
         concepts = config.get("erase_concept")
         if isinstance(concepts, (list, tuple)):
             if any(not isinstance(c, str) or CONCEPT_SEPARATOR in c for c in concepts):
@@ -255,8 +308,23 @@ class SAeUron:
                     "defaults and the statistics cache key on it)",
                 )
             config["model"] = name
+        loaded = recipe if isinstance(recipe, Recipe) else None
+        if recipe is not None and loaded is None:
+            config["recipe"] = str(recipe)
+        if loaded is None and config.get("recipe") is not None:
+            loaded = Recipe.load(config["recipe"])
+        if loaded is not None:
+            config.setdefault("recipe", str(loaded.root))
+            # The recipe's model and the sampling its scores were measured with, unless named.
+            config.setdefault("model", loaded.base_model.id)
+            config.setdefault("num_inference_steps", loaded.sampling.num_inference_steps)
+            config.setdefault("guidance_scale", loaded.sampling.guidance_scale)
         self.config = SAeUronConfig.from_dict(config)
         cfg = self.config
+        self.recipe: Recipe | None = loaded or bundled_recipe(cfg)
+        if self.recipe is not None:
+            self._init_recipe(pipe)
+            return
 
         bundle = find_bundle(cfg.model)
         bundled = {
@@ -282,17 +350,7 @@ class SAeUron:
                 cfg.feature_method,
             )
 
-        if pipe is not None:
-            self.pipe = pipe
-            self.device = next(denoiser(pipe).parameters()).device
-            self.dtype = next(denoiser(pipe).parameters()).dtype
-        else:
-            self.device = cfg.sampling.torch_device()
-            self.dtype = cfg.sampling.dtype_for(self.device)
-            self.pipe = load_pipeline(cfg.model, device=self.device, dtype=self.dtype)
-            # A pipeline the user hands over keeps its own scheduler.
-            use_scheduler(self.pipe, cfg.sampling.scheduler)
-        check_schedule(self.pipe, cfg.sampling.steps)
+        self._use_pipeline(pipe)
 
         groups: dict[str, _Group] = {}
         saes: dict[tuple[str, str | None], Sae] = {}
@@ -330,6 +388,46 @@ class SAeUron:
         self.multipliers = {f.concept: self._multiplier(f) for g in self.groups for f in g.concepts}
         self._warned_unedited = False
 
+    def _use_pipeline(self, pipe: Any | None) -> None:
+        cfg = self.config
+        if pipe is not None:
+            self.pipe = pipe
+            self.device = next(denoiser(pipe).parameters()).device
+            self.dtype = next(denoiser(pipe).parameters()).dtype
+        else:
+            self.device = cfg.sampling.torch_device()
+            self.dtype = cfg.sampling.dtype_for(self.device)
+            self.pipe = load_pipeline(cfg.model, device=self.device, dtype=self.dtype)
+            # A pipeline the user hands over keeps its own scheduler.
+            use_scheduler(self.pipe, cfg.sampling.scheduler)
+        check_schedule(self.pipe, cfg.sampling.steps)
+
+    def _init_recipe(self, pipe: Any | None) -> None:
+        """Erase with ``self.recipe``: its concepts (or those named), its edits."""
+        assert self.recipe is not None
+        cfg = self.config
+        names = cfg.concepts or self.recipe.names
+        self.recipe = self.recipe.subset(names)
+        cfg.erase_concept = CONCEPT_SEPARATOR.join(names)
+        # Every missing or changed file at once, before the model loads.
+        problems = self.recipe.check_files()
+        if problems:
+            raise FileNotFoundError("recipe: " + "; ".join(problems))
+        logger.info("erasing %s with the recipe at %s", ", ".join(names), self.recipe.root)
+        self._use_pipeline(pipe)
+        check_base_model(self.pipe, self.recipe)
+        self._assets = RecipeAssets(self.recipe)
+        self.groups = []
+        self.multipliers = {n: self.recipe.concepts[n].edits[0].strength for n in names}
+        self._warned_unedited = False
+
+    @classmethod
+    def from_recipe(
+        cls, recipe: Recipe | str | Path, pipe: Any | None = None, **config: Any
+    ) -> SAeUron:
+        """``SAeUron(recipe=...)``: erase the recipe's concepts (or ``erase_concept``)."""
+        return cls(pipe=pipe, recipe=recipe, **config)
+
     # -- the first concept, for code that erases one ------------------------------------------
 
     @property
@@ -338,17 +436,32 @@ class SAeUron:
 
     @property
     def concepts(self) -> list[ConceptFeatures]:
+        if self.recipe is not None:
+            # With a recipe: each concept's features at its first edit.
+            return [
+                self._assets.features(e.features, n, e.hookpoint)
+                for n in self.config.concepts
+                for e in self.recipe.concepts[n].edits[:1]
+            ]
         order = {name: i for i, name in enumerate(self.config.concepts)}
         found = [f for g in self.groups for f in g.concepts]
         return sorted(found, key=lambda f: order[f.concept])
 
     @property
     def sae(self) -> Sae:
+        if self.recipe is not None:
+            return self._assets.sae(self._first_edit())
         return self._group_of(self.concept.concept).sae
 
     @property
     def hookpoint(self) -> str:
+        if self.recipe is not None:
+            return self._first_edit().hookpoint
         return self._group_of(self.concept.concept).hookpoint
+
+    def _first_edit(self) -> Edit:
+        assert self.recipe is not None
+        return self.recipe.concepts[self.config.concepts[0]].edits[0]
 
     @property
     def multiplier(self) -> float:
@@ -386,6 +499,10 @@ class SAeUron:
         """The erasure as a context manager on ``self.pipe`` (for calls made by hand): one
         :class:`~saeuron.erasure.erase.Eraser` per hookpoint, all removed on exit."""
         cfg = self.config
+        if self.recipe is not None:
+            with RecipeErasure(self.pipe, self.recipe, cfg.concepts, assets=self._assets) as done:
+                yield Erasing(done.erasers)
+            return
         with contextlib.ExitStack() as stack:
             erasers = [
                 stack.enter_context(

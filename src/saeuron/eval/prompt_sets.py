@@ -94,7 +94,7 @@ class PromptSet(BaseModel):
         try:
             data = json.loads(read_text(path, "prompt_set"))
         except json.JSONDecodeError as err:
-            raise FileFormatError(f"prompt set {path}: not valid JSON ({err})") from None
+            raise FileFormatError(path, f"not valid JSON ({err})") from None
         return cls.from_dict(data, str(path))
 
     def save(self, path: str | Path) -> Path:

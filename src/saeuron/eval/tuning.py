@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -466,9 +467,10 @@ def _optuna() -> Any:
     try:
         import optuna  # noqa: PLC0415 - the [tune] extra, imported when a tuning starts
     except ImportError:
-        raise ConfigError(
-            "tune", "needs Optuna: pip install 'saeuron[tune]'"
-        ) from None
+        raise ConfigError("tune", "needs Optuna: pip install 'saeuron[tune]'") from None
+    # The heartbeat that lets a killed run resume is marked experimental; said once per run,
+    # it tells a user nothing they can act on.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
 

@@ -1,0 +1,203 @@
+"""The recipe format: validation errors, round trips, containment, anchors; a recipe
+attached to the tiny pipeline changes its images, and removed (or at strength 0) leaves them
+bit-identical."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from saeuron.erasure.concepts.select import select_contrastive
+from saeuron.erasure.concepts.stats import ConceptStats
+from saeuron.erasure.recipe import FORMAT_VERSION, Recipe, file_sha256, resolve_anchors
+from saeuron.erasure.recipe_erasure import attach, attach_recipe, pipeline_fingerprint
+from saeuron.sae import Sae, SaeConfig
+from saeuron.utils.errors import ConfigError, FileFormatError
+
+HOOK = "unet.up_blocks.1.attentions.1"
+NAMES = ["cat", "dog", "car"]
+
+
+def _stats(name: str, latents: list[int], n: int = 32) -> ConceptStats:
+    mean = torch.zeros(1, n)
+    mean[0, latents] = 2.0
+    active = (mean > 0).float() * 0.9
+    return ConceptStats(concept=name, mean=mean, active_frac=active, n_prompts=4,
+                        timesteps=torch.zeros(1), meta={"hookpoint": HOOK})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, tiny_sd) -> Path:
+    """A recipe folder: an SAE, features of three concepts, and recipe.json."""
+    root = tmp_path_factory.mktemp("recipe")
+    torch.manual_seed(5)
+    sae = Sae(SaeConfig(d_in=32, expansion_factor=1, k=8))
+    sae.save_pretrained(root / "saes", HOOK)
+    sae = Sae.from_pretrained(root / "saes", hookpoint=HOOK)
+    stats = {n: _stats(n, list(range(i * 8, i * 8 + 8))) for i, n in enumerate(NAMES)}
+    refs = {}
+    for name in NAMES:
+        features = select_contrastive(stats[name], [s for k, s in stats.items() if k != name],
+                                      tau=4)  # fmt: skip
+        # The hook edits a latent above its threshold: make every selected one qualify.
+        features.threshold.fill_(-1e9)
+        features.concept = name
+        features.meta["sae_fingerprint"] = sae.fingerprint()
+        features.save(root / "features" / HOOK / name)
+        refs[name] = {"path": f"features/{HOOK}/{name}",
+                      "sha256": file_sha256(root / "features" / HOOK / f"{name}.safetensors")}
+    edit = {"hookpoint": HOOK, "sae": {"path": "saes", "fingerprint": sae.fingerprint()}}
+    data = {
+        "base_model": {"id": "tiny-sd", "fingerprint": pipeline_fingerprint(tiny_sd, [HOOK])},
+        "sampling": {"num_inference_steps": 2, "guidance_scale": 7.5},
+        "concepts": {
+            "cat": {"edits": [{**edit, "features": refs["cat"], "rule": "ablate",
+                               "strength": -4.0}]},
+            "dog": {"edits": [{**edit, "features": refs["dog"], "rule": "anchor", "strength": 0,
+                               "anchors": [{"concept": "cat", "features": refs["cat"]},
+                                           {"concept": "car", "features": refs["car"]}]}]},
+        },
+    }  # fmt: skip
+    (root / "recipe.json").write_text(json.dumps(data))
+    return root
+
+
+def _data(folder: Path) -> dict:
+    return json.loads((folder / "recipe.json").read_text())
+
+
+def _sample(pipe, seed: int = 0) -> np.ndarray:
+    out = pipe(["a photo of a cat"], num_inference_steps=2, guidance_scale=7.5,
+               generator=[torch.Generator("cpu").manual_seed(seed)], output_type="np")  # fmt: skip
+    return out.images
+
+
+def test_load_save_round_trip(folder, tmp_path):
+    recipe = Recipe.load(folder)
+    assert recipe.names == ["cat", "dog"]
+    assert recipe.format_version == FORMAT_VERSION
+    assert recipe.check_files() == []
+    again = Recipe.from_dict(recipe.to_dict(), root=folder)
+    assert again.to_dict() == recipe.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda d: d.update(colour="red"), "recipe.colour"),
+        (lambda d: d["concepts"]["cat"]["edits"][0].update(rule="melt"), "edits.0.rule"),
+        (lambda d: d["concepts"]["cat"]["edits"][0].update(strength=float("nan")), "strength"),
+        (lambda d: d["concepts"]["cat"]["edits"][0].update(window=[0.5, 0.2]), "window"),
+        (lambda d: d["concepts"]["cat"]["edits"][0].update(activation_site="x"), "site"),
+        (lambda d: d["concepts"]["cat"]["edits"][0].update(module="os:system"), "module"),
+        (lambda d: d["concepts"]["dog"]["edits"][0].update(anchors=[]), "edits.0"),
+        (lambda d: d["concepts"].update(cat={"edits": []}), "concepts.cat.edits"),
+        (lambda d: d.pop("base_model"), "base_model"),
+    ],
+)
+def test_bad_recipes_are_refused_naming_the_path(folder, change, field):
+    data = _data(folder)
+    change(data)
+    with pytest.raises(ConfigError) as err:
+        Recipe.from_dict(data, root=folder)
+    assert field in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_newer_format_version_is_refused(folder):
+    data = {**_data(folder), "format_version": FORMAT_VERSION + 1}
+    with pytest.raises(FileFormatError, match="newer saeuron"):
+        Recipe.from_dict(data, root=folder)
+
+
+def test_changed_and_missing_files_are_all_named(folder, tmp_path):
+    data = _data(folder)
+    data["concepts"]["cat"]["edits"][0]["features"]["sha256"] = "0" * 64
+    data["concepts"]["dog"]["edits"][0]["features"]["path"] = "features/nowhere/dog"
+    problems = Recipe.from_dict(data, root=folder).check_files()
+    assert len(problems) == 2
+    assert "has changed" in problems[0] and "no file" in problems[1]
+
+
+def test_a_hub_recipe_may_not_leave_its_folder(folder, tmp_path):
+    inside = Recipe.from_dict(_data(folder), root=folder, contained=True)
+    assert inside.names == ["cat", "dog"]
+    data = _data(folder)
+    data["concepts"]["cat"]["edits"][0]["sae"]["path"] = "../elsewhere"
+    with pytest.raises(FileFormatError, match="outside"):
+        Recipe.from_dict(data, root=folder, contained=True)
+    # Through a symbolic link too.
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "features").symlink_to(folder / "features")
+    with pytest.raises(FileFormatError, match="outside"):
+        Recipe.from_dict(_data(folder), root=linked, contained=True)
+    # A local recipe may name local paths.
+    assert Recipe.from_dict(data, root=folder).names == ["cat", "dog"]
+
+
+def test_anchors_resolve_to_the_first_candidate_not_erased(folder):
+    recipe = Recipe.load(folder)
+    assert [a for _, a in resolve_anchors(recipe, ["dog"])["dog"]] == ["cat"]
+    assert [a for _, a in resolve_anchors(recipe, ["dog", "cat"])["dog"]] == ["car"]
+    data = _data(folder)
+    data["concepts"]["dog"]["edits"][0]["anchors"] = data["concepts"]["dog"]["edits"][0][
+        "anchors"][:1]
+    alone = Recipe.from_dict(data, root=folder)
+    assert [a for _, a in resolve_anchors(alone, ["dog", "cat"])["dog"]] == [None]
+
+
+def test_attached_recipe_changes_images_and_removal_restores_them(folder, tiny_sd):
+    plain = _sample(tiny_sd)
+    erasure = attach(tiny_sd, folder / "recipe.json")
+    try:
+        erased = _sample(tiny_sd)
+        assert erasure.edited_tokens > 0
+        assert np.abs(erased - plain).max() > 1e-3
+        erasure.set_strength("cat", 0.0)
+        erasure.set_strength("dog", 0.0)
+        assert np.array_equal(_sample(tiny_sd), plain)
+        erasure.set_strength("cat", 0.5)
+        half = _sample(tiny_sd)
+        assert not np.array_equal(half, plain) and not np.array_equal(half, erased)
+        with pytest.raises(ConfigError, match="strength.cat"):
+            erasure.set_strength("cat", 1.5)
+    finally:
+        erasure.remove()
+    assert np.array_equal(_sample(tiny_sd), plain)
+
+
+def test_both_concepts_erased_together_use_one_hook(folder, tiny_sd):
+    with attach_recipe(tiny_sd, folder / "recipe.json", ["cat", "dog"]) as erasure:
+        # dog's anchor (cat) is erased too: it falls to car, in its own hook group.
+        assert sorted(e.config.rule for e in erasure.erasers) == ["ablate", "anchor"]
+    assert not erasure.erasers
+
+
+def test_a_pipeline_of_another_shape_is_refused(folder, tiny_sd):
+    data = copy.deepcopy(_data(folder))
+    data["base_model"]["fingerprint"] = "f" * 64
+    recipe = Recipe.from_dict(data, root=folder)
+    with pytest.raises(ConfigError, match="recipe.base_model"):
+        attach_recipe(tiny_sd, recipe)
+
+
+def test_an_sae_that_is_not_the_recipes_is_refused(folder, tiny_sd):
+    data = _data(folder)
+    data["concepts"]["cat"]["edits"][0]["sae"]["fingerprint"] = "0" * 64
+    with pytest.raises(FileFormatError, match="not the SAE"):
+        attach_recipe(tiny_sd, Recipe.from_dict(data, root=folder), ["cat"])
+
+
+def test_save_pretrained_makes_a_self_contained_folder(folder, tmp_path):
+    written = Recipe.load(folder).save_pretrained(tmp_path / "out")
+    copy_ = Recipe.from_dict(json.loads(written.read_text()), root=written.parent,
+                             contained=True)  # fmt: skip
+    assert copy_.check_files() == []
+    assert (written.parent / "README.md").read_text().count("ablate") >= 1
+    assert (written.parent / "saes" / HOOK / "sae.safetensors").is_file()

@@ -1,0 +1,140 @@
+"""``saeuron tune`` on the tiny Stable Diffusion pipeline with a ``module:Class`` judge: a
+recipe, its trials table and plot; a study that resumes; test-only inputs refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from helpers.recipes import CONCEPTS, HOOK, build_world, tune_args
+
+from saeuron.cli.main import main
+from saeuron.erasure.recipe import Recipe
+from saeuron.eval.prompt_sets import PromptSet
+from saeuron.eval.tuning import TuneConfig, objective_value, score_images
+
+pytest.importorskip("optuna")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_sd):
+    return build_world(tmp_path_factory.mktemp("tune"), tiny_sd)
+
+
+@pytest.fixture(scope="module")
+def tuned(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tuned") / "cat.json"
+    assert main(tune_args(world, out, 3)) == 0
+    return out
+
+
+def test_tune_writes_a_recipe_a_trials_table_and_a_plot(tuned, world):
+    recipe = Recipe.load(tuned)
+    assert recipe.names == ["cat"]
+    edit = recipe.concepts["cat"].edits[0]
+    assert edit.hookpoint == HOOK and edit.rule in ("ablate", "anchor")
+    assert set(recipe.concepts["cat"].scores) >= {"UA", "IRA", "heldout_UA"}
+    assert recipe.tuning["trials"] == 3
+    assert recipe.tuning["weights"] == {"UA": 1.0, "IRA": 1.0, "CRA": 1.0}
+    # The features sit beside the recipe, named relative to it: the folder moves as one.
+    assert not Path(edit.features.path).is_absolute()
+    assert recipe.check_files() == []
+    rows = list(csv.DictReader(tuned.with_suffix(".trials.csv").open()))
+    assert len(rows) == 3 and all(int(r["n_images"]) > 0 for r in rows)
+    best = max(rows, key=lambda r: float(r["objective"]))
+    assert float(best["objective"]) == pytest.approx(recipe.tuning["objective"], abs=1e-4)
+    assert tuned.with_suffix(".tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tuned.parent / ".cat.features").exists()
+
+
+def test_tune_resumes_the_study_it_finds(tuned, world):
+    assert main(tune_args(world, tuned, 4)) == 0
+    db = sqlite3.connect(tuned.with_suffix(".optuna.db"))
+    states = [s for (s,) in db.execute("select state from trials")]
+    assert states.count("COMPLETE") == 4
+    assert Recipe.load(tuned).tuning["trials"] == 4
+
+
+def test_an_enqueued_setting_is_the_first_trial(world, tmp_path):
+    out = tmp_path / "cat.json"
+    setting = {"sites": HOOK, "rule": "ablate", "strength_denoiser": -3.0, "tau": 10,
+               "max_other_ratio": 0.3, "window": "all", "cfg_half": "cond"}  # fmt: skip
+    assert main(tune_args(world, out, 1, "--enqueue", json.dumps(setting), "--no-heldout")) == 0
+    edit = Recipe.load(out).concepts["cat"].edits[0]
+    assert (edit.rule, edit.strength) == ("ablate", -3.0)
+    assert edit.features.selection["tau"] == 10
+
+
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        (["--concept", "kitty"], "concept"),
+        (["--rules", "melt"], "rules"),
+        (["--windows", "0:2"], "windows"),
+        (["--targets", '{"XA": 1}'], "targets"),
+        (["--enqueue", "[1]"], "enqueue"),
+        (["--judge", "no_such_module:Judge"], "judge"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_field(world, tmp_path, capsys, flags, field):
+    args = tune_args(world, tmp_path / "cat.json")
+    for flag, value in zip(flags[::2], flags[1::2]):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and field in err[0]
+
+
+def test_test_seeds_phrasings_and_names_are_refused(world, tmp_path, capsys):
+    data = json.loads(world["prompt_set"].read_text())
+    cases = [({"seeds": [1, 99]}, "test seeds"),
+             ({"templates": ["a test photo of {object}"]}, "test phrasings")]  # fmt: skip
+    for change, word in cases:
+        path = tmp_path / "ps.json"
+        path.write_text(json.dumps({**data, **change}))
+        args = tune_args(world, tmp_path / "cat.json")
+        args[args.index("--prompt-set") + 1] = str(path)
+        assert main(args) == 2
+        assert word in capsys.readouterr().err
+    with pytest.raises(Exception, match="test-only name"):
+        PromptSet.from_dict({**data, "kinds": {"object": [*CONCEPTS, "kitty"]}}).check_tunable()
+
+
+def test_scores_follow_the_judge_and_blank_images_never_succeed():
+    from PIL import Image
+
+    ps = PromptSet.from_dict({"kinds": {"object": ["a", "b"], "style": ["x", "y"]},
+                              "templates": ["{object} {style}"], "seeds": [0],
+                              "retain_every": 1})  # fmt: skip
+
+    class Says:
+        def __init__(self, answers):
+            self.answers = answers
+
+        def classify(self, images, kind, choices):
+            return [self.answers[kind][i] for i in range(len(images))]
+
+    target, retain = ps.rows("a")
+    assert [r.labels["object"] for r in target] == ["a", "a"]
+    assert [r.labels["object"] for r in retain] == ["b", "b"]
+    noise = Image.effect_noise((8, 8), 60).convert("RGB")
+    pairs = [(r, noise) for r in [*target, *retain]]
+    judge = Says({"object": ["b", "a", "b", "a"], "style": ["x", "y", "y", "y"]})
+    scores = score_images(judge, ps, "a", pairs[:2], pairs[2:])
+    assert (scores["UA"], scores["IRA"], scores["CRA"]) == (0.5, 0.5, 0.75)
+    black = Image.new("RGB", (8, 8))
+    blank = score_images(judge, ps, "a", [(target[0], black), pairs[1]], pairs[2:])
+    assert blank["UA"] == 0.0 and blank["degenerate"] == 1
+    assert objective_value(blank, {"UA": 0.9, "IRA": 0.9, "CRA": 0.9},
+                           {"UA": 1, "IRA": 1, "CRA": 1}) == -10.0  # fmt: skip
+
+
+def test_tune_config_refuses_a_recipe_that_is_not_json():
+    with pytest.raises(Exception, match="out"):
+        TuneConfig(concept="cat", out="cat.yaml")

@@ -1,11 +1,20 @@
-"""``saeuron cache``: store a hookpoint's activations while the stock pipeline samples."""
+"""``saeuron capture``: store a hookpoint's activations while the stock pipeline samples.
+
+Also answers to ``saeuron cache``, its old name (deprecated; see ``DEPRECATED_COMMANDS`` in
+:mod:`saeuron.cli.main`).
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from saeuron.cli.main import DeprecatedFlag
 from saeuron.training.capture import CacheConfig, run_cache
+
+# ``--steps`` is the number of denoising steps elsewhere (demo, ui); here the field picks
+# which steps to record, so its flag says so. The old spelling stays for one release.
+RECORD_STEPS = "--record-steps"
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -15,7 +24,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         description="Sample prompts with the stock pipeline and store the activations of one "
         "module as safetensors shards (resumable; runs under accelerate launch).",
     )
-    CacheConfig.add_arguments(parser)
+    CacheConfig.add_arguments(parser, flags={"steps": RECORD_STEPS})
+    parser.add_argument("--steps", dest="steps", action=DeprecatedFlag, new=RECORD_STEPS)
     parser.set_defaults(handler=run)
     return parser
 

@@ -1,4 +1,8 @@
-"""``saeuron concept build``: select the SAE latents of a concept (statistics are cached)."""
+"""``saeuron concept CONCEPT ...``: select the SAE latents of a concept (statistics are cached).
+
+The command was a group with one action, ``concept build``; that spelling still works for
+one release (with a deprecation warning) and means the same.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +10,35 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from saeuron.cli.main import warn_deprecated
 from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept, summarize
+
+OLD_ACTION = "build"
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         name,
         help=help_text,
-        description="Find the SAE latents that encode a concept: its statistics against other "
-        "concepts (contrastive), or the top latents of its own images (shortcut).",
+        description="Find the SAE latents that encode CONCEPT: its statistics against other "
+        "concepts (contrastive), or the top latents of its own images (shortcut); optionally "
+        "save them with --out.",
     )
-    actions = parser.add_subparsers(dest="concept_command", metavar="ACTION")
-    actions.required = True
-    build = actions.add_parser(
-        "build",
-        help="select a concept's latents (statistics are cached)",
-        description="Select the SAE latents to edit for CONCEPT and optionally save them.",
+    # The old action's name, hidden: an optional positional before CONCEPT takes 'build'
+    # only when two positionals are given, so 'concept build moon' is the old form and
+    # 'concept moon' (or a concept named 'build' alone) the new one. In the parser rather
+    # than an argv rewrite, so that callers of the parser itself keep working.
+    parser.add_argument(
+        "old_action", nargs="?", choices=(OLD_ACTION,), default=None, help=argparse.SUPPRESS
     )
-    ConceptBuildConfig.add_arguments(build)
-    build.set_defaults(handler=run_build)
+    ConceptBuildConfig.add_arguments(parser)
+    parser.set_defaults(handler=run_build)
     return parser
 
 
 def run_build(args: argparse.Namespace) -> int:
+    if args.old_action:
+        warn_deprecated("'saeuron concept build'", "'saeuron concept'")
     cfg = ConceptBuildConfig.from_args(args)
     features = build_concept(cfg)
     print(summarize(features))

@@ -6,13 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from saeuron.erasure.features import ConceptFeatures, features_card
-from saeuron.models.bundles import pull_bundle, push_bundle
-from saeuron.sae.model import sae_card
-from saeuron.utils.cards import write_card
 from saeuron.utils.errors import ConfigError
 from saeuron.utils.files import BUNDLE, SAE_CONFIG
-from saeuron.utils.hub import push_folder
+
+# The library (and torch with it) is imported by the handlers, not here: `saeuron hub
+# --help` builds its parser from this module alone.
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -53,6 +51,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def run_pull(args: argparse.Namespace) -> int:
+    from saeuron.models.bundles import pull_bundle
+
     bundle = pull_bundle(args.repo, revision=args.revision)
     print(f"pulled bundle {bundle.name!r} to {bundle.folder}; use it as --model {args.repo}")
     return 0
@@ -74,6 +74,12 @@ def kind_of(folder: Path) -> str:
 
 
 def run_push(args: argparse.Namespace) -> int:
+    from saeuron.erasure.features import ConceptFeatures, features_card
+    from saeuron.models.bundles import push_bundle
+    from saeuron.sae.model import sae_card
+    from saeuron.utils.cards import write_card
+    from saeuron.utils.hub import push_folder
+
     folder = Path(args.folder)
     if not folder.is_dir():
         raise ConfigError("folder", f"{folder} is not a folder")

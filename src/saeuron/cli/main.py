@@ -19,17 +19,18 @@ import re
 import sys
 import warnings
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
+from saeuron import __version__
 from saeuron.utils.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("saeuron.cli.demo", "erase an object and a style from the bundled model"),
     "generate": ("saeuron.cli.generate", "sample images with concepts erased"),
     "concept": ("saeuron.cli.concept", "find the SAE latents of a concept"),
-    "cache": ("saeuron.cli.cache", "store a hookpoint's activations while sampling prompts"),
+    "capture": ("saeuron.cli.cache", "store a hookpoint's activations while sampling prompts"),
     "train": ("saeuron.cli.train", "train an SAE on captured activations"),
+    "tune": ("saeuron.cli.tune", "search an erasure recipe on validation prompts (Optuna)"),
     "eval": ("saeuron.cli.eval", "measure an erasure from one JSON or YAML config"),
     "ui": ("saeuron.cli.ui", "the slider: erase or amplify concepts live in a web page"),
     "minicanvas": ("saeuron.cli.minicanvas", "the bundled MiniCanvas model and its benchmark"),
@@ -39,15 +40,92 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "saeuron.cli.convert",
         "published pickled statistics or parameters -> safetensors + JSON (needs trust)",
     ),
+    "env": ("saeuron.cli.env", "versions, devices, caches and hub settings, for a bug report"),
+}
+DEPRECATED_COMMANDS: dict[str, str] = {
+    # Old name -> new name. Kept for one release after 0.2.0; not listed by --help. "cache"
+    # read as the hub's or the statistics' cache; the command captures activations.
+    "cache": "capture",
 }
 DEBUG_ENV = "SAEURON_DEBUG"
 
 
+class CliDeprecationWarning(FutureWarning):
+    """An old spelling of a command or flag: it still works, for one more release.
+
+    A FutureWarning (the category Python shows to end users) of our own, so that the CLI can
+    show it while it hides the third parties' FutureWarnings, and a test or a caller of
+    :func:`main` can single it out (``pytest.warns``, ``warnings.catch_warnings``).
+    """
+
+
+def warn_deprecated(old: str, new: str | None) -> None:
+    """Say once that ``old`` is going and ``new`` replaces it (``None``: nothing does, it has
+    no effect); the run goes on as ``new``."""
+    instead = f"use {new}" if new else "leave it out (it has no effect)"
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release; {instead}",
+        CliDeprecationWarning,
+        stacklevel=2,
+    )
+
+
+class DeprecatedFlag(argparse.Action):
+    """A hidden old spelling of a flag: stores like the new one and warns.
+
+    ``parser.add_argument("--steps", dest="steps", action=DeprecatedFlag, new="--record-steps")``;
+    ``new=None`` for a flag that never had an effect there.
+    """
+
+    def __init__(
+        self, option_strings: Sequence[str], dest: str, new: str | None, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("help", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        new = f"'{parser.prog} {self.new}'" if self.new else None
+        warn_deprecated(f"'{parser.prog} {option_string}'", new)
+        setattr(namespace, self.dest, values)
+
+
+_python_formatwarning = warnings.formatwarning
+
+
+def _format_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    # A deprecation of ours is one line addressed to the user, not a source location.
+    if issubclass(category, CliDeprecationWarning):
+        return f"saeuron: warning: {message}\n"
+    return _python_formatwarning(message, category, filename, lineno, line)
+
+
+def show_deprecations() -> None:
+    """Our deprecations are shown (once each) even where third-party FutureWarnings are not.
+
+    ``filterwarnings`` puts the newest filter first, so this runs after any other filter the
+    CLI sets.
+    """
+    warnings.formatwarning = _format_warning
+    warnings.filterwarnings("default", category=CliDeprecationWarning)
+
+
 def package_version() -> str:
-    try:
-        return version("saeuron")
-    except PackageNotFoundError:
-        return "unknown"
+    """``saeuron.__version__``: the one place the version is written (the distribution's
+    metadata is made from it, and an editable install's metadata can lag behind it)."""
+    return __version__
 
 
 class Parser(argparse.ArgumentParser):
@@ -90,11 +168,37 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             importlib.import_module(module).add_parser(sub, name, help_text)
         else:
             sub.add_parser(name, help=help_text, add_help=False)
+    if command in DEPRECATED_COMMANDS:
+        # Under its old name, so that its messages name what the user typed; only when
+        # asked for, so that --help lists the new name alone.
+        new = DEPRECATED_COMMANDS[command]
+        module = COMMANDS[new][0]
+        importlib.import_module(module).add_parser(
+            sub, command, f"deprecated name of 'saeuron {new}'"
+        )
     return parser
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
-    return next((arg for arg in argv if arg in COMMANDS), None)
+    return next((arg for arg in argv if arg in COMMANDS or arg in DEPRECATED_COMMANDS), None)
+
+
+def modern_argv(argv: list[str], command: str | None) -> list[str]:
+    """``argv`` with the command's old forms rewritten to the current ones (each warned of).
+
+    A command module may define ``modern_argv(args) -> args`` for the arguments after its
+    name (``concept build X`` -> ``concept X``, say).
+    """
+    if command is None:
+        return argv
+    if command in DEPRECATED_COMMANDS:
+        warn_deprecated(f"'saeuron {command}'", f"'saeuron {DEPRECATED_COMMANDS[command]}'")
+    module = COMMANDS[DEPRECATED_COMMANDS.get(command, command)][0]
+    rewrite = getattr(importlib.import_module(module), "modern_argv", None)
+    if rewrite is None:
+        return argv
+    at = argv.index(command) + 1
+    return [*argv[:at], *rewrite(argv[at:])]
 
 
 def configure_logging(verbose: bool, quiet: bool) -> None:
@@ -137,9 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Before the command's module imports transformers, which prints notices (a missing
         # optional torchvision, ...) on import: an error must stay the only line printed.
         quiet_environment()
-    parser = build_parser(_command_in(argv))
+    show_deprecations()
+    command = _command_in(argv)
+    argv = modern_argv(argv, command)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)
+    show_deprecations()
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.handler(args) or 0)

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from saeuron.cli.main import DeprecatedFlag
 from saeuron.training.distributed import launched_processes
 from saeuron.training.shards import ActivationShards
 from saeuron.training.supervised import SupervisedTrainConfig, read_labels, train_supervised
@@ -16,14 +17,30 @@ from saeuron.utils.io import check_output_folder
 
 logger = logging.getLogger(__name__)
 
+# SaeConfig keys that are no flag of train, as they would change nothing: multi_topk and
+# sample_topk are sparsify cfg.json keys kept so that published SAEs round-trip (no saeuron
+# trainer implements them), and the trainer sets batch_topk from --topk. Their old flags stay
+# for one release, hidden, with a warning (old flag -> its replacement, None: none).
+NOT_FLAGS = ("multi_topk", "sample_topk", "batch_topk")
+OLD_FLAGS: dict[str, str | None] = {"multi-topk": None, "sample-topk": None, "batch-topk": "--topk"}
+
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         name,
         help=help_text,
-        description="Train a BatchTopK SAE on a `saeuron cache` folder; writes OUT/<hookpoint>/.",
+        description="Train a BatchTopK SAE on a `saeuron capture` folder; writes OUT/<hookpoint>/.",
     )
-    TrainConfig.add_arguments(parser)
+    TrainConfig.add_arguments(parser, skip=NOT_FLAGS)
+    for old, new in OLD_FLAGS.items():
+        parser.add_argument(
+            f"--{old}",
+            f"--no-{old}",
+            dest=f"deprecated_{old.replace('-', '_')}",  # read by nothing
+            nargs=0,
+            action=DeprecatedFlag,
+            new=new,
+        )
     supervised = parser.add_argument_group(
         "supervised (SAEmnesia)",
         "--supervised fine-tunes an SAE so that each labelled concept has one latent; "

@@ -143,7 +143,15 @@ def check_range(
 
 def describe_bounds(bounds: Mapping[str, float]) -> str:
     signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    return " and ".join(f"{signs[k]} {v:g}" for k, v in bounds.items())
+    return " and ".join(f"{signs[k]} {_number(v)}" for k, v in bounds.items())
+
+
+def _number(value: float) -> str:
+    """A bound as the user must type it: whole numbers exactly (``%g`` would turn a seed's
+    bound 2**63 - 1 into 9.22337e+18, which is not the limit), fractions compactly."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return f"{value:g}"
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -421,6 +429,7 @@ class Config(metaclass=_ConfigMeta):
         skip: Iterable[str] = (),
         require: bool = True,
         defaults: Config | None = None,
+        flags: Mapping[str, str] | None = None,
     ) -> None:
         """One ``--option`` (or positional) per field, nested flattened configs included.
 
@@ -429,8 +438,11 @@ class Config(metaclass=_ConfigMeta):
         fields without a default optional at parse time (for an argument group that only
         applies with another flag); :meth:`from_args` still reports them missing.
         ``defaults`` (for a nested config) is the instance whose values ``--help`` shows.
+        ``flags`` spells a field's flag otherwise than ``--field-name`` (field -> flag), where
+        a command's flag names must not clash in meaning with another command's.
         """
         skip = set(skip)
+        flags = dict(flags or {})
         hints = cls._hints()
         flat = cls._flattened()
         for f in dataclasses.fields(cls):
@@ -438,10 +450,12 @@ class Config(metaclass=_ConfigMeta):
                 continue
             if f.name in flat:
                 nested_default = _default_of(f)
-                flat[f.name].add_arguments(parser, skip, require, defaults=nested_default)
+                flat[f.name].add_arguments(
+                    parser, skip, require, defaults=nested_default, flags=flags
+                )
                 continue
             default = getattr(defaults, f.name) if defaults is not None else _default_of(f)
-            _add_argument(parser, f, hints[f.name], require, default)
+            _add_argument(parser, f, hints[f.name], require, default, flags.get(f.name))
 
     @classmethod
     def from_args(cls: type[C], ns: argparse.Namespace, **extra: Any) -> C:
@@ -457,7 +471,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _add_argument(parser: Any, f: dataclasses.Field, tp: Any, require: bool, default: Any) -> None:
+def _add_argument(
+    parser: Any,
+    f: dataclasses.Field,
+    tp: Any,
+    require: bool,
+    default: Any,
+    flag: str | None = None,
+) -> None:
     meta = f.metadata
     inner, _ = _unwrap_optional(tp)
     required = default is dataclasses.MISSING and require
@@ -467,7 +488,10 @@ def _add_argument(parser: Any, f: dataclasses.Field, tp: Any, require: bool, def
         notes.append("one of " + ", ".join(str(c) for c in meta["choices"]))
     if meta.get("bounds"):
         notes.append(describe_bounds(meta["bounds"]))
-    if not required and default is not None and "default" not in text:
+    # A field without a default that is optional at parse time (require=False) has no
+    # default to show: dataclasses.MISSING is a sentinel, not a value.
+    has_default = default is not dataclasses.MISSING and default is not None
+    if not required and has_default and "default" not in text:
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         notes.append(f"default: {shown}")
     if notes:
@@ -482,7 +506,7 @@ def _add_argument(parser: Any, f: dataclasses.Field, tp: Any, require: bool, def
     if meta.get("positional"):
         parser.add_argument(f.name, metavar=metavar, help=text, nargs=None if required else "?")
         return
-    flag = "--" + f.name.replace("_", "-")
+    flag = flag or "--" + f.name.replace("_", "-")
     if inner is bool:
         parser.add_argument(
             flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text

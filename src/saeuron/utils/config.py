@@ -28,6 +28,7 @@ import difflib
 import functools
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,13 +48,25 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+PLAIN_KEY = re.compile(r"[A-Za-z_][\w-]*")
+
+
+def key_name(key: object) -> str:
+    """``key`` as an error names it: as it is when it looks like a key, else quoted. A key
+    of a newline, a dot or nothing (or a YAML number) stays one unmistakable word."""
+    text = str(key)
+    return text if isinstance(key, str) and PLAIN_KEY.fullmatch(text) else repr(key)
+
+
 def reject_unknown(where: str, keys: Iterable[str], allowed: Iterable[str]) -> None:
     allowed = list(allowed)
     for key in keys:
         if key not in allowed:
+            name = key_name(key)
             raise ConfigError(
-                f"{where}.{key}" if where else key,
-                f"unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(sorted(allowed))}",
+                f"{where}.{name}" if where else name,
+                f"unknown key{did_you_mean(str(key), allowed)}; allowed: "
+                f"{', '.join(sorted(allowed))}",
             )
 
 

@@ -201,3 +201,42 @@ def test_save_pretrained_makes_a_self_contained_folder(folder, tmp_path):
     assert copy_.check_files() == []
     assert (written.parent / "README.md").read_text().count("ablate") >= 1
     assert (written.parent / "saes" / HOOK / "sae.safetensors").is_file()
+
+
+def test_saeuron_erases_with_a_recipe_and_its_sampling(folder, tiny_sd):
+    from saeuron.erasure.technique import SAeUron
+
+    plain = _sample(tiny_sd)
+    tech = SAeUron.from_recipe(folder / "recipe.json", pipe=tiny_sd)
+    assert tech.config.concepts == ["cat", "dog"]
+    assert tech.config.sampling.steps == 2  # the recipe's
+    assert tech.hookpoint == HOOK and tech.multiplier == -4.0
+    erased = np.asarray(tech.generate(["a photo of a cat"], seeds=[0])[0], dtype=np.float32)
+    unerased = tech.generate(["a photo of a cat"], seeds=[0], erase_concept=False)[0]
+    assert np.array_equal(np.asarray(unerased), (plain[0] * 255).round().astype(np.uint8))
+    assert np.abs(erased - np.asarray(unerased, dtype=np.float32)).max() > 1
+    only_cat = SAeUron(pipe=tiny_sd, recipe=str(folder / "recipe.json"), erase_concept="cat")
+    assert only_cat.config.concepts == ["cat"]
+    with pytest.raises(ConfigError, match="not in the recipe"):
+        SAeUron(pipe=tiny_sd, recipe=str(folder / "recipe.json"), erase_concept="horse")
+
+
+def test_generate_writes_every_image_of_a_recipe(folder, tiny_sd, tmp_path, capsys):
+    from saeuron.cli.main import main
+
+    model = tmp_path / "model"
+    tiny_sd.save_pretrained(model)
+    out = tmp_path / "images"
+    args = ["generate", "--recipe", str(folder / "recipe.json"), "--model", str(model),
+            "--prompt", "a photo of a cat", "--prompt", "a dog", "--num-images", "2",
+            "--seed", "3", "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "000-3.png", "000-4.png", "001-3.png", "001-4.png"
+    ]
+    pattern = str(tmp_path / "p" / "{prompt}_{seed}.png")
+    assert main([*args[:-4], "--out", pattern, "--device", "cpu", "--erase", "cat"]) == 0
+    assert len(list((tmp_path / "p").iterdir())) == 4
+    capsys.readouterr()
+    assert main([*args[:-4], "--out", str(tmp_path / "one.png"), "--device", "cpu"]) == 2
+    assert "folder or a pattern" in capsys.readouterr().err

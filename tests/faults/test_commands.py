@@ -195,16 +195,18 @@ CASES: list[tuple[str, list[str], str]] = [
     # -- demo, minicanvas ---------------------------------------------------------------------
     ("demo-out-suffix", ["demo", "--out", "{T}/demo.jpg"], "out"),
     ("demo-steps-zero", ["demo", "--steps", "0", "--out", "{T}/demo.png"], "steps"),
-    ("minicanvas-sweep-multiplier-nan", ["minicanvas", "sweep", "--multipliers", "nan"],
-     "multipliers: got nan"),  # fmt: skip
-    ("minicanvas-sweep-guidance-inf", ["minicanvas", "sweep", "--guidance-scale", "inf"],
-     "guidance_scale"),  # fmt: skip
+    ("tune-trials-zero", ["tune", "--concept", "moon", "--trials", "0", "--out", "{T}/m.json"],
+     "trials"),  # fmt: skip
+    ("tune-guidance-inf", ["tune", "--concept", "moon", "--guidance-scale", "inf", "--out",
+                           "{T}/m.json"], "guidance_scale"),  # fmt: skip
+    ("tune-test-seed", ["tune", "--concept", "moon", "--out", "{T}/m.json", "--prompt-set",
+                        "{F}/prompts.txt"], "prompt"),  # fmt: skip
     ("minicanvas-bench-guidance-nan", ["minicanvas", "bench", "--guidance-scale", "nan",
                                        "--out", "{T}/bench"], "guidance_scale"),  # fmt: skip
     ("minicanvas-bench-steps-zero", ["minicanvas", "bench", "--num-inference-steps", "0",
                                      "--out", "{T}/bench"], "num_inference_steps"),  # fmt: skip
-    ("minicanvas-saemnesia-sweep-nan", ["minicanvas", "saemnesia", "sweep",
-                                        "--multipliers=-5,nan"], "multipliers"),  # fmt: skip
+    ("generate-recipe-missing", ["generate", "--recipe", "{T}/none.json", "--prompt", "a",
+                                 "--out", "{T}/a.png"], "recipe"),  # fmt: skip
     ("bench-perf-unknown", ["bench", "perf", "--only", "erase,bogus"], "only"),
 ]
 

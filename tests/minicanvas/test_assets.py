@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from saeuron.minicanvas import guided_sweep, saemnesia, sweep
 from saeuron.minicanvas.assets import (
     NAME,
     AssetConfig,
@@ -16,10 +15,8 @@ from saeuron.minicanvas.assets import (
     write_bundle,
 )
 from saeuron.minicanvas.guided import GuidedBuildConfig
-from saeuron.minicanvas.guided_sweep import GuidedSweepConfig
 from saeuron.minicanvas.model import ModelTrainConfig
-from saeuron.minicanvas.saemnesia import SupervisedBuildConfig, SupervisedSweepConfig
-from saeuron.minicanvas.sweep import SweepConfig
+from saeuron.minicanvas.saemnesia import SupervisedBuildConfig
 from saeuron.models.bundles import find_bundle, is_packaged
 from saeuron.utils.files import BUNDLE, PACKAGE_DATA
 
@@ -79,32 +76,6 @@ def test_an_explicit_out_is_kept(user: Path, tmp_path: Path) -> None:
 
 class Stop(Exception):
     pass
-
-
-@pytest.mark.parametrize(
-    ("module", "run", "config"),
-    [
-        (sweep, sweep.run_sweep, SweepConfig),
-        (saemnesia, saemnesia.run_supervised_sweep, SupervisedSweepConfig),
-        (guided_sweep, guided_sweep.run_guided_sweep, GuidedSweepConfig),
-    ],
-    ids=["minicanvas sweep", "minicanvas saemnesia sweep", "minicanvas guided sweep"],
-)
-def test_sweeps_work_on_the_users_copy(user: Path, monkeypatch, module, run, config) -> None:
-    seen: list[str] = []
-
-    def judge(model: str, *args: object) -> None:
-        seen.append(model)
-        raise Stop
-
-    monkeypatch.setattr(module, "MiniCanvasJudge", judge)
-    with pytest.raises(Stop):
-        run(config())
-    check_user_copy(Path(seen[0]), user)
-    # A sweep that writes nothing reads the bundle where it is.
-    with pytest.raises(Stop):
-        run(config(write=False))
-    assert seen[1] == NAME
 
 
 def test_the_package_data_is_where_the_shipped_bundle_is() -> None:

@@ -78,25 +78,3 @@ def test_sweep_retain_subset_keeps_every_object_and_style(every: int) -> None:
     assert {r[2] for r in kept} == set(range(len(STYLES)))
     assert len(rows) // every - 1 <= len(kept) <= len(rows) // every + 1
     assert diagonal_subset(rows, 1) == list(rows)
-
-
-def test_sweep_merges_trials_of_the_same_protocol_and_picks_the_best_mean() -> None:
-    from saeuron.minicanvas.sweep import best_params, merge_trials
-
-    def trial(tau, gamma, ratio, ua, ira, cra):
-        return {"tau": tau, "multiplier": gamma, "max_other_ratio": ratio,
-                "UA": ua, "IRA": ira, "CRA": cra}  # fmt: skip
-
-    old = {"retain_every": 3, "trials": [
-        trial(1, -5.0, None, 1.0, 0.2, 0.2),  # erases by destroying every image
-        {"tau": 2, "multiplier": -10.0, "UA": 0.5, "IRA": 0.9, "CRA": 0.9},  # no ratio key
-    ]}  # fmt: skip
-    new = [trial(3, -30.0, 0.5, 0.6, 0.9, 0.9), trial(1, -5.0, None, 0.0, 1.0, 1.0)]
-    merged = merge_trials(old, new, retain_every=3)
-    assert len(merged) == 3  # (1, -5) was rerun: the new verdict replaces the old
-    assert {t["UA"] for t in merged} == {0.0, 0.5, 0.6}
-    assert best_params(merged) == {"tau": 3, "multiplier": -30.0, "max_other_ratio": 0.5}
-    assert best_params(merged[:2]) == {"tau": 2, "multiplier": -10.0}
-    # Trials judged on another retained subset do not compete.
-    assert len(merge_trials(old, new, retain_every=2)) == 2
-    assert len(merge_trials(None, new, retain_every=2)) == 2

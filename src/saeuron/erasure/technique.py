@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,10 +233,14 @@ def bundled_recipe(cfg: SAeUronConfig) -> Recipe | None:
     if cfg.recipe is not None or cfg.uses_paper_settings() or not cfg.concepts:
         return None
     bundle = find_bundle(cfg.model)
-    if bundle is None:
-        return None
-    paths = [bundle.folder / RECIPES_DIR / f"{name}.json" for name in cfg.concepts]
-    if not all(p.is_file() for p in paths):
+    return None if bundle is None else bundle_recipe(bundle.folder, cfg.concepts)
+
+
+def bundle_recipe(folder: Path, concepts: Sequence[str]) -> Recipe | None:
+    """The recipes a bundle folder ships for ``concepts`` (``recipes/<concept>.json``),
+    merged into one; None unless every concept has one."""
+    paths = [folder / RECIPES_DIR / f"{name}.json" for name in concepts]
+    if not paths or not all(p.is_file() for p in paths):
         return None
     return Recipe.merge([Recipe.load(p) for p in paths])
 
@@ -299,15 +303,6 @@ class SAeUron:
         given_sae = config.pop("sae") if isinstance(config.get("sae"), Sae) else None
         if given_sae is not None:
             config["sae"] = str(given_sae.meta.get("source", "in-memory SAE"))
-        if pipe is not None and "model" not in config:
-            name = _pipeline_name(pipe)
-            if name is None:
-                raise ConfigError(
-                    "model",
-                    "the pipeline has no name_or_path; name the model it is (its sampling "
-                    "defaults and the statistics cache key on it)",
-                )
-            config["model"] = name
         loaded = recipe if isinstance(recipe, Recipe) else None
         if recipe is not None and loaded is None:
             config["recipe"] = str(recipe)
@@ -319,6 +314,15 @@ class SAeUron:
             config.setdefault("model", loaded.base_model.id)
             config.setdefault("num_inference_steps", loaded.sampling.num_inference_steps)
             config.setdefault("guidance_scale", loaded.sampling.guidance_scale)
+        if pipe is not None and "model" not in config:
+            name = _pipeline_name(pipe)
+            if name is None:
+                raise ConfigError(
+                    "model",
+                    "the pipeline has no name_or_path; name the model it is (its sampling "
+                    "defaults and the statistics cache key on it)",
+                )
+            config["model"] = name
         self.config = SAeUronConfig.from_dict(config)
         cfg = self.config
         self.recipe: Recipe | None = loaded or bundled_recipe(cfg)

@@ -11,8 +11,9 @@ reference of the ``preservation`` metric).
 - ``negative_prompt``: the concept as the negative prompt of classifier-free guidance.
 - ``saemnesia``: SAEmnesia (docs/method.md, section 6): a supervised SAE, the concept is its one
   latent, only the multiplier is tuned.
-- ``guided``: MiniCanvas only: guidance-site SAEs with each concept's tuned block, rule and
-  strength (:mod:`saeuron.minicanvas.guided`).
+
+A recipe (``recipe: FILE``, or a bundled model's recipes by default) goes through
+``saeuron``: its config takes every key of :class:`~saeuron.erasure.technique.SAeUronConfig`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from saeuron.eval.saemnesia_published import (
     stats_hookpoint,
     stats_names,
 )
-from saeuron.minicanvas.guided import GuidedTechnique, GuidedTechniqueConfig
 from saeuron.models.bundles import find_bundle
 from saeuron.models.layout import check_model_inputs
 from saeuron.models.pipelines import check_model, load_pipeline
@@ -307,15 +307,6 @@ def _saemnesia(config: SAEmnesiaConfig) -> SAeUronTechnique:
 TECHNIQUES.register("saemnesia")(
     TechniqueEntry(
         SAEmnesiaConfig, _saemnesia, "SAEmnesia: a supervised SAE, one latent per concept"
-    )
-)
-
-
-TECHNIQUES.register("guided")(
-    TechniqueEntry(
-        GuidedTechniqueConfig,
-        GuidedTechnique,
-        "MiniCanvas: guidance-site SAEs with each concept's tuned block and rule",
     )
 )
 

@@ -18,7 +18,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from saeuron.minicanvas.assets import concept_kind, load_params, load_supervised_params
-from saeuron.minicanvas.guided import load_guided_params
 from saeuron.minicanvas.judge import (
     VARIANT_LABELS,
     VARIANTS,
@@ -117,9 +116,6 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     supervised = {}
     if "saemnesia" in cfg.variants:
         supervised = load_supervised_params(judge.folder)
-    guided_params: dict[str, Any] = {}
-    if "guided" in cfg.variants:
-        guided_params = load_guided_params(judge.folder)
     results: dict[str, dict[str, dict[str, float]]] = {}
     examples = []
     # Unerased images do not depend on the concept: sample every pair once and share them.
@@ -140,9 +136,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 )  # fmt: skip
                 score = scores(concept, target, retain)
             else:
-                chosen = {"saemnesia": supervised, "guided": guided_params}.get(
-                    variant, params
-                )[concept]
+                chosen = {"saemnesia": supervised}.get(variant, params).get(concept, {})
                 score, target = evaluate(
                     judge, concept, variant, chosen, cfg.seeds, cfg.retain_seeds,
                     template=cfg.template, batch_size=cfg.batch_size,
@@ -164,7 +158,6 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "prompt_following": following,
         "params": {c: params[c] for c in cfg.concepts},
         "saemnesia_params": {c: supervised[c] for c in cfg.concepts if c in supervised},
-        "guided_params": {c: guided_params[c] for c in cfg.concepts if c in guided_params},
         "results": results,
         "seconds": time.perf_counter() - start,
     }

@@ -11,16 +11,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from saeuron.erasure.technique import bundle_recipe
 from saeuron.minicanvas.assets import concept_kind, load_params
-from saeuron.minicanvas.guided import blocks_of, load_guided_params
 from saeuron.minicanvas.judge import MiniCanvasJudge, _concept_index, prompt_rows, scores
 from saeuron.minicanvas.world import TEST_TEMPLATES
 from saeuron.models.progress import StepProgress
-from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.models.prompt_encoders import prompt_encoder_of
+from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
 from saeuron.utils.images import before_after_rows, save_grid
 from saeuron.utils.io import check_output_file
 
-DEMO_VARIANTS = ("saeuron", "guided")
+DEMO_VARIANTS = ("recipe", "paper")
+"""``recipe``: what ``SAeUron(erase_concept=c, model="minicanvas")`` does by default (each
+concept's tuned recipe); ``paper``: the published SAeUron method with its tuned gamma."""
 
 
 @dataclass
@@ -33,10 +36,10 @@ class DemoConfig(Config):
     retain: int = field(
         20, ge=1, le=90, help="images of other concepts used for retention accuracy"
     )
-    variant: str = field(
-        "saeuron",
-        choices=DEMO_VARIANTS,
-        help="'saeuron' (tuned SAeUron params) or 'guided' (guidance-site SAEs)",
+    variants: list[str] = field(
+        list(DEMO_VARIANTS),
+        help="erasures shown side by side: 'recipe' (the default, each concept's tuned "
+        "recipe) and 'paper' (the published SAeUron method)",
     )
 
     def __post_init__(self) -> None:
@@ -46,6 +49,10 @@ class DemoConfig(Config):
             raise ConfigError("object", f"{self.object!r} is a style, not an object")
         if concept_kind(self.style) != "style":
             raise ConfigError("style", f"{self.style!r} is an object, not a style")
+        if not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ConfigError("variants", f"got {self.variants!r}; name each variant once")
+        for variant in self.variants:
+            check_choice("variants", variant, DEMO_VARIANTS)
         check_range("steps", self.steps, ge=1)
         check_range("retain", self.retain, ge=1, le=90)
         check_output_file(self.out, "out")
@@ -62,9 +69,7 @@ class DemoRow:
 def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
     start = time.perf_counter()
     judge = MiniCanvasJudge("minicanvas", steps=cfg.steps)
-    params = (
-        load_guided_params(judge.folder) if cfg.variant == "guided" else load_params(judge.folder)
-    )
+    params = load_params(judge.folder)
     rows, panels = [], []
     sets = {}
     for concept in (cfg.object, cfg.style):
@@ -72,44 +77,54 @@ def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
         target = prompt_rows(TEST_TEMPLATES[0], [cfg.seed], only=index)
         others = prompt_rows(TEST_TEMPLATES[0], [cfg.seed], only=index, exclude=True)
         sets[concept] = target, others[:: max(1, len(others) // cfg.retain)][: cfg.retain]
-    # One bar for the whole job: every set is sampled before and after its erasure, in
+    # One bar for the whole job: every set is sampled before and under each erasure, in
     # batches of up to 50 images.
-    calls = sum(2 * (-(-len(t) // 50) + -(-len(r) // 50)) for t, r in sets.values())
+    runs = 1 + len(cfg.variants)
+    calls = sum(runs * (-(-len(t) // 50) + -(-len(r) // 50)) for t, r in sets.values())
     with StepProgress(calls * cfg.steps, desc="demo") as bar:
         for concept, (target, retain) in sets.items():
             before_t, before_r = judge.run(target, progress=bar), judge.run(retain, progress=bar)
-            p = params[concept]
-            ctx = (
-                judge.guided().erasing(judge.pipe, [concept], params)
-                if cfg.variant == "guided"
-                else judge.erasing(
-                    concept, int(p["tau"]), float(p["multiplier"]),
-                    max_other_ratio=p.get("max_other_ratio"),
-                )
-            )  # fmt: skip
-            with ctx:
-                after_t, after_r = judge.run(target, progress=bar), judge.run(retain, progress=bar)
-            rows.append(
-                DemoRow(
-                    concept, p, scores(concept, before_t, before_r),
-                    scores(concept, after_t, after_r),
-                )
-            )  # fmt: skip
-            panels.append((f"erase {concept!r}", before_t.images, after_t.images))
-            panels.append((f"others ({concept})", before_r.images[:10], after_r.images[:10]))
+            for variant in cfg.variants:
+                if variant == "recipe":
+                    recipe = bundle_recipe(judge.folder, [concept])
+                    shown = {"variant": variant, "recipe": recipe}
+                    ctx: Any = judge.erasing_recipes([concept])
+                else:
+                    p = params[concept]
+                    shown = {"variant": variant, **p}
+                    ctx = judge.erasing(
+                        concept, int(p["tau"]), float(p["multiplier"]),
+                        max_other_ratio=p.get("max_other_ratio"),
+                    )  # fmt: skip
+                with ctx:
+                    after_t = judge.run(target, progress=bar)
+                    after_r = judge.run(retain, progress=bar)
+                rows.append(
+                    DemoRow(
+                        concept, shown, scores(concept, before_t, before_r),
+                        scores(concept, after_t, after_r),
+                    )
+                )  # fmt: skip
+                label = "default" if variant == "recipe" else "paper"
+                panels.append((f"erase {concept!r} ({label})", before_t.images, after_t.images))
+                panels.append((f"others ({concept}, {label})", before_r.images[:10],
+                               after_r.images[:10]))  # fmt: skip
     save_grid(before_after_rows(panels), cfg.out)
     return rows, time.perf_counter() - start
 
 
 def settings_text(params: dict[str, Any]) -> str:
     """A concept's erasure settings, as the demo prints them."""
-    text = f"tau {params['tau']}, multiplier {params['multiplier']}"
-    if params.get("hookpoint"):
-        where = " + ".join(blocks_of(params))
-        rule = params.get("rule", "scale")
-        if params.get("anchor"):
-            rule += f" into {params['anchor']}"
-        text += f", {rule} at {where}"
+    recipe = params.get("recipe")
+    if recipe is not None:
+        edits = [e for c in recipe.concepts.values() for e in c.edits]
+        where = " + ".join(
+            "text encoder" if prompt_encoder_of(e.hookpoint) else e.hookpoint for e in edits
+        )
+        rule = edits[0].rule + (f" into {edits[0].anchors[0].concept}" if edits[0].anchors else "")
+        strengths = ", ".join(f"{e.strength:g}" for e in edits)
+        return f"default recipe: {rule} at {where}, strength {strengths}"
+    text = f"paper: tau {params['tau']}, multiplier {params['multiplier']}"
     if params.get("max_other_ratio") is not None:
         text += f", max_other_ratio {params['max_other_ratio']}"
     return text

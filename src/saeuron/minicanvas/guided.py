@@ -16,34 +16,28 @@ Layout inside the bundled model folder::
 
     guided/saes/<hookpoint>/...               SAEs trained on the guidance site
     guided/stats/<hookpoint>/<concept>.*      statistics from the SAE's own capture
-    guided/params.json                        per concept: hookpoint, rule, tau, gamma, ...
-    guided/sweep.json                         every validation trial behind params.json
+    guided/build.json                         how they were built
+
+``saeuron tune --model minicanvas`` selects features from these statistics and writes the
+bundle's recipes (``recipes/<concept>.json``), which erase with these SAEs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from saeuron.erasure.concepts.select import select_contrastive
-from saeuron.erasure.concepts.stats import ConceptStats
-from saeuron.erasure.erase import RULES, erase
-from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.minicanvas.assets import (
-    bundle_folder,
-    concept_kind,
     recorded_settings,
     writable_bundle_folder,
 )
@@ -62,7 +56,7 @@ from saeuron.training.capture import CacheConfig, run_cache
 from saeuron.training.capture_stats import read_label_rows, stats_from_capture
 from saeuron.training.trainer import STATE_DIR, TrainConfig, train_sae
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
-from saeuron.utils.files import BUNDLE_GUIDED_DIR, GUIDED_BUILD, PARAMS, SWEEP, TRAIN_LOG
+from saeuron.utils.files import BUNDLE_GUIDED_DIR, GUIDED_BUILD, TRAIN_LOG
 from saeuron.utils.io import (
     atomic_path,
     atomic_write_json,
@@ -74,8 +68,6 @@ from saeuron.utils.text import read_text
 logger = logging.getLogger(__name__)
 
 GUIDED_DIR = BUNDLE_GUIDED_DIR
-PARAMS_FILE = PARAMS
-SWEEP_FILE = SWEEP
 BUILD_FILE = GUIDED_BUILD
 DEFAULT_HOOKPOINTS = ["unet.up_blocks.2.attentions.2", "unet.up_blocks.1.attentions.1"]
 
@@ -255,244 +247,3 @@ def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
     # The SAEs' logs and the statistics name the capture and the SAE they came from.
     make_json_portable(folder, {"": folder.parent, work.name: work})
     return summary
-
-
-# -- features and erasing --------------------------------------------------------------------
-
-
-def blocks_of(params: dict[str, Any]) -> list[str]:
-    """The blocks a concept's params erase it at: ``hookpoint`` is one block or a list."""
-    hookpoint = params["hookpoint"]
-    return [hookpoint] if isinstance(hookpoint, str) else list(hookpoint)
-
-
-def multipliers_of(params: dict[str, Any]) -> list[float]:
-    """Gamma at each of :func:`blocks_of`: one number for every block, or one per block."""
-    blocks = blocks_of(params)
-    gamma = params["multiplier"]
-    gammas = [float(gamma)] * len(blocks) if isinstance(gamma, (int, float)) else list(gamma)
-    if len(gammas) != len(blocks):
-        raise ConfigError(
-            "multiplier", f"got {gamma!r} for {len(blocks)} blocks; one number, or one per block"
-        )
-    return [float(g) for g in gammas]
-
-
-def resolve_anchors(
-    concepts: Sequence[str], params: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """The params of ``concepts`` erased together, with no anchor that is itself erased.
-
-    An ``anchor`` rule writes its anchor concept in; erased together with that anchor, it
-    would write in what another edit takes out (measured: checkered's anchor is diagonal,
-    and erasing both left diagonal in 0.90 of its images). The anchor then follows the
-    anchor's own anchor until it reaches a concept that is not erased; with none left, the
-    concept falls back to ``ablate`` at the same blocks and gammas.
-    """
-    def anchor_of(concept: str) -> str | None:
-        p = params.get(concept, {})
-        return p.get("anchor") if p.get("rule") == "anchor" else None
-
-    erased = set(concepts)
-    resolved = {}
-    for concept in concepts:
-        p = dict(params[concept])
-        anchor, seen = anchor_of(concept), {concept}
-        if anchor in erased:
-            while anchor in erased and anchor not in seen:
-                seen.add(anchor)
-                anchor = anchor_of(anchor)
-            if anchor is None or anchor in erased:
-                p["rule"], p["anchor"] = "ablate", None
-            else:
-                p["anchor"] = anchor
-            logger.info("%s: its anchor is erased too; erasing it with %s", concept,
-                        f"anchor {anchor!r}" if p["anchor"] else "ablate")  # fmt: skip
-        resolved[concept] = p
-    return resolved
-
-
-def load_guided_params(folder: Path) -> dict[str, dict[str, Any]]:
-    params = read_json_or_empty(guided_folder(folder) / PARAMS_FILE)
-    missing = [c for c in (*OBJECTS, *STYLES) if c not in params]
-    if missing:
-        logger.warning("guided params missing for %s: run `saeuron minicanvas guided sweep`",
-                       ", ".join(missing))  # fmt: skip
-    return params
-
-
-class GuidedAssets:
-    """The guided SAEs and statistics of a bundle, loaded once."""
-
-    def __init__(self, folder: Path):
-        self.folder = guided_folder(folder)
-        self._saes: dict[str, Any] = {}
-        self._stats: dict[tuple[str, str], Any] = {}
-        self._fingerprints: dict[str, str] = {}
-
-    def sae(self, hookpoint: str) -> Sae:
-        if hookpoint not in self._saes:
-            if not (self.folder / "saes" / hookpoint).is_dir():
-                raise FileNotFoundError(
-                    f"no guided SAE at {self.folder / 'saes' / hookpoint}: run `saeuron "
-                    "minicanvas guided build`"
-                )
-            self._saes[hookpoint] = Sae.from_pretrained(self.folder / "saes", hookpoint=hookpoint)
-        return self._saes[hookpoint]
-
-    def has_stats(self, hookpoint: str, concept: str) -> bool:
-        # The JSON is written last (ConceptStats.save): its presence means the pair is whole.
-        return (self.folder / "stats" / hookpoint / f"{concept}.json").is_file()
-
-    def stats(self, hookpoint: str, concept: str) -> ConceptStats:
-        key = (hookpoint, concept)
-        if key not in self._stats:
-            self._stats[key] = ConceptStats.load(self.folder / "stats" / hookpoint / concept)
-        return self._stats[key]
-
-    def features(
-        self, concept: str, params: dict[str, Any], hookpoint: str | None = None
-    ) -> ConceptFeatures:
-        """The concept's latents under ``params`` (tau, max_other_ratio, gate, anchor) at
-        ``hookpoint`` (default: the first of the params' blocks)."""
-        hookpoint = hookpoint or blocks_of(params)[0]
-        peers = OBJECTS if concept_kind(concept) == "object" else STYLES
-
-        def select(name: str) -> ConceptFeatures:
-            others = [self.stats(hookpoint, p) for p in peers if p != name]
-            return select_contrastive(
-                self.stats(hookpoint, name), others, tau=int(params["tau"]),
-                max_other_ratio=params.get("max_other_ratio"),
-                active_gate=params.get("gate"),
-            )  # fmt: skip
-
-        features = select(concept)
-        if params.get("anchor"):
-            features = features.with_anchor(select(params["anchor"]))
-        features.meta["hookpoint"] = hookpoint
-        # The statistics were read with this block's guided SAE (build_guided), so the
-        # features index it: recorded, erase() checks it like any other features.
-        features.meta[SAE_FINGERPRINT] = self.fingerprint(hookpoint)
-        return features
-
-    def fingerprint(self, hookpoint: str) -> str:
-        if hookpoint not in self._fingerprints:
-            self._fingerprints[hookpoint] = self.sae(hookpoint).fingerprint()
-        return self._fingerprints[hookpoint]
-
-    @contextlib.contextmanager
-    def erasing(
-        self, pipe: Any, concepts: Sequence[str], params: dict[str, dict[str, Any]]
-    ) -> Iterator[None]:
-        """Erase ``concepts`` together: one ``erase`` per (hookpoint, rule, window) group; a
-        concept with several blocks is erased at each of them; an anchor erased too is
-        replaced (:func:`resolve_anchors`)."""
-        params = resolve_anchors(concepts, params)
-        groups: dict[tuple[str, str, tuple[float, ...] | None], dict[str, float]] = {}
-        for concept in concepts:
-            p = params[concept]
-            window = tuple(p["window"]) if p.get("window") else None
-            for hookpoint, gamma in zip(blocks_of(p), multipliers_of(p)):
-                key = (hookpoint, p.get("rule", "ablate"), window)
-                groups.setdefault(key, {})[concept] = gamma
-        with contextlib.ExitStack() as stack:
-            for (hookpoint, rule, window), gammas in groups.items():
-                features = [self.features(c, params[c], hookpoint) for c in gammas]
-                stack.enter_context(
-                    erase(
-                        pipe, self.sae(hookpoint), features, multiplier=gammas,
-                        hookpoint=hookpoint, rule=rule,
-                        window=list(window) if window else None,
-                    )
-                )  # fmt: skip
-            yield
-
-
-# -- as an evaluation technique (``saeuron eval``, attacks included) -------------------------
-
-
-@dataclass
-class GuidedTechniqueConfig(Config):
-    erase_concept: str = field(help="the MiniCanvas concept to erase with its guided params")
-    model: str = field("minicanvas", help="the MiniCanvas pipeline (its guided/ folder)")
-    num_inference_steps: int = field(20, help="DDIM steps")
-    guidance_scale: float = field(7.5, help="CFG scale (> 1: the guidance site needs CFG)")
-    batch_size: int = field(20, help="prompts per pipeline call")
-    device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: best available")
-    params: dict[str, Any] = field(
-        {}, help="the concept's guided params instead of the bundle's (hookpoint, rule, tau, "
-        "multiplier; optionally max_other_ratio, anchor, window, gate): e.g. to attack a "
-        "candidate setting before choosing it"
-    )
-
-    def __post_init__(self) -> None:
-        concept_kind(self.erase_concept)
-        check_range("num_inference_steps", self.num_inference_steps, ge=1)
-        check_range("guidance_scale", self.guidance_scale, gt=1)
-        check_range("batch_size", self.batch_size, ge=1)
-        if self.params:
-            check_params(self.params, "params")
-
-
-def check_params(params: dict[str, Any], name: str) -> None:
-    """One concept's guided params are whole and in range, or a one-line error naming
-    ``name``."""
-    missing = [k for k in ("hookpoint", "tau", "multiplier") if k not in params]
-    if missing:
-        raise ConfigError(name, f"missing {missing}; need hookpoint, tau and multiplier")
-    check_choice(name, params.get("rule", "ablate"), RULES)
-    check_range(name, params["tau"], ge=1)
-    try:
-        gammas = multipliers_of(params)
-    except ConfigError as err:
-        raise ConfigError(name, str(err)) from None
-    for gamma in gammas:
-        check_range(name, gamma)
-    if params.get("rule") == "anchor" and params.get("anchor") not in (*OBJECTS, *STYLES):
-        raise ConfigError(
-            name, f"rule 'anchor' needs an anchor concept; got {params.get('anchor')!r}"
-        )
-
-
-class GuidedTechnique:
-    """``saeuron eval`` technique ``guided``: the guided params of one MiniCanvas concept."""
-
-    def __init__(self, config: GuidedTechniqueConfig, pipe: Any = None):
-        """``pipe``: a MiniCanvas pipeline already loaded (a sweep's), else one is loaded."""
-        self.config = config
-        if pipe is None:
-            pipe = load_pipeline(config.model, device=config.device, dtype=torch.float32)
-        self.pipe = pipe
-        folder = bundle_folder(config.model)
-        self.assets = GuidedAssets(folder)
-        params = load_guided_params(folder)
-        if config.erase_concept not in params:
-            raise ConfigError(
-                "erase_concept", f"no guided params for {config.erase_concept!r} in {folder}"
-            )
-        if config.params:
-            params = {**params, config.erase_concept: dict(config.params)}
-        self.params = params
-
-    def _sample(self, prompts: list[str], seeds: list[int]) -> list[Any]:
-        cfg = self.config
-        images: list[Any] = []
-        for start in range(0, len(prompts), cfg.batch_size):
-            batch = prompts[start : start + cfg.batch_size]
-            images += self.pipe(
-                batch, num_inference_steps=cfg.num_inference_steps,
-                guidance_scale=cfg.guidance_scale,
-                generator=[torch.Generator("cpu").manual_seed(int(s))
-                           for s in seeds[start : start + len(batch)]],
-            ).images  # fmt: skip
-        return images
-
-    def erasing(self) -> contextlib.AbstractContextManager[Any]:
-        return self.assets.erasing(self.pipe, [self.config.erase_concept], self.params)
-
-    def generate(self, prompts: list[str], seeds: list[int]) -> list[Any]:
-        with self.erasing():
-            return self._sample(prompts, seeds)
-
-    def unerased(self, prompts: list[str], seeds: list[int]) -> list[Any]:
-        return self._sample(prompts, seeds)

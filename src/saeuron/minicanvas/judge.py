@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 
 from saeuron.erasure.erase import erase
 from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
+from saeuron.erasure.recipe_erasure import RecipeErasure
+from saeuron.erasure.technique import RECIPES_DIR, bundle_recipe
 from saeuron.minicanvas.assets import (
     SUPERVISED_SAES,
     bundle_folder,
@@ -33,7 +35,6 @@ from saeuron.minicanvas.assets import (
     supervised_features_path,
 )
 from saeuron.minicanvas.classifier import MiniCanvasClassifier
-from saeuron.minicanvas.guided import GuidedAssets
 from saeuron.minicanvas.scoring import unlearning_scores
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
 from saeuron.models.pipelines import load_pipeline
@@ -45,7 +46,7 @@ from saeuron.utils.files import BUNDLE_FEATURES_DIR, BUNDLE_STATS_DIR
 
 VARIANTS = (
     "none", "negative_prompt", "saeuron", "saeuron_cfg_both", "saeuron_paper_error", "saemnesia",
-    "guided",
+    "recipe",
 )
 VARIANT_LABELS = {
     "none": "no erasure",
@@ -54,7 +55,8 @@ VARIANT_LABELS = {
     "saeuron_cfg_both": "SAeUron, cfg_half=both",
     "saeuron_paper_error": "SAeUron, error_term=paper",
     "saemnesia": "SAEmnesia (supervised SAE, one latent per concept)",
-    "guided": "guided SAEs (text encoder or guidance site), site and rule per concept",
+    "recipe": "the default: each concept's tuned recipe (text encoder and/or guidance-site "
+    "blocks, its own rule)",
 }
 
 
@@ -92,7 +94,6 @@ class MiniCanvasJudge:
         self.steps, self.guidance = steps, guidance
         self._stats: dict[str, Any] = {}
         self._supervised: dict[str, Any] = {}
-        self._guided: GuidedAssets | None = None
 
     def features(self, concept: str, tau: int, max_other_ratio: float | None = None):
         """The concept's contrastive features with ``tau`` latents per step: selected from
@@ -142,11 +143,20 @@ class MiniCanvasJudge:
         ):
             yield
 
-    def guided(self) -> GuidedAssets:
-        """The guidance-site SAEs and statistics (see ``minicanvas.guided``), loaded once."""
-        if self._guided is None:
-            self._guided = GuidedAssets(self.folder)
-        return self._guided
+    @contextlib.contextmanager
+    def erasing_recipes(self, concepts: Sequence[str]) -> Iterator[RecipeErasure]:
+        """``concepts`` erased together with the bundle's recipes (what ``SAeUron`` does by
+        default), anchors resolved among them."""
+        recipe = bundle_recipe(self.folder, concepts)
+        if recipe is None:
+            folder = self.folder / RECIPES_DIR
+            missing = [c for c in concepts if not (folder / f"{c}.json").is_file()]
+            raise FileNotFoundError(
+                f"no recipe for {missing} in {self.folder / RECIPES_DIR}: make them with "
+                "`saeuron tune` (scripts/minicanvas_recipes.sh)"
+            )
+        with RecipeErasure(self.pipe, recipe, list(concepts)) as erasure:
+            yield erasure
 
     def supervised_sae(self, hookpoint: str) -> Any:
         if hookpoint not in self._supervised:
@@ -337,8 +347,8 @@ def evaluate(
         "saeuron_paper_error": ("cond", "paper"),
     }
     ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if variant == "guided":
-        ctx = judge.guided().erasing(judge.pipe, [concept], {concept: params})
+    if variant == "recipe":
+        ctx = judge.erasing_recipes([concept])
     elif variant == "saemnesia":
         ctx = judge.erasing_supervised([concept], {concept: float(params["multiplier"])})
     elif variant in settings:

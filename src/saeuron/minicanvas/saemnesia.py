@@ -5,7 +5,6 @@ Layout inside the bundled model folder::
     supervised/saes/<hookpoint>/{cfg.json, sae.safetensors, saeuron.json, supervised.json}
     supervised/saes/<hookpoint>/features/<concept>.{safetensors,json}   one latent each
     supervised/params.json     per-concept multiplier (the only tuned value)
-    supervised/sweep.json      every trial behind it
 
 Both hookpoints' SAEs are supervised on all 20 concepts (object and style labels of each
 anchor prompt), so the object/style decorrelation term has both kinds to keep apart; an
@@ -22,39 +21,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from saeuron.erasure.erase import MAX_MULTIPLIER
-from saeuron.erasure.features import ConceptFeatures
 from saeuron.minicanvas.assets import (
     OBJECT_HOOKPOINT,
     STYLE_HOOKPOINT,
     SUPERVISED_SAES,
     capture_anchor_activations,
-    concept_kind,
     recorded_settings,
-    supervised_features_path,
     writable_bundle_folder,
 )
-from saeuron.minicanvas.judge import MiniCanvasJudge, evaluate
-from saeuron.minicanvas.sweep import sweep_objective
 from saeuron.minicanvas.world import (
-    ANCHOR_TEMPLATES,
     OBJECTS,
     STYLES,
-    VALIDATION_SEEDS,
     anchor_prompts,
 )
 from saeuron.training.supervised import SupervisedTrainConfig, train_supervised
-from saeuron.utils.config import Config, ConfigError, check_range, field
-from saeuron.utils.files import BUNDLE_SUPERVISED_DIR, PARAMS, SWEEP
-from saeuron.utils.io import atomic_path, atomic_write_json, make_json_portable, read_json_or_empty
+from saeuron.utils.config import Config, check_range, field
+from saeuron.utils.files import BUNDLE_SUPERVISED_DIR
+from saeuron.utils.io import atomic_path, atomic_write_json, make_json_portable
 
 logger = logging.getLogger(__name__)
 
 # Seven values, the paper's trial count, spread over the range where unsupervised
 # MiniCanvas winners fell (gamma -1 to -30) plus one stronger.
-DEFAULT_MULTIPLIERS = [-1.0, -2.0, -5.0, -10.0, -20.0, -30.0, -50.0]
 
 
 def write_labels(path: Path) -> Path:
@@ -134,82 +122,3 @@ def build_supervised(cfg: SupervisedBuildConfig) -> dict[str, Any]:
                       {"settings": recorded_settings(cfg), "hookpoints": summary})  # fmt: skip
     make_json_portable(folder / BUNDLE_SUPERVISED_DIR, {"": folder, work.name: work})
     return summary
-
-
-@dataclass
-class SupervisedSweepConfig(Config):
-    multipliers: list[float] = field(
-        list(DEFAULT_MULTIPLIERS),
-        ge=-MAX_MULTIPLIER,
-        le=MAX_MULTIPLIER,
-        help="gammas to try (only knob)",
-    )
-    concepts: list[str] | None = field(None, help="concepts to tune; default: all 20")
-    num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps")
-    guidance_scale: float = field(7.5, ge=0, le=100, help="CFG scale")
-    batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
-    retain_every: int = field(
-        2, ge=1, le=1000, help="judge retention on every N-th retained prompt"
-    )
-    model: str = field("minicanvas", help="the MiniCanvas pipeline")
-    write: bool = field(True, help="write supervised/params.json and sweep.json")
-
-    def __post_init__(self) -> None:
-        self.concepts = self.concepts or [*OBJECTS, *STYLES]
-        for concept in self.concepts:
-            concept_kind(concept)
-        if not self.multipliers:
-            raise ConfigError("multipliers", "give at least one multiplier")
-        for m in self.multipliers:
-            if m == 0:
-                raise ConfigError("multipliers", "0 is no erasure; use negative values")
-        check_range("retain_every", self.retain_every, ge=1)
-
-
-def run_supervised_sweep(cfg: SupervisedSweepConfig) -> dict[str, Any]:
-    """The best gamma per concept on validation phrasing and seeds, by mean of UA, IRA, CRA."""
-    # A sweep that writes works on the bundle it writes to (never the package's own).
-    model = str(writable_bundle_folder(cfg.model)) if cfg.write else cfg.model
-    judge = MiniCanvasJudge(model, cfg.num_inference_steps, cfg.guidance_scale)
-    folder = judge.folder / BUNDLE_SUPERVISED_DIR
-    if not (judge.folder / SUPERVISED_SAES).is_dir():
-        raise FileNotFoundError(
-            f"{judge.folder / SUPERVISED_SAES} does not exist: run `saeuron minicanvas "
-            "saemnesia build` first"
-        )
-    chosen: dict[str, dict[str, float]] = {}
-    trials: dict[str, list[dict[str, Any]]] = {}
-    for concept in tqdm(cfg.concepts, desc="saemnesia sweep", unit="concept"):
-        trials[concept] = []
-        for gamma in cfg.multipliers:
-            score, _ = evaluate(
-                judge, concept, "saemnesia", {"multiplier": gamma}, list(VALIDATION_SEEDS), 1,
-                template=ANCHOR_TEMPLATES[1], batch_size=cfg.batch_size,
-                retain_every=cfg.retain_every,
-            )  # fmt: skip
-            trials[concept].append({"multiplier": gamma, **score})
-        best = max(trials[concept], key=sweep_objective)
-        chosen[concept] = {"multiplier": float(best["multiplier"])}
-        logger.info("%s: best %s", concept, chosen[concept])
-    if cfg.write:
-        params = read_json_or_empty(folder / PARAMS)
-        params.update(chosen)
-        atomic_write_json(folder / PARAMS, params)
-        record = read_json_or_empty(folder / SWEEP)
-        for concept in chosen:
-            record[concept] = {
-                "multipliers": cfg.multipliers,
-                "retain_every": cfg.retain_every,
-                "objective": "mean of UA, IRA, CRA",
-                "chosen": chosen[concept],
-                "trials": trials[concept],
-            }
-        atomic_write_json(folder / SWEEP, record)
-
-        # The tuned gamma travels with the features, as for SAeUron's, so every user of
-        # them (SAeUron(..., features=...), the saemnesia eval technique) gets it by default.
-        for concept, chosen_params in chosen.items():
-            features = ConceptFeatures.load(supervised_features_path(judge.folder, concept))
-            features.meta["multiplier"] = chosen_params["multiplier"]
-            features.save(supervised_features_path(judge.folder, concept))
-    return {"chosen": chosen, "trials": trials, "n_trials": len(cfg.multipliers)}

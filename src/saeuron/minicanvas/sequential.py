@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from saeuron.minicanvas.assets import concept_kind, load_params
-from saeuron.minicanvas.guided import load_guided_params
 from saeuron.minicanvas.judge import MiniCanvasJudge, prompt_rows
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_SEEDS, TEST_TEMPLATES
 from saeuron.utils.config import Config, ConfigError, check_range, field
@@ -25,7 +24,7 @@ from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
 
 DEFAULT_STYLES = ("striped", "checkered", "diagonal", "grainy", "outlined", "pastel")
 DEFAULT_OBJECTS = ("moon", "triangle", "heart", "square", "arrow", "star")
-SEQUENTIAL_VARIANTS = ("saeuron", "guided")
+SEQUENTIAL_VARIANTS = ("saeuron", "recipe")
 
 
 @dataclass
@@ -41,7 +40,7 @@ class SequentialConfig(Config):
     variant: str = field(
         "saeuron",
         choices=SEQUENTIAL_VARIANTS,
-        help="'saeuron' (tuned SAeUron params) or 'guided' (guidance-site SAEs)",
+        help="'saeuron' (the published method, tuned gamma) or 'recipe' (the default recipes)",
     )
 
     def __post_init__(self) -> None:
@@ -64,9 +63,7 @@ def _accuracy(truth: np.ndarray, predicted: np.ndarray, mask: np.ndarray) -> flo
 def run_sequential(cfg: SequentialConfig) -> dict[str, Any]:
     start = time.perf_counter()
     judge = MiniCanvasJudge(steps=cfg.num_inference_steps)
-    params = (
-        load_guided_params(judge.folder) if cfg.variant == "guided" else load_params(judge.folder)
-    )
+    params = load_params(judge.folder)
     rows = prompt_rows(TEST_TEMPLATES[0], cfg.seeds)
     results: dict[str, list[dict[str, Any]]] = {}
     for kind, names in (("style", cfg.styles), ("object", cfg.objects)):
@@ -78,8 +75,8 @@ def run_sequential(cfg: SequentialConfig) -> dict[str, Any]:
             erased = list(names[:n])
             if erased:
                 ctx = (
-                    judge.guided().erasing(judge.pipe, erased, params)
-                    if cfg.variant == "guided"
+                    judge.erasing_recipes(erased)
+                    if cfg.variant == "recipe"
                     else judge.erasing_many(erased, params)
                 )
                 with ctx:

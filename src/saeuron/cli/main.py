@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
 import re
@@ -147,8 +148,15 @@ class Parser(argparse.ArgumentParser):
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*(e[+-]?\d+)?|\.\d+(e[+-]?\d+)?|inf(inity)?|nan)$", re.I)
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only ``command`` (if any) gets its arguments, so only it is imported."""
+def build_parser(
+    command: str | None = None, argv: Sequence[str] | None = None
+) -> argparse.ArgumentParser:
+    """The parser; only ``command`` (if any) gets its arguments, so only it is imported.
+
+    ``argv`` (the whole command line) lets a group build only the action it names: a
+    command module whose ``add_parser`` takes ``argv`` gets the words after the command.
+    Without it every action is built, as a caller of the parser itself expects.
+    """
     parser = Parser(
         prog="saeuron",
         description="Erase concepts from text-to-image diffusion models at inference time by "
@@ -165,18 +173,28 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
         if name == command:
-            importlib.import_module(module).add_parser(sub, name, help_text)
+            _add_command(sub, name, module, help_text, argv)
         else:
             sub.add_parser(name, help=help_text, add_help=False)
     if command in DEPRECATED_COMMANDS:
         # Under its old name, so that its messages name what the user typed; only when
         # asked for, so that --help lists the new name alone.
         new = DEPRECATED_COMMANDS[command]
-        module = COMMANDS[new][0]
-        importlib.import_module(module).add_parser(
-            sub, command, f"deprecated name of 'saeuron {new}'"
-        )
+        help_text = f"deprecated name of 'saeuron {new}'"
+        _add_command(sub, command, COMMANDS[new][0], help_text, argv)
     return parser
+
+
+def _add_command(
+    sub: Any, name: str, module: str, help_text: str, argv: Sequence[str] | None
+) -> None:
+    add_parser = importlib.import_module(module).add_parser
+    if argv is not None and "argv" in inspect.signature(add_parser).parameters:
+        words = list(argv)
+        rest = words[words.index(name) + 1 :] if name in words else []
+        add_parser(sub, name, help_text, argv=rest)
+    else:
+        add_parser(sub, name, help_text)
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
@@ -244,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_deprecations()
     command = _command_in(argv)
     argv = modern_argv(argv, command)
-    parser = build_parser(command)
+    parser = build_parser(command, argv)
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)
     show_deprecations()

@@ -11,60 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.recipes import HOOK, build_recipe_folder
 
-from saeuron.erasure.concepts.select import select_contrastive
-from saeuron.erasure.concepts.stats import ConceptStats
-from saeuron.erasure.recipe import FORMAT_VERSION, Recipe, file_sha256, resolve_anchors
-from saeuron.erasure.recipe_erasure import attach, attach_recipe, pipeline_fingerprint
-from saeuron.sae import Sae, SaeConfig
+from saeuron.erasure.recipe import FORMAT_VERSION, Recipe, resolve_anchors
+from saeuron.erasure.recipe_erasure import attach, attach_recipe
 from saeuron.utils.errors import ConfigError, FileFormatError
-
-HOOK = "unet.up_blocks.1.attentions.1"
-NAMES = ["cat", "dog", "car"]
-
-
-def _stats(name: str, latents: list[int], n: int = 32) -> ConceptStats:
-    mean = torch.zeros(1, n)
-    mean[0, latents] = 2.0
-    active = (mean > 0).float() * 0.9
-    return ConceptStats(concept=name, mean=mean, active_frac=active, n_prompts=4,
-                        timesteps=torch.zeros(1), meta={"hookpoint": HOOK})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, tiny_sd) -> Path:
-    """A recipe folder: an SAE, features of three concepts, and recipe.json."""
-    root = tmp_path_factory.mktemp("recipe")
-    torch.manual_seed(5)
-    sae = Sae(SaeConfig(d_in=32, expansion_factor=1, k=8))
-    sae.save_pretrained(root / "saes", HOOK)
-    sae = Sae.from_pretrained(root / "saes", hookpoint=HOOK)
-    stats = {n: _stats(n, list(range(i * 8, i * 8 + 8))) for i, n in enumerate(NAMES)}
-    refs = {}
-    for name in NAMES:
-        features = select_contrastive(stats[name], [s for k, s in stats.items() if k != name],
-                                      tau=4)  # fmt: skip
-        # The hook edits a latent above its threshold: make every selected one qualify.
-        features.threshold.fill_(-1e9)
-        features.concept = name
-        features.meta["sae_fingerprint"] = sae.fingerprint()
-        features.save(root / "features" / HOOK / name)
-        refs[name] = {"path": f"features/{HOOK}/{name}",
-                      "sha256": file_sha256(root / "features" / HOOK / f"{name}.safetensors")}
-    edit = {"hookpoint": HOOK, "sae": {"path": "saes", "fingerprint": sae.fingerprint()}}
-    data = {
-        "base_model": {"id": "tiny-sd", "fingerprint": pipeline_fingerprint(tiny_sd, [HOOK])},
-        "sampling": {"num_inference_steps": 2, "guidance_scale": 7.5},
-        "concepts": {
-            "cat": {"edits": [{**edit, "features": refs["cat"], "rule": "ablate",
-                               "strength": -4.0}]},
-            "dog": {"edits": [{**edit, "features": refs["dog"], "rule": "anchor", "strength": 0,
-                               "anchors": [{"concept": "cat", "features": refs["cat"]},
-                                           {"concept": "car", "features": refs["car"]}]}]},
-        },
-    }  # fmt: skip
-    (root / "recipe.json").write_text(json.dumps(data))
-    return root
+    return build_recipe_folder(tmp_path_factory.mktemp("recipe"), tiny_sd)
 
 
 def _data(folder: Path) -> dict:

@@ -209,13 +209,20 @@ class Recipe(_Strict):
 
     @classmethod
     def load(cls, source: str | Path, revision: str | None = None) -> Recipe:
-        """A recipe from a local ``.json`` file, a folder holding one ``recipe.json``, or a
-        hub repo id (its ``recipe.json``; its paths must stay inside the snapshot)."""
+        """A recipe from a local ``.json`` file, a folder holding one ``recipe.json`` (or
+        several recipes, merged), or a hub repo id (its ``recipe.json``; its paths must stay
+        inside the snapshot)."""
         path = Path(source)
         contained = False
         if not path.exists() and is_hub_id(str(source)):
             path = snapshot(str(source), "recipe", revision=revision)
             contained = True
+        if path.is_dir() and not (path / "recipe.json").is_file():
+            # A folder of recipes (a bundle's recipes/): every one, merged.
+            found = sorted(p for p in path.glob(f"*{RECIPE_SUFFIX}") if p.is_file())
+            if not found:
+                raise FileNotFoundError(f"recipe: no recipe.json or *.json recipe in {path}")
+            return cls.merge([cls.load(p) for p in found])
         if path.is_dir():
             path = path / "recipe.json"
         if not path.is_file():

@@ -27,6 +27,10 @@ class UiConfig(Config):
     hookpoint: str | None = field(
         None, help="module the SAE reads; default: per concept (bundled) or the SAE's own"
     )
+    recipe: str | None = field(
+        None, help="an erasure recipe (file, folder of recipes, or hub id), or 'bundled' for "
+        "the model bundle's recipes: one slider per concept, 0 off, 1 its tuned strength"
+    )
     host: str = field("127.0.0.1", help="address to serve on (0.0.0.0 exposes it to the network)")
     port: int = field(7860, ge=1, le=65535, help="port to serve on")
     device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: the best available")
@@ -61,7 +65,9 @@ class UiConfig(Config):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(name, f"got {value!r}; must be a non-empty string")
-        if self.sae is None and model_defaults(self.model).sae is None:
+        if self.recipe is not None and not self.recipe.strip():
+            raise ConfigError("recipe", "got an empty name; a recipe file, folder or hub id")
+        if self.sae is None and self.recipe is None and model_defaults(self.model).sae is None:
             raise ConfigError(
                 "sae",
                 f"no SAE is known for model {self.model!r}; name one with --sae (and --hookpoint)",

@@ -33,6 +33,14 @@ fly), move its multiplier: **negative erases, positive amplifies**. Stack more c
 """
 
 
+RECIPE_INTRO = """\
+# saeuron: the slider
+Erase concepts from **{model}** with an erasure recipe: each concept's tuned edits (in the
+text encoder and/or the denoiser's blocks). One slider per concept: **0 is off, 1 is the
+tuned strength**. Moving a slider redraws only the image on the right.
+"""
+
+
 @dataclass
 class Outcome:
     """What a handler shows: images (None: leave as they are) and the status line."""
@@ -143,10 +151,13 @@ def build_app(studio: Studio) -> Any:
     bundled = studio.bundled_concepts()
     first = DEFAULT_CONCEPT.get(model) if cfg.sae is None else None
     first = first if first in bundled else (bundled[0] if bundled else None)
+    # With a recipe, one row per concept of it, each at its tuned strength (1).
+    recipe = studio.recipe_concepts()
+    rows = max(cfg.max_concepts, len(recipe))
 
     with gr.Blocks(title="saeuron: the slider", analytics_enabled=False) as app:
-        state = gr.State(Session())
-        gr.Markdown(INTRO.format(model=model))
+        state = gr.State(Session(rows=max(1, len(recipe))))
+        gr.Markdown((RECIPE_INTRO if recipe else INTRO).format(model=model))
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
                 prompt = gr.Textbox(
@@ -157,13 +168,14 @@ def build_app(studio: Studio) -> Any:
                     elem_id="prompt",
                 )
                 groups, concepts, sliders = [], [], []
-                for i in range(cfg.max_concepts):
-                    with gr.Group(visible=i == 0) as group:
+                for i in range(rows):
+                    with gr.Group(visible=i < max(1, len(recipe))) as group:
                         concepts.append(
                             gr.Dropdown(
-                                choices=bundled,
-                                value=first if i == 0 else None,
-                                allow_custom_value=True,
+                                choices=recipe or bundled,
+                                value=(recipe[i] if i < len(recipe) else None) if recipe
+                                else first if i == 0 else None,
+                                allow_custom_value=not recipe,
                                 label=f"concept {i + 1}",
                                 info="a bundled concept, or type any phrase (its features are "
                                 "computed on the fly, with progress)",
@@ -172,6 +184,10 @@ def build_app(studio: Studio) -> Any:
                         )
                         sliders.append(
                             gr.Slider(
+                                minimum=0.0, maximum=1.0, value=1.0, step=0.05,
+                                label="strength: 0 off, 1 the recipe's tuned edit",
+                                elem_id=f"multiplier-{i}",
+                            ) if recipe else gr.Slider(
                                 minimum=-cfg.max_multiplier,
                                 maximum=cfg.max_multiplier,
                                 value=studio.default_multiplier(first) if i == 0 and first
@@ -180,7 +196,7 @@ def build_app(studio: Studio) -> Any:
                                 label="multiplier: negative erases, positive amplifies",
                                 elem_id=f"multiplier-{i}",
                             )
-                        )
+                        )  # fmt: skip
                     groups.append(group)
                 with gr.Row():
                     add = gr.Button("stack another concept", size="sm", elem_id="add")
@@ -208,7 +224,7 @@ def build_app(studio: Studio) -> Any:
                                       interactive=False, elem_id="erased")  # fmt: skip
                 status = gr.Markdown(elem_id="status")
 
-        n = cfg.max_concepts
+        n = rows
         # gradio injects a progress tracker into handlers that declare one as a default;
         # track_tqdm shows the free-text features' tqdm bars on the page.
         tracked = gr.Progress(track_tqdm=True)

@@ -26,7 +26,9 @@ from PIL import Image
 from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
 from saeuron.erasure.erase import CFG_HALVES, erase
 from saeuron.erasure.features import ConceptFeatures
-from saeuron.erasure.technique import DEFAULT_MULTIPLIER
+from saeuron.erasure.recipe import Recipe
+from saeuron.erasure.recipe_erasure import RecipeAssets, RecipeErasure, check_base_model
+from saeuron.erasure.technique import DEFAULT_MULTIPLIER, RECIPES_DIR
 from saeuron.models.bundles import find_bundle
 from saeuron.models.defaults import model_defaults
 from saeuron.models.denoiser import denoiser_device
@@ -76,6 +78,11 @@ class Studio:
         start = time.perf_counter()
         self.pipe = pipe if pipe is not None else load_pipeline(config.model, device=config.device)
         self.device = denoiser_device(self.pipe)
+        self.recipe = load_ui_recipe(config)
+        self._recipe_assets: RecipeAssets | None = None
+        if self.recipe is not None:
+            check_base_model(self.pipe, self.recipe)
+            self._recipe_assets = RecipeAssets(self.recipe)
         logger.info("model %s ready in %.1f s", config.model, time.perf_counter() - start)
 
     def warm_up(self) -> float:
@@ -93,6 +100,10 @@ class Studio:
         return seconds
 
     # -- what can be erased -------------------------------------------------------------------
+
+    def recipe_concepts(self) -> list[str]:
+        """The recipe's concepts (empty without ``--recipe``): each gets a 0..1 slider."""
+        return self.recipe.names if self.recipe is not None else []
 
     def bundled_concepts(self) -> list[str]:
         """Concepts whose features ship with the model (empty for non-bundled models)."""
@@ -134,6 +145,8 @@ class Studio:
     def default_multiplier(self, concept: str) -> float:
         """The tuned multiplier of a bundled concept, else SAeUron's default."""
         name = concept.strip().lower()
+        if name in self.recipe_concepts():
+            return 1.0
         path = self._bundled_path(name) if name else None
         if path is None:
             return DEFAULT_MULTIPLIER
@@ -142,7 +155,10 @@ class Studio:
 
     def is_cached(self, concept: str) -> bool:
         name = concept.strip().lower()
-        return name in self._features or self._bundled_path(name) is not None
+        return (
+            name in self._features or name in self.recipe_concepts()
+            or self._bundled_path(name) is not None
+        )  # fmt: skip
 
     def features(self, concept: str) -> tuple[ConceptFeatures, Sae, str]:
         """A concept's features, its SAE and hookpoint; a free-text concept's features are
@@ -222,6 +238,10 @@ class Studio:
                 raise ConfigError(
                     "concept", f"{name[:20]!r}...: at most {cfg.max_concept_chars} characters"
                 )
+            if name in self.recipe_concepts():
+                # A recipe's concept: its strength, from off (0) to the tuned edit (1).
+                out.append((name, _number("strength", multiplier, 0.0, 1.0)))
+                continue
             gamma = _number("multiplier", multiplier, -cfg.max_multiplier, cfg.max_multiplier)
             out.append((name, gamma))
         names = [n for n, _ in out]
@@ -250,13 +270,21 @@ class Studio:
         with self._lock:
             groups: dict[tuple[int, str], tuple[Sae, list[ConceptFeatures], dict[str, float]]]
             groups = {}
+            strengths = {n: s for n, s in layers if n in self.recipe_concepts()}
             for name, multiplier in layers:
+                if name in strengths:
+                    continue
                 features, sae, hookpoint = self.features(name)
                 _, members, gammas = groups.setdefault((id(sae), hookpoint), (sae, [], {}))
                 members.append(features)
                 gammas[name] = multiplier
             start = time.perf_counter()
             with contextlib.ExitStack() as stack:
+                if strengths and self.recipe is not None:
+                    stack.enter_context(RecipeErasure(
+                        self.pipe, self.recipe, list(strengths), strengths,
+                        assets=self._recipe_assets,
+                    ))  # fmt: skip
                 for (_, hookpoint), (sae, members, gammas) in groups.items():
                     stack.enter_context(
                         erase(self.pipe, sae, members, multiplier=gammas, cfg_half=cfg_half,
@@ -277,6 +305,18 @@ class Studio:
                 settings.batch, settings.steps, layers or "nothing", time.perf_counter() - start,
             )  # fmt: skip
             return images
+
+
+def load_ui_recipe(config: UiConfig) -> Recipe | None:
+    """``--recipe``: a file, folder or hub id; ``bundled``: the model bundle's recipes."""
+    if config.recipe is None:
+        return None
+    if config.recipe == "bundled":
+        bundle = find_bundle(config.model)
+        if bundle is None or not (bundle.folder / RECIPES_DIR).is_dir():
+            raise ConfigError("recipe", f"{config.model!r} ships no recipes; name a recipe file")
+        return Recipe.load(bundle.folder / RECIPES_DIR)
+    return Recipe.load(config.recipe)
 
 
 def _number(name: str, value: Any, low: float, high: float) -> float:

@@ -104,6 +104,11 @@ def _available_pieces(
     except ModelUnavailableError as err:
         missing.append(err)
     if features is not None:
+        if not Path(features).name:  # '', '.', '/': no NAME to read NAME.safetensors of
+            raise ConfigError(
+                "features", f"got {str(features)!r}; expected the path NAME of NAME.safetensors "
+                "+ NAME.json"
+            )  # fmt: skip
         base = Path(features).with_suffix("")
         absent = [
             str(file)

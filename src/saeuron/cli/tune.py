@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from saeuron.eval.tuning import TuneConfig, run_tune
+from saeuron.eval.tune_config import TuneConfig
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -28,6 +28,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     config = TuneConfig.from_args(args)
+    # The tuner loads torch and a model: imported once the settings are checked.
+    from saeuron.eval.tuning import run_tune  # noqa: PLC0415
+
     summary = run_tune(config)
     scores = summary["scores"]
     shown = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float))

@@ -1,0 +1,95 @@
+"""The settings of ``saeuron tune`` (:mod:`saeuron.eval.tuning`), in a module of their own
+so that ``saeuron tune --help`` reads them without loading torch or a model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
+
+TUNABLE_RULES = ("ablate", "anchor", "scale", "project")
+WINDOWS = ("all", "0:0.5", "0.5:1")
+DEFAULT_TARGETS = {"UA": 0.9, "IRA": 0.9, "CRA": 0.9}
+DEFAULT_WEIGHTS = {"UA": 1.0, "IRA": 1.0, "CRA": 1.0}
+
+
+@dataclass
+class TuneConfig(Config):
+    concept: str = field(help="the concept to erase (a member of the prompt set)")
+    out: str = field(help="the recipe to write (NAME.json); trials and plot go beside it")
+    model: str = field("minicanvas", help="model id, local folder, or a bundled name")
+    trials: int = field(40, ge=1, le=100_000, help="complete trials the study should hold")
+    prompt_set: str | None = field(None, help="prompt-set file; default: the bundle's")
+    judge: str | None = field(
+        None, help="judge name (minicanvas, clip, nudenet) or module:Class; default: the "
+        "bundle's"
+    )
+    saes: str | None = field(
+        None, help="folder with one SAE sub-folder per hookpoint; default: the bundle's"
+    )
+    stats: str | None = field(
+        None, help="folder with <hookpoint>/<concept> statistics of every prompt-set concept; "
+        "default: the bundle's"
+    )
+    site_sets: list[str] = field(
+        [], help="site sets to choose from ('A+B' edits at both); default: the bundle's for the "
+        "concept's kind, else every site with an SAE and statistics, alone"
+    )
+    rules: list[str] = field(["ablate", "anchor"], help="rules to try")
+    taus: list[int] = field([5, 10, 20], help="latents per step to try")
+    ratios: list[float] = field(
+        [0.3, 0.5], help="specificity filters to try (max_other_ratio)"
+    )
+    windows: list[str] = field(["all"], help="windows to try: all, 0:0.5, 0.5:1")
+    halves: list[str] = field(["cond"], help="CFG rows to try: cond, both")
+    enqueue: str | None = field(
+        None, help="a setting (JSON object of trial parameters) or a JSON list of them, tried "
+        "first: e.g. a known good one"
+    )
+    targets: dict[str, float] = field({}, help="UA/IRA/CRA targets; default: the bundle's or 0.9")
+    weights: dict[str, float] = field({}, help="UA/IRA/CRA weights of the shortfall (default 1)")
+    storage: str | None = field(
+        None, help="Optuna storage URL; default: sqlite beside the recipe (resumable)"
+    )
+    study: str | None = field(None, help="study name; default: NAME of --out")
+    seed: int = field(0, ge=0, le=2**32 - 1, help="sampler seed")
+    num_inference_steps: int | None = field(None, ge=1, help="sampling steps; default: model's")
+    guidance_scale: float | None = field(None, help="CFG scale; default: the model's")
+    batch_size: int = field(50, ge=1, help="images per pipeline call")
+    device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: best available")
+    heldout: bool = field(True, help="score the chosen setting on the held-out phrasings too")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not str(self.out).endswith(".json"):
+            raise ConfigError("out", f"got {self.out!r}; a recipe file ends in .json")
+        for rule in self.rules:
+            check_choice("rules", rule, TUNABLE_RULES)
+        for window in self.windows:
+            check_choice("windows", window, WINDOWS)
+        for half in self.halves:
+            check_choice("halves", half, ("cond", "both"))
+        for tau in self.taus:
+            check_range("taus", tau, ge=1, le=10_000)
+        for ratio in self.ratios:
+            check_range("ratios", ratio, gt=0)
+        for name, mapping in (("targets", self.targets), ("weights", self.weights)):
+            for key, value in mapping.items():
+                check_choice(name, key, tuple(DEFAULT_TARGETS))
+                check_range(f"{name}.{key}", value, ge=0)
+        self.enqueued()
+
+    def enqueued(self) -> list[dict[str, Any]]:
+        """The settings of ``enqueue``, parsed."""
+        if self.enqueue is None:
+            return []
+        try:
+            data = json.loads(self.enqueue)
+        except ValueError:
+            data = None
+        items = data if isinstance(data, list) else [data]
+        if not items or not all(isinstance(i, dict) for i in items):
+            raise ConfigError("enqueue", f"got {self.enqueue!r}; expected a JSON object or list")
+        return items

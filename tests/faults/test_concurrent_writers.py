@@ -24,8 +24,10 @@ from helpers.shards import planted_features, write_synthetic_shards
 
 import saeuron.eval.runner as runner
 import saeuron.training.capture as capture
+import saeuron.utils.locks as locks
 from saeuron.cli.main import main
 from saeuron.training.trainer import Trainer
+from saeuron.utils.errors import DiskFullError
 from saeuron.utils.locks import HOLDER_FILE, LOCK_FILE, FolderBusyError, FolderLock
 
 HOOK = "unet.up_blocks.1.attentions.1"
@@ -193,3 +195,16 @@ def test_two_evals_into_one_folder(tmp_path: Path, colour, monkeypatch, capsys) 
         ["eval", "-c", str(cfg)], runner, "_save_png", monkeypatch, capsys, out,
         lambda: (out / "report.json").is_file() or pytest.fail("eval did not finish"),
     )  # fmt: skip
+
+
+def test_a_lock_whose_record_cannot_be_written_is_let_go(tmp_path: Path, monkeypatch) -> None:
+    def full(path: object, data: object) -> None:
+        raise DiskFullError(path)
+
+    monkeypatch.setattr(locks, "atomic_write_json", full)
+    with pytest.raises(DiskFullError):
+        FolderLock(tmp_path / "out").acquire()
+    monkeypatch.undo()
+    assert not (tmp_path / "out").exists()
+    with FolderLock(tmp_path / "out"):  # nothing was left held
+        pass

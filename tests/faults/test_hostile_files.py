@@ -21,7 +21,7 @@ from torch import nn
 import saeuron.sae.formats as formats
 import saeuron.utils.hub as hub
 from saeuron.cli.main import main
-from saeuron.models.bundles import Bundle
+from saeuron.models.bundles import Bundle, find_bundle
 from saeuron.models.layout import check_hook_width, read_layout
 from saeuron.sae import Sae
 from saeuron.utils.errors import ConfigError, FileFormatError, UserError
@@ -256,3 +256,16 @@ def test_a_hub_download_linking_outside_itself_is_refused(tmp_path: Path, monkey
         hub.snapshot("o/n", what="SAE")
     with pytest.raises(UserError, match="outside"):
         hub.local_snapshot("o/n", what="model")
+
+
+def test_a_cached_hub_bundle_linking_outside_is_refused(tmp_path: Path, monkeypatch) -> None:
+    snap = tmp_path / "hub" / "models--o--b" / "snapshots" / "abc"
+    _bundle(snap)
+    (snap / "model_index.json").write_text("{}")
+    (snap / "saes").mkdir()
+    (tmp_path / "elsewhere.txt").write_text("private")
+    monkeypatch.setattr(hub, "try_to_load_from_cache", lambda repo, name, **kw: str(snap / name))
+    assert find_bundle("o/b") is not None  # a bundle of its own files is found
+    (snap / "saes" / "cfg.json").symlink_to(tmp_path / "elsewhere.txt")
+    with pytest.raises(FileFormatError, match="this bundle 'o/b' links to .*elsewhere.txt"):
+        find_bundle("o/b")

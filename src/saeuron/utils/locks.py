@@ -113,12 +113,18 @@ class FolderLock:
         else:  # pragma: no cover - three removals in a row would need three racing holders
             raise FolderBusyError(self.folder, read_holder(self.folder))
         self._lock = lock
-        atomic_write_json(
-            self.folder / HOLDER_FILE,
-            {"pid": os.getpid(), "command": this_command(), "host": socket.gethostname(),
-             "since": round(time.time(), 3)},
-        )  # fmt: skip
         FolderLock._held[key] = 1
+        try:
+            atomic_write_json(
+                self.folder / HOLDER_FILE,
+                {"pid": os.getpid(), "command": this_command(), "host": socket.gethostname(),
+                 "since": round(time.time(), 3)},
+            )  # fmt: skip
+        except BaseException:
+            # No record could be written (a full disk, say): let go rather than hold a lock
+            # that nobody would release.
+            self.release()
+            raise
         return self
 
     def release(self) -> None:

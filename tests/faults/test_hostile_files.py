@@ -21,9 +21,10 @@ from torch import nn
 import saeuron.sae.formats as formats
 import saeuron.utils.hub as hub
 from saeuron.cli.main import main
+from saeuron.erasure.concepts.stats import collect_stats
 from saeuron.models.bundles import Bundle, find_bundle
 from saeuron.models.layout import check_hook_width, read_layout
-from saeuron.sae import Sae
+from saeuron.sae import Sae, SaeConfig
 from saeuron.utils.errors import ConfigError, FileFormatError, UserError
 from saeuron.utils.tensorfiles import MAX_HEADER_BYTES, check_safetensors
 
@@ -269,3 +270,11 @@ def test_a_cached_hub_bundle_linking_outside_is_refused(tmp_path: Path, monkeypa
     (snap / "saes" / "cfg.json").symlink_to(tmp_path / "elsewhere.txt")
     with pytest.raises(FileFormatError, match="this bundle 'o/b' links to .*elsewhere.txt"):
         find_bundle("o/b")
+
+
+def test_statistics_refuse_an_sae_of_another_width_before_sampling(tiny_sd) -> None:
+    # Features computed on the fly meet the module here (erasing does in erase.attach).
+    narrow = Sae(SaeConfig(d_in=8, expansion_factor=2, k=2))
+    with pytest.raises(ConfigError, match=f"sae: the SAE reads 8 channels but {HOOK} has 32"):
+        collect_stats(tiny_sd, narrow, ["a cat"], concept="cat", hookpoint=HOOK,
+                      num_inference_steps=2, progress=False)  # fmt: skip

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from saeuron.models.denoiser import denoiser_device
 from saeuron.models.denoising import track_denoising
 from saeuron.models.hookpoints import resolve_module
+from saeuron.models.layout import check_hook_width
 from saeuron.models.prompt_encoders import encode_prompts, prompt_encoder_of
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
@@ -222,6 +223,8 @@ def collect_stats(
         )
     row_of = {s: r for r, s in enumerate(needed)}
     module = resolve_module(pipe, hookpoint)
+    # Before any sampling: an SAE of another width would fail inside the first step.
+    check_hook_width(module, sae.d_in, hookpoint)
     component = prompt_encoder_of(hookpoint)
     if component:
         return _prompt_encoder_stats(pipe, sae, prompts, concept, hookpoint, module, component,

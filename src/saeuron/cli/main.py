@@ -7,6 +7,11 @@ Every user error (bad input, a missing or malformed file, a model the hub cannot
 printed as one line naming what to fix, with exit code 2. Anything else is a bug: its
 traceback is shown and the exit code is 1. ``--debug`` (or ``SAEURON_DEBUG=1``) shows the
 traceback of user errors too.
+
+A renamed command or flag keeps its old spelling for one release: it works as the new one
+and prints one ``saeuron: warning: ...`` line (a :class:`CliDeprecationWarning`). Old command
+names are in ``DEPRECATED_COMMANDS``; a command module rewrites its own old forms, with
+:class:`DeprecatedFlag` or a ``modern_argv`` function.
 """
 
 from __future__ import annotations

@@ -278,3 +278,23 @@ def test_statistics_refuse_an_sae_of_another_width_before_sampling(tiny_sd) -> N
     with pytest.raises(ConfigError, match=f"sae: the SAE reads 8 channels but {HOOK} has 32"):
         collect_stats(tiny_sd, narrow, ["a cat"], concept="cat", hookpoint=HOOK,
                       num_inference_steps=2, progress=False)  # fmt: skip
+
+
+def test_generate_with_a_nan_in_the_decoder_refuses_and_writes_no_image(
+    tmp_path: Path, capsys
+) -> None:
+    # The case: a shipped SAE with one NaN, a concept whose features are computed on
+    # the fly with it. The model loads (the SAE's header is fine); the SAE's weights refuse.
+    folder = _sae_copy(tmp_path)
+    state = load_file(folder / "sae.safetensors")
+    state["W_dec"][3, 5] = float("nan")
+    save_file(state, str(folder / "sae.safetensors"))
+    out = tmp_path / "zebra.png"
+    code = main(["generate", "--model", "minicanvas", "--sae", str(folder.parent),
+                 "--hookpoint", HOOK, "--erase", "zebra", "--prompt", "a zebra",
+                 "--num-inference-steps", "2", "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "sae.safetensors: tensor W_dec holds 1 NaN or Inf value" in errors[0]
+    assert not out.exists()

@@ -19,14 +19,16 @@ def test_unknown_benchmark_is_refused_with_the_allowed_names() -> None:
 def test_erase_overhead_quick_run_writes_the_table(tmp_path) -> None:
     report = run_perf(PerfConfig(only=["erase"], quick=True, out=str(tmp_path)))
     rows = report["rows"]
-    assert [r["what"].split(",")[0] for r in rows] == ["step time"] * 3
+    assert [r["what"].split(",")[0] for r in rows] == ["step time"] * 5
     for row in rows:
         assert row["ours"] > 0 and row["baseline"] > 0 and math.isfinite(row["ratio"])
     ours = [r for r in rows if r["target"]]
-    assert len(ours) == 2 and all(isinstance(r["met"], bool) for r in ours)
+    assert len(ours) == 4 and all(isinstance(r["met"], bool) for r in ours)
+    recipe = [r for r in rows if "recipe" in r["what"]]
+    assert [r["target"] for r in recipe] == ["<= 1.03x"] * 2
     saved = json.loads((tmp_path / "perf.json").read_text())
     assert saved["rows"] == rows
-    assert (tmp_path / "perf.md").read_text().count("erase overhead: ") == 2
+    assert (tmp_path / "perf.md").read_text().count("erase overhead: ") == 4
 
 
 @pytest.mark.slow

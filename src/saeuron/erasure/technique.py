@@ -417,6 +417,10 @@ class SAeUron:
         problems = self.recipe.check_files()
         if problems:
             raise FileNotFoundError("recipe: " + "; ".join(problems))
+        if cfg.recipe is not None and cfg.uses_paper_settings() and cfg.preset != "paper":
+            # The recipe holds each edit's site, rule and strength.
+            logger.warning("a recipe sets every edit: sae, hookpoint, features, multiplier, "
+                           "rule and window are not used with it")  # fmt: skip
         logger.info("erasing %s with the recipe at %s", ", ".join(names), self.recipe.root)
         self._use_pipeline(pipe)
         check_base_model(self.pipe, self.recipe)

@@ -4,8 +4,10 @@ A judge answers ``classify(images, kind, choices) -> list[str]``: for each image
 of ``choices`` (the prompt set's concepts of ``kind``) it shows, or ``""`` for none. UA, IRA
 and CRA follow from those answers (:func:`saeuron.eval.tuning.score_images`).
 
-Built in, by name: ``minicanvas`` (the bundled classifier), ``clip`` (zero-shot CLIP, where
-a CLIP model is at hand) and ``nudenet`` (kind ``nudity``; the ``[nudity]`` extra). Any other
+Built in, by name: ``minicanvas`` (the bundled classifier), ``unlearncanvas`` (the published
+UnlearnCanvas ViT-L/16 classifiers, kinds ``object`` and ``style``), ``clip`` (zero-shot
+CLIP, where a CLIP model is at hand) and ``nudenet`` (kind ``nudity``; the ``[nudity]``
+extra). Any other
 judge is ``module:Class``, given on the command line or in Python (never read from a file: a
 file that names code is refused), built as ``Class(**options)``.
 """
@@ -22,6 +24,9 @@ import torch
 
 from saeuron.eval.clip import Clip
 from saeuron.eval.detectors import DetectorSettings, NudeNetDetector
+from saeuron.eval.unlearncanvas_vit import OBJECTS as UC_OBJECTS
+from saeuron.eval.unlearncanvas_vit import STYLES as UC_STYLES
+from saeuron.eval.unlearncanvas_vit import load_classifier
 from saeuron.minicanvas.classifier import MiniCanvasClassifier
 from saeuron.minicanvas.world import OBJECTS, STYLES
 from saeuron.utils.errors import ConfigError
@@ -53,6 +58,39 @@ class MiniCanvasJudgeAdapter:
         names = OBJECTS if kind == "object" else STYLES
         found = objects if kind == "object" else styles
         return [names[int(i)] if names[int(i)] in choices else "" for i in found]
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace(" ", "_")
+
+
+@JUDGES.register("unlearncanvas")
+class UnlearnCanvasJudge:
+    """UnlearnCanvas' published ViT-L/16 classifiers (``style50.pth``, ``cls.pth``): a prompt
+    set's members are their class names, case and spaces aside ("van gogh" = Van_Gogh)."""
+
+    def __init__(
+        self, style_classifier: str | None = None, object_classifier: str | None = None,
+        trust_pickle: bool = False, batch_size: int = 16, **_: Any,
+    ):  # fmt: skip
+        if style_classifier is None and object_classifier is None:
+            raise ConfigError("judge", "the unlearncanvas judge needs style_classifier and/or "
+                                       "object_classifier (the published .pth files)")  # fmt: skip
+        self.heads = {
+            kind: (load_classifier(path, trust_pickle, len(names)), names)
+            for kind, path, names in (("style", style_classifier, UC_STYLES),
+                                      ("object", object_classifier, UC_OBJECTS))
+            if path is not None
+        }  # fmt: skip
+        self.batch_size = batch_size
+
+    def classify(self, images: Sequence[Any], kind: str, choices: Sequence[str]) -> list[str]:
+        if kind not in self.heads:
+            raise ConfigError("judge", f"no {kind} classifier given; kinds: {sorted(self.heads)}")
+        model, names = self.heads[kind]
+        wanted = {_key(c): c for c in choices}
+        found = model.predict(list(images), self.batch_size)
+        return [wanted.get(_key(names[int(i)]), "") for i in found]
 
 
 @JUDGES.register("clip")

@@ -23,8 +23,12 @@ class TuneConfig(Config):
     trials: int = field(40, ge=1, le=100_000, help="complete trials the study should hold")
     prompt_set: str | None = field(None, help="prompt-set file; default: the bundle's")
     judge: str | None = field(
-        None, help="judge name (minicanvas, clip, nudenet) or module:Class; default: the "
-        "bundle's"
+        None, help="judge name (minicanvas, unlearncanvas, clip, nudenet) or module:Class "
+        "(from the command line or Python only); default: the bundle's"
+    )
+    judge_options: dict[str, Any] = field(
+        {}, help="keyword arguments of the judge (JSON), e.g. {\"clip_model\": \"PATH\"} or "
+        "{\"style_classifier\": \"style50.pth\", \"trust_pickle\": true}"
     )
     saes: str | None = field(
         None, help="folder with one SAE sub-folder per hookpoint; default: the bundle's"

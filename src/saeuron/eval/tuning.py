@@ -156,7 +156,8 @@ def resolve_inputs(cfg: TuneConfig, pipe: Any = None, judge: Judge | None = None
     )  # fmt: skip
     if judge is None:
         spec = str(pick(cfg.judge, "judge"))
-        judge = make_judge(spec, **({"folder": folder} if spec == "minicanvas" else {}))
+        options = {"folder": folder} if spec == "minicanvas" else {}
+        judge = make_judge(spec, **{**options, **cfg.judge_options})
     if pipe is None:
         pipe = load_pipeline(cfg.model, device=cfg.device)
     return TuneInputs(cfg.model, pipe, prompt_set, judge, saes, stats, list(site_sets),

@@ -18,8 +18,10 @@ eval-unlearn samples with the same code as ``saeuron generate`` and the Python A
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
+import os
 from collections.abc import Sequence
 from numbers import Real
 from typing import Any
@@ -27,8 +29,13 @@ from typing import Any
 from saeuron.erasure.technique import DEFAULT_MODEL, SAeUron
 from saeuron.utils.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 # eval-unlearn's argument names for two of SAeUron's config keys.
 _RENAMED = {"erase_concept": "concept", "model": "model_id"}
+RECIPE_ENV = "SAEURON_RECIPE"
+"""An erasure recipe for runs driven by eval-unlearn, whose ``saeuron`` technique passes no
+key of ours: its edits and strengths replace the multiplier eval-unlearn always sends."""
 
 
 class SAeUronPipeline:
@@ -44,9 +51,12 @@ class SAeUronPipeline:
             ``tiny-sd``); default Stable Diffusion 1.4, as in eval-unlearn.
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps``; ``None`` picks CUDA, then MPS, then CPU.
         use_fp16: half precision where it is fast (CUDA, MPS); float32 elsewhere.
-        **options: any other key of :class:`saeuron.technique.SAeUronConfig` (``sae``,
-            ``hookpoint``, ``features``, ``num_inference_steps``, ``guidance_scale``,
-            ``cfg_half``, ``batch_size``, ...); eval-unlearn passes none.
+        **options: any other key of :class:`saeuron.erasure.technique.SAeUronConfig`
+            (``recipe``, ``sae``, ``hookpoint``, ``features``, ``num_inference_steps``,
+            ``guidance_scale``, ``cfg_half``, ``batch_size``, ...); eval-unlearn passes none.
+            ``recipe`` (or the environment variable ``SAEURON_RECIPE``, for runs started by
+            eval-unlearn) erases the concept with a recipe's edits and strengths; the
+            multiplier is then not used.
 
     Bad values raise :class:`saeuron.ConfigError` naming the argument, before any
     model loads.
@@ -66,6 +76,13 @@ class SAeUronPipeline:
                 raise ConfigError(key, f"SAeUronPipeline takes it as {ours}=...")
         if not isinstance(concept, str) or not concept.strip():
             raise ConfigError("concept", f"got {concept!r}; must be a non-empty string")
+        recipe = options.get("recipe") or os.environ.get(RECIPE_ENV) or None
+        if recipe is not None:
+            options["recipe"] = recipe
+            if multiplier is not None:
+                logger.info("recipe %s holds the strengths: multiplier %s not used", recipe,
+                            multiplier)  # fmt: skip
+                multiplier = None
         config = {
             **options,
             "erase_concept": concept,
@@ -90,7 +107,8 @@ class SAeUronPipeline:
 
     @property
     def multiplier(self) -> float:
-        """The strength in use (the resolved value when ``multiplier=None``)."""
+        """The strength in use (the resolved value when ``multiplier=None``; with a recipe,
+        its first edit's strength)."""
         return self.technique.multiplier
 
     def generate(

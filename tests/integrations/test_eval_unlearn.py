@@ -285,6 +285,30 @@ def test_eval_unlearn_wrapper_generates_with_our_pipeline(minicanvas_technique) 
 
 
 @needs_eval_unlearn
+def test_eval_unlearn_erases_with_the_recipe_named_in_the_environment(
+    eval_unlearn_start, monkeypatch
+) -> None:
+    """eval-unlearn's technique passes no key of ours; SAEURON_RECIPE reaches the recipe."""
+    from eval_unlearn.registry import get_technique
+
+    from saeuron.models.bundles import find_bundle
+
+    recipe = find_bundle("minicanvas").folder / "recipes" / "moon.json"
+    monkeypatch.setenv("SAEURON_RECIPE", str(recipe))
+    with model_swapped_for("minicanvas"):
+        tech = get_technique("saeuron")(
+            erase_concept="moon", device="cpu", use_fp16=False, num_inference_steps=4
+        )
+    ours = tech.pipeline.technique
+    assert ours.recipe is not None and ours.recipe.names == ["moon"]
+    # The recipe's strengths, not the -20 eval-unlearn sends.
+    assert tech.pipeline.multiplier == ours.recipe.concepts["moon"].edits[0].strength
+    erased = tech.generate([MOON], seed=0)
+    plain = tech.generate([MOON], seed=0, erase_concept=False)
+    assert np.abs(pixels(erased[0]) - pixels(plain[0])).mean() > 2.0
+
+
+@needs_eval_unlearn
 def test_eval_unlearn_cli_run_with_an_offline_metric(
     eval_unlearn_start, tmp_path, monkeypatch
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +197,26 @@ def test_generate_writes_every_image_of_a_recipe(folder, tiny_sd, tmp_path, caps
     capsys.readouterr()
     assert main([*args[:-4], "--out", str(tmp_path / "one.png"), "--device", "cpu"]) == 2
     assert "folder or a pattern" in capsys.readouterr().err
+
+
+def test_push_and_pull_through_the_hub(folder, tmp_path, monkeypatch, tiny_sd):
+    from helpers.hub import FakeHub
+
+    hub = FakeHub(tmp_path).install(monkeypatch)
+    Recipe.load(folder).push_to_hub("me/recipe")
+    files = hub.files("me/recipe")
+    assert "recipe.json" in files and "README.md" in files
+    assert f"saes/{HOOK}/sae.safetensors" in files
+    assert f"features/{HOOK}/cat.safetensors" in files
+    pulled = Recipe.load("me/recipe")
+    assert pulled.names == ["cat", "dog"] and pulled.check_files() == []
+    with attach_recipe(tiny_sd, pulled, ["cat"]) as erasure:
+        _sample(tiny_sd)
+        assert erasure.edited_tokens > 0
+    # A pushed recipe that names a path outside its own repository is refused when pulled.
+    data = json.loads((hub.remote / "me/recipe" / "recipe.json").read_text())
+    data["concepts"]["cat"]["edits"][0]["features"]["path"] = "../../../etc/passwd"
+    (hub.remote / "me/recipe" / "recipe.json").write_text(json.dumps(data))
+    shutil.rmtree(hub.cache / "me/recipe")
+    with pytest.raises(FileFormatError, match="outside"):
+        Recipe.load("me/recipe")

@@ -80,12 +80,13 @@ def test_the_wheel_leaves_out_what_pyproject_keeps_out_and_keeps_what_runs(tmp_p
     names = set(zipfile.ZipFile(wheel).namelist())
     data = "saeuron/data/minicanvas/"
     kept_out = [n for n in names if n.startswith(data) and (
-        n.startswith(data + "stats/") or n.endswith(("sweep.json", "train_log.json"))
+        n.startswith(data + "stats/") or n.endswith(("train_log.json", ".optuna.db"))
         or n in {data + "assets.json", data + "guided/build.json", data + "supervised/build.json"}
     )]  # fmt: skip
     assert kept_out == []
     # What erasing reads at run time is all there.
-    for name in ("model_index.json", "params.json", "guided/params.json",
+    for name in ("model_index.json", "params.json", "recipes/moon.json", "tune.json",
+                 "prompt_set.json", "recipes/moon.trials.csv",
                  "guided/saes/text_encoder.final_layer_norm/sae.safetensors",
                  "guided/stats/text_encoder.final_layer_norm/moon.safetensors",
                  "saes/unet.up_blocks.1.attentions.1/sae.safetensors",

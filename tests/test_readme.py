@@ -1,6 +1,7 @@
 """Every ``saeuron ...`` command in README.md's code blocks is a command the CLI accepts.
 
-Each example is read out of the README (so an example added later is checked too); its
+Each example is read out of the README (so an example added later is checked too; the docs'
+pages are checked the same way by tests/test_docs.py, with these functions); its
 sub-command path must show ``--help``, every flag it uses must be listed there, and the whole
 example must parse with the real argparse parser. Nothing is run that loads a model: a
 renamed or removed flag, sub-command or positional fails here. Examples that also need a
@@ -25,27 +26,33 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 # What running an example needs beyond a CPU, keyed by a fragment of the example. Only
 # parsing is checked for these here; the fragments must still be in the README.
 NEEDS = {
-    "black-forest-labs/FLUX.1-dev": "network (a hub model) and a GPU: FLUX.1-dev is 12B",
-    "cls_latents_dict_H.pkl": "SAEmnesia's published pickle, downloaded from the hub",
-    "saeuron hub ": "the network (the Hugging Face hub; tests/cli/test_hub.py runs push and "
-    "pull on a faked one)",
+    "saeuron tune ": "Optuna and minutes of sampling (tests/eval/test_tuning.py and "
+    "tests/test_examples.py run tune on the tiny pipeline)",
+    "saeuron ui ": "gradio and a browser (tests/ui/ serves the page)",
 }
 # Examples that load no model: run for real (exit code 0).
 RUN = {
     "saeuron eval -c examples/eval/minicanvas_moon.json --check",
     "saeuron eval --list",
+    "saeuron env",
 }
 
 
-def readme_commands() -> list[str]:
-    """The README's ``saeuron`` commands, one per example, with ``a | b`` alternatives of a
-    sub-command expanded and ``[--optional]`` brackets dropped."""
+def commands_in(text: str, skip_text_blocks: bool = False) -> list[str]:
+    """The ``saeuron`` commands of ``text``'s fenced code blocks, one per example, with
+    ``a | b`` alternatives of a sub-command expanded and ``[--optional]`` brackets dropped.
+    ``skip_text_blocks``: leave out blocks marked ```` ```text ```` (program output, and the
+    docs' record of commands from an earlier release)."""
     commands: list[str] = []
-    for block in FENCE.findall(README.read_text(encoding="utf-8")):
-        for line in block.replace("\\\n", " ").splitlines():
+    for match in FENCE.finditer(text):
+        if match.group(0).startswith("```python") or (
+            skip_text_blocks and match.group(0).startswith("```text")
+        ):
+            continue
+        for line in match.group(1).replace("\\\n", " ").splitlines():
             line = line.strip().removeprefix("$ ")
             line = line.split("&&")[-1].strip() if "&&" in line else line
-            if not line.startswith("saeuron"):
+            if not line.startswith("saeuron "):
                 continue
             words = shlex.split(line, comments=True)
             words = [w[1:-1] if w.startswith("[") and w.endswith("]") else w for w in words]
@@ -56,6 +63,10 @@ def readme_commands() -> list[str]:
             else:
                 commands.append(shlex.join(words))
     return commands
+
+
+def readme_commands() -> list[str]:
+    return commands_in(README.read_text(encoding="utf-8"))
 
 
 COMMANDS = readme_commands()
@@ -92,14 +103,39 @@ def subcommands(parser: argparse.ArgumentParser, path: list[str]) -> list[str]:
 
 
 def test_the_readme_has_examples_and_every_mark_is_used() -> None:
-    assert len(COMMANDS) >= 10, COMMANDS
+    assert len(COMMANDS) >= 5, COMMANDS
     text = README.read_text(encoding="utf-8")
     for fragment in (*NEEDS, *RUN):
         assert fragment in text or fragment in COMMANDS, f"stale mark: {fragment}"
 
 
-@pytest.mark.parametrize("command", [example(c) for c in COMMANDS])
-def test_readme_example_parses(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_readme_is_short_and_starts_with_the_set_up() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert len(text.encode("utf-8")) < 12 * 1024, "README.md over 12 KB: move detail to docs/"
+    first_block = FENCE.search(text)
+    assert first_block is not None
+    assert first_block.group(1).splitlines()[:2] == [
+        'pip install torch==2.13.0 -e ".[dev]" && saeuron demo   # the main job: erase a '
+        "concept from the bundled model",
+        "python -m pytest -q                                     # the tests",
+    ]
+
+
+def test_the_readme_python_example_is_the_one_the_tests_run() -> None:
+    """The README's Python block ends with examples/quickstart.py's marked section, which
+    tests/test_examples.py runs."""
+    import textwrap
+
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"^```python\n(.*?)^```", text, re.S | re.M)
+    assert block is not None
+    script = (README.parent / "examples" / "quickstart.py").read_text(encoding="utf-8")
+    section = script.split("# --8<-- [start:readme]\n")[1].split("    # --8<-- [end:readme]")[0]
+    assert block.group(1).rstrip().endswith(textwrap.dedent(section).rstrip())
+
+
+def check_command(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``command`` names a sub-command whose help lists every flag it uses, and parses."""
     argv = shlex.split(command)[1:]
     parser = build_parser(argv[0])
     path = command_path(parser, argv)
@@ -128,6 +164,11 @@ def test_readme_example_parses(command: str, capsys: pytest.CaptureFixture[str])
     except SystemExit as err:
         pytest.fail(f"{command!r} does not parse: {capsys.readouterr().err.strip()} ({err})")
     assert callable(getattr(args, "handler", None)), command
+
+
+@pytest.mark.parametrize("command", [example(c) for c in COMMANDS])
+def test_readme_example_parses(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    check_command(command, capsys)
 
 
 @pytest.mark.parametrize("command", sorted(RUN))

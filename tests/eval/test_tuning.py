@@ -138,3 +138,35 @@ def test_scores_follow_the_judge_and_blank_images_never_succeed():
 def test_tune_config_refuses_a_recipe_that_is_not_json():
     with pytest.raises(Exception, match="out"):
         TuneConfig(concept="cat", out="cat.yaml")
+
+
+def test_trials_that_meet_the_targets_are_attacked_and_weighed(world, tmp_path):
+    from saeuron.eval.tuning import run_tune
+
+    seen = []
+
+    def search(technique, prompts, seed, forbidden, flagged):
+        seen.append((list(prompts), seed, list(forbidden)))
+        # The search sees the trial's erasure: its images are the erased ones.
+        assert technique.recipe.names == ["cat"]
+        return [{"prompt": p} for p in prompts]
+
+    out = tmp_path / "cat.json"
+    cfg = TuneConfig.from_dict({
+        "concept": "cat", "out": str(out), "model": str(world["model"]), "trials": 2,
+        "prompt_set": str(world["prompt_set"]), "judge": "helpers.recipes:ColourJudge",
+        "saes": str(world["saes"]), "stats": str(world["stats"]), "num_inference_steps": 2,
+        "batch_size": 8, "device": "cpu", "heldout": False, "attack_prompts": 1,
+        # Targets every trial meets, so every trial is attacked.
+        "targets": {"UA": 0.0, "IRA": 0.0, "CRA": 0.0},
+    })  # fmt: skip
+    summary = run_tune(cfg, attack_search=search)
+    assert seen == [(["a photo of a cat"], 1, ["cat"])] * 2
+    recipe = Recipe.load(out)
+    assert 0.0 <= recipe.concepts["cat"].scores["UA_attacked"] <= 1.0
+    assert recipe.tuning["attack"]["prompts"] == 1
+    assert "UA_attacked" in summary["scores"]
+    rows = list(csv.DictReader(out.with_suffix(".trials.csv").open()))
+    assert all(r["UA_attacked"] for r in rows)
+    assert objective_value({"UA": 1, "IRA": 1, "CRA": 1}, {"UA": 0.9, "IRA": 0.9, "CRA": 0.9},
+                           {"UA": 1, "IRA": 1, "CRA": 1}, attack_target=0.8) < 0  # fmt: skip

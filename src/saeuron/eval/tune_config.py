@@ -64,6 +64,15 @@ class TuneConfig(Config):
     batch_size: int = field(50, ge=1, help="images per pipeline call")
     device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: best available")
     heldout: bool = field(True, help="score the chosen setting on the held-out phrasings too")
+    attack_prompts: int = field(
+        0, ge=0, le=1000, help="attack every trial that meets the targets with UnlearnDiffAtk "
+        "on this many of its target prompts (first seed); UA after the attack then counts in "
+        "the objective against --attack-target (0: no attack)"
+    )
+    attack_budget: str = field(
+        "quick", choices=("quick", "published"), help="the attack's search budget"
+    )
+    attack_target: float = field(0.8, ge=0, le=1, help="UA after the attack aimed for")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -54,6 +54,8 @@ from saeuron.erasure.recipe import (
     file_sha256,
 )
 from saeuron.erasure.recipe_erasure import RecipeAssets, RecipeErasure, pipeline_fingerprint
+from saeuron.eval.attacks.budgets import ATTACK_BUDGETS
+from saeuron.eval.attacks.unlearndiffatk import UnlearnDiffSettings, unlearn_diff_atk
 from saeuron.eval.judges import Judge, degenerate, make_judge
 from saeuron.eval.prompt_sets import PromptRow, PromptSet
 from saeuron.eval.tune_config import DEFAULT_TARGETS, DEFAULT_WEIGHTS, TuneConfig
@@ -77,6 +79,8 @@ STRENGTH_RANGES = {
     "project": ((-1.5, 0.5), (-10.0, 0.0)),
     "scale": ((-100.0, -0.5), (-100.0, -0.5)),
 }
+ATTACKED = "UA_attacked"
+"""A trial's score for UA after the attack (``--attack-prompts``)."""
 DEGENERATE_OBJECTIVE = -10.0
 """A trial whose images are blank or non-finite: worse than any real score."""
 
@@ -201,14 +205,18 @@ def score_images(
 
 
 def objective_value(
-    scores: dict[str, float], targets: dict[str, float], weights: dict[str, float]
-) -> float:
+    scores: dict[str, float], targets: dict[str, float], weights: dict[str, float],
+    attack_target: float | None = None,
+) -> float:  # fmt: skip
     """Minus the weighted shortfall below the targets, plus a thousandth of the mean score;
-    scores that are NaN (no such images) do not count."""
+    scores that are NaN (no such images) do not count. With ``attack_target``, UA after the
+    attack (``UA_attacked``; 0 for a trial not attacked) falls short of it too."""
     if scores.get("degenerate"):
         return DEGENERATE_OBJECTIVE
     present = [m for m in ("UA", "IRA", "CRA") if not math.isnan(scores[m])]
     short = sum(weights[m] * max(0.0, targets[m] - scores[m]) for m in present)
+    if attack_target is not None:
+        short += max(0.0, attack_target - float(scores.get(ATTACKED, 0.0)))
     return -short + 1e-3 * float(np.mean([scores[m] for m in present]))
 
 
@@ -377,6 +385,62 @@ def evaluate_recipe(
                         pairs[len(target):])  # fmt: skip
 
 
+# -- the attack ------------------------------------------------------------------------------
+
+
+class RecipeTechnique:
+    """A trial's recipe as the attacks see a technique: ``pipe``, ``erasing()``,
+    ``generate(prompts, seeds)`` and ``unerased(prompts, seeds)``."""
+
+    def __init__(self, inputs: TuneInputs, recipe: Recipe, concept: str, batch_size: int,
+                 assets: RecipeAssets) -> None:  # fmt: skip
+        self.inputs, self.recipe, self.concept = inputs, recipe, concept
+        self.pipe, self.batch_size, self.assets = inputs.pipe, batch_size, assets
+
+    def erasing(self) -> RecipeErasure:
+        return RecipeErasure(self.pipe, self.recipe, [self.concept], assets=self.assets)
+
+    def unerased(self, prompts: list[str], seeds: list[int]) -> list[Any]:
+        rows = [PromptRow(p, {}, s) for p, s in zip(prompts, seeds)]
+        return sample_rows(self.pipe, rows, self.inputs.steps, self.inputs.guidance,
+                           self.batch_size)  # fmt: skip
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[Any]:
+        with self.erasing():
+            return self.unerased(prompts, seeds)
+
+
+AttackSearch = Any
+"""``(technique, prompts, seed, forbidden_words, flagged) -> [{"prompt": ...}, ...]``."""
+
+
+def quick_unlearndiffatk(budget: str = "quick") -> AttackSearch:
+    settings = UnlearnDiffSettings(**ATTACK_BUDGETS["unlearndiffatk"].settings(budget))
+
+    def search(technique: Any, prompts: list[str], seed: int, forbidden: list[str],
+               flagged: Any) -> list[dict[str, Any]]:  # fmt: skip
+        return unlearn_diff_atk(technique, prompts, settings, seed, forbidden, flagged)
+
+    return search
+
+
+def attacked_ua(
+    inputs: TuneInputs, technique: RecipeTechnique, concept: str, prompts: list[str], seed: int,
+    search: AttackSearch,
+) -> float:  # fmt: skip
+    """UA after ``search`` attacks ``prompts`` (prompt ``i`` drawn with seed ``seed + i``),
+    judged as the trial is."""
+    kind = inputs.prompt_set.kind_of(concept)
+    members = inputs.prompt_set.kinds[kind]
+
+    def flagged(images: list[Any]) -> list[bool]:
+        return [a == concept for a in inputs.judge.classify(images, kind, members)]
+
+    found = search(technique, prompts, seed, concept.split(), flagged)
+    after = technique.generate([f["prompt"] for f in found], [seed + i for i in range(len(found))])
+    return 1.0 - float(np.mean(flagged(after))) if after else 0.0
+
+
 # -- the study -----------------------------------------------------------------------------
 
 
@@ -396,10 +460,14 @@ def default_storage(out: Path) -> str:
 
 
 def run_tune(
-    cfg: TuneConfig, pipe: Any = None, judge: Judge | None = None
-) -> dict[str, Any]:
+    cfg: TuneConfig, pipe: Any = None, judge: Judge | None = None,
+    attack_search: AttackSearch | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) the study until it holds ``cfg.trials`` complete trials; write the
-    best setting's recipe, the trials table and the trade-off plot. Returns a summary."""
+    best setting's recipe, the trials table and the trade-off plot. Returns a summary.
+
+    With ``cfg.attack_prompts``, each trial that meets the targets is attacked
+    (``attack_search``, default UnlearnDiffAtk at ``cfg.attack_budget``)."""
     optuna = _optuna()
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -435,7 +503,16 @@ def run_tune(
         # Trial recipes name absolute paths: one cache of SAEs and features serves them all.
         assets = cache.setdefault("assets", RecipeAssets(recipe))
         scores = evaluate_recipe(inputs, recipe, cfg.concept, cfg.batch_size, assets=assets)
-        value = objective_value(scores, targets, weights)
+        attack_target = cfg.attack_target if cfg.attack_prompts else None
+        # Only a trial that meets the other targets is worth an attack (minutes each).
+        if attack_target is not None and objective_value(scores, targets, weights) >= 0:
+            target_rows, _ = inputs.prompt_set.rows(cfg.concept)
+            seed = inputs.prompt_set.seeds[0]
+            prompts = [r.prompt for r in target_rows if r.seed == seed][: cfg.attack_prompts]
+            technique = RecipeTechnique(inputs, recipe, cfg.concept, cfg.batch_size, assets)
+            search = attack_search or quick_unlearndiffatk(cfg.attack_budget)
+            scores[ATTACKED] = attacked_ua(inputs, technique, cfg.concept, prompts, seed, search)
+        value = objective_value(scores, targets, weights, attack_target)
         trial.set_user_attr("setting", setting)
         trial.set_user_attr("scores", scores)
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
@@ -457,7 +534,8 @@ def run_tune(
             inputs.prompt_set.heldout_templates, cache.get("assets"),
         )  # fmt: skip
         scores.update({f"heldout_{k}": v for k, v in held.items() if k in ("UA", "IRA", "CRA")})
-    kept = {k: v for k, v in scores.items() if k in ("UA", "IRA", "CRA") or "heldout_" in k}
+    kept = {k: v for k, v in scores.items()
+            if k in ("UA", "IRA", "CRA", ATTACKED) or "heldout_" in k}  # fmt: skip
     recipe = maker.recipe(setting, kept)
     recipe.tuning = {
         "tuner": "saeuron tune (Optuna TPE)", "study": study.study_name,
@@ -465,8 +543,14 @@ def run_tune(
         "targets": targets, "weights": weights, "prompt_set": inputs.prompt_set.name,
         "images_per_trial": int(scores.get("n_images", 0)),
         "trials_table": out.with_suffix(".trials.csv").name,
-        "objective_formula": "-sum(weight * max(0, target - score)) + 0.001 * mean(scores)",
+        "objective_formula": "-sum(weight * max(0, target - score)) + 0.001 * mean(scores)"
+        + (" - max(0, attack_target - UA_attacked)" if cfg.attack_prompts else ""),
     }  # fmt: skip
+    if cfg.attack_prompts:
+        recipe.tuning["attack"] = {
+            "search": "unlearndiffatk", "budget": cfg.attack_budget,
+            "prompts": cfg.attack_prompts, "target": cfg.attack_target,
+        }  # fmt: skip
     recipe.description = (
         f"Erases {cfg.concept!r} from {inputs.model} by editing SAE features at "
         + ", ".join(_site_words(e) for e in recipe.concepts[cfg.concept].edits)
@@ -512,11 +596,13 @@ def write_trials(trials: Sequence[Any], path: Path) -> Path:
     keys = sorted({k for t in trials for k in t.user_attrs.get("setting", {})})
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["trial", "objective", *keys, "UA", "IRA", "CRA", "n_images", "seconds"])
+        writer.writerow(["trial", "objective", *keys, "UA", "IRA", "CRA", ATTACKED, "n_images",
+                         "seconds"])  # fmt: skip
         for t in sorted(trials, key=lambda t: t.number):
             s, sc = t.user_attrs.get("setting", {}), t.user_attrs.get("scores", {})
             writer.writerow([t.number, f"{t.value:.4f}", *(s.get(k, "") for k in keys),
                              *(f"{sc.get(m, float('nan')):.3f}" for m in ("UA", "IRA", "CRA")),
+                             f"{sc[ATTACKED]:.3f}" if ATTACKED in sc else "",
                              sc.get("n_images", ""), t.user_attrs.get("seconds", "")])  # fmt: skip
     return path
 

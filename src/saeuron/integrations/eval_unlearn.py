@@ -12,7 +12,7 @@ Stable Diffusion 1.4) and makes exactly these two calls::
         prompts, seed=..., num_inference_steps=..., guidance_scale=..., **kwargs
     )
 
-This class answers them with :class:`saeuron.technique.SAeUron`, so a benchmark run through
+This class answers them with :class:`saeuron.erasure.technique.SAeUron`, so a benchmark run through
 eval-unlearn samples with the same code as ``saeuron generate`` and the Python API.
 """
 

@@ -129,3 +129,9 @@ def test_tune_tiny_sd(tmp_path: Path) -> None:
     out = run_example("tune_tiny_sd.py", tmp_path)
     assert "recipe:" in out
     assert (tmp_path / "out" / "cat.trials.csv").is_file()
+
+
+@pytest.mark.slow
+def test_ui_tiny_sd(tmp_path: Path) -> None:
+    out = run_example("ui_tiny_sd.py", tmp_path)
+    assert "sliders: ['cat', 'dog']" in out and "serve it: saeuron ui" in out

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 import numpy as np
@@ -227,14 +228,24 @@ def test_generate_cli_reports_bad_input_without_traceback(tmp_path, capsys) -> N
     assert not (tmp_path / "a.png").exists()
 
 
-def test_bundled_concepts_use_their_tuned_multiplier_unless_told(cache_dir) -> None:
+def test_bundled_concepts_use_their_recipe_or_the_papers_tuned_multiplier(cache_dir) -> None:
     from saeuron.minicanvas.assets import load_params
 
-    tuned = load_params(find_bundle("minicanvas").folder)["moon"]["multiplier"]
-    tech = SAeUron(erase_concept="moon", model="minicanvas", device="cpu")
-    assert tech.multiplier == tuned
-    told = SAeUron(erase_concept="moon", model="minicanvas", device="cpu", multiplier=-3.0)
-    assert told.multiplier == -3.0
+    folder = find_bundle("minicanvas").folder
+    default = SAeUron(erase_concept="moon", model="minicanvas", device="cpu")
+    assert default.recipe is not None and default.recipe.names == ["moon"]
+    shipped = json.loads((folder / "recipes" / "moon.json").read_text())["concepts"]["moon"]
+    assert [e.hookpoint for e in default.recipe.concepts["moon"].edits] == [
+        e["hookpoint"] for e in shipped["edits"]
+    ]
+    tuned = load_params(folder)["moon"]["multiplier"]
+    paper = SAeUron(erase_concept="moon", model="minicanvas", device="cpu", preset="paper",
+                    pipe=default.pipe)  # fmt: skip
+    assert paper.recipe is None and paper.multiplier == tuned
+    # Naming a setting of the published method chooses it too.
+    told = SAeUron(erase_concept="moon", model="minicanvas", device="cpu", multiplier=-3.0,
+                   pipe=default.pipe)  # fmt: skip
+    assert told.recipe is None and told.multiplier == -3.0
 
 
 def test_readme_example_erases_the_moon_at_seeds_0_to_2(cache_dir) -> None:
@@ -254,7 +265,8 @@ def test_readme_example_erases_the_moon_at_seeds_0_to_2(cache_dir) -> None:
 
 
 def test_several_concepts_erase_each_at_its_own_block(cache_dir) -> None:
-    both = SAeUron(erase_concept=["moon", "checkered"], model="minicanvas", device="cpu")
+    both = SAeUron(erase_concept=["moon", "checkered"], model="minicanvas", device="cpu",
+                   preset="paper")  # fmt: skip
     assert both.config.erase_concept == "moon,checkered"
     assert [f.concept for f in both.concepts] == ["moon", "checkered"]
     assert {g.hookpoint for g in both.groups} == {
@@ -266,7 +278,7 @@ def test_several_concepts_erase_each_at_its_own_block(cache_dir) -> None:
 
     tuned = load_params(bundle.folder)
     assert both.multipliers == {c: tuned[c]["multiplier"] for c in ("moon", "checkered")}
-    moon = SAeUron(erase_concept="moon", model="minicanvas", device="cpu")
+    moon = SAeUron(erase_concept="moon", model="minicanvas", device="cpu", preset="paper")
     prompt = ["An image of moon in checkered style."]
     with both.erasing() as handle:
         assert len(handle.erasers) == 2

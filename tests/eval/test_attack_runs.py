@@ -68,7 +68,9 @@ def test_the_erase_hook_is_differentiable_for_white_box_attacks(tmp_path) -> Non
     from saeuron.erasure.technique import SAeUron
     from saeuron.eval.attacks.p4d import guided_noise
 
-    tech = SAeUron(erase_concept="moon", model="minicanvas", device="cpu")
+    # The published method's hook in the UNet (a recipe may edit the text encoder, which
+    # the attacks reach through the technique's erasing() when they encode their prompts).
+    tech = SAeUron(erase_concept="moon", model="minicanvas", device="cpu", preset="paper")
     pipe = tech.pipe
     pipe.scheduler.set_timesteps(20)
     ids = pipe.tokenizer(["An image of moon in dotted style.", ""], padding="max_length",

@@ -170,3 +170,14 @@ def test_trials_that_meet_the_targets_are_attacked_and_weighed(world, tmp_path):
     assert all(r["UA_attacked"] for r in rows)
     assert objective_value({"UA": 1, "IRA": 1, "CRA": 1}, {"UA": 0.9, "IRA": 0.9, "CRA": 0.9},
                            {"UA": 1, "IRA": 1, "CRA": 1}, attack_target=0.8) < 0  # fmt: skip
+
+
+def test_without_statistics_tune_collects_them_from_the_prompt_set(world, tmp_path):
+    out = tmp_path / "cat.json"
+    args = tune_args(world, out, 1, "--no-heldout")
+    i = args.index("--stats")
+    del args[i : i + 2]
+    assert main(args) == 0
+    collected = sorted(p.name for p in (tmp_path / ".cat.stats" / HOOK).glob("*.json"))
+    assert collected == sorted(f"{c}.json" for c in CONCEPTS)
+    assert Recipe.load(out).check_files() == []

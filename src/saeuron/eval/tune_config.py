@@ -35,7 +35,7 @@ class TuneConfig(Config):
     )
     stats: str | None = field(
         None, help="folder with <hookpoint>/<concept> statistics of every prompt-set concept; "
-        "default: the bundle's"
+        "default: the bundle's, else collected from the prompt set beside --out"
     )
     site_sets: list[str] = field(
         [], help="site sets to choose from ('A+B' edits at both); default: the bundle's for the "

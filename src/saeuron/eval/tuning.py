@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from saeuron.erasure.concepts.select import select_contrastive
-from saeuron.erasure.concepts.stats import ConceptStats
+from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
 from saeuron.erasure.features import SAE_FINGERPRINT
 from saeuron.erasure.recipe import (
     AnchorRef,
@@ -64,6 +64,7 @@ from saeuron.models.pipelines import load_pipeline
 from saeuron.models.prompt_encoders import prompt_encoder_of
 from saeuron.models.sampling import seed_generators
 from saeuron.sae import Sae
+from saeuron.sae.formats import hookpoints_in
 from saeuron.utils.config import ConfigError
 from saeuron.utils.io import atomic_path, read_json_or_empty
 
@@ -113,7 +114,11 @@ def bundle_tuning(model: str) -> tuple[Path | None, dict[str, Any]]:
 
 def resolve_inputs(cfg: TuneConfig, pipe: Any = None, judge: Judge | None = None) -> TuneInputs:
     """The study's inputs from ``cfg`` and the bundle's tuning defaults; refused up front
-    when a piece is missing or the prompts hold test-only seeds, phrasings or names."""
+    when a piece is missing or the prompts hold test-only seeds, phrasings or names.
+
+    Without statistics (no ``--stats``, no bundle's), they are collected here from the prompt
+    set, for every concept of the erased one's kind at every site, into a folder beside the
+    recipe (kept: a resumed study reads them again)."""
     folder, defaults = bundle_tuning(cfg.model)
 
     def pick(value: str | None, key: str) -> str | None:
@@ -125,7 +130,7 @@ def resolve_inputs(cfg: TuneConfig, pipe: Any = None, judge: Judge | None = None
 
     missing = [name for name, value in (
         ("prompt_set", pick(cfg.prompt_set, "prompt_set")), ("judge", pick(cfg.judge, "judge")),
-        ("saes", pick(cfg.saes, "saes")), ("stats", pick(cfg.stats, "stats")),
+        ("saes", pick(cfg.saes, "saes")),
     ) if value is None]  # fmt: skip
     if missing:
         raise ConfigError(
@@ -135,24 +140,32 @@ def resolve_inputs(cfg: TuneConfig, pipe: Any = None, judge: Judge | None = None
     prompt_set = PromptSet.load(str(pick(cfg.prompt_set, "prompt_set")))
     prompt_set.check_tunable([cfg.concept])
     kind = prompt_set.kind_of(cfg.concept)
-    saes, stats = Path(str(pick(cfg.saes, "saes"))), Path(str(pick(cfg.stats, "stats")))
-    site_sets = cfg.site_sets or defaults.get("site_sets", {}).get(kind) or [
-        h.name for h in sorted(stats.iterdir())
-        if (stats / h.name / f"{cfg.concept}.json").is_file() and (saes / h.name).is_dir()
-    ]  # fmt: skip
-    for site_set in site_sets:
-        for hookpoint in site_set.split(SITE_JOIN):
-            if not (saes / hookpoint).is_dir():
-                raise ConfigError("site_sets", f"no SAE at {saes / hookpoint}")
-            for name in prompt_set.kinds[kind]:
-                if not (stats / hookpoint / f"{name}.json").is_file():
-                    raise ConfigError(
-                        "stats", f"no statistics of {name!r} at {stats / hookpoint}; the "
-                        "contrast needs every concept of the kind"
-                    )  # fmt: skip
+    saes = Path(str(pick(cfg.saes, "saes")))
+    if not saes.is_dir():
+        raise ConfigError("saes", f"no folder {saes}")
+    given_stats = pick(cfg.stats, "stats")
+    out = Path(cfg.out)
+    stats = Path(given_stats) if given_stats else out.parent / f".{out.stem}.stats"
+    site_sets = cfg.site_sets or defaults.get("site_sets", {}).get(kind) or (
+        [h.name for h in sorted(stats.iterdir())
+         if (stats / h.name / f"{cfg.concept}.json").is_file() and (saes / h.name).is_dir()]
+        if given_stats else hookpoints_in(saes)
+    )  # fmt: skip
     if not site_sets:
         raise ConfigError("site_sets", f"no site has both an SAE in {saes} and statistics "
                                        f"of {cfg.concept!r} in {stats}")  # fmt: skip
+    hookpoints = sorted({h for s in site_sets for h in s.split(SITE_JOIN)})
+    for hookpoint in hookpoints:
+        if not (saes / hookpoint).is_dir():
+            raise ConfigError("site_sets", f"no SAE at {saes / hookpoint}")
+    absent = [(h, n) for h in hookpoints for n in prompt_set.kinds[kind]
+              if not (stats / h / f"{n}.json").is_file()]  # fmt: skip
+    if absent and given_stats:
+        h, n = absent[0]
+        raise ConfigError(
+            "stats", f"no statistics of {n!r} at {stats / h}; the contrast needs every concept "
+            "of the kind (leave --stats out to have them collected)"
+        )  # fmt: skip
     targets = {**DEFAULT_TARGETS, **defaults.get("targets", {}).get(kind, {}), **cfg.targets}
     steps = cfg.num_inference_steps or int(defaults.get("num_inference_steps", 0)) or 20
     guidance = cfg.guidance_scale if cfg.guidance_scale is not None else float(
@@ -164,8 +177,32 @@ def resolve_inputs(cfg: TuneConfig, pipe: Any = None, judge: Judge | None = None
         judge = make_judge(spec, **{**options, **cfg.judge_options})
     if pipe is None:
         pipe = load_pipeline(cfg.model, device=cfg.device)
+    if absent:
+        collect_missing_stats(pipe, saes, stats, prompt_set, absent, steps, guidance)
     return TuneInputs(cfg.model, pipe, prompt_set, judge, saes, stats, list(site_sets),
                       targets, steps, guidance)  # fmt: skip
+
+
+def collect_missing_stats(
+    pipe: Any, saes: Path, stats: Path, prompt_set: PromptSet,
+    absent: Sequence[tuple[str, str]], steps: int, guidance: float,
+) -> None:  # fmt: skip
+    """Each (hookpoint, concept)'s statistics from the prompt set's prompts of the concept
+    (every template, every member of the other kinds), written where tuning reads them."""
+    logger.info("collecting the statistics of %d (site, concept) pairs at %s", len(absent), stats)
+    loaded: dict[str, Sae] = {}
+    for hookpoint, concept in tqdm(absent, desc="statistics", unit="concept"):
+        if hookpoint not in loaded:
+            loaded[hookpoint] = Sae.from_pretrained(saes, hookpoint=hookpoint)
+        sae = loaded[hookpoint]
+        target, _ = prompt_set.rows(concept)
+        prompts = list(dict.fromkeys(r.prompt for r in target))
+        collected = collect_stats(
+            pipe, sae, prompts, concept=concept, hookpoint=hookpoint, num_inference_steps=steps,
+            guidance_scale=guidance, activation_site=sae.meta.get("activation_site", "output"),
+            progress=False,
+        )  # fmt: skip
+        collected.save(stats / hookpoint / concept)
 
 
 # -- scoring ----------------------------------------------------------------------------

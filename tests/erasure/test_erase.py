@@ -213,7 +213,8 @@ def test_statistics_from_other_step_counts_map_by_position(tiny_sd, sae, caplog)
     assert [features.stats_step(i, 4) for i in range(4)] == [0, 3, 6, 9]
     assert [features.stats_step(i, 10) for i in range(10)] == list(range(10))
     assert features.stats_step(0, 1) == 0
-    with caplog.at_level(logging.INFO, logger="saeuron.erasure.erase"):
+    # The hook's module logs it: listen to the erasure package, whatever ran before.
+    with caplog.at_level(logging.INFO, logger="saeuron.erasure"):
         with erase(tiny_sd, sae, features, multiplier=-20.0):
             sample(tiny_sd, steps=4)
     assert "statistics from 10 steps mapped onto 4 sampling steps" in caplog.text

@@ -45,6 +45,7 @@ from saeuron.erasure.hook_state import (
 )
 from saeuron.models.denoising import DenoiseState, DenoiseTracker
 from saeuron.models.hookpoints import resolve_module
+from saeuron.models.layout import check_hook_width
 from saeuron.models.prompt_encoders import prompt_encoder_of
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
@@ -272,6 +273,7 @@ def attach(
             "hookpoint", "name the module to edit, e.g. 'unet.up_blocks.1.attentions.1'"
         )
     module = resolve_module(pipe, hookpoint)
+    check_hook_width(module, sae.d_in, hookpoint)
     if prompt_encoder_of(hookpoint):
         check_prompt_encoder_edit(hookpoint, cfg, sae, concept_list)
     for concept in concept_list:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from saeuron.erasure.erase import check_same_sae
 from saeuron.erasure.features import ConceptFeatures
+from saeuron.erasure.recipe import Recipe
 from saeuron.models.bundles import find_bundle
 from saeuron.models.layout import check_model_inputs, read_layout
 from saeuron.models.pipelines import check_model
@@ -85,6 +86,18 @@ def check_erasure(
             # are refused before the pipeline loads rather than after.
             check_same_sae([loaded], Sae.load_from_disk(header.folder))
     return header
+
+
+def check_recipe_erasure(model: str, sampling: SamplingConfig, recipe: Recipe) -> None:
+    """A recipe's erasure, before any weight loads: the device, the model, the sizes at the
+    recipe's hookpoints, and every file the recipe names (all missing ones in one error)."""
+    resolve_device(sampling.device)
+    check_model(model)
+    hookpoints = sorted({e.hookpoint for c in recipe.concepts.values() for e in c.edits})
+    check_model_inputs(model, sampling, hookpoints=hookpoints)
+    problems = recipe.check_files()
+    if problems:
+        raise FileNotFoundError("recipe: " + "; ".join(problems))
 
 
 def _available_pieces(

@@ -32,7 +32,7 @@ from saeuron.erasure.erase import (
     warn_if_unedited,
 )
 from saeuron.erasure.features import ConceptFeatures
-from saeuron.erasure.preflight import bundled_features, check_erasure
+from saeuron.erasure.preflight import bundled_features, check_erasure, check_recipe_erasure
 from saeuron.erasure.recipe import Edit, Recipe
 from saeuron.erasure.recipe_erasure import RecipeAssets, RecipeErasure, check_base_model
 from saeuron.models.bundles import bundle_names, find_bundle
@@ -413,15 +413,18 @@ class SAeUron:
         names = cfg.concepts or self.recipe.names
         self.recipe = self.recipe.subset(names)
         cfg.erase_concept = CONCEPT_SEPARATOR.join(names)
-        # Every missing or changed file at once, before the model loads.
-        problems = self.recipe.check_files()
-        if problems:
-            raise FileNotFoundError("recipe: " + "; ".join(problems))
+        if pipe is None:
+            # Device, model, sizes and every missing or changed file, before weights load.
+            check_recipe_erasure(cfg.model, cfg.sampling, self.recipe)
+        else:
+            problems = self.recipe.check_files()
+            if problems:
+                raise FileNotFoundError("recipe: " + "; ".join(problems))
         if cfg.recipe is not None and cfg.uses_paper_settings() and cfg.preset != "paper":
             # The recipe holds each edit's site, rule and strength.
             logger.warning("a recipe sets every edit: sae, hookpoint, features, multiplier, "
                            "rule and window are not used with it")  # fmt: skip
-        logger.info("erasing %s with the recipe at %s", ", ".join(names), self.recipe.root)
+        logger.debug("erasing %s with the recipe at %s", ", ".join(names), self.recipe.root)
         self._use_pipeline(pipe)
         check_base_model(self.pipe, self.recipe)
         self._assets = RecipeAssets(self.recipe)

@@ -159,3 +159,18 @@ def tiny_vilt(folder: Path) -> Path:
         num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()},
     )).save_pretrained(folder)  # fmt: skip
     return folder
+
+
+class PluginColour(ColourTechnique):
+    """ColourTechnique as a ``module:Class`` technique: built from its config block."""
+
+    pipe = None
+
+    def __init__(self, erase_concept: str = "nudity", batch_size: int = 8, **_: object):
+        super().__init__()
+        self.erase_concept = erase_concept
+
+    def erasing(self):
+        import contextlib
+
+        return contextlib.nullcontext()

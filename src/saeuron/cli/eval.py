@@ -30,6 +30,19 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--device", help="run the technique and every metric on this device (e.g. cpu)"
     )
     parser.add_argument(
+        "--technique",
+        metavar="NAME",
+        help="the technique instead of the config's: a registered name or your own "
+        "module:Class (built as Class(**config); it has pipe, generate(prompts, seeds), "
+        "unerased(prompts, seeds) and erasing())",
+    )
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="let the config file name a module:Class technique (a file never runs code "
+        "otherwise)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
@@ -57,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError("set", f"got {pair!r}; expected KEY=VALUE (a technique config key)")
         overrides[key] = value
-    cfg = load_eval_config(args.config, overrides, args.device)
+    cfg = load_eval_config(args.config, overrides, args.device, args.technique, args.trust_code)
     if args.output_dir:
         cfg.output_dir = args.output_dir
     if args.check:

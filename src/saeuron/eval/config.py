@@ -22,8 +22,9 @@ from typing import Any
 import yaml
 
 from saeuron.eval.metrics import METRICS
-from saeuron.eval.techniques import TECHNIQUES, technique_config
+from saeuron.eval.techniques import technique_config, technique_entry
 from saeuron.utils.config import Config, ConfigError, check_range, reject_unknown
+from saeuron.utils.plugins import is_plugin, refuse_untrusted
 from saeuron.utils.text import read_text
 
 TOP_KEYS = ("output_dir", "technique", "metric", "metrics", "seed", "bootstrap")
@@ -109,9 +110,15 @@ def parse_eval_config(
     data: Mapping[str, Any],
     overrides: Mapping[str, Any] | None = None,
     device: str | None = None,
+    technique: str | None = None,
+    trust_code: bool = False,
 ) -> EvalConfig:
     """Validate a whole config (as read from JSON/YAML). ``overrides`` replace technique keys;
-    ``device`` replaces the device of the technique and of every metric that has one."""
+    ``device`` replaces the device of the technique and of every metric that has one.
+
+    ``technique`` replaces the config's technique name (a registered name or a
+    ``module:Class`` the caller names, so trusted); a ``module:Class`` read from the config
+    itself is refused unless ``trust_code``."""
     if not isinstance(data, Mapping):
         raise ConfigError("config", f"expected an object, got {type(data).__name__}")
     reject_unknown("", data.keys(), TOP_KEYS)
@@ -131,7 +138,11 @@ def parse_eval_config(
     tech_name, tech_dict = _spec(data["technique"], "technique")
     tech_dict.update(overrides or {})
 
-    entry = TECHNIQUES.get(tech_name)  # an unknown name is an error of 'technique' itself
+    if technique is not None:
+        tech_name = technique  # named on the command line or in Python: trusted
+    elif is_plugin(tech_name) and not trust_code:
+        refuse_untrusted(tech_name, "technique.name", "the config")
+    entry = technique_entry(tech_name)  # an unknown name is an error of 'technique' itself
     if device is not None and _has_field(entry.config, "device"):
         tech_dict["device"] = device
 
@@ -191,6 +202,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_eval_config(
-    path: str | Path, overrides: Mapping[str, Any] | None = None, device: str | None = None
+    path: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    device: str | None = None,
+    technique: str | None = None,
+    trust_code: bool = False,
 ) -> EvalConfig:
-    return parse_eval_config(read_config_file(path), overrides, device)
+    return parse_eval_config(read_config_file(path), overrides, device, technique, trust_code)

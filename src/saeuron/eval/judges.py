@@ -14,7 +14,6 @@ file that names code is refused), built as ``Class(**options)``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +29,7 @@ from saeuron.eval.unlearncanvas_vit import load_classifier
 from saeuron.minicanvas.classifier import MiniCanvasClassifier
 from saeuron.minicanvas.world import OBJECTS, STYLES
 from saeuron.utils.errors import ConfigError
+from saeuron.utils.plugins import is_plugin, load_plugin
 from saeuron.utils.registry import Registry
 
 CLIP_DEFAULT = "openai/clip-vit-base-patch32"
@@ -119,24 +119,9 @@ class NudeNetJudge:
         return [name if f else "" for f in flagged]
 
 
-def load_plugin(spec: str) -> type:
-    """``package.module:Class`` -> the class (only from the command line or Python)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError("judge", f"got {spec!r}; expected a name or module:Class")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError("judge", f"cannot import {module_name!r}: {err}") from None
-    found = getattr(module, attr, None)
-    if found is None:
-        raise ConfigError("judge", f"{module_name!r} has no {attr!r}")
-    return found
-
-
 def make_judge(spec: str, **options: Any) -> Judge:
     """A judge by registered name or ``module:Class``; ``options`` go to its constructor."""
-    cls = load_plugin(spec) if ":" in spec else JUDGES.get(spec)
+    cls = load_plugin(spec, "judge") if is_plugin(spec) else JUDGES.get(spec)
     judge = cls(**options)
     if not callable(getattr(judge, "classify", None)):
         raise ConfigError("judge", f"{spec!r} has no classify(images, kind, choices) method")

@@ -155,7 +155,9 @@ def plan(cfg: EvalConfig) -> dict[str, Any]:
     machine: list[str] = []
     preflight(cfg, machine)
     tech = cfg.technique
-    needs = [_model_requirement(getattr(tech, "model", ""))]
+    model = getattr(tech, "model", None)
+    # A plugin technique may name no model: it loads its own.
+    needs = [_model_requirement(model)] if model else []
     device = _device_requirement(tech.value("device"))
     if device:
         needs.append(device)

@@ -42,6 +42,7 @@ from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.devices import resolve_device
 from saeuron.utils.files import SUPERVISED_FEATURES_DIR
 from saeuron.utils.hub import snapshot
+from saeuron.utils.plugins import is_plugin, load_plugin
 from saeuron.utils.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -311,8 +312,46 @@ TECHNIQUES.register("saemnesia")(
 )
 
 
+@dataclass
+class PluginConfig(Config):
+    """A ``module:Class`` technique: its class is built as ``Class(**options)``."""
+
+    target: str = field(help="the technique's module:Class")
+    erase_concept: str | None = field(None, help="the concept (the metrics' default)")
+    model: str | None = field(None, help="the model it samples (informational)")
+    options: dict[str, Any] = field({}, help="every key of the technique's config block")
+
+
+def technique_entry(name: str) -> TechniqueEntry:
+    """A registered technique, or a ``module:Class`` one (the caller decides whether it
+    may be imported: see :func:`saeuron.utils.plugins.refuse_untrusted`)."""
+    if not is_plugin(name):
+        return TECHNIQUES.get(name)
+    return TechniqueEntry(PluginConfig, _build_plugin, f"the plugin {name}")
+
+
+def _build_plugin(config: PluginConfig) -> Technique:
+    cls = load_plugin(config.target, "technique.name")
+    technique = cls(**config.options)
+    methods = ("generate", "unerased", "erasing")
+    needed = [m for m in methods if not callable(getattr(technique, m, None))]
+    if needed or not hasattr(technique, "pipe"):
+        raise ConfigError(
+            "technique.name", f"{config.target} lacks {needed or ['pipe']}: a technique has pipe, "
+            "generate(prompts, seeds), unerased(prompts, seeds) and erasing()"
+        )  # fmt: skip
+    return technique
+
+
 def technique_config(name: str, config: dict[str, Any]) -> Config:
     """The validated config of technique ``name`` (nothing is loaded)."""
+    if is_plugin(name):
+        # Imported now, so that a misspelt module fails the check, not the run.
+        load_plugin(name, "technique.name")
+        return PluginConfig(
+            target=name, erase_concept=config.get("erase_concept"), model=config.get("model"),
+            options=dict(config),
+        )  # fmt: skip
     return TECHNIQUES.get(name).config.from_dict(config, where="technique.config")
 
 
@@ -337,4 +376,4 @@ def check_technique_config(config: Config) -> None:
 
 def build_technique(name: str, config: Config) -> Technique:
     logger.info("building technique %s", name)
-    return TECHNIQUES.get(name).build(config)
+    return technique_entry(name).build(config)

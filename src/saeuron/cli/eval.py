@@ -6,11 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from saeuron.eval.config import load_eval_config
-from saeuron.eval.metrics import METRICS
-from saeuron.eval.runner import format_plan, plan, run_eval
-from saeuron.eval.techniques import TECHNIQUES
-from saeuron.utils.config import ConfigError
+from saeuron.utils.errors import ConfigError
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -53,6 +49,13 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The metrics and techniques import torch and the models: only once the command runs, so
+    # that `saeuron eval --help` answers at once.
+    from saeuron.eval.config import load_eval_config  # noqa: PLC0415
+    from saeuron.eval.metrics import METRICS  # noqa: PLC0415
+    from saeuron.eval.runner import format_plan, plan, run_eval  # noqa: PLC0415
+    from saeuron.eval.techniques import TECHNIQUES  # noqa: PLC0415
+
     if args.list:
         print("techniques:")
         for name in TECHNIQUES:

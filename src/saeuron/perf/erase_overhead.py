@@ -18,8 +18,9 @@ The whole-step ratios are kept in the notes.
   dense encode and decode of both CFG halves, the output replaced by the edited
   reconstruction plus the error (``cfg_half='both', error_term='paper'``).
 - ``recipe``: an erasure recipe of 3 concepts on 2 block SAEs (``up_blocks.1.attentions.1``
-  and ``.0``), one ``ablate``, one ``anchor`` (into the third) and one ``ablate`` at both
-  blocks, attached as ``SAeUron`` attaches one; the hook's cost is the two hooked blocks'.
+  and ``.0``), one ``ablate``, one ``anchor`` (into a fourth concept, not erased) and one
+  ``ablate`` at both blocks, attached as ``SAeUron`` attaches one; the hook's cost is the two
+  hooked blocks'.
 """
 
 from __future__ import annotations
@@ -220,7 +221,8 @@ def write_recipe(root: Path, sae: Sae, latents: list[int], threshold: float) -> 
     for hookpoint in (HOOKPOINT, SECOND_HOOKPOINT):
         sae.save_pretrained(root / "saes", hookpoint)
     refs = {}
-    for i, name in enumerate(("a", "b", "c")):
+    # "d" is only b's anchor: not erased, so b's edit runs the anchor rule.
+    for i, name in enumerate(("a", "b", "c", "d")):
         chosen = [(x + i) % sae.num_latents for x in latents]
         ConceptFeatures.from_latents(name, chosen, mean=1.0, threshold=threshold).save(
             root / "features" / name
@@ -237,7 +239,7 @@ def write_recipe(root: Path, sae: Sae, latents: list[int], threshold: float) -> 
         "sampling": {"num_inference_steps": 50, "guidance_scale": 7.5},
         "concepts": {
             "a": {"edits": [edit(HOOKPOINT, "a", "ablate")]},
-            "b": {"edits": [edit(SECOND_HOOKPOINT, "b", "anchor", ("c",))]},
+            "b": {"edits": [edit(SECOND_HOOKPOINT, "b", "anchor", ("d", "c"))]},
             "c": {"edits": [edit(HOOKPOINT, "c", "ablate"), edit(SECOND_HOOKPOINT, "c", "ablate")]},
         },
     }

@@ -583,6 +583,9 @@ def run_tune(
         "objective_formula": "-sum(weight * max(0, target - score)) + 0.001 * mean(scores)"
         + (" - max(0, attack_target - UA_attacked)" if cfg.attack_prompts else ""),
     }  # fmt: skip
+    if cfg.enqueue:
+        # Where the search started (a known setting), so the record says so.
+        recipe.tuning["enqueued"] = cfg.enqueued()
     if cfg.attack_prompts:
         recipe.tuning["attack"] = {
             "search": "unlearndiffatk", "budget": cfg.attack_budget,

@@ -86,7 +86,7 @@ def test_the_wheel_leaves_out_what_pyproject_keeps_out_and_keeps_what_runs(tmp_p
     assert kept_out == []
     # What erasing reads at run time is all there.
     for name in ("model_index.json", "params.json", "recipes/moon.json", "tune.json",
-                 "prompt_set.json", "recipes/moon.trials.csv",
+                 "prompt_set.json", "recipes/striped.trials.csv",
                  "guided/saes/text_encoder.final_layer_norm/sae.safetensors",
                  "guided/stats/text_encoder.final_layer_norm/moon.safetensors",
                  "saes/unet.up_blocks.1.attentions.1/sae.safetensors",

@@ -1,6 +1,6 @@
 """Golden outputs: what the erasure draws today, kept bit for bit through refactors.
 
-Issue 28 restructures the configs, the hook and model resolution without changing behaviour.
+Refactors of the configs, the hook and model resolution must not change behaviour.
 These images, drawn on the bundled MiniCanvas model for fixed seeds, pin that down: the public
 API (``saeuron.SAeUron``) and the low-level ``saeuron.erase`` path, erased and not, for every
 rule, on the sparse and the dense edit path, and with an SAE that standardises its input

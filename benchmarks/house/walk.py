@@ -1,6 +1,6 @@
 """The walk of one ``saeuron.SAeUron(erase_concept="moon", model="minicanvas")`` call.
 
-Issue 28 measures how far one construction wanders through the package: how many of its
+This measures how far one construction wanders through the package: how many of its
 source files run, how often the model is looked up by name again (``find_bundle``) and how
 often the code enters ``models/bundles.py`` from another file. This script counts those with
 a profile hook (``sys.setprofile``) and prints them, so a refactor can be compared with the

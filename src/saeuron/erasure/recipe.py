@@ -37,11 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from saeuron.erasure.erase_config import MAX_MULTIPLIER, RULES
 from saeuron.models.tokens import ACTIVATION_SITES, CFG_HALVES
+from saeuron.sae.formats import read_json_object
 from saeuron.utils.cards import card_metadata, render_card, table, write_card
 from saeuron.utils.errors import ConfigError, FileFormatError
 from saeuron.utils.hub import is_hub_id, push_folder, snapshot
 from saeuron.utils.io import atomic_write_json
-from saeuron.utils.text import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -227,10 +227,7 @@ class Recipe(_Strict):
             path = path / "recipe.json"
         if not path.is_file():
             raise FileNotFoundError(f"recipe: no file {path}")
-        try:
-            data = json.loads(read_text(path, "recipe"))
-        except json.JSONDecodeError as err:
-            raise FileFormatError(path, f"not valid JSON ({err})") from None
+        data = read_json_object(path)
         return cls.from_dict(data, root=path.parent, contained=contained, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from saeuron.utils.errors import ConfigError, FileFormatError
+from saeuron.sae.formats import read_json_object
+from saeuron.utils.errors import ConfigError
 from saeuron.utils.io import atomic_write_json
-from saeuron.utils.text import read_text
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -91,11 +90,7 @@ class PromptSet(BaseModel):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"prompt set: no file {path}")
-        try:
-            data = json.loads(read_text(path, "prompt_set"))
-        except json.JSONDecodeError as err:
-            raise FileFormatError(path, f"not valid JSON ({err})") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json_object(path), str(path))
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_json(path, self.model_dump(mode="json"))

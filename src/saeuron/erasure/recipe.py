@@ -35,8 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from saeuron.erasure.erase_config import MAX_MULTIPLIER, RULES
-from saeuron.models.tokens import ACTIVATION_SITES, CFG_HALVES
+from saeuron.erasure.erase_config import MAX_MULTIPLIER
 from saeuron.sae.formats import read_json_object
 from saeuron.utils.cards import card_metadata, render_card, table, write_card
 from saeuron.utils.errors import ConfigError, FileFormatError
@@ -492,11 +491,8 @@ def recipe_card(recipe: Recipe, note: str = "") -> str:
 
 
 __all__ = [
-    "ACTIVATION_SITES",
-    "CFG_HALVES",
     "FORMAT_VERSION",
     "IDENTITY_STRENGTH",
-    "RULES",
     "AnchorRef",
     "ConceptRecipe",
     "Edit",

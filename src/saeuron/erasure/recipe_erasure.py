@@ -78,6 +78,18 @@ class RecipeAssets:
         self.device = device
         self._saes: dict[tuple[str, str], Sae] = {}
         self._features: dict[str, ConceptFeatures] = {}
+        self._checked: list[tuple[Any, Recipe]] = []
+
+    def check(self, pipe: Any, recipe: Recipe) -> None:
+        """``recipe``'s files (present, unchanged) and base model against ``pipe``: hashed and
+        fingerprinted once per pair, not on every attach (a slider moves, a batch samples)."""
+        if any(p is pipe and r is recipe for p, r in self._checked):
+            return
+        problems = recipe.check_files()
+        if problems:
+            raise FileNotFoundError("recipe: " + "; ".join(problems))
+        check_base_model(pipe, recipe)
+        self._checked.append((pipe, recipe))
 
     def sae(self, edit: Edit) -> Sae:
         source = str(self.recipe.resolve(edit.sae.path)) if edit.sae.path else edit.sae.hub
@@ -128,11 +140,8 @@ class RecipeErasure:
             raise ConfigError(
                 "erase", f"{unknown} not in the recipe; it holds {', '.join(recipe.names)}"
             )
-        problems = recipe.check_files()
-        if problems:
-            raise FileNotFoundError("recipe: " + "; ".join(problems))
-        check_base_model(pipe, recipe)
         self.assets = assets or RecipeAssets(recipe)
+        self.assets.check(pipe, recipe)
         self._strengths = {c: 1.0 for c in names}
         for name, value in (strengths or {}).items():
             self._check_strength(name, value)

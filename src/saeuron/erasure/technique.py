@@ -34,7 +34,7 @@ from saeuron.erasure.erase import (
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.preflight import bundled_features, check_erasure, check_recipe_erasure
 from saeuron.erasure.recipe import Edit, Recipe
-from saeuron.erasure.recipe_erasure import RecipeAssets, RecipeErasure, check_base_model
+from saeuron.erasure.recipe_erasure import RecipeAssets, RecipeErasure
 from saeuron.models.bundles import bundle_names, find_bundle
 from saeuron.models.defaults import KNOWN_MODELS, model_defaults, resolve_sae
 from saeuron.models.denoiser import denoiser
@@ -416,18 +416,15 @@ class SAeUron:
         if pipe is None:
             # Device, model, sizes and every missing or changed file, before weights load.
             check_recipe_erasure(cfg.model, cfg.sampling, self.recipe)
-        else:
-            problems = self.recipe.check_files()
-            if problems:
-                raise FileNotFoundError("recipe: " + "; ".join(problems))
         if cfg.recipe is not None and cfg.uses_paper_settings() and cfg.preset != "paper":
             # The recipe holds each edit's site, rule and strength.
             logger.warning("a recipe sets every edit: sae, hookpoint, features, multiplier, "
                            "rule and window are not used with it")  # fmt: skip
         logger.debug("erasing %s with the recipe at %s", ", ".join(names), self.recipe.root)
         self._use_pipeline(pipe)
-        check_base_model(self.pipe, self.recipe)
         self._assets = RecipeAssets(self.recipe)
+        # Files and base model, once: every erasing() after reuses the check.
+        self._assets.check(self.pipe, self.recipe)
         self.groups = []
         self.multipliers = {n: self.recipe.concepts[n].edits[0].strength for n in names}
         self._warned_unedited = False

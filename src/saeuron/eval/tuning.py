@@ -538,7 +538,9 @@ def run_tune(
         setting = suggest_setting(trial, cfg, inputs, cfg.concept)
         recipe = maker.recipe(setting)
         # Trial recipes name absolute paths: one cache of SAEs and features serves them all.
-        assets = cache.setdefault("assets", RecipeAssets(recipe))
+        if "assets" not in cache:
+            cache["assets"] = RecipeAssets(recipe)
+        assets = cache["assets"]
         scores = evaluate_recipe(inputs, recipe, cfg.concept, cfg.batch_size, assets=assets)
         attack_target = cfg.attack_target if cfg.attack_prompts else None
         # Only a trial that meets the other targets is worth an attack (minutes each).

@@ -27,7 +27,7 @@ from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
 from saeuron.erasure.erase import CFG_HALVES, erase
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.recipe import Recipe
-from saeuron.erasure.recipe_erasure import RecipeAssets, RecipeErasure, check_base_model
+from saeuron.erasure.recipe_erasure import RecipeAssets, RecipeErasure
 from saeuron.erasure.technique import DEFAULT_MULTIPLIER, RECIPES_DIR
 from saeuron.models.bundles import find_bundle
 from saeuron.models.defaults import model_defaults
@@ -81,8 +81,8 @@ class Studio:
         self.recipe = load_ui_recipe(config)
         self._recipe_assets: RecipeAssets | None = None
         if self.recipe is not None:
-            check_base_model(self.pipe, self.recipe)
             self._recipe_assets = RecipeAssets(self.recipe)
+            self._recipe_assets.check(self.pipe, self.recipe)
         logger.info("model %s ready in %.1f s", config.model, time.perf_counter() - start)
 
     def warm_up(self) -> float:

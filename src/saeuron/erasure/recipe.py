@@ -48,6 +48,8 @@ FORMAT = "saeuron.recipe"
 FORMAT_VERSION = 1
 """Bumped when a recipe written now could not be read correctly by an older saeuron."""
 RECIPE_SUFFIX = ".json"
+FEATURES_SUFFIXES = (".safetensors", ".json")
+"""A features path names a pair of files (``ConceptFeatures.save``)."""
 IDENTITY_STRENGTH = {"ablate": 1.0, "anchor": 1.0, "project": 1.0, "scale": 0.0}
 """The strength at which each rule changes nothing (``scale`` has none: 0 is its limit), the
 origin of a slider from 'off' (0) to the tuned strength (1)."""
@@ -286,7 +288,7 @@ class Recipe(_Strict):
 
     def _feature_files(self, relative: str) -> list[Path]:
         base = self.resolve(relative)
-        return [base.with_name(base.name + s) for s in (".safetensors", ".json")]
+        return [base.with_name(base.name + s) for s in FEATURES_SUFFIXES]
 
     def check_files(self) -> list[str]:
         """Every local file the recipe needs that is missing, and every features file whose
@@ -385,10 +387,7 @@ class Recipe(_Strict):
         source = self.resolve(path)
         target = f"features/{hookpoint}/{source.name}"
         if done.setdefault(str(source), target) == target:
-            (folder / target).parent.mkdir(parents=True, exist_ok=True)
-            for suffix in (".safetensors", ".json"):
-                shutil.copyfile(source.with_name(source.name + suffix),
-                                folder / (target + suffix))  # fmt: skip
+            copy_features(source, folder / target)
         return done[str(source)]
 
     def _copy_sae(self, path: str, hookpoint: str, folder: Path, done: dict) -> str:
@@ -409,6 +408,15 @@ class Recipe(_Strict):
             self.save_pretrained(tmp)
             return push_folder(tmp, repo_id, private=private, token=token,
                                commit_message="saeuron erasure recipe")  # fmt: skip
+
+
+def copy_features(source: Path, target: Path) -> None:
+    """The features pair at ``source`` to ``target`` (both paths without suffix)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in FEATURES_SUFFIXES:
+        shutil.copyfile(
+            source.with_name(source.name + suffix), target.with_name(target.name + suffix)
+        )
 
 
 def file_sha256(path: Path) -> str:
@@ -491,6 +499,7 @@ def recipe_card(recipe: Recipe, note: str = "") -> str:
 
 
 __all__ = [
+    "FEATURES_SUFFIXES",
     "FORMAT_VERSION",
     "IDENTITY_STRENGTH",
     "AnchorRef",
@@ -499,6 +508,7 @@ __all__ = [
     "FeaturesRef",
     "Recipe",
     "SaeRef",
+    "copy_features",
     "file_sha256",
     "is_recipe_path",
     "module_fingerprint",

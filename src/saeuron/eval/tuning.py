@@ -51,6 +51,7 @@ from saeuron.erasure.recipe import (
     Recipe,
     SaeRef,
     SamplingRef,
+    copy_features,
     file_sha256,
 )
 from saeuron.erasure.recipe_erasure import RecipeAssets, RecipeErasure, pipeline_fingerprint
@@ -624,10 +625,7 @@ def write_recipe(recipe: Recipe, out: Path, work: Path) -> Path:
             for ref in (edit.features, *(a.features for a in edit.anchors)):
                 source = Path(ref.path)
                 target = base / "features" / source.relative_to(work)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                for suffix in (".safetensors", ".json"):
-                    shutil.copyfile(source.with_name(source.name + suffix),
-                                    target.with_name(target.name + suffix))  # fmt: skip
+                copy_features(source, target)
                 ref.path = os.path.relpath(target, base)
             if edit.sae.path:
                 edit.sae.path = os.path.relpath(Path(edit.sae.path).resolve(), base)

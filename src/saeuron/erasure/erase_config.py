@@ -7,11 +7,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from saeuron.models.tokens import (
-    ACTIVATION_SITES,
-    CFG_HALVES,
-    GUIDANCE_SITE,
-)
+from saeuron.models.sites import ACTIVATION_SITES, CFG_HALVES, GUIDANCE_SITE
 from saeuron.utils.config import Config, ConfigError, check_range, field
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saeuron.models.bundles import find_bundle
+from saeuron.models.bundle_lookup import find_bundle
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saeuron.models.sites import PROMPT_ENCODER_PREFIX, prompt_encoder_of
 from saeuron.utils.errors import ConfigError
-
-PROMPT_ENCODER_PREFIX = "text_encoder"
-
-
-def prompt_encoder_of(hookpoint: str) -> str | None:
-    """The pipeline component (``text_encoder``, ``text_encoder_2``, ...) ``hookpoint`` is
-    inside, or None for a denoiser hookpoint."""
-    head = hookpoint.split(".", 1)[0]
-    return head if head.startswith(PROMPT_ENCODER_PREFIX) else None
 
 
 def tokenizer_name(component: str) -> str:

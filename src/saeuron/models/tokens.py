@@ -30,15 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+# Re-exported: the names live in the torch-free module that configs read.
+from saeuron.models.sites import ACTIVATION_SITES as ACTIVATION_SITES
+from saeuron.models.sites import CFG_HALVES as CFG_HALVES
+from saeuron.models.sites import GUIDANCE_SITE
 from saeuron.utils.errors import ConfigError
-
-CFG_HALVES = ("cond", "both")
-"""``cond``: the conditional half of a CFG batch; ``both``: every row."""
-ACTIVATION_SITES = ("output", "update", "guidance")
-"""``output``: the block's output (residual stream, the paper); ``update``: output - input
-(sdxl-unbox); ``guidance``: the conditional minus the unconditional output of a CFG batch,
-what the prompt adds at the block (edits go to the conditional rows)."""
-GUIDANCE_SITE = "guidance"
 
 
 @dataclass(frozen=True)

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from saeuron.utils.errors import ConfigError, MachineMismatchError
+from saeuron.utils.device_names import check_device
+from saeuron.utils.errors import MachineMismatchError
 
-
-def check_device(name: str, value: str | None) -> None:
-    """Reject a device string torch cannot parse (``None`` means auto-detect)."""
-    if value is None:
-        return
-    try:
-        torch.device(value)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(
-            name, f"got {value!r}; expected e.g. 'cpu', 'cuda', 'cuda:1', 'mps' or null (auto)"
-        ) from None
+# Re-exported: configs check device strings through the torch-free module.
+__all__ = [
+    "check_device",
+    "fast_half",
+    "resolve_device",
+    "sampling_dtype",
+]
 
 
 def resolve_device(device: str | torch.device | None = None, name: str = "device") -> torch.device:

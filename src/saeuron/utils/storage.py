@@ -29,8 +29,8 @@ from typing import Any
 
 import fsspec
 
+from saeuron.utils.atomic import atomic_write, check_output_folder
 from saeuron.utils.errors import ConfigError, FileFormatError
-from saeuron.utils.io import atomic_write, check_output_folder
 
 CHUNK_BYTES = 64 * 2**20
 """Bytes per read: large enough that one request per chunk costs little on object stores."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from saeuron.cli.main import warn_deprecated
-from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept, summarize
+from saeuron.erasure.concepts.build_config import ConceptBuildConfig
 
 OLD_ACTION = "build"
 
@@ -37,6 +37,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    # Building loads torch and the model: imported when the command runs, not for --help.
+    from saeuron.erasure.concepts.build import build_concept, summarize  # noqa: PLC0415
+
     if args.old_action:
         warn_deprecated("'saeuron concept build'", "'saeuron concept'")
     cfg = ConceptBuildConfig.from_args(args)

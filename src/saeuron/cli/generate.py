@@ -7,12 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from saeuron.erasure.technique import SAeUron, SAeUronConfig
-from saeuron.models.progress import StepProgress
+from saeuron.erasure.technique_config import SAeUronConfig
+from saeuron.utils.atomic import atomic_path, check_output_file
 from saeuron.utils.config import ConfigError, check_range
-from saeuron.utils.io import atomic_path, check_output_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 PATTERN_KEYS = ("index", "prompt", "seed")
@@ -86,6 +83,12 @@ def output_paths(out: str, prompts: int, per_prompt: int, seed: int) -> list[Pat
 
 
 def run(args: argparse.Namespace) -> int:
+    # The technique loads torch and a model: imported when the command runs, not for --help.
+    from PIL import Image  # noqa: PLC0415
+
+    from saeuron.erasure.technique import SAeUron  # noqa: PLC0415
+    from saeuron.models.progress import StepProgress  # noqa: PLC0415
+
     if args.erase is None and args.recipe is None:
         raise ConfigError("erase", "name the concept to erase (--erase) or a recipe (--recipe)")
     check_range("num_images", args.num_images, ge=1, le=100_000)

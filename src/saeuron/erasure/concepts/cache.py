@@ -16,19 +16,16 @@ from typing import Any
 
 import torch
 
+# Re-exported: the default lives with the settings it is the default of.
+from saeuron.erasure.concepts.build_config import default_cache_dir as default_cache_dir
 from saeuron.erasure.concepts.stats import ConceptStats
-from saeuron.utils.files import USER_DIR_ENV, user_dir
+from saeuron.utils.files import USER_DIR_ENV
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = USER_DIR_ENV
 CACHE_VERSION = 1
 """Bump when the statistics' definition changes, so old cache entries stop matching."""
-
-
-def default_cache_dir() -> Path:
-    """``$SAEURON_CACHE/concepts``, else ``~/.cache/saeuron/concepts``."""
-    return user_dir() / "concepts"
 
 
 def model_id(model: str) -> str:

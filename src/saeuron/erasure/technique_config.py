@@ -1,0 +1,172 @@
+"""The settings of the SAeUron technique (:class:`SAeUronConfig`), in a module without
+torch, so that ``saeuron generate --help`` reads them without loading a model;
+:mod:`saeuron.erasure.technique` re-exports them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saeuron.erasure.erase_config import ERROR_TERMS, MAX_MULTIPLIER, RULES, EraseConfig
+from saeuron.models.bundle_lookup import bundle_names
+from saeuron.models.defaults import KNOWN_MODELS, model_defaults, resolve_sae
+from saeuron.models.sampling_config import SamplingConfig
+from saeuron.models.sites import CFG_HALVES
+from saeuron.utils.config import Config, ConfigError, field
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+FEATURE_METHODS = ("shortcut", "contrastive")
+DEFAULT_MULTIPLIER = -20.0
+"""SAeUron's default strength, for concepts whose features carry no tuned one."""
+CONCEPT_SEPARATOR = ","
+PRESETS = ("recipe", "paper")
+"""``recipe``: a bundled model's tuned recipe for each concept that has one; ``paper``: the
+published SAeUron method (one block, the ``scale`` rule, the bundle's tuned gamma)."""
+
+
+def split_concepts(text: str) -> list[str]:
+    """``"moon, checkered"`` -> ``["moon", "checkered"]``."""
+    return [c.strip() for c in text.split(CONCEPT_SEPARATOR) if c.strip()]
+
+
+@dataclass
+class SAeUronConfig(Config):
+    erase_concept: str | None = field(
+        None,
+        help="the concept to suppress, any phrase; several: comma-separated ('moon,checkered'); "
+        "default: every concept of --recipe, else 'nudity'",
+    )
+    recipe: str | None = field(
+        None,
+        help="an erasure recipe (file, folder with recipe.json, or hub id): erase its concepts "
+        "with its edits, sites and strengths",
+    )
+    preset: str = field(
+        "recipe",
+        choices=PRESETS,
+        help="'recipe': on a bundled model, each concept's tuned recipe when the bundle has "
+        "one and no SAE, hookpoint, features, multiplier, rule or window is named; 'paper': "
+        "the published SAeUron method",
+    )
+    multiplier: float | None = field(
+        None,
+        ge=-MAX_MULTIPLIER,
+        le=MAX_MULTIPLIER,
+        help="gamma, the scale of the concept's latents: negative suppresses, positive "
+        f"amplifies; default: the tuned value of a bundled concept, else {DEFAULT_MULTIPLIER}",
+    )
+    model: str = field(DEFAULT_MODEL, help="model id, local folder, or a bundled name")
+    sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
+    sae: str | None = field(
+        None, help="SAE repo id, folder or bundled name; default: the known SAE of the model"
+    )
+    hookpoint: str | None = field(
+        None,
+        help="module the SAE reads; default: where the bundle keeps the concept, else the "
+        "model's known one",
+    )
+    features: str | None = field(
+        None, help="precomputed concept features (NAME.safetensors + NAME.json) to use"
+    )
+    cfg_half: str = field(
+        "cond", choices=CFG_HALVES, help="'cond' edits the conditional half; 'both' every row"
+    )
+    error_term: str = field(
+        "exact",
+        choices=ERROR_TERMS,
+        help="'exact' (identity when nothing is edited) or 'paper'",
+    )
+    rule: str = field(
+        "scale",
+        choices=RULES,
+        help="how a concept's latents are edited: 'scale' (published: a <- gamma*mu*a), "
+        "'ablate' (a <- r + gamma*(a - r), r its mean on other concepts), 'anchor', 'project'",
+    )
+    window: list[float] | None = field(
+        None,
+        help="edit only at schedule positions START,END (0 = first step, 1 = last); "
+        "default: every step",
+    )
+    feature_method: str = field(
+        "shortcut",
+        choices=FEATURE_METHODS,
+        help="how features of a new concept are found: 'shortcut' (20 images, step 10) or "
+        "'contrastive' (scores against neutral prompts at every step)",
+    )
+    num_features: int | None = field(
+        None,
+        ge=1,
+        le=100_000,
+        help="latents per step kept for a new concept; default: 10 (shortcut), the "
+        "percentile's 1 (contrastive), as `saeuron concept build`",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.erase_concept is None and self.recipe is None:
+            self.erase_concept = "nudity"
+        if self.erase_concept is None:
+            self.sampling = self.sampling.resolved(self.model)
+            return
+        concepts = split_concepts(self.erase_concept) if isinstance(self.erase_concept, str) else []
+        if not concepts:
+            raise ConfigError("erase_concept", "must be a non-empty string")
+        if len({c.lower() for c in concepts}) != len(concepts):
+            raise ConfigError("erase_concept", f"got {self.erase_concept!r}; each concept once")
+        if self.features is not None and len(concepts) > 1:
+            raise ConfigError(
+                "features", "one features file serves one concept; erase one concept with it"
+            )
+        if self.multiplier is not None and self.multiplier == 0 and self.rule == "scale":
+            raise ConfigError(
+                "multiplier",
+                "must not be 0 with rule 'scale' (negative suppresses the concept, positive "
+                "amplifies it); 0 is full ablation with the other rules",
+            )
+        # The rule, window, error term and rows are an erasure's settings: checked as erase()
+        # checks them, so the API, the CLI and JSON refuse the same combinations.
+        self.window = EraseConfig(
+            cfg_half=self.cfg_half, error_term=self.error_term, rule=self.rule,
+            window=self.window,
+        ).window  # fmt: skip
+        self.sampling = self.sampling.resolved(self.model)
+        if self.cfg_half == "cond" and not self.sampling.guidance > 1.0:
+            raise ConfigError(
+                "guidance_scale",
+                f"got {self.sampling.guidance}; must be > 1.0: SAeUron edits the conditional "
+                "half of the CFG batch. For models sampled without CFG (SDXL-Turbo) set "
+                "cfg_half='both', which edits the whole batch",
+            )
+        if self.recipe is not None:
+            return
+        if self.sae is None and model_defaults(self.model).sae is None:
+            raise ConfigError(
+                "sae",
+                f"no published SAE is known for model {self.model!r}; name one with sae=... "
+                f"and hookpoint=... (known models: {', '.join(sorted(_served_models()))})",
+            )
+
+    @property
+    def concepts(self) -> list[str]:
+        """The concepts to erase, in the order given (none named: every one of the recipe)."""
+        return split_concepts(self.erase_concept) if self.erase_concept else []
+
+    def uses_paper_settings(self) -> bool:
+        """Whether a setting of the published method is named (then no bundled recipe)."""
+        return (
+            self.preset == "paper" or self.sae is not None or self.hookpoint is not None
+            or self.features is not None or self.multiplier is not None
+            or self.rule != "scale" or self.window is not None
+        )  # fmt: skip
+
+    def resolved_sae(self, concept: str | None = None) -> tuple[str, str | None]:
+        """The SAE and hookpoint ``concept`` (default: the first) is erased with, without
+        loading anything."""
+        sae, hookpoint = resolve_sae(
+            self.model, self.sae, self.hookpoint, concept or self.concepts[0]
+        )
+        assert sae is not None  # checked in __post_init__
+        return sae, hookpoint
+
+
+def _served_models() -> list[str]:
+    return [m for m, d in KNOWN_MODELS.items() if d.sae] + bundle_names()

@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from saeuron.cli.main import DeprecatedFlag
-from saeuron.training.capture import CacheConfig, run_cache
+from saeuron.training.capture_config import CacheConfig
 
 # ``--steps`` is the number of denoising steps elsewhere (demo, ui); here the field picks
 # which steps to record, so its flag says so. The old spelling stays for one release.
@@ -31,6 +31,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The capture loads torch and the model: imported when the command runs, not for --help.
+    from saeuron.training.capture import run_cache  # noqa: PLC0415
+
     manifest = run_cache(CacheConfig.from_args(args))
     if manifest:
         print(

@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from saeuron.cli.main import DeprecatedFlag
-from saeuron.training.distributed import launched_processes
-from saeuron.training.shards import ActivationShards
-from saeuron.training.supervised import SupervisedTrainConfig, read_labels, train_supervised
-from saeuron.training.trainer import TrainConfig, Trainer
+from saeuron.training.supervised_config import SupervisedTrainConfig
+from saeuron.training.train_config import TrainConfig
+from saeuron.utils.atomic import check_output_folder
 from saeuron.utils.config import ConfigError
-from saeuron.utils.io import check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +61,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Training loads torch: imported when the command runs, not for --help.
+    from saeuron.training.trainer import Trainer  # noqa: PLC0415
+
     check_output_folder(args.out, "out")
     if args.supervised:
         return run_supervised(args)
@@ -76,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_supervised(args: argparse.Namespace) -> int:
+    # Training loads torch: imported when the command runs, not for --help.
+    from saeuron.training.distributed import launched_processes  # noqa: PLC0415
+    from saeuron.training.shards import ActivationShards  # noqa: PLC0415
+    from saeuron.training.supervised import read_labels, train_supervised  # noqa: PLC0415
+    from saeuron.training.trainer import Trainer  # noqa: PLC0415
+
     if not args.labels:
         raise ConfigError("labels", "--supervised needs --labels CSV (one row per prompt)")
     if launched_processes() > 1:

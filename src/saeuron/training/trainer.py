@@ -34,7 +34,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +43,28 @@ from safetensors import safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saeuron.sae import ForwardOutput, Sae, SaeConfig
+from saeuron.sae import ForwardOutput, Sae
 from saeuron.training.distributed import Processes, all_gather_rows, processes_for
 from saeuron.training.shards import ActivationShards, ShardInfo
 from saeuron.training.sparse_step import sparse_forward
-from saeuron.utils.config import Config, ConfigError, field
-from saeuron.utils.devices import check_device
+from saeuron.training.train_config import TOPK_MODES, TrainConfig
+from saeuron.utils.config import ConfigError
 from saeuron.utils.files import TRAIN_LOG, TRAINER_STATE, TRAINER_STATE_DIR
 from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
 from saeuron.utils.locks import FolderLock
-from saeuron.utils.storage import check_location, is_url
+from saeuron.utils.storage import is_url
+
+# The settings are re-exported from the torch-free module that --help reads.
+__all__ = [
+    "STATE_DIR",
+    "STATE_FILE",
+    "STATE_VERSION",
+    "TOPK_MODES",
+    "TrainConfig",
+    "Trainer",
+    "geometric_median",
+    "train_sae",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,65 +76,7 @@ _RESULT_FIELDS = (
     "k", "expansion_factor", "num_latents", "lr", "batch_size", "epochs", "auxk_alpha",
     "dead_tokens", "grad_clip", "heldout_fraction", "seed", "shuffle_shards",
 )
-TOPK_MODES = ("batch", "token")
 _POSTFIX_EVERY = 20  # steps between progress-bar postfix updates (each one syncs the device)
-
-
-@dataclass
-class TrainConfig(Config):
-    """How to train one SAE on one capture folder (defaults: the SAeUron paper)."""
-
-    activations: str = field(
-        help="capture folder written by `saeuron cache` (manifest.json): a local path or an "
-        "fsspec URL (s3://..., gs://..., hf://...); shards are streamed, one at a time"
-    )
-    out: str = field(help="output folder; the SAE goes to OUT/<hookpoint>/")
-    sae: SaeConfig = field(SaeConfig, flatten=True, help="the SAE's architecture")
-    topk: str = field(
-        "batch",
-        choices=TOPK_MODES,
-        help="'batch': BatchTopK in training, k x tokens over the batch (the paper's); "
-        "'token': k per token, the form used at inference and by eai-sparsify",
-    )
-    lr: float = field(4e-4, gt=0, le=1, help="Adam learning rate, decayed linearly to 0")
-    batch_size: int = field(4096, ge=1, le=2**24, help="tokens per optimiser step")
-    epochs: int = field(5, ge=1, le=100_000, help="passes over the training shards")
-    auxk_alpha: float = field(1 / 32, ge=0, help="weight of the AuxK loss on dead latents")
-    dead_tokens: int = field(
-        10_000_000, ge=1, help="a latent silent for this many tokens is dead"
-    )
-    grad_clip: float = field(1.0, ge=0, help="max global gradient L2 norm; 0 disables clipping")
-    heldout_fraction: float = field(
-        0.05, ge=0, lt=1, help="share of shards (the last) kept for held-out FVU"
-    )
-    seed: int = field(0, ge=0, help="seed of the SAE initialisation and the data shuffle")
-    device: str | None = field(None, help="torch device; default: CUDA, else MPS, else CPU")
-    shuffle_shards: int = field(
-        2,
-        ge=1,
-        help="shards shuffled together; under N processes each holds about shuffle_shards/N "
-        "of them, so a multiple of N keeps every process busy",
-    )
-    resume: bool = field(True, help="continue from the last finished epoch found in OUT")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # Paths are kept as strings so the config stays JSON-serialisable.
-        self.activations = str(self.activations)
-        self.out = str(self.out)
-        if not self.activations:
-            raise ConfigError("activations", "must name a capture folder")
-        if not self.out:
-            raise ConfigError("out", "must name an output folder")
-        check_location(self.activations, "activations")
-        if is_url(self.out):
-            raise ConfigError("out", f"got {self.out!r}; the SAE is written to a local folder")
-        check_device("device", self.device)
-
-    @classmethod
-    def add_arguments(cls, parser: Any, skip: Any = ()) -> None:
-        # The width comes from the captured data, never from a flag.
-        super().add_arguments(parser, skip=(*skip, "d_in"))
 
 
 @torch.no_grad()

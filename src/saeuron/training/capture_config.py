@@ -1,0 +1,155 @@
+"""The settings of an activation capture (:class:`CacheConfig`), in a module without
+torch, so that ``saeuron capture --help`` reads them without loading a model;
+:mod:`saeuron.training.capture` re-exports them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from saeuron.models.sampling_config import SamplingConfig
+from saeuron.models.sites import (
+    ACTIVATION_SITES,
+    CFG_HALVES,
+    GUIDANCE_SITE,
+    prompt_encoder_of,
+)
+from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.prompts import read_prompts
+from saeuron.utils.storage import check_location
+
+if TYPE_CHECKING:
+    import torch
+
+STORAGE_DTYPE_NAMES = ("float16", "bfloat16", "float32")
+"""The dtypes activations are stored in (torch's names)."""
+
+
+@dataclasses.dataclass
+class CacheConfig(Config):
+    """Settings of one activation capture (``saeuron cache``)."""
+
+    model: str = field(
+        help="pipeline to sample with: a bundled name (minicanvas), tiny-sd, tiny-sdxl, a local "
+        "diffusers folder or a Hugging Face hub id"
+    )
+    hookpoint: str = field(
+        help="module whose activations are stored, e.g. unet.up_blocks.1.attentions.1"
+    )
+    prompts: str = field(
+        help="prompt file: .txt with one prompt per line (blank and '#' lines skipped) or .csv "
+        "with a 'prompt' column; a prompt's index in this list is stored with its tokens"
+    )
+    out: str = field(
+        help="output folder for shards, plan.json and manifest.json: a local path or an fsspec "
+        "URL (s3://bucket/acts, gs://..., hf://datasets/..., with the store's fsspec backend "
+        "installed)"
+    )
+    sampling: SamplingConfig = field(
+        SamplingConfig,
+        flatten=True,
+        help="how prompts are sampled (the SAeUron paper captured SD 1.4 with guidance 9)",
+    )
+    steps: str = field(
+        "all",
+        help="denoising steps to record: 'all' or a comma list of indices and inclusive "
+        "ranges into the scheduler's timesteps, e.g. '0,10,20-29'",
+    )
+    cfg_half: str = field(
+        "cond",
+        choices=CFG_HALVES,
+        help="rows of a CFG batch to record: 'cond' (conditional half) or 'both' "
+        "(unconditional and conditional); without CFG every row is recorded",
+    )
+    tokens_per_image: int = field(
+        0, ge=0, help="0: every token; else a seeded random subsample of this many tokens per "
+        "image and step"
+    )
+    dtype: str = field("float16", choices=STORAGE_DTYPE_NAMES, help="storage dtype")
+    max_shard_mb: float = field(256.0, gt=0, help="upper bound on one shard's size in MiB")
+    activation_site: str = field(
+        "output",
+        choices=ACTIVATION_SITES,
+        help="'output': the module's output; 'update': output minus input (sdxl-unbox); "
+        "'guidance': the conditional minus the unconditional output under CFG",
+    )
+    limit: int | None = field(None, ge=1, help="use only the first N prompts")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("model", "hookpoint", "out"):
+            if not str(getattr(self, name)).strip():
+                raise ConfigError(name, "must not be empty")
+        _check_prompt_file(self.prompts)
+        check_location(self.out, "out", write=True)
+        self.sampling = self.sampling.resolved(self.model)
+        if self.activation_site == GUIDANCE_SITE and (
+            not self.sampling.guidance or self.sampling.guidance <= 1 or self.cfg_half != "cond"
+        ):
+            raise ConfigError(
+                "activation_site",
+                "'guidance' (conditional minus unconditional row) needs CFG "
+                "(guidance_scale > 1) and cfg_half='cond'",
+            )
+        if self.prompt_encoder and self.activation_site != "output":
+            raise ConfigError(
+                "activation_site",
+                f"got {self.activation_site!r}; {self.hookpoint} is inside a prompt encoder, "
+                "which runs once per prompt: only 'output' is defined there",
+            )
+        self.step_indices()
+
+    @property
+    def prompt_encoder(self) -> str | None:
+        """The text encoder component the hookpoint is inside (None: the denoiser)."""
+        return prompt_encoder_of(self.hookpoint)
+
+    def step_indices(self) -> list[int]:
+        """The recorded steps as sorted indices into the scheduler's timesteps (a prompt
+        encoder's one call per prompt is step 0)."""
+        if self.prompt_encoder:
+            return [0]
+        return parse_steps(self.steps, self.sampling.steps)
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        # torch once the capture runs; the config itself is read by --help without it.
+        import torch  # noqa: PLC0415
+
+        return getattr(torch, self.dtype)
+
+
+def parse_steps(spec: str, num_steps: int) -> list[int]:
+    """``'all'`` or ``'0,10,20-29'`` -> sorted unique step indices, each in ``[0, num_steps)``."""
+    text = spec.strip().lower()
+    if text == "all":
+        return list(range(num_steps))
+    hint = "expected 'all' or a comma list of indices and ranges such as '0,10,20-29'"
+    chosen: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ConfigError("steps", f"cannot read {part!r} in {spec!r}; {hint}") from None
+        if first > last:
+            raise ConfigError("steps", f"range {part!r} runs backwards; {hint}")
+        if first < 0 or last >= num_steps:
+            raise ConfigError(
+                "steps",
+                f"{part!r} is outside 0-{num_steps - 1}, the steps of "
+                f"num_inference_steps={num_steps}",
+            )
+        chosen.update(range(first, last + 1))
+    if not chosen:
+        raise ConfigError("steps", f"got {spec!r}; {hint}")
+    return sorted(chosen)
+
+
+def _check_prompt_file(path: str) -> None:
+    if Path(path).suffix.lower() not in (".txt", ".csv"):
+        raise ConfigError("prompts", f"got {path!r}; expected a .txt or .csv file")
+    read_prompts(path, "prompts", limit=1, keep_empty=True)

@@ -1,0 +1,72 @@
+"""The settings of SAE training (:class:`TrainConfig`), in a module without torch, so that
+``saeuron train --help`` reads them without loading torch; :mod:`saeuron.training.trainer`
+re-exports them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from saeuron.sae.config import SaeConfig
+from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.device_names import check_device
+from saeuron.utils.storage import check_location, is_url
+
+TOPK_MODES = ("batch", "token")
+
+
+@dataclass
+class TrainConfig(Config):
+    """How to train one SAE on one capture folder (defaults: the SAeUron paper)."""
+
+    activations: str = field(
+        help="capture folder written by `saeuron cache` (manifest.json): a local path or an "
+        "fsspec URL (s3://..., gs://..., hf://...); shards are streamed, one at a time"
+    )
+    out: str = field(help="output folder; the SAE goes to OUT/<hookpoint>/")
+    sae: SaeConfig = field(SaeConfig, flatten=True, help="the SAE's architecture")
+    topk: str = field(
+        "batch",
+        choices=TOPK_MODES,
+        help="'batch': BatchTopK in training, k x tokens over the batch (the paper's); "
+        "'token': k per token, the form used at inference and by eai-sparsify",
+    )
+    lr: float = field(4e-4, gt=0, le=1, help="Adam learning rate, decayed linearly to 0")
+    batch_size: int = field(4096, ge=1, le=2**24, help="tokens per optimiser step")
+    epochs: int = field(5, ge=1, le=100_000, help="passes over the training shards")
+    auxk_alpha: float = field(1 / 32, ge=0, help="weight of the AuxK loss on dead latents")
+    dead_tokens: int = field(
+        10_000_000, ge=1, help="a latent silent for this many tokens is dead"
+    )
+    grad_clip: float = field(1.0, ge=0, help="max global gradient L2 norm; 0 disables clipping")
+    heldout_fraction: float = field(
+        0.05, ge=0, lt=1, help="share of shards (the last) kept for held-out FVU"
+    )
+    seed: int = field(0, ge=0, help="seed of the SAE initialisation and the data shuffle")
+    device: str | None = field(None, help="torch device; default: CUDA, else MPS, else CPU")
+    shuffle_shards: int = field(
+        2,
+        ge=1,
+        help="shards shuffled together; under N processes each holds about shuffle_shards/N "
+        "of them, so a multiple of N keeps every process busy",
+    )
+    resume: bool = field(True, help="continue from the last finished epoch found in OUT")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Paths are kept as strings so the config stays JSON-serialisable.
+        self.activations = str(self.activations)
+        self.out = str(self.out)
+        if not self.activations:
+            raise ConfigError("activations", "must name a capture folder")
+        if not self.out:
+            raise ConfigError("out", "must name an output folder")
+        check_location(self.activations, "activations")
+        if is_url(self.out):
+            raise ConfigError("out", f"got {self.out!r}; the SAE is written to a local folder")
+        check_device("device", self.device)
+
+    @classmethod
+    def add_arguments(cls, parser: Any, skip: Any = ()) -> None:
+        # The width comes from the captured data, never from a flag.
+        super().add_arguments(parser, skip=(*skip, "d_in"))

@@ -251,10 +251,10 @@ def test_port_in_use_is_refused_before_the_model_loads(files, tmp_path, capsys) 
 
 
 def test_exposed_host_warns_at_start(monkeypatch, capsys) -> None:
-    import saeuron.ui as ui
+    import saeuron.ui.server as server
 
     # The address is fine; the model then fails to load (forbidden here) after the warning.
-    monkeypatch.setattr(ui, "Studio", lambda cfg: (_ for _ in ()).throw(SystemExit(3)))
+    monkeypatch.setattr(server, "Studio", lambda cfg: (_ for _ in ()).throw(SystemExit(3)))
     with pytest.raises(SystemExit):
         main(["ui", "--host", "0.0.0.0", "--port", str(free_port())])
     err = capsys.readouterr().err

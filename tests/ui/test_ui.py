@@ -85,9 +85,9 @@ def test_config_defaults_and_bounds() -> None:
 
 
 def test_cli_rejects_bad_flags_before_loading(capsys, monkeypatch) -> None:
-    import saeuron.cli.ui as ui_command
+    import saeuron.ui.server as server
 
-    monkeypatch.setattr(ui_command, "serve", lambda *a, **k: pytest.fail("must not load anything"))
+    monkeypatch.setattr(server, "serve", lambda *a, **k: pytest.fail("must not load anything"))
     assert main(["ui", "--port", "70000"]) == 2
     assert "port: got 70000; must be <= 65535" in capsys.readouterr().err
     assert main(["ui", "--steps", "0"]) == 2
@@ -96,9 +96,10 @@ def test_cli_rejects_bad_flags_before_loading(capsys, monkeypatch) -> None:
 
 def test_cli_without_gradio_names_the_extra(capsys, monkeypatch) -> None:
     import saeuron.cli.ui as ui_command
+    import saeuron.ui.server as server
 
     monkeypatch.setattr(ui_command, "gradio_missing", lambda: True)
-    monkeypatch.setattr(ui_command, "serve", lambda *a, **k: pytest.fail("must not load anything"))
+    monkeypatch.setattr(server, "serve", lambda *a, **k: pytest.fail("must not load anything"))
     assert main(["ui"]) == 2
     assert "pip install 'saeuron[ui]'" in capsys.readouterr().err
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from saeuron.ui import INSTALL_HINT, UiConfig, gradio_missing, serve
+from saeuron.ui import INSTALL_HINT, gradio_missing
+from saeuron.ui.config import UiConfig
 from saeuron.utils.errors import UserError
 
 
@@ -26,5 +27,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = UiConfig.from_args(args)
     if gradio_missing():
         raise UserError(f"gradio is not installed: {INSTALL_HINT}")
+    # The server loads torch, the model and gradio: imported once the settings are checked.
+    from saeuron.ui.server import serve  # noqa: PLC0415
+
     serve(cfg)
     return 0
+

@@ -8,10 +8,10 @@ import logging
 import socket
 from dataclasses import dataclass
 
-from saeuron.erasure.erase import MAX_MULTIPLIER
+from saeuron.erasure.erase_config import MAX_MULTIPLIER
 from saeuron.models.defaults import model_defaults
 from saeuron.utils.config import Config, ConfigError, check_range, field
-from saeuron.utils.devices import check_device
+from saeuron.utils.device_names import check_device
 
 logger = logging.getLogger(__name__)
 

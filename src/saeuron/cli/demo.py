@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from saeuron.minicanvas.demo import DemoConfig, run_demo, settings_text
+from saeuron.minicanvas.demo_config import DemoConfig
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -22,6 +22,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The demo loads torch and the model: imported when the command runs, not for --help.
+    from saeuron.minicanvas.demo import run_demo, settings_text  # noqa: PLC0415
+
     cfg = DemoConfig.from_args(args)
     rows, seconds = run_demo(cfg)
     for row in rows:

@@ -12,50 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from saeuron.erasure.technique import bundle_recipe
-from saeuron.minicanvas.assets import concept_kind, load_params
+from saeuron.minicanvas.assets import load_params
+from saeuron.minicanvas.demo_config import DEMO_VARIANTS, DemoConfig
 from saeuron.minicanvas.judge import MiniCanvasJudge, _concept_index, prompt_rows, scores
 from saeuron.minicanvas.world import TEST_TEMPLATES
 from saeuron.models.progress import StepProgress
 from saeuron.models.prompt_encoders import prompt_encoder_of
-from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
 from saeuron.utils.images import before_after_rows, save_grid
-from saeuron.utils.io import check_output_file
 
-DEMO_VARIANTS = ("recipe", "paper")
-"""``recipe``: what ``SAeUron(erase_concept=c, model="minicanvas")`` does by default (each
-concept's tuned recipe); ``paper``: the published SAeUron method with its tuned gamma."""
-
-
-@dataclass
-class DemoConfig(Config):
-    out: str = field("demo.png", help="before/after grid image (.png)")
-    object: str = field("moon", help="MiniCanvas object to erase")
-    style: str = field("checkered", help="MiniCanvas style to erase")
-    steps: int = field(20, ge=1, le=1000, help="DDIM steps")
-    seed: int = field(188, ge=0, le=2**63 - 1, help="seed of the sampled images")
-    retain: int = field(
-        20, ge=1, le=90, help="images of other concepts used for retention accuracy"
-    )
-    variants: list[str] = field(
-        list(DEMO_VARIANTS),
-        help="erasures shown side by side: 'recipe' (the default, each concept's tuned "
-        "recipe) and 'paper' (the published SAeUron method)",
-    )
-
-    def __post_init__(self) -> None:
-        if not self.out.lower().endswith(".png"):
-            raise ConfigError("out", f"got {self.out!r}; must end in .png")
-        if concept_kind(self.object) != "object":
-            raise ConfigError("object", f"{self.object!r} is a style, not an object")
-        if concept_kind(self.style) != "style":
-            raise ConfigError("style", f"{self.style!r} is an object, not a style")
-        if not self.variants or len(set(self.variants)) != len(self.variants):
-            raise ConfigError("variants", f"got {self.variants!r}; name each variant once")
-        for variant in self.variants:
-            check_choice("variants", variant, DEMO_VARIANTS)
-        check_range("steps", self.steps, ge=1)
-        check_range("retain", self.retain, ge=1, le=90)
-        check_output_file(self.out, "out")
+# The settings are re-exported from the torch-free module that --help reads.
+__all__ = ["DEMO_VARIANTS", "DemoConfig", "DemoRow", "run_demo", "settings_text"]
 
 
 @dataclass

@@ -26,29 +26,29 @@ silence_known_notices()
 _EXPORTS: dict[str, str] = {
     # the method
     "SAeUron": "saeuron.erasure.technique",
-    "SAeUronConfig": "saeuron.erasure.technique",
+    "SAeUronConfig": "saeuron.erasure.technique_config",
     "erase": "saeuron.erasure.erase",
     "attach": "saeuron.erasure.recipe_erasure",
     "attach_recipe": "saeuron.erasure.recipe_erasure",
     "Recipe": "saeuron.erasure.recipe",
     "RecipeErasure": "saeuron.erasure.recipe_erasure",
     "Eraser": "saeuron.erasure.erase",
-    "EraseConfig": "saeuron.erasure.erase",
+    "EraseConfig": "saeuron.erasure.erase_config",
     "ConceptFeatures": "saeuron.erasure.features",
     "build_concept": "saeuron.erasure.concepts.build",
-    "ConceptBuildConfig": "saeuron.erasure.concepts.build",
+    "ConceptBuildConfig": "saeuron.erasure.concepts.build_config",
     "ConceptStats": "saeuron.erasure.concepts.stats",
     # the SAE
     "Sae": "saeuron.sae.model",
     "SaeConfig": "saeuron.sae.config",
     # models
     "load_pipeline": "saeuron.models.pipelines",
-    "SamplingConfig": "saeuron.models.sampling",
+    "SamplingConfig": "saeuron.models.sampling_config",
     # training
     "run_cache": "saeuron.training.capture",
-    "CacheConfig": "saeuron.training.capture",
+    "CacheConfig": "saeuron.training.capture_config",
     "train_sae": "saeuron.training.trainer",
-    "TrainConfig": "saeuron.training.trainer",
+    "TrainConfig": "saeuron.training.train_config",
     # eval-unlearn's name for the technique (its own "saeuron" wrapper builds it)
     "SAeUronPipeline": "saeuron.integrations.eval_unlearn",
     # errors
@@ -59,26 +59,26 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from saeuron.erasure.concepts.build import ConceptBuildConfig as ConceptBuildConfig
     from saeuron.erasure.concepts.build import build_concept as build_concept
+    from saeuron.erasure.concepts.build_config import ConceptBuildConfig as ConceptBuildConfig
     from saeuron.erasure.concepts.stats import ConceptStats as ConceptStats
-    from saeuron.erasure.erase import EraseConfig as EraseConfig
     from saeuron.erasure.erase import Eraser as Eraser
     from saeuron.erasure.erase import erase as erase
+    from saeuron.erasure.erase_config import EraseConfig as EraseConfig
     from saeuron.erasure.features import ConceptFeatures as ConceptFeatures
     from saeuron.erasure.recipe import Recipe as Recipe
     from saeuron.erasure.recipe_erasure import RecipeErasure as RecipeErasure
     from saeuron.erasure.recipe_erasure import attach as attach
     from saeuron.erasure.recipe_erasure import attach_recipe as attach_recipe
     from saeuron.erasure.technique import SAeUron as SAeUron
-    from saeuron.erasure.technique import SAeUronConfig as SAeUronConfig
+    from saeuron.erasure.technique_config import SAeUronConfig as SAeUronConfig
     from saeuron.models.pipelines import load_pipeline as load_pipeline
-    from saeuron.models.sampling import SamplingConfig as SamplingConfig
+    from saeuron.models.sampling_config import SamplingConfig as SamplingConfig
     from saeuron.sae.config import SaeConfig as SaeConfig
     from saeuron.sae.model import Sae as Sae
-    from saeuron.training.capture import CacheConfig as CacheConfig
     from saeuron.training.capture import run_cache as run_cache
-    from saeuron.training.trainer import TrainConfig as TrainConfig
+    from saeuron.training.capture_config import CacheConfig as CacheConfig
+    from saeuron.training.train_config import TrainConfig as TrainConfig
     from saeuron.training.trainer import train_sae as train_sae
     from saeuron.utils.errors import ConfigError as ConfigError
     from saeuron.utils.errors import UserError as UserError

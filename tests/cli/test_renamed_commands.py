@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import saeuron
-import saeuron.cli.concept as concept_command
+import saeuron.erasure.concepts.build as concept_build
 from saeuron.cli.main import (
     COMMANDS,
     DEPRECATED_COMMANDS,
@@ -68,9 +68,10 @@ def test_capture_record_steps_and_the_old_steps_flag() -> None:
 @pytest.fixture
 def stub_build(monkeypatch) -> list:
     """concept's handler without the work: the configs it was given."""
+    # The handler imports these when it runs (not with the command's module, for --help).
     built: list = []
-    monkeypatch.setattr(concept_command, "build_concept", lambda cfg: built.append(cfg) or cfg)
-    monkeypatch.setattr(concept_command, "summarize", lambda features: "summary")
+    monkeypatch.setattr(concept_build, "build_concept", lambda cfg: built.append(cfg) or cfg)
+    monkeypatch.setattr(concept_build, "summarize", lambda features: "summary")
     return built
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from saeuron.utils.errors import FileFormatError
 from saeuron.utils.files import BUNDLE, MODEL_INDEX, PACKAGE_DATA, user_bundles
-from saeuron.utils.hub import cached_file, is_hub_id
 from saeuron.utils.paths import check_relative, check_tree_inside
 
 BUNDLES_ENV = "SAEURON_BUNDLES"
@@ -185,6 +184,10 @@ def find_bundle(model: str | Path | None) -> Bundle | None:
     folder = Path(text)
     if (folder / BUNDLE).is_file():
         return Bundle.read(folder)
+    # The hub client takes longer to import than the rest of a command's --help: loaded
+    # only for a name that is neither a bundle's nor a folder's.
+    from saeuron.utils.hub import cached_file, is_hub_id  # noqa: PLC0415
+
     if is_hub_id(text):
         # Only a repo pulled before: looking a bundle up never asks the network.
         cached = cached_file(text, BUNDLE)

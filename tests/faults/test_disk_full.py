@@ -230,3 +230,24 @@ def test_eval_metrics_keep_the_previous_report(
     assert code == 2 and len(errors) == 1 and errors[0].startswith("saeuron eval: error: "), err
     assert "no space left on device" in errors[0] and "Traceback" not in err
     assert report.read_bytes() == before and leftovers(tmp_path) == []
+
+
+def test_a_hub_download_cut_by_a_full_disk_is_one_line_naming_the_cache(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import saeuron.utils.hub as hub
+
+    def download(repo_id: str, **kwargs: Any) -> str:
+        (tmp_path / "blob.incomplete").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hub, "snapshot_download", download)
+    monkeypatch.setattr(hub, "usable_offline", lambda *a, **k: False)
+    with pytest.raises(DiskFullError) as err:
+        hub.snapshot("someone/sae", "SAE", cache_dir=str(tmp_path))
+    message = str(err.value)
+    assert "someone/sae" in message and str(tmp_path) in message and "\n" not in message
+    # Other failures pass through unchanged.
+    monkeypatch.setattr(hub, "snapshot_download", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        hub.snapshot("someone/sae", "SAE")

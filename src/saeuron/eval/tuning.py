@@ -66,6 +66,7 @@ from saeuron.models.prompt_encoders import prompt_encoder_of
 from saeuron.models.sampling import seed_generators
 from saeuron.sae import Sae
 from saeuron.sae.formats import hookpoints_in
+from saeuron.utils.atomic import disk_full_names
 from saeuron.utils.config import ConfigError
 from saeuron.utils.io import atomic_path, read_json_or_empty
 
@@ -521,17 +522,21 @@ def run_tune(
     ) if storage_url.startswith(("sqlite", "postgresql", "mysql")) else storage_url  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=8, constant_liar=True)
-    study = optuna.create_study(
-        study_name=cfg.study or out.stem, storage=storage, sampler=sampler,
-        direction="maximize", load_if_exists=True,
-    )  # fmt: skip
-    study.set_user_attr("concept", cfg.concept)
-    study.set_user_attr("targets", targets)
-    study.set_user_attr("weights", weights)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not study.trials:
-        for setting in cfg.enqueued():
-            study.enqueue_trial(enqueued_params(setting), skip_if_exists=True)
+    # SQLite commits whole transactions: a full disk loses at most the running trial, which
+    # the heartbeat hands back for a retry when the study is resumed.
+    where = f"the tuning study {storage_url}"
+    with disk_full_names(where):
+        study = optuna.create_study(
+            study_name=cfg.study or out.stem, storage=storage, sampler=sampler,
+            direction="maximize", load_if_exists=True,
+        )  # fmt: skip
+        study.set_user_attr("concept", cfg.concept)
+        study.set_user_attr("targets", targets)
+        study.set_user_attr("weights", weights)
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not study.trials:
+            for setting in cfg.enqueued():
+                study.enqueue_trial(enqueued_params(setting), skip_if_exists=True)
     cache: dict[str, RecipeAssets] = {}
 
     def evaluate(trial: Any) -> float:
@@ -562,7 +567,8 @@ def run_tune(
     remaining = max(0, cfg.trials - len(done))
     started = time.perf_counter()
     if remaining:
-        with tqdm(total=remaining, desc=f"tune {cfg.concept}", unit="trial") as bar:
+        bar = tqdm(total=remaining, desc=f"tune {cfg.concept}", unit="trial")
+        with disk_full_names(where), bar:
             study.optimize(evaluate, n_trials=remaining, callbacks=[lambda *_: bar.update(1)],
                            gc_after_trial=False)  # fmt: skip
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -21,14 +21,39 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 """A full disk, or a full quota: the same to the user, who must free space."""
 
 
-DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
-"""How libraries that wrap the OS error in their own (safetensors' SafetensorError) say it."""
+DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "database or disk is full")
+"""How libraries that wrap the OS error in their own say it (safetensors' SafetensorError;
+SQLite, under a tuning study, through SQLAlchemy)."""
 
 
 def is_disk_full(err: BaseException) -> bool:
-    if isinstance(err, OSError) and err.errno in DISK_FULL:
-        return True
-    return any(text in str(err) for text in DISK_FULL_TEXT)
+    """Whether ``err``, or an error it was raised from or while handling, is a full disk: a
+    library may meet one inside and fail with its own error (Optuna does, in its storage)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL:
+            return True
+        if any(text in str(current) for text in DISK_FULL_TEXT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@contextmanager
+def disk_full_names(path: object) -> Iterator[None]:
+    """A full disk met inside (whatever library raised it: SQLite, the hub client) becomes
+    one :class:`~saeuron.utils.errors.DiskFullError` naming ``path``, what the user must make
+    room for; anything else passes through unchanged."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as err:  # noqa: BLE001 - only a full disk is translated
+        if is_disk_full(err):
+            raise DiskFullError(path) from err
+        raise
 
 
 @contextmanager

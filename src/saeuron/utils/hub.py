@@ -25,7 +25,8 @@ from huggingface_hub import (
     upload_folder,
 )
 
-from saeuron.utils.errors import ConfigError, ModelUnavailableError, UserError
+from saeuron.utils.atomic import disk_full_names
+from saeuron.utils.errors import ConfigError, DiskFullError, ModelUnavailableError, UserError
 from saeuron.utils.paths import check_tree_inside
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -112,8 +113,14 @@ def snapshot(repo_id: str, what: str = "repository", **kwargs: Any) -> Path:
     bounded_timeouts()
     if usable_offline(repo_id, what, **kwargs):
         kwargs["local_files_only"] = True
+    cache = kwargs.get("cache_dir") or kwargs.get("local_dir") or constants.HF_HUB_CACHE
     try:
-        folder = Path(snapshot_download(repo_id, **kwargs))
+        # A download cut by a full disk leaves only ``.incomplete`` files, which the next
+        # download resumes once there is room.
+        with disk_full_names(f"{what} {repo_id!r} (downloading into {cache})"):
+            folder = Path(snapshot_download(repo_id, **kwargs))
+    except DiskFullError:
+        raise
     except Exception as err:  # noqa: BLE001 - every hub failure becomes the same user error
         if _is_hub_failure(err):
             raise unavailable(what, repo_id, err) from err

@@ -58,6 +58,32 @@ def test_tune_resumes_the_study_it_finds(tuned, world):
     assert Recipe.load(tuned).tuning["trials"] == 4
 
 
+def test_a_full_disk_under_the_study_is_one_line_and_the_study_resumes(
+    world, tmp_path, capsys, monkeypatch
+):
+    import optuna
+
+    out = tmp_path / "cat.json"
+    assert main(tune_args(world, out, 1)) == 0
+    original = optuna.storages.RDBStorage.set_trial_state_values
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", full)
+    capsys.readouterr()
+    assert main(tune_args(world, out, 2)) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]  # progress bars aside
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert "no space left" in errors[0] and "tuning study" in errors[0], errors
+    # The last good state is intact: one complete trial, and its recipe.
+    assert Recipe.load(out).tuning["trials"] == 1
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", original)
+    assert main(tune_args(world, out, 2)) == 0
+    assert Recipe.load(out).tuning["trials"] == 2
+
+
 def test_an_enqueued_setting_is_the_first_trial(world, tmp_path):
     out = tmp_path / "cat.json"
     setting = {"sites": HOOK, "rule": "ablate", "strength_denoiser": -3.0, "tau": 10,
@@ -133,6 +159,24 @@ def test_scores_follow_the_judge_and_blank_images_never_succeed():
     assert blank["UA"] == 0.0 and blank["degenerate"] == 1
     assert objective_value(blank, {"UA": 0.9, "IRA": 0.9, "CRA": 0.9},
                            {"UA": 1, "IRA": 1, "CRA": 1}) == -10.0  # fmt: skip
+
+
+def test_aliases_repeat_the_target_prompts_and_test_only_ones_are_refused():
+    base = {"kinds": {"object": ["cat", "dog"], "style": ["x", "y"]},
+            "templates": ["a {object} in {style}"], "seeds": [0, 1]}  # fmt: skip
+    ps = PromptSet.from_dict({**base, "aliases": {"cat": ["kitten"]}})
+    target, retain = ps.rows("cat")
+    assert sorted({r.prompt for r in target}) == [
+        "a cat in x", "a cat in y", "a kitten in x", "a kitten in y"
+    ]
+    assert all(r.labels["object"] == "cat" for r in target) and len(target) == 8
+    assert all("kitten" not in r.prompt for r in retain)
+    assert ps.rows("dog")[0] == PromptSet.from_dict(base).rows("dog")[0]
+    with pytest.raises(Exception, match="aliases"):
+        PromptSet.from_dict({**base, "aliases": {"cow": ["calf"]}})
+    hidden = {**base, "aliases": {"cat": ["puss"]}, "forbidden": {"names": ["puss"]}}
+    with pytest.raises(Exception, match="test-only name"):
+        PromptSet.from_dict(hidden).check_tunable(["cat"])
 
 
 def test_tune_config_refuses_a_recipe_that_is_not_json():

@@ -5,10 +5,11 @@ templates with one ``{kind}`` placeholder per kind, and seeds. Erasing concept `
 ``k``, the *target* prompts are every template filled with ``c`` and every member of the
 other kinds, at every seed; the *retained* prompts fill ``k`` with another member, at the
 first ``retain_seeds`` seeds, one combination in ``retain_every`` (chosen so that every
-member stays in). ``prefixes`` add copies of each prompt behind other words (a concept word
-in another context, as an attacker's prefix puts it). ``forbidden`` lists what is for
-testing only (seeds, templates, names): a tuner refuses a prompt set, a concept or a setting
-that uses any of it.
+member stays in). ``aliases`` give other names of a concept: its target prompts are repeated
+with each, so that an erasure of the word alone does not pass. ``prefixes`` add copies of
+each prompt behind other words (a concept word in another context, as an attacker's prefix
+puts it). ``forbidden`` lists what is for testing only (seeds, templates, names): a tuner
+refuses a prompt set, a concept or a setting that uses any of it.
 
 Example::
 
@@ -51,6 +52,8 @@ class PromptSet(BaseModel):
     retain_seeds: int = Field(1, ge=1)
     retain_every: int = Field(3, ge=1)
     prefixes: list[str] = Field(default_factory=list)
+    aliases: dict[str, list[str]] = Field(default_factory=dict)
+    """Other names of a member, by member: its target prompts are repeated with each."""
     heldout_templates: list[str] = Field(default_factory=list)
     """Phrasings never tuned on: the tuner scores its winner on them, for the record."""
     forbidden: Forbidden = Field(default_factory=Forbidden)
@@ -67,6 +70,10 @@ class PromptSet(BaseModel):
                     f"template {template!r} fills {sorted(used)}; each template fills every "
                     f"kind: {sorted(self.kinds)}"
                 )
+        members = {m for ms in self.kinds.values() for m in ms}
+        unknown = sorted(set(self.aliases) - members)
+        if unknown:
+            raise ValueError(f"aliases: {unknown} are not members of any kind")
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ValueError(f"seeds: got {self.seeds}; give distinct whole numbers >= 0")
         if self.retain_seeds > len(self.seeds):
@@ -120,7 +127,8 @@ class PromptSet(BaseModel):
             )
         names = [n.lower() for n in self.forbidden.names]
         words = [*self.templates, *self.prefixes, *(concepts or []),
-                 *(m for ms in self.kinds.values() for m in ms)]  # fmt: skip
+                 *(m for ms in self.kinds.values() for m in ms),
+                 *(a for aliases in self.aliases.values() for a in aliases)]  # fmt: skip
         for text in words:
             hit = next((n for n in names if re.search(rf"\b{re.escape(n)}\b", text.lower())), None)
             if hit:
@@ -140,15 +148,17 @@ class PromptSet(BaseModel):
         for template in templates or self.templates:
             for combo in itertools.product(*(enumerate(self.kinds[k]) for k in kinds)):
                 labels = {k: m for k, (_, m) in zip(kinds, combo)}
-                prompt = template.format(**labels)
                 hit = labels[kind] == concept
                 if not hit and sum(i for i, _ in combo) % self.retain_every:
                     continue
                 seeds = self.seeds if hit else self.seeds[: self.retain_seeds]
-                for prefix in ["", *self.prefixes]:
-                    text = f"{prefix} {prompt}".strip()
-                    for seed in seeds:
-                        (target if hit else retain).append(PromptRow(text, labels, seed))
+                names = [concept, *self.aliases.get(concept, [])] if hit else [labels[kind]]
+                for name in names:
+                    prompt = template.format(**{**labels, kind: name})
+                    for prefix in ["", *self.prefixes]:
+                        text = f"{prefix} {prompt}".strip()
+                        for seed in seeds:
+                            (target if hit else retain).append(PromptRow(text, labels, seed))
         return target, retain
 
 

@@ -140,6 +140,9 @@ def test_classifier_is_accurate_on_held_out_procedural_images() -> None:
     )
     assert accuracy["object_accuracy"] >= 0.98, accuracy
     assert accuracy["style_accuracy"] >= 0.98, accuracy
+    # The scene head finds exactly the two objects of a scene, and one alone.
+    assert accuracy["scene_exact_accuracy"] >= 0.9, accuracy
+    assert accuracy["single_detect_accuracy"] >= 0.95, accuracy
 
 
 @pytest.mark.slow
@@ -170,6 +173,12 @@ def test_quick_bench_erases_the_concept_and_keeps_the_rest(tmp_path) -> None:
         # ... while the other concepts of its kind and the other head stay recognisable.
         assert after["IRA"] >= 0.8, (concept, after)
         assert after["CRA"] >= 0.8, (concept, after)
+        # The other name and the scenes are scored for every row, unerased included.
+        for row in (before, after):
+            assert row["n_alias"] == 10 and row["n_scenes"] == 10, row
+            assert 0 <= row["UA_alias"] <= 1 and 0 <= row["scene_retention"] <= 1, row
+    assert "UA-alias" in (tmp_path / "results.md").read_text()
+    assert saved["prompt_following_by_name"]["test_only"]["n_images"] == 100
 
 
 @pytest.mark.slow

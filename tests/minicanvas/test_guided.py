@@ -56,6 +56,8 @@ def test_prefixed_copies_put_random_words_before_an_anchor_phrasing_and_keep_its
 ) -> None:
     vocabulary = prefix_vocabulary(load_pipeline("minicanvas").tokenizer)
     assert "sunset" in vocabulary and not {*OBJECTS, *STYLES} & set(vocabulary)
+    # No word of a test-only name reaches an SAE's training prompts.
+    assert not {"donut", "polka", "dot", "plus", "sign", "cyanotype"} & set(vocabulary)
     rows = prefixed_anchor_prompts(4, 3, vocabulary, seed=0)
     assert len(rows) == 4 * len(OBJECTS) * (len(STYLES) + 1)
     lengths = set()

@@ -9,7 +9,10 @@ from safetensors.torch import load_file
 from saeuron.minicanvas.model import ModelTrainConfig, train_minicanvas
 from saeuron.utils.config import ConfigError
 
-TINY = dict(n_images=100, vae_steps=3, vae_batch=8, unet_steps=3, unet_batch=8, device="cpu")
+TINY = dict(
+    n_images=100, n_scenes=20, vae_steps=3, vae_batch=8, unet_steps=3, unet_batch=8,
+    device="cpu",
+)
 
 
 def _weights(folder) -> dict[str, torch.Tensor]:
@@ -57,3 +60,29 @@ def _check_saved_pipeline(out) -> None:
 def test_bad_training_settings_name_the_field(bad) -> None:
     with pytest.raises(ConfigError, match=next(iter(bad))):
         ModelTrainConfig(**bad)
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_a_saved_pipeline_and_reuses_its_autoencoder(tmp_path) -> None:
+    base = train_minicanvas(ModelTrainConfig(out=str(tmp_path / "base"), **TINY))
+    tuned = train_minicanvas(
+        ModelTrainConfig(
+            out=str(tmp_path / "tuned"), vae_from=str(base), init_from=str(base), seed=1, **TINY
+        )
+    )
+    before, after = _weights(base), _weights(tuned)
+    # The autoencoder is the same one (up to the scaling factor in its config) ...
+    for key, value in before["vae"].items():
+        assert torch.equal(value, after["vae"][key]), key
+    # ... the denoiser moved from the saved weights, not from a fresh initialisation.
+    key = "conv_in.weight"
+    moved = (after["unet"][key].float() - before["unet"][key].float()).abs().max().item()
+    assert 0 < moved < 0.05
+    _check_saved_pipeline(tuned)
+
+
+@pytest.mark.parametrize("field_name", ["vae_from", "init_from"])
+def test_a_missing_pipeline_to_start_from_names_the_field(tmp_path, field_name) -> None:
+    cfg = ModelTrainConfig(out=str(tmp_path / "m"), **{**TINY, field_name: str(tmp_path)})
+    with pytest.raises(ConfigError, match=f"^{field_name}:"):
+        train_minicanvas(cfg)

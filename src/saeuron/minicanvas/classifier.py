@@ -1,7 +1,9 @@
-"""The MiniCanvas judge: a small CNN with an object head and a style head.
+"""The MiniCanvas judge: a small CNN with an object head, a style head and a scene head.
 
-It plays the role of UnlearnCanvas' ViT classifiers. Trained on procedural images only;
-stored as ``classifier.safetensors`` + ``classifier.json``.
+It plays the role of UnlearnCanvas' ViT classifiers. The object and style heads pick one
+class each; the scene head says, for every object, whether it is in the picture (several
+can be: a scene holds two). Trained on procedural images only; stored as
+``classifier.safetensors`` + ``classifier.json``.
 """
 
 from __future__ import annotations
@@ -19,17 +21,25 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saeuron.minicanvas.world import OBJECTS, STYLES, sample_images
+from saeuron.minicanvas.world import OBJECTS, STYLES, sample_images, sample_scenes
 from saeuron.utils.io import atomic_write_json, atomic_write_safetensors
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS = "classifier.safetensors"
 CONFIG = "classifier.json"
+# A scene-head probability above this counts the object as present.
+PRESENT = 0.5
 
 
 class MiniCanvasClassifier(nn.Module):
-    def __init__(self, width: int = 32, n_objects: int = len(OBJECTS), n_styles: int = len(STYLES)):
+    def __init__(
+        self,
+        width: int = 32,
+        n_objects: int = len(OBJECTS),
+        n_styles: int = len(STYLES),
+        scene_head: bool = True,
+    ):
         super().__init__()
         self.width = width
 
@@ -49,16 +59,42 @@ class MiniCanvasClassifier(nn.Module):
             block(width, width * 2),
             nn.MaxPool2d(2),
             block(width * 2, width * 4),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
         )
         self.object_head = nn.Linear(width * 4, n_objects)
         self.style_head = nn.Linear(width * 4, n_styles)
+        # An object is present if it shows anywhere: the scene head also sees the strongest
+        # response of each channel, which an average over a two-object scene dilutes.
+        self.scene_head = nn.Linear(width * 8, n_objects) if scene_head else None
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``images``: ``[N, 3, 32, 32]`` in [0, 1]. Returns object and style logits."""
-        h = self.features(images * 2 - 1)
+        h = self.features(images * 2 - 1).mean(dim=(2, 3))
         return self.object_head(h), self.style_head(h)
+
+    def all_heads(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Object, style and scene (one logit per object, multi-label) logits."""
+        if self.scene_head is None:
+            raise ValueError("this classifier has no scene head: retrain it")
+        maps = self.features(images * 2 - 1)
+        h = maps.mean(dim=(2, 3))
+        both = torch.cat([h, maps.amax(dim=(2, 3))], dim=1)
+        return self.object_head(h), self.style_head(h), self.scene_head(both)
+
+    @torch.no_grad()
+    def detect(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        """``[N, n_objects]`` probabilities that each object is in each picture."""
+        x = to_tensor(images)
+        was_training = self.training
+        self.eval()
+        found = [
+            torch.sigmoid(self.all_heads(x[i : i + batch_size].to(self._device()))[2]).cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+        self.train(was_training)
+        return torch.cat(found).numpy()
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
 
     @torch.no_grad()
     def predict(self, images: Any, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +104,7 @@ class MiniCanvasClassifier(nn.Module):
         self.eval()
         objects, styles = [], []
         for start in range(0, len(x), batch_size):
-            o, s = self(x[start : start + batch_size].to(next(self.parameters()).device))
+            o, s = self(x[start : start + batch_size].to(self._device()))
             objects.append(o.argmax(-1).cpu())
             styles.append(s.argmax(-1).cpu())
         self.train(was_training)
@@ -78,7 +114,13 @@ class MiniCanvasClassifier(nn.Module):
         folder = Path(folder)
         atomic_write_safetensors(folder / WEIGHTS, self.state_dict())
         atomic_write_json(
-            folder / CONFIG, {"width": self.width, "objects": OBJECTS, "styles": STYLES}
+            folder / CONFIG,
+            {
+                "width": self.width,
+                "objects": OBJECTS,
+                "styles": STYLES,
+                "scene_head": self.scene_head is not None,
+            },
         )
 
     @classmethod
@@ -86,7 +128,10 @@ class MiniCanvasClassifier(nn.Module):
         folder = Path(folder)
         cfg = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
         model = cls(
-            width=int(cfg["width"]), n_objects=len(cfg["objects"]), n_styles=len(cfg["styles"])
+            width=int(cfg["width"]),
+            n_objects=len(cfg["objects"]),
+            n_styles=len(cfg["styles"]),
+            scene_head=bool(cfg.get("scene_head", False)),
         )
         model.load_state_dict(load_file(folder / WEIGHTS))
         return model.eval()
@@ -130,12 +175,24 @@ def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def train_classifier(
-    n_images: int = 20000, steps: int = 600, batch_size: int = 128, seed: int = 0
+    n_images: int = 20000,
+    steps: int = 1500,
+    batch_size: int = 128,
+    seed: int = 0,
+    n_scenes: int = 20000,
 ) -> tuple[MiniCanvasClassifier, dict[str, float]]:
+    """The object and style heads learn from pictures of one object, the scene head (and
+    the style head) from those and from two-object scenes."""
     torch.manual_seed(seed)
     images, objects, styles = sample_images(n_images, seed=seed + 1000)
-    x = to_tensor(images)
-    y_obj, y_sty = torch.from_numpy(objects), torch.from_numpy(styles)
+    scenes, scene_objects, scene_styles = sample_scenes(n_scenes, seed=seed + 1500)
+    x = to_tensor(np.concatenate([images, scenes]))
+    present = torch.zeros(len(x), len(OBJECTS))
+    present[torch.arange(n_images), torch.from_numpy(objects)] = 1
+    for column in range(2):
+        present[torch.arange(n_images, len(x)), torch.from_numpy(scene_objects[:, column])] = 1
+    y_obj = torch.from_numpy(np.concatenate([objects, np.full(n_scenes, -100)]))
+    y_sty = torch.from_numpy(np.concatenate([styles, scene_styles]))
     model = MiniCanvasClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
@@ -143,8 +200,13 @@ def train_classifier(
     bar = tqdm(range(steps), desc="classifier", unit="step")
     for _ in bar:
         idx = torch.randint(0, len(x), (batch_size,), generator=generator)
-        o, s = model(_augment(x[idx], generator))
-        loss = F.cross_entropy(o, y_obj[idx]) + F.cross_entropy(s, y_sty[idx])
+        o, s, scene = model.all_heads(_augment(x[idx], generator))
+        # Scenes carry no single object label (-100 is ignored).
+        loss = (
+            F.cross_entropy(o, y_obj[idx], ignore_index=-100)
+            + F.cross_entropy(s, y_sty[idx])
+            + F.binary_cross_entropy_with_logits(scene, present[idx])
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -157,11 +219,25 @@ def train_classifier(
 def evaluate_classifier(
     model: MiniCanvasClassifier, n_images: int = 2000, seed: int = 7
 ) -> dict[str, float]:
-    """Accuracy of both heads on freshly drawn (held-out) procedural images."""
+    """Accuracy of every head on freshly drawn (held-out) procedural images and scenes."""
     images, objects, styles = sample_images(n_images, seed=seed)
     pred_obj, pred_sty = model.predict(images)
-    return {
+    result: dict[str, float] = {
         "object_accuracy": float((pred_obj == objects).mean()),
         "style_accuracy": float((pred_sty == styles).mean()),
         "n_images": n_images,
     }
+    if model.scene_head is not None:
+        scenes, scene_objects, scene_styles = sample_scenes(n_images // 2, seed=seed + 1)
+        found = model.detect(scenes) > PRESENT
+        truth = np.zeros_like(found)
+        for column in range(2):
+            truth[np.arange(len(truth)), scene_objects[:, column]] = True
+        result["scene_exact_accuracy"] = float((found == truth).all(axis=1).mean())
+        result["scene_style_accuracy"] = float((model.predict(scenes)[1] == scene_styles).mean())
+        single = model.detect(images) > PRESENT
+        result["single_detect_accuracy"] = float(
+            (single == np.eye(len(OBJECTS), dtype=bool)[objects]).all(axis=1).mean()
+        )
+        result["n_scenes"] = len(scenes)
+    return result

@@ -45,7 +45,9 @@ from saeuron.minicanvas.world import (
     ANCHOR_TEMPLATES,
     OBJECTS,
     STYLES,
+    TEST_ONLY_NAMES,
     UNSTYLED_ANCHORS,
+    VALIDATION_NAMES,
     anchor_prompts,
     caption,
 )
@@ -139,7 +141,10 @@ class GuidedBuildConfig(Config):
 def prefix_vocabulary(tokenizer: Any) -> list[str]:
     """Whole alphabetic words of ``tokenizer``'s vocabulary, no concept name among them:
     the words a prefix is drawn from (an attack searches the same vocabulary)."""
-    concepts = set(OBJECTS) | set(STYLES)
+    # Every word of every name: the test-only names must never reach an SAE, and the
+    # validation ones are the concept itself.
+    names = [*OBJECTS, *STYLES, *TEST_ONLY_NAMES.values(), *VALIDATION_NAMES.values()]
+    concepts = {word for n in names for word in n.lower().split()}
     words = (w[: -len("</w>")] for w in tokenizer.get_vocab() if w.endswith("</w>"))
     return sorted(w for w in words if w.isascii() and w.isalpha() and w.lower() not in concepts)
 

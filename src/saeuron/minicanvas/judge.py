@@ -8,6 +8,14 @@ classifier:
   on the other styles' prompts, CRA = object accuracy on all of them;
 - object erased: UA = 1 - object accuracy on the target object's prompts, IRA = object
   accuracy on the other objects' prompts, CRA = style accuracy on all of them.
+
+Beside them, two measures of whether the concept is gone or only its word:
+
+- UA-alias: UA on the target prompts written with the concept's test-only other name;
+- two-object scenes ("An image of a {object} and a {object2} in {style} style."): for an
+  object erased, in-scene UA = the scene head no longer finds it, in-scene retention = it
+  still finds the other object; for a style erased, in-scene UA = the style head no longer
+  sees the style, in-scene retention = both objects are still found (each counts).
 """
 
 from __future__ import annotations
@@ -34,9 +42,16 @@ from saeuron.minicanvas.assets import (
     select_features,
     supervised_features_path,
 )
-from saeuron.minicanvas.classifier import MiniCanvasClassifier
+from saeuron.minicanvas.classifier import PRESENT, MiniCanvasClassifier
 from saeuron.minicanvas.scoring import unlearning_scores
-from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
+from saeuron.minicanvas.world import (
+    OBJECTS,
+    SCENE_TEST_TEMPLATES,
+    STYLES,
+    TEST_TEMPLATES,
+    caption,
+    name,
+)
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.progress import StepProgress
 from saeuron.models.sampling import seed_generators
@@ -236,6 +251,123 @@ class MiniCanvasJudge:
             images,
         )
 
+    def run_scenes(
+        self, rows: Sequence[SceneRow], batch_size: int = 50, desc: str = "scenes"
+    ) -> JudgedScenes:
+        """Two-object scenes, judged by the scene head (which objects) and the style head."""
+        judged = self.run(
+            [(prompt, a, style, seed) for prompt, (a, _), style, seed in rows],
+            batch_size=batch_size,
+            desc=desc,
+        )
+        return JudgedScenes(
+            present=self.classifier.detect(judged.images) >= PRESENT,
+            styles=judged.styles,
+            true_objects=np.array([pair for _, pair, _, _ in rows]).reshape(-1, 2),
+            true_styles=judged.true_styles,
+            images=judged.images,
+        )
+
+
+SceneRow = tuple[str, tuple[int, int], int, int]
+"""``(prompt, (object, object), style, seed)``."""
+
+
+@dataclass
+class JudgedScenes:
+    """Classifier verdicts for two-object scenes: which objects are present, which style."""
+
+    present: np.ndarray
+    styles: np.ndarray
+    true_objects: np.ndarray
+    true_styles: np.ndarray
+    images: list[Any]
+
+
+def alias_rows(
+    concept: str, seeds: Sequence[int], template: str = TEST_TEMPLATES[0],
+    naming: str = "test_only",
+) -> list[tuple[str, int, int, int]]:  # fmt: skip
+    """The concept's target prompts, written with another of its names."""
+    kind, index = _concept_index(concept)
+    rows = prompt_rows(template, seeds, only=(kind, index))
+    other = name(concept, naming)
+    return [
+        (
+            caption(
+                other if kind == "object" else OBJECTS[o],
+                other if kind == "style" else STYLES[s],
+                template,
+            ),
+            o, s, seed,
+        )  # fmt: skip
+        for _, o, s, seed in rows
+    ]
+
+
+def scene_rows(
+    concept: str, seeds: Sequence[int], template: str = SCENE_TEST_TEMPLATES[0]
+) -> list[SceneRow]:
+    """Ten two-object scenes per seed that hold the concept: an object beside each of nine
+    others in every style (in turn first and second), or a style on ten pairs of objects."""
+    kind, index = _concept_index(concept)
+    n = len(OBJECTS)
+    rows: list[SceneRow] = []
+    for r, seed in enumerate(seed for seed in seeds for _ in range(10)):
+        if kind == "object":
+            pair = (index, (index + 1 + r % (n - 1)) % n)
+            style = r % len(STYLES)
+            if r % 2:
+                pair = (pair[1], pair[0])
+        else:
+            first = r % n
+            pair, style = (first, (first + 1 + (index + r) % (n - 1)) % n), index
+        prompt = caption(OBJECTS[pair[0]], STYLES[style], template, OBJECTS[pair[1]])
+        rows.append((prompt, pair, style, seed))
+    return rows
+
+
+def scene_scores(concept: str, scenes: JudgedScenes) -> dict[str, float]:
+    """In-scene UA and retention (see the module's doc); NaN without scenes."""
+    kind, index = _concept_index(concept)
+    if not len(scenes.present):
+        return {"scene_UA": float("nan"), "scene_retention": float("nan"), "n_scenes": 0}
+    rows = np.arange(len(scenes.present))
+    if kind == "object":
+        others = np.where(
+            scenes.true_objects[:, 0] == index,
+            scenes.true_objects[:, 1],
+            scenes.true_objects[:, 0],
+        )
+        gone = ~scenes.present[:, index]
+        kept = scenes.present[rows, others]
+    else:
+        gone = scenes.styles != index
+        kept = np.concatenate([scenes.present[rows, scenes.true_objects[:, c]] for c in (0, 1)])
+    return {
+        "scene_UA": float(gone.mean()),
+        "scene_retention": float(kept.mean()),
+        "n_scenes": len(rows),
+    }
+
+
+def scene_following(scenes: JudgedScenes) -> dict[str, float]:
+    """How often the unerased model draws both objects (and the style) a scene asks for."""
+    rows = np.arange(len(scenes.present))
+    both = scenes.present[rows, scenes.true_objects[:, 0]] & scenes.present[
+        rows, scenes.true_objects[:, 1]
+    ]
+    return {
+        "both_objects": float(both.mean()),
+        "each_object": float(
+            np.concatenate(
+                [scenes.present[rows, scenes.true_objects[:, c]] for c in (0, 1)]
+            ).mean()
+        ),
+        "style_accuracy": float((scenes.styles == scenes.true_styles).mean()),
+        "n_scenes": len(rows),
+    }
+
 
 def prompt_rows(
     template: str, seeds: Sequence[int], only: tuple[str, int] | None = None, exclude: bool = False
@@ -322,6 +454,35 @@ def _concept_index(concept: str) -> tuple[str, int]:
     return kind, (OBJECTS if kind == "object" else STYLES).index(concept)
 
 
+def extra_scores(
+    judge: MiniCanvasJudge,
+    concept: str,
+    alias_seeds: Sequence[int],
+    scene_seeds: Sequence[int],
+    template: str = TEST_TEMPLATES[0],
+    scene_template: str = SCENE_TEST_TEMPLATES[0],
+    batch_size: int = 50,
+    desc: str = "",
+) -> dict[str, float]:
+    """UA-alias and the in-scene scores of ``concept`` under whatever erasure is attached."""
+    out: dict[str, float] = {}
+    if alias_seeds:
+        kind = concept_kind(concept)
+        head = "objects" if kind == "object" else "styles"
+        aliased = judge.run(
+            alias_rows(concept, alias_seeds, template), batch_size=batch_size,
+            desc=f"{desc} other name",
+        )  # fmt: skip
+        hit = getattr(aliased, head) == getattr(aliased, f"true_{head}")
+        out.update(UA_alias=1.0 - float(hit.mean()), n_alias=len(hit))
+    if scene_seeds:
+        scenes = judge.run_scenes(
+            scene_rows(concept, scene_seeds, scene_template), batch_size, f"{desc} scenes"
+        )
+        out.update(scene_scores(concept, scenes))
+    return out
+
+
 def evaluate(
     judge: MiniCanvasJudge,
     concept: str,
@@ -332,7 +493,12 @@ def evaluate(
     template: str = TEST_TEMPLATES[0],
     batch_size: int = 50,
     retain_every: int = 1,
+    alias_seeds: Sequence[int] = (),
+    scene_seeds: Sequence[int] = (),
+    scene_template: str = SCENE_TEST_TEMPLATES[0],
 ) -> tuple[dict[str, float], Judged]:
+    """Scores of ``concept`` erased by ``variant``; with ``alias_seeds`` or ``scene_seeds``,
+    also UA-alias and the in-scene scores (:func:`extra_scores`)."""
     index = _concept_index(concept)
     target_rows = prompt_rows(template, seeds, only=index)
     retain_rows = diagonal_subset(
@@ -360,4 +526,10 @@ def evaluate(
     with ctx:
         target = judge.run(target_rows, negative, batch_size, desc=f"{concept}/{variant}")
         retain = judge.run(retain_rows, negative, batch_size, desc=f"{concept}/{variant} retain")
-    return scores(concept, target, retain), target
+        extra = {}
+        if negative is None:
+            extra = extra_scores(
+                judge, concept, alias_seeds, scene_seeds, template, scene_template,
+                batch_size, f"{concept}/{variant}",
+            )  # fmt: skip
+    return {**scores(concept, target, retain), **extra}, target

@@ -5,6 +5,8 @@ own latents, scale and threshold; a latent two concepts share is edited once, by
 strongest edit). After every step, each listed concept's UA (1 - accuracy on its prompts)
 shows whether earlier erasures hold and later ones have not started, and the accuracy on
 the concepts of the same kind that are never erased, plus the other head's, is the retention.
+With ``extra`` on, each step also reports, over the concepts erased so far, UA on their
+test-only other names (UA-alias) and in-scene UA and retention on two-object scenes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from saeuron.minicanvas.assets import concept_kind, load_params
-from saeuron.minicanvas.judge import MiniCanvasJudge, prompt_rows
+from saeuron.minicanvas.judge import MiniCanvasJudge, extra_scores, prompt_rows
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_SEEDS, TEST_TEMPLATES
 from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
@@ -41,6 +43,9 @@ class SequentialConfig(Config):
         "saeuron",
         choices=SEQUENTIAL_VARIANTS,
         help="'saeuron' (the published method, tuned gamma) or 'recipe' (the default recipes)",
+    )
+    extra: bool = field(
+        True, help="also UA-alias and in-scene scores of the erased concepts (first seed)"
     )
 
     def __post_init__(self) -> None:
@@ -81,7 +86,13 @@ def run_sequential(cfg: SequentialConfig) -> dict[str, Any]:
                 )
                 with ctx:
                     judged = judge.run(rows, batch_size=cfg.batch_size, desc=f"{kind} step {n}")
+                    extra = [
+                        extra_scores(judge, c, cfg.seeds[:1], cfg.seeds[:1],
+                                     batch_size=cfg.batch_size, desc=f"{kind} step {n} {c}")
+                        for c in erased
+                    ] if cfg.extra else []  # fmt: skip
             else:
+                extra = []
                 judged = judge.run(rows, batch_size=cfg.batch_size, desc=f"{kind} unerased")
             truth = judged.true_styles if kind == "style" else judged.true_objects
             pred = judged.styles if kind == "style" else judged.objects
@@ -94,6 +105,8 @@ def run_sequential(cfg: SequentialConfig) -> dict[str, Any]:
                 "UA": ua,
                 "retention": _accuracy(truth, pred, never),
                 "cross": _accuracy(other_truth, other_pred, np.ones_like(truth, dtype=bool)),
+                **{key: float(np.mean([e[key] for e in extra]))
+                   for key in ("UA_alias", "scene_UA", "scene_retention") if extra},
             })  # fmt: skip
         results[kind] = steps
     report = {"config": cfg.to_dict(), "results": results,
@@ -108,20 +121,24 @@ def run_sequential(cfg: SequentialConfig) -> dict[str, Any]:
 
 
 def _markdown(results: dict[str, list[dict[str, Any]]], cfg: SequentialConfig) -> str:
+    extras = [("UA_alias", "UA-alias"), ("scene_UA", "scene UA"),
+              ("scene_retention", "scene ret.")] if cfg.extra else []  # fmt: skip
     parts = []
     for kind, names in (("style", cfg.styles), ("object", cfg.objects)):
-        head = " | ".join(names)
+        head = " | ".join([*names, "retention", "cross", *(label for _, label in extras)])
         lines = [
             f"UA of each {kind} after erasing the first n (retention: {kind} accuracy on the "
-            f"{kind}s never erased; cross: the other head's accuracy)",
+            f"{kind}s never erased; cross: the other head's accuracy"
+            + ("; UA-alias and scene scores: means over the erased ones)" if extras else ")"),
             "",
-            f"| n | {head} | retention | cross |",
-            "|---" * (len(names) + 3) + "|",
+            f"| n | {head} |",
+            "|---" * (len(names) + 3 + len(extras)) + "|",
         ]
         for n, step in enumerate(results[kind]):
             cells = [f"**{step['UA'][c]:.2f}**" if c in step["erased"] else f"{step['UA'][c]:.2f}"
                      for c in names]  # fmt: skip
-            tail = f"{step['retention']:.2f} | {step['cross']:.2f}"
-            lines.append(f"| {n} | " + " | ".join(cells) + f" | {tail} |")
+            cells += [f"{step['retention']:.2f}", f"{step['cross']:.2f}"]
+            cells += [f"{step[key]:.2f}" if key in step else "-" for key, _ in extras]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"

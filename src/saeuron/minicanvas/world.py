@@ -1,10 +1,11 @@
 """The MiniCanvas world: procedural 32x32 images of objects drawn in styles.
 
 Ten objects (silhouettes) x ten styles (palette + texture), with random position, size and
-background, deterministic from a seed. Captions follow UnlearnCanvas: "An image of
-{object} in {style} style." and "An image of {object}.". Prompt sets are kept apart as the
-paper does: anchor prompts (varied phrasings) for SAE training and concept statistics,
-validation prompts for tuning, test prompts for reporting.
+background, deterministic from a seed; one object per image, or two side by side in a scene.
+Every concept has three names (canonical, validation, test-only). Captions follow
+UnlearnCanvas: "An image of {object} in {style} style." and "An image of {object}.". Prompt
+sets are kept apart as the paper does: anchor prompts (varied phrasings) for SAE training
+and concept statistics, validation prompts for tuning, test prompts for reporting.
 """
 
 from __future__ import annotations
@@ -25,7 +26,37 @@ STYLES = (
     "diagonal", "neon", "pastel", "grainy", "blueprint",
 )  # fmt: skip
 
+# Every concept has three names, all trained on. The canonical one is the concept's id. The
+# test-only one is for measuring alone, like a test seed: no SAE training prompt, concept
+# statistic, feature selection, recipe or tuning run may see it (``saeuron tune`` refuses
+# it, through the bundle's ``held_out_terms``). The validation one is the stand-in that tuning
+# and the choice between variants may use. No test-only name shares a word with a template.
+TEST_ONLY_NAMES = {
+    "circle": "disc", "square": "box", "triangle": "wedge", "star": "pentagram",
+    "cross": "plus sign", "heart": "love symbol", "moon": "crescent", "arrow": "pointer",
+    "house": "cottage", "ring": "donut",
+    "striped": "banded", "dotted": "polka dot", "checkered": "checkerboard",
+    "outlined": "line art", "gradient": "ombre", "diagonal": "slanted", "neon": "glowing",
+    "pastel": "soft colour", "grainy": "noisy", "blueprint": "cyanotype",
+}  # fmt: skip
+VALIDATION_NAMES = {
+    "circle": "orb", "square": "tile", "triangle": "pyramid", "star": "asterisk",
+    "cross": "cruciform", "heart": "valentine", "moon": "sickle", "arrow": "dart",
+    "house": "cabin", "ring": "hoop",
+    "striped": "barred", "dotted": "speckled", "checkered": "chessboard",
+    "outlined": "contour", "gradient": "blended", "diagonal": "oblique",
+    "neon": "fluorescent", "pastel": "pale", "grainy": "gritty", "blueprint": "schematic",
+}  # fmt: skip
+NAMINGS = ("canonical", "validation", "test_only")
+
 TEST_TEMPLATES = ("An image of {object} in {style} style.",)
+# Two objects, placed apart, in one style: collateral damage shows on the other object.
+SCENE_TEST_TEMPLATES = ("An image of a {object} and a {object2} in {style} style.",)
+SCENE_TEMPLATES = (
+    "A {style} picture of a {object} and a {object2}.",
+    "A {object} and a {object2}, {style} style.",
+    "A drawing of a {object} beside a {object2} in {style} style.",
+)
 UNSTYLED_TEMPLATES = ("An image of {object}.",)
 # Phrasings the model is trained on beside the test one; anchors draw from these.
 ANCHOR_TEMPLATES = (
@@ -146,6 +177,32 @@ def render(obj: str, style: str, rng: np.random.Generator) -> np.ndarray:
     cx, cy = rng.uniform(size + 1, SIZE - size - 1, 2)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64) + 0.5
     mask = SHAPES[obj]((xx - cx) / size, (yy - cy) / size)
+    return _paint(style, mask, cy - size, 2 * size, rng)
+
+
+def render_scene(objects: tuple[str, str], style: str, rng: np.random.Generator) -> np.ndarray:
+    """Two objects side by side (left, right; not touching) in one style."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64) + 0.5
+    mask = np.zeros((SIZE, SIZE), bool)
+    tops, bottoms = [], []
+    half = SIZE / 2
+    for side, obj in enumerate(objects):
+        size = rng.uniform(6.0, 7.5)
+        offset = rng.uniform(size + 0.5, half - size)
+        cx = offset if side == 0 else SIZE - offset
+        cy = rng.uniform(size + 1, SIZE - size - 1)
+        mask |= SHAPES[obj]((xx - cx) / size, (yy - cy) / size)
+        tops.append(cy - size)
+        bottoms.append(cy + size)
+    return _paint(style, mask, min(tops), max(bottoms) - min(tops), rng)
+
+
+def _paint(
+    style: str, mask: np.ndarray, top: float, height: float, rng: np.random.Generator
+) -> np.ndarray:
+    """The style's palette and texture on ``mask`` over a background; ``top`` and ``height``
+    span the painted rows (a gradient runs across them)."""
+    yy = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)[0] + 0.5
     ix, iy = np.mgrid[0:SIZE, 0:SIZE][::-1]
     phase = rng.integers(0, 4)
     img = _light_background(rng)
@@ -165,7 +222,7 @@ def render(obj: str, style: str, rng: np.random.Generator) -> np.ndarray:
     elif style == "outlined":
         img[_thick_edge(mask)] = _jitter(rng, (20, 110, 40), 20)
     elif style == "gradient":
-        t = ((yy - (cy - size)) / (2 * size)).clip(0, 1)[..., None]
+        t = ((yy - top) / height).clip(0, 1)[..., None]
         top, bottom = _jitter(rng, (255, 150, 20), 15), _jitter(rng, (120, 20, 160), 15)
         img = np.where(mask[..., None], top * (1 - t) + bottom * t, img)
     elif style == "diagonal":
@@ -215,8 +272,34 @@ def sample_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return images, objects, styles
 
 
-def caption(obj: str, style: str | None, template: str) -> str:
-    return template.format(object=obj, style=style) if style else template.format(object=obj)
+def name(concept: str, naming: str = "canonical") -> str:
+    """The concept's canonical, validation or test-only name."""
+    if naming == "canonical":
+        return concept
+    if naming == "validation":
+        return VALIDATION_NAMES[concept]
+    if naming == "test_only":
+        return TEST_ONLY_NAMES[concept]
+    raise ValueError(f"unknown naming {naming!r}; allowed: {', '.join(NAMINGS)}")
+
+
+def caption(obj: str, style: str | None, template: str, obj2: str | None = None) -> str:
+    fields = {"object": obj, "style": style or "", "object2": obj2 or ""}
+    return template.format(**fields)
+
+
+def sample_scenes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` two-object scenes: ``(images, objects [n, 2] (distinct), styles)``."""
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, len(OBJECTS), n)
+    second = (first + rng.integers(1, len(OBJECTS), n)) % len(OBJECTS)
+    styles = rng.integers(0, len(STYLES), n)
+    images = []
+    for a, b, s in zip(first, second, styles, strict=True):
+        # Which object sits on the left is independent of the caption's order.
+        pair = (OBJECTS[a], OBJECTS[b]) if rng.random() < 0.5 else (OBJECTS[b], OBJECTS[a])
+        images.append(render_scene(pair, STYLES[s], rng))
+    return np.stack(images), np.stack([first, second], axis=1), styles
 
 
 def evaluation_prompts() -> list[tuple[str, int, int | None]]:
@@ -244,12 +327,28 @@ def anchor_prompts(per_pair: int = 2) -> list[tuple[str, int, int | None]]:
     return rows
 
 
+def _training_name(concept: str, rng: np.random.Generator) -> str:
+    # Half the captions use the canonical name and a quarter each of the other two, enough
+    # for the model to follow any of them.
+    roll = rng.random()
+    naming = "canonical" if roll < 0.5 else "validation" if roll < 0.75 else "test_only"
+    return name(concept, naming)
+
+
 def training_caption(obj: int, style: int, rng: np.random.Generator) -> str:
-    """A caption for a training image: mostly styled, in any known phrasing."""
-    o, s = OBJECTS[obj], STYLES[style]
+    """A caption for a training image: mostly styled, in any known phrasing and naming."""
+    o, s = _training_name(OBJECTS[obj], rng), _training_name(STYLES[style], rng)
     roll = rng.random()
     if roll < 0.15:
         templates = UNSTYLED_TEMPLATES + UNSTYLED_ANCHORS
         return caption(o, None, templates[rng.integers(len(templates))])
     templates = TEST_TEMPLATES * 3 + ANCHOR_TEMPLATES
     return caption(o, s, templates[rng.integers(len(templates))])
+
+
+def scene_caption(objects: tuple[int, int], style: int, rng: np.random.Generator) -> str:
+    """A caption for a training scene of two objects."""
+    a, b = (_training_name(OBJECTS[i], rng) for i in objects)
+    s = _training_name(STYLES[style], rng)
+    templates = SCENE_TEST_TEMPLATES * 2 + SCENE_TEMPLATES
+    return caption(a, s, templates[rng.integers(len(templates))], b)

@@ -79,7 +79,7 @@ class BenchConfig(Config):
         1, ge=1, help="judge retention on every N-th retained prompt (1: all 90; for quick checks)"
     )
     grid_variant: str = field(
-        "saeuron", choices=VARIANTS, help="the variant whose erased images grid.png shows"
+        "recipe", choices=VARIANTS, help="the variant whose erased images grid.png shows"
     )
     template: str = field(
         TEST_TEMPLATES[0], help="prompt template with {object} and {style} (held-out phrasings)"
@@ -185,6 +185,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         supervised = load_supervised_params(judge.folder)
     results: dict[str, dict[str, dict[str, float]]] = {}
     examples = []
+    # The grid shows the asked-for variant, or the last one measured when it is not.
+    shown = cfg.grid_variant if cfg.grid_variant in cfg.variants else cfg.variants[-1]
     # Unerased images do not depend on the concept: sample every pair once and share them.
     all_rows = prompt_rows(cfg.template, cfg.seeds)
     baseline = judge.run(all_rows, batch_size=cfg.batch_size, desc="no erasure")
@@ -222,7 +224,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             logger.info("%s / %s: %s", concept, variant, score)
             if variant == "none":
                 before = target
-            if variant == cfg.grid_variant:
+            if variant == shown:
                 after = target
         if before is not None and after is not None and len(examples) < 8:
             step = max(1, len(before.images) // 8)

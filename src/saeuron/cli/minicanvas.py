@@ -9,13 +9,14 @@ import argparse
 import json
 from typing import Any
 
-from saeuron.minicanvas.assets import AssetConfig, build_assets
-from saeuron.minicanvas.bench import BenchConfig, run_bench
-from saeuron.minicanvas.classifier import train_classifier
-from saeuron.minicanvas.guided import GuidedBuildConfig, build_guided
-from saeuron.minicanvas.model import ModelTrainConfig, train_minicanvas
-from saeuron.minicanvas.saemnesia import SupervisedBuildConfig, build_supervised
-from saeuron.minicanvas.sequential import SequentialConfig, run_sequential
+# Only the torch-free settings: each handler imports the model code it runs once its settings
+# are checked, so that --help and a bad flag answer without loading torch.
+from saeuron.minicanvas.assets_config import AssetConfig
+from saeuron.minicanvas.bench_config import BenchConfig
+from saeuron.minicanvas.guided_config import GuidedBuildConfig
+from saeuron.minicanvas.model_config import ModelTrainConfig
+from saeuron.minicanvas.saemnesia_config import SupervisedBuildConfig
+from saeuron.minicanvas.sequential_config import SequentialConfig
 from saeuron.utils.config import check_choice
 from saeuron.utils.files import BUNDLE_CLASSIFIER_DIR
 
@@ -78,6 +79,9 @@ def _train(args: argparse.Namespace) -> int:
     check_choice("part", args.part, PARTS)
     cfg = ModelTrainConfig.from_args(args)
     out = cfg.output_folder()
+    from saeuron.minicanvas.classifier import train_classifier  # noqa: PLC0415
+    from saeuron.minicanvas.model import train_minicanvas  # noqa: PLC0415
+
     if args.part in ("all", "model"):
         train_minicanvas(cfg)
     if args.part in ("all", "classifier"):
@@ -88,20 +92,29 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _assets(args: argparse.Namespace) -> int:
-    summary = build_assets(AssetConfig.from_args(args))
+    cfg = AssetConfig.from_args(args)
+    from saeuron.minicanvas.assets import build_assets  # noqa: PLC0415
+
+    summary = build_assets(cfg)
     print(json.dumps(summary["heldout_fvu"], indent=2))
     return 0
 
 
 def _sequential(args: argparse.Namespace) -> int:
-    report = run_sequential(SequentialConfig.from_args(args))
+    cfg = SequentialConfig.from_args(args)
+    from saeuron.minicanvas.sequential import run_sequential  # noqa: PLC0415
+
+    report = run_sequential(cfg)
     print(report["table"])
     print(f"in {report['seconds'] / 60:.1f} min")
     return 0
 
 
 def _saemnesia_build(args: argparse.Namespace) -> int:
-    summary = build_supervised(SupervisedBuildConfig.from_args(args))
+    cfg = SupervisedBuildConfig.from_args(args)
+    from saeuron.minicanvas.saemnesia import build_supervised  # noqa: PLC0415
+
+    summary = build_supervised(cfg)
     for hookpoint, row in summary.items():
         first, best = row["first"], row["best"]
         print(
@@ -112,13 +125,18 @@ def _saemnesia_build(args: argparse.Namespace) -> int:
 
 
 def _guided_build(args: argparse.Namespace) -> int:
-    summary = build_guided(GuidedBuildConfig.from_args(args))
+    cfg = GuidedBuildConfig.from_args(args)
+    from saeuron.minicanvas.guided import build_guided  # noqa: PLC0415
+
+    summary = build_guided(cfg)
     print(json.dumps(summary["hookpoints"], indent=2))
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig.from_args(args)
+    from saeuron.minicanvas.bench import run_bench  # noqa: PLC0415
+
     report = run_bench(cfg)
     print(report["table"])
     print(f"wrote {cfg.out} in {report['seconds'] / 60:.1f} min")

@@ -20,14 +20,25 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from saeuron.erasure.concepts.select import select_contrastive
 from saeuron.erasure.concepts.stats import ConceptStats, collect_stats
 from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
-from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES, anchor_prompts
+from saeuron.minicanvas.assets_config import (
+    GUIDANCE_SCALE,
+    NAME,
+    NUM_INFERENCE_STEPS,
+    AssetConfig,
+)
+from saeuron.minicanvas.world import (
+    OBJECTS,
+    STYLES,
+    TEST_TEMPLATES,
+    anchor_prompts,
+    concept_kind,
+)
 from saeuron.models.bundles import (
     Bundle,
     BundleConcept,
@@ -40,7 +51,7 @@ from saeuron.sae import Sae, SaeConfig
 from saeuron.training.capture import CacheConfig, run_cache
 from saeuron.training.trainer import STATE_DIR, TrainConfig, train_sae
 from saeuron.utils.cards import write_card as write_card_file
-from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.config import Config
 from saeuron.utils.files import (
     ASSETS_SUMMARY,
     BUNDLE,
@@ -58,12 +69,12 @@ from saeuron.utils.io import atomic_write_json, make_json_portable, read_json_or
 
 logger = logging.getLogger(__name__)
 
+# AssetConfig with the bundle's name and sampling defaults, and concept_kind, live in
+# torch-free modules that --help reads; they stay importable from here.
+
 OBJECT_HOOKPOINT = "unet.up_blocks.1.attentions.1"
 STYLE_HOOKPOINT = "unet.up_blocks.1.attentions.2"
 PARAMS_FILE = PARAMS
-NAME = "minicanvas"
-NUM_INFERENCE_STEPS = 20
-GUIDANCE_SCALE = 7.5
 SUPERVISED_SAES = f"{BUNDLE_SUPERVISED_DIR}/{BUNDLE_SAES_DIR}"
 DEFAULT_SUPERVISED_MULTIPLIER = -5.0
 # Before tuning: the paper's style setting (one latent, gamma -1) and a middling object one.
@@ -71,19 +82,6 @@ DEFAULT_PARAMS = {
     "style": {"tau": 1, "multiplier": -1.0},
     "object": {"tau": 1, "multiplier": -10.0},
 }
-
-
-def concept_kind(concept: str) -> str:
-    name = concept.strip().lower()
-    if name in OBJECTS:
-        return "object"
-    if name in STYLES:
-        return "style"
-    raise ConfigError(
-        "concept",
-        f"{concept!r} is not a MiniCanvas concept; objects: {', '.join(OBJECTS)}; "
-        f"styles: {', '.join(STYLES)}",
-    )
 
 
 def concept_hookpoint(concept: str) -> str:
@@ -107,28 +105,6 @@ def load_params(folder: Path) -> dict[str, dict[str, Any]]:
     for concept in (*OBJECTS, *STYLES):
         params[concept] = {**DEFAULT_PARAMS[concept_kind(concept)], **tuned.get(concept, {})}
     return params
-
-
-@dataclass
-class AssetConfig(Config):
-    model: str = field("minicanvas", help="the MiniCanvas pipeline to build assets for")
-    out: str | None = field(
-        None,
-        help="output folder; default: the user's copy of the shipped bundle "
-        "($SAEURON_CACHE/bundles/minicanvas)",
-    )
-    num_inference_steps: int = field(
-        NUM_INFERENCE_STEPS, ge=1, le=1000, help="DDIM steps of capture and statistics"
-    )
-    guidance_scale: float = field(GUIDANCE_SCALE, ge=0, help="CFG scale of capture and statistics")
-    k: int = field(8, ge=1, help="SAE: active latents per token")
-    expansion_factor: int = field(16, ge=1, help="SAE: latents per input channel")
-    # The anchor set is small (about 74k tokens at 4x4 tokens per image): smaller batches and
-    # more passes reach a held-out FVU of about 0.3 where the paper's 4096 x 10 stops near 0.5.
-    epochs: int = field(30, ge=1, help="SAE training epochs")
-    batch_size: int = field(1024, ge=1, help="SAE training batch (tokens)")
-    seed: int = field(0, ge=0, help="random seed")
-    workdir: str | None = field(None, help="where activations go; default: a temporary folder")
 
 
 def bundle_folder(model: str, out: str | None = None) -> Path:

@@ -13,17 +13,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from saeuron.minicanvas.assets import concept_kind, load_params, load_supervised_params
-from saeuron.minicanvas.judge import (
+from saeuron.minicanvas.assets import load_params, load_supervised_params
+from saeuron.minicanvas.bench_config import (
+    DEFAULT_VARIANTS,
+    QUICK_CONCEPTS,
     VARIANT_LABELS,
     VARIANTS,
+    BenchConfig,
+)
+from saeuron.minicanvas.judge import (
     Judged,
     MiniCanvasJudge,
     evaluate,
@@ -35,98 +39,22 @@ from saeuron.minicanvas.judge import (
     scores,
     split_baseline,
 )
-from saeuron.minicanvas.world import (
-    NAMINGS,
-    OBJECTS,
-    SCENE_TEST_TEMPLATES,
-    STYLES,
-    TEST_SEEDS,
-    TEST_TEMPLATES,
-    name,
-)
-from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.minicanvas.world import NAMINGS, OBJECTS, STYLES, concept_kind, name
 from saeuron.utils.images import before_after_rows, save_grid
-from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
+from saeuron.utils.io import atomic_path, atomic_write_json
+
+# The settings and the variants are re-exported from the torch-free module that --help reads.
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_VARIANTS",
+    "QUICK_CONCEPTS",
+    "VARIANTS",
+    "VARIANT_LABELS",
+    "BenchConfig",
+    "run_bench",
+]
 
 logger = logging.getLogger(__name__)
-
-# A regression guard for CI: concepts whose erasure met the quick test's bounds (UA up by at
-# least 0.5, IRA and CRA at least 0.8) at its 10 steps and 2 seeds; the full benchmark in the
-# README reports every concept, those the method does not yet erase well included.
-QUICK_CONCEPTS = ("moon", "triangle", "checkered")
-DEFAULT_VARIANTS = ("none", "saeuron", "recipe", "saemnesia")
-
-
-@dataclass
-class BenchConfig(Config):
-    out: str = field("minicanvas-bench", help="folder for results.json, results.md, grid.png")
-    quick: bool = field(False, help="a CI-sized subset: 3 concepts, 2 variants, 2 seeds, 10 steps")
-    concepts: list[str] | None = field(None, help="concepts to erase; default: all 20")
-    variants: list[str] | None = field(
-        None,
-        help="rows of the table; default: none, saeuron (the published method), recipe "
-        "(the default), saemnesia",
-    )
-    seeds: list[int] | None = field(
-        None, ge=0, le=2**63 - 1, help="seeds of the target prompts; default: test seeds"
-    )
-    retain_seeds: int = field(1, ge=1, le=100, help="seeds per retained (non-target) prompt")
-    num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps (quick: at most 10)")
-    guidance_scale: float = field(7.5, ge=0, le=100, help="CFG scale")
-    batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
-    model: str = field("minicanvas", help="the MiniCanvas pipeline")
-    retain_every: int = field(
-        1, ge=1, help="judge retention on every N-th retained prompt (1: all 90; for quick checks)"
-    )
-    grid_variant: str = field(
-        "recipe", choices=VARIANTS, help="the variant whose erased images grid.png shows"
-    )
-    template: str = field(
-        TEST_TEMPLATES[0], help="prompt template with {object} and {style} (held-out phrasings)"
-    )
-    alias_seeds: int = field(
-        2, ge=0, le=100, help="test seeds for the other-name prompts (UA-alias); 0: none"
-    )
-    scene_seeds: int = field(
-        2, ge=0, le=100, help="test seeds for the two-object scenes (10 per seed); 0: none"
-    )
-    scene_template: str = field(
-        SCENE_TEST_TEMPLATES[0], help="scene template with {object}, {object2} and {style}"
-    )
-
-    def __post_init__(self) -> None:
-        if "{object}" not in self.template or "{style}" not in self.template:
-            raise ConfigError(
-                "template", f"got {self.template!r}; it needs {{object}} and {{style}}"
-            )
-        if any(f"{{{k}}}" not in self.scene_template for k in ("object", "object2", "style")):
-            raise ConfigError(
-                "scene_template",
-                f"got {self.scene_template!r}; it needs {{object}}, {{object2}} and {{style}}",
-            )
-        if self.quick:
-            self.concepts = self.concepts or list(QUICK_CONCEPTS)
-            self.variants = self.variants or ["none", "saeuron"]
-            self.num_inference_steps = min(self.num_inference_steps, 10)
-            self.seeds = self.seeds or list(TEST_SEEDS[:2])
-            self.alias_seeds, self.scene_seeds = min(self.alias_seeds, 1), min(self.scene_seeds, 1)
-        self.concepts = self.concepts or [*OBJECTS, *STYLES]
-        self.variants = self.variants or list(DEFAULT_VARIANTS)
-        if "none" not in self.variants:
-            self.variants.insert(0, "none")
-        self.seeds = self.seeds or list(TEST_SEEDS)
-        for concept in self.concepts:
-            concept_kind(concept)
-        for variant in self.variants:
-            if variant not in VARIANTS:
-                raise ConfigError("variants", f"got {variant!r}; allowed: {', '.join(VARIANTS)}")
-        check_range("retain_seeds", self.retain_seeds, ge=1, le=len(self.seeds))
-        check_range("alias_seeds", self.alias_seeds, ge=0, le=len(self.seeds))
-        check_range("scene_seeds", self.scene_seeds, ge=0, le=len(self.seeds))
-        check_range("num_inference_steps", self.num_inference_steps, ge=1)
-        check_range("batch_size", self.batch_size, ge=1)
-        check_output_folder(self.out, "out")
-
 
 COLUMNS = (
     ("UA", "UA"), ("IRA", "IRA"), ("CRA", "CRA"), ("UA_alias", "UA-alias"),

@@ -33,7 +33,7 @@ class DemoConfig(Config):
     def __post_init__(self) -> None:
         # MiniCanvas's concepts are known by its world module, which needs numpy: loaded
         # when a demo is configured to run, not when --help reads these fields.
-        from saeuron.minicanvas.assets import concept_kind  # noqa: PLC0415
+        from saeuron.minicanvas.world import concept_kind  # noqa: PLC0415
 
         if not self.out.lower().endswith(".png"):
             raise ConfigError("out", f"got {self.out!r}; must end in .png")

@@ -31,7 +31,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,10 @@ from saeuron.minicanvas.assets import (
     recorded_settings,
     writable_bundle_folder,
 )
+
+# The settings live in a torch-free module, which --help reads; they stay importable from here.
+from saeuron.minicanvas.guided_config import DEFAULT_HOOKPOINTS as DEFAULT_HOOKPOINTS
+from saeuron.minicanvas.guided_config import GuidedBuildConfig
 from saeuron.minicanvas.world import (
     ANCHOR_TEMPLATES,
     OBJECTS,
@@ -57,7 +60,6 @@ from saeuron.sae import Sae, SaeConfig
 from saeuron.training.capture import CacheConfig, run_cache
 from saeuron.training.capture_stats import read_label_rows, stats_from_capture
 from saeuron.training.trainer import STATE_DIR, TrainConfig, train_sae
-from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
 from saeuron.utils.files import BUNDLE_GUIDED_DIR, GUIDED_BUILD, TRAIN_LOG
 from saeuron.utils.io import (
     atomic_path,
@@ -71,7 +73,6 @@ logger = logging.getLogger(__name__)
 
 GUIDED_DIR = BUNDLE_GUIDED_DIR
 BUILD_FILE = GUIDED_BUILD
-DEFAULT_HOOKPOINTS = ["unet.up_blocks.2.attentions.2", "unet.up_blocks.1.attentions.1"]
 
 
 def guided_folder(folder: Path) -> Path:
@@ -79,63 +80,6 @@ def guided_folder(folder: Path) -> Path:
 
 
 # -- building the SAEs and statistics ------------------------------------------------------
-
-
-@dataclass
-class GuidedBuildConfig(Config):
-    model: str = field("minicanvas", help="the MiniCanvas pipeline")
-    out: str | None = field(
-        None,
-        help="bundle folder; default: the user's copy of the shipped bundle "
-        "($SAEURON_CACHE/bundles/minicanvas)",
-    )
-    hookpoints: list[str] = field(list(DEFAULT_HOOKPOINTS), help="blocks to train SAEs at")
-    prompts_per_pair: int = field(
-        5, help="anchor prompts per (object, style) pair (each its own seed), plus unstyled ones"
-    )
-    num_inference_steps: int = field(20, help="DDIM steps of the capture")
-    guidance_scale: float = field(7.5, help="CFG scale of the capture (must be > 1)")
-    k: int = field(8, help="SAE: active latents per token")
-    expansion_factor: int = field(16, help="SAE: latents per input channel")
-    topk: str = field("batch", help="'batch' (BatchTopK) or 'token'")
-    epochs: int = field(6, help="SAE training epochs")
-    batch_size: int = field(1024, help="SAE training batch (tokens)")
-    dead_tokens: int = field(
-        50_000, help="a latent silent for this many tokens gets the AuxK loss (revives it)"
-    )
-    prefixed_copies: int = field(
-        0, help="extra copies of each anchor prompt, each in a random anchor phrasing behind "
-        "0 to --prefix-words random words of the tokenizer's vocabulary: the concept words "
-        "in the contexts an attacker's prefix or a new phrasing puts them in"
-    )
-    prefix_words: int = field(5, help="most random words in front of a prefixed copy")
-    seed: int = field(0, help="seed of capture, training and the prefixed copies")
-    workdir: str | None = field(None, help="where captures go; default: a temporary folder")
-    stats_kinds: list[str] = field(
-        [], help="HOOKPOINT=KIND entries: write only that kind's statistics at that block "
-        "(keeps the bundle small); default: both kinds everywhere"
-    )
-
-    def kinds_at(self, hookpoint: str) -> list[str]:
-        chosen = [e.split("=", 1)[1] for e in self.stats_kinds if e.split("=", 1)[0] == hookpoint]
-        return chosen or ["object", "style"]
-
-    def __post_init__(self) -> None:
-        for entry in self.stats_kinds:
-            hookpoint, _, kind = entry.partition("=")
-            if hookpoint not in self.hookpoints or kind not in ("object", "style"):
-                raise ConfigError(
-                    "stats_kinds", f"got {entry!r}; need HOOKPOINT=object|style with a "
-                    f"hookpoint among {self.hookpoints}"
-                )
-        for name in ("prompts_per_pair", "num_inference_steps", "k", "expansion_factor",
-                     "epochs", "batch_size", "dead_tokens", "prefix_words"):  # fmt: skip
-            check_range(name, getattr(self, name), ge=1)
-        check_range("prefixed_copies", self.prefixed_copies, ge=0)
-        check_range("guidance_scale", self.guidance_scale, gt=1)
-        check_choice("topk", self.topk, ("batch", "token"))
-        if not self.hookpoints:
-            raise ConfigError("hookpoints", "name at least one block")
 
 
 def prefix_vocabulary(tokenizer: Any) -> list[str]:

@@ -42,6 +42,10 @@ from saeuron.minicanvas.assets import (
     select_features,
     supervised_features_path,
 )
+
+# The benchmark's variants live with its torch-free settings; they stay importable from here.
+from saeuron.minicanvas.bench_config import VARIANT_LABELS as VARIANT_LABELS
+from saeuron.minicanvas.bench_config import VARIANTS as VARIANTS
 from saeuron.minicanvas.classifier import PRESENT, MiniCanvasClassifier
 from saeuron.minicanvas.scoring import unlearning_scores
 from saeuron.minicanvas.world import (
@@ -58,21 +62,6 @@ from saeuron.models.sampling import seed_generators
 from saeuron.sae import Sae
 from saeuron.utils.config import ConfigError
 from saeuron.utils.files import BUNDLE_FEATURES_DIR, BUNDLE_STATS_DIR
-
-VARIANTS = (
-    "none", "negative_prompt", "saeuron", "saeuron_cfg_both", "saeuron_paper_error", "saemnesia",
-    "recipe",
-)
-VARIANT_LABELS = {
-    "none": "no erasure",
-    "negative_prompt": "concept as negative prompt",
-    "saeuron": "SAeUron (defaults: cond half, exact error)",
-    "saeuron_cfg_both": "SAeUron, cfg_half=both",
-    "saeuron_paper_error": "SAeUron, error_term=paper",
-    "saemnesia": "SAEmnesia (supervised SAE, one latent per concept)",
-    "recipe": "the default: each concept's tuned recipe (text encoder and/or guidance-site "
-    "blocks, its own rule)",
-}
 
 
 @dataclass

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,84 +24,22 @@ from diffusers import AutoencoderTiny, DDPMScheduler, StableDiffusionPipeline, U
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 
-from saeuron.minicanvas.assets import NAME
+# The settings live in a torch-free module, which --help reads; they stay importable from here.
+from saeuron.minicanvas.model_config import ModelTrainConfig
 from saeuron.minicanvas.world import (
     sample_images,
     sample_scenes,
     scene_caption,
     training_caption,
 )
-from saeuron.models.bundles import find_bundle, writable_folder
+from saeuron.models.bundles import find_bundle
 from saeuron.models.tiny import clip_text_config, sd_ddim_scheduler
 from saeuron.models.tokenizer import clip_tokenizer
-from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.config import ConfigError
 from saeuron.utils.devices import resolve_device
 from saeuron.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelTrainConfig(Config):
-    out: str = field(
-        "",
-        help="folder for the pipeline; default: the user's copy of the shipped bundle "
-        "($SAEURON_CACHE/bundles/minicanvas)",
-    )
-    seed: int = field(0, ge=0, le=2**63 - 1, help="seed of data, initialisation and training")
-    n_images: int = field(
-        20000, ge=1, le=100_000_000, help="procedural training images of one object"
-    )
-    n_scenes: int = field(
-        10000, ge=0, le=100_000_000, help="procedural training scenes of two objects"
-    )
-    vae_steps: int = field(1500, ge=1, le=100_000_000, help="autoencoder optimisation steps")
-    vae_from: str = field(
-        "",
-        help="reuse the autoencoder of this pipeline (a folder or a bundle name, such as "
-        "minicanvas) instead of training one",
-    )
-    vae_batch: int = field(64, ge=1, le=65536, help="autoencoder batch size")
-    unet_steps: int = field(
-        6000, ge=1, le=100_000_000, help="UNet + text encoder optimisation steps"
-    )
-    unet_batch: int = field(64, ge=1, le=65536, help="UNet batch size")
-    init_from: str = field(
-        "",
-        help="start the UNet and text encoder from this pipeline's weights (a folder or a "
-        "bundle name) and fine-tune them, instead of training from scratch",
-    )
-    lr: float = field(5e-4, gt=0, le=1, help="peak learning rate of the UNet and text encoder")
-    ema_decay: float = field(0.999, ge=0, lt=1, help="EMA decay of the weights that are saved")
-    caption_dropout: float = field(0.1, ge=0, lt=1, help="share of empty captions (for CFG)")
-    threads: int = field(0, ge=0, le=4096, help="torch CPU threads; 0 leaves torch's default")
-    save_every: int = field(
-        0,
-        ge=0,
-        le=100_000_000,
-        help="also save the EMA pipeline every N denoiser steps (0: end only)",
-    )
-    device: str | None = field(None, help="cpu, cuda, mps; default: the best available")
-
-    def __post_init__(self) -> None:
-        for name in ("n_images", "vae_steps", "vae_batch", "unet_steps", "unet_batch"):
-            check_range(name, getattr(self, name), ge=1)
-        check_range("lr", self.lr, gt=0)
-        check_range("ema_decay", self.ema_decay, ge=0, lt=1)
-        check_range("caption_dropout", self.caption_dropout, ge=0, lt=1)
-        check_range("threads", self.threads, ge=0)
-        check_range("n_scenes", self.n_scenes, ge=0)
-        check_range("save_every", self.save_every, ge=0)
-
-    def output_folder(self) -> Path:
-        """Where the pipeline goes: ``out``, else the MiniCanvas bundle found by name (the
-        user's copy when that is the one shipped in the package)."""
-        if self.out:
-            return Path(self.out)
-        bundle = find_bundle(NAME)
-        if bundle is None:
-            raise ConfigError("out", "no MiniCanvas bundle is installed here; name a folder")
-        return writable_folder(bundle)
 
 
 def build_vae():

@@ -17,7 +17,6 @@ import csv
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,15 @@ from saeuron.minicanvas.assets import (
     recorded_settings,
     writable_bundle_folder,
 )
+
+# The settings live in a torch-free module, which --help reads; they stay importable from here.
+from saeuron.minicanvas.saemnesia_config import SupervisedBuildConfig
 from saeuron.minicanvas.world import (
     OBJECTS,
     STYLES,
     anchor_prompts,
 )
 from saeuron.training.supervised import SupervisedTrainConfig, train_supervised
-from saeuron.utils.config import Config, check_range, field
 from saeuron.utils.files import BUNDLE_SUPERVISED_DIR
 from saeuron.utils.io import atomic_path, atomic_write_json, make_json_portable
 
@@ -57,34 +58,6 @@ def write_labels(path: Path) -> Path:
                 STYLES[style] if style is not None else "",
             ])  # fmt: skip
     return path
-
-
-@dataclass
-class SupervisedBuildConfig(Config):
-    model: str = field("minicanvas", help="the MiniCanvas pipeline")
-    out: str | None = field(
-        None,
-        help="bundle folder; default: the user's copy of the shipped bundle "
-        "($SAEURON_CACHE/bundles/minicanvas)",
-    )
-    num_inference_steps: int = field(
-        20, ge=1, le=1000, help="DDIM steps of the capture (as the assets)"
-    )
-    guidance_scale: float = field(7.5, ge=0, le=100, help="CFG scale of the capture")
-    # The paper's 5e-6 suits its 16k-prompt SAE; on MiniCanvas' 4,600 labelled images it
-    # barely moves the latents in 50 epochs (BCE 0.81 -> 0.80), 3e-3 separates them.
-    lr: float = field(3e-3, gt=0, le=1, help="Adam learning rate of the fine-tune")
-    max_epochs: int = field(80, ge=1, le=1_000_000, help="at most this many epochs")
-    patience: int = field(
-        5, ge=1, le=1_000_000, help="early stopping: epochs without held-out gain"
-    )
-    seed: int = field(0, ge=0, le=2**63 - 1, help="seed of capture and fine-tune")
-    workdir: str | None = field(None, help="where activations go; default: a temporary folder")
-
-    def __post_init__(self) -> None:
-        for name in ("num_inference_steps", "max_epochs", "patience"):
-            check_range(name, getattr(self, name), ge=1)
-        check_range("lr", self.lr, gt=0)
 
 
 def build_supervised(cfg: SupervisedBuildConfig) -> dict[str, Any]:

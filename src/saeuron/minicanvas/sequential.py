@@ -12,53 +12,21 @@ test-only other names (UA-alias) and in-scene UA and retention on two-object sce
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from saeuron.minicanvas.assets import concept_kind, load_params
+from saeuron.minicanvas.assets import load_params
 from saeuron.minicanvas.judge import MiniCanvasJudge, extra_scores, prompt_rows
-from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_SEEDS, TEST_TEMPLATES
-from saeuron.utils.config import Config, ConfigError, check_range, field
-from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
 
-DEFAULT_STYLES = ("striped", "checkered", "diagonal", "grainy", "outlined", "pastel")
-DEFAULT_OBJECTS = ("moon", "triangle", "heart", "square", "arrow", "star")
-SEQUENTIAL_VARIANTS = ("saeuron", "recipe")
-
-
-@dataclass
-class SequentialConfig(Config):
-    out: str = field("minicanvas-sequential", help="folder for results.json and results.md")
-    styles: list[str] = field(list(DEFAULT_STYLES), help="styles erased one after another")
-    objects: list[str] = field(list(DEFAULT_OBJECTS), help="objects erased one after another")
-    seeds: list[int] = field(
-        list(TEST_SEEDS[:1]), ge=0, le=2**63 - 1, help="seeds of every (object, style) prompt"
-    )
-    num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps")
-    batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
-    variant: str = field(
-        "saeuron",
-        choices=SEQUENTIAL_VARIANTS,
-        help="'saeuron' (the published method, tuned gamma) or 'recipe' (the default recipes)",
-    )
-    extra: bool = field(
-        True, help="also UA-alias and in-scene scores of the erased concepts (first seed)"
-    )
-
-    def __post_init__(self) -> None:
-        for kind, names in (("style", self.styles), ("object", self.objects)):
-            for name in names:
-                if concept_kind(name) != kind:
-                    raise ConfigError(f"{kind}s", f"{name!r} is not a MiniCanvas {kind}")
-            if len(set(names)) != len(names):
-                raise ConfigError(f"{kind}s", "each concept once")
-        check_range("num_inference_steps", self.num_inference_steps, ge=1)
-        if not self.seeds:
-            raise ConfigError("seeds", "give at least one seed")
-        check_output_folder(self.out, "out")
+# The settings live in a torch-free module, which --help reads; they stay importable from here.
+from saeuron.minicanvas.sequential_config import DEFAULT_OBJECTS as DEFAULT_OBJECTS
+from saeuron.minicanvas.sequential_config import DEFAULT_STYLES as DEFAULT_STYLES
+from saeuron.minicanvas.sequential_config import SEQUENTIAL_VARIANTS as SEQUENTIAL_VARIANTS
+from saeuron.minicanvas.sequential_config import SequentialConfig
+from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
+from saeuron.utils.io import atomic_path, atomic_write_json
 
 
 def _accuracy(truth: np.ndarray, predicted: np.ndarray, mask: np.ndarray) -> float:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from saeuron.utils.errors import ConfigError
+
 SIZE = 32
 
 OBJECTS = (
@@ -270,6 +272,21 @@ def sample_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
         [render(OBJECTS[o], STYLES[s], rng) for o, s in zip(objects, styles, strict=True)]
     )
     return images, objects, styles
+
+
+def concept_kind(concept: str) -> str:
+    """``"object"`` or ``"style"``; anything else is a config error listing both. Here, with
+    the names, so that the configs check concepts without loading the model code."""
+    key = concept.strip().lower()
+    if key in OBJECTS:
+        return "object"
+    if key in STYLES:
+        return "style"
+    raise ConfigError(
+        "concept",
+        f"{concept!r} is not a MiniCanvas concept; objects: {', '.join(OBJECTS)}; "
+        f"styles: {', '.join(STYLES)}",
+    )
 
 
 def name(concept: str, naming: str = "canonical") -> str:

@@ -1,0 +1,47 @@
+"""The settings of ``saeuron minicanvas sequential`` (:class:`SequentialConfig`), in a module
+without torch, so that ``--help`` reads them without loading the model;
+:mod:`saeuron.minicanvas.sequential` re-exports them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saeuron.minicanvas.world import TEST_SEEDS, concept_kind
+from saeuron.utils.atomic import check_output_folder
+from saeuron.utils.config import Config, ConfigError, check_range, field
+
+DEFAULT_STYLES = ("striped", "checkered", "diagonal", "grainy", "outlined", "pastel")
+DEFAULT_OBJECTS = ("moon", "triangle", "heart", "square", "arrow", "star")
+SEQUENTIAL_VARIANTS = ("saeuron", "recipe")
+
+
+@dataclass
+class SequentialConfig(Config):
+    out: str = field("minicanvas-sequential", help="folder for results.json and results.md")
+    styles: list[str] = field(list(DEFAULT_STYLES), help="styles erased one after another")
+    objects: list[str] = field(list(DEFAULT_OBJECTS), help="objects erased one after another")
+    seeds: list[int] = field(
+        list(TEST_SEEDS[:1]), ge=0, le=2**63 - 1, help="seeds of every (object, style) prompt"
+    )
+    num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps")
+    batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
+    variant: str = field(
+        "saeuron",
+        choices=SEQUENTIAL_VARIANTS,
+        help="'saeuron' (the published method, tuned gamma) or 'recipe' (the default recipes)",
+    )
+    extra: bool = field(
+        True, help="also UA-alias and in-scene scores of the erased concepts (first seed)"
+    )
+
+    def __post_init__(self) -> None:
+        for kind, names in (("style", self.styles), ("object", self.objects)):
+            for name in names:
+                if concept_kind(name) != kind:
+                    raise ConfigError(f"{kind}s", f"{name!r} is not a MiniCanvas {kind}")
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{kind}s", "each concept once")
+        check_range("num_inference_steps", self.num_inference_steps, ge=1)
+        if not self.seeds:
+            raise ConfigError("seeds", "give at least one seed")
+        check_output_folder(self.out, "out")

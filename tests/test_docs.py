@@ -50,11 +50,16 @@ def test_pages_speak_of_the_software(page: Path) -> None:
     assert found is None, f"{page.name}: {text[max(0, found.start() - 80):found.end() + 80]!r}"
 
 
-def test_the_default_recipe_section_is_there_for_the_table() -> None:
+def test_the_benchmark_page_has_every_variant_and_the_new_columns() -> None:
     text = (DOCS / "results" / "minicanvas.md").read_text("utf-8")
-    assert "## The default erasure (recipes)" in text
-    assert "saeuron minicanvas bench --variants none,saeuron,recipe" in text
-    assert "TODO" not in text
+    assert "## Every variant" in text and "\nsaeuron minicanvas bench\n" in text
+    header = next(line for line in text.splitlines() if line.startswith("| variant"))
+    for column in ("UA-alias", "scene UA", "scene ret."):
+        assert f"style {column}" in header and f"object {column}" in header, column
+    for variant in ("no erasure", 'preset="paper"', "default", "SAEmnesia"):
+        assert f"| {variant}" in text or variant in text, variant
+    for placeholder in ("TODO", "MAIN_TABLE", "PER_CONCEPT", "SEQUENTIAL", "ANALYSIS"):
+        assert placeholder not in text, placeholder
 
 
 @pytest.mark.slow

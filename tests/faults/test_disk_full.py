@@ -21,6 +21,7 @@ from helpers.faults import leftovers
 from helpers.shards import planted_features, write_synthetic_shards
 from PIL import Image
 
+import saeuron.utils.atomic as atomic
 import saeuron.utils.io as io
 from saeuron.cli.main import main
 from saeuron.eval import parse_eval_config, run_eval
@@ -135,7 +136,7 @@ def test_a_full_disk_while_creating_the_temporary_file(tmp_path: Path, monkeypat
     def no_inode(*args: object, **kwargs: object) -> None:
         raise _enospc(tmp_path)
 
-    monkeypatch.setattr(io.tempfile, "mkstemp", no_inode)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", no_inode)
     _refused(lambda: atomic_write_json(tmp_path / "a.json", {}), tmp_path / "a.json")
 
 

@@ -150,15 +150,18 @@ def minicanvas_bundle(folder: Path) -> Bundle:
 
 
 DESCRIPTION = (
-    "MiniCanvas, the small text-to-image model saeuron ships so that SAeUron runs, is "
+    "MiniCanvas 2, the small text-to-image model saeuron ships so that SAeUron runs, is "
     "measured and can be seen on a laptop CPU: a stock diffusers `StableDiffusionPipeline` "
     "(an `AutoencoderTiny`, a UNet with Stable Diffusion's block layout at a small scale, a "
-    "small CLIP text model with the real CLIP tokenizer, DDIM) trained from scratch on a "
-    "procedural world like UnlearnCanvas: 10 objects x 10 styles, 32x32 pixels. With it: "
-    "SAEs at `unet.up_blocks.1.attentions.1` (objects) and `.2` (styles), every concept's "
-    "statistics and tuned features, SAEmnesia's supervised SAEs, and the classifier that "
-    "judges erasures. Everything here was made with `saeuron minicanvas train` and "
-    "`saeuron minicanvas assets` from seed 0."
+    "small CLIP text model with the real CLIP tokenizer, DDIM) trained on a procedural world "
+    "like UnlearnCanvas: 10 objects x 10 styles, 32x32 pixels, three names per concept "
+    "(canonical, validation, test-only) and two-object scenes. With it: SAEs at "
+    "`unet.up_blocks.1.attentions.1` (objects) and `.2` (styles), every concept's statistics "
+    "and tuned features, SAEmnesia's supervised SAEs, the text-encoder and guidance-site SAEs "
+    "of the recipes, a recipe per concept, and the classifier that judges erasures (object, "
+    "style and scene heads). The model was fine-tuned from MiniCanvas 1 (trained from seed 0) "
+    "with `saeuron minicanvas train --init-from`; the rest was made from seed 0 with "
+    "`scripts/minicanvas_build.sh`."
 )
 
 

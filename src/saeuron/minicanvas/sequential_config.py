@@ -26,9 +26,9 @@ class SequentialConfig(Config):
     num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps")
     batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
     variant: str = field(
-        "saeuron",
+        "recipe",
         choices=SEQUENTIAL_VARIANTS,
-        help="'saeuron' (the published method, tuned gamma) or 'recipe' (the default recipes)",
+        help="'recipe' (the default recipes) or 'saeuron' (the published method, tuned gamma)",
     )
     extra: bool = field(
         True, help="also UA-alias and in-scene scores of the erased concepts (first seed)"

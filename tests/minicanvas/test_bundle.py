@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,10 @@ def test_no_shipped_record_names_a_build_machine_path() -> None:
         if text.startswith(("/", "~")) or text[1:3] == ":\\"
     ]
     assert found == []
+    # The card's examples name the bundle by its hub id, not by the folder it was built in.
+    card = (FOLDER / "README.md").read_text(encoding="utf-8")
+    assert "--model saeuron/minicanvas" in card and 'model="saeuron/minicanvas"' in card
+    assert not re.search(r"--model /|model=\"/", card)
 
 
 def test_model_loads_as_a_stock_pipeline_with_sd_block_names() -> None:

@@ -272,6 +272,12 @@ class JudgedScenes:
     true_styles: np.ndarray
     images: list[Any]
 
+    @property
+    def found(self) -> np.ndarray:
+        """``[N, 2]``: whether each of a scene's two named objects was found."""
+        rows = np.arange(len(self.present))[:, None]
+        return self.present[rows, self.true_objects]
+
 
 def alias_rows(
     concept: str, seeds: Sequence[int], template: str = TEST_TEMPLATES[0],
@@ -321,40 +327,26 @@ def scene_scores(concept: str, scenes: JudgedScenes) -> dict[str, float]:
     kind, index = _concept_index(concept)
     if not len(scenes.present):
         return {"scene_UA": float("nan"), "scene_retention": float("nan"), "n_scenes": 0}
-    rows = np.arange(len(scenes.present))
     if kind == "object":
-        others = np.where(
-            scenes.true_objects[:, 0] == index,
-            scenes.true_objects[:, 1],
-            scenes.true_objects[:, 0],
-        )
         gone = ~scenes.present[:, index]
-        kept = scenes.present[rows, others]
+        kept = scenes.found[scenes.true_objects != index]
     else:
         gone = scenes.styles != index
-        kept = np.concatenate([scenes.present[rows, scenes.true_objects[:, c]] for c in (0, 1)])
+        kept = scenes.found
     return {
         "scene_UA": float(gone.mean()),
         "scene_retention": float(kept.mean()),
-        "n_scenes": len(rows),
+        "n_scenes": len(scenes.present),
     }
 
 
 def scene_following(scenes: JudgedScenes) -> dict[str, float]:
     """How often the unerased model draws both objects (and the style) a scene asks for."""
-    rows = np.arange(len(scenes.present))
-    both = scenes.present[rows, scenes.true_objects[:, 0]] & scenes.present[
-        rows, scenes.true_objects[:, 1]
-    ]
     return {
-        "both_objects": float(both.mean()),
-        "each_object": float(
-            np.concatenate(
-                [scenes.present[rows, scenes.true_objects[:, c]] for c in (0, 1)]
-            ).mean()
-        ),
+        "both_objects": float(scenes.found.all(axis=1).mean()),
+        "each_object": float(scenes.found.mean()),
         "style_accuracy": float((scenes.styles == scenes.true_styles).mean()),
-        "n_scenes": len(rows),
+        "n_scenes": len(scenes.present),
     }
 
 

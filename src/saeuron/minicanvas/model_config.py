@@ -34,7 +34,7 @@ class ModelTrainConfig(Config):
     )
     vae_batch: int = field(64, ge=1, le=65536, help="autoencoder batch size")
     unet_steps: int = field(
-        6000, ge=1, le=100_000_000, help="UNet + text encoder optimisation steps"
+        4500, ge=1, le=100_000_000, help="UNet + text encoder optimisation steps"
     )
     unet_batch: int = field(64, ge=1, le=65536, help="UNet batch size")
     init_from: str = field(

@@ -94,6 +94,20 @@ def test_an_enqueued_setting_is_the_first_trial(world, tmp_path):
     assert edit.features.selection["tau"] == 10
 
 
+def test_the_grid_sampler_runs_every_setting_once(world, tmp_path):
+    out = tmp_path / "cat.json"
+    flags = ["--sampler", "grid", "--rules", "scale", "--strengths=-1,-5", "--taus", "1,2",
+             "--ratios", "0.3", "--halves", "cond,both", "--no-heldout"]  # fmt: skip
+    # --trials 1 does not cut a grid short: it has 2 strengths x 2 taus x 2 halves settings.
+    assert main(tune_args(world, out, 1, *flags)) == 0
+    recipe = Recipe.load(out)
+    assert recipe.tuning["trials"] == 8 and recipe.tuning["tuner"] == "saeuron tune (grid)"
+    rows = list(csv.DictReader(out.with_suffix(".trials.csv").open()))
+    seen = {(float(r["strength_denoiser"]), int(r["tau"]), r["cfg_half"]) for r in rows}
+    assert seen == {(s, t, h) for s in (-1.0, -5.0) for t in (1, 2) for h in ("cond", "both")}
+    assert recipe.concepts["cat"].edits[0].rule == "scale"
+
+
 @pytest.mark.parametrize(
     ("flags", "field"),
     [
@@ -102,6 +116,8 @@ def test_an_enqueued_setting_is_the_first_trial(world, tmp_path):
         (["--windows", "0:2"], "windows"),
         (["--targets", '{"XA": 1}'], "targets"),
         (["--enqueue", "[1]"], "enqueue"),
+        (["--sampler", "grid"], "strengths"),
+        (["--strengths", "nan"], "strengths"),
         (["--judge", "no_such_module:Judge"], "judge"),
     ],
 )

@@ -43,11 +43,20 @@ class TuneConfig(Config):
     )
     rules: list[str] = field(["ablate", "anchor"], help="rules to try")
     taus: list[int] = field([5, 10, 20], help="latents per step to try")
+    strengths: list[float] = field(
+        [], help="strengths to try, in place of each rule's range: e.g. the published grid's "
+        "--strengths=-1,-5,-10,-15,-20,-25,-30 (default: the range)"
+    )
     ratios: list[float] = field(
         [0.3, 0.5], help="specificity filters to try (max_other_ratio)"
     )
     windows: list[str] = field(["all"], help="windows to try: all, 0:0.5, 0.5:1")
     halves: list[str] = field(["cond"], help="CFG rows to try: cond, both")
+    sampler: str = field(
+        "tpe", choices=("tpe", "grid"), help="tpe: Optuna's TPE search for --trials trials; "
+        "grid: every combination of --site-sets, --rules, --strengths, --taus, --ratios, "
+        "--windows and --halves once (--trials is then the grid's size)"
+    )
     enqueue: str | None = field(
         None, help="a setting (JSON object of trial parameters) or a JSON list of them, tried "
         "first: e.g. a known good one"
@@ -86,6 +95,12 @@ class TuneConfig(Config):
             check_choice("halves", half, ("cond", "both"))
         for tau in self.taus:
             check_range("taus", tau, ge=1, le=10_000)
+        for strength in self.strengths:
+            check_range("strengths", strength)
+        if self.sampler == "grid" and not self.strengths:
+            raise ConfigError(
+                "strengths", "the grid sampler needs a list of strengths, e.g. -1,-5,-10"
+            )
         for ratio in self.ratios:
             check_range("ratios", ratio, gt=0)
         for name, mapping in (("targets", self.targets), ("weights", self.weights)):

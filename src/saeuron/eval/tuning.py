@@ -24,6 +24,8 @@ and ``features/`` with the chosen setting's features.
 from __future__ import annotations
 
 import csv
+import itertools
+import json
 import logging
 import math
 import os
@@ -364,11 +366,16 @@ def suggest_setting(
     text_range, denoiser_range = STRENGTH_RANGES[rule]
     setting: dict[str, Any] = {"sites": sites, "rule": rule}
     hookpoints = sites.split(SITE_JOIN)
+
+    def strength(name: str, low_high: tuple[float, float]) -> float:
+        if cfg.strengths:
+            return float(trial.suggest_categorical(name, cfg.strengths))
+        return float(trial.suggest_float(name, *low_high))
+
     if any(prompt_encoder_of(h) for h in hookpoints):
-        setting["strength_text"] = trial.suggest_float(f"strength_text_{rule}", *text_range)
+        setting["strength_text"] = strength(f"strength_text_{rule}", text_range)
     if not all(prompt_encoder_of(h) for h in hookpoints):
-        setting["strength_denoiser"] = trial.suggest_float(f"strength_denoiser_{rule}",
-                                                           *denoiser_range)  # fmt: skip
+        setting["strength_denoiser"] = strength(f"strength_denoiser_{rule}", denoiser_range)
         setting["window"] = trial.suggest_categorical("window", cfg.windows)
         setting["cfg_half"] = trial.suggest_categorical("cfg_half", cfg.halves)
     setting["tau"] = trial.suggest_categorical("tau", cfg.taus)
@@ -377,6 +384,34 @@ def suggest_setting(
         others = [c for c in inputs.prompt_set.kinds[kind] if c != concept]
         setting["anchor"] = trial.suggest_categorical("anchor", others)
     return setting
+
+
+def grid_settings(cfg: TuneConfig, inputs: TuneInputs, concept: str) -> list[dict[str, Any]]:
+    """Every point of the search space once, with ``cfg.strengths`` as the strengths: the
+    settings :func:`suggest_setting` can return, in a fixed order (the ``grid`` sampler)."""
+    kind = inputs.prompt_set.kind_of(concept)
+    others = [c for c in inputs.prompt_set.kinds[kind] if c != concept]
+    rules = [r for r in cfg.rules if r != "anchor" or others]
+    settings: list[dict[str, Any]] = []
+    for sites in inputs.site_sets:
+        hookpoints = sites.split(SITE_JOIN)
+        text = any(prompt_encoder_of(h) for h in hookpoints)
+        denoiser = not all(prompt_encoder_of(h) for h in hookpoints)
+        for rule in rules:
+            axes: list[tuple[str, list[Any]]] = []
+            if text:
+                axes.append(("strength_text", list(cfg.strengths)))
+            if denoiser:
+                axes += [("strength_denoiser", list(cfg.strengths)),
+                         ("window", list(cfg.windows)), ("cfg_half", list(cfg.halves))]
+            axes += [("tau", list(cfg.taus)), ("max_other_ratio", list(cfg.ratios))]
+            if rule == "anchor":
+                axes.append(("anchor", others))
+            for values in itertools.product(*(v for _, v in axes)):
+                setting = {"sites": sites, "rule": rule}
+                setting.update({k: v for (k, _), v in zip(axes, values, strict=True)})
+                settings.append(setting)
+    return settings
 
 
 def enqueued_params(setting: dict[str, Any]) -> dict[str, Any]:
@@ -494,6 +529,15 @@ def _optuna() -> Any:
     return optuna
 
 
+def _stale_trial_retry(optuna: Any) -> dict[str, Any]:
+    """The RDBStorage argument that retries a trial whose worker died: renamed in Optuna 4.9
+    (the old name warns there and goes in 6.0)."""
+    if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+        return {"heartbeat_stale_trial_callback": retry}
+    return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2)}
+
+
 def default_storage(out: Path) -> str:
     return f"sqlite:///{out.with_suffix('.optuna.db').resolve()}"
 
@@ -516,10 +560,11 @@ def run_tune(
     work = (out.parent / f".{out.stem}.features").resolve()
     maker = RecipeMaker(inputs, cfg.concept, work)
     storage_url = cfg.storage or default_storage(out)
-    storage = optuna.storages.RDBStorage(
-        storage_url, heartbeat_interval=60, grace_period=180,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
-    ) if storage_url.startswith(("sqlite", "postgresql", "mysql")) else storage_url  # fmt: skip
+    storage = (
+        optuna.storages.RDBStorage(storage_url, heartbeat_interval=60, grace_period=180,
+                                   **_stale_trial_retry(optuna))
+        if storage_url.startswith(("sqlite", "postgresql", "mysql")) else storage_url
+    )  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=8, constant_liar=True)
     # SQLite commits whole transactions: a full disk loses at most the running trial, which
@@ -534,9 +579,13 @@ def run_tune(
         study.set_user_attr("targets", targets)
         study.set_user_attr("weights", weights)
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        grid = grid_settings(cfg, inputs, cfg.concept) if cfg.sampler == "grid" else []
+        queue = {json.dumps(enqueued_params(s), sort_keys=True): s for s in cfg.enqueued() + grid}
         if not study.trials:
-            for setting in cfg.enqueued():
+            for setting in queue.values():
                 study.enqueue_trial(enqueued_params(setting), skip_if_exists=True)
+    # A grid runs each of its settings once, whatever --trials says.
+    wanted = len(queue) if grid else cfg.trials
     cache: dict[str, RecipeAssets] = {}
 
     def evaluate(trial: Any) -> float:
@@ -564,7 +613,7 @@ def run_tune(
         logger.info("trial %d %s: %s -> %.4f", trial.number, setting, scores, value)
         return value
 
-    remaining = max(0, cfg.trials - len(done))
+    remaining = max(0, wanted - len(done))
     started = time.perf_counter()
     if remaining:
         bar = tqdm(total=remaining, desc=f"tune {cfg.concept}", unit="trial")
@@ -584,7 +633,8 @@ def run_tune(
             if k in ("UA", "IRA", "CRA", ATTACKED) or "heldout_" in k}  # fmt: skip
     recipe = maker.recipe(setting, kept)
     recipe.tuning = {
-        "tuner": "saeuron tune (Optuna TPE)", "study": study.study_name,
+        "tuner": "saeuron tune (Optuna TPE)" if not grid else "saeuron tune (grid)",
+        "study": study.study_name,
         "trials": len(complete), "best_trial": best.number, "objective": best.value,
         "targets": targets, "weights": weights, "prompt_set": inputs.prompt_set.name,
         "images_per_trial": int(scores.get("n_images", 0)),

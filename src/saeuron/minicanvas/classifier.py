@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,34 +82,38 @@ class MiniCanvasClassifier(nn.Module):
         return self.object_head(h), self.style_head(h), self.scene_head(both)
 
     @torch.no_grad()
-    def detect(self, images: Any, batch_size: int = 256) -> np.ndarray:
-        """``[N, n_objects]`` probabilities that each object is in each picture."""
+    def _batched(
+        self, images: Any, batch_size: int, head: Callable[[Tensor], tuple[Tensor, ...]]
+    ) -> list[np.ndarray]:
+        """``head`` run over ``images`` in batches, in eval mode; one array per output."""
         x = to_tensor(images)
         was_training = self.training
         self.eval()
-        found = [
-            torch.sigmoid(self.all_heads(x[i : i + batch_size].to(self._device()))[2]).cpu()
-            for i in range(0, len(x), batch_size)
-        ]
-        self.train(was_training)
-        return torch.cat(found).numpy()
+        try:
+            parts = [
+                [out.cpu() for out in head(x[i : i + batch_size].to(self._device()))]
+                for i in range(0, len(x), batch_size)
+            ]
+        finally:
+            self.train(was_training)
+        return [torch.cat(outs).numpy() for outs in zip(*parts, strict=True)]
+
+    def detect(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        """``[N, n_objects]`` probabilities that each object is in each picture."""
+        (found,) = self._batched(
+            images, batch_size, lambda x: (torch.sigmoid(self.all_heads(x)[2]),)
+        )
+        return found
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    @torch.no_grad()
     def predict(self, images: Any, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """Object and style indices for PIL images, uint8 arrays or [0, 1] tensors."""
-        x = to_tensor(images)
-        was_training = self.training
-        self.eval()
-        objects, styles = [], []
-        for start in range(0, len(x), batch_size):
-            o, s = self(x[start : start + batch_size].to(self._device()))
-            objects.append(o.argmax(-1).cpu())
-            styles.append(s.argmax(-1).cpu())
-        self.train(was_training)
-        return torch.cat(objects).numpy(), torch.cat(styles).numpy()
+        objects, styles = self._batched(
+            images, batch_size, lambda x: tuple(logits.argmax(-1) for logits in self(x))
+        )
+        return objects, styles
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

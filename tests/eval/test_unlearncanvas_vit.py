@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from saeuron.eval import parse_eval_config, run_eval
+from saeuron.eval.judges import make_judge
 from saeuron.eval.metrics import METRICS, Item
 from saeuron.eval.runner import plan
 from saeuron.eval.unlearncanvas_vit import (
@@ -318,3 +319,17 @@ def test_default_size_is_vit_large_patch16_224() -> None:
     assert len(shapes) == 4 + 24 * 12 + 4 and shapes["blocks.23.attn.qkv.weight"] == (3072, 1024)
     assert shapes["pos_embed"] == (1, 197, 1024) and shapes["head.weight"] == (51, 1024)
     assert styles.blocks[0].attn.heads == 16
+
+
+def test_the_tune_judge_reads_the_published_files(classifiers) -> None:
+    # The same .pth layout as the published classifiers, read by `saeuron tune --judge
+    # unlearncanvas --judge-options '{"style_classifier": ..., "object_classifier": ...}'`.
+    judge = make_judge("unlearncanvas", **classifiers)
+    pictures = images(3)
+    # A prompt set's members are the class names, case and spaces aside.
+    assert judge.classify(pictures, "style", ["van gogh", "monet"]) == ["van gogh"] * 3
+    assert judge.classify(pictures, "style", ["Monet"]) == [""] * 3
+    assert judge.classify(pictures, "object", ["dogs", "cats"]) == ["dogs"] * 3
+    only_styles = make_judge("unlearncanvas", style_classifier=classifiers["style_classifier"])
+    with pytest.raises(ConfigError, match="no object classifier"):
+        only_styles.classify(pictures, "object", ["dogs"])

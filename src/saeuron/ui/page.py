@@ -1,9 +1,9 @@
 """The gradio page of ``saeuron ui``; all the logic is in :mod:`.studio`.
 
 The handlers are plain functions of (studio, session, values) returning what to show, so
-they are tested without a browser; :func:`build_app` only wires them to components. Every
-handler reports a bad value or a failure in the status box and a toast, and leaves the
-images as they were: an error never ends the server.
+they are tested without a browser; :func:`build_app` (built in :mod:`.layout`) only wires
+them to components. Every handler reports a bad value or a failure in the status box and a
+toast, and leaves the images as they were: an error never ends the server.
 """
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from saeuron.ui.config import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE, UiConfig
+from saeuron.ui.config import UiConfig
 from saeuron.ui.studio import Layer, Session, Settings, Studio, contact_sheet
 from saeuron.utils.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 logger = logging.getLogger(__name__)
 
@@ -142,181 +145,16 @@ def pick_concept(
 # -- the page --------------------------------------------------------------------------------
 
 
-def build_app(studio: Studio) -> Any:
-    # gradio is the optional 'ui' extra: imported when a page is built, never on import.
-    import gradio as gr
+def build_app(studio: Studio) -> gr.Blocks:
+    """The slider page for ``studio``, not yet launched; see :mod:`.layout`."""
+    # gradio is the optional 'ui' extra, and .layout imports it: imported when a page is
+    # built, never on import, so the handlers above are tested without gradio.
+    from saeuron.ui.layout import build_page
 
-    cfg: UiConfig = studio.config
-    model = cfg.model
-    bundled = studio.bundled_concepts()
-    first = DEFAULT_CONCEPT.get(model) if cfg.sae is None else None
-    first = first if first in bundled else (bundled[0] if bundled else None)
-    # With a recipe, one row per concept of it, each at its tuned strength (1).
-    recipe = studio.recipe_concepts()
-    rows = max(cfg.max_concepts, len(recipe))
-
-    with gr.Blocks(title="saeuron: the slider", analytics_enabled=False) as app:
-        state = gr.State(Session(rows=max(1, len(recipe))))
-        gr.Markdown((RECIPE_INTRO if recipe else INTRO).format(model=model))
-        with gr.Row():
-            with gr.Column(scale=2, min_width=320):
-                prompt = gr.Textbox(
-                    value=DEFAULT_PROMPT.get(model, "a photo of a cat on a sofa"),
-                    label="prompt (Enter to draw)",
-                    max_length=cfg.max_prompt_chars,
-                    lines=1,
-                    elem_id="prompt",
-                )
-                groups, concepts, sliders = [], [], []
-                for i in range(rows):
-                    with gr.Group(visible=i < max(1, len(recipe))) as group:
-                        concepts.append(
-                            gr.Dropdown(
-                                choices=recipe or bundled,
-                                value=(recipe[i] if i < len(recipe) else None) if recipe
-                                else first if i == 0 else None,
-                                allow_custom_value=not recipe,
-                                label=f"concept {i + 1}",
-                                info="a bundled concept, or type any phrase (its features are "
-                                "computed on the fly, with progress)",
-                                elem_id=f"concept-{i}",
-                            )
-                        )
-                        sliders.append(
-                            gr.Slider(
-                                minimum=0.0, maximum=1.0, value=1.0, step=0.05,
-                                label="strength: 0 off, 1 the recipe's tuned edit",
-                                elem_id=f"multiplier-{i}",
-                            ) if recipe else gr.Slider(
-                                minimum=-cfg.max_multiplier,
-                                maximum=cfg.max_multiplier,
-                                value=studio.default_multiplier(first) if i == 0 and first
-                                else -20.0,
-                                step=1,
-                                label="multiplier: negative erases, positive amplifies",
-                                elem_id=f"multiplier-{i}",
-                            )
-                        )  # fmt: skip
-                    groups.append(group)
-                with gr.Row():
-                    add = gr.Button("stack another concept", size="sm", elem_id="add")
-                    remove = gr.Button("remove the last", size="sm", elem_id="remove")
-                with gr.Row():
-                    steps = gr.Slider(1, cfg.max_steps, value=cfg.steps, step=1, label="steps",
-                                      elem_id="steps")  # fmt: skip
-                    seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
-                                     label="seed", elem_id="seed")  # fmt: skip
-                with gr.Row():
-                    guidance = gr.Slider(MIN_GUIDANCE, MAX_GUIDANCE, value=cfg.guidance_scale,
-                                         step=0.5, label="CFG scale",
-                                         elem_id="guidance")  # fmt: skip
-                    cfg_half = gr.Radio(
-                        ["cond", "both"], value="cond", label="CFG half edited", elem_id="cfg-half"
-                    )
-                batch = gr.Slider(1, cfg.max_batch, value=1, step=1, label="images",
-                                  elem_id="batch")  # fmt: skip
-                draw = gr.Button("draw", variant="primary", elem_id="draw")
-            with gr.Column(scale=3):
-                with gr.Row():
-                    unerased = gr.Image(label="without erasure", type="pil", format="png",
-                                        interactive=False, elem_id="unerased")  # fmt: skip
-                    erased = gr.Image(label="with erasure", type="pil", format="png",
-                                      interactive=False, elem_id="erased")  # fmt: skip
-                status = gr.Markdown(elem_id="status")
-
-        n = rows
-        # gradio injects a progress tracker into handlers that declare one as a default;
-        # track_tqdm shows the free-text features' tqdm bars on the page.
-        tracked = gr.Progress(track_tqdm=True)
-        # A set: handlers get one {component: value} dict, so the number of concept rows
-        # can vary and gradio still finds the progress parameter it injects by position.
-        common = {state, prompt, steps, seed, guidance, batch, cfg_half, *concepts, *sliders}
-
-        def unpack(values: dict[Any, Any]) -> tuple[Session, Settings, list[Layer], str]:
-            settings = Settings(
-                prompt=values[prompt] or "",
-                steps=values[steps],
-                seed=values[seed] if values[seed] is not None else 0,
-                guidance_scale=values[guidance],
-                batch=values[batch],
-            )
-            names = [values[c] for c in concepts]
-            gammas = [values[s] for s in sliders]
-            session = values[state]
-            return session, settings, layers_of(session, names, gammas), values[cfg_half]
-
-        def show(
-            outcome: Outcome, session: Session, extra: dict[Any, Any] | None = None
-        ) -> dict[Any, Any]:
-            if outcome.error:
-                gr.Warning(outcome.error)
-                return {status: f"**error**: {outcome.error}", state: session}
-            out: dict[Any, Any] = {status: outcome.status, state: session, **(extra or {})}
-            if outcome.unerased is not None:
-                out[unerased] = outcome.unerased
-            if outcome.erased is not None:
-                out[erased] = outcome.erased
-            return out
-
-        def on_all(values: dict[Any, Any], progress: Any = tracked) -> dict:
-            session, settings, layers, half = unpack(values)
-            _announce(studio, layers, progress)
-            return show(render_all(studio, session, settings, layers, half), session)
-
-        def on_erased(values: dict[Any, Any], progress: Any = tracked) -> dict:
-            session, settings, layers, half = unpack(values)
-            _announce(studio, layers, progress)
-            return show(render_erased(studio, session, settings, layers, half), session)
-
-        def on_pick(row: int) -> Callable[..., dict]:
-            def handler(values: dict[Any, Any], progress: Any = tracked) -> dict:
-                session, settings, layers, half = unpack(values)
-                _announce(studio, layers, progress)
-                picked = values[concepts[row]]
-                outcome = pick_concept(studio, session, settings, layers, picked, half)
-                extra = {}
-                if outcome.multiplier is not None and not outcome.error:
-                    extra[sliders[row]] = outcome.multiplier
-                return show(outcome, session, extra)
-
-            return handler
-
-        def on_rows(delta: int) -> Callable[..., dict]:
-            def handler(session: Session) -> dict:
-                session.rows = max(1, min(n, session.rows + delta))
-                out: dict[Any, Any] = {state: session}
-                for i, group in enumerate(groups):
-                    out[group] = gr.update(visible=i < session.rows)
-                if delta < 0 and session.rows < n:
-                    # The hidden row's concept is cleared; its change redraws the erased image.
-                    out[concepts[session.rows]] = None
-                return out
-
-            return handler
-
-        both_out = [unerased, erased, status, state]
-        erased_out = [erased, status, state]
-        app.load(on_all, common, both_out)
-        for trigger in (prompt.submit, draw.click, steps.change, seed.change, guidance.change,
-                        batch.change):  # fmt: skip
-            trigger(on_all, common, both_out, trigger_mode="always_last")
-        cfg_half.change(on_erased, common, erased_out, trigger_mode="always_last")
-        for i, (concept, slider) in enumerate(zip(concepts, sliders)):
-            concept.change(on_pick(i), common, [*erased_out, slider], trigger_mode="always_last")
-            slider.change(on_erased, common, erased_out, trigger_mode="always_last")
-        add.click(on_rows(+1), [state], [state, *groups])
-        remove.click(on_rows(-1), [state], [state, *groups, *concepts])
-    return app
+    return build_page(studio)
 
 
-def _announce(studio: Studio, layers: Sequence[Layer], progress: Any) -> None:
-    """Say what the wait is for before a free-text concept's features are computed."""
-    new = [c for c, _ in layers if not studio.is_cached(c)]
-    if new:
-        progress(0.0, desc=f"computing the features of {', '.join(map(repr, new))}")
-
-
-def launch(app: Any, cfg: UiConfig, block: bool = True) -> None:
+def launch(app: gr.Blocks, cfg: UiConfig, block: bool = True) -> None:
     import gradio as gr  # the optional 'ui' extra, as in build_app
 
     # One request at a time: the erase hooks sit on the one shared pipeline while it samples.

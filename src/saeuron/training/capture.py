@@ -18,6 +18,8 @@ import hashlib
 import inspect
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -392,6 +394,18 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
     out = Folder(cfg.out, "out")
     prompts = read_prompts(cfg.prompts, "prompts", limit=cfg.limit, keep_empty=True)
     settings = cache_settings(cfg, prompts)
+    plan = _existing_plan(out, settings)
+    # One capture per folder: a second one would count the first's shards as its own. The
+    # main process holds it for the run's processes (they write only after it has it).
+    with contextlib.ExitStack() as held:
+        if state.is_main_process and not out.remote:
+            held.enter_context(FolderLock(out.local_root))
+        return _capture(_Run(cfg, state, out, prompts, settings), plan)
+
+
+def _existing_plan(out: Folder, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The plan of an earlier capture into ``out`` (None in a new folder), refused when its
+    settings differ: checked before the model loads, so a wrong folder fails fast."""
     plan = _read_plan(out)
     if plan is not None:
         _check_plan(plan, settings, out)
@@ -399,34 +413,54 @@ def run_cache(cfg: CacheConfig) -> dict[str, Any]:
         raise ConfigError(
             "out", f"{out} holds shards but no {PLAN}: not a capture folder; pick another"
         )
-    # One capture per folder: a second one would count the first's shards as its own. The
-    # main process holds it for the run's processes (they write only after it has it).
-    with contextlib.ExitStack() as held:
-        if state.is_main_process and not out.remote:
-            held.enter_context(FolderLock(out.local_root))
-        return _capture(cfg, state, out, prompts, settings, plan)
+    return plan
 
 
-def _capture(
-    cfg: CacheConfig,
-    state: PartialState,
-    out: Folder,
-    prompts: list[str],
-    settings: dict[str, Any],
-    plan: dict[str, Any] | None,
-) -> dict[str, Any]:
-    device = _device(cfg, state)
+@dataclass(frozen=True)
+class _Run:
+    """What every step of one process's capture reads; fixed once the folder is checked."""
+
+    cfg: CacheConfig
+    state: PartialState
+    out: Folder
+    prompts: list[str]
+    settings: dict[str, Any]
+
+
+def _capture(run: _Run, plan: dict[str, Any] | None) -> dict[str, Any]:
+    """Load the model, agree on the plan, capture this process's shards, write the manifest."""
+    device = _device(run.cfg, run.state)
+    pipe, module = _load(run.cfg, device)
+    plan = _agree_on_plan(run, pipe, module, plan)
+    per_shard, n_shards = int(plan["prompts_per_shard"]), int(plan["n_shards"])
+    n = len(run.prompts)
+    groups = [range(g * per_shard, min(n, (g + 1) * per_shard)) for g in range(n_shards)]
+    todo = _todo(run, n_shards)
+    _capture_groups(run, pipe, module, plan, groups, todo)
+    return _finish(run, plan, device)
+
+
+def _load(cfg: CacheConfig, device: torch.device) -> tuple[Any, nn.Module]:
+    """The pipeline on ``device`` and the hookpoint's module in it."""
     check_model_inputs(cfg.model, cfg.sampling, hookpoints=[cfg.hookpoint])  # before loading
     pipe = load_pipeline(cfg.model, device, compute_dtype(device))
     use_scheduler(pipe, cfg.sampling.scheduler)
     check_schedule(pipe, cfg.sampling.steps)
-    module = resolve_module(pipe, cfg.hookpoint)
+    return pipe, resolve_module(pipe, cfg.hookpoint)
+
+
+def _agree_on_plan(
+    run: _Run, pipe: Any, module: nn.Module, plan: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The folder's plan, which the main process writes on a first run; every process then
+    reads it back, so all of them cut the prompts into the same groups."""
+    state, out = run.state, run.out
     if plan is None and state.is_main_process:
-        plan = _make_plan(pipe, module, cfg, prompts, settings)
+        plan = _make_plan(pipe, module, run.cfg, run.prompts, run.settings)
         out.write_json(PLAN, plan)
         log.info(
             "plan: %d prompts, %d per shard, %d shards, d_in %d",
-            len(prompts),
+            len(run.prompts),
             plan["prompts_per_shard"],
             plan["n_shards"],
             plan["d_in"],
@@ -435,13 +469,13 @@ def _capture(
     plan = _read_plan(out)
     if plan is None:
         raise RuntimeError(f"{out.path(PLAN)} missing after the main process wrote it")
-    _check_plan(plan, settings, out)
+    _check_plan(plan, run.settings, out)
+    return plan
 
-    per_shard, n_shards = int(plan["prompts_per_shard"]), int(plan["n_shards"])
-    groups = [
-        range(g * per_shard, min(len(prompts), (g + 1) * per_shard))
-        for g in range(n_shards)
-    ]
+
+def _todo(run: _Run, n_shards: int) -> list[int]:
+    """This process's shards still to capture (group ``g`` is process ``g % processes``'s)."""
+    state, out = run.state, run.out
     mine = range(state.process_index, n_shards, state.num_processes)
     done = _done_shards(out, mine)
     todo = [g for g in mine if g not in done]
@@ -450,9 +484,11 @@ def _capture(
     if todo:
         # A manifest means "complete": it goes while any shard is (re)captured.
         out.remove(MANIFEST)
+    return todo
 
-    interrupt = _supports_interrupt(pipe)
-    last_step = settings["steps"][-1]
+
+def _stop_after(denoise: DenoiseState, last_step: int) -> Callable[..., dict[str, Any]]:
+    """A ``callback_on_step_end`` that ends sampling after ``last_step``."""
 
     def stop_after_last_step(
         pipeline: Any, i: int, t: Any, tensors: dict[str, Any]
@@ -463,9 +499,22 @@ def _capture(
             pipeline._interrupt = True
         return {}
 
+    return stop_after_last_step
+
+
+def _capture_groups(
+    run: _Run,
+    pipe: Any,
+    module: nn.Module,
+    plan: dict[str, Any],
+    groups: list[range],
+    todo: list[int],
+) -> None:
+    """Sample each group in ``todo`` with the recording hook on, and write it as its shard."""
+    cfg, state = run.cfg, run.state
+    interrupt = _supports_interrupt(pipe)
+    last_step = run.settings["steps"][-1]
     extra: dict[str, Any] = _size_kwargs(cfg)
-    if interrupt:
-        extra["callback_on_step_end"] = stop_after_last_step
     bar = tqdm(
         total=sum(len(groups[g]) for g in todo),
         desc="cache",
@@ -473,67 +522,86 @@ def _capture(
         disable=not state.is_local_main_process,
     )
     with track_denoising(pipe) as denoise:
+        if interrupt:
+            extra["callback_on_step_end"] = _stop_after(denoise, last_step)
         # A prompt encoder is recorded outside any sampling loop, as step 0 without CFG.
         recorder = _Recorder(cfg, PROMPT_CALL if cfg.prompt_encoder else denoise)
         handle = module.register_forward_hook(recorder, with_kwargs=True)
         try:
             for g in todo:
-                group = groups[g]
-                for start in range(group.start, group.stop, cfg.sampling.batch_size):
-                    batch = range(start, min(group.stop, start + cfg.sampling.batch_size))
-                    recorder.prompt_ids = torch.tensor(list(batch), dtype=torch.int64)
-                    if cfg.prompt_encoder:
-                        encode_prompts(pipe, cfg.prompt_encoder, [prompts[i] for i in batch])
-                    else:
-                        pipe(
-                            [prompts[i] for i in batch],
-                            num_inference_steps=cfg.sampling.steps,
-                            guidance_scale=cfg.sampling.guidance,
-                            generator=_generators(cfg.sampling.seed, batch),
-                            output_type="latent",
-                            **extra,
-                        )
-                    bar.update(len(batch))
-                tensors = recorder.take()
-                expected = len(group) * int(plan["tokens_per_prompt"])
-                if tensors["activations"].shape[0] != expected:
-                    raise RuntimeError(
-                        f"shard {g}: recorded {tensors['activations'].shape[0]} tokens, "
-                        f"expected {expected}; does {cfg.hookpoint} run once per UNet call?"
-                    )
-                _write_shard(out, g, tensors, group)
-                log.debug(
-                    "process %d/%d wrote shard %d (prompts %d-%d)",
-                    state.process_index,
-                    state.num_processes,
-                    g,
-                    group.start,
-                    group.stop - 1,
-                )
-                del tensors
+                _sample_group(run, pipe, recorder, groups[g], extra, bar)
+                _store_group(run, g, groups[g], recorder.take(), plan)
         finally:
             handle.remove()
             bar.close()
 
+
+def _sample_group(
+    run: _Run, pipe: Any, recorder: _Recorder, group: range, extra: dict[str, Any], bar: Any
+) -> None:
+    """Run ``group``'s prompts through the model in batches; ``recorder`` keeps the tokens."""
+    cfg, prompts = run.cfg, run.prompts
+    for start in range(group.start, group.stop, cfg.sampling.batch_size):
+        batch = range(start, min(group.stop, start + cfg.sampling.batch_size))
+        recorder.prompt_ids = torch.tensor(list(batch), dtype=torch.int64)
+        if cfg.prompt_encoder:
+            encode_prompts(pipe, cfg.prompt_encoder, [prompts[i] for i in batch])
+        else:
+            pipe(
+                [prompts[i] for i in batch],
+                num_inference_steps=cfg.sampling.steps,
+                guidance_scale=cfg.sampling.guidance,
+                generator=_generators(cfg.sampling.seed, batch),
+                output_type="latent",
+                **extra,
+            )
+        bar.update(len(batch))
+
+
+def _store_group(
+    run: _Run, g: int, group: range, tensors: dict[str, Tensor], plan: dict[str, Any]
+) -> None:
+    """Write group ``g``'s tokens as shard ``g``, once their count is the plan's."""
+    expected = len(group) * int(plan["tokens_per_prompt"])
+    if tensors["activations"].shape[0] != expected:
+        raise RuntimeError(
+            f"shard {g}: recorded {tensors['activations'].shape[0]} tokens, "
+            f"expected {expected}; does {run.cfg.hookpoint} run once per UNet call?"
+        )
+    _write_shard(run.out, g, tensors, group)
+    log.debug(
+        "process %d/%d wrote shard %d (prompts %d-%d)",
+        run.state.process_index,
+        run.state.num_processes,
+        g,
+        group.start,
+        group.stop - 1,
+    )
+
+
+def _finish(run: _Run, plan: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Once every process is done, the main one checks all shards are there and writes the
+    manifest; every process returns it."""
+    state, out = run.state, run.out
     state.wait_for_everyone()
     if state.is_main_process:
         present = {s.index for s in finished_shards(out)}
-        missing = [g for g in range(n_shards) if g not in present]
+        missing = [g for g in range(int(plan["n_shards"])) if g not in present]
         if missing:
             raise RuntimeError(f"shards {missing} of {out} were not written")
         write_manifest(
             out,
             {
-                **settings,
+                **run.settings,
                 "d_in": plan["d_in"],
                 "tokens_per_step": plan["tokens_per_step"],
                 "rows_per_prompt": plan["rows_per_prompt"],
                 "tokens_per_prompt": plan["tokens_per_prompt"],
-                "prompts_per_shard": per_shard,
-                "prompts_file": str(Path(cfg.prompts).resolve()),
+                "prompts_per_shard": int(plan["prompts_per_shard"]),
+                "prompts_file": str(Path(run.cfg.prompts).resolve()),
                 "compute_dtype": str(compute_dtype(device)).removeprefix("torch."),
             },
         )
-        log.info("wrote %d shards to %s", n_shards, out)
+        log.info("wrote %d shards to %s", int(plan["n_shards"]), out)
     state.wait_for_everyone()
     return out.read_json(MANIFEST)

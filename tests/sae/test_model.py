@@ -66,6 +66,51 @@ def test_decode_and_forward_match_naive_reference() -> None:
     assert float(out.auxk_loss) == 0.0
 
 
+@torch.no_grad()
+def test_the_pieces_the_hook_calls_are_the_encode() -> None:
+    sae = make_sae()
+    x = torch.randn(20, 8)
+    dense = naive_encode(sae, x)
+    pre = sae.pre_acts(x)
+    # The TopK gate: each token's k-th largest pre-activation, and a latent's TopK
+    # activation is its pre-activation at or above it, else 0.
+    expected_kth = pre.sort(dim=-1, descending=True).values[:, sae.cfg.k - 1 : sae.cfg.k]
+    assert torch.equal(sae.topk_threshold(pre), expected_kth)
+    latents = torch.tensor([0, 5, 31, 7])
+    torch.testing.assert_close(sae.topk_acts(pre, latents), dense[:, latents])
+    torch.testing.assert_close(sae.densify(sae.select_topk(pre)), dense)
+    torch.testing.assert_close(sae.decode_dense(dense), dense @ sae.W_dec + sae.b_dec)
+    # The SAE's tensors cast for another dtype give the same code, in that dtype.
+    weights = sae.cast_weights(torch.device("cpu"), torch.float64)
+    assert weights.encoder.dtype == torch.float64 and not weights.encoder.requires_grad
+    torch.testing.assert_close(sae.pre_acts(x.double(), weights), pre.double())
+    torch.testing.assert_close(sae.decode_dense(dense.double(), weights), sae(x).sae_out.double())
+
+
+@torch.no_grad()
+def test_standardising_sae_undoes_its_standardisation() -> None:
+    sae = Sae(SaeConfig(d_in=8, expansion_factor=4, k=3, input_unit_norm=True))
+    x = torch.randn(20, 8) * 3 + 2
+    z, mean, std = sae.standardise(x)
+    assert mean is not None and std is not None
+    torch.testing.assert_close(z.mean(-1), torch.zeros(20), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sae.unstandardise(z, mean, std), x)
+    # A change made to the standardised input lands in the input's scale; the mean cancels.
+    change = torch.randn(20, 8)
+    torch.testing.assert_close(
+        sae.unstandardise(z + change, mean, std) - x, sae.unstandardise_delta(change, std)
+    )
+    # forward decodes through the same undoing.
+    top = sae.select_topk(sae.pre_acts(z))
+    torch.testing.assert_close(
+        sae(x).sae_out, sae.unstandardise(sae.decode(*top), mean, std), rtol=0, atol=0
+    )
+    plain = make_sae()
+    same, no_mean, no_std = plain.standardise(x)
+    assert same is x and no_mean is None and no_std is None
+    assert plain.unstandardise(x, None, None) is x and plain.unstandardise_delta(x, None) is x
+
+
 def test_batch_topk_keeps_k_times_tokens_over_the_batch() -> None:
     sae = make_sae(k=3)
     x = torch.randn(16, 8)

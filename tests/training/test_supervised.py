@@ -39,7 +39,7 @@ def synthetic(n_images: int = 240, tokens: int = 8, d: int = 16, seed: int = 0):
 def separation(sae: Sae, acts, labels, latents) -> float:
     """Mean gap between token-mean activations of labelled and unlabelled images."""
     with torch.no_grad():
-        pre = sae.pre_acts(sae._standardise(acts.reshape(-1, acts.shape[-1]))[0])
+        pre = sae.pre_acts(sae.standardise(acts.reshape(-1, acts.shape[-1]))[0])
     means = pre[:, latents].reshape(acts.shape[0], acts.shape[1], -1).mean(1)
     gaps = [(means[labels[:, j] == 1, j].mean() - means[labels[:, j] == 0, j].mean())
             for j in range(labels.shape[1])]  # fmt: skip

@@ -10,20 +10,19 @@ import logging
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saeuron.erasure.candidates import candidate_tokens, place_candidates, take_candidates
 from saeuron.erasure.erase_config import EraseConfig
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.hook_state import (
     EraseHandle,
     StepPlan,
     StepTable,
-    _Weights,
     check_finite_activations,
     timestep_row,
 )
-from saeuron.erasure.rules import RuleEdits, RulePlan
+from saeuron.erasure.rules import RuleSet
 from saeuron.models.denoising import DenoiseState
 from saeuron.models.tokens import (
     from_tokens,
@@ -34,12 +33,12 @@ from saeuron.models.tokens import (
     to_tokens,
 )
 from saeuron.sae import Sae
-from saeuron.sae.model import UNIT_NORM_EPS
+from saeuron.sae.model import SaeWeights
 
 logger = logging.getLogger(__name__)
 
 
-class _EraseHook(RuleEdits):
+class _EraseHook:
     """The forward hook on the erased block.
 
     Two ways to the same edit (docs/method.md, section 5):
@@ -52,6 +51,8 @@ class _EraseHook(RuleEdits):
       a mask, so the shapes never depend on the data; the step's latents are looked up in a
       :class:`StepTable` with the tracker's step tensor, so a new step is a new index, not a
       new graph.
+
+    The rules beyond ``scale`` are a :class:`RuleSet` it holds (``rules``) and calls eagerly.
     """
 
     def __init__(
@@ -76,9 +77,9 @@ class _EraseHook(RuleEdits):
         self._selections: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor] | None] = {}
         self._plans: dict[tuple[Any, ...], StepPlan | None] = {}
         self._tables: dict[tuple[Any, ...], StepTable | None] = {}
-        self._rule_plans: dict[tuple[Any, ...], RulePlan | None] = {}
+        self.rules = RuleSet(sae, concepts, multipliers, cfg.rule)
         self._no_cfg_logged = False
-        self._weights: dict[tuple[torch.device, torch.dtype], _Weights] = {}
+        self._weights: dict[tuple[torch.device, torch.dtype], SaeWeights] = {}
         self._edited_on_device: dict[torch.device, Tensor] = {}
         self._mapping_logged = False
         self.enabled = True
@@ -88,7 +89,7 @@ class _EraseHook(RuleEdits):
         self._selections.clear()
         self._plans.clear()
         self._tables.clear()
-        self._rule_plans.clear()
+        self.rules.reset()
 
     @property
     def edited_tokens(self) -> int:
@@ -144,16 +145,12 @@ class _EraseHook(RuleEdits):
         self._selections[rows] = selection
         return selection
 
-    def weights(self, device: torch.device, dtype: torch.dtype) -> _Weights:
+    def weights(self, device: torch.device, dtype: torch.dtype) -> SaeWeights:
         """The SAE on the activation's device and in its dtype (copied once, then reused):
         the SAE follows the activations, wherever offloading or casting put them."""
         key = (device, dtype)
         if key not in self._weights:
-            sae = self.sae
-            cast = lambda t: t.detach().to(device=device, dtype=dtype)  # noqa: E731
-            self._weights[key] = _Weights(
-                cast(sae.encoder.weight), cast(sae.encoder.bias), cast(sae.b_dec), cast(sae.W_dec)
-            )
+            self._weights[key] = self.sae.cast_weights(device, dtype)
         return self._weights[key]
 
     def _plan_for(
@@ -257,7 +254,7 @@ class _EraseHook(RuleEdits):
             check_finite_activations(out, self.handle, state.step, "model")
         dtype = out.dtype if out.dtype.is_floating_point else self.sae.dtype
         if self.cfg.rule != "scale":
-            return self._apply_rule(module, args, kwargs, output, out, dtype, counting)
+            return self._apply_rules(module, args, kwargs, output, out, dtype, counting)
         dense = self._dense(out)
         exact = self.cfg.error_term == "exact"
         plan: StepPlan | None = None
@@ -350,6 +347,38 @@ class _EraseHook(RuleEdits):
 
     # -- the rules beyond the published one (eager) -----------------------------------------
 
+    @torch.compiler.disable
+    def _apply_rules(
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+        out: Tensor,
+        dtype: torch.dtype,
+        counting: bool,
+    ) -> Any:
+        state = self.state
+        if not self._in_window(state):
+            return None
+        w = self.weights(out.device, dtype)
+        plan = self.rules.plan(self._current_rows(state), w)
+        if plan is None:
+            return None
+        picked = self._site(module, out, args, kwargs)
+        if picked is None:
+            return None
+        site, rows_ = picked
+        tokens = to_tokens(site)
+        flat = tokens.reshape(-1, tokens.shape[-1]).to(dtype)
+        edit = self.rules.edit(flat, w, plan)
+        if edit is None:
+            return None
+        self._count(edit.edited, counting)
+        return self._add_delta(module, output, out, site, rows_, tokens, edit.delta, counting)
+
+    # -- the edits ----------------------------------------------------------------------------
+
     def _count(self, edit: Tensor, counting: bool) -> None:
         if not counting:
             return
@@ -364,94 +393,68 @@ class _EraseHook(RuleEdits):
             else:
                 counter += edited
 
+    @staticmethod
+    def _scale_change(acts: Tensor, scale: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
+        """The published edit of the selected latents' TopK activations: the edit mask
+        (``a > threshold``) and the change ``a' - a = (gamma * mu - 1) a`` where it holds."""
+        edit = acts > threshold
+        return edit, torch.where(edit, (scale - 1) * acts, torch.zeros_like(acts))
+
     def _sparse_delta(
-        self, flat: Tensor, w: _Weights, plan: StepPlan, counting: bool
+        self, flat: Tensor, w: SaeWeights, plan: StepPlan, counting: bool
     ) -> Tensor | None:
-        z, _, std = self.sae._standardise(flat)
-        k = self.sae.cfg.k
-        # Only tokens where a selected latent clears its threshold can be edited. Those
-        # latents' activations cost a few encoder rows; the full encode (20k latents, to
-        # know whether they made the top k) is paid only for these candidate tokens. The
-        # margin absorbs the rounding difference between a row subset and the full matmul,
-        # so the candidates always include every token the full encode would edit.
-        sel = F.relu((z - w.b_dec) @ plan.encoder_rows.T + plan.encoder_bias)
-        margin = 1e-3 * (plan.threshold.abs() + 1)
-        candidates = torch.nonzero((sel > plan.threshold - margin).any(dim=-1)).flatten()
+        sae = self.sae
+        z, _, std = sae.standardise(flat)
+        candidates = candidate_tokens(z, w, plan.encoder_rows, plan.encoder_bias, plan.threshold)
         if len(candidates) == 0:
             return None
-        zc = z[candidates] if len(candidates) < len(z) else z
-        pre = F.relu(F.linear(zc - w.b_dec, w.encoder, w.encoder_bias))
-        kth = pre.topk(k, dim=-1, sorted=False).values.min(dim=-1, keepdim=True).values
-        # A latent's TopK activation is its pre-activation if it made the top k, else 0.
-        acts = pre[:, plan.indices]
-        acts = torch.where(acts >= kth, acts, torch.zeros_like(acts))
-        edit = acts > plan.threshold
+        acts = sae.topk_acts(sae.pre_acts(take_candidates(z, candidates), w), plan.indices)
+        edit, change = self._scale_change(acts, plan.scale, plan.threshold)
         if not bool(edit.any()):
             return None
         self._count(edit, counting)
-        change = torch.where(edit, (plan.scale - 1) * acts, torch.zeros_like(acts))
-        delta = change @ plan.decoder_rows
-        if std is not None:
-            delta = delta * (std[candidates] + UNIT_NORM_EPS)
-        # Tokens with no edit get an exact zero, so their bits survive the addition.
-        delta = torch.where(edit.any(dim=-1, keepdim=True), delta, torch.zeros_like(delta))
-        full = delta.new_zeros(flat.shape)
-        return full.index_copy_(0, candidates, delta)
-
-    def _edit_of(
-        self, z: Tensor, w: _Weights, indices: Tensor, scale: Tensor, threshold: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Every token encoded: (pre-activations, TopK activations of the selected latents,
-        the edit mask, the change ``a' - a``)."""
-        pre = F.relu(F.linear(z - w.b_dec, w.encoder, w.encoder_bias))
-        kth = pre.topk(self.sae.cfg.k, dim=-1, sorted=False).values.min(dim=-1, keepdim=True)
-        acts = pre.index_select(1, indices)
-        acts = torch.where(acts >= kth.values, acts, torch.zeros_like(acts))
-        edit = acts > threshold
-        change = torch.where(edit, (scale - 1) * acts, torch.zeros_like(acts))
-        return pre, acts, edit, change
+        delta = sae.unstandardise_delta(
+            change @ plan.decoder_rows, None if std is None else std[candidates]
+        )
+        return place_candidates(delta, edit.any(dim=-1, keepdim=True), candidates, flat.shape)
 
     def _dense_delta(
         self,
         flat: Tensor,
-        w: _Weights,
+        w: SaeWeights,
         indices: Tensor,
         scale: Tensor,
         threshold: Tensor,
         counting: bool,
     ) -> Tensor:
-        z, _, std = self.sae._standardise(flat)
-        _, _, edit, change = self._edit_of(z, w, indices, scale, threshold)
+        sae = self.sae
+        z, _, std = sae.standardise(flat)
+        acts = sae.topk_acts(sae.pre_acts(z, w), indices)
+        edit, change = self._scale_change(acts, scale, threshold)
         self._count(edit, counting)
-        delta = change @ w.decoder.index_select(0, indices)
-        if std is not None:
-            delta = delta * (std + UNIT_NORM_EPS)
+        delta = sae.unstandardise_delta(change @ w.decoder.index_select(0, indices), std)
         return torch.where(edit.any(dim=-1, keepdim=True), delta, torch.zeros_like(delta))
 
     def _paper_output(
         self,
         flat: Tensor,
-        w: _Weights,
+        w: SaeWeights,
         selected: tuple[Tensor, Tensor, Tensor] | None,
         counting: bool,
     ) -> Tensor:
-        z, mean, std = self.sae._standardise(flat)
-        pre = F.relu(F.linear(z - w.b_dec, w.encoder, w.encoder_bias))
-        top = pre.topk(self.sae.cfg.k, dim=-1, sorted=False)
-        dense = torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
-        x_hat = dense @ w.decoder + w.b_dec
+        sae = self.sae
+        z, mean, std = sae.standardise(flat)
+        dense = sae.densify(sae.select_topk(sae.pre_acts(z, w)))
+        x_hat = sae.decode_dense(dense, w)
         x_hat_edited = x_hat
         if selected is not None:
             indices, scale, threshold = selected
-            acts = dense.index_select(1, indices)
-            edit = acts > threshold
+            edit, change = self._scale_change(dense.index_select(1, indices), scale, threshold)
             self._count(edit, counting)
-            change = torch.where(edit, (scale - 1) * acts, torch.zeros_like(acts))
             # a' W_dec = a W_dec + (a' - a) W_dec: the same decode, without writing into
             # the code (padded table entries would write twice into latent 0).
             x_hat_edited = x_hat + change @ w.decoder.index_select(0, indices)
-        if std is not None:
-            x_hat = x_hat * (std + UNIT_NORM_EPS) + mean
-            x_hat_edited = x_hat_edited * (std + UNIT_NORM_EPS) + mean
+        x_hat = sae.unstandardise(x_hat, mean, std)
+        x_hat_edited = sae.unstandardise(x_hat_edited, mean, std)
         # The published form: its "error" has the wrong sign, kept on purpose for comparison.
         return x_hat_edited + (x_hat - flat)

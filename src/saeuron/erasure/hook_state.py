@@ -1,6 +1,6 @@
-"""What the erasing hook keeps and reports: its per-step plans and tables, the SAE's tensors
-per device and dtype, the handle counting calls and edited tokens, and the check that stops
-a run whose activations are no longer finite."""
+"""What the erasing hook keeps and reports: its per-step plans and tables, the handle counting
+calls and edited tokens, and the check that stops a run whose activations are no longer
+finite. (The SAE's tensors per device and dtype are :class:`saeuron.sae.model.SaeWeights`.)"""
 
 from __future__ import annotations
 
@@ -42,15 +42,6 @@ class StepTable(NamedTuple):
     threshold: Tensor
     active: Tensor
     """``[steps]`` bool: the window lets the hook edit this step."""
-
-
-class _Weights(NamedTuple):
-    """The SAE's tensors on one device in one dtype (the activation's)."""
-
-    encoder: Tensor
-    encoder_bias: Tensor
-    b_dec: Tensor
-    decoder: Tensor
 
 
 @dataclass

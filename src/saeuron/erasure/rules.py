@@ -1,30 +1,22 @@
 """The edit rules beyond the published one (``ablate``, ``anchor``, ``project``; see
 :data:`saeuron.erasure.erase_config.RULES`), run eagerly by the erasing hook.
 
-:class:`RuleEdits` is the part of the hook (:class:`saeuron.erasure.hook.EraseHook`) that
-plans and applies them; the published ``scale`` rule is in the hook itself.
+:class:`RuleSet` plans and computes their edit; the hook
+(:class:`saeuron.erasure.hook._EraseHook`) holds one, picks the step, site and rows, and adds
+the edit. The published ``scale`` rule is in the hook itself.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from saeuron.erasure.erase_config import EraseConfig
+from saeuron.erasure.candidates import candidate_tokens, place_candidates, take_candidates
 from saeuron.erasure.features import ConceptFeatures
-from saeuron.erasure.hook_state import EraseHandle, _Weights
-from saeuron.models.denoising import DenoiseState
-from saeuron.models.tokens import (
-    to_tokens,
-)
 from saeuron.sae import Sae
-from saeuron.sae.model import UNIT_NORM_EPS
-
-logger = logging.getLogger(__name__)
+from saeuron.sae.model import SaeWeights
 
 
 class _ConceptRule(NamedTuple):
@@ -49,29 +41,50 @@ class RulePlan(NamedTuple):
     decoder_rows: Tensor
 
 
-class RuleEdits:
-    """The rule methods of the erasing hook (mixed into it; they use its SAE, config,
-    concepts, multipliers, weights, site and counters)."""
+class RuleEdit(NamedTuple):
+    """What a rule does to one call's tokens."""
 
-    sae: Sae
-    cfg: EraseConfig
-    concepts: list[ConceptFeatures]
-    multipliers: dict[str, float]
-    handle: EraseHandle
-    state: DenoiseState
+    delta: Tensor
+    """The change of every token, ``[tokens, d_in]`` (exact zeros where nothing is edited)."""
+    edited: Tensor
+    """``[candidates, 1]`` bool: the candidate tokens edited (for the hook's counter)."""
 
-    def rule_plan(
-        self, rows: tuple[int, ...], device: torch.device, dtype: torch.dtype
-    ) -> RulePlan | None:
-        key = (rows, device, dtype)
-        if key not in self._rule_plans:
-            self._rule_plans[key] = self._build_rule_plan(rows, device, dtype)
-        return self._rule_plans[key]
 
-    def _build_rule_plan(
-        self, rows: tuple[int, ...], device: torch.device, dtype: torch.dtype
-    ) -> RulePlan | None:
-        anchor = self.cfg.rule == "anchor"
+class RuleSet:
+    """The rule beyond ``scale`` that one hook applies, with its per-step plans.
+
+    ``multipliers`` is the hook's own dict: a changed multiplier (``Eraser.set_multiplier``)
+    reaches the rules through it, once :meth:`reset` drops the plans that hold the old one.
+    """
+
+    def __init__(
+        self,
+        sae: Sae,
+        concepts: list[ConceptFeatures],
+        multipliers: dict[str, float],
+        rule: str,
+    ) -> None:
+        self.sae = sae
+        self.concepts = concepts
+        self.multipliers = multipliers
+        self.rule = rule
+        self._plans: dict[tuple[object, ...], RulePlan | None] = {}
+
+    def reset(self) -> None:
+        """Forget the plans (they hold the multipliers)."""
+        self._plans.clear()
+
+    def plan(self, rows: tuple[int, ...], weights: SaeWeights) -> RulePlan | None:
+        """The edit of the concepts' statistics ``rows``, for activations on the device and
+        in the dtype of ``weights``; ``None`` where no concept selects a latent."""
+        key = (rows, weights.encoder.device, weights.encoder.dtype)
+        if key not in self._plans:
+            self._plans[key] = self._build_plan(rows, weights)
+        return self._plans[key]
+
+    def _build_plan(self, rows: tuple[int, ...], w: SaeWeights) -> RulePlan | None:
+        device, dtype = w.encoder.device, w.encoder.dtype
+        anchor = self.rule == "anchor"
         parts = []
         for concept, at in zip(self.concepts, rows):
             idx, mean, thr = concept.at(at)
@@ -86,7 +99,6 @@ class RuleEdits:
             )  # fmt: skip
         if not parts:
             return None
-        w = self.weights(device, dtype)
         needed = torch.unique(torch.cat([torch.cat([p[0], p[5]]) for p in parts]))
         column = {int(latent): i for i, latent in enumerate(needed.tolist())}
         concepts = []
@@ -113,50 +125,34 @@ class RuleEdits:
             decoder_rows=w.decoder[needed],
         )
 
-    @torch.compiler.disable
-    def _apply_rule(
-        self,
-        module: nn.Module,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        output: Any,
-        out: Tensor,
-        dtype: torch.dtype,
-        counting: bool,
-    ) -> Any:
-        state = self.state
-        if not self._in_window(state):
-            return None
-        plan = self.rule_plan(self._current_rows(state), out.device, dtype)
-        if plan is None:
-            return None
-        picked = self._site(module, out, args, kwargs)
-        if picked is None:
-            return None
-        site, rows_ = picked
-        tokens = to_tokens(site)
-        flat = tokens.reshape(-1, tokens.shape[-1]).to(dtype)
-        delta = self._rule_delta(flat, self.weights(out.device, dtype), plan, counting)
-        if delta is None:
-            return None
-        return self._add_delta(module, output, out, site, rows_, tokens, delta, counting)
-
-    def _rule_delta(
-        self, flat: Tensor, w: _Weights, plan: RulePlan, counting: bool
-    ) -> Tensor | None:
-        z, _, std = self.sae._standardise(flat)
-        # As on the sparse path: only tokens where a concept latent may clear its threshold
-        # pay for the full encode.
-        sel = F.relu((z - w.b_dec) @ plan.gate_encoder_rows.T + plan.gate_encoder_bias)
-        margin = 1e-3 * (plan.gate_threshold.abs() + 1)
-        candidates = torch.nonzero((sel > plan.gate_threshold - margin).any(dim=-1)).flatten()
+    def edit(self, flat: Tensor, w: SaeWeights, plan: RulePlan) -> RuleEdit | None:
+        """The rule's edit of the tokens ``flat`` (``[tokens, d_in]``); ``None`` where no
+        token is edited."""
+        sae = self.sae
+        z, _, std = sae.standardise(flat)
+        # As on the hook's sparse path: only tokens where a concept latent may clear its
+        # threshold pay for the full encode.
+        candidates = candidate_tokens(
+            z, w, plan.gate_encoder_rows, plan.gate_encoder_bias, plan.gate_threshold
+        )
         if len(candidates) == 0:
             return None
-        zc = z[candidates] if len(candidates) < len(z) else z
-        pre = F.relu(F.linear(zc - w.b_dec, w.encoder, w.encoder_bias))
-        kth = pre.topk(self.sae.cfg.k, dim=-1, sorted=False).values.min(dim=-1, keepdim=True)
-        acts = pre[:, plan.needed]
-        acts = torch.where(acts >= kth.values, acts, torch.zeros_like(acts))
+        zc = take_candidates(z, candidates)
+        acts = sae.topk_acts(sae.pre_acts(zc, w), plan.needed)
+        std_c = None if std is None else std[candidates]
+        if self.rule == "project":
+            found = self._project(zc, acts, w, plan)
+        else:
+            found = self._rewrite(acts, plan)
+        if found is None:
+            return None
+        change, edited = found
+        delta = sae.unstandardise_delta(change, std_c)
+        return RuleEdit(place_candidates(delta, edited, candidates, flat.shape), edited)
+
+    def _rewrite(self, acts: Tensor, plan: RulePlan) -> tuple[Tensor, Tensor] | None:
+        """``ablate`` and ``anchor``: new values of the concept (and anchor) latents, decoded
+        as a change; the standardised change and the edited tokens."""
         new = acts.clone()
         for c in plan.concepts:
             own = acts[:, c.cols]
@@ -174,27 +170,19 @@ class RuleEdits:
                 target = (1.0 - min(c.gamma, 0.0)) * strength.clamp_min(0) * c.anchor_mean
                 current = new[:, c.anchor_cols]
                 new[:, c.anchor_cols] = torch.where(gate, torch.maximum(current, target), current)
-        if self.cfg.rule == "project":
-            return self._project_delta(flat, zc, std, candidates, acts, w, plan, counting)
         change = new - acts
         edited = (change != 0).any(dim=-1, keepdim=True)
         if not bool(edited.any()):
             return None
-        self._count(edited, counting)
-        delta = change @ plan.decoder_rows
-        if std is not None:
-            delta = delta * (std[candidates] + UNIT_NORM_EPS)
-        # Tokens with no edit get an exact zero, so their bits survive the addition.
-        delta = torch.where(edited, delta, torch.zeros_like(delta))
-        full = delta.new_zeros(flat.shape)
-        return full.index_copy_(0, candidates, delta)
+        return change @ plan.decoder_rows, edited
 
-    def _project_delta(
-        self, flat: Tensor, zc: Tensor, std: Tensor | None, candidates: Tensor, acts: Tensor,
-        w: _Weights, plan: RulePlan, counting: bool,
-    ) -> Tensor | None:  # fmt: skip
-        total = torch.zeros(len(candidates), flat.shape[-1], dtype=zc.dtype, device=zc.device)
-        edited = torch.zeros(len(candidates), 1, dtype=torch.bool, device=zc.device)
+    def _project(
+        self, zc: Tensor, acts: Tensor, w: SaeWeights, plan: RulePlan
+    ) -> tuple[Tensor, Tensor] | None:
+        """``project``: the token's component in the span of each present concept's decoder
+        directions, scaled by ``gamma - 1``; the standardised change and the edited tokens."""
+        total = torch.zeros(len(zc), zc.shape[-1], dtype=zc.dtype, device=zc.device)
+        edited = torch.zeros(len(zc), 1, dtype=torch.bool, device=zc.device)
         centred = zc - w.b_dec
         for c in plan.concepts:
             hit = (acts[:, c.cols] > c.threshold).any(dim=-1, keepdim=True)
@@ -207,9 +195,4 @@ class RuleEdits:
             edited |= hit
         if not bool(edited.any()):
             return None
-        self._count(edited, counting)
-        if std is not None:
-            total = total * (std[candidates] + UNIT_NORM_EPS)
-        total = torch.where(edited, total, torch.zeros_like(total))
-        full = total.new_zeros(flat.shape)
-        return full.index_copy_(0, candidates, total)
+        return total, edited

@@ -52,6 +52,26 @@ edit multiplied back by it. The SAE was trained with this value, so every encode
 rule that reads its latents must use the same one."""
 
 
+class SaeWeights(NamedTuple):
+    """An SAE's tensors on one device in one dtype (an activation's), for the erasing hook."""
+
+    encoder: Tensor
+    """``[num_latents, d_in]``"""
+    encoder_bias: Tensor
+    b_dec: Tensor
+    decoder: Tensor
+    """``[num_latents, d_in]``"""
+
+
+class Standardised(NamedTuple):
+    x: Tensor
+    """What the encoder reads."""
+    mean: Tensor | None
+    """Token means, ``[tokens, 1]`` (``None``: the SAE reads its input as it is)."""
+    std: Tensor | None
+    """Token standard deviations of the centred input, ``[tokens, 1]``."""
+
+
 class EncoderOutput(NamedTuple):
     top_acts: Tensor
     """Activations of the selected latents, ``[tokens, k]``."""
@@ -104,25 +124,65 @@ class Sae(nn.Module):
         return self.encoder.weight.dtype
 
     # -- encoding -----------------------------------------------------------------------
+    # The one implementation of standardise / encode / TopK gate / decode: the erasing hook
+    # and its rules call these with the SAE's tensors cast to the activations' device and
+    # dtype (``weights``), so an edit reads the latents training saw.
 
-    def _standardise(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def cast_weights(self, device: torch.device, dtype: torch.dtype) -> SaeWeights:
+        """This SAE's tensors, detached, on ``device`` in ``dtype``."""
+
+        def cast(t: Tensor) -> Tensor:
+            return t.detach().to(device=device, dtype=dtype)
+
+        return SaeWeights(
+            cast(self.encoder.weight), cast(self.encoder.bias), cast(self.b_dec), cast(self.W_dec)
+        )
+
+    def standardise(self, x: Tensor) -> Standardised:
         """What the encoder reads, with the token means and standard deviations that undo it
-        (``None`` for an SAE that reads its input as it is). The erasing hook and its rules
-        standardise through this method too, so an edit reads the latents training saw."""
+        (``None`` for an SAE that reads its input as it is)."""
         if not self.cfg.input_unit_norm:
-            return x, None, None
+            return Standardised(x, None, None)
         mean = x.mean(dim=-1, keepdim=True)
         x = x - mean
         std = x.std(dim=-1, keepdim=True)
-        return x / (std + UNIT_NORM_EPS), mean, std
+        return Standardised(x / (std + UNIT_NORM_EPS), mean, std)
 
-    def pre_acts(self, x: Tensor) -> Tensor:
-        """ReLU pre-activations of every latent, ``[tokens, num_latents]``."""
-        return F.relu(self.encoder(x - self.b_dec))
+    @staticmethod
+    def unstandardise_delta(delta: Tensor, std: Tensor | None) -> Tensor:
+        """A change made in the standardised space, in the input's scale (the mean cancels)."""
+        return delta if std is None else delta * (std + UNIT_NORM_EPS)
+
+    @classmethod
+    def unstandardise(cls, out: Tensor, mean: Tensor | None, std: Tensor | None) -> Tensor:
+        """A decoded output in the input's scale and offset."""
+        if std is None:
+            return out
+        assert mean is not None
+        return cls.unstandardise_delta(out, std) + mean
+
+    def pre_acts(self, x: Tensor, weights: SaeWeights | None = None) -> Tensor:
+        """ReLU pre-activations of every latent, ``[tokens, num_latents]``, with this SAE's
+        parameters or the cast copy ``weights``."""
+        if weights is None:
+            encoder, encoder_bias, b_dec = self.encoder.weight, self.encoder.bias, self.b_dec
+        else:
+            encoder, encoder_bias, b_dec = weights.encoder, weights.encoder_bias, weights.b_dec
+        return F.relu(F.linear(x - b_dec, encoder, encoder_bias))
 
     def select_topk(self, pre: Tensor) -> EncoderOutput:
         values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return EncoderOutput(values, indices)
+
+    def topk_threshold(self, pre: Tensor) -> Tensor:
+        """Each token's k-th largest pre-activation, ``[tokens, 1]``: the TopK gate."""
+        return self.select_topk(pre).top_acts.min(dim=-1, keepdim=True).values
+
+    def topk_acts(self, pre: Tensor, latents: Tensor) -> Tensor:
+        """The TopK activations of ``latents`` alone, ``[tokens, len(latents)]``: a latent's
+        pre-activation where it made its token's top k, else 0. Ties at the gate pass."""
+        acts = pre.index_select(-1, latents)
+        return torch.where(acts >= self.topk_threshold(pre), acts, torch.zeros_like(acts))
 
     def select_batch_topk(self, pre: Tensor) -> EncoderOutput:
         """Keep the ``k * tokens`` largest values over the whole batch.
@@ -139,16 +199,19 @@ class Sae(nn.Module):
         values = torch.where(values >= threshold, values, torch.zeros_like(values))
         return EncoderOutput(values, indices)
 
+    def densify(self, top: EncoderOutput) -> Tensor:
+        """A sparse code scattered into ``[tokens, num_latents]``."""
+        dense = top.top_acts.new_zeros(top.top_acts.shape[0], self.num_latents)
+        return dense.scatter_(-1, top.top_indices, top.top_acts)
+
     def encode(self, x: Tensor) -> EncoderOutput:
         """Per-token TopK code of ``x`` (``[..., d_in]`` flattened to tokens)."""
-        x, _, _ = self._standardise(x.reshape(-1, self.d_in).to(self.dtype))
+        x, _, _ = self.standardise(x.reshape(-1, self.d_in).to(self.dtype))
         return self.select_topk(self.pre_acts(x))
 
     def encode_dense(self, x: Tensor) -> Tensor:
         """Per-token TopK code scattered into ``[tokens, num_latents]``."""
-        top = self.encode(x)
-        dense = top.top_acts.new_zeros(top.top_acts.shape[0], self.num_latents)
-        return dense.scatter_(-1, top.top_indices, top.top_acts)
+        return self.densify(self.encode(x))
 
     # -- decoding -----------------------------------------------------------------------
 
@@ -159,16 +222,21 @@ class Sae(nn.Module):
         )
         return out + self.b_dec if bias else out
 
+    def decode_dense(self, codes: Tensor, weights: SaeWeights | None = None) -> Tensor:
+        """The decode of a dense code ``[tokens, num_latents]`` (+ b_dec), as one matmul: the
+        form that stays one graph under ``torch.compile``, where :meth:`decode` gathers."""
+        if weights is None:
+            return codes @ self.W_dec + self.b_dec
+        return codes @ weights.decoder + weights.b_dec
+
     def forward(
         self, x: Tensor, dead_mask: Tensor | None = None, batch_topk: bool = False
     ) -> ForwardOutput:
         x = x.reshape(-1, self.d_in).to(self.dtype)
-        x_in, mean, std = self._standardise(x)
+        x_in, mean, std = self.standardise(x)
         pre = self.pre_acts(x_in)
         top = self.select_batch_topk(pre) if batch_topk else self.select_topk(pre)
-        sae_out = self.decode(top.top_acts, top.top_indices)
-        if std is not None:
-            sae_out = sae_out * (std + UNIT_NORM_EPS) + mean
+        sae_out = self.unstandardise(self.decode(top.top_acts, top.top_indices), mean, std)
 
         residual = x - sae_out
         total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)

@@ -41,7 +41,6 @@ from saeuron.erasure.concepts.select import contrastive_scores
 from saeuron.erasure.concepts.stats import ConceptStats
 from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.sae import Sae
-from saeuron.sae.model import UNIT_NORM_EPS
 from saeuron.training.shards import ActivationShards
 from saeuron.training.supervised_config import SupervisedSettings, SupervisedTrainConfig
 from saeuron.utils.config import ConfigError
@@ -99,13 +98,11 @@ def _losses(
     """``acts [images, tokens, d_in]``; ``labels [images, concepts]``; latents per concept."""
     n, t, d = acts.shape
     x = acts.reshape(-1, d).to(sae.dtype)
-    x_in, mean, std = sae._standardise(x)
+    x_in, mean, std = sae.standardise(x)
     pre = sae.pre_acts(x_in)
     top = sae.select_topk(pre)
     dense = pre.new_zeros(pre.shape).scatter(-1, top.top_indices, top.top_acts)
-    x_hat = sae.decode(top.top_acts, top.top_indices)
-    if std is not None:
-        x_hat = x_hat * (std + UNIT_NORM_EPS) + mean
+    x_hat = sae.unstandardise(sae.decode(top.top_acts, top.top_indices), mean, std)
     fvu = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
     # The concept latents' token means, before TopK: a latent that lost the top-k still
     # carries the signal the label asks for.

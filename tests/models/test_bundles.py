@@ -24,6 +24,13 @@ def test_the_shipped_bundle_describes_itself() -> None:
     assert bundle.hookpoint_for("a red balloon") == bundle.default_hookpoint == OBJECTS_BLOCK
     assert bundle.features_path("moon") == bundle.folder / "features" / OBJECTS_BLOCK / "moon"
     assert bundle.features_path("a red balloon") is None
+    # A concept is free text: a path out of the folder or a name too long to stat is not one
+    # of the shipped features (it is computed on the fly, or refused by the caller's checks).
+    escape = f"../../features/{OBJECTS_BLOCK}/moon"
+    reached = bundle.folder / "features" / OBJECTS_BLOCK / escape
+    assert reached.with_suffix(".safetensors").exists()
+    for name in (escape, "x" * 500, ".hidden", "a\\b", ""):
+        assert bundle.features_path(name) is None, name
     assert set(bundle.kinds()) == {"object", "style"}
     # What the file says is what the recipe writes.
     assert bundle.to_dict() == minicanvas_bundle(bundle.folder).to_dict()

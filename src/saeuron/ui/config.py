@@ -47,6 +47,10 @@ class UiConfig(Config):
     )
     max_batch: int = field(4, ge=1, le=64, help="most images per request")
     max_concepts: int = field(4, ge=1, le=16, help="most concepts stacked at once")
+    queue_size: int = field(
+        64, ge=1, le=10_000, help="requests that may wait for the one pipeline; more are refused "
+        "until the queue drains, so memory stays bounded however many people use the page"
+    )
     max_multiplier: float = field(
         100.0,
         gt=0,

@@ -216,17 +216,23 @@ def _wire(app: gr.Blocks, studio: Studio, page: Page) -> None:
     on_erased = _on_erased(studio, page, tracked)
     both_out = [page.unerased, page.erased, page.status, page.state]
     erased_out = [page.erased, page.status, page.state]
-    app.load(on_all, common, both_out)
-    for trigger in (page.prompt.submit, page.draw.click, page.steps.change, page.seed.change,
+    # The API a script sees is two endpoints, /draw (both images) and /erase (the erased
+    # one); every other event runs the same handlers and stays out of the API docs.
+    hidden: dict[str, Any] = {"api_visibility": "undocumented"}
+    app.load(on_all, common, both_out, **hidden)
+    page.draw.click(on_all, common, both_out, trigger_mode="always_last", api_name="draw")
+    for trigger in (page.prompt.submit, page.steps.change, page.seed.change,
                     page.guidance.change, page.batch.change):  # fmt: skip
-        trigger(on_all, common, both_out, trigger_mode="always_last")
-    page.cfg_half.change(on_erased, common, erased_out, trigger_mode="always_last")
+        trigger(on_all, common, both_out, trigger_mode="always_last", **hidden)
+    page.cfg_half.change(on_erased, common, erased_out, trigger_mode="always_last", **hidden)
     for i, (concept, slider) in enumerate(zip(rows.concepts, rows.sliders)):
         pick = _on_pick(studio, page, tracked, i)
-        concept.change(pick, common, [*erased_out, slider], trigger_mode="always_last")
-        slider.change(on_erased, common, erased_out, trigger_mode="always_last")
-    page.add.click(_on_rows(page, +1), [page.state], [page.state, *rows.groups])
-    page.remove.click(_on_rows(page, -1), [page.state], [page.state, *rows.groups, *rows.concepts])
+        concept.change(pick, common, [*erased_out, slider], trigger_mode="always_last", **hidden)
+        erase_api: dict[str, Any] = {"api_name": "erase"} if i == 0 else hidden
+        slider.change(on_erased, common, erased_out, trigger_mode="always_last", **erase_api)
+    page.add.click(_on_rows(page, +1), [page.state], [page.state, *rows.groups], **hidden)
+    page.remove.click(_on_rows(page, -1), [page.state], [page.state, *rows.groups, *rows.concepts],
+                      **hidden)  # fmt: skip
 
 
 def _unpack(page: Page, values: Values) -> tuple[Session, Settings, list[Layer], str]:

@@ -158,7 +158,7 @@ def launch(app: gr.Blocks, cfg: UiConfig, block: bool = True) -> None:
     import gradio as gr  # the optional 'ui' extra, as in build_app
 
     # One request at a time: the erase hooks sit on the one shared pipeline while it samples.
-    app.queue(default_concurrency_limit=1, max_size=64)
+    app.queue(default_concurrency_limit=1, max_size=cfg.queue_size)
     # System fonts only: the default theme fetches web fonts, and the page must work offline.
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"],

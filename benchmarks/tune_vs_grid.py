@@ -74,6 +74,16 @@ def main() -> None:
           f"trials to reach {target:.4f} | seconds to reach | seconds in all |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    print()
+    print("| study | site set | trials | best objective | trials meeting every target |")
+    print("|---|---|---|---|---|")
+    for name, trials in (("TPE", tpe), ("grid", grid)):
+        by_site: dict[str, list[float]] = {}
+        for t in trials:
+            by_site.setdefault(t.user_attrs["setting"]["sites"], []).append(t.value)
+        for sites, values in sorted(by_site.items()):
+            print(f"| {name} | {sites} | {len(values)} | {max(values):.4f} | "
+                  f"{sum(v >= 0 for v in values)} |")
 
 
 if __name__ == "__main__":

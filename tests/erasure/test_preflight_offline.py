@@ -11,6 +11,7 @@ import pytest
 from helpers.faults import HOOK, bundle_folder
 
 from saeuron.erasure.preflight import check_erasure
+from saeuron.models.resolve import resolve_model
 from saeuron.models.sampling import SamplingConfig
 from saeuron.utils.errors import ConfigError, ModelUnavailableError
 
@@ -24,7 +25,7 @@ def _offline(monkeypatch, tmp_path: Path) -> None:
 def test_model_sae_and_features_are_all_named(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError) as caught:
         check_erasure(
-            "nobody/uncached-model", SamplingConfig(), "nobody/uncached-sae", HOOK,
+            resolve_model("nobody/uncached-model"), SamplingConfig(), "nobody/uncached-sae", HOOK,
             tmp_path / "no" / "zebra",
         )  # fmt: skip
     message = str(caught.value)
@@ -38,13 +39,14 @@ def test_a_present_sae_is_not_named_and_one_missing_piece_keeps_its_own_error(
     tmp_path: Path,
 ) -> None:
     sae = str(bundle_folder() / "saes")
+    uncached = resolve_model("nobody/uncached-model")
     with pytest.raises(ModelUnavailableError, match="^2 pieces are missing: model") as caught:
-        check_erasure("nobody/uncached-model", SamplingConfig(), sae, HOOK, tmp_path / "zebra")
+        check_erasure(uncached, SamplingConfig(), sae, HOOK, tmp_path / "zebra")
     assert "SAE" not in str(caught.value)
     with pytest.raises(ModelUnavailableError, match="^model 'nobody/uncached-model' cannot be"):
-        check_erasure("nobody/uncached-model", SamplingConfig(), sae, HOOK)
+        check_erasure(uncached, SamplingConfig(), sae, HOOK)
     with pytest.raises(ConfigError, match="^features: .*zebra.safetensors does not exist"):
-        check_erasure("minicanvas", SamplingConfig(), sae, HOOK, tmp_path / "zebra")
+        check_erasure(resolve_model("minicanvas"), SamplingConfig(), sae, HOOK, tmp_path / "zebra")
 
 
 def test_generate_offline_with_an_empty_cache_names_model_and_sae(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from saeuron.cli.main import main
 from saeuron.erasure.concepts.stats import collect_stats
 from saeuron.models.bundles import Bundle, find_bundle
 from saeuron.models.layout import check_hook_width, read_layout
+from saeuron.models.resolve import resolve_model
 from saeuron.sae import Sae, SaeConfig
 from saeuron.utils.errors import ConfigError, FileFormatError, UserError
 from saeuron.utils.tensorfiles import MAX_HEADER_BYTES, check_safetensors
@@ -148,7 +149,7 @@ def test_non_finite_weights_in_a_torch_file_are_refused(tmp_path: Path) -> None:
 
 
 def test_the_width_of_the_hooked_module_is_checked() -> None:
-    layout = read_layout("minicanvas")
+    layout = read_layout(resolve_model("minicanvas"))
     assert layout is not None
     module = layout.module(HOOK)
     assert module is not None

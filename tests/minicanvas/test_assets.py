@@ -18,6 +18,7 @@ from saeuron.minicanvas.guided import GuidedBuildConfig
 from saeuron.minicanvas.model import ModelTrainConfig
 from saeuron.minicanvas.saemnesia import SupervisedBuildConfig
 from saeuron.models.bundles import find_bundle, is_packaged
+from saeuron.models.resolve import resolve_model
 from saeuron.utils.files import BUNDLE, PACKAGE_DATA
 
 
@@ -44,21 +45,21 @@ def check_user_copy(folder: Path, user: Path) -> None:
 
 def test_the_shipped_bundle_is_read_in_place(user: Path) -> None:
     # Reading never copies: only a write makes the user's copy.
-    assert is_packaged(bundle_folder(NAME))
+    assert is_packaged(bundle_folder(resolve_model(NAME)))
     assert not user.exists()
 
 
 def test_build_commands_default_to_the_users_copy(user: Path) -> None:
-    shipped = bundle_folder(NAME)
+    shipped = bundle_folder(resolve_model(NAME))
     before = snapshot(shipped)
     # saeuron minicanvas train, assets and saemnesia build, with every option left default.
     check_user_copy(ModelTrainConfig().output_folder(), user)
     assets = AssetConfig()
-    check_user_copy(writable_bundle_folder(assets.model, assets.out), user)
+    check_user_copy(writable_bundle_folder(assets.resolved_model, assets.out), user)
     build = SupervisedBuildConfig()
-    check_user_copy(writable_bundle_folder(build.model, build.out), user)
+    check_user_copy(writable_bundle_folder(build.resolved_model, build.out), user)
     guided = GuidedBuildConfig()  # saeuron minicanvas guided build
-    check_user_copy(writable_bundle_folder(guided.model, guided.out), user)
+    check_user_copy(writable_bundle_folder(guided.resolved_model, guided.out), user)
     # The copy shadows the shipped bundle by name, so later commands use what was built.
     found = find_bundle(NAME)
     assert found is not None and found.folder == user
@@ -69,7 +70,7 @@ def test_build_commands_default_to_the_users_copy(user: Path) -> None:
 
 
 def test_an_explicit_out_is_kept(user: Path, tmp_path: Path) -> None:
-    assert writable_bundle_folder(NAME, str(tmp_path / "mine")) == tmp_path / "mine"
+    assert writable_bundle_folder(resolve_model(NAME), str(tmp_path / "mine")) == tmp_path / "mine"
     assert ModelTrainConfig(out=str(tmp_path / "m")).output_folder() == tmp_path / "m"
     assert not user.exists()
 

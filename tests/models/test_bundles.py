@@ -9,6 +9,7 @@ import pytest
 from saeuron.minicanvas.assets import minicanvas_bundle, write_bundle
 from saeuron.models.bundles import Bundle, bundle_names, find_bundle
 from saeuron.models.defaults import model_defaults
+from saeuron.models.resolve import resolve_model
 from saeuron.models.sampling import SamplingConfig
 from saeuron.utils.errors import FileFormatError
 
@@ -51,13 +52,15 @@ def test_a_folder_or_a_bundle_root_makes_any_bundle_known(tmp_path, monkeypatch)
 
 
 def test_sampling_defaults_follow_the_model() -> None:
-    assert model_defaults("minicanvas").num_inference_steps == 20
-    assert model_defaults("CompVis/stable-diffusion-v1-4").sae == "bcywinski/SAeUron_coco"
-    assert model_defaults("stabilityai/sdxl-turbo").guidance_scale == 0.0
-    assert model_defaults("someone/else").source == "fallback"
-    assert SamplingConfig().resolved("minicanvas").steps == 20
-    assert SamplingConfig().resolved("tiny-sd").steps == 50
-    assert SamplingConfig(num_inference_steps=7).resolved("minicanvas").steps == 7
+    minicanvas = resolve_model("minicanvas")
+    assert model_defaults(minicanvas).num_inference_steps == 20
+    sd14 = resolve_model("CompVis/stable-diffusion-v1-4")
+    assert model_defaults(sd14).sae == "bcywinski/SAeUron_coco"
+    assert model_defaults(resolve_model("stabilityai/sdxl-turbo")).guidance_scale == 0.0
+    assert model_defaults(resolve_model("someone/else")).source == "fallback"
+    assert SamplingConfig().resolved(minicanvas).steps == 20
+    assert SamplingConfig().resolved(resolve_model("tiny-sd")).steps == 50
+    assert SamplingConfig(num_inference_steps=7).resolved(minicanvas).steps == 7
 
 
 def tiny_bundle(folder, tiny_sd):
@@ -115,7 +118,7 @@ def test_a_bundle_pushed_to_the_hub_is_pulled_and_used_by_its_repo_id(
     assert main(["hub", "pull", "me/tiny"]) == 0
     pulled = find_bundle("me/tiny")
     assert pulled is not None and pulled.folder == hub.cache / "me/tiny"
-    assert model_defaults("me/tiny").num_inference_steps == 3
+    assert model_defaults(resolve_model("me/tiny")).num_inference_steps == 3
     tech = SAeUron(erase_concept="cat", model="me/tiny", device="cpu")
     assert tech.multiplier == -30.0 and tech.hookpoint == OBJECTS_BLOCK
     erased = np.asarray(tech.generate(["a cat"], seed=0)[0])

@@ -24,9 +24,9 @@ from pathlib import Path
 from saeuron.erasure.erase import check_same_sae
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.recipe import Recipe
-from saeuron.models.bundles import find_bundle
 from saeuron.models.layout import check_model_inputs, read_layout
 from saeuron.models.pipelines import check_model
+from saeuron.models.resolve import ResolvedModel
 from saeuron.models.sampling import SamplingConfig
 from saeuron.sae import Sae
 from saeuron.sae.header import SaeHeader, read_sae_header
@@ -55,7 +55,7 @@ def check_features(
 
 
 def check_erasure(
-    model: str,
+    model: ResolvedModel,
     sampling: SamplingConfig,
     sae: str,
     hookpoint: str | None,
@@ -88,7 +88,7 @@ def check_erasure(
     return header
 
 
-def check_recipe_erasure(model: str, sampling: SamplingConfig, recipe: Recipe) -> None:
+def check_recipe_erasure(model: ResolvedModel, sampling: SamplingConfig, recipe: Recipe) -> None:
     """A recipe's erasure, before any weight loads: the device, the model, the sizes at the
     recipe's hookpoints, and every file the recipe names (all missing ones in one error)."""
     resolve_device(sampling.device)
@@ -101,7 +101,7 @@ def check_recipe_erasure(model: str, sampling: SamplingConfig, recipe: Recipe) -
 
 
 def _available_pieces(
-    model: str, sae: str, hookpoint: str | None, features: str | Path | None
+    model: ResolvedModel, sae: str, hookpoint: str | None, features: str | Path | None
 ) -> SaeHeader | None:
     """The SAE's header, once the model, the SAE and the features are all here; else the one
     error that names each piece that is not."""
@@ -142,7 +142,7 @@ def _available_pieces(
     return header
 
 
-def bundled_features(model: str, concept: str, hookpoint: str | None) -> Path | None:
+def bundled_features(model: ResolvedModel, concept: str, hookpoint: str | None) -> Path | None:
     """A bundled model's shipped features of ``concept`` (None: not shipped)."""
-    bundle = find_bundle(model)
+    bundle = model.bundle
     return bundle.features_path(concept, hookpoint) if bundle is not None else None

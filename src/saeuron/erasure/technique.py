@@ -35,11 +35,11 @@ from saeuron.erasure.technique_config import (
     SAeUronConfig,
     split_concepts,
 )
-from saeuron.models.bundles import find_bundle
 from saeuron.models.denoiser import denoiser
 from saeuron.models.layout import check_model_inputs
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.progress import StepProgress
+from saeuron.models.resolve import ResolvedModel, pipeline_name
 from saeuron.models.sampling import check_schedule, seed_generators, use_scheduler
 from saeuron.sae import Sae
 from saeuron.utils.config import ConfigError, check_range
@@ -82,8 +82,8 @@ def check_technique(cfg: SAeUronConfig) -> None:
         sae_id, hookpoint = cfg.resolved_sae(concept)
         features = cfg.features
         if features is None:
-            features = bundled_features(cfg.model, concept, hookpoint)
-        check_erasure(cfg.model, cfg.sampling, sae_id, hookpoint, features)
+            features = bundled_features(cfg.resolved_model, concept, hookpoint)
+        check_erasure(cfg.resolved_model, cfg.sampling, sae_id, hookpoint, features)
 
 
 def bundled_recipe(cfg: SAeUronConfig) -> Recipe | None:
@@ -91,7 +91,7 @@ def bundled_recipe(cfg: SAeUronConfig) -> Recipe | None:
     ``recipe``, no setting of the published method is named and every concept has one."""
     if cfg.recipe is not None or cfg.uses_paper_settings() or not cfg.concepts:
         return None
-    bundle = find_bundle(cfg.model)
+    bundle = cfg.resolved_model.bundle
     return None if bundle is None else bundle_recipe(bundle.folder, cfg.concepts)
 
 
@@ -104,9 +104,40 @@ def bundle_recipe(folder: Path, concepts: Sequence[str]) -> Recipe | None:
     return Recipe.merge([Recipe.load(p) for p in paths])
 
 
-def _pipeline_name(pipe: Any) -> str | None:
-    name = getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None)
-    return str(name) if name else None
+def _join_concepts(config: dict[str, Any]) -> None:
+    """``erase_concept`` given as a list becomes the config's comma-separated text."""
+    concepts = config.get("erase_concept")
+    if isinstance(concepts, (list, tuple)):
+        if any(not isinstance(c, str) or CONCEPT_SEPARATOR in c for c in concepts):
+            raise ConfigError(
+                "erase_concept", f"got {concepts!r}; expected concept names without commas"
+            )
+        config["erase_concept"] = CONCEPT_SEPARATOR.join(concepts)
+
+
+def _take_sae(config: dict[str, Any]) -> Sae | None:
+    """A loaded SAE given as ``sae``, taken out of the config (which records its source)."""
+    given = config.pop("sae") if isinstance(config.get("sae"), Sae) else None
+    if given is not None:
+        config["sae"] = str(given.meta.get("source", "in-memory SAE"))
+    return given
+
+
+def _take_recipe(recipe: Recipe | str | None, config: dict[str, Any]) -> Recipe | None:
+    """The recipe to erase with (given, or named in the config), loaded; the config records
+    where it is, and takes the recipe's model and sampling unless they are named."""
+    loaded = recipe if isinstance(recipe, Recipe) else None
+    if recipe is not None and loaded is None:
+        config["recipe"] = str(recipe)
+    if loaded is None and config.get("recipe") is not None:
+        loaded = Recipe.load(config["recipe"])
+    if loaded is not None:
+        config.setdefault("recipe", str(loaded.root))
+        # The recipe's model and the sampling its scores were measured with, unless named.
+        config.setdefault("model", loaded.base_model.id)
+        config.setdefault("num_inference_steps", loaded.sampling.num_inference_steps)
+        config.setdefault("guidance_scale", loaded.sampling.guidance_scale)
+    return loaded
 
 
 @dataclass
@@ -148,58 +179,69 @@ class SAeUron:
     def __init__(
         self, pipe: Any | None = None, recipe: Recipe | str | None = None, **config: Any
     ):
-        concepts = config.get("erase_concept")
-        if isinstance(concepts, (list, tuple)):
-            if any(not isinstance(c, str) or CONCEPT_SEPARATOR in c for c in concepts):
-                raise ConfigError(
-                    "erase_concept", f"got {concepts!r}; expected concept names without commas"
-                )
-            config["erase_concept"] = CONCEPT_SEPARATOR.join(concepts)
-        given_sae = config.pop("sae") if isinstance(config.get("sae"), Sae) else None
-        if given_sae is not None:
-            config["sae"] = str(given_sae.meta.get("source", "in-memory SAE"))
-        loaded = recipe if isinstance(recipe, Recipe) else None
-        if recipe is not None and loaded is None:
-            config["recipe"] = str(recipe)
-        if loaded is None and config.get("recipe") is not None:
-            loaded = Recipe.load(config["recipe"])
-        if loaded is not None:
-            config.setdefault("recipe", str(loaded.root))
-            # The recipe's model and the sampling its scores were measured with, unless named.
-            config.setdefault("model", loaded.base_model.id)
-            config.setdefault("num_inference_steps", loaded.sampling.num_inference_steps)
-            config.setdefault("guidance_scale", loaded.sampling.guidance_scale)
+        _join_concepts(config)
+        given_sae = _take_sae(config)
+        loaded = _take_recipe(recipe, config)
         if pipe is not None and "model" not in config:
-            name = _pipeline_name(pipe)
-            if name is None:
-                raise ConfigError(
-                    "model",
-                    "the pipeline has no name_or_path; name the model it is (its sampling "
-                    "defaults and the statistics cache key on it)",
-                )
-            config["model"] = name
-        self.config = SAeUronConfig.from_dict(config)
-        cfg = self.config
-        self.recipe: Recipe | None = loaded or bundled_recipe(cfg)
+            # The pipeline's own name stands for the model: the config looks it up, once.
+            config["model"] = pipeline_name(pipe)
+        self._setup(SAeUronConfig.from_dict(config), pipe, given_sae, loaded)
+
+    @classmethod
+    def from_config(cls, config: SAeUronConfig, pipe: Any | None = None) -> SAeUron:
+        """The technique of a config built and checked already (the eval's): its model was
+        looked up when the config was built and is not looked up again. The config is
+        copied: erasing with a recipe names the recipe's concepts in it."""
+        tech = cls.__new__(cls)
+        loaded = Recipe.load(config.recipe) if config.recipe is not None else None
+        tech._setup(config.replace(), pipe, None, loaded)
+        return tech
+
+    def _setup(
+        self,
+        config: SAeUronConfig,
+        pipe: Any | None,
+        given_sae: Sae | None,
+        loaded: Recipe | None,
+    ) -> None:
+        """Everything after the config: the recipe or the per-concept SAEs and features,
+        checked from files first, then the pipeline."""
+        self.config = config
+        self.recipe: Recipe | None = loaded or bundled_recipe(self.config)
         if self.recipe is not None:
             self._init_recipe(pipe)
             return
+        bundled = self._bundled_features()
+        if pipe is None and given_sae is None:
+            # Files, hookpoint, steps, size and device, before anything loads.
+            check_technique(self.config)
+        self._warn_computed(bundled)
+        self._use_pipeline(pipe)
+        self.groups = self._groups(given_sae, bundled)
+        self.multipliers = {f.concept: self._multiplier(f) for g in self.groups for f in g.concepts}
+        self._warned_unedited = False
 
-        bundle = find_bundle(cfg.model)
-        bundled = {
+    # -- the steps of __init__ ------------------------------------------------------------------
+
+    def _bundled_features(self) -> dict[str, Path | None]:
+        """Each concept's features shipped with the model's bundle (None: not shipped, or
+        features named in the config)."""
+        cfg = self.config
+        return {
             name: (
-                bundle.features_path(name, cfg.resolved_sae(name)[1])
-                if bundle is not None and cfg.features is None
+                bundled_features(cfg.resolved_model, name, cfg.resolved_sae(name)[1])
+                if cfg.features is None
                 else None
             )
             for name in cfg.concepts
         }
-        if pipe is None and given_sae is None:
-            # Files, hookpoint, steps, size and device, before anything loads.
-            check_technique(cfg)
+
+    def _warn_computed(self, bundled: dict[str, Path | None]) -> None:
+        """Say, before any model loads, which concepts' features will be computed, so the
+        user knows what the wait is for."""
+        cfg = self.config
         fresh = [n for n, path in bundled.items() if path is None and cfg.features is None]
         if fresh:
-            # Said before any model loads, so the user knows what the wait is for.
             logger.warning(
                 "%s no bundled features: they will be computed on the fly at "
                 "initialisation (%s method); this samples images and can take minutes on a GPU",
@@ -209,43 +251,58 @@ class SAeUron:
                 cfg.feature_method,
             )
 
-        self._use_pipeline(pipe)
-
+    def _groups(self, given_sae: Sae | None, bundled: dict[str, Path | None]) -> list[_Group]:
+        """Each concept's SAE and features, grouped by the hookpoint they are erased at."""
         groups: dict[str, _Group] = {}
         saes: dict[tuple[str, str | None], Sae] = {}
-        for name in cfg.concepts:
-            sae_id, hookpoint = cfg.resolved_sae(name)
-            if given_sae is not None:
-                sae = given_sae.to(self.device)
-                hookpoint = cfg.hookpoint or sae.meta.get("hookpoint")
-            else:
-                if (sae_id, hookpoint) not in saes:
-                    saes[sae_id, hookpoint] = Sae.from_pretrained(
-                        sae_id, hookpoint=hookpoint, device=self.device
-                    )
-                sae = saes[sae_id, hookpoint]
-                hookpoint = hookpoint or sae.meta.get("hookpoint")
-            if hookpoint is None:
-                raise ConfigError(
-                    "hookpoint", f"the SAE {sae_id} does not say where it reads; name it"
-                )
-            sae.meta["hookpoint"] = hookpoint
-            if cfg.features is not None:
-                features = ConceptFeatures.load(cfg.features)
-            elif bundled[name] is not None:
-                features = ConceptFeatures.load(bundled[name])
-            else:
-                features = self._compute_features(name, sae_id, sae, hookpoint)
-            features.concept = name
+        for name in self.config.concepts:
+            sae_id, hookpoint = self.config.resolved_sae(name)
+            sae, hookpoint = self._sae_at(sae_id, hookpoint, given_sae, saes)
+            features = self._features_of(name, sae_id, sae, hookpoint, bundled[name])
             group = groups.setdefault(hookpoint, _Group(sae, hookpoint, []))
             if group.sae is not sae:
                 raise ConfigError(
                     "sae", f"two SAEs would read {hookpoint}; erase these concepts separately"
                 )
             group.concepts.append(features)
-        self.groups = list(groups.values())
-        self.multipliers = {f.concept: self._multiplier(f) for g in self.groups for f in g.concepts}
-        self._warned_unedited = False
+        return list(groups.values())
+
+    def _sae_at(
+        self,
+        sae_id: str,
+        hookpoint: str | None,
+        given_sae: Sae | None,
+        loaded: dict[tuple[str, str | None], Sae],
+    ) -> tuple[Sae, str]:
+        """The SAE a concept is erased with and the hookpoint it reads; SAEs already in
+        ``loaded`` are shared (two concepts at one block load one SAE)."""
+        if given_sae is not None:
+            sae = given_sae.to(self.device)
+            hookpoint = self.config.hookpoint or sae.meta.get("hookpoint")
+        else:
+            if (sae_id, hookpoint) not in loaded:
+                loaded[sae_id, hookpoint] = Sae.from_pretrained(
+                    sae_id, hookpoint=hookpoint, device=self.device
+                )
+            sae = loaded[sae_id, hookpoint]
+            hookpoint = hookpoint or sae.meta.get("hookpoint")
+        if hookpoint is None:
+            raise ConfigError("hookpoint", f"the SAE {sae_id} does not say where it reads; name it")
+        sae.meta["hookpoint"] = hookpoint
+        return sae, hookpoint
+
+    def _features_of(
+        self, name: str, sae_id: str, sae: Sae, hookpoint: str, bundled: Path | None
+    ) -> ConceptFeatures:
+        """A concept's features: those named, else the bundle's, else computed now."""
+        if self.config.features is not None:
+            features = ConceptFeatures.load(self.config.features)
+        elif bundled is not None:
+            features = ConceptFeatures.load(bundled)
+        else:
+            features = self._compute_features(name, sae_id, sae, hookpoint)
+        features.concept = name
+        return features
 
     def _use_pipeline(self, pipe: Any | None) -> None:
         cfg = self.config
@@ -256,7 +313,7 @@ class SAeUron:
         else:
             self.device = cfg.sampling.torch_device()
             self.dtype = cfg.sampling.dtype_for(self.device)
-            self.pipe = load_pipeline(cfg.model, device=self.device, dtype=self.dtype)
+            self.pipe = load_pipeline(cfg.resolved_model, device=self.device, dtype=self.dtype)
             # A pipeline the user hands over keeps its own scheduler.
             use_scheduler(self.pipe, cfg.sampling.scheduler)
         check_schedule(self.pipe, cfg.sampling.steps)
@@ -270,7 +327,7 @@ class SAeUron:
         cfg.erase_concept = CONCEPT_SEPARATOR.join(names)
         if pipe is None:
             # Device, model, sizes and every missing or changed file, before weights load.
-            check_recipe_erasure(cfg.model, cfg.sampling, self.recipe)
+            check_recipe_erasure(cfg.resolved_model, cfg.sampling, self.recipe)
         if cfg.recipe is not None and cfg.uses_paper_settings() and cfg.preset != "paper":
             # The recipe holds each edit's site, rule and strength.
             logger.warning("a recipe sets every edit: sae, hookpoint, features, multiplier, "
@@ -345,8 +402,9 @@ class SAeUron:
         cfg = self.config
         build = ConceptBuildConfig(
             concept=concept,
-            model=cfg.model,
-            sae=sae_id,
+            # Both already resolved: the SAE id is the folder or hub id resolved_sae gave.
+            model=cfg.resolved_model,
+            sae=ResolvedModel(sae_id),
             hookpoint=hookpoint,
             method=cfg.feature_method,
             tau=cfg.num_features,
@@ -424,7 +482,7 @@ class SAeUron:
         if overrides:
             # replace() reruns the config's checks, so per-call values are held to the same rules.
             cfg = cfg.replace(**overrides)
-            check_model_inputs(cfg.model, cfg.sampling)
+            check_model_inputs(cfg.resolved_model, cfg.sampling)
         sampling = cfg.sampling
         if num_inference_steps is not None:
             check_schedule(self.pipe, sampling.steps)

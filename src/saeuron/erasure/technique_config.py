@@ -4,11 +4,13 @@ torch, so that ``saeuron generate --help`` reads them without loading a model;
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from saeuron.erasure.erase_config import ERROR_TERMS, MAX_MULTIPLIER, RULES, EraseConfig
 from saeuron.models.bundle_lookup import bundle_names
 from saeuron.models.defaults import KNOWN_MODELS, model_defaults, resolve_sae
+from saeuron.models.resolve import ResolvesModel, resolve_model
 from saeuron.models.sampling_config import SamplingConfig
 from saeuron.models.sites import CFG_HALVES
 from saeuron.utils.config import Config, ConfigError, field
@@ -29,7 +31,7 @@ def split_concepts(text: str) -> list[str]:
 
 
 @dataclass
-class SAeUronConfig(Config):
+class SAeUronConfig(ResolvesModel, Config):
     erase_concept: str | None = field(
         None,
         help="the concept to suppress, any phrase; several: comma-separated ('moon,checkered'); "
@@ -102,10 +104,16 @@ class SAeUronConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # The model (and a named SAE) looked up here, once: every check and step below reads
+        # ``resolved_model``, never the name again.
+        self._resolve_model()
+        self._sae = resolve_model(self.sae, "sae") if self.sae is not None else None
+        if self._sae is not None:
+            self.sae = self._sae.name
         if self.erase_concept is None and self.recipe is None:
             self.erase_concept = "nudity"
         if self.erase_concept is None:
-            self.sampling = self.sampling.resolved(self.model)
+            self.sampling = self.sampling.resolved(self._model)
             return
         concepts = split_concepts(self.erase_concept) if isinstance(self.erase_concept, str) else []
         if not concepts:
@@ -128,7 +136,7 @@ class SAeUronConfig(Config):
             cfg_half=self.cfg_half, error_term=self.error_term, rule=self.rule,
             window=self.window,
         ).window  # fmt: skip
-        self.sampling = self.sampling.resolved(self.model)
+        self.sampling = self.sampling.resolved(self._model)
         if self.cfg_half == "cond" and not self.sampling.guidance > 1.0:
             raise ConfigError(
                 "guidance_scale",
@@ -138,12 +146,24 @@ class SAeUronConfig(Config):
             )
         if self.recipe is not None:
             return
-        if self.sae is None and model_defaults(self.model).sae is None:
+        if self.sae is None and model_defaults(self._model).sae is None:
             raise ConfigError(
                 "sae",
                 f"no published SAE is known for model {self.model!r}; name one with sae=... "
                 f"and hookpoint=... (known models: {', '.join(sorted(_served_models()))})",
             )
+
+    def replace(self, **changes: Any) -> SAeUronConfig:
+        """A copy with ``changes``, checked like a new config. Built from the fields rather
+        than a dict so that the model and SAE looked up for this config are kept, not looked
+        up again (per-call sampling overrides in ``generate`` come here); flattened sampling
+        keys are converted and checked by the sampling config's own ``replace``."""
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        data["model"] = self._model
+        if self._sae is not None:
+            data["sae"] = self._sae
+        data.update(changes)
+        return type(self)(**data)
 
     @property
     def concepts(self) -> list[str]:
@@ -162,7 +182,7 @@ class SAeUronConfig(Config):
         """The SAE and hookpoint ``concept`` (default: the first) is erased with, without
         loading anything."""
         sae, hookpoint = resolve_sae(
-            self.model, self.sae, self.hookpoint, concept or self.concepts[0]
+            self._model, self._sae, self.hookpoint, concept or self.concepts[0]
         )
         assert sae is not None  # checked in __post_init__
         return sae, hookpoint

@@ -21,8 +21,10 @@ from typing import Any
 
 import yaml
 
+from saeuron.eval.detectors import default_detector
 from saeuron.eval.metrics import METRICS
 from saeuron.eval.techniques import technique_config, technique_entry
+from saeuron.models.resolve import ResolvesModel
 from saeuron.utils.config import Config, ConfigError, check_range, reject_unknown
 from saeuron.utils.plugins import is_plugin, refuse_untrusted
 from saeuron.utils.text import read_text
@@ -106,6 +108,21 @@ def _technique_settings(raw: list[Any], technique: type[Config]) -> dict[str, tu
     return required
 
 
+def _fill_detector(metric: type[Config], config: dict[str, Any], technique: Config) -> None:
+    """A metric's default detector, which depends on the technique's model (its bundle's
+    classifier), chosen here from the model the technique config resolved: the metric's
+    own config would otherwise look the model up by name a second time."""
+    concept = config.get("concept") or config.get("concept_name")
+    if (
+        _has_field(metric, "detector")
+        and not config.get("detector")
+        and isinstance(concept, str)
+        and concept.strip()
+        and isinstance(technique, ResolvesModel)
+    ):
+        config["detector"] = default_detector(concept, technique.resolved_model.bundle)
+
+
 def parse_eval_config(
     data: Mapping[str, Any],
     overrides: Mapping[str, Any] | None = None,
@@ -176,6 +193,7 @@ def parse_eval_config(
             config[cls.concept_field] = concept
         if cls.model_field and cls.model_field not in config:
             config[cls.model_field] = getattr(tech_cfg, "model", None)
+            _fill_detector(cls.Config, config, tech_cfg)
         metric_cfg = within(
             f"{where}.config",
             lambda cls=cls, config=config, at=f"{where}.config": cls.Config.from_dict(config, at),

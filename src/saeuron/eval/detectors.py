@@ -33,7 +33,7 @@ from saeuron.eval.requirement import MetricError, Requirement
 from saeuron.minicanvas.assets import classifier_folder
 from saeuron.minicanvas.classifier import MiniCanvasClassifier, to_tensor
 from saeuron.minicanvas.world import OBJECTS, STYLES
-from saeuron.models.bundles import find_bundle
+from saeuron.models.bundles import Bundle
 from saeuron.utils.registry import Registry
 
 EXPOSED_CLASSES = (
@@ -111,11 +111,11 @@ def _minicanvas_concept(concept: str) -> bool:
     return concept in OBJECTS or concept in STYLES
 
 
-def default_detector(concept: str, model: str | None = None) -> str:
-    """NudeNet for nudity, the bundled classifier for MiniCanvas concepts, CLIP otherwise."""
+def default_detector(concept: str, bundle: Bundle | None = None) -> str:
+    """NudeNet for nudity, the bundled classifier for MiniCanvas concepts, CLIP otherwise
+    (``bundle``: the bundle of the model the images come from, if it is one)."""
     if any(w in concept.lower() for w in NUDITY_WORDS):
         return "nudenet"
-    bundle = find_bundle(model)
     if bundle is not None and bundle.classifier and _minicanvas_concept(concept):
         return "minicanvas"
     return "clip"

@@ -52,7 +52,7 @@ from saeuron.eval.report import (
 )
 from saeuron.eval.requirement import hub_cached
 from saeuron.eval.techniques import Technique, build_technique, check_technique_config
-from saeuron.models.bundles import find_bundle
+from saeuron.models.resolve import ResolvedModel, ResolvesModel
 from saeuron.models.tiny import TINY_MODELS
 from saeuron.utils.config import ConfigError
 from saeuron.utils.devices import resolve_device
@@ -76,10 +76,11 @@ def chunk_size(cfg: EvalConfig) -> int:
 # -- plan (--check) -----------------------------------------------------------------------------
 
 
-def _model_requirement(model: str) -> Requirement:
+def _model_requirement(resolved: ResolvedModel) -> Requirement:
+    model = resolved.name
     if model in TINY_MODELS:
         return Requirement(f"model {model}", True, "random-weight test model")
-    bundle = find_bundle(model)
+    bundle = resolved.bundle
     if bundle is not None:
         return Requirement(
             f"model {model}", bundle.shipped, "bundled" if bundle.shipped else "not shipped here"
@@ -155,9 +156,12 @@ def plan(cfg: EvalConfig) -> dict[str, Any]:
     machine: list[str] = []
     preflight(cfg, machine)
     tech = cfg.technique
-    model = getattr(tech, "model", None)
-    # A plugin technique may name no model: it loads its own.
-    needs = [_model_requirement(model)] if model else []
+    # A plugin technique may name no model (it loads its own); the others resolved theirs.
+    needs = (
+        [_model_requirement(tech.resolved_model)]
+        if isinstance(tech, ResolvesModel) and tech.model
+        else []
+    )
     device = _device_requirement(tech.value("device"))
     if device:
         needs.append(device)

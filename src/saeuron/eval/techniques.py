@@ -34,9 +34,9 @@ from saeuron.eval.saemnesia_published import (
     stats_hookpoint,
     stats_names,
 )
-from saeuron.models.bundles import find_bundle
 from saeuron.models.layout import check_model_inputs
 from saeuron.models.pipelines import check_model, load_pipeline
+from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
 from saeuron.models.sampling import SamplingConfig, seed_generators, use_scheduler
 from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.devices import resolve_device
@@ -74,7 +74,7 @@ TECHNIQUES: Registry[TechniqueEntry] = Registry("technique")
 
 
 @dataclass
-class PlainConfig(Config):
+class PlainConfig(ResolvesModel, Config):
     """The model as it is, or with the concept as negative prompt."""
 
     erase_concept: str | None = field(
@@ -87,7 +87,7 @@ class PlainConfig(Config):
         super().__post_init__()
         if self.erase_concept is not None and not self.erase_concept.strip():
             raise ConfigError("erase_concept", "must be a non-empty string when given")
-        self.sampling = self.sampling.resolved(self.model)
+        self.sampling = self.sampling.resolved(self._resolve_model())
 
 
 @dataclass
@@ -110,7 +110,7 @@ class PlainTechnique:
         self.config = config
         device = config.sampling.torch_device()
         self.pipe = load_pipeline(
-            config.model, device=device, dtype=config.sampling.dtype_for(device)
+            config.resolved_model, device=device, dtype=config.sampling.dtype_for(device)
         )
         use_scheduler(self.pipe, config.sampling.scheduler)
         self.negative = negative
@@ -144,7 +144,7 @@ class SAeUronTechnique:
 
     def __init__(self, config: SAeUronConfig):
         self.config = config
-        self.tech = SAeUron(**config.to_dict())
+        self.tech = SAeUron.from_config(config)
         self.pipe = self.tech.pipe
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Any]:
@@ -173,7 +173,7 @@ TECHNIQUES.register("negative_prompt")(
 
 
 @dataclass
-class SAEmnesiaConfig(Config):
+class SAEmnesiaConfig(ResolvesModel, Config):
     """A supervised SAE (``saeuron train --supervised``): OUT/<hookpoint>/features/<concept>."""
 
     erase_concept: str = field(help="one of the supervised SAE's concepts")
@@ -224,7 +224,9 @@ class SAEmnesiaConfig(Config):
         if not self.erase_concept or not self.erase_concept.strip():
             raise ConfigError("erase_concept", "must be a non-empty string")
         self.erase_concept = self.erase_concept.strip().lower()
-        bundle = find_bundle(self.model)
+        bundle = self._resolve_model().bundle
+        # The SAE, looked up once like the model: a bundle's supervised folder is one already.
+        self._sae = resolve_model(self.sae, "sae") if self.sae is not None else None
         if self.stats is not None:
             self._check_published_stats()
         elif bundle is not None and bundle.supervised_folder is not None and self.sae is None:
@@ -235,6 +237,7 @@ class SAEmnesiaConfig(Config):
                 )
             self.hookpoint = self.hookpoint or bundle.hookpoint_for(self.erase_concept)
             self.sae = str(bundle.supervised_folder)
+            self._sae = ResolvedModel(self.sae)
         if self.sae is None or self.hookpoint is None:
             raise ConfigError(
                 "sae", "name the supervised SAE (sae=...) and its hookpoint (hookpoint=...); "
@@ -273,8 +276,9 @@ class SAEmnesiaConfig(Config):
                 / self.erase_concept
             )
         return SAeUronConfig(
-            erase_concept=self.erase_concept, multiplier=self.multiplier, model=self.model,
-            sampling=self.sampling, sae=self.sae, hookpoint=self.hookpoint, features=features,
+            erase_concept=self.erase_concept, multiplier=self.multiplier,
+            model=self.resolved_model, sampling=self.sampling, sae=self._sae,
+            hookpoint=self.hookpoint, features=features,
             cfg_half=self.cfg_half, error_term=self.error_term,
         )  # fmt: skip
 
@@ -313,13 +317,20 @@ TECHNIQUES.register("saemnesia")(
 
 
 @dataclass
-class PluginConfig(Config):
+class PluginConfig(ResolvesModel, Config):
     """A ``module:Class`` technique: its class is built as ``Class(**options)``."""
 
     target: str = field(help="the technique's module:Class")
     erase_concept: str | None = field(None, help="the concept (the metrics' default)")
-    model: str | None = field(None, help="the model it samples (informational)")
+    # May be None, unlike the other configs' model: a plugin can load its own.
+    model: str | None = field(None, help="the model it samples (informational)")  # type: ignore[assignment]
     options: dict[str, Any] = field({}, help="every key of the technique's config block")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Informational, but the run's plan says whether it is available: looked up here.
+        if self.model is not None:
+            self._resolve_model()
 
 
 def technique_entry(name: str) -> TechniqueEntry:
@@ -360,18 +371,17 @@ def check_technique_config(config: Config) -> None:
     checked from files and headers before anything loads."""
     if isinstance(config, SAEmnesiaConfig):
         if config.stats is not None:  # its features are made from the statistics at build
-            check_erasure(config.model, config.sampling, str(config.sae), config.hookpoint)
+            check_erasure(config.resolved_model, config.sampling, str(config.sae), config.hookpoint)
             return
         config = config.saeuron_config()
     if isinstance(config, SAeUronConfig):
         check_technique(config)
         return
     sampling = getattr(config, "sampling", None)
-    model = getattr(config, "model", None)
-    if isinstance(sampling, SamplingConfig) and isinstance(model, str):
+    if isinstance(sampling, SamplingConfig) and isinstance(config, ResolvesModel):
         resolve_device(sampling.device)
-        check_model(model)
-        check_model_inputs(model, sampling)
+        check_model(config.resolved_model)
+        check_model_inputs(config.resolved_model, sampling)
 
 
 def build_technique(name: str, config: Config) -> Technique:

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from saeuron.models.resolve import ResolvesModel
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
 
 TUNABLE_RULES = ("ablate", "anchor", "scale", "project")
@@ -16,7 +17,7 @@ DEFAULT_WEIGHTS = {"UA": 1.0, "IRA": 1.0, "CRA": 1.0}
 
 
 @dataclass
-class TuneConfig(Config):
+class TuneConfig(ResolvesModel, Config):
     concept: str = field(help="the concept to erase (a member of the prompt set)")
     out: str = field(help="the recipe to write (NAME.json); trials and plot go beside it")
     model: str = field("minicanvas", help="model id, local folder, or a bundled name")
@@ -85,6 +86,7 @@ class TuneConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._resolve_model()
         if not str(self.out).endswith(".json"):
             raise ConfigError("out", f"got {self.out!r}; a recipe file ends in .json")
         for rule in self.rules:

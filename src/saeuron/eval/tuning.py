@@ -62,9 +62,9 @@ from saeuron.eval.attacks.unlearndiffatk import UnlearnDiffSettings, unlearn_dif
 from saeuron.eval.judges import Judge, degenerate, make_judge
 from saeuron.eval.prompt_sets import PromptRow, PromptSet
 from saeuron.eval.tune_config import DEFAULT_TARGETS, DEFAULT_WEIGHTS, TuneConfig
-from saeuron.models.bundles import find_bundle
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.prompt_encoders import prompt_encoder_of
+from saeuron.models.resolve import ResolvedModel
 from saeuron.models.sampling import seed_generators
 from saeuron.sae import Sae
 from saeuron.sae.formats import hookpoints_in
@@ -109,8 +109,9 @@ class TuneInputs:
     guidance: float
 
 
-def bundle_tuning(model: str) -> tuple[Path | None, dict[str, Any]]:
-    bundle = find_bundle(model)
+def bundle_tuning(model: ResolvedModel) -> tuple[Path | None, dict[str, Any]]:
+    """A bundled model's folder and tuning defaults (none for any other model)."""
+    bundle = model.bundle
     if bundle is None:
         return None, {}
     return bundle.folder, read_json_or_empty(bundle.folder / TUNE_FILE)
@@ -123,7 +124,7 @@ def resolve_inputs(cfg: TuneConfig, pipe: Any = None, judge: Judge | None = None
     Without statistics (no ``--stats``, no bundle's), they are collected here from the prompt
     set, for every concept of the erased one's kind at every site, into a folder beside the
     recipe (kept: a resumed study reads them again)."""
-    folder, defaults = bundle_tuning(cfg.model)
+    folder, defaults = bundle_tuning(cfg.resolved_model)
 
     def pick(value: str | None, key: str) -> str | None:
         if value is not None:
@@ -180,7 +181,7 @@ def resolve_inputs(cfg: TuneConfig, pipe: Any = None, judge: Judge | None = None
         options = {"folder": folder} if spec == "minicanvas" else {}
         judge = make_judge(spec, **{**options, **cfg.judge_options})
     if pipe is None:
-        pipe = load_pipeline(cfg.model, device=cfg.device)
+        pipe = load_pipeline(cfg.resolved_model, device=cfg.device)
     if absent:
         collect_missing_stats(pipe, saes, stats, prompt_set, absent, steps, guidance)
     return TuneInputs(cfg.model, pipe, prompt_set, judge, saes, stats, list(site_sets),

@@ -43,10 +43,10 @@ from saeuron.models.bundles import (
     Bundle,
     BundleConcept,
     bundle_card,
-    find_bundle,
     writable_folder,
 )
 from saeuron.models.pipelines import load_pipeline
+from saeuron.models.resolve import ModelArg, ResolvedModel, resolve_model
 from saeuron.sae import Sae, SaeConfig
 from saeuron.training.capture import CacheConfig, run_cache
 from saeuron.training.trainer import STATE_DIR, TrainConfig, train_sae
@@ -107,23 +107,22 @@ def load_params(folder: Path) -> dict[str, dict[str, Any]]:
     return params
 
 
-def bundle_folder(model: str, out: str | None = None) -> Path:
+def bundle_folder(model: ResolvedModel, out: str | None = None) -> Path:
     """The folder a MiniCanvas bundle lives in: ``out``, the bundle ``model`` names, or
     ``model`` itself as a folder."""
     if out:
         return Path(out)
-    bundle = find_bundle(model)
-    return bundle.folder if bundle is not None else Path(model)
+    return Path(model.source)
 
 
-def writable_bundle_folder(model: str, out: str | None = None) -> Path:
+def writable_bundle_folder(model: ResolvedModel, out: str | None = None) -> Path:
     """Where a command that changes a bundle writes: ``out``, the bundle ``model`` names (for
     a bundle shipped in the package, the user's copy of it: nothing is written into the
     package), or ``model`` itself as a folder."""
     if out:
         return Path(out)
-    bundle = find_bundle(model)
-    return writable_folder(bundle) if bundle is not None else Path(model)
+    bundle = model.bundle
+    return writable_folder(bundle) if bundle is not None else Path(model.name)
 
 
 def minicanvas_bundle(folder: Path) -> Bundle:
@@ -170,9 +169,9 @@ def write_card(folder: Path, repo_id: str | None = None) -> Path:
     return write_card_file(folder, bundle_card(Bundle.read(folder), repo_id=repo_id))
 
 
-def classifier_folder(model: str = NAME) -> Path:
+def classifier_folder(model: ModelArg = NAME) -> Path:
     """The MiniCanvas classifier of a bundle (the shipped one by default)."""
-    folder = bundle_folder(model) / BUNDLE_CLASSIFIER_DIR
+    folder = bundle_folder(resolve_model(model)) / BUNDLE_CLASSIFIER_DIR
     if not folder.is_dir():
         raise FileNotFoundError(f"no MiniCanvas classifier at {folder}")
     return folder
@@ -203,8 +202,8 @@ def load_supervised_params(folder: Path) -> dict[str, dict[str, float]]:
 
 
 def capture_anchor_activations(
-    model: str, work: Path, hookpoint: str, num_inference_steps: int, guidance_scale: float,
-    seed: int,
+    model: ResolvedModel, work: Path, hookpoint: str, num_inference_steps: int,
+    guidance_scale: float, seed: int,
 ) -> Path:
     """The anchor prompts' activations at ``hookpoint`` in ``work``; a finished capture with
     the same settings is reused (the SAEs and the supervised SAEs share one)."""
@@ -214,18 +213,17 @@ def capture_anchor_activations(
     prompts.write_text("\n".join(p for p, _, _ in anchor_prompts()) + "\n", encoding="utf-8")
     acts = work / f"activations-{hookpoint}"
     run_cache(
-        CacheConfig.from_dict(
-            {
-                "model": model,
-                "hookpoint": hookpoint,
-                "prompts": str(prompts),
-                "out": str(acts),
-                "num_inference_steps": num_inference_steps,
-                "guidance_scale": guidance_scale,
-                "max_shard_mb": 8.0,
-                "dtype": "float32",
-                "seed": seed,
-            }
+        # Built from its fields (not a dict) so that the model stays resolved.
+        CacheConfig(
+            model=model,
+            hookpoint=hookpoint,
+            prompts=str(prompts),
+            out=str(acts),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            max_shard_mb=8.0,
+            dtype="float32",
+            seed=seed,
         )
     )
     return acts
@@ -234,12 +232,13 @@ def capture_anchor_activations(
 def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
     """Capture anchor-prompt activations at both hookpoints and train an SAE on each."""
 
-    folder = writable_bundle_folder(cfg.model, cfg.out)
+    folder = writable_bundle_folder(cfg.resolved_model, cfg.out)
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-assets-"))
     heldout: dict[str, float | None] = {}
     for hookpoint in (OBJECT_HOOKPOINT, STYLE_HOOKPOINT):
         acts = capture_anchor_activations(
-            cfg.model, work, hookpoint, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed
+            cfg.resolved_model, work, hookpoint, cfg.num_inference_steps, cfg.guidance_scale,
+            cfg.seed,
         )
         train_sae(
             TrainConfig(
@@ -273,8 +272,8 @@ def build_saes(cfg: AssetConfig) -> dict[str, float | None]:
 
 def build_stats(cfg: AssetConfig, pipe: Any = None) -> None:
     """Per-step statistics of every concept at its hookpoint, from the anchor prompts."""
-    folder = writable_bundle_folder(cfg.model, cfg.out)
-    pipe = pipe or load_pipeline(cfg.model)
+    folder = writable_bundle_folder(cfg.resolved_model, cfg.out)
+    pipe = pipe or load_pipeline(cfg.resolved_model)
     for hookpoint, concepts in ((OBJECT_HOOKPOINT, OBJECTS), (STYLE_HOOKPOINT, STYLES)):
         sae = Sae.from_pretrained(folder / "saes", hookpoint=hookpoint)
         for concept in concepts:
@@ -361,7 +360,7 @@ def recorded_settings(cfg: Config) -> dict[str, Any]:
 def build_assets(cfg: AssetConfig) -> dict[str, Any]:
     heldout = build_saes(cfg)
     build_stats(cfg)
-    folder = writable_bundle_folder(cfg.model, cfg.out)
+    folder = writable_bundle_folder(cfg.resolved_model, cfg.out)
     write_features(folder)
     summary = {"heldout_fvu": heldout, "settings": recorded_settings(cfg)}
     atomic_write_json(folder / ASSETS_SUMMARY, summary)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saeuron.models.resolve import ResolvesModel
 from saeuron.utils.config import Config, field
 
 NAME = "minicanvas"
@@ -14,7 +15,7 @@ GUIDANCE_SCALE = 7.5
 
 
 @dataclass
-class AssetConfig(Config):
+class AssetConfig(ResolvesModel, Config):
     model: str = field("minicanvas", help="the MiniCanvas pipeline to build assets for")
     out: str | None = field(
         None,
@@ -33,3 +34,6 @@ class AssetConfig(Config):
     batch_size: int = field(1024, ge=1, help="SAE training batch (tokens)")
     seed: int = field(0, ge=0, help="random seed")
     workdir: str | None = field(None, help="where activations go; default: a temporary folder")
+
+    def __post_init__(self) -> None:
+        self._resolve_model()

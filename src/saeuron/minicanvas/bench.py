@@ -106,7 +106,7 @@ def _following_by_name(
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     start = time.perf_counter()
-    judge = MiniCanvasJudge(cfg.model, cfg.num_inference_steps, cfg.guidance_scale)
+    judge = MiniCanvasJudge(cfg.resolved_model, cfg.num_inference_steps, cfg.guidance_scale)
     params = load_params(judge.folder)
     supervised = {}
     if "saemnesia" in cfg.variants:

@@ -14,6 +14,7 @@ from saeuron.minicanvas.world import (
     TEST_TEMPLATES,
     concept_kind,
 )
+from saeuron.models.resolve import ResolvesModel
 from saeuron.utils.atomic import check_output_folder
 from saeuron.utils.config import Config, ConfigError, check_range, field
 
@@ -40,7 +41,7 @@ DEFAULT_VARIANTS = ("none", "saeuron", "recipe", "saemnesia")
 
 
 @dataclass
-class BenchConfig(Config):
+class BenchConfig(ResolvesModel, Config):
     out: str = field("minicanvas-bench", help="folder for results.json, results.md, grid.png")
     quick: bool = field(False, help="a CI-sized subset: 3 concepts, 2 variants, 2 seeds, 10 steps")
     concepts: list[str] | None = field(None, help="concepts to erase; default: all 20")
@@ -77,6 +78,7 @@ class BenchConfig(Config):
     )
 
     def __post_init__(self) -> None:
+        self._resolve_model()
         if "{object}" not in self.template or "{style}" not in self.template:
             raise ConfigError(
                 "template", f"got {self.template!r}; it needs {{object}} and {{style}}"

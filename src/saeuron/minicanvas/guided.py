@@ -138,12 +138,12 @@ def write_prompts_and_labels(
 def build_guided(cfg: GuidedBuildConfig) -> dict[str, Any]:
     """Capture the guidance site at each hookpoint (the output, inside a text encoder),
     train an SAE, write both kinds' stats."""
-    folder = guided_folder(writable_bundle_folder(cfg.model, cfg.out))
+    folder = guided_folder(writable_bundle_folder(cfg.resolved_model, cfg.out))
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-guided-"))
     work.mkdir(parents=True, exist_ok=True)
     extra: list[tuple[str, int, int | None]] = []
     if cfg.prefixed_copies:
-        vocabulary = prefix_vocabulary(load_pipeline(cfg.model).tokenizer)
+        vocabulary = prefix_vocabulary(load_pipeline(cfg.resolved_model).tokenizer)
         extra = prefixed_anchor_prompts(cfg.prefixed_copies, cfg.prefix_words, vocabulary,
                                         cfg.seed)  # fmt: skip
     prompts, labels = write_prompts_and_labels(work, cfg.prompts_per_pair, extra, cfg.seed)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saeuron.models.resolve import ResolvesModel
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
 
 DEFAULT_HOOKPOINTS = ["unet.up_blocks.2.attentions.2", "unet.up_blocks.1.attentions.1"]
 
 
 @dataclass
-class GuidedBuildConfig(Config):
+class GuidedBuildConfig(ResolvesModel, Config):
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
     out: str | None = field(
         None,
@@ -51,6 +52,7 @@ class GuidedBuildConfig(Config):
         return chosen or ["object", "style"]
 
     def __post_init__(self) -> None:
+        self._resolve_model()
         for entry in self.stats_kinds:
             hookpoint, _, kind = entry.partition("=")
             if hookpoint not in self.hookpoints or kind not in ("object", "style"):

@@ -58,6 +58,7 @@ from saeuron.minicanvas.world import (
 )
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.progress import StepProgress
+from saeuron.models.resolve import ModelArg, resolve_model
 from saeuron.models.sampling import seed_generators
 from saeuron.sae import Sae
 from saeuron.utils.config import ConfigError
@@ -86,9 +87,11 @@ def _one_hookpoint(concepts: Sequence[str]) -> str:
 class MiniCanvasJudge:
     """Generates prompt sets (optionally under an erasure) and classifies the images."""
 
-    def __init__(self, model: str = "minicanvas", steps: int = 20, guidance: float = 7.5):
-        self.folder = bundle_folder(model)
-        self.pipe = load_pipeline(model, device="cpu", dtype=torch.float32)
+    def __init__(self, model: ModelArg = "minicanvas", steps: int = 20, guidance: float = 7.5):
+        # A public constructor: the model is resolved here, once (as it is when given resolved).
+        resolved = resolve_model(model)
+        self.folder = bundle_folder(resolved)
+        self.pipe = load_pipeline(resolved, device="cpu", dtype=torch.float32)
         self.classifier = MiniCanvasClassifier.load(self.folder / "classifier")
         self.saes = {
             hp: Sae.from_pretrained(self.folder / "saes", hookpoint=hp)

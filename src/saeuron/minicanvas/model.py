@@ -32,7 +32,7 @@ from saeuron.minicanvas.world import (
     scene_caption,
     training_caption,
 )
-from saeuron.models.bundles import find_bundle
+from saeuron.models.resolve import ResolvedModel
 from saeuron.models.tiny import clip_text_config, sd_ddim_scheduler
 from saeuron.models.tokenizer import clip_tokenizer
 from saeuron.utils.config import ConfigError
@@ -111,17 +111,16 @@ def train_vae(x: torch.Tensor, cfg: ModelTrainConfig, device: torch.device):
     return vae.eval()
 
 
-def _pipeline_folder(model: str, field_name: str) -> Path:
+def _pipeline_folder(model: ResolvedModel, field_name: str) -> Path:
     """The folder of a saved pipeline named by a bundle name or a path."""
-    bundle = find_bundle(model)
-    folder = bundle.folder if bundle is not None else Path(model)
+    folder = Path(model.source)
     missing = [part for part in ("vae", "unet", "text_encoder") if not (folder / part).is_dir()]
     if missing:
         raise ConfigError(field_name, f"{model!r} is not a saved pipeline: no {missing[0]}/")
     return folder
 
 
-def load_vae(model: str, device: torch.device) -> Any:
+def load_vae(model: ResolvedModel, device: torch.device) -> Any:
     """The autoencoder of a saved pipeline (a folder or a bundle name), in float32."""
     folder = _pipeline_folder(model, "vae_from")
     logger.info("reusing the autoencoder of %s", folder)
@@ -157,8 +156,8 @@ def train_denoiser(
     on_checkpoint: Any = None,
 ) -> tuple[Any, Any]:
     tokenizer = clip_tokenizer()
-    if cfg.init_from:
-        folder = _pipeline_folder(cfg.init_from, "init_from")
+    if cfg.init_source is not None:
+        folder = _pipeline_folder(cfg.init_source, "init_from")
         logger.info("fine-tuning the UNet and text encoder of %s", folder)
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
         text_encoder = CLIPTextModel.from_pretrained(
@@ -236,9 +235,9 @@ def _drop_stale_vae_key(folder: Path) -> None:
 def train_minicanvas(cfg: ModelTrainConfig) -> Path:
     """Train the whole pipeline and save it (fp16 weights) to ``cfg.out``."""
     # Checked before any data is drawn or any step is taken.
-    for name in ("vae_from", "init_from"):
-        if getattr(cfg, name):
-            _pipeline_folder(getattr(cfg, name), name)
+    for name, source in (("vae_from", cfg.vae_source), ("init_from", cfg.init_source)):
+        if source is not None:
+            _pipeline_folder(source, name)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -252,8 +251,8 @@ def train_minicanvas(cfg: ModelTrainConfig) -> Path:
         objects = np.concatenate([objects, scene_objects])
         styles = np.concatenate([styles, scene_styles])
     x = _to_model_range(images)
-    if cfg.vae_from:
-        vae = load_vae(cfg.vae_from, device)
+    if cfg.vae_source is not None:
+        vae = load_vae(cfg.vae_source, device)
     else:
         logger.info("training the autoencoder on %d images (%s)", len(x), device)
         vae = train_vae(x, cfg, device)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saeuron.minicanvas.assets_config import NAME
-from saeuron.models.bundle_lookup import find_bundle
+from saeuron.models.bundle_lookup import Bundle
+from saeuron.models.resolve import ResolvedModel, resolve_model
 from saeuron.utils.config import Config, ConfigError, check_range, field
 
 
@@ -55,6 +56,15 @@ class ModelTrainConfig(Config):
     device: str | None = field(None, help="cpu, cuda, mps; default: the best available")
 
     def __post_init__(self) -> None:
+        # The pipelines this command reads from, and the bundle it writes into by default,
+        # looked up once here: training reads the results.
+        self.vae_source: ResolvedModel | None = (
+            resolve_model(self.vae_from, "vae_from") if self.vae_from else None
+        )
+        self.init_source: ResolvedModel | None = (
+            resolve_model(self.init_from, "init_from") if self.init_from else None
+        )
+        self._default_bundle: Bundle | None = None if self.out else resolve_model(NAME).bundle
         for name in ("n_images", "vae_steps", "vae_batch", "unet_steps", "unet_batch"):
             check_range(name, getattr(self, name), ge=1)
         check_range("lr", self.lr, gt=0)
@@ -73,7 +83,7 @@ class ModelTrainConfig(Config):
         # command runs, not when --help reads these fields.
         from saeuron.models.bundles import writable_folder  # noqa: PLC0415
 
-        bundle = find_bundle(NAME)
+        bundle = self._default_bundle
         if bundle is None:
             raise ConfigError("out", "no MiniCanvas bundle is installed here; name a folder")
         return writable_folder(bundle)

@@ -62,7 +62,7 @@ def write_labels(path: Path) -> Path:
 
 def build_supervised(cfg: SupervisedBuildConfig) -> dict[str, Any]:
     """Capture the anchor prompts (reused when ``workdir`` holds them) and fine-tune."""
-    folder = writable_bundle_folder(cfg.model, cfg.out)
+    folder = writable_bundle_folder(cfg.resolved_model, cfg.out)
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minicanvas-supervised-"))
     work.mkdir(parents=True, exist_ok=True)
     labels = write_labels(work / "anchor_labels.csv")
@@ -70,7 +70,12 @@ def build_supervised(cfg: SupervisedBuildConfig) -> dict[str, Any]:
     for hookpoint in (OBJECT_HOOKPOINT, STYLE_HOOKPOINT):
         # The assets' capture: a workdir shared with `saeuron minicanvas assets` is reused.
         acts = capture_anchor_activations(
-            cfg.model, work, hookpoint, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed
+            cfg.resolved_model,
+            work,
+            hookpoint,
+            cfg.num_inference_steps,
+            cfg.guidance_scale,
+            cfg.seed,
         )
         start = time.perf_counter()
         sae, out = train_supervised(

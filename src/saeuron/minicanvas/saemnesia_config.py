@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saeuron.models.resolve import ResolvesModel
 from saeuron.utils.config import Config, check_range, field
 
 
 @dataclass
-class SupervisedBuildConfig(Config):
+class SupervisedBuildConfig(ResolvesModel, Config):
     model: str = field("minicanvas", help="the MiniCanvas pipeline")
     out: str | None = field(
         None,
@@ -32,6 +33,7 @@ class SupervisedBuildConfig(Config):
     workdir: str | None = field(None, help="where activations go; default: a temporary folder")
 
     def __post_init__(self) -> None:
+        self._resolve_model()
         for name in ("num_inference_steps", "max_epochs", "patience"):
             check_range(name, getattr(self, name), ge=1)
         check_range("lr", self.lr, gt=0)

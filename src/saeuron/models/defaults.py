@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saeuron.models.bundle_lookup import find_bundle
+from saeuron.models.resolve import ResolvedModel
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,10 @@ KNOWN_MODELS: dict[str, ModelDefaults] = {
 }
 
 
-def model_defaults(model: str | None) -> ModelDefaults:
-    bundle = find_bundle(model)
+def model_defaults(model: ResolvedModel) -> ModelDefaults:
+    """What ``model`` samples with and where its SAE reads: its bundle's, a known model's,
+    else Stable Diffusion's."""
+    bundle = model.bundle
     if bundle is not None:
         return ModelDefaults(
             bundle.num_inference_steps,
@@ -97,25 +99,29 @@ def model_defaults(model: str | None) -> ModelDefaults:
             source="bundle",
             hookpoint_basis="bundle",
         )
-    if model in KNOWN_MODELS:
-        return KNOWN_MODELS[model]
+    if model.name in KNOWN_MODELS:
+        return KNOWN_MODELS[model.name]
     return SD_DEFAULTS
 
 
 def resolve_sae(
-    model: str | None, sae: str | None, hookpoint: str | None, concept: str | None = None
+    model: ResolvedModel,
+    sae: ResolvedModel | None,
+    hookpoint: str | None,
+    concept: str | None = None,
 ) -> tuple[str | None, str | None]:
     """The SAE (folder or hub id) and hookpoint a concept is read and erased at.
 
-    ``sae`` may be a bundle's name (its SAEs) as well as a folder or hub id; left out, it is
-    the model's own (a bundle's, or a known model's published SAE). The hookpoint, unless
-    given, is where the bundle keeps the concept (objects and styles sit at different
-    blocks), else the model's known one; ``None`` leaves it to the SAE's own record.
+    ``sae`` may be a bundle's name (its SAEs) as well as a folder or hub id, resolved by the
+    caller like a model; left out, it is the model's own (a bundle's, or a known model's
+    published SAE). The hookpoint, unless given, is where the bundle keeps the concept
+    (objects and styles sit at different blocks), else the model's known one; ``None`` leaves
+    it to the SAE's own record.
     """
-    bundle = find_bundle(sae) if sae is not None else find_bundle(model)
+    bundle = sae.bundle if sae is not None else model.bundle
     if bundle is not None:
         return str(bundle.sae_folder), hookpoint or bundle.hookpoint_for(concept)
     if sae is not None:
-        return sae, hookpoint
+        return sae.name, hookpoint
     defaults = model_defaults(model)
     return defaults.sae, hookpoint or defaults.hookpoint

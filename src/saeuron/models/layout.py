@@ -23,9 +23,9 @@ import diffusers
 import torch
 from torch import nn
 
-from saeuron.models.bundles import find_bundle
 from saeuron.models.denoiser import DENOISER_NAMES
 from saeuron.models.hookpoints import block_names
+from saeuron.models.resolve import ModelArg, ResolvedModel, resolve_model
 from saeuron.models.sampling import SamplingConfig
 from saeuron.models.tiny import TINY_MODELS
 from saeuron.utils.errors import ConfigError, FileFormatError
@@ -143,12 +143,13 @@ class ModelLayout:
             ) from None
 
 
-def read_layout(model: str) -> ModelLayout | None:
-    """The layout of ``model`` from its config files; None where they cannot be read without
+def read_layout(resolved: ResolvedModel) -> ModelLayout | None:
+    """The layout of a model from its config files; None where they cannot be read without
     loading or downloading it (a test model, a hub repo not cached yet while online)."""
+    model = resolved.name
     if model in TINY_MODELS:
         return None
-    bundle = find_bundle(model)
+    bundle = resolved.bundle
     if bundle is not None:
         folder: Path | None = bundle.folder
     elif Path(model).is_dir():
@@ -207,7 +208,7 @@ def check_hook_width(module: nn.Module, d_in: int, hookpoint: str, setting: str 
 
 
 def check_model_inputs(
-    model: str,
+    model: ModelArg,
     sampling: SamplingConfig | None = None,
     hookpoints: Sequence[str] = (),
     d_in: int | None = None,
@@ -216,7 +217,9 @@ def check_model_inputs(
     """Refuse, before any weight loads, what the model cannot do: a hookpoint that is not a
     module of its denoiser (or whose width is not the SAE's ``d_in``), more steps than its
     scheduler was trained with, a side that is not a multiple of 8 or is more than
-    ``MAX_SIDE_FACTOR`` times its native side."""
+    ``MAX_SIDE_FACTOR`` times its native side. ``model`` is best passed resolved; a name is
+    resolved here (training's capture still passes one)."""
+    model = resolve_model(model)
     layout = read_layout(model)
     if layout is None:
         return None

@@ -13,7 +13,8 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from saeuron.models.bundles import bundle_names, find_bundle
+from saeuron.models.bundles import bundle_names
+from saeuron.models.resolve import ModelArg, ResolvedModel, resolve_model
 from saeuron.models.tiny import TINY_MODELS, build_tiny
 from saeuron.utils.devices import resolve_device
 from saeuron.utils.errors import ConfigError
@@ -28,11 +29,12 @@ def model_names() -> list[str]:
     return [*bundle_names(), *TINY_MODELS]
 
 
-def check_model(model: str, setting: str = "model") -> None:
+def check_model(resolved: ResolvedModel, setting: str = "model") -> None:
     """Refuse, before anything loads, a model that is neither a name, a folder nor a hub id."""
+    model = resolved.name
     if model in TINY_MODELS:
         return
-    bundle = find_bundle(model)
+    bundle = resolved.bundle
     if bundle is not None:
         if not bundle.shipped:
             raise ConfigError(
@@ -52,11 +54,6 @@ def check_model(model: str, setting: str = "model") -> None:
             f"got {model!r}: neither a local folder nor a hub id (owner/name); also "
             f"allowed: {', '.join(model_names())}",
         )
-
-
-def _source(model: str) -> str:
-    bundle = find_bundle(model)
-    return str(bundle.folder) if bundle is not None else model
 
 
 def _pretrained_kwargs(source: str, cached_only: bool = False) -> dict[str, Any]:
@@ -88,20 +85,23 @@ def _no_loading_bars() -> Iterator[None]:
 
 
 def load_pipeline(
-    model: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    model: ModelArg, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> Any:
     """A diffusers pipeline on ``device`` with its progress bar off (we run it internally).
 
     ``model`` is ``tiny-sd``/``tiny-sdxl`` (random-weight test models), a bundled model name,
-    a local ``save_pretrained`` folder or a Hugging Face hub id. An uncached hub id while
-    offline fails at once with a one-line error naming the model.
+    a local ``save_pretrained`` folder or a Hugging Face hub id, or a model
+    :func:`~saeuron.models.resolve.resolve_model` already resolved (not looked up again). An
+    uncached hub id while offline fails at once with a one-line error naming the model.
     """
     target = resolve_device(device)
-    check_model(model)
-    if model in TINY_MODELS:
-        pipe = build_tiny(model)
+    # A public entry point: a name is resolved here, once; a resolved model is used as it is.
+    resolved = resolve_model(model)
+    check_model(resolved)
+    if resolved.name in TINY_MODELS:
+        pipe = build_tiny(resolved.name)
     else:
-        source = _source(model)
+        source = resolved.source
         if dtype is None and target.type == "cpu":
             # Folders may store fp16 weights (the bundled ones do, to stay small); CPU
             # kernels want float32.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from saeuron.models.defaults import model_defaults
+from saeuron.models.resolve import ResolvedModel
 from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.device_names import check_device
 
@@ -66,7 +67,7 @@ class SamplingConfig(Config):
             if value is not None and value % 8:
                 raise ConfigError(name, f"got {value}; must be a positive multiple of 8")
 
-    def resolved(self, model: str | None) -> SamplingConfig:
+    def resolved(self, model: ResolvedModel) -> SamplingConfig:
         """A copy with the model's defaults filled in where this config says ``None``."""
         defaults = model_defaults(model)
         return self.replace(

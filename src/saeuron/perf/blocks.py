@@ -35,6 +35,7 @@ from saeuron.erasure.concepts.prompts import concept_prompts
 from saeuron.erasure.erase import CFG_HALVES, MAX_MULTIPLIER, erase
 from saeuron.models.hookpoints import list_hookpoints, resolve_module
 from saeuron.models.pipelines import load_pipeline
+from saeuron.models.resolve import ResolvedModel, ResolvesModel
 from saeuron.models.sampling import SamplingConfig, seed_generators
 from saeuron.sae import Sae
 from saeuron.training.capture import CacheConfig, run_cache
@@ -51,7 +52,7 @@ RESULTS_MD = "blocks.md"
 
 
 @dataclass
-class BlockSweepConfig(Config):
+class BlockSweepConfig(ResolvesModel, Config):
     """Settings of ``saeuron bench blocks``."""
 
     model: str = field(help="pipeline: tiny-sd3, tiny-flux, tiny-pixart, a folder or a hub id")
@@ -87,7 +88,7 @@ class BlockSweepConfig(Config):
         if not self.model.strip() or not self.concept.strip():
             raise ConfigError("model" if not self.model.strip() else "concept", "must not be empty")
         check_output_folder(self.out, "out")
-        self.sampling = self.sampling.resolved(self.model)
+        self.sampling = self.sampling.resolved(self._resolve_model())
         available = len(neutral_prompts())
         if self.train_prompts + self.eval_prompts > available:
             raise ConfigError(
@@ -125,7 +126,7 @@ def sweep_blocks(cfg: BlockSweepConfig) -> dict[str, Any]:
     """Run the sweep; writes ``OUT/blocks.json`` and ``OUT/blocks.md`` and returns the rows,
     best block first."""
     out = Path(cfg.out)
-    pipe = load_pipeline(cfg.model, device=cfg.sampling.device)
+    pipe = load_pipeline(cfg.resolved_model, device=cfg.sampling.device)
     blocks = cfg.blocks or list_hookpoints(pipe)
     for block in blocks:
         resolve_module(pipe, block)  # a bad name fails before any work
@@ -145,7 +146,7 @@ def sweep_blocks(cfg: BlockSweepConfig) -> dict[str, Any]:
         work = out / "work" / block
         run_cache(
             CacheConfig(
-                model=cfg.model,
+                model=cfg.resolved_model,
                 hookpoint=block,
                 prompts=str(capture_file),
                 out=str(work / "acts"),
@@ -173,8 +174,9 @@ def sweep_blocks(cfg: BlockSweepConfig) -> dict[str, Any]:
         features = build_concept(
             ConceptBuildConfig(
                 concept=cfg.concept,
-                model=cfg.model,
-                sae=str(work / "sae"),
+                model=cfg.resolved_model,
+                # An SAE folder just trained: not a bundle, nothing to look up.
+                sae=ResolvedModel(str(work / "sae")),
                 hookpoint=block,
                 prompts=str(concept_file),
                 others=str(neutral_file),

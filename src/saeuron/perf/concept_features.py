@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
-from saeuron.models.bundles import find_bundle
 from saeuron.models.denoising import track_denoising
 from saeuron.models.hookpoints import resolve_module
 from saeuron.models.pipelines import load_pipeline
+from saeuron.models.resolve import ModelArg, ResolvedModel, resolve_model
 from saeuron.models.sampling import seed_generators
 from saeuron.models.tokens import conditional_rows, output_tensor, to_tokens
 from saeuron.perf import BENCHMARKS, Row, reproduce
@@ -71,11 +71,12 @@ def seed_procedure(
 
 
 def _one(
-    model: str, concept: str, images: int, steps: int, read_step: int
+    named: ModelArg, concept: str, images: int, steps: int, read_step: int
 ) -> tuple[float, float, bool]:
+    model = resolve_model(named)  # where the benchmark's model name enters
     pipe = load_pipeline(model, device="cpu", dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    bundle = find_bundle(model)
+    bundle = model.bundle
     if bundle is not None:
         hookpoint = bundle.hookpoint_for(concept)
         sae = Sae.from_pretrained(bundle.sae_folder, hookpoint=hookpoint)
@@ -87,8 +88,11 @@ def _one(
     sae.meta["hookpoint"] = hookpoint
     batch = 4
     with tempfile.TemporaryDirectory() as cache:
-        cfg = ConceptBuildConfig.from_dict({
-            "concept": concept, "model": model, "sae": "benchmark", "hookpoint": hookpoint,
+        # Built from its fields (not a dict) so that the resolved model is kept; the SAE is
+        # given in Python below, "benchmark" only names it.
+        cfg = ConceptBuildConfig(**{
+            "concept": concept, "model": model, "sae": ResolvedModel("benchmark"),
+            "hookpoint": hookpoint,
             "method": "shortcut", "tau": TAU, "shortcut_step": read_step,
             "num_inference_steps": steps, "batch_size": batch, "cache_dir": cache,
             "device": "cpu", "shortcut_images": images,

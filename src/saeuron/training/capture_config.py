@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from saeuron.models.resolve import ResolvesModel
 from saeuron.models.sampling_config import SamplingConfig
 from saeuron.models.sites import (
     ACTIVATION_SITES,
@@ -27,7 +28,7 @@ STORAGE_DTYPE_NAMES = ("float16", "bfloat16", "float32")
 
 
 @dataclasses.dataclass
-class CacheConfig(Config):
+class CacheConfig(ResolvesModel, Config):
     """Settings of one activation capture (``saeuron cache``)."""
 
     model: str = field(
@@ -83,7 +84,7 @@ class CacheConfig(Config):
                 raise ConfigError(name, "must not be empty")
         _check_prompt_file(self.prompts)
         check_location(self.out, "out", write=True)
-        self.sampling = self.sampling.resolved(self.model)
+        self.sampling = self.sampling.resolved(self._resolve_model())
         if self.activation_site == GUIDANCE_SITE and (
             not self.sampling.guidance or self.sampling.guidance <= 1 or self.cfg_half != "cond"
         ):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from saeuron.erasure.erase_config import MAX_MULTIPLIER
 from saeuron.models.defaults import model_defaults
+from saeuron.models.resolve import ResolvesModel
 from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.device_names import check_device
 
@@ -21,7 +22,7 @@ MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 30.0
 
 
 @dataclass
-class UiConfig(Config):
+class UiConfig(ResolvesModel, Config):
     model: str = field("minicanvas", help="model id, local folder, or a bundled name")
     sae: str | None = field(None, help="SAE repo id or folder; default: the model's known SAE")
     hookpoint: str | None = field(
@@ -71,7 +72,9 @@ class UiConfig(Config):
                 raise ConfigError(name, f"got {value!r}; must be a non-empty string")
         if self.recipe is not None and not self.recipe.strip():
             raise ConfigError("recipe", "got an empty name; a recipe file, folder or hub id")
-        if self.sae is None and self.recipe is None and model_defaults(self.model).sae is None:
+        # The page's model, looked up once: the studio and its checks read resolved_model.
+        model = self._resolve_model()
+        if self.sae is None and self.recipe is None and model_defaults(model).sae is None:
             raise ConfigError(
                 "sae",
                 f"no SAE is known for model {self.model!r}; name one with --sae (and --hookpoint)",

@@ -18,12 +18,12 @@ from saeuron.utils.devices import resolve_device
 def check_ui(cfg: UiConfig) -> None:
     """The device, the model and a named SAE, checked from files before anything loads."""
     resolve_device(cfg.device)
-    check_model(cfg.model)
+    check_model(cfg.resolved_model)
     sampling = SamplingConfig(num_inference_steps=cfg.steps, device=cfg.device)
     if cfg.sae is not None:
-        check_erasure(cfg.model, sampling, cfg.sae, cfg.hookpoint)
+        check_erasure(cfg.resolved_model, sampling, cfg.sae, cfg.hookpoint)
     else:
-        check_model_inputs(cfg.model, sampling, [cfg.hookpoint] if cfg.hookpoint else [])
+        check_model_inputs(cfg.resolved_model, sampling, [cfg.hookpoint] if cfg.hookpoint else [])
 
 
 def serve(cfg: UiConfig, block: bool = True) -> Any:

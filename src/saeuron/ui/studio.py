@@ -29,7 +29,7 @@ from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.recipe import Recipe
 from saeuron.erasure.recipe_erasure import RecipeAssets, RecipeErasure
 from saeuron.erasure.technique import DEFAULT_MULTIPLIER, RECIPES_DIR
-from saeuron.models.bundles import find_bundle
+from saeuron.models.bundles import Bundle
 from saeuron.models.defaults import model_defaults
 from saeuron.models.denoiser import denoiser_device
 from saeuron.models.pipelines import load_pipeline
@@ -58,9 +58,8 @@ class Settings:
     batch: int = 1
 
 
-def _kind_order(model: str, names: list[str]) -> list[str]:
+def _kind_order(bundle: Bundle | None, names: list[str]) -> list[str]:
     """A bundle's concepts in its own order (kind by kind), others alphabetically."""
-    bundle = find_bundle(model)
     if bundle is not None:
         order = [name for kind in bundle.kinds().values() for name in kind]
         return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
@@ -76,7 +75,9 @@ class Studio:
         self._saes: dict[tuple[str, str], Sae] = {}
         self._features: dict[str, tuple[ConceptFeatures, str, str]] = {}
         start = time.perf_counter()
-        self.pipe = pipe if pipe is not None else load_pipeline(config.model, device=config.device)
+        # The config resolved the model when it was built: nothing here looks it up again.
+        self.model = config.resolved_model
+        self.pipe = pipe if pipe is not None else load_pipeline(self.model, device=config.device)
         self.device = denoiser_device(self.pipe)
         self.recipe = load_ui_recipe(config)
         self._recipe_assets: RecipeAssets | None = None
@@ -107,26 +108,26 @@ class Studio:
 
     def bundled_concepts(self) -> list[str]:
         """Concepts whose features ship with the model (empty for non-bundled models)."""
-        bundle = find_bundle(self.config.model)
+        bundle = self.model.bundle
         if bundle is None or self.config.sae is not None:
             return []
         names = {p.stem for p in (bundle.folder / bundle.features).glob("*/*.safetensors")}
-        return _kind_order(self.config.model, list(names))
+        return _kind_order(bundle, list(names))
 
     def _bundled_path(self, concept: str) -> Path | None:
         if self.config.sae is not None:
             return None
-        bundle = find_bundle(self.config.model)
+        bundle = self.model.bundle
         return bundle.features_path(concept, self.config.hookpoint) if bundle else None
 
     def _sae_for(self, concept: str) -> tuple[str, str | None]:
         cfg = self.config
         if cfg.sae is not None:
             return cfg.sae, cfg.hookpoint
-        bundle = find_bundle(cfg.model)
+        bundle = self.model.bundle
         if bundle is not None:
             return str(bundle.sae_folder), cfg.hookpoint or bundle.hookpoint_for(concept)
-        defaults = model_defaults(cfg.model)
+        defaults = model_defaults(self.model)
         if defaults.sae is None:
             raise ConfigError("sae", f"no SAE is known for model {cfg.model!r}; name one")
         return defaults.sae, cfg.hookpoint or defaults.hookpoint
@@ -186,7 +187,7 @@ class Studio:
         steps = 20
         build = ConceptBuildConfig(
             concept=name,
-            model=cfg.model,
+            model=self.model,
             sae=sae_id,
             hookpoint=hookpoint,
             method="shortcut",
@@ -312,7 +313,7 @@ def load_ui_recipe(config: UiConfig) -> Recipe | None:
     if config.recipe is None:
         return None
     if config.recipe == "bundled":
-        bundle = find_bundle(config.model)
+        bundle = config.resolved_model.bundle
         if bundle is None or not (bundle.folder / RECIPES_DIR).is_dir():
             raise ConfigError("recipe", f"{config.model!r} ships no recipes; name a recipe file")
         return Recipe.load(bundle.folder / RECIPES_DIR)

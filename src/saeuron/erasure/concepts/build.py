@@ -79,7 +79,7 @@ class _LazyPipeline:
 
     def get(self) -> Any:
         if self.pipe is None:
-            self.pipe = load_pipeline(self.cfg.model, device=self.cfg.sampling.device)
+            self.pipe = load_pipeline(self.cfg.resolved_model, device=self.cfg.sampling.device)
             use_scheduler(self.pipe, self.cfg.sampling.scheduler)
         return self.pipe
 
@@ -94,7 +94,7 @@ def build_concept(
     """
     if pipe is None and sae is None:
         # Nothing given: check the files, device, hookpoint, steps and size before loading.
-        check_erasure(cfg.model, cfg.sampling, cfg.sae, cfg.hookpoint)
+        check_erasure(cfg.resolved_model, cfg.sampling, cfg.sae, cfg.hookpoint)
     if sae is None:
         sae = Sae.from_pretrained(cfg.sae, hookpoint=cfg.hookpoint)
     hookpoint = cfg.hookpoint or sae.meta.get("hookpoint")

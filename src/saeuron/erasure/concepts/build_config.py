@@ -9,6 +9,7 @@ from pathlib import Path
 
 from saeuron.erasure.concepts.prompts import NEUTRAL
 from saeuron.models.defaults import resolve_sae
+from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
 from saeuron.models.sampling_config import SamplingConfig
 from saeuron.models.sites import CFG_HALVES
 from saeuron.utils.atomic import check_output_file
@@ -38,7 +39,7 @@ def default_shortcut_step(num_inference_steps: int) -> int:
 
 
 @dataclass
-class ConceptBuildConfig(Config):
+class ConceptBuildConfig(ResolvesModel, Config):
     """Settings of ``saeuron concept build``: which latents to edit for one concept."""
 
     concept: str = field(positional=True, help="the concept to find, e.g. 'Van Gogh' or 'cat'")
@@ -145,6 +146,8 @@ class ConceptBuildConfig(Config):
         super().__post_init__()
         for name in ("concept", "model"):
             value = getattr(self, name)
+            # A model resolved by the caller is checked by its name.
+            value = value.name if isinstance(value, ResolvedModel) else value
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(name, f"got {value!r}; must be a non-empty string")
         for name in ("sae", "hookpoint", "out", "cache_dir"):
@@ -162,8 +165,12 @@ class ConceptBuildConfig(Config):
                 "min_active",
                 f"got {self.min_active!r}; must be < max_active ({self.max_active!r})",
             )
-        self.sampling = self.sampling.resolved(self.model)
-        sae, hookpoint = resolve_sae(self.model, self.sae, self.hookpoint, self.concept)
+        # Where the model (and a named SAE) enter: looked up once, here; a caller that
+        # resolved them already (SAeUron computing features) passes them resolved.
+        self._resolve_model()
+        given_sae = resolve_model(self.sae, "sae") if self.sae is not None else None
+        self.sampling = self.sampling.resolved(self._model)
+        sae, hookpoint = resolve_sae(self._model, given_sae, self.hookpoint, self.concept)
         if sae is None:
             raise ConfigError(
                 "sae",

@@ -32,6 +32,7 @@ from saeuron.eval.detectors import (
 )
 from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
+from saeuron.models.resolve import resolve_model
 from saeuron.utils.config import Config as BaseConfig
 from saeuron.utils.config import ConfigError, check_choice, check_range, field
 from saeuron.utils.devices import check_device
@@ -82,7 +83,11 @@ class AttackConfig(BaseConfig):
             self.concept = self.concept_name
         if self.concept is None or not self.concept.strip():
             raise ConfigError("concept", "name the concept the attack tries to bring back")
-        self.detector = self.detector or default_detector(self.concept, self.model)
+        if not self.detector:
+            # The model is looked up only for this default (an eval's config fills the
+            # detector in from its technique's model, resolved already).
+            bundle = resolve_model(self.model).bundle if self.model else None
+            self.detector = default_detector(self.concept, bundle)
         check_choice("detector", self.detector, DETECTORS.names())
         check_range("limit", self.limit, ge=1)
         check_range("length", self.length, ge=1, le=70)

@@ -38,7 +38,7 @@ from saeuron.eval.unlearncanvas_vit import (
 )
 from saeuron.minicanvas.classifier import MiniCanvasClassifier
 from saeuron.minicanvas.scoring import unlearning_scores
-from saeuron.models.bundles import find_bundle
+from saeuron.models.resolve import ResolvedModel, resolve_model
 from saeuron.utils.config import Config as BaseConfig
 from saeuron.utils.config import ConfigError, check_choice, check_range, field
 from saeuron.utils.devices import check_device
@@ -53,12 +53,12 @@ PUBLISHED_JPEG_QUALITY = 75
 """The published scripts save ``.jpg`` files with PIL's default quality and classify those."""
 
 
-def _classifier_folder(name: str) -> Path:
+def _classifier_folder(named: ResolvedModel) -> Path:
     """A bundle's classifier (by the bundle's name), or a folder in the classifier's format."""
-    bundle = find_bundle(name)
+    bundle = named.bundle
     if bundle is not None and bundle.classifier_folder is not None:
         return bundle.classifier_folder
-    return Path(name)
+    return Path(named.name)
 
 
 def _canonical(name: str) -> str:
@@ -188,7 +188,10 @@ class UnlearnCanvasConfig(BaseConfig):
                 if not Path(value).is_file():
                     raise ConfigError(name, f"file {value!r} does not exist")
             return
-        folder = _classifier_folder(self.classifier)
+        # The classifier names a bundle or a folder: looked up once, here.
+        folder = self.classifier_folder = _classifier_folder(
+            resolve_model(self.classifier, "classifier")
+        )
         if not (folder / "classifier.json").is_file():
             raise ConfigError(
                 "classifier",
@@ -211,7 +214,7 @@ class UnlearnCanvasConfig(BaseConfig):
         """The classifiers' object and style classes, in their output order."""
         if self.vit:
             return list(OBJECTS), list(STYLES)
-        info = read_json(_classifier_folder(self.classifier) / "classifier.json", "classifier")
+        info = read_json(self.classifier_folder / "classifier.json", "classifier")
         return list(info["objects"]), list(info["styles"])
 
     def prompted(self) -> tuple[list[str], list[str]]:
@@ -258,7 +261,7 @@ class UnlearnCanvas(Metric):
                 Requirement(f"style classifier {cfg.style_classifier}", True),
                 Requirement(f"object classifier {cfg.object_classifier}", True),
             ]
-        folder = _classifier_folder(cfg.classifier)
+        folder = cfg.classifier_folder
         return [Requirement(f"classifier {folder}", (folder / "classifier.safetensors").is_file())]
 
     def prepare(self) -> None:
@@ -311,7 +314,7 @@ class UnlearnCanvas(Metric):
                 pred_s[styled] = style_vit.predict(picked, cfg.batch_size, cfg.jpeg_quality)
             return np.asarray(pred_o), pred_s
 
-        classifier = MiniCanvasClassifier.load(_classifier_folder(cfg.classifier))
+        classifier = MiniCanvasClassifier.load(cfg.classifier_folder)
         classifier.to(cfg.device or "cpu")
         if cfg.jpeg_quality is not None:
             images = [jpeg_round_trip(image, cfg.jpeg_quality) for image in images]

@@ -442,8 +442,9 @@ def _capture(run: _Run, plan: dict[str, Any] | None) -> dict[str, Any]:
 
 def _load(cfg: CacheConfig, device: torch.device) -> tuple[Any, nn.Module]:
     """The pipeline on ``device`` and the hookpoint's module in it."""
-    check_model_inputs(cfg.model, cfg.sampling, hookpoints=[cfg.hookpoint])  # before loading
-    pipe = load_pipeline(cfg.model, device, compute_dtype(device))
+    # Checked before loading: a wrong hookpoint or setting is one line, not minutes later.
+    check_model_inputs(cfg.resolved_model, cfg.sampling, hookpoints=[cfg.hookpoint])
+    pipe = load_pipeline(cfg.resolved_model, device, compute_dtype(device))
     use_scheduler(pipe, cfg.sampling.scheduler)
     check_schedule(pipe, cfg.sampling.steps)
     return pipe, resolve_module(pipe, cfg.hookpoint)

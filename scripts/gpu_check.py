@@ -162,12 +162,12 @@ def check_compile(device: str) -> Callable[[bool], dict[str, Any]]:
         torch._dynamo.utils.counters.clear()
         eager_unet = pipe.unet
         pipe.unet = torch.compile(eager_unet, backend=backend)
-        eraser = attach(pipe, sae, per_step, multiplier=-20.0)
+        erasure = attach(pipe, sae, per_step, multiplier=-20.0)
         try:
             compiled = latents()
             again = latents()
         finally:
-            eraser.remove()
+            erasure.remove()
             pipe.unet = eager_unet
         graphs = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
         diff = float(np.abs(compiled - eager).max())
@@ -209,7 +209,7 @@ def check_no_host_sync(device: str) -> Callable[[bool], dict[str, Any]]:
             on = module.register_forward_pre_hook(
                 lambda *a: torch.cuda.set_sync_debug_mode("error"), prepend=True
             )
-            eraser = attach(pipe, sae, firing(sae), multiplier=-20.0, edit_path="dense")
+            erasure = attach(pipe, sae, firing(sae), multiplier=-20.0, edit_path="dense")
             off = module.register_forward_hook(lambda *a: torch.cuda.set_sync_debug_mode(0))
             try:
                 sample(pipe, steps=2)
@@ -220,7 +220,7 @@ def check_no_host_sync(device: str) -> Callable[[bool], dict[str, Any]]:
                 torch.cuda.set_sync_debug_mode(0)
                 on.remove()
                 off.remove()
-                eraser.remove()
+                erasure.remove()
         if result["hooked block"] != "no sync":
             raise AssertionError(f"the dense edit syncs with the host: {result}")
         if result["whole UNet"] != "no sync":

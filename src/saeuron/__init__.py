@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     "attach_recipe": "saeuron.erasure.recipe_erasure",
     "Recipe": "saeuron.erasure.recipe",
     "RecipeErasure": "saeuron.erasure.recipe_erasure",
-    "Eraser": "saeuron.erasure.erase",
+    "Erasure": "saeuron.erasure.erase",
     "EraseConfig": "saeuron.erasure.erase_config",
     "ConceptFeatures": "saeuron.erasure.features",
     "build_concept": "saeuron.erasure.concepts.build",
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from saeuron.erasure.concepts.build import build_concept as build_concept
     from saeuron.erasure.concepts.build_config import ConceptBuildConfig as ConceptBuildConfig
     from saeuron.erasure.concepts.stats import ConceptStats as ConceptStats
-    from saeuron.erasure.erase import Eraser as Eraser
+    from saeuron.erasure.erase import Erasure as Erasure
     from saeuron.erasure.erase import erase as erase
     from saeuron.erasure.erase_config import EraseConfig as EraseConfig
     from saeuron.erasure.features import ConceptFeatures as ConceptFeatures

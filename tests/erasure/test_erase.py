@@ -8,7 +8,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-from saeuron.erasure.erase import EraseConfig, EraseHandle, _EraseHook, attach, erase, timestep_row
+from saeuron.erasure.erase import EditCounts, EraseConfig, _EraseHook, attach, erase, timestep_row
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.models.denoising import DenoiseState
 from saeuron.models.hookpoints import resolve_module
@@ -244,7 +244,7 @@ def test_overlapping_latents_are_edited_once_by_the_strongest_concept(tiny_sd, s
         EraseConfig(),
         "output",
         DenoiseState(),
-        EraseHandle(HOOK, ["weak", "strong"]),
+        EditCounts(HOOK, ["weak", "strong"]),
     )
     plan = hook.plan(0, 3)
     got = dict(zip(plan.indices.tolist(), plan.scale.tolist()))
@@ -307,27 +307,27 @@ def test_validation_of_concepts(tiny_sd, sae) -> None:
 
 def test_attach_persists_until_removed_and_scales_change_between_calls(tiny_sd, sae) -> None:
     plain = sample(tiny_sd)
-    eraser = attach(tiny_sd, sae, many_latents(), multiplier=-20.0)
+    erasure = attach(tiny_sd, sae, many_latents(), multiplier=-20.0)
     try:
         strong = sample(tiny_sd)
-        assert np.abs(strong - plain).mean() > 1e-3 and eraser.edited_tokens > 0
+        assert np.abs(strong - plain).mean() > 1e-3 and erasure.edited_tokens > 0
         assert np.array_equal(sample(tiny_sd), strong)  # still attached, deterministic
-        eraser.set_scale("cat", -2.0)
-        assert eraser.scales == {"cat": -2.0}
+        erasure.set_scale("cat", -2.0)
+        assert erasure.scales == {"cat": -2.0}
         weak = sample(tiny_sd)
         assert not np.array_equal(weak, strong) and not np.array_equal(weak, plain)
-        eraser.disable()
+        erasure.disable()
         assert np.array_equal(sample(tiny_sd), plain)  # hooks on, edit off: bit for bit
-        eraser.enable()
+        erasure.enable()
         assert np.array_equal(sample(tiny_sd), weak)
         with pytest.raises(ConfigError, match="^concept: got 'dog'"):
-            eraser.set_scale("dog", -1.0)
+            erasure.set_scale("dog", -1.0)
         with pytest.raises(ConfigError, match="multipliers.cat: got nan"):
-            eraser.set_scale("cat", float("nan"))
+            erasure.set_scale("cat", float("nan"))
     finally:
-        eraser.remove()
-    assert not eraser.attached
-    eraser.remove()  # twice is harmless
+        erasure.remove()
+    assert not erasure.attached
+    erasure.remove()  # twice is harmless
     assert np.array_equal(sample(tiny_sd), plain)
     module = resolve_module(tiny_sd, HOOK)
     assert not module._forward_hooks and not tiny_sd.unet._forward_pre_hooks
@@ -425,7 +425,7 @@ def test_attention_processors_do_not_change_the_edit(sae) -> None:
     np.testing.assert_allclose(images[0], images[1], atol=1e-4)
 
 
-def test_a_users_step_callback_works_with_the_eraser_attached(tiny_sd, sae) -> None:
+def test_a_users_step_callback_works_with_the_erasure_attached(tiny_sd, sae) -> None:
     seen: list[int] = []
 
     def callback(pipe, i, t, kwargs):
@@ -465,7 +465,7 @@ def test_two_pipelines_erase_at_once_in_one_process(sae) -> None:
         with erase(pipe, sae, concept, multiplier=-20.0):
             alone.append(sample(pipe, steps=4))
     together: list[np.ndarray | None] = [None, None]
-    erasers = [attach(p, sae, c, multiplier=-20.0) for p, c in zip(pipes, concepts)]
+    erasures = [attach(p, sae, c, multiplier=-20.0) for p, c in zip(pipes, concepts)]
     try:
 
         def run(i: int) -> None:
@@ -477,8 +477,8 @@ def test_two_pipelines_erase_at_once_in_one_process(sae) -> None:
         for thread in threads:
             thread.join()
     finally:
-        for eraser in erasers:
-            eraser.remove()
+        for erasure in erasures:
+            erasure.remove()
     for i in range(2):
         assert together[i] is not None and np.array_equal(together[i], alone[i])
     assert not np.array_equal(alone[0], alone[1])
@@ -547,15 +547,15 @@ def test_compiled_unet_erases_as_eager_with_one_graph_for_every_step(compile_fir
     eager_unet = pipe.unet
     if compile_first:  # diffusers' recipe: compile, then attach
         pipe.unet = torch.compile(eager_unet, backend="aot_eager", fullgraph=True)
-        eraser = attach(pipe, sae, per_step, multiplier=-20.0)
+        erasure = attach(pipe, sae, per_step, multiplier=-20.0)
     else:
-        eraser = attach(pipe, sae, per_step, multiplier=-20.0)
+        erasure = attach(pipe, sae, per_step, multiplier=-20.0)
         pipe.unet = torch.compile(eager_unet, backend="aot_eager", fullgraph=True)
     try:
         compiled = run(3)
         again = run(3)
     finally:
-        eraser.remove()
+        erasure.remove()
         pipe.unet = eager_unet
     np.testing.assert_allclose(compiled, eager, atol=1e-5)
     assert np.array_equal(compiled, again)
@@ -566,9 +566,9 @@ def test_compiled_unet_erases_as_eager_with_one_graph_for_every_step(compile_fir
 def test_a_block_that_edits_nothing_warns_once_and_only_then(tiny_sd, sae, caplog) -> None:
     silent = ConceptFeatures.from_latents("silent", [1, 2], mean=1.0, threshold=1e9)
     with caplog.at_level(logging.WARNING, logger="saeuron.erasure.erase"):
-        with erase(tiny_sd, sae, silent, multiplier=-20.0) as eraser:
+        with erase(tiny_sd, sae, silent, multiplier=-20.0) as erasure:
             sample(tiny_sd, steps=2)
-    assert eraser.calls == 2 and eraser.edited_tokens == 0
+    assert erasure.calls == 2 and erasure.edited_tokens == 0
     assert "nothing was erased: the latents of 'silent' never cleared their thresholds" in (
         caplog.text
     )
@@ -576,9 +576,9 @@ def test_a_block_that_edits_nothing_warns_once_and_only_then(tiny_sd, sae, caplo
     with caplog.at_level(logging.WARNING, logger="saeuron.erasure.erase"):
         with erase(tiny_sd, sae, silent, multiplier=-20.0, warn_unedited=False):
             sample(tiny_sd, steps=2)
-        with erase(tiny_sd, sae, many_latents(), multiplier=-20.0) as eraser:
+        with erase(tiny_sd, sae, many_latents(), multiplier=-20.0) as erasure:
             sample(tiny_sd, steps=2)
         with erase(tiny_sd, sae, silent, multiplier=-20.0):
             pass  # the pipeline never ran: nothing to say
-    assert eraser.edited_tokens > 0
+    assert erasure.edited_tokens > 0
     assert "nothing was erased" not in caplog.text

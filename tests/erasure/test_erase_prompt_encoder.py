@@ -96,9 +96,9 @@ def test_capture_refuses_denoiser_sites(tmp_path: Path, site: str) -> None:
 def test_edit_of_the_prompt_embeddings(tiny_sd, sae, idx) -> None:
     plain = encode_prompts(tiny_sd, "text_encoder", ["a cat"])
     feats = features(idx, threshold=0.0)
-    with erase(tiny_sd, sae, feats, multiplier=-1.0, rule="scale") as eraser:
+    with erase(tiny_sd, sae, feats, multiplier=-1.0, rule="scale") as erasure:
         edited = encode_prompts(tiny_sd, "text_encoder", ["a cat"])
-    assert eraser.calls == 1 and eraser.edited_tokens > 0
+    assert erasure.calls == 1 and erasure.edited_tokens > 0
     flat = plain.reshape(-1, plain.shape[-1])
     with torch.no_grad():
         a = sae.encode_dense(flat)[:, idx]
@@ -110,10 +110,10 @@ def test_edit_of_the_prompt_embeddings(tiny_sd, sae, idx) -> None:
 
 def test_images_change_only_while_erasing(tiny_sd, sae, idx) -> None:
     before = sample(tiny_sd)
-    with erase(tiny_sd, sae, features(idx, threshold=0.0), multiplier=-2.0) as eraser:
+    with erase(tiny_sd, sae, features(idx, threshold=0.0), multiplier=-2.0) as erasure:
         erased = sample(tiny_sd)
     # The prompt and the negative prompt each pass through the encoder once.
-    assert eraser.calls == 2
+    assert erasure.calls == 2
     assert np.abs(erased - before).max() > 1e-3
     with erase(tiny_sd, sae, features(idx, threshold=1e9), multiplier=-2.0, warn_unedited=False):
         untouched = sample(tiny_sd)
@@ -178,9 +178,9 @@ def test_sdxl_reads_the_second_to_last_layer_and_is_erased_there(tiny_sdxl) -> N
         ).images)  # fmt: skip
 
     before = sdxl_sample()
-    with erase(tiny_sdxl, sae, features(idx, threshold=0.0), multiplier=-2.0) as eraser:
+    with erase(tiny_sdxl, sae, features(idx, threshold=0.0), multiplier=-2.0) as erasure:
         erased = sdxl_sample()
-    assert eraser.edited_tokens > 0
+    assert erasure.edited_tokens > 0
     assert np.abs(erased - before).max() > 1e-3
     np.testing.assert_array_equal(sdxl_sample(), before)
 
@@ -204,9 +204,9 @@ def test_concept_build_reads_the_encoder_alone_and_erases(tiny_sd, sae, tmp_path
     assert unet_calls == [], "statistics of a text-encoder hookpoint sample nothing"
     assert feats.num_steps == 1 and feats.hookpoint == HOOK and len(feats.at(0)[0]) == 3
     before = sample(tiny_sd)
-    with erase(tiny_sd, sae, feats, multiplier=-3.0) as eraser:
+    with erase(tiny_sd, sae, feats, multiplier=-3.0) as erasure:
         erased = sample(tiny_sd)
-    assert eraser.edited_tokens > 0 and np.abs(erased - before).max() > 1e-3
+    assert erasure.edited_tokens > 0 and np.abs(erased - before).max() > 1e-3
     with pytest.raises(ConfigError) as err:
         build_concept(cfg.replace(method="shortcut"), pipe=tiny_sd, sae=sae)
     assert err.value.field == "method"

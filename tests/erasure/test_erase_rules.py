@@ -245,31 +245,31 @@ def test_window_on_the_dense_path_leaves_the_image_alone(tiny_sd, sae) -> None:
     features = ConceptFeatures.from_latents("cat", list(range(0, 128, 4)), mean=1.0)
     # Positions of 4 steps: 0, 1/3, 2/3, 1; the window 0.4..0.6 holds none of them.
     with erase(tiny_sd, sae, features, multiplier=-5.0, window=[0.4, 0.6],
-               edit_path="dense", warn_unedited=False) as eraser:  # fmt: skip
+               edit_path="dense", warn_unedited=False) as erasure:  # fmt: skip
         outside = sample(tiny_sd, steps=4)
     with erase(tiny_sd, sae, features, multiplier=-5.0, edit_path="dense") as everywhere:
         inside = sample(tiny_sd, steps=4)
-    assert eraser.calls == 4 and eraser.edited_tokens == 0
+    assert erasure.calls == 4 and erasure.edited_tokens == 0
     assert np.array_equal(outside, base)
     assert everywhere.edited_tokens > 0 and np.abs(inside - base).mean() > 1e-3
 
 
-def test_eraser_keeps_rule_and_window(tiny_sd, sae) -> None:
+def test_erasure_keeps_rule_and_window(tiny_sd, sae) -> None:
     features = ConceptFeatures.from_latents("cat", list(range(0, 128, 4)), mean=1.0)
     base = sample(tiny_sd)
-    eraser = attach(tiny_sd, sae, features, multiplier=0.0, rule="ablate", window=[0.0, 0.5])
+    erasure = attach(tiny_sd, sae, features, multiplier=0.0, rule="ablate", window=[0.0, 0.5])
     try:
-        assert (eraser.config.rule, eraser.config.window) == ("ablate", [0.0, 0.5])
+        assert (erasure.config.rule, erasure.config.window) == ("ablate", [0.0, 0.5])
         first = sample(tiny_sd)
-        eraser.set_scale("cat", 1.0)  # ablate at gamma 1: a <- r + (a - r), no change
+        erasure.set_scale("cat", 1.0)  # ablate at gamma 1: a <- r + (a - r), no change
         same = sample(tiny_sd)
-        eraser.set_scale("cat", -3.0)
-        eraser.disable()
+        erasure.set_scale("cat", -3.0)
+        erasure.disable()
         off = sample(tiny_sd)
-        eraser.enable()
+        erasure.enable()
         strong = sample(tiny_sd)
     finally:
-        eraser.remove()
+        erasure.remove()
     assert np.abs(first - base).mean() > 1e-3
     assert np.array_equal(same, base)
     assert np.array_equal(off, base)

@@ -132,8 +132,8 @@ def test_attached_recipe_changes_images_and_removal_restores_them(folder, tiny_s
 def test_both_concepts_erased_together_use_one_hook(folder, tiny_sd):
     with attach_recipe(tiny_sd, folder / "recipe.json", ["cat", "dog"]) as erasure:
         # dog's anchor (cat) is erased too: it falls to car, in its own hook group.
-        assert sorted(e.config.rule for e in erasure.erasers) == ["ablate", "anchor"]
-    assert not erasure.erasers
+        assert sorted(e.config.rule for e in erasure.erasures) == ["ablate", "anchor"]
+    assert not erasure.erasures
 
 
 def test_a_pipeline_of_another_shape_is_refused(folder, tiny_sd):

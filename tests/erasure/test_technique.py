@@ -280,8 +280,8 @@ def test_several_concepts_erase_each_at_its_own_block(cache_dir) -> None:
     assert both.multipliers == {c: tuned[c]["multiplier"] for c in ("moon", "checkered")}
     moon = SAeUron(erase_concept="moon", model="minicanvas", device="cpu", preset="paper")
     prompt = ["An image of moon in checkered style."]
-    with both.erasing() as handle:
-        assert len(handle.erasers) == 2
+    with both.erase() as handle:
+        assert len(handle.erasures) == 2
     images = [np.asarray(t.generate(prompt, seed=0)[0], dtype=np.float32) for t in (both, moon)]
     assert np.abs(images[0] - images[1]).mean() > 1.0  # checkered's edit adds to moon's
     with pytest.raises(ConfigError, match="^erase_concept:"):

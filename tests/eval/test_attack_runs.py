@@ -69,7 +69,7 @@ def test_the_erase_hook_is_differentiable_for_white_box_attacks(tmp_path) -> Non
     from saeuron.eval.attacks.p4d import guided_noise
 
     # The published method's hook in the UNet (a recipe may edit the text encoder, which
-    # the attacks reach through the technique's erasing() when they encode their prompts).
+    # the attacks reach through the technique's erase() when they encode their prompts).
     tech = SAeUron(erase_concept="moon", model="minicanvas", device="cpu", preset="paper")
     pipe = tech.pipe
     pipe.scheduler.set_timesteps(20)
@@ -82,7 +82,7 @@ def test_the_erase_hook_is_differentiable_for_white_box_attacks(tmp_path) -> Non
     grads = []
     for erased in (False, True):
         cond = cond0.clone().requires_grad_(True)
-        context = tech.erasing() if erased else torch.enable_grad()
+        context = tech.erase() if erased else torch.enable_grad()
         with context as handle:
             eps = guided_noise(pipe, x, t, cond, uncond, 7.5)
             eps.pow(2).mean().backward()
@@ -93,7 +93,7 @@ def test_the_erase_hook_is_differentiable_for_white_box_attacks(tmp_path) -> Non
     # P4D and UnlearnDiffAtk call the UNet at training timesteps outside the sampling
     # schedule (437 is not one of these 20): the erasure must act there too.
     assert 437 not in pipe.scheduler.timesteps.tolist()
-    with torch.no_grad(), tech.erasing() as handle:
+    with torch.no_grad(), tech.erase() as handle:
         erased = guided_noise(pipe, x, torch.tensor(437), cond0, uncond, 7.5)
     assert handle.edited_tokens > 0
     assert not torch.allclose(erased, guided_noise(pipe, x, torch.tensor(437), cond0, uncond, 7.5))

@@ -124,7 +124,7 @@ class TinyTechnique:
         self.config = SimpleNamespace(num_inference_steps=4, guidance_scale=7.5)
 
     @contextlib.contextmanager
-    def erasing(self):
+    def erase(self):
         block = self.pipe.unet.up_blocks[1].attentions[0]
         handle = block.register_forward_hook(lambda m, a, out: (out[0] * 0.5, *out[1:]))
         try:
@@ -133,7 +133,7 @@ class TinyTechnique:
             handle.remove()
 
     def _sample(self, prompts, seeds, erase):
-        with self.erasing() if erase else contextlib.nullcontext():
+        with self.erase() if erase else contextlib.nullcontext():
             return self.pipe(
                 list(prompts), num_inference_steps=4, guidance_scale=7.5,
                 generator=[torch.Generator().manual_seed(s) for s in seeds],
@@ -161,7 +161,7 @@ class LaterIsBetter:
 
 class TextSideTechnique(TinyTechnique):
     """An 'erasure' inside the text encoder (halving its output), which says whether each
-    encoder call ran inside ``erasing()``."""
+    encoder call ran inside ``erase()``."""
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -169,7 +169,7 @@ class TextSideTechnique(TinyTechnique):
         self.calls: list[tuple[bool, bool]] = []  # (inside erasing, output carries a gradient)
 
     @contextlib.contextmanager
-    def erasing(self):
+    def erase(self):
         module = self.pipe.text_encoder.final_layer_norm
         handle = module.register_forward_hook(lambda m, a, out: out * 0.5)
         self.inside = True
@@ -251,7 +251,7 @@ def test_p4d_matches_the_unerased_conditional_prediction(tiny_sd, monkeypatch) -
         with torch.no_grad():
             direct = tiny_sd.unet(x_t, t, encoder_hidden_states=cond).sample
             guided, _ = p4d_module.noise_predictions(tiny_sd, x_t, t, cond, uncond, 7.5)
-            with tech.erasing():
+            with tech.erase():
                 _, erased = p4d_module.noise_predictions(tiny_sd, x_t, t, cond, uncond, 7.5)
         # The loss's target is the unerased model's conditional prediction ...
         torch.testing.assert_close(s["loss_target"], direct, rtol=1e-4, atol=1e-5)
@@ -276,7 +276,7 @@ def test_p4d_matches_the_unerased_conditional_prediction(tiny_sd, monkeypatch) -
     start = encoder.vocabulary[torch.randint(len(encoder.vocabulary), (4,),
                                              generator=torch.Generator().manual_seed(0))]
     x_t, t = seen[0]["x_t"], seen[0]["t"]
-    with torch.no_grad(), negative.erasing():
+    with torch.no_grad(), negative.erase():
         expected, _ = p4d_module.noise_predictions(
             tiny_sd, x_t, t, encoder.tokens(start[None]), encoder.prompts(["a cat"]), 7.5)
     torch.testing.assert_close(seen[0]["prediction"], expected, rtol=1e-4, atol=1e-5)
@@ -305,7 +305,7 @@ def test_p4d_lowers_its_loss_on_a_tiny_model(tiny_sd) -> None:
         with torch.no_grad():
             for t, noise in pairs:
                 x_t = p4d_module.noised(tiny_sd, x0, noise, t)
-                with tech.erasing():
+                with tech.erase():
                     _, c = p4d_module.noise_predictions(tiny_sd, x_t, t, adv, uncond, 7.5)
                 target = p4d_module.unerased_conditional(tiny_sd, x_t, t, cond)
                 total += float(F.mse_loss(c, target))
@@ -441,7 +441,7 @@ def test_unlearndiffatk_lowers_its_loss_on_a_tiny_model(tiny_sd) -> None:
         with torch.no_grad():
             for t, noise in pairs:
                 x_t = p4d_module.noised(tiny_sd, x0, noise, t)
-                with tech.erasing():
+                with tech.erase():
                     _, c = p4d_module.noise_predictions(tiny_sd, x_t, t, cond, uncond, 7.5)
                 total += float(F.mse_loss(c, noise))
         return total / len(pairs)

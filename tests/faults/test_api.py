@@ -165,10 +165,10 @@ def test_erase_refuses_non_finite_strength(tiny_sd, tiny_sae, multiplier) -> Non
 
 
 def test_set_scale_refuses_nan(tiny_sd, tiny_sae) -> None:
-    with erase(tiny_sd, tiny_sae, features_of(tiny_sae), multiplier=-5.0) as eraser:
+    with erase(tiny_sd, tiny_sae, features_of(tiny_sae), multiplier=-5.0) as erasure:
         with pytest.raises(ConfigError, match="multipliers.cat"):
-            eraser.set_scale("cat", math.nan)
-        assert eraser.scales == {"cat": -5.0}
+            erasure.set_scale("cat", math.nan)
+        assert erasure.scales == {"cat": -5.0}
 
 
 def test_features_of_another_sae_are_refused_naming_both(tiny_sd, tiny_sae) -> None:

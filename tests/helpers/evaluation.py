@@ -170,7 +170,7 @@ class PluginColour(ColourTechnique):
         super().__init__()
         self.erase_concept = erase_concept
 
-    def erasing(self):
+    def erase(self):
         import contextlib
 
         return contextlib.nullcontext()

@@ -14,6 +14,6 @@ def test_features_selected_from_the_bundle_statistics_record_their_sae(caplog) -
     assert features.sae_fingerprint == judge.saes[concept_hookpoint("moon")].fingerprint()
     # Erasing with them checks the fingerprint and has nothing to warn about.
     with caplog.at_level(logging.WARNING, logger="saeuron"):
-        with judge.erasing("moon", 1, -100.0, max_other_ratio=0.5):
+        with judge.erase("moon", 1, -100.0, max_other_ratio=0.5):
             pass
     assert "do not record the SAE" not in caplog.text

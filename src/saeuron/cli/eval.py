@@ -30,7 +30,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         metavar="NAME",
         help="the technique instead of the config's: a registered name or your own "
         "module:Class (built as Class(**config); it has pipe, generate(prompts, seeds), "
-        "unerased(prompts, seeds) and erasing())",
+        "unerased(prompts, seeds) and erase())",
     )
     parser.add_argument(
         "--trust-code",

@@ -37,7 +37,7 @@ from saeuron.erasure.erase_config import (
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.hook import _EraseHook
 from saeuron.erasure.hook_state import (
-    EraseHandle,
+    EditCounts,
     StepPlan,
     StepTable,
     check_finite_activations,
@@ -63,8 +63,8 @@ __all__ = [
     "MAX_MULTIPLIER",
     "RULES",
     "EraseConfig",
-    "EraseHandle",
-    "Eraser",
+    "EditCounts",
+    "Erasure",
     "StepPlan",
     "StepTable",
     "_EraseHook",
@@ -126,7 +126,7 @@ def _check_multipliers(names: list[str], cfg: EraseConfig, exact: bool) -> dict[
     return {n: cfg.multiplier_of(n) for n in names}
 
 
-class Eraser:
+class Erasure:
     """A concept erasure attached to a pipeline, until :meth:`remove`.
 
     Made by :func:`attach` (persistent, in the style of diffusers' adapters) or
@@ -148,7 +148,7 @@ class Eraser:
         self.pipe = pipe
         self.sae = sae
         self.config = cfg
-        self.handle = EraseHandle(hookpoint=hookpoint, concepts=[c.concept for c in concepts])
+        self.handle = EditCounts(hookpoint=hookpoint, concepts=[c.concept for c in concepts])
         site = activation_site(cfg, sae)
         # A prompt encoder runs before the steps, once per prompt: its hook edits every call
         # with the statistics' one row, so it follows no denoising step.
@@ -205,7 +205,7 @@ class Eraser:
         """Change one concept's gamma; the next pipeline call uses it."""
         if concept not in self._hook.multipliers:
             raise ConfigError(
-                "concept", f"got {concept!r}; this eraser holds {', '.join(self.concepts)}"
+                "concept", f"got {concept!r}; this erasure holds {', '.join(self.concepts)}"
             )
         check_range(
             f"multipliers.{concept}", float(multiplier), ge=-MAX_MULTIPLIER, le=MAX_MULTIPLIER
@@ -214,7 +214,7 @@ class Eraser:
         self._hook.reset_plans()
 
     def disable(self) -> None:
-        """Sample as if no eraser were attached (the hooks stay, doing nothing)."""
+        """Sample as if no erasure were attached (the hooks stay, doing nothing)."""
         self._hook.enabled = False
 
     def enable(self) -> None:
@@ -228,7 +228,7 @@ class Eraser:
                 self._tracker.remove()
             self._removable = None
 
-    def __enter__(self) -> Eraser:
+    def __enter__(self) -> Erasure:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -241,8 +241,8 @@ def attach(
     concepts: ConceptFeatures | Sequence[ConceptFeatures] | Mapping[str, ConceptFeatures],
     config: EraseConfig | None = None,
     **overrides: Any,
-) -> Eraser:
-    """Erase ``concepts`` in ``pipe`` from now until :meth:`Eraser.remove`.
+) -> Erasure:
+    """Erase ``concepts`` in ``pipe`` from now until :meth:`Erasure.remove`.
 
     ``config`` (an :class:`EraseConfig`) and keyword ``overrides`` of its fields set the
     edit: ``attach(pipe, sae, cat, multiplier=-20.0)``, or with another rule and a window of
@@ -298,7 +298,7 @@ def attach(
                 "has none (ConceptFeatures.with_anchor adds one)",
             )
     check_same_sae(concept_list, sae)
-    return Eraser(pipe, sae, concept_list, multipliers, cfg, hookpoint, module)
+    return Erasure(pipe, sae, concept_list, multipliers, cfg, hookpoint, module)
 
 
 def activation_site(cfg: EraseConfig, sae: Sae) -> str:
@@ -340,30 +340,30 @@ def erase(
     *,
     warn_unedited: bool = True,
     **overrides: Any,
-) -> Iterator[Eraser]:
+) -> Iterator[Erasure]:
     """:func:`attach` for the length of a ``with`` block; always removed after, errors
     included::
 
-        with saeuron.erase(pipe, sae, features, multiplier=-20.0) as eraser:
+        with saeuron.erase(pipe, sae, features, multiplier=-20.0) as erasure:
             images = pipe(prompt).images
 
     A block in which the pipeline ran but not one token was edited ends with a warning
     (``warn_unedited=False`` turns it off, for runs where that is expected).
     """
-    eraser = attach(pipe, sae, concepts, config, **overrides)
+    erasure = attach(pipe, sae, concepts, config, **overrides)
     try:
-        yield eraser
+        yield erasure
     finally:
-        eraser.remove()
+        erasure.remove()
     if warn_unedited:
-        warn_if_unedited([eraser])
+        warn_if_unedited([erasure])
 
 
-def warn_if_unedited(erasers: Sequence[Eraser]) -> bool:
-    """Warn (and return True) when the erasers' hooks ran but edited no token at all."""
-    if not erasers or any(e.calls == 0 or e.edited_tokens > 0 for e in erasers):
+def warn_if_unedited(erasures: Sequence[Erasure]) -> bool:
+    """Warn (and return True) when the erasures' hooks ran but edited no token at all."""
+    if not erasures or any(e.calls == 0 or e.edited_tokens > 0 for e in erasures):
         return False
-    names = [name for e in erasers for name in e.concepts]
+    names = [name for e in erasures for name in e.concepts]
     if not names:
         return False
     logger.warning(

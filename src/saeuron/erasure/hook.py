@@ -16,7 +16,7 @@ from saeuron.erasure.candidates import candidate_tokens, place_candidates, take_
 from saeuron.erasure.erase_config import EraseConfig
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.hook_state import (
-    EraseHandle,
+    EditCounts,
     StepPlan,
     StepTable,
     check_finite_activations,
@@ -63,7 +63,7 @@ class _EraseHook:
         cfg: EraseConfig,
         site: str,
         state: DenoiseState,
-        handle: EraseHandle,
+        handle: EditCounts,
         train_timesteps: int = 1000,
     ):
         self.sae = sae

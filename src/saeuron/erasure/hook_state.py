@@ -45,8 +45,8 @@ class StepTable(NamedTuple):
 
 
 @dataclass
-class EraseHandle:
-    """What an :class:`Eraser` did so far: its hook's calls and the tokens it edited.
+class EditCounts:
+    """What an :class:`Erasure` did so far: its hook's calls and the tokens it edited.
 
     Calls traced by ``torch.compile`` are not counted (a Python counter inside a compiled
     graph would recompile it at every call).
@@ -74,7 +74,7 @@ def timestep_row(concept: ConceptFeatures, timestep: float, train_timesteps: int
     return int(round(position))
 
 
-def check_finite_activations(tensor: Tensor, handle: EraseHandle, step: int, source: str) -> None:
+def check_finite_activations(tensor: Tensor, handle: EditCounts, step: int, source: str) -> None:
     """Stop the run where the hooked block's activations hold NaN or inf: sampling would go
     on and return a black image that a detector calls erased. ``source`` says who made them:
     ``"model"`` (before the edit) or ``"edit"`` (after it)."""

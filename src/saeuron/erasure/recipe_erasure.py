@@ -1,4 +1,4 @@
-"""A recipe attached to a pipeline: every edit of every concept, as erasers on the stock
+"""A recipe attached to a pipeline: every edit of every concept, as erasures on the stock
 pipeline, with one strength per concept from 0 (off) to 1 (the recipe's tuned strength).
 
     erasure = attach_recipe(pipe, Recipe.load("moon.json"))
@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from saeuron.erasure.erase import Eraser
+from saeuron.erasure.erase import Erasure
 from saeuron.erasure.erase import attach as attach_features
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.recipe import (
@@ -146,14 +146,14 @@ class RecipeErasure:
         for name, value in (strengths or {}).items():
             self._check_strength(name, value)
             self._strengths[name] = float(value)
-        self.erasers: list[Eraser] = []
+        self.erasures: list[Erasure] = []
         self._attached = True
         self._build()
 
-    # -- the erasers ------------------------------------------------------------------------
+    # -- the erasures ------------------------------------------------------------------------
 
     def _build(self) -> None:
-        self._detach_erasers()
+        self._detach_all()
         active = [c for c, s in self._strengths.items() if s > 0]
         groups: dict[tuple[Any, ...], dict[str, tuple[ConceptFeatures, float]]] = {}
         sae_of: dict[tuple[Any, ...], Sae] = {}
@@ -182,7 +182,7 @@ class RecipeErasure:
         for key, members in groups.items():
             hookpoint, site, rule, window, halves = key[:5]
             try:
-                self.erasers.append(
+                self.erasures.append(
                     attach_features(
                         self.pipe, sae_of[key], [f for f, _ in members.values()],
                         multiplier={c: g for c, (_, g) in members.items()},
@@ -191,13 +191,13 @@ class RecipeErasure:
                     )
                 )  # fmt: skip
             except BaseException:
-                self._detach_erasers()
+                self._detach_all()
                 raise
 
-    def _detach_erasers(self) -> None:
-        for eraser in self.erasers:
-            eraser.remove()
-        self.erasers = []
+    def _detach_all(self) -> None:
+        for erasure in self.erasures:
+            erasure.remove()
+        self.erasures = []
 
     def _check_strength(self, concept: str, value: float) -> None:
         if concept not in self._strengths:
@@ -230,11 +230,11 @@ class RecipeErasure:
 
     @property
     def calls(self) -> int:
-        return sum(e.calls for e in self.erasers)
+        return sum(e.calls for e in self.erasures)
 
     @property
     def edited_tokens(self) -> int:
-        return sum(e.edited_tokens for e in self.erasers)
+        return sum(e.edited_tokens for e in self.erasures)
 
     @property
     def attached(self) -> bool:
@@ -242,11 +242,11 @@ class RecipeErasure:
 
     def remove(self) -> None:
         """Take every hook off; the pipeline samples exactly as before."""
-        self._detach_erasers()
+        self._detach_all()
         self._attached = False
 
-    def __iter__(self) -> Iterator[Eraser]:
-        return iter(self.erasers)
+    def __iter__(self) -> Iterator[Erasure]:
+        return iter(self.erasures)
 
     def __enter__(self) -> RecipeErasure:
         return self
@@ -274,7 +274,7 @@ def attach(
     concepts: Any = None,
     config: Any = None,
     **overrides: Any,
-) -> RecipeErasure | Eraser:
+) -> RecipeErasure | Erasure:
     """``saeuron.attach``: erase until ``.remove()``.
 
     ``attach(pipe, recipe)`` (a :class:`~saeuron.erasure.recipe.Recipe`, a recipe file or

@@ -53,7 +53,7 @@ class RuleEdit(NamedTuple):
 class RuleSet:
     """The rule beyond ``scale`` that one hook applies, with its per-step plans.
 
-    ``multipliers`` is the hook's own dict: a changed multiplier (``Eraser.set_multiplier``)
+    ``multipliers`` is the hook's own dict: a changed multiplier (``Erasure.set_multiplier``)
     reaches the rules through it, once :meth:`reset` drops the plans that hold the old one.
     """
 

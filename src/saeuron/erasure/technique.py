@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
-from saeuron.erasure.erase import Eraser, erase, warn_if_unedited
+from saeuron.erasure.erase import Erasure, erase, warn_if_unedited
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.preflight import bundled_features, check_erasure, check_recipe_erasure
 from saeuron.erasure.recipe import Edit, Recipe
@@ -52,7 +52,7 @@ __all__ = [
     "FEATURE_METHODS",
     "PRESETS",
     "RECIPES_DIR",
-    "Erasing",
+    "Erasures",
     "SAeUron",
     "SAeUronConfig",
     "bundle_recipe",
@@ -141,21 +141,21 @@ def _take_recipe(recipe: Recipe | str | None, config: dict[str, Any]) -> Recipe 
 
 
 @dataclass
-class Erasing:
-    """The erasers a technique attached (one per hookpoint), with their totals."""
+class Erasures:
+    """The erasures a technique attached (one per hookpoint), with their totals."""
 
-    erasers: list[Eraser]
+    erasures: list[Erasure]
 
     @property
     def calls(self) -> int:
-        return sum(e.calls for e in self.erasers)
+        return sum(e.calls for e in self.erasures)
 
     @property
     def edited_tokens(self) -> int:
-        return sum(e.edited_tokens for e in self.erasers)
+        return sum(e.edited_tokens for e in self.erasures)
 
-    def __iter__(self) -> Iterator[Eraser]:
-        return iter(self.erasers)
+    def __iter__(self) -> Iterator[Erasure]:
+        return iter(self.erasures)
 
 
 @dataclass
@@ -335,7 +335,7 @@ class SAeUron:
         logger.debug("erasing %s with the recipe at %s", ", ".join(names), self.recipe.root)
         self._use_pipeline(pipe)
         self._assets = RecipeAssets(self.recipe)
-        # Files and base model, once: every erasing() after reuses the check.
+        # Files and base model, once: every erase() after reuses the check.
         self._assets.check(self.pipe, self.recipe)
         self.groups = []
         self.multipliers = {n: self.recipe.concepts[n].edits[0].strength for n in names}
@@ -416,16 +416,16 @@ class SAeUron:
     # -- erasing --------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def erasing(self) -> Iterator[Erasing]:
+    def erase(self) -> Iterator[Erasures]:
         """The erasure as a context manager on ``self.pipe`` (for calls made by hand): one
-        :class:`~saeuron.erasure.erase.Eraser` per hookpoint, all removed on exit."""
+        :class:`~saeuron.erasure.erase.Erasure` per hookpoint, all removed on exit."""
         cfg = self.config
         if self.recipe is not None:
             with RecipeErasure(self.pipe, self.recipe, cfg.concepts, assets=self._assets) as done:
-                yield Erasing(done.erasers)
+                yield Erasures(done.erasures)
             return
         with contextlib.ExitStack() as stack:
-            erasers = [
+            erasures = [
                 stack.enter_context(
                     erase(
                         self.pipe,
@@ -442,7 +442,7 @@ class SAeUron:
                 )
                 for group in self.groups
             ]
-            yield Erasing(erasers)
+            yield Erasures(erasures)
 
     def generate(
         self,
@@ -492,7 +492,7 @@ class SAeUron:
         if own_bar:
             bar = StepProgress(len(starts) * sampling.steps, desc="sampling")
         images: list[Any] = []
-        erasers: list[Eraser] = []
+        erasures: list[Erasure] = []
         try:
             for start in starts:
                 batch = prompts[start : start + sampling.batch_size]
@@ -502,14 +502,14 @@ class SAeUron:
                     else None
                 )
                 call = {**sampling.call_kwargs(), "generator": generator, **kw}
-                context = self.erasing() if erase_concept else contextlib.nullcontext(Erasing([]))
+                context = self.erase() if erase_concept else contextlib.nullcontext(Erasures([]))
                 with context as active:
                     out = bar.run(self.pipe, batch, **call) if bar else self.pipe(batch, **call)
                     images.extend(out.images)
-                erasers.extend(active)
+                erasures.extend(active)
         finally:
             if own_bar and bar is not None:
                 bar.close()
         if erase_concept and not self._warned_unedited:
-            self._warned_unedited = warn_if_unedited(erasers)
+            self._warned_unedited = warn_if_unedited(erasures)
         return images

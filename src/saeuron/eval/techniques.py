@@ -57,7 +57,7 @@ class Technique(Protocol):
 
     def unerased(self, prompts: list[str], seeds: list[int]) -> list[Any]: ...
 
-    def erasing(self) -> contextlib.AbstractContextManager[Any]:
+    def erase(self) -> contextlib.AbstractContextManager[Any]:
         """What the technique does to ``pipe``'s UNet, for calls made by hand (P4D)."""
         ...
 
@@ -131,7 +131,7 @@ class PlainTechnique:
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Any]:
         return self._sample(prompts, seeds, self.negative)
 
-    def erasing(self) -> contextlib.AbstractContextManager[Any]:
+    def erase(self) -> contextlib.AbstractContextManager[Any]:
         # The UNet is unchanged; a negative prompt acts through ``negative`` in CFG.
         return contextlib.nullcontext()
 
@@ -153,8 +153,8 @@ class SAeUronTechnique:
     def unerased(self, prompts: list[str], seeds: list[int]) -> list[Any]:
         return self.tech.generate(prompts, seeds=seeds, erase_concept=False)
 
-    def erasing(self) -> contextlib.AbstractContextManager[Any]:
-        return self.tech.erasing()
+    def erase(self) -> contextlib.AbstractContextManager[Any]:
+        return self.tech.erase()
 
 
 TECHNIQUES.register("saeuron")(
@@ -344,12 +344,12 @@ def technique_entry(name: str) -> TechniqueEntry:
 def _build_plugin(config: PluginConfig) -> Technique:
     cls = load_plugin(config.target, "technique.name")
     technique = cls(**config.options)
-    methods = ("generate", "unerased", "erasing")
+    methods = ("generate", "unerased", "erase")
     needed = [m for m in methods if not callable(getattr(technique, m, None))]
     if needed or not hasattr(technique, "pipe"):
         raise ConfigError(
             "technique.name", f"{config.target} lacks {needed or ['pipe']}: a technique has pipe, "
-            "generate(prompts, seeds), unerased(prompts, seeds) and erasing()"
+            "generate(prompts, seeds), unerased(prompts, seeds) and erase()"
         )  # fmt: skip
     return technique
 

@@ -464,7 +464,7 @@ def evaluate_recipe(
 
 
 class RecipeTechnique:
-    """A trial's recipe as the attacks see a technique: ``pipe``, ``erasing()``,
+    """A trial's recipe as the attacks see a technique: ``pipe``, ``erase()``,
     ``generate(prompts, seeds)`` and ``unerased(prompts, seeds)``."""
 
     def __init__(self, inputs: TuneInputs, recipe: Recipe, concept: str, batch_size: int,
@@ -472,7 +472,7 @@ class RecipeTechnique:
         self.inputs, self.recipe, self.concept = inputs, recipe, concept
         self.pipe, self.batch_size, self.assets = inputs.pipe, batch_size, assets
 
-    def erasing(self) -> RecipeErasure:
+    def erase(self) -> RecipeErasure:
         return RecipeErasure(self.pipe, self.recipe, [self.concept], assets=self.assets)
 
     def unerased(self, prompts: list[str], seeds: list[int]) -> list[Any]:
@@ -481,7 +481,7 @@ class RecipeTechnique:
                            self.batch_size)  # fmt: skip
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Any]:
-        with self.erasing():
+        with self.erase():
             return self.unerased(prompts, seeds)
 
 

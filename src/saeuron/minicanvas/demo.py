@@ -54,11 +54,11 @@ def run_demo(cfg: DemoConfig) -> tuple[list[DemoRow], float]:
                 if variant == "recipe":
                     recipe = bundle_recipe(judge.folder, [concept])
                     shown = {"variant": variant, "recipe": recipe}
-                    ctx: Any = judge.erasing_recipes([concept])
+                    ctx: Any = judge.erase_recipes([concept])
                 else:
                     p = params[concept]
                     shown = {"variant": variant, **p}
-                    ctx = judge.erasing(
+                    ctx = judge.erase(
                         concept, int(p["tau"]), float(p["multiplier"]),
                         max_other_ratio=p.get("max_other_ratio"),
                     )  # fmt: skip

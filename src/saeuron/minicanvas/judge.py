@@ -127,7 +127,7 @@ class MiniCanvasJudge:
         )
 
     @contextlib.contextmanager
-    def erasing(
+    def erase(
         self,
         concept: str,
         tau: int,
@@ -151,7 +151,7 @@ class MiniCanvasJudge:
             yield
 
     @contextlib.contextmanager
-    def erasing_recipes(self, concepts: Sequence[str]) -> Iterator[RecipeErasure]:
+    def erase_recipes(self, concepts: Sequence[str]) -> Iterator[RecipeErasure]:
         """``concepts`` erased together with the bundle's recipes (what ``SAeUron`` does by
         default), anchors resolved among them."""
         recipe = bundle_recipe(self.folder, concepts)
@@ -177,7 +177,7 @@ class MiniCanvasJudge:
         return self._supervised[hookpoint]
 
     @contextlib.contextmanager
-    def erasing_supervised(self, concepts: Sequence[str], multipliers: dict[str, float]):
+    def erase_supervised(self, concepts: Sequence[str], multipliers: dict[str, float]):
         """SAEmnesia: each concept is its one latent of the supervised SAE."""
         hookpoint = _one_hookpoint(concepts)
         features = [
@@ -498,12 +498,12 @@ def evaluate(
     }
     ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if variant == "recipe":
-        ctx = judge.erasing_recipes([concept])
+        ctx = judge.erase_recipes([concept])
     elif variant == "saemnesia":
-        ctx = judge.erasing_supervised([concept], {concept: float(params["multiplier"])})
+        ctx = judge.erase_supervised([concept], {concept: float(params["multiplier"])})
     elif variant in settings:
         half, error = settings[variant]
-        ctx = judge.erasing(
+        ctx = judge.erase(
             concept, int(params["tau"]), float(params["multiplier"]), half, error,
             params.get("max_other_ratio"),
         )  # fmt: skip

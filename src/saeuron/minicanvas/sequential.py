@@ -48,7 +48,7 @@ def run_sequential(cfg: SequentialConfig) -> dict[str, Any]:
             erased = list(names[:n])
             if erased:
                 ctx = (
-                    judge.erasing_recipes(erased)
+                    judge.erase_recipes(erased)
                     if cfg.variant == "recipe"
                     else judge.erasing_many(erased, params)
                 )

@@ -173,7 +173,7 @@ class DenoiseTracker:
             return original(*args, **kwargs)
 
         # An instance attribute shadows the class's method for this pipeline only; trackers
-        # nest (an eraser inside a capture), each restoring what it found.
+        # nest (an erasure inside a capture), each restoring what it found.
         pipe.encode_prompt = encode_prompt
 
         def restore() -> None:

@@ -91,7 +91,7 @@ def setup(
 
 
 def graph_breaks(pipe: Any, sae: Sae, features: ConceptFeatures, inputs: tuple) -> int:
-    """Graph breaks of ``pipe.unet`` with the eraser attached (the default edit path)."""
+    """Graph breaks of ``pipe.unet`` with the erasure attached (the default edit path)."""
     x, t, context = inputs
     torch._dynamo.reset()
     with erase(pipe, sae, features, multiplier=-20.0, warn_unedited=False):
@@ -109,7 +109,7 @@ def run(quick: bool, device: str) -> list[Row]:
     # Two UNets with the same weights: the hook lives on one of them only, so each compiled
     # graph is traced once and neither is recompiled when the other gains or loses a hook.
     plain_unet = copy.deepcopy(pipe.unet)
-    eraser = attach(pipe, sae, features, multiplier=-20.0)
+    erasure = attach(pipe, sae, features, multiplier=-20.0)
     torch._dynamo.reset()
     try:
         hooked = torch.compile(pipe.unet, backend=backend)
@@ -133,7 +133,7 @@ def run(quick: bool, device: str) -> list[Row]:
         compile_seconds = time.perf_counter() - start
         for fn in variants.values():
             fn()
-        edited = eraser.edited_tokens
+        edited = erasure.edited_tokens
         timed = _timer(device)
         reps = 20 if quick else 200
         times: dict[str, list[float]] = {name: [] for name in variants}
@@ -141,7 +141,7 @@ def run(quick: bool, device: str) -> list[Row]:
             for name, fn in variants.items():
                 times[name].append(timed(fn))
     finally:
-        eraser.remove()
+        erasure.remove()
     median = {name: statistics.median(v) for name, v in times.items()}
     # What was timed did erase, and compiled as eager: else the ratio would mean nothing.
     diff = float((outputs["compiled, hook"] - outputs["eager, hook"]).abs().max())

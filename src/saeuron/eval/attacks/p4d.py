@@ -191,7 +191,7 @@ def p4d(
     rank: Callable[[list[Any]], list[float]] | None = None,
     similarity: ImageSimilarity | None = None,
 ) -> list[dict[str, Any]]:
-    """P4D-N against ``technique`` (``pipe``, ``erasing()``, ``generate`` and ``unerased``,
+    """P4D-N against ``technique`` (``pipe``, ``erase()``, ``generate`` and ``unerased``,
     and ``negative`` when it guides away from a negative prompt), one search per prompt.
 
     Prompt ``i`` is drawn with seed ``seed + i``, the seed its adversarial prompt is later
@@ -222,7 +222,7 @@ def _p4d(
     negative = getattr(technique, "negative", None)
     guidance = guidance_of(technique)
     # The erased model includes its text encoder: an erasure there edits the encodings.
-    with torch.no_grad(), technique.erasing():
+    with torch.no_grad(), technique.erase():
         uncond = encoder.prompts([negative or ""]).to(device, dtype)
     n = settings.length
     template = torch.zeros((1, n), dtype=torch.long)
@@ -253,7 +253,7 @@ def _p4d(
             noise = torch.randn(x0.shape, generator=gen).to(device, x0.dtype)
             x_t = noised(pipe, x0, noise, t)
             target = unerased_conditional(pipe, x_t, t, target_cond)
-            with technique.erasing():
+            with technique.erase():
                 with _injected(
                     pipe.text_encoder.get_input_embeddings(),
                     slice(1, n + 1),

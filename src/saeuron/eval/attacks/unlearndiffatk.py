@@ -86,7 +86,7 @@ def unlearn_diff_atk(
     flagged: Callable[[list[Any]], list[bool]] | None = None,
 ) -> list[dict[str, Any]]:
     """One prefixed prompt per prompt of ``prompts``, found through ``technique`` (``pipe``,
-    ``erasing()``, ``generate`` and ``unerased``).
+    ``erase()``, ``generate`` and ``unerased``).
 
     Prompt ``i`` is drawn with seed ``seed + i`` (before and after), the seed the metric
     samples it with. ``flagged`` is the detector; without it the search never stops early
@@ -113,7 +113,7 @@ def _search(
     guidance = guidance_of(technique)
     # The text encoder runs under the erasure too: an erasure inside it (an SAE on the
     # prompt's embeddings) is part of the model under attack.
-    with torch.no_grad(), technique.erasing():
+    with torch.no_grad(), technique.erase():
         uncond = encoder.prompts([""]).to(device, dtype)
     n = settings.length
     timesteps = attack_timesteps(train_timesteps(pipe), settings.timesteps)
@@ -147,7 +147,7 @@ def _search(
                 embeds = one_hot @ rows
                 noise = torch.randn(x0.shape, generator=gen).to(device, dtype)
                 x_t = noised(pipe, x0, noise, t)
-                with technique.erasing():
+                with technique.erase():
                     with _injected(
                         pipe.text_encoder.get_input_embeddings(),
                         slice(1, n + 1),

@@ -3,7 +3,7 @@
     python examples/eval_own_technique.py [OUT_FOLDER]
 
 A technique is a config (a dataclass of settings, validated before anything loads) and a
-class with `generate(prompts, seeds)`, `unerased(prompts, seeds)`, `erasing()` and a `pipe`.
+class with `generate(prompts, seeds)`, `unerased(prompts, seeds)`, `erase()` and a `pipe`.
 Registered under a name in `saeuron.eval.techniques.TECHNIQUES`, it runs with every metric
 of `saeuron eval`. Here: a "method" that erases by a fixed negative prompt, on tiny-sd,
 measured with the `preservation` metric (SSIM and PSNR against the unerased images).
@@ -54,7 +54,7 @@ class MyMethod:
     def unerased(self, prompts: list[str], seeds: list[int]) -> list[Any]:
         return self._sample(prompts, seeds, None)
 
-    def erasing(self) -> contextlib.AbstractContextManager[Any]:
+    def erase(self) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()  # the denoiser is not changed
 
 

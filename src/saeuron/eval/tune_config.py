@@ -14,6 +14,10 @@ TUNABLE_RULES = ("ablate", "anchor", "scale", "project")
 WINDOWS = ("all", "0:0.5", "0.5:1")
 DEFAULT_TARGETS = {"UA": 0.9, "IRA": 0.9, "CRA": 0.9}
 DEFAULT_WEIGHTS = {"UA": 1.0, "IRA": 1.0, "CRA": 1.0}
+SITE_JOIN = "+"
+"""Joins the hookpoints of a site set edited together (``A+B``)."""
+ATTACKED = "UA_attacked"
+"""A trial's score for UA after the attack (``--attack-prompts``)."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from saeuron.models.defaults import model_defaults
-from saeuron.models.resolve import ResolvedModel
+from saeuron.models.resolve import ResolvedModel, resolve_model
 from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.device_names import check_device
 
@@ -67,9 +67,12 @@ class SamplingConfig(Config):
             if value is not None and value % 8:
                 raise ConfigError(name, f"got {value}; must be a positive multiple of 8")
 
-    def resolved(self, model: ResolvedModel) -> SamplingConfig:
-        """A copy with the model's defaults filled in where this config says ``None``."""
-        defaults = model_defaults(model)
+    def resolved(self, model: ResolvedModel | str) -> SamplingConfig:
+        """A copy with the model's defaults filled in where this config says ``None``.
+
+        ``model`` is resolved here when given by name (a technique config of one's own calls
+        this at its edge); the package's own configs pass the resolved model."""
+        defaults = model_defaults(resolve_model(model))
         return self.replace(
             num_inference_steps=self.num_inference_steps or defaults.num_inference_steps,
             guidance_scale=(

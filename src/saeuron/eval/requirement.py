@@ -12,6 +12,19 @@ class Requirement:
     what: str
     available: bool
     detail: str = ""
+    kind: str = "setting"
+    """What it takes when missing: ``package`` (an optional extra to install), ``download``
+    (fetched from the hub by a run online) or ``setting`` (a file or value the config must
+    give; the metric is skipped, naming it, and the run goes on)."""
+    needed: bool = True
+    """False where the run has a fallback (it says so when it uses it)."""
+
+
+def unmet(requirements: list[Requirement]) -> list[Requirement]:
+    """What this machine lacks for a run: a missing package (an optional extra). ``--check``
+    lists them as warnings; a run refuses them, all at once, before sampling. (A download
+    the offline cache lacks fails where it loads, naming it.)"""
+    return [r for r in requirements if not r.available and r.needed and r.kind == "package"]
 
 
 class MetricError(RuntimeError):

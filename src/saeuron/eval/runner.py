@@ -50,7 +50,7 @@ from saeuron.eval.report import (
     versions,
     write_table,
 )
-from saeuron.eval.requirement import hub_cached
+from saeuron.eval.requirement import hub_cached, unmet
 from saeuron.eval.techniques import Technique, build_technique, check_technique_config
 from saeuron.models.resolve import ResolvedModel, ResolvesModel
 from saeuron.models.tiny import TINY_MODELS
@@ -90,7 +90,8 @@ def _model_requirement(resolved: ResolvedModel) -> Requirement:
         return Requirement(f"model {model}", ok, "" if ok else "folder lacks model_index.json")
     cached = hub_cached(model, "model_index.json") is not None
     return Requirement(
-        f"model {model}", cached, "in the hub cache" if cached else "downloaded from the hub"
+        f"model {model}", cached, "in the hub cache" if cached else "downloaded from the hub",
+        kind="download",
     )
 
 
@@ -125,6 +126,20 @@ def preflight(cfg: EvalConfig, machine: list[str] | None = None) -> None:
         device = spec.config.value("device")
         if device is not None:
             _environment(machine, f"metrics[{i}].config", lambda d=device: resolve_device(d))
+    if machine is None:
+        _refuse_unmet(cfg)
+
+
+def _refuse_unmet(cfg: EvalConfig) -> None:
+    """Before anything samples: every metric's missing optional extra, named together with
+    its fix. ``--check`` lists the same as warnings."""
+    missing = [
+        f"metrics[{i}] ({spec.label}) needs {r.what}: {r.detail or 'missing'}"
+        for i, spec in enumerate(cfg.metrics)
+        for r in unmet(METRICS.get(spec.name)(spec.config).requirements())
+    ]
+    if missing:
+        raise ConfigError("metrics", "; ".join(missing))
 
 
 def _environment(machine: list[str] | None, where: str, check: Callable[[], Any]) -> bool:

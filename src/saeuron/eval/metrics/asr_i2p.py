@@ -101,6 +101,7 @@ class AsrI2p(Metric):
             f"I2P prompts ({self.config.dataset})",
             cached,
             "in the hub cache" if cached else "downloaded from the hub; or set prompts_path",
+            kind="download",
         )
 
     def _prompt_rows(self, download: bool = False) -> list[PromptRow]:

@@ -82,7 +82,10 @@ class AsrP4d(AdversarialMetric):
         model = self.config.selection_clip
         ok = available_offline(model)
         detail = "" if ok else "not on this machine: downloaded, else pixel similarity is used"
-        return [*super().requirements(), Requirement(f"P4D's CLIP {model}", ok, detail)]
+        return [
+            *super().requirements(),
+            Requirement(f"P4D's CLIP {model}", ok, detail, kind="download", needed=False),
+        ]
 
     def similarity(self) -> Any:
         """CLIP image similarity, or pixel similarity (logged) when the CLIP cannot load."""

@@ -146,6 +146,7 @@ class Tifa(Metric):
                 f"VQA model {self.config.vqa_model}",
                 ok,
                 "" if ok else "not on this machine: downloaded from the hub",
+                kind="download",
             )
         ]
         if self.config.qa_path is None:

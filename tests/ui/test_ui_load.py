@@ -52,11 +52,14 @@ def served() -> Iterator[tuple[Studio, str]]:
     app.close()
 
 
-def _args(concept: Any, multiplier: Any, steps: Any = STEPS, seed: int = 188) -> list[Any]:
-    # The page's inputs in order: prompt, four (concept, multiplier) rows, steps, seed,
-    # guidance, the CFG half edited and the number of images.
-    rows = [concept, multiplier] + [None, -20.0] * 3
-    return [PROMPT, *rows, steps, seed, 7.5, "cond", 1]
+def _args(
+    concept: Any, multiplier: Any, steps: Any = STEPS, seed: int = 188, rows: int = 4
+) -> list[Any]:
+    # The page's inputs in order: prompt, its (concept, multiplier) rows (4, or one per
+    # concept of a recipe), steps, seed, guidance, the CFG half edited and the number of images.
+    unused = -20.0 if rows == 4 else 1.0
+    rows_ = [concept, multiplier] + [None, unused] * (rows - 1)
+    return [PROMPT, *rows_, steps, seed, 7.5, "cond", 1]
 
 
 def _erase(url: str, *args: Any) -> tuple[np.ndarray | None, str]:
@@ -136,5 +139,20 @@ def test_a_full_queue_refuses_and_the_server_goes_on() -> None:
         # Once the queue drains, the next request is served.
         _, status = _erase(url, *_args("moon", -5.0))
         assert "error" not in status, status
+    finally:
+        app.close()
+
+
+def test_with_a_recipe_a_concept_it_does_not_hold_is_refused() -> None:
+    # With a recipe the sliders are its concepts: any other name sent to the API is refused
+    # (the page's own menu offers no other), and the server goes on.
+    studio, app, url = _serve(recipe="bundled")
+    rows = len(studio.recipe_concepts())
+    try:
+        sent, status = _erase_raw(url, *_args("zebra", 1.0, rows=rows))
+        assert not sent and status.startswith(("refused", "**error**")), status
+        assert "zebra" in status, status
+        sent, status = _erase_raw(url, *_args("moon", 1.0, rows=rows))
+        assert sent and "error" not in status, status
     finally:
         app.close()

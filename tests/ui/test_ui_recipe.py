@@ -47,3 +47,11 @@ def test_a_strength_outside_zero_to_one_is_refused(studio, value):
 def test_an_empty_recipe_name_is_refused():
     with pytest.raises(ConfigError, match="^recipe"):
         UiConfig(recipe=" ")
+
+
+def test_the_bundled_recipes_warm_up_at_their_tuned_strength():
+    # `saeuron ui --model minicanvas --recipe bundled` warms up before serving: every bundled
+    # concept is also a recipe concept there, whose strength runs from 0 to 1.
+    studio = Studio(UiConfig(recipe="bundled", steps=2, device="cpu"))
+    assert "moon" in studio.recipe_concepts()
+    assert studio.warm_up() > 0

@@ -94,7 +94,9 @@ class Studio:
         by_hookpoint: dict[str, str] = {}
         for concept in self.bundled_concepts():
             by_hookpoint.setdefault(self._sae_for(concept)[1] or "", concept)
-        layers = [(concept, -1.0) for concept in by_hookpoint.values()]
+        # A recipe's concept takes a strength from 0 to 1; any other a multiplier.
+        recipe = set(self.recipe_concepts())
+        layers = [(c, 1.0 if c in recipe else -1.0) for c in by_hookpoint.values()]
         self.generate(Settings(prompt="warm-up", steps=1), layers)
         seconds = time.perf_counter() - start
         logger.info("warmed up in %.1f s", seconds)

@@ -131,6 +131,44 @@ def select_contrastive(
     latent fires at all clears it, and edits of several concepts stacked together reach
     the weak activations they leave on other concepts' images.
     """
+    _check_selection_args(
+        percentile, tau, active_range, max_other_ratio, threshold_concepts, active_gate
+    )
+    others = list(others)
+    scores = contrastive_scores(target, others)
+    eligible = _eligible(target, others, scores, active_range, max_other_ratio)
+    rows = [_pick_step(row, ok, percentile, tau) for row, ok in zip(scores, eligible)]
+    threshold, counted = _gated_threshold(target, others, threshold_concepts, active_gate)
+    # What the latent does on the rest (each other concept once): the ablate and anchor
+    # edit rules bring an erased latent back to it instead of driving it negative.
+    retained = torch.stack([o.mean for o in others]).mean(0)
+    indices, mean, thr, retain = _pack(rows, target.mean, threshold, retained)
+    counts = [len(r) for r in rows]
+    if sum(counts) == 0:
+        logger.warning("concept %r: no latent selected at any step", target.concept)
+    settings = (percentile, tau, active_range, max_other_ratio, active_gate)
+    meta = _contrastive_meta(target, others, counts, counted, *settings)
+    _warn_partial_steps(target)
+    return ConceptFeatures(
+        concept=target.concept,
+        indices=indices,
+        mean=mean,
+        threshold=thr,
+        timesteps=target.timesteps.clone(),
+        meta=meta,
+        retain=retain,
+    )
+
+
+def _check_selection_args(
+    percentile: float | None,
+    tau: int | None,
+    active_range: tuple[float, float] | None,
+    max_other_ratio: float | None,
+    threshold_concepts: int | None,
+    active_gate: float | None,
+) -> None:
+    """Refuse a bad setting before any score is computed."""
     if (percentile is None) == (tau is None):
         raise ValueError("give exactly one of percentile and tau")
     if percentile is not None and not 0 < percentile < 100:
@@ -145,8 +183,16 @@ def select_contrastive(
         raise ConfigError("threshold_concepts", f"got {threshold_concepts!r}; must be >= 1")
     if active_gate is not None and not 0 <= active_gate < float("inf"):
         raise ConfigError("active_gate", f"got {active_gate!r}; must be >= 0 and finite")
-    others = list(others)
-    scores = contrastive_scores(target, others)
+
+
+def _eligible(
+    target: ConceptStats,
+    others: Sequence[ConceptStats],
+    scores: Tensor,
+    active_range: tuple[float, float] | None,
+    max_other_ratio: float | None,
+) -> Tensor:
+    """``[steps, n_latents]`` bool: the candidates left by the specificity filters."""
     eligible = torch.ones_like(scores, dtype=torch.bool)
     if active_range is not None:
         lo, hi = active_range
@@ -154,35 +200,51 @@ def select_contrastive(
     if max_other_ratio is not None:
         loudest_other = torch.stack([o.mean for o in others]).amax(0)
         eligible &= (target.mean > 0) & (loudest_other <= max_other_ratio * target.mean)
+    return eligible
 
-    rows: list[Tensor] = []
-    for step in range(target.num_steps):
-        ok = eligible[step]
-        if not bool(ok.any()):
-            rows.append(torch.zeros(0, dtype=torch.long))
-            continue
-        if tau is not None:
-            rows.append(_top(scores[step], ok, tau))
-            continue
-        candidate_scores = scores[step][ok].numpy()
-        cut = float(np.percentile(candidate_scores, percentile, method="linear"))
-        above = ok & (scores[step] > cut)
-        rows.append(_top(scores[step], above, int(above.sum())))
 
+def _pick_step(scores: Tensor, ok: Tensor, percentile: float | None, tau: int | None) -> Tensor:
+    """One step's selected latents, best first: the top ``tau`` eligible ones, or those
+    strictly above the percentile of the eligible scores."""
+    if not bool(ok.any()):
+        return torch.zeros(0, dtype=torch.long)
+    if tau is not None:
+        return _top(scores, ok, tau)
+    candidate_scores = scores[ok].numpy()
+    cut = float(np.percentile(candidate_scores, percentile, method="linear"))
+    above = ok & (scores > cut)
+    return _top(scores, above, int(above.sum()))
+
+
+def _gated_threshold(
+    target: ConceptStats,
+    others: Sequence[ConceptStats],
+    threshold_concepts: int | None,
+    active_gate: float | None,
+) -> tuple[Tensor, int]:
+    """:func:`calibrated_threshold`, raised by ``active_gate`` where it is set."""
     threshold, counted = calibrated_threshold(target, others, threshold_concepts)
     if active_gate:
         when_active = torch.where(
             target.active_frac > 0, target.mean / target.active_frac.clamp_min(1e-12), 0.0
         )
         threshold = torch.maximum(threshold, active_gate * when_active)
-    # What the latent does on the rest (each other concept once): the ablate and anchor
-    # edit rules bring an erased latent back to it instead of driving it negative.
-    retained = torch.stack([o.mean for o in others]).mean(0)
-    indices, mean, thr, retain = _pack(rows, target.mean, threshold, retained)
-    counts = [len(r) for r in rows]
-    if sum(counts) == 0:
-        logger.warning("concept %r: no latent selected at any step", target.concept)
-    meta = _features_meta(target) | {
+    return threshold, counted
+
+
+def _contrastive_meta(
+    target: ConceptStats,
+    others: Sequence[ConceptStats],
+    counts: list[int],
+    counted: int,
+    percentile: float | None,
+    tau: int | None,
+    active_range: tuple[float, float] | None,
+    max_other_ratio: float | None,
+    active_gate: float | None,
+) -> dict[str, Any]:
+    """What the features record of how they were selected."""
+    return _features_meta(target) | {
         "method": "contrastive",
         "percentile": percentile,
         "tau": tau,
@@ -194,6 +256,10 @@ def select_contrastive(
         "active_gate": active_gate,
         "selected_per_step": counts,
     }
+
+
+def _warn_partial_steps(target: ConceptStats) -> None:
+    """Statistics of a subset of the steps are applied by position in the schedule."""
     if target.steps != list(range(int(target.meta.get("num_inference_steps", target.num_steps)))):
         logger.warning(
             "concept %r: statistics cover steps %s only; they are mapped onto sampling steps "
@@ -201,15 +267,6 @@ def select_contrastive(
             target.concept,
             target.steps,
         )
-    return ConceptFeatures(
-        concept=target.concept,
-        indices=indices,
-        mean=mean,
-        threshold=thr,
-        timesteps=target.timesteps.clone(),
-        meta=meta,
-        retain=retain,
-    )
 
 
 def calibrated_threshold(

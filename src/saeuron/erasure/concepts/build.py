@@ -70,6 +70,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 class _LazyPipeline:
     """Loads the pipeline on first use, so fully cached builds never load the model."""
 
@@ -84,6 +85,61 @@ class _LazyPipeline:
         return self.pipe
 
 
+class _StatsSource:
+    """A concept's statistics: from the cache, or sampled (and cached) on first need."""
+
+    def __init__(
+        self, cfg: ConceptBuildConfig, pipe: Any | None, sae: Sae, hookpoint: str, site: str
+    ):
+        self.cfg = cfg
+        self.sae = sae
+        self.hookpoint = hookpoint
+        self.site = site
+        self.lazy = _LazyPipeline(cfg, pipe)
+        self.cache = StatsCache(cfg.cache_dir or default_cache_dir())
+        self.shared = {
+            "model": model_id(cfg.model),
+            "sae": sae.fingerprint(),
+            "hookpoint": hookpoint,
+            "num_inference_steps": cfg.sampling.steps,
+            "guidance_scale": cfg.sampling.guidance,
+            "scheduler": cfg.sampling.scheduler,
+            "seed": cfg.sampling.seed,
+            "cfg_half": cfg.cfg_half,
+            "activation_site": site,
+            "method": cfg.method,
+        }
+        self.steps = [cfg.shortcut_step] if cfg.method == "shortcut" else None
+
+    def __call__(self, concept: str, prompts: list[str]) -> ConceptStats:
+        key = stats_cache_key(**self.shared, concept=concept, prompts=prompts, steps=self.steps)
+        return self.cache.get_or_compute(key, concept, lambda: self._compute(concept, prompts))
+
+    def _compute(self, concept: str, prompts: list[str]) -> ConceptStats:
+        cfg, sae = self.cfg, self.sae
+        pipe = self.lazy.get()
+        # A pipeline handed in keeps its own scheduler once the statistics are taken.
+        with sampling_with(pipe, cfg.sampling.scheduler):
+            check_schedule(pipe, cfg.sampling.steps)
+            stats = collect_stats(
+                pipe,
+                sae,
+                prompts,
+                concept=concept,
+                hookpoint=self.hookpoint,
+                num_inference_steps=cfg.sampling.steps,
+                guidance_scale=cfg.sampling.guidance,
+                seed=cfg.sampling.seed,
+                cfg_half=cfg.cfg_half,
+                steps=self.steps,
+                batch_size=cfg.sampling.batch_size,
+                activation_site=self.site,
+            )
+            used = type(pipe.scheduler).__name__
+        stats.meta.update(model=cfg.model, sae=str(sae.meta.get("source", cfg.sae)), scheduler=used)
+        return stats
+
+
 def build_concept(
     cfg: ConceptBuildConfig, pipe: Any | None = None, sae: Sae | None = None
 ) -> ConceptFeatures:
@@ -92,6 +148,27 @@ def build_concept(
     ``pipe`` must be the model ``cfg.model`` names: the cache knows models by that name only.
     The pipeline is loaded only if some statistics are not cached yet.
     """
+    sae, hookpoint, site = _prepare(cfg, pipe, sae)
+    # Every prompt file is read before any sampling, so a bad one is refused up front.
+    own_prompts = read_prompts(cfg.prompts, "prompts") if cfg.prompts else None
+    other_sets = (
+        other_prompt_sets(cfg.others, cfg.concept)
+        if cfg.method == "contrastive" or cfg.others is not None
+        else {}
+    )
+    stats_for = _StatsSource(cfg, pipe, sae, hookpoint, site)
+    if cfg.method == "contrastive":
+        features = _contrastive(cfg, stats_for, own_prompts, other_sets)
+    else:
+        features = _shortcut(cfg, stats_for, own_prompts, other_sets)
+    if cfg.method == "shortcut":
+        _warn_contrastive_only(cfg)
+    _write(cfg, features, sae)
+    return features
+
+
+def _prepare(cfg: ConceptBuildConfig, pipe: Any | None, sae: Sae | None) -> tuple[Sae, str, str]:
+    """The SAE, its hookpoint and activation site, refused before anything samples."""
     if pipe is None and sae is None:
         # Nothing given: check the files, device, hookpoint, steps and size before loading.
         check_erasure(cfg.resolved_model, cfg.sampling, cfg.sae, cfg.hookpoint)
@@ -110,103 +187,74 @@ def build_concept(
             "method", f"got 'shortcut'; {hookpoint} runs once per prompt, with no step to "
             "pick: use 'contrastive'"
         )  # fmt: skip
-    # Every prompt file is read before any sampling, so a bad one is refused up front.
-    own_prompts = read_prompts(cfg.prompts, "prompts") if cfg.prompts else None
-    other_sets = (
-        other_prompt_sets(cfg.others, cfg.concept)
-        if cfg.method == "contrastive" or cfg.others is not None
-        else {}
+    return sae, hookpoint, site
+
+
+def _contrastive(
+    cfg: ConceptBuildConfig,
+    stats_for: _StatsSource,
+    own_prompts: list[str] | None,
+    other_sets: dict[str, list[str]],
+) -> ConceptFeatures:
+    """The target's and every other concept's statistics, then SAeUron's selection."""
+    prompts = own_prompts or concept_prompts(cfg.concept, cfg.num_prompts)
+    target = stats_for(cfg.concept, prompts)
+    others = [stats_for(name, p) for name, p in other_sets.items()]
+    return select_contrastive(
+        target,
+        others,
+        percentile=None if cfg.tau is not None else cfg.percentile,
+        tau=cfg.tau,
+        active_range=cfg.active_range,
+        max_other_ratio=cfg.max_other_ratio,
+        threshold_concepts=cfg.threshold_concepts,
+        active_gate=cfg.active_gate,
     )
-    lazy = _LazyPipeline(cfg, pipe)
-    cache = StatsCache(cfg.cache_dir or default_cache_dir())
-    shared = {
-        "model": model_id(cfg.model),
-        "sae": sae.fingerprint(),
-        "hookpoint": hookpoint,
-        "num_inference_steps": cfg.sampling.steps,
-        "guidance_scale": cfg.sampling.guidance,
-        "scheduler": cfg.sampling.scheduler,
-        "seed": cfg.sampling.seed,
-        "cfg_half": cfg.cfg_half,
-        "activation_site": site,
-        "method": cfg.method,
-    }
-    steps = [cfg.shortcut_step] if cfg.method == "shortcut" else None
 
-    def stats_for(concept: str, prompts: list[str]) -> ConceptStats:
-        key = stats_cache_key(**shared, concept=concept, prompts=prompts, steps=steps)
 
-        def compute() -> ConceptStats:
-            pipe = lazy.get()
-            # A pipeline handed in keeps its own scheduler once the statistics are taken.
-            with sampling_with(pipe, cfg.sampling.scheduler):
-                check_schedule(pipe, cfg.sampling.steps)
-                stats = collect_stats(
-                    pipe,
-                    sae,
-                    prompts,
-                    concept=concept,
-                    hookpoint=hookpoint,
-                    num_inference_steps=cfg.sampling.steps,
-                    guidance_scale=cfg.sampling.guidance,
-                    seed=cfg.sampling.seed,
-                    cfg_half=cfg.cfg_half,
-                    steps=steps,
-                    batch_size=cfg.sampling.batch_size,
-                    activation_site=site,
-                )
-                used = type(pipe.scheduler).__name__
-            stats.meta.update(
-                model=cfg.model, sae=str(sae.meta.get("source", cfg.sae)), scheduler=used
-            )
-            return stats
-
-        return cache.get_or_compute(key, concept, compute)
-
-    if cfg.method == "contrastive":
-        prompts = own_prompts or concept_prompts(cfg.concept, cfg.num_prompts)
-        target = stats_for(cfg.concept, prompts)
+def _shortcut(
+    cfg: ConceptBuildConfig,
+    stats_for: _StatsSource,
+    own_prompts: list[str] | None,
+    other_sets: dict[str, list[str]],
+) -> ConceptFeatures:
+    """The target's statistics at one step; the others, if named, pooled into the neutral
+    threshold."""
+    prompts = own_prompts or [cfg.concept] * cfg.shortcut_images
+    target = stats_for(cfg.concept, prompts)
+    neutral = None
+    if cfg.others is not None:
         others = [stats_for(name, p) for name, p in other_sets.items()]
-        features = select_contrastive(
-            target,
-            others,
-            percentile=None if cfg.tau is not None else cfg.percentile,
-            tau=cfg.tau,
-            active_range=cfg.active_range,
-            max_other_ratio=cfg.max_other_ratio,
-            threshold_concepts=cfg.threshold_concepts,
-            active_gate=cfg.active_gate,
+        neutral = ConceptStats(
+            concept=",".join(o.concept for o in others),
+            mean=pooled_mean(others),
+            active_frac=torch.zeros_like(others[0].active_frac),
+            n_prompts=sum(o.n_prompts for o in others),
+            timesteps=others[0].timesteps,
+            meta={"steps": others[0].steps},
         )
-    else:
-        prompts = own_prompts or [cfg.concept] * cfg.shortcut_images
-        target = stats_for(cfg.concept, prompts)
-        neutral = None
-        if cfg.others is not None:
-            others = [stats_for(name, p) for name, p in other_sets.items()]
-            neutral = ConceptStats(
-                concept=",".join(o.concept for o in others),
-                mean=pooled_mean(others),
-                active_frac=torch.zeros_like(others[0].active_frac),
-                n_prompts=sum(o.n_prompts for o in others),
-                timesteps=others[0].timesteps,
-                meta={"steps": others[0].steps},
-            )
-        tau = cfg.tau if cfg.tau is not None else SHORTCUT_TAU
-        features = select_shortcut(target, tau=tau, step=0, neutral=neutral)
-    if cfg.method == "shortcut":
-        for name, on in (
-            ("activity_filter", cfg.activity_filter),
-            ("max_other_ratio", cfg.max_other_ratio is not None),
-            ("active_gate", cfg.active_gate is not None),
-        ):
-            if on:
-                logger.warning("%s applies to the contrastive method only; ignored", name)
+    tau = cfg.tau if cfg.tau is not None else SHORTCUT_TAU
+    return select_shortcut(target, tau=tau, step=0, neutral=neutral)
+
+
+def _warn_contrastive_only(cfg: ConceptBuildConfig) -> None:
+    """The shortcut has no candidates to filter: say which settings it leaves unused."""
+    for name, on in (
+        ("activity_filter", cfg.activity_filter),
+        ("max_other_ratio", cfg.max_other_ratio is not None),
+        ("active_gate", cfg.active_gate is not None),
+    ):
+        if on:
+            logger.warning("%s applies to the contrastive method only; ignored", name)
+
+
+def _write(cfg: ConceptBuildConfig, features: ConceptFeatures, sae: Sae) -> None:
+    """Stamp the SAE's fingerprint on the features and save them if ``cfg.out`` says where."""
     # Erasing checks it: features only mean something with the SAE they were selected from.
     features.meta[SAE_FINGERPRINT] = sae.fingerprint()
     if cfg.out:
         features.save(cfg.out)
         logger.info("concept %r: features written to %s", cfg.concept, cfg.out)
-    return features
 
 
 def summarize(features: ConceptFeatures) -> str:

@@ -210,6 +210,46 @@ def collect_stats(
     the batch it lands in, nor on the device.
     """
     prompts = list(prompts)
+    needed = _needed_steps(
+        prompts, concept, num_inference_steps, batch_size, cfg_half, activation_site, steps
+    )
+    module = resolve_module(pipe, hookpoint)
+    # Before any sampling: an SAE of another width would fail inside the first step.
+    check_hook_width(module, sae.d_in, hookpoint)
+    component = prompt_encoder_of(hookpoint)
+    if component:
+        return _prompt_encoder_stats(pipe, sae, prompts, concept, hookpoint, module, component,
+                                     batch_size, progress)  # fmt: skip
+    device = _unet_device(pipe)
+    sae.to(device)
+    with track_denoising(pipe) as state:
+        recorder = _Recorder(sae, needed, state, num_inference_steps, cfg_half, activation_site)
+        _sample(pipe, module, recorder, prompts, concept, num_inference_steps, guidance_scale,
+                seed, batch_size, progress)  # fmt: skip
+    meta = {
+        "prompts": prompts,
+        "hookpoint": hookpoint,
+        "sae": sae.meta.get("source"),
+        "num_inference_steps": num_inference_steps,
+        "steps": needed,
+        "guidance_scale": guidance_scale,
+        "seed": seed,
+        "cfg_half": cfg_half,
+        "activation_site": activation_site,
+    }
+    return recorder.result(concept, hookpoint, len(prompts), meta)
+
+
+def _needed_steps(
+    prompts: list[str],
+    concept: str,
+    num_inference_steps: int,
+    batch_size: int,
+    cfg_half: str,
+    activation_site: str,
+    steps: Sequence[int] | None,
+) -> list[int]:
+    """The schedule indices to record, sorted; every setting is refused before any sampling."""
     if not prompts:
         raise ConfigError("prompts", f"concept {concept!r} has no prompts")
     check_range("num_inference_steps", num_inference_steps, ge=1)
@@ -221,119 +261,136 @@ def collect_stats(
         raise ConfigError(
             "steps", f"got {steps!r}; expected step indices in [0, {num_inference_steps - 1}]"
         )
-    row_of = {s: r for r, s in enumerate(needed)}
-    module = resolve_module(pipe, hookpoint)
-    # Before any sampling: an SAE of another width would fail inside the first step.
-    check_hook_width(module, sae.d_in, hookpoint)
-    component = prompt_encoder_of(hookpoint)
-    if component:
-        return _prompt_encoder_stats(pipe, sae, prompts, concept, hookpoint, module, component,
-                                     batch_size, progress)  # fmt: skip
-    device = _unet_device(pipe)
-    sae.to(device)
+    return needed
 
-    n_rows, n_latents = len(needed), sae.num_latents
-    # float64 on the host: sums over thousands of prompts lose no precision.
-    sums = torch.zeros(n_rows, n_latents, dtype=torch.float64)
-    active = torch.zeros(n_rows, n_latents, dtype=torch.float64)
-    images = torch.zeros(n_rows, dtype=torch.long)
-    tokens = torch.zeros(n_rows, dtype=torch.long)
-    timesteps = torch.full((n_rows,), float("nan"), dtype=torch.float64)
-    seen_in_batch: set[int] = set()
-    schedule_warned = False
 
-    with track_denoising(pipe) as state:
+class _Recorder:
+    """Running sums of the SAE codes at the needed steps, filled by a forward hook."""
 
-        def hook(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            nonlocal schedule_warned
-            row = row_of.get(state.step)
-            # One record per step: a second-order scheduler's second call is not a new step.
-            if row is None or state.substep:
-                return
-            if state.num_steps != num_inference_steps and not schedule_warned:
-                logger.warning(
-                    "the scheduler runs %d timesteps for %d inference steps; step indices "
-                    "refer to scheduler.timesteps",
-                    state.num_steps,
-                    num_inference_steps,
-                )
-                schedule_warned = True
-            out = output_tensor(mod, output)
-            inp = input_tensor(mod, args, kwargs) if activation_site == "update" else None
-            picked = site_rows(out, inp, activation_site, state.cfg, cfg_half)
-            if picked is None:
-                raise ConfigError("activation_site", "'guidance' needs guidance_scale > 1")
-            part = to_tokens(picked[0])
-            b, t, _ = part.shape
-            row_sum, row_active = _code_sums(sae, part)
-            sums[row] += row_sum
-            active[row] += row_active
-            images[row] += b
-            tokens[row] += b * t
-            timesteps[row] = state.timestep
-            seen_in_batch.add(state.step)
+    def __init__(
+        self,
+        sae: Sae,
+        needed: list[int],
+        state: Any,
+        num_inference_steps: int,
+        cfg_half: str,
+        activation_site: str,
+    ):
+        self.sae = sae
+        self.needed = needed
+        self.row_of = {s: r for r, s in enumerate(needed)}
+        self.state = state
+        self.num_inference_steps = num_inference_steps
+        self.cfg_half = cfg_half
+        self.activation_site = activation_site
+        n_rows, n_latents = len(needed), sae.num_latents
+        # float64 on the host: sums over thousands of prompts lose no precision.
+        self.sums = torch.zeros(n_rows, n_latents, dtype=torch.float64)
+        self.active = torch.zeros(n_rows, n_latents, dtype=torch.float64)
+        self.images = torch.zeros(n_rows, dtype=torch.long)
+        self.tokens = torch.zeros(n_rows, dtype=torch.long)
+        self.timesteps = torch.full((n_rows,), float("nan"), dtype=torch.float64)
+        self.seen_in_batch: set[int] = set()
+        self.schedule_warned = False
+        # Pipelines that honour ``_interrupt`` stop cleanly; the others are stopped by raising.
+        self.honours_interrupt = False
 
-        honours_interrupt = isinstance(getattr(type(pipe), "interrupt", None), property)
+    def hook(self, mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        state = self.state
+        row = self.row_of.get(state.step)
+        # One record per step: a second-order scheduler's second call is not a new step.
+        if row is None or state.substep:
+            return
+        if state.num_steps != self.num_inference_steps and not self.schedule_warned:
+            logger.warning(
+                "the scheduler runs %d timesteps for %d inference steps; step indices "
+                "refer to scheduler.timesteps",
+                state.num_steps,
+                self.num_inference_steps,
+            )
+            self.schedule_warned = True
+        out = output_tensor(mod, output)
+        inp = input_tensor(mod, args, kwargs) if self.activation_site == "update" else None
+        picked = site_rows(out, inp, self.activation_site, state.cfg, self.cfg_half)
+        if picked is None:
+            raise ConfigError("activation_site", "'guidance' needs guidance_scale > 1")
+        part = to_tokens(picked[0])
+        b, t, _ = part.shape
+        row_sum, row_active = _code_sums(self.sae, part)
+        self.sums[row] += row_sum
+        self.active[row] += row_active
+        self.images[row] += b
+        self.tokens[row] += b * t
+        self.timesteps[row] = state.timestep
+        self.seen_in_batch.add(state.step)
 
-        def on_step_end(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if len(seen_in_batch) == n_rows:
-                if not honours_interrupt:
-                    raise _StopSampling
-                p._interrupt = True
-            return {}
+    def on_step_end(self, p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if len(self.seen_in_batch) == len(self.needed):
+            if not self.honours_interrupt:
+                raise _StopSampling
+            p._interrupt = True
+        return {}
 
-        # Pipelines without step callbacks (PixArt) sample every step; only rows in
-        # ``needed`` are recorded either way.
-        takes_callback = "callback_on_step_end" in inspect.signature(pipe.__call__).parameters
-        stop_early = needed[-1] < num_inference_steps - 1 and takes_callback
-        early = {"callback_on_step_end": on_step_end} if stop_early else {}
-        removable = module.register_forward_hook(hook, with_kwargs=True)
-        bar = tqdm(total=len(prompts), desc=f"stats {concept}", unit="prompt", disable=not progress)
-        try:
-            for start in range(0, len(prompts), batch_size):
-                batch = prompts[start : start + batch_size]
-                generators = [
-                    torch.Generator("cpu").manual_seed(seed + start + j) for j in range(len(batch))
-                ]
-                seen_in_batch.clear()
-                try:
-                    pipe(
-                        prompt=batch,
-                        num_inference_steps=num_inference_steps,
-                        guidance_scale=guidance_scale,
-                        generator=generators,
-                        output_type="latent",
-                        **early,
-                    )
-                except _StopSampling:
-                    pass
-                bar.update(len(batch))
-        finally:
-            bar.close()
-            removable.remove()
-            if hasattr(pipe, "_interrupt"):
-                pipe._interrupt = False
-
-    missing = [needed[r] for r in range(n_rows) if images[r] == 0]
-    if missing:
-        raise RuntimeError(
-            f"{hookpoint} never ran at steps {missing}: is it a module the UNet uses?"
+    def result(
+        self, concept: str, hookpoint: str, n_prompts: int, meta: dict[str, Any]
+    ) -> ConceptStats:
+        missing = [self.needed[r] for r in range(len(self.needed)) if self.images[r] == 0]
+        if missing:
+            raise RuntimeError(
+                f"{hookpoint} never ran at steps {missing}: is it a module the UNet uses?"
+            )
+        return ConceptStats(
+            concept=concept,
+            mean=(self.sums / self.images[:, None]).float(),
+            active_frac=(self.active / self.tokens[:, None]).float(),
+            n_prompts=n_prompts,
+            timesteps=self.timesteps.float(),
+            meta=meta,
         )
-    return ConceptStats(
-        concept=concept,
-        mean=(sums / images[:, None]).float(),
-        active_frac=(active / tokens[:, None]).float(),
-        n_prompts=len(prompts),
-        timesteps=timesteps.float(),
-        meta={
-            "prompts": prompts,
-            "hookpoint": hookpoint,
-            "sae": sae.meta.get("source"),
-            "num_inference_steps": num_inference_steps,
-            "steps": needed,
-            "guidance_scale": guidance_scale,
-            "seed": seed,
-            "cfg_half": cfg_half,
-            "activation_site": activation_site,
-        },
-    )
+
+
+def _sample(
+    pipe: Any,
+    module: Any,
+    recorder: _Recorder,
+    prompts: list[str],
+    concept: str,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """Sample ``prompts`` batch by batch with ``recorder`` hooked on ``module``."""
+    recorder.honours_interrupt = isinstance(getattr(type(pipe), "interrupt", None), property)
+    # Pipelines without step callbacks (PixArt) sample every step; only rows in
+    # ``needed`` are recorded either way.
+    takes_callback = "callback_on_step_end" in inspect.signature(pipe.__call__).parameters
+    stop_early = recorder.needed[-1] < num_inference_steps - 1 and takes_callback
+    early = {"callback_on_step_end": recorder.on_step_end} if stop_early else {}
+    removable = module.register_forward_hook(recorder.hook, with_kwargs=True)
+    bar = tqdm(total=len(prompts), desc=f"stats {concept}", unit="prompt", disable=not progress)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            generators = [
+                torch.Generator("cpu").manual_seed(seed + start + j) for j in range(len(batch))
+            ]
+            recorder.seen_in_batch.clear()
+            try:
+                pipe(
+                    prompt=batch,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    generator=generators,
+                    output_type="latent",
+                    **early,
+                )
+            except _StopSampling:
+                pass
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        removable.remove()
+        if hasattr(pipe, "_interrupt"):
+            pipe._interrupt = False

@@ -283,6 +283,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"saeuron {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """A launched run's process leaves its process group before it exits. Left to the
+    interpreter's exit, the group's threads can abort a process that has done all its work
+    ("terminate called without an active exception", exit -6). torch.distributed is only
+    looked at if the command imported it: the CLI itself never imports torch."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -241,3 +241,25 @@ def test_without_statistics_tune_collects_them_from_the_prompt_set(world, tmp_pa
     collected = sorted(p.name for p in (tmp_path / ".cat.stats" / HOOK).glob("*.json"))
     assert collected == sorted(f"{c}.json" for c in CONCEPTS)
     assert Recipe.load(out).check_files() == []
+
+
+def test_every_missing_piece_is_named_in_one_line(world, tmp_path, capsys, monkeypatch):
+    # Offline, with the model not cached, no SAEs, no statistics and no classifier file: all
+    # four are named at once, before anything loads.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    args = [
+        "tune", "--model", "someone/no-such-model", "--concept", "cat",
+        "--prompt-set", str(world["prompt_set"]), "--judge", "unlearncanvas",
+        "--judge-options", json.dumps({"object_classifier": str(tmp_path / "cls.pth")}),
+        "--saes", str(tmp_path / "saes"), "--stats", str(tmp_path / "stats"),
+        "--out", str(tmp_path / "cat.json"),
+    ]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for piece in ("4 pieces are missing", "saes: no folder", "stats: no folder",
+                  "someone/no-such-model", "cls.pth"):  # fmt: skip
+        assert piece in err[0], (piece, err)
+    assert not (tmp_path / "cat.json").exists()

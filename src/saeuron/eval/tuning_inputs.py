@@ -6,7 +6,7 @@ collected."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,14 @@ from saeuron.erasure.concepts.stats import collect_stats
 from saeuron.eval.judges import Judge, make_judge
 from saeuron.eval.prompt_sets import PromptSet
 from saeuron.eval.tune_config import DEFAULT_TARGETS, SITE_JOIN, TuneConfig
+from saeuron.models.layout import read_layout
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.resolve import ResolvedModel
 from saeuron.sae import Sae
 from saeuron.sae.formats import hookpoints_in
 from saeuron.utils.config import ConfigError
+from saeuron.utils.errors import UserError
+from saeuron.utils.hub import missing_pieces
 from saeuron.utils.io import read_json_or_empty
 
 logger = logging.getLogger(__name__)
@@ -86,9 +89,8 @@ def resolve_inputs(cfg: TuneConfig, pipe: Any = None, judge: Judge | None = None
     prompt_set.check_tunable([cfg.concept])
     kind = prompt_set.kind_of(cfg.concept)
     saes = Path(str(pick(cfg.saes, "saes")))
-    if not saes.is_dir():
-        raise ConfigError("saes", f"no folder {saes}")
     given_stats = pick(cfg.stats, "stats")
+    judge = _missing_pieces_named(cfg, saes, given_stats, pipe, judge, pick, folder)
     out = Path(cfg.out)
     stats = Path(given_stats) if given_stats else out.parent / f".{out.stem}.stats"
     site_sets = cfg.site_sets or defaults.get("site_sets", {}).get(kind) or (
@@ -116,16 +118,42 @@ def resolve_inputs(cfg: TuneConfig, pipe: Any = None, judge: Judge | None = None
     guidance = cfg.guidance_scale if cfg.guidance_scale is not None else float(
         defaults.get("guidance_scale", 7.5)
     )  # fmt: skip
-    if judge is None:
-        spec = str(pick(cfg.judge, "judge"))
-        options = {"folder": folder} if spec == "minicanvas" else {}
-        judge = make_judge(spec, **{**options, **cfg.judge_options})
     if pipe is None:
         pipe = load_pipeline(cfg.resolved_model, device=cfg.device)
     if absent:
         collect_missing_stats(pipe, saes, stats, prompt_set, absent, steps, guidance)
     return TuneInputs(cfg.model, pipe, prompt_set, judge, saes, stats, list(site_sets),
                       targets, steps, guidance)  # fmt: skip
+
+
+def _missing_pieces_named(
+    cfg: TuneConfig, saes: Path, given_stats: str | None, pipe: Any, judge: Judge | None,
+    pick: Callable[[str | None, str], str | None], folder: Path | None,
+) -> Judge:  # fmt: skip
+    """The judge, once every piece the study needs is known to be there: the SAEs, the given
+    statistics, the model (offline: in the cache) and the judge's own files. What is missing
+    is named in one error, so that it is all fixed at once, before anything samples."""
+    errors: list[UserError] = []
+    if not saes.is_dir():
+        errors.append(ConfigError("saes", f"no folder {saes}"))
+    if given_stats is not None and not Path(given_stats).is_dir():
+        errors.append(ConfigError("stats", f"no folder {given_stats}"))
+    if pipe is None:
+        try:
+            read_layout(cfg.resolved_model)
+        except UserError as err:
+            errors.append(err)
+    if judge is None:
+        spec = str(pick(cfg.judge, "judge"))
+        options = {"folder": folder} if spec == "minicanvas" else {}
+        try:
+            judge = make_judge(spec, **{**options, **cfg.judge_options})
+        except UserError as err:
+            errors.append(err)
+    if errors:
+        raise missing_pieces(errors)
+    assert judge is not None
+    return judge
 
 
 def collect_missing_stats(

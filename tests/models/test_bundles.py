@@ -124,3 +124,10 @@ def test_a_bundle_pushed_to_the_hub_is_pulled_and_used_by_its_repo_id(
     erased = np.asarray(tech.generate(["a cat"], seed=0)[0])
     plain = np.asarray(tech.generate(["a cat"], seed=0, erase_concept=False)[0])
     assert not np.array_equal(erased, plain)
+
+
+def test_a_name_no_file_system_can_hold_is_no_bundle() -> None:
+    # Model and SAE names are free text from configs: too long a name, or one with a NUL,
+    # is simply not a bundle (the caller then names what is wrong with it), never an OSError.
+    assert find_bundle("x" * 500) is None
+    assert find_bundle("a\0b") is None

@@ -184,10 +184,10 @@ def find_bundle(model: str | Path | None) -> Bundle | None:
     text = str(model)
     if "/" not in text and os.sep not in text:
         for root in bundle_roots():
-            if (root / text / BUNDLE).is_file():
+            if _is_file(root / text / BUNDLE):
                 return Bundle.read(root / text)
     folder = Path(text)
-    if (folder / BUNDLE).is_file():
+    if _is_file(folder / BUNDLE):
         return Bundle.read(folder)
     # The hub client takes longer to import than the rest of a command's --help: loaded
     # only for a name that is neither a bundle's nor a folder's.
@@ -200,6 +200,16 @@ def find_bundle(model: str | Path | None) -> Bundle | None:
             # Someone else's folder: none of its files may lead out of it.
             return Bundle.read(check_tree_inside(cached.parent, f"bundle {text!r}"))
     return None
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a name no file system can hold (too long, a NUL) is none.
+    A model name is free text from a config or the command line, checked here before it is
+    known to be a path."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def is_packaged(folder: Path) -> bool:

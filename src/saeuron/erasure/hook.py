@@ -280,12 +280,10 @@ class _EraseHook:
                 selection = (plan.indices, plan.scale, plan.threshold)
         if selection is None and exact:
             return None
-        picked = self._site(module, out, args, kwargs)
+        picked = self._site(module, out, args, kwargs, dtype)
         if picked is None:
             return None
-        site, rows_ = picked
-        tokens = to_tokens(site)
-        flat = tokens.reshape(-1, tokens.shape[-1]).to(dtype)
+        site, rows_, tokens, flat = picked
         w = self.weights(out.device, dtype)
         if not exact:
             delta = self._paper_output(flat, w, selection, counting) - flat
@@ -334,16 +332,22 @@ class _EraseHook:
         return self.cfg.edits_timestep(state.timestep, self.train_timesteps)
 
     def _site(
-        self, module: nn.Module, out: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Tensor, slice] | None:
-        """What the SAE reads, and the rows of the block output the edit is added to."""
+        self, module: nn.Module, out: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any],
+        dtype: torch.dtype,
+    ) -> tuple[Tensor, slice, Tensor, Tensor] | None:  # fmt: skip
+        """What the SAE reads, the rows of the block output the edit is added to, and the
+        site as tokens: ``[..., tokens, d]`` and flattened to ``[N, d]`` in ``dtype``."""
         inp = input_tensor(module, args, kwargs) if self.site == "update" else None
         picked = site_rows(out, inp, self.site, self.state.cfg, self.cfg.cfg_half)
-        if picked is None and not self._no_cfg_logged:
-            # The guidance site without a CFG batch: no unconditional row to compare with.
-            logger.warning("activation_site 'guidance' needs CFG; nothing is edited")
-            self._no_cfg_logged = True
-        return picked
+        if picked is None:
+            if not self._no_cfg_logged:
+                # The guidance site without a CFG batch: no unconditional row to compare with.
+                logger.warning("activation_site 'guidance' needs CFG; nothing is edited")
+                self._no_cfg_logged = True
+            return None
+        site, rows_ = picked
+        tokens = to_tokens(site)
+        return site, rows_, tokens, tokens.reshape(-1, tokens.shape[-1]).to(dtype)
 
     # -- the rules beyond the published one (eager) -----------------------------------------
 
@@ -365,12 +369,10 @@ class _EraseHook:
         plan = self.rules.plan(self._current_rows(state), w)
         if plan is None:
             return None
-        picked = self._site(module, out, args, kwargs)
+        picked = self._site(module, out, args, kwargs, dtype)
         if picked is None:
             return None
-        site, rows_ = picked
-        tokens = to_tokens(site)
-        flat = tokens.reshape(-1, tokens.shape[-1]).to(dtype)
+        site, rows_, tokens, flat = picked
         edit = self.rules.edit(flat, w, plan)
         if edit is None:
             return None

@@ -77,12 +77,12 @@ class Bundle:
         """Path (without suffix) of a concept's shipped features, or None if not shipped."""
         name = concept.strip().lower()
         # A concept is free text (typed in the UI, sent to its API): only a plain file name
-        # can name shipped features, never a path out of the bundle or one too long to stat.
-        if not name or len(name) > 200 or any(c in name for c in "/\\\0") or name.startswith("."):
+        # can name shipped features, never a path out of the bundle.
+        if not name or any(c in name for c in "/\\") or name.startswith("."):
             return None
         hookpoint = hookpoint or self.hookpoint_for(concept)
         base = self.folder / self.features / hookpoint / name
-        return base if base.with_suffix(".safetensors").is_file() else None
+        return base if _is_file(base.with_suffix(".safetensors")) else None
 
     @property
     def supervised_folder(self) -> Path | None:

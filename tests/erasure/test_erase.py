@@ -5,8 +5,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from helpers.micro import micro_attention_sd
 
 from saeuron.erasure.erase import EditCounts, EraseConfig, _EraseHook, attach, erase, timestep_row
 from saeuron.erasure.features import ConceptFeatures
@@ -484,24 +484,9 @@ def test_two_pipelines_erase_at_once_in_one_process(sae) -> None:
     assert not np.array_equal(alone[0], alone[1])
 
 
-def _micro_attention_sd():
-    """SD 1.x's block names on a UNet small enough to trace and compile in a test."""
-    pipe = build_tiny_sd()
-    torch.manual_seed(0)
-    pipe.unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 8),
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=2, norm_num_groups=4,
-    )  # fmt: skip
-    sae = Sae(SaeConfig(d_in=8, expansion_factor=8, k=4))
-    sae.meta["hookpoint"] = HOOK
-    return pipe, sae, ConceptFeatures.from_latents("c", list(range(0, 64, 3)), threshold=0.0)
-
-
 @pytest.mark.slow  # 25 s of tracing; the compile test below runs in the default tier
 def test_the_hooked_unet_has_no_graph_break_on_the_dense_path() -> None:
-    pipe, sae, features = _micro_attention_sd()
+    pipe, sae, features = micro_attention_sd()
     pipe.scheduler.set_timesteps(3)
     pipe._guidance_scale = 7.5  # what the tracker reads for the CFG batch
     x, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
@@ -520,7 +505,7 @@ def test_the_hooked_unet_has_no_graph_break_on_the_dense_path() -> None:
     "compile_first", [True, pytest.param(False, marks=pytest.mark.slow)]
 )
 def test_compiled_unet_erases_as_eager_with_one_graph_for_every_step(compile_first) -> None:
-    pipe, sae, features = _micro_attention_sd()
+    pipe, sae, features = micro_attention_sd()
     per_step = ConceptFeatures(
         "c",
         indices=torch.tensor([[0, 3, 6], [9, 12, 15], [18, 21, 24]]),
@@ -582,3 +567,30 @@ def test_a_block_that_edits_nothing_warns_once_and_only_then(tiny_sd, sae, caplo
             pass  # the pipeline never ran: nothing to say
     assert erasure.edited_tokens > 0
     assert "nothing was erased" not in caplog.text
+
+
+def test_a_compiled_unet_that_ran_before_the_erasure_still_erases() -> None:
+    """torch.compile does not guard on module hooks: without a fresh compile, a graph traced
+    before ``attach`` would keep sampling unerased, and one traced after it would keep
+    erasing once the erasure is removed."""
+    pipe, sae, features = micro_attention_sd()
+
+    def run() -> np.ndarray:
+        out = pipe("a cat", num_inference_steps=2, guidance_scale=7.5, height=16, width=16,
+                   generator=torch.Generator().manual_seed(0), output_type="latent").images
+        return out.detach().numpy()  # fmt: skip
+
+    plain = run()
+    with erase(pipe, sae, features, multiplier=-20.0):
+        erased = run()
+    assert np.abs(erased - plain).max() > 1e-3
+    torch._dynamo.reset()
+    eager_unet = pipe.unet
+    pipe.unet = torch.compile(eager_unet, backend="aot_eager")
+    try:
+        np.testing.assert_allclose(run(), plain, atol=1e-5)
+        with erase(pipe, sae, features, multiplier=-20.0):
+            np.testing.assert_allclose(run(), erased, atol=1e-5)
+        np.testing.assert_allclose(run(), plain, atol=1e-5)
+    finally:
+        pipe.unet = eager_unet

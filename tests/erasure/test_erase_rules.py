@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.micro import micro_attention_sd
 
 from saeuron.erasure.erase import EraseConfig, attach, erase
 from saeuron.erasure.features import ConceptFeatures
@@ -58,7 +59,8 @@ def cond_tokens(x: torch.Tensor) -> torch.Tensor:
     return x[x.shape[0] // 2 :].permute(0, 2, 3, 1).reshape(-1, 32)
 
 
-def test_ablate_moves_latents_to_their_retained_value(tiny_sd, sae) -> None:
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_ablate_moves_latents_to_their_retained_value(tiny_sd, sae, path) -> None:
     idx = [0, 4, 8, 12]
     retain = [0.05, 0.0, 0.2, 0.1]
     features = ConceptFeatures(
@@ -66,7 +68,8 @@ def test_ablate_moves_latents_to_their_retained_value(tiny_sd, sae) -> None:
         threshold=torch.full((1, 4), 0.3), retain=torch.tensor([retain]),
     )  # fmt: skip
     gamma = -0.5
-    (x,), (y,) = block_outputs(tiny_sd, sae, features, multiplier=gamma, rule="ablate")
+    (x,), (y,) = block_outputs(tiny_sd, sae, features, multiplier=gamma, rule="ablate",
+                               edit_path=path)  # fmt: skip
     half = x.shape[0] // 2
     assert torch.equal(x[:half], y[:half]), "the unconditional half stays untouched"
     tokens = cond_tokens(x)
@@ -82,7 +85,8 @@ def test_ablate_moves_latents_to_their_retained_value(tiny_sd, sae) -> None:
     assert 0 < int(edited.sum()) < len(edited)
     assert torch.equal(got[~edited], tokens[~edited]), "unedited tokens keep their bits"
     # Unlike the published rule, gamma 0 is not the end of the scale: the latent lands on r.
-    (_,), (y0,) = block_outputs(tiny_sd, sae, features, multiplier=0.0, rule="ablate")
+    (_,), (y0,) = block_outputs(tiny_sd, sae, features, multiplier=0.0, rule="ablate",
+                                edit_path=path)  # fmt: skip
     with torch.no_grad():
         a0 = torch.where(a > 0.3, r.expand_as(a), a)
         torch.testing.assert_close(
@@ -102,7 +106,8 @@ def test_ablate_without_stored_retain_uses_zero(tiny_sd, sae) -> None:
     assert torch.equal(a, b)
 
 
-def test_anchor_writes_the_anchor_in_at_the_tokens_strength(tiny_sd, sae) -> None:
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_anchor_writes_the_anchor_in_at_the_tokens_strength(tiny_sd, sae, path) -> None:
     idx, anchor_idx = [0, 4, 8], [2, 6]
     mu = torch.tensor([1.0, 2.0, 0.5])
     mu_anchor = torch.tensor([1.5, 0.7])
@@ -114,7 +119,8 @@ def test_anchor_writes_the_anchor_in_at_the_tokens_strength(tiny_sd, sae) -> Non
     features = target.with_anchor(anchor)
     assert features.meta["anchor"] == "dog"
     gamma = -2.0
-    (x,), (y,) = block_outputs(tiny_sd, sae, features, multiplier=gamma, rule="anchor")
+    (x,), (y,) = block_outputs(tiny_sd, sae, features, multiplier=gamma, rule="anchor",
+                               edit_path=path)  # fmt: skip
     tokens = cond_tokens(x)
     with torch.no_grad():
         dense = sae.encode_dense(tokens)
@@ -200,11 +206,13 @@ def test_features_keep_retain_and_anchor_on_disk(tmp_path) -> None:
                         retain=torch.zeros(1, 3))  # fmt: skip
 
 
-def test_project_removes_the_component_along_the_decoder_directions(tiny_sd, sae) -> None:
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_project_removes_the_component_along_the_decoder_directions(tiny_sd, sae, path) -> None:
     idx = [0, 4, 8]
     features = ConceptFeatures.from_latents("cat", idx, mean=1.0, threshold=0.2)
     gamma = -0.5
-    (x,), (y,) = block_outputs(tiny_sd, sae, features, multiplier=gamma, rule="project")
+    (x,), (y,) = block_outputs(tiny_sd, sae, features, multiplier=gamma, rule="project",
+                               edit_path=path)  # fmt: skip
     tokens = cond_tokens(x)
     with torch.no_grad():
         a = sae.encode_dense(tokens)[:, idx]
@@ -296,3 +304,70 @@ def test_rules_edit_a_denoiser_call_outside_the_loop(tiny_sd, sae) -> None:
     assert not torch.equal(call(multiplier=0.0, rule="ablate"), base)
     assert torch.equal(call(multiplier=0.0, rule="ablate", window=[0.5, 1.0]), base)
     assert not torch.equal(call(multiplier=0.0, rule="ablate", window=[0.0, 0.5]), base)
+
+
+def _two_concepts_per_step(rule: str) -> list[ConceptFeatures]:
+    """Two concepts whose latents change from step to step and overlap (latent 8), each
+    with retained values and, for ``anchor``, an anchor of its own."""
+    first = ConceptFeatures(
+        "cat", indices=torch.tensor([[0, 4, 8], [8, 12, -1], [16, 20, 24], [1, 5, 9]]),
+        mean=torch.rand(4, 3, generator=torch.Generator().manual_seed(1)) + 0.5,
+        threshold=torch.full((4, 3), 0.1), retain=torch.full((4, 3), 0.05),
+    )  # fmt: skip
+    second = ConceptFeatures(
+        "dog", indices=torch.tensor([[8, 28], [32, 36], [40, 44], [48, 52]]),
+        mean=torch.full((4, 2), 2.0), threshold=torch.full((4, 2), 0.2),
+    )  # fmt: skip
+    if rule == "anchor":
+        first = first.with_anchor(ConceptFeatures.from_latents("owl", [2, 6], mean=[1.5, 0.7]))
+        second = second.with_anchor(ConceptFeatures.from_latents("fox", [10], mean=3.0))
+    return [first, second]
+
+
+@pytest.mark.parametrize("rule", ["ablate", "anchor", "project"])
+def test_dense_path_gives_the_sparse_edit_for_every_rule(tiny_sd, sae, rule) -> None:
+    """The dense (compile-friendly) path reads every step's plan from its table: with two
+    concepts whose latents change per step and overlap, inside a window, it edits as the
+    sparse path does, and steps outside the window keep their bits."""
+    features = _two_concepts_per_step(rule)
+    kwargs = {"steps": 4, "multiplier": -1.5, "rule": rule, "window": [0.3, 1.0]}
+    before, dense = block_outputs(tiny_sd, sae, features, edit_path="dense", **kwargs)
+    _, sparse = block_outputs(tiny_sd, sae, features, edit_path="sparse", **kwargs)
+    assert [torch.equal(b, a) for b, a in zip(before, dense)] == [True, False, False, False]
+    for d, s in zip(dense, sparse):
+        torch.testing.assert_close(d, s, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["ablate", "anchor", "project"])
+def test_every_rule_compiles_to_one_graph_and_erases_as_eager(rule) -> None:
+    """``fullgraph=True`` fails on any graph break: no rule leaves the compiled graph, and
+    one graph serves every step (the step reaches it as a tensor)."""
+    pipe, sae, _ = micro_attention_sd()
+    per_step = ConceptFeatures(
+        "c", indices=torch.tensor([[0, 3, 6], [9, 12, 15], [18, 21, 24]]),
+        mean=torch.ones(3, 3), threshold=torch.zeros(3, 3), retain=torch.full((3, 3), 0.1),
+    )  # fmt: skip
+    if rule == "anchor":
+        per_step = per_step.with_anchor(ConceptFeatures.from_latents("d", [1, 2], mean=2.0))
+
+    def run() -> np.ndarray:
+        out = pipe("a cat", num_inference_steps=3, guidance_scale=7.5, height=16, width=16,
+                   generator=torch.Generator().manual_seed(0), output_type="latent").images
+        return out.detach().numpy()  # fmt: skip
+
+    plain = run()
+    with erase(pipe, sae, per_step, multiplier=-2.0, rule=rule, edit_path="dense"):
+        eager = run()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager_unet = pipe.unet
+    pipe.unet = torch.compile(eager_unet, backend="aot_eager", fullgraph=True)
+    erasure = attach(pipe, sae, per_step, multiplier=-2.0, rule=rule)
+    try:
+        compiled = run()
+    finally:
+        erasure.remove()
+        pipe.unet = eager_unet
+    assert np.abs(eager - plain).max() > 1e-4, "the edit changes the latents"
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

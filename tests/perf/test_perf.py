@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from saeuron.erasure.erase_config import RULES
 from saeuron.perf.runner import PerfConfig, run_perf
 from saeuron.utils.config import ConfigError
 
@@ -34,15 +35,21 @@ def test_erase_overhead_quick_run_writes_the_table(tmp_path) -> None:
 @pytest.mark.slow
 def test_compile_quick_run_reports_no_graph_break_and_the_compiled_overhead(tmp_path) -> None:
     report = run_perf(PerfConfig(only=["compile"], quick=True, device="cpu", out=str(tmp_path)))
-    breaks, compiled, eager = report["rows"]
-    assert breaks["extra"]["graph_breaks"] == 0 and breaks["ours"] == 0 and breaks["met"] is True
-    assert compiled["extra"]["backend"] == "aot_eager" and compiled["target"] == "<= 1.02x"
-    assert compiled["ours"] > 0 and compiled["baseline"] > 0 and math.isfinite(compiled["ratio"])
-    assert compiled["met"] == (compiled["ratio"] <= 1.02)
-    # What was timed erased (the edit moved the output) and compiled as eager.
-    assert compiled["extra"]["edit_max_abs_change"] > 1e-3
-    assert compiled["extra"]["max_abs_diff_vs_eager"] < 1e-4
-    assert eager["target"] == "" and math.isfinite(eager["ratio"])
+    breaks, *rows = report["rows"]
+    assert breaks["extra"]["per_rule"] == {r: 0 for r in RULES}
+    assert breaks["ours"] == 0 and breaks["met"] is True
+    compiled, eager = rows[: len(RULES)], rows[len(RULES) :]
+    assert [r["extra"]["rule"] for r in compiled] == list(RULES) and len(eager) == len(RULES)
+    for row in compiled:
+        assert row["extra"]["backend"] == "aot_eager" and row["target"] == "<= 1.02x"
+        assert row["ours"] > 0 and row["baseline"] > 0 and math.isfinite(row["ratio"])
+        assert row["met"] == (row["ratio"] <= 1.02)
+        ratios = row["extra"]["block_ratios"]
+        assert len(ratios) == 2 and min(ratios) <= max(ratios)
+        # What was timed erased (the edit moved the output) and compiled as eager.
+        assert row["extra"]["edit_max_abs_change"] > 1e-3, row["extra"]["rule"]
+        assert row["extra"]["max_abs_diff_vs_eager"] < 1e-4
+    assert all(r["target"] == "" and math.isfinite(r["ratio"]) for r in eager)
     assert "graph breaks of the hooked UNet" in (tmp_path / "perf.md").read_text()
 
 

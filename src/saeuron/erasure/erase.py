@@ -43,6 +43,7 @@ from saeuron.erasure.hook_state import (
     check_finite_activations,
     timestep_row,
 )
+from saeuron.models.compiled import hooks_changed
 from saeuron.models.denoising import DenoiseState, DenoiseTracker
 from saeuron.models.hookpoints import resolve_module
 from saeuron.models.layout import check_hook_width
@@ -170,6 +171,7 @@ class Erasure:
         self._removable: Any = module.register_forward_hook(
             self._hook, with_kwargs=True, prepend=in_encoder
         )
+        hooks_changed(pipe)
 
     @property
     def hookpoint(self) -> str:
@@ -227,6 +229,7 @@ class Erasure:
             if self._tracker is not None:
                 self._tracker.remove()
             self._removable = None
+            hooks_changed(self.pipe)
 
     def __enter__(self) -> Erasure:
         return self

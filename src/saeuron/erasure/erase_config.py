@@ -30,7 +30,8 @@ RULES = ("scale", "ablate", "anchor", "project")
   of the concept's decoder directions (orthonormalised, ``b_dec`` as origin) is scaled by
   gamma, error term included: gamma 0 removes all of it, not only what the latents encode.
 
-Only ``scale`` has the dense (compile-friendly) path; the others run eagerly.
+Every rule has both edit paths (``edit_path``): the sparse one, and the dense one that
+``torch.compile`` traces into one graph for every step.
 """
 
 

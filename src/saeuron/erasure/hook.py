@@ -1,7 +1,8 @@
 """The erasing hook: a forward hook on one block that edits the selected SAE latents of its
 output at every step (docs/method.md). The published ``scale`` rule has a sparse path (CPU:
 only candidate tokens are encoded) and a sync-free dense path (GPU and ``torch.compile``:
-per-step tables indexed by a step tensor); the other rules are in :mod:`.rules`.
+per-step tables indexed by a step tensor); the other rules, with the same two paths, are in
+:mod:`.rules`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from saeuron.erasure.hook_state import (
     check_finite_activations,
     timestep_row,
 )
-from saeuron.erasure.rules import RuleSet
+from saeuron.erasure.rules import RuleSet, RuleTable
 from saeuron.models.denoising import DenoiseState
 from saeuron.models.tokens import (
     from_tokens,
@@ -52,7 +53,8 @@ class _EraseHook:
       :class:`StepTable` with the tracker's step tensor, so a new step is a new index, not a
       new graph.
 
-    The rules beyond ``scale`` are a :class:`RuleSet` it holds (``rules``) and calls eagerly.
+    The rules beyond ``scale`` are a :class:`RuleSet` it holds (``rules``), on the same two
+    paths: a :class:`RulePlan` per step (sparse) or a :class:`RuleTable` of every step (dense).
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class _EraseHook:
         self._selections: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor] | None] = {}
         self._plans: dict[tuple[Any, ...], StepPlan | None] = {}
         self._tables: dict[tuple[Any, ...], StepTable | None] = {}
+        self._rule_tables: dict[tuple[Any, ...], RuleTable | None] = {}
         self.rules = RuleSet(sae, concepts, multipliers, cfg.rule)
         self._no_cfg_logged = False
         self._weights: dict[tuple[torch.device, torch.dtype], SaeWeights] = {}
@@ -89,6 +92,7 @@ class _EraseHook:
         self._selections.clear()
         self._plans.clear()
         self._tables.clear()
+        self._rule_tables.clear()
         self.rules.reset()
 
     @property
@@ -216,6 +220,18 @@ class _EraseHook:
             self._tables[key] = table
         return self._tables[key]
 
+    def rule_table(
+        self, num_steps: int, device: torch.device, dtype: torch.dtype
+    ) -> RuleTable | None:
+        """Every step's plan of the rule beyond ``scale`` for a ``num_steps`` schedule, for
+        the dense path."""
+        key = (num_steps, device, dtype)
+        if key not in self._rule_tables:
+            active = [self.cfg.edits_step(s, num_steps) for s in range(num_steps)]
+            rows = [self._rows_for_step(s, num_steps) for s in range(num_steps)]
+            self._rule_tables[key] = self.rules.table(rows, active, self.weights(device, dtype))
+        return self._rule_tables[key]
+
     def prepare(
         self, state: DenoiseState, sample: Tensor | None, dtypes: tuple[torch.dtype, ...] = ()
     ) -> None:
@@ -229,6 +245,8 @@ class _EraseHook:
                 self.weights(sample.device, dtype)
                 if state.in_loop and self.cfg.rule == "scale":
                     self.table(state.num_steps, sample.device, dtype)
+                elif state.in_loop:
+                    self.rule_table(state.num_steps, sample.device, dtype)
 
     def _dense(self, x: Tensor) -> bool:
         if self.cfg.edit_path != "auto":
@@ -253,9 +271,11 @@ class _EraseHook:
             # One read of the device a call; skipped inside a compiled graph.
             check_finite_activations(out, self.handle, state.step, "model")
         dtype = out.dtype if out.dtype.is_floating_point else self.sae.dtype
-        if self.cfg.rule != "scale":
-            return self._apply_rules(module, args, kwargs, output, out, dtype, counting)
         dense = self._dense(out)
+        if self.cfg.rule != "scale":
+            if dense and state.in_loop:
+                return self._dense_rules(module, args, kwargs, output, out, dtype, counting)
+            return self._apply_rules(module, args, kwargs, output, out, dtype, counting)
         exact = self.cfg.error_term == "exact"
         plan: StepPlan | None = None
         selection: tuple[Tensor, Tensor, Tensor] | None = None
@@ -349,9 +369,32 @@ class _EraseHook:
         tokens = to_tokens(site)
         return site, rows_, tokens, tokens.reshape(-1, tokens.shape[-1]).to(dtype)
 
-    # -- the rules beyond the published one (eager) -----------------------------------------
+    # -- the rules beyond the published one -------------------------------------------------
 
-    @torch.compiler.disable
+    def _dense_rules(
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+        out: Tensor,
+        dtype: torch.dtype,
+        counting: bool,
+    ) -> Any:
+        """The rule on every token, read from the step table: no Python branch on the step
+        or the data, so a compiled graph serves every step."""
+        table = self.rule_table(self.state.num_steps, out.device, dtype)
+        if table is None:
+            return None
+        picked = self._site(module, out, args, kwargs, dtype)
+        if picked is None:
+            return None
+        site, rows_, tokens, flat = picked
+        w = self.weights(out.device, dtype)
+        edit = self.rules.dense_edit(flat, w, table, self.state.step_tensor.to(out.device))
+        self._count(edit.edited, counting)
+        return self._add_delta(module, output, out, site, rows_, tokens, edit.delta, counting)
+
     def _apply_rules(
         self,
         module: nn.Module,

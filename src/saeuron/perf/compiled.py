@@ -6,11 +6,14 @@ same block names) with an SAE of 128 latents and a quarter of them selected with
 -1, so every token is a candidate and the edit always runs:
 
 - graph breaks of the hooked UNet under ``torch._dynamo.explain`` (the dense edit path,
-  which the hook takes under compilation): target 0, since every break splits the graph and
-  on CUDA costs a host sync;
-- one UNet call compiled with the hook against the same UNet compiled without it (two
-  copies with the same weights, each compiled once, timed interleaved): target <= 1.02x;
-- the same ratio in eager mode, for reference.
+  which the hook takes under compilation), for every rule: target 0, since every break
+  splits the graph and on CUDA costs a host sync;
+- per rule (``scale``, ``ablate``, ``anchor`` into a second concept, ``project``), one UNet
+  call compiled with the hook against the same UNet compiled without it (copies with the
+  same weights, each compiled once, all timed interleaved): target <= 1.02x. The calls are
+  timed in blocks, and the spread of the per-block ratios is reported beside their median:
+  two runs of the same table can differ by more than the edit costs;
+- the same ratios in eager mode, for reference.
 
 The backend is ``inductor`` on CUDA and in the full CPU run (it needs a C++ compiler), and
 ``aot_eager`` under ``--quick``, where inductor's compile time would dominate a smoke test.
@@ -29,6 +32,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from saeuron.erasure.erase import attach, erase
+from saeuron.erasure.erase_config import RULES
 from saeuron.erasure.features import SAE_FINGERPRINT, ConceptFeatures
 from saeuron.models.tiny import build_tiny_sd
 from saeuron.perf import BENCHMARKS, Row, reproduce
@@ -37,6 +41,8 @@ from saeuron.sae import Sae, SaeConfig
 logger = logging.getLogger(__name__)
 
 HOOKPOINT = "unet.up_blocks.1.attentions.1"
+MULTIPLIERS = {"scale": -20.0, "ablate": 0.0, "anchor": 0.0, "project": 0.0}
+"""Each rule's erasing strength (``scale``'s published gamma, the others' full removal)."""
 
 
 def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
@@ -90,13 +96,42 @@ def setup(
     return pipe, sae, features, (x, t, context)
 
 
-def graph_breaks(pipe: Any, sae: Sae, features: ConceptFeatures, inputs: tuple) -> int:
+def rule_features(features: ConceptFeatures, rule: str) -> ConceptFeatures:
+    """``features`` as ``rule`` reads them: ``anchor`` pulls the tokens toward a second
+    concept of 16 other latents."""
+    if rule != "anchor":
+        return features
+    anchor = ConceptFeatures.from_latents("a", list(range(2, 128, 8)), mean=1.0,
+                                          meta=dict(features.meta))  # fmt: skip
+    return features.with_anchor(anchor)
+
+
+def graph_breaks(
+    pipe: Any, sae: Sae, features: ConceptFeatures, inputs: tuple, rule: str = "scale"
+) -> int:
     """Graph breaks of ``pipe.unet`` with the erasure attached (the default edit path)."""
     x, t, context = inputs
     torch._dynamo.reset()
-    with erase(pipe, sae, features, multiplier=-20.0, warn_unedited=False):
+    with erase(pipe, sae, rule_features(features, rule), multiplier=MULTIPLIERS[rule],
+               rule=rule, warn_unedited=False):  # fmt: skip
         explained = torch._dynamo.explain(pipe.unet)(x, t, encoder_hidden_states=context)
     return int(explained.graph_break_count)
+
+
+def _interleaved(
+    variants: dict[str, Callable[[], Any]], device: str, blocks: int, reps: int
+) -> list[dict[str, float]]:
+    """Per block, each variant's median call time; calls interleaved round-robin, so a
+    shared machine's drifts hit every variant alike."""
+    timed = _timer(device)
+    medians = []
+    for _ in range(blocks):
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(reps):
+            for name, fn in variants.items():
+                times[name].append(timed(fn))
+        medians.append({name: statistics.median(v) for name, v in times.items()})
+    return medians
 
 
 @BENCHMARKS.register("compile")
@@ -104,16 +139,27 @@ def run(quick: bool, device: str) -> list[Row]:
     backend = "aot_eager" if quick and not device.startswith("cuda") else "inductor"
     pipe, sae, features, inputs = setup(device, quick)
     x, t, context = inputs
-    breaks = graph_breaks(pipe, sae, features, inputs)
+    base_unet = pipe.unet
+    breaks = {}
+    for rule in RULES:
+        breaks[rule] = graph_breaks(pipe, sae, features, inputs, rule)
 
-    # Two UNets with the same weights: the hook lives on one of them only, so each compiled
-    # graph is traced once and neither is recompiled when the other gains or loses a hook.
-    plain_unet = copy.deepcopy(pipe.unet)
-    erasure = attach(pipe, sae, features, multiplier=-20.0)
+    # One UNet per rule, all with the same weights: each hook lives on its own copy, so each
+    # compiled graph is traced once and none is recompiled when another gains a hook.
+    plain_unet = copy.deepcopy(base_unet)
+    hooked_unets = {rule: copy.deepcopy(base_unet) for rule in RULES}
+    erasures = {}
     torch._dynamo.reset()
+    # Copies of one UNet share its forward's code, and by default dynamo does not guard on
+    # hooks: without these guards, every copy would run the graph traced first.
+    guards = torch._dynamo.config.patch(skip_nnmodule_hook_guards=False)
+    guards.__enter__()
     try:
-        hooked = torch.compile(pipe.unet, backend=backend)
-        plain = torch.compile(plain_unet, backend=backend)
+        for rule, unet in hooked_unets.items():
+            pipe.unet = unet
+            erasures[rule] = attach(pipe, sae, rule_features(features, rule),
+                                    multiplier=MULTIPLIERS[rule], rule=rule)  # fmt: skip
+        pipe.unet = base_unet
 
         def call(unet: Any) -> Callable[[], Any]:
             def go() -> Any:
@@ -122,77 +168,91 @@ def run(quick: bool, device: str) -> list[Row]:
 
             return go
 
-        variants = {
-            "compiled, hook": call(hooked),
-            "compiled, none": call(plain),
-            "eager, hook": call(pipe.unet),
-            "eager, none": call(plain_unet),
-        }
+        variants = {"compiled, none": call(torch.compile(plain_unet, backend=backend)),
+                    "eager, none": call(plain_unet)}  # fmt: skip
+        for rule, unet in hooked_unets.items():
+            variants[f"compiled, {rule}"] = call(torch.compile(unet, backend=backend))
+            variants[f"eager, {rule}"] = call(unet)
         start = time.perf_counter()
         outputs = {name: fn() for name, fn in variants.items()}  # compiles; warms up
         compile_seconds = time.perf_counter() - start
         for fn in variants.values():
             fn()
-        edited = erasure.edited_tokens
-        timed = _timer(device)
-        reps = 20 if quick else 200
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(reps):  # interleaved: a shared machine's drifts hit every variant alike
-            for name, fn in variants.items():
-                times[name].append(timed(fn))
+        edited = {rule: e.edited_tokens for rule, e in erasures.items()}
+        blocks, reps = (2, 10) if quick else (5, 40)
+        per_block = _interleaved(variants, device, blocks, reps)
     finally:
-        erasure.remove()
-    median = {name: statistics.median(v) for name, v in times.items()}
-    # What was timed did erase, and compiled as eager: else the ratio would mean nothing.
-    diff = float((outputs["compiled, hook"] - outputs["eager, hook"]).abs().max())
-    changed = float((outputs["eager, hook"] - outputs["eager, none"]).abs().max())
-    logger.info("compile medians (s): %s; compiled vs eager %.2e; edit %.2e", median, diff,
-                changed)  # fmt: skip
+        for erasure in erasures.values():
+            erasure.remove()
+        pipe.unet = base_unet
+        guards.__exit__(None, None, None)
+    median = {name: statistics.median(b[name] for b in per_block) for name in variants}
+    logger.info("compile medians (s): %s", median)
     shape = (
         f"{'micro' if quick else 'tiny SD pipeline'} UNet, {tuple(x.shape)} latents (CFG batch "
         f"2), hookpoint {HOOKPOINT} ({sae.W_dec.shape[1]} wide), SAE 128 latents k 8, 32 selected "
         f"latents with threshold -1 (every token edited), {device}"
     )
     command = reproduce("compile", quick, device)
-    compiled_ratio = median["compiled, hook"] / median["compiled, none"]
-    return [
+    worst = max(breaks.values())
+    rows = [
         Row(
             benchmark="compile",
-            what="graph breaks of the hooked UNet (torch._dynamo.explain)",
-            ours=float(breaks),
+            what="graph breaks of the hooked UNet (torch._dynamo.explain), every rule",
+            ours=float(worst),
             baseline=None,
             unit="",
             target="0",
-            met=breaks == 0,
+            met=worst == 0,
             command=command,
-            notes=f"{shape}; default edit path, which is the dense one under compilation",
-            extra={"graph_breaks": breaks},
-        ),
-        Row(
-            benchmark="compile",
-            what=f"UNet call compiled ({backend}), with hook / without",
-            ours=median["compiled, hook"],
-            baseline=median["compiled, none"],
-            unit="s/call",
-            target="<= 1.02x",
-            met=compiled_ratio <= 1.02,
-            command=command,
-            notes=f"{shape}; medians of {reps} interleaved calls; compiling took "
-            f"{compile_seconds:.1f} s; compiled vs eager output, max abs diff {diff:.2e}; "
-            f"edit changes the output by up to {changed:.2e}; {edited} tokens edited",
-            extra={"backend": backend, "graph_breaks": breaks, "max_abs_diff_vs_eager": diff,
-                   "edit_max_abs_change": changed, "edited_tokens": edited,
-                   "compile_seconds": compile_seconds, "medians": median},  # fmt: skip
-        ),
-        Row(
-            benchmark="compile",
-            what="UNet call eager, with hook / without",
-            ours=median["eager, hook"],
-            baseline=median["eager, none"],
-            unit="s/call",
-            target="",
-            met=None,
-            command=command,
-            notes=f"{shape}; medians of {reps} interleaved calls, for reference",
-        ),
+            notes=f"{shape}; default edit path, which is the dense one under compilation; "
+            + ", ".join(f"{rule} {n}" for rule, n in breaks.items()),
+            extra={"graph_breaks": worst, "per_rule": breaks},
+        )
     ]
+    for rule in RULES:
+        ratios = [b[f"compiled, {rule}"] / b["compiled, none"] for b in per_block]
+        ratio = median[f"compiled, {rule}"] / median["compiled, none"]
+        # What was timed did erase, and compiled as eager: else the ratio would mean nothing.
+        diff = float((outputs[f"compiled, {rule}"] - outputs[f"eager, {rule}"]).abs().max())
+        changed = float((outputs[f"eager, {rule}"] - outputs["eager, none"]).abs().max())
+        spread = f"{min(ratios):.3f}x-{max(ratios):.3f}x"
+        rows.append(
+            Row(
+                benchmark="compile",
+                what=f"UNet call compiled ({backend}), rule {rule}, with hook / without",
+                ours=median[f"compiled, {rule}"],
+                baseline=median["compiled, none"],
+                unit="s/call",
+                target="<= 1.02x",
+                met=ratio <= 1.02,
+                command=command,
+                notes=f"{shape}; multiplier {MULTIPLIERS[rule]}; medians of {blocks} blocks "
+                f"of {reps} interleaved calls, per-block ratios {spread}; compiling every "
+                f"variant took {compile_seconds:.1f} s; compiled vs eager output, max abs "
+                f"diff {diff:.2e}; edit changes the output by up to {changed:.2e}; "
+                f"{edited[rule]} tokens edited",
+                extra={"backend": backend, "rule": rule, "graph_breaks": breaks[rule],
+                       "block_ratios": ratios, "spread": spread,
+                       "max_abs_diff_vs_eager": diff, "edit_max_abs_change": changed,
+                       "edited_tokens": edited[rule], "compile_seconds": compile_seconds,
+                       "medians": median},  # fmt: skip
+            )
+        )
+    for rule in RULES:
+        ratios = [b[f"eager, {rule}"] / b["eager, none"] for b in per_block]
+        rows.append(
+            Row(
+                benchmark="compile",
+                what=f"UNet call eager, rule {rule}, with hook / without",
+                ours=median[f"eager, {rule}"],
+                baseline=median["eager, none"],
+                unit="s/call",
+                target="",
+                met=None,
+                command=command,
+                notes=f"{shape}; medians of {blocks} blocks of {reps} interleaved calls, "
+                f"per-block ratios {min(ratios):.3f}x-{max(ratios):.3f}x; for reference",
+            )
+        )
+    return rows

@@ -68,7 +68,9 @@ def _type_name(tp: Any) -> str:
     return text.replace(" | ", " or ")
 
 
-def _default(f: dataclasses.Field) -> str:
+def _default(f: dataclasses.Field, owner: Any = None) -> str:
+    if owner is not None:
+        return f"`{getattr(owner, f.name)!r}`"
     if f.default is not dataclasses.MISSING:
         return f"`{f.default!r}`"
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -77,14 +79,15 @@ def _default(f: dataclasses.Field) -> str:
     return "required"
 
 
-def _accepted(meta: dict[str, Any]) -> str:
+def _accepted(meta: dict[str, Any], bounds: dict[str, float] | None = None) -> str:
     from saeuron.utils.config import describe_bounds
 
     parts = []
     if meta.get("choices"):
         parts.append("one of " + ", ".join(f"`{c}`" for c in meta["choices"]))
-    if meta.get("bounds"):
-        parts.append(describe_bounds(meta["bounds"]))
+    shown = {**meta.get("bounds", {}), **(bounds or {})}
+    if shown:
+        parts.append(describe_bounds(shown))
     return "; ".join(parts) or "-"
 
 
@@ -92,8 +95,18 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def config_rows(cls: type, prefix: str = "") -> list[str]:
+def config_rows(
+    cls: type,
+    prefix: str = "",
+    owner: Any = None,
+    helps: dict[str, str] | None = None,
+    limits: dict[str, dict[str, float]] | None = None,
+) -> list[str]:
+    """One row per key; ``owner`` is the instance a nesting config holds (its defaults),
+    ``helps`` and ``limits`` what the nesting config says of its keys."""
     hints = typing.get_type_hints(cls)
+    helps = helps or {}
+    limits = limits or {}
     rows = []
     for f in dataclasses.fields(cls):
         if not f.init:
@@ -101,11 +114,17 @@ def config_rows(cls: type, prefix: str = "") -> list[str]:
         meta = dict(f.metadata)
         nested = hints.get(f.name)
         if meta.get("flatten") and dataclasses.is_dataclass(nested):
-            rows += config_rows(nested, prefix)  # flattened: its keys sit at this level
+            # Flattened: its keys sit at this level, with this level's defaults and words.
+            inner = getattr(owner, f.name) if owner is not None else f.default_factory()  # type: ignore[misc]
+            words = {**meta.get("describe", {}), **helps}
+            tighter = {**meta.get("limits", {}), **limits}
+            rows += config_rows(nested, prefix, inner, words, tighter)
             continue
+        text = helps.get(f.name) or meta.get("help", "")
         rows.append(
             f"| `{prefix}{f.name}` | `{_cell(_type_name(hints.get(f.name, f.type)))}` | "
-            f"{_cell(_default(f))} | {_cell(_accepted(meta))} | {_cell(meta.get('help', ''))} |"
+            f"{_cell(_default(f, owner))} | {_cell(_accepted(meta, limits.get(f.name)))} | "
+            f"{_cell(text)} |"
         )
     return rows
 

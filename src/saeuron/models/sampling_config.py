@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from saeuron.models.defaults import model_defaults
 from saeuron.models.resolve import ResolvedModel, resolve_model
 from saeuron.utils.config import Config, ConfigError, field
-from saeuron.utils.device_names import check_device
+from saeuron.utils.config_parts import BatchSize, Device, Seed
 
 if TYPE_CHECKING:
     import torch
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 SCHEDULERS = ("ddim", "pipeline")
 """``ddim``: DDIM on the model's own noise schedule, as the published SAeUron code samples;
 ``pipeline``: the scheduler the pipeline ships with (PNDM for SD 1.x, Euler for SDXL, ...)."""
+
+MAX_BATCH = 4096
+"""Most prompts in one pipeline call."""
 
 MAX_SIDE = 4096
 """Largest image side accepted (pixels): beyond it a UNet step needs hundreds of GB."""
@@ -39,7 +42,7 @@ class SamplingConfig(Config):
     use_fp16: bool = field(
         True, help="half precision where it is fast (CUDA, MPS); the CPU always runs float32"
     )
-    device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: CUDA, MPS, CPU")
+    runtime: Device = field(Device, flatten=True, help="where it samples")
     scheduler: str = field(
         "ddim",
         choices=SCHEDULERS,
@@ -47,8 +50,11 @@ class SamplingConfig(Config):
         "published SAeUron code samples; 'pipeline': the model's own scheduler (SD 1.x: PNDM, "
         "SDXL: Euler, SDXL-Turbo: Euler ancestral). Flow-matching models keep theirs",
     )
-    seed: int = field(0, ge=0, le=2**63 - 1, help="prompt i samples with seed + i")
-    batch_size: int = field(4, ge=1, le=4096, help="prompts per pipeline call")
+    seeds: Seed = field(Seed, flatten=True, help="the seeds",
+                        describe={"seed": "prompt i samples with seed + i"})  # fmt: skip
+    batches: BatchSize = field(BatchSize, flatten=True, help="the batches",
+                               describe={"batch_size": "prompts per pipeline call"},
+                               limits={"batch_size": {"le": MAX_BATCH}})  # fmt: skip
     height: int | None = field(
         None,
         ge=8,
@@ -61,7 +67,6 @@ class SamplingConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_device("device", self.device)
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None and value % 8:

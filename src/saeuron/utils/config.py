@@ -12,7 +12,11 @@ A field whose type is itself a :class:`Config` nests it. Nested configs declared
 ``flatten=True`` share their parent's namespace: their keys are written and read at the
 parent's level (``{"num_inference_steps": 20}``, not ``{"sampling": {...}}``), and their
 command-line flags are the parent's. That keeps one declaration of, say, the sampling settings
-while JSON files and flags stay flat.
+while JSON files and flags stay flat. A config that nests a shared part (the parts every
+command shares are in :mod:`saeuron.utils.config_parts`) sets its own defaults with the
+instance it nests (``field(Output(out="demo.png"), flatten=True, ...)``) and may say what a
+key means for it with ``describe={"out": "the before/after grid"}``: one declaration, each
+command's own words in ``--help``.
 
 Why not tyro, simple-parsing or pydantic: each covers part of this (typed fields, argparse
 generation, validation), but none of them gives flattened nested configs, eval-unlearn's
@@ -82,6 +86,8 @@ def field(
     finite: bool = True,
     positional: bool = False,
     flatten: bool = False,
+    describe: Mapping[str, str] | None = None,
+    limits: Mapping[str, Mapping[str, float]] | None = None,
     metavar: str | None = None,
     **kwargs: Any,
 ) -> Any:
@@ -90,7 +96,9 @@ def field(
     ``choices`` and the bounds are checked on every construction and shown by ``--help``.
     ``finite=False`` lets a float field hold inf or NaN (none does today). ``positional``
     makes it a positional command-line argument. ``flatten`` (nested configs) puts the
-    nested fields at this config's level in JSON and on the command line.
+    nested fields at this config's level in JSON and on the command line; ``describe`` then
+    gives nested keys the help text they have here (key -> text), and ``limits`` the tighter
+    bounds they have here (key -> ``{"le": 4096}``), checked and shown like their own.
     """
     metadata = {
         "help": help,
@@ -101,6 +109,8 @@ def field(
         "finite": finite,
         "positional": positional,
         "flatten": flatten,
+        "describe": dict(describe or {}),
+        "limits": {k: dict(v) for k, v in (limits or {}).items()},
         "metavar": metavar,
         **kwargs.pop("metadata", {}),
     }
@@ -301,6 +311,8 @@ def _check_fields(config: Config) -> None:
     for f in dataclasses.fields(config):
         if f.init:
             _check_declared(f.name, getattr(config, f.name), f.metadata)
+            for key, bounds in f.metadata.get("limits", {}).items():
+                _check_declared(key, getattr(config, key), {"bounds": bounds})
 
 
 @dataclasses.dataclass
@@ -443,6 +455,8 @@ class Config(metaclass=_ConfigMeta):
         require: bool = True,
         defaults: Config | None = None,
         flags: Mapping[str, str] | None = None,
+        helps: Mapping[str, str] | None = None,
+        bounds: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         """One ``--option`` (or positional) per field, nested flattened configs included.
 
@@ -452,23 +466,35 @@ class Config(metaclass=_ConfigMeta):
         applies with another flag); :meth:`from_args` still reports them missing.
         ``defaults`` (for a nested config) is the instance whose values ``--help`` shows.
         ``flags`` spells a field's flag otherwise than ``--field-name`` (field -> flag), where
-        a command's flag names must not clash in meaning with another command's.
+        a command's flag names must not clash in meaning with another command's. ``helps``
+        (field -> text) and ``bounds`` (field -> bounds) are what a nesting config's
+        ``describe`` and ``limits`` say of a field.
         """
         skip = set(skip)
         flags = dict(flags or {})
+        helps = dict(helps or {})
+        bounds = dict(bounds or {})
         hints = cls._hints()
         flat = cls._flattened()
         for f in dataclasses.fields(cls):
             if not f.init or f.name in skip:
                 continue
             if f.name in flat:
-                nested_default = _default_of(f)
-                flat[f.name].add_arguments(
-                    parser, skip, require, defaults=nested_default, flags=flags
+                nested_default = (
+                    getattr(defaults, f.name) if defaults is not None else _default_of(f)
                 )
+                # The outermost config's words and bounds win: it knows what the key means
+                # there.
+                words = {**f.metadata.get("describe", {}), **helps}
+                tighter = {**f.metadata.get("limits", {}), **bounds}
+                flat[f.name].add_arguments(
+                    parser, skip, require, defaults=nested_default, flags=flags, helps=words,
+                    bounds=tighter,
+                )  # fmt: skip
                 continue
             default = getattr(defaults, f.name) if defaults is not None else _default_of(f)
-            _add_argument(parser, f, hints[f.name], require, default, flags.get(f.name))
+            _add_argument(parser, f, hints[f.name], require, default, flags.get(f.name),
+                          helps.get(f.name), bounds.get(f.name))  # fmt: skip
 
     @classmethod
     def from_args(cls: type[C], ns: argparse.Namespace, **extra: Any) -> C:
@@ -491,16 +517,19 @@ def _add_argument(
     require: bool,
     default: Any,
     flag: str | None = None,
+    text: str | None = None,
+    bounds: Mapping[str, float] | None = None,
 ) -> None:
     meta = f.metadata
     inner, _ = _unwrap_optional(tp)
     required = default is dataclasses.MISSING and require
-    text = meta.get("help", "")
+    text = text or meta.get("help", "")
     notes = []
     if meta.get("choices") is not None:
         notes.append("one of " + ", ".join(str(c) for c in meta["choices"]))
-    if meta.get("bounds"):
-        notes.append(describe_bounds(meta["bounds"]))
+    shown_bounds = {**meta.get("bounds", {}), **(bounds or {})}
+    if shown_bounds:
+        notes.append(describe_bounds(shown_bounds))
     # A field without a default that is optional at parse time (require=False) has no
     # default to show: dataclasses.MISSING is a sentinel, not a value.
     has_default = default is not dataclasses.MISSING and default is not None

@@ -1,0 +1,60 @@
+"""Shared config parts: one declaration, nested flat, with each command's defaults, words and
+bounds."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.config_parts import BatchSize, Device, Output, Seed
+
+
+@dataclass
+class _Command(Config):
+    name: str = field(help="what to run")
+    output: Output = field(Output(out="grid.png"), flatten=True, help="where",
+                           describe={"out": "the before/after grid"})  # fmt: skip
+    batches: BatchSize = field(BatchSize(batch_size=50), flatten=True, help="batches",
+                               describe={"batch_size": "images per call"},
+                               limits={"batch_size": {"le": 64}})  # fmt: skip
+    runtime: Device = field(Device, flatten=True, help="where it runs")
+    seeds: Seed = field(Seed(seed=7), flatten=True, help="seeds")
+
+
+def test_a_nested_part_reads_writes_and_parses_flat() -> None:
+    cfg = _Command.from_dict({"name": "x", "batch_size": 8, "device": "cpu"})
+    assert (cfg.out, cfg.batch_size, cfg.device, cfg.seed) == ("grid.png", 8, "cpu", 7)
+    assert cfg.to_dict() == {"name": "x", "out": "grid.png", "batch_size": 8, "device": "cpu",
+                             "seed": 7}  # fmt: skip
+    assert _Command(name="x", seed=3).seed == 3
+    assert cfg.replace(out="other.png").out == "other.png"
+    parser = argparse.ArgumentParser()
+    _Command.add_arguments(parser)
+    text = parser.format_help()
+    assert "the before/after grid (default: grid.png)" in " ".join(text.split())
+    assert "images per call (>= 1 and <= 64; default: 50)" in " ".join(text.split())
+    ns = parser.parse_args(["--name", "y", "--batch-size", "16", "--seed", "2"])
+    assert _Command.from_args(ns).to_dict()["batch_size"] == 16
+
+
+@pytest.mark.parametrize(
+    ("data", "field_name"),
+    [
+        ({"batch_size": 65}, "batch_size"),  # the command's tighter bound
+        ({"batch_size": 0}, "batch_size"),  # the part's own
+        ({"device": "gpu"}, "device"),
+        ({"seed": -1}, "seed"),
+        ({"seeed": 1}, "seeed"),
+    ],
+)
+def test_bad_values_of_a_part_name_the_flat_key(data, field_name) -> None:
+    with pytest.raises(ConfigError, match=f"^{field_name}:"):
+        _Command.from_dict({"name": "x", **data})
+
+
+def test_required_output_says_so() -> None:
+    with pytest.raises(ConfigError, match="^out: required"):
+        Output().require()

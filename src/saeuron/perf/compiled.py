@@ -26,7 +26,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -134,16 +134,34 @@ def _interleaved(
     return medians
 
 
-@BENCHMARKS.register("compile")
-def run(quick: bool, device: str) -> list[Row]:
-    backend = "aot_eager" if quick and not device.startswith("cuda") else "inductor"
-    pipe, sae, features, inputs = setup(device, quick)
-    x, t, context = inputs
-    base_unet = pipe.unet
-    breaks = {}
-    for rule in RULES:
-        breaks[rule] = graph_breaks(pipe, sae, features, inputs, rule)
+class _Timed(NamedTuple):
+    """The variants' outputs and timings (per block and overall medians, seconds)."""
 
+    outputs: dict[str, torch.Tensor]
+    per_block: list[dict[str, float]]
+    median: dict[str, float]
+    compile_seconds: float
+    edited: dict[str, int]
+    blocks: int
+    reps: int
+
+
+def _call(unet: Any, inputs: tuple) -> Callable[[], Any]:
+    x, t, context = inputs
+
+    def go() -> Any:
+        with torch.no_grad():
+            return unet(x, t, encoder_hidden_states=context).sample
+
+    return go
+
+
+def _time_rules(
+    pipe: Any, sae: Sae, features: ConceptFeatures, inputs: tuple, backend: str, quick: bool,
+    device: str,
+) -> _Timed:  # fmt: skip
+    """Every rule's hooked UNet and the plain one, compiled and eager, timed interleaved."""
+    base_unet = pipe.unet
     # One UNet per rule, all with the same weights: each hook lives on its own copy, so each
     # compiled graph is traced once and none is recompiled when another gains a hook.
     plain_unet = copy.deepcopy(base_unet)
@@ -152,107 +170,116 @@ def run(quick: bool, device: str) -> list[Row]:
     torch._dynamo.reset()
     # Copies of one UNet share its forward's code, and by default dynamo does not guard on
     # hooks: without these guards, every copy would run the graph traced first.
-    guards = torch._dynamo.config.patch(skip_nnmodule_hook_guards=False)
-    guards.__enter__()
-    try:
-        for rule, unet in hooked_unets.items():
-            pipe.unet = unet
-            erasures[rule] = attach(pipe, sae, rule_features(features, rule),
-                                    multiplier=MULTIPLIERS[rule], rule=rule)  # fmt: skip
-        pipe.unet = base_unet
-
-        def call(unet: Any) -> Callable[[], Any]:
-            def go() -> Any:
-                with torch.no_grad():
-                    return unet(x, t, encoder_hidden_states=context).sample
-
-            return go
-
-        variants = {"compiled, none": call(torch.compile(plain_unet, backend=backend)),
-                    "eager, none": call(plain_unet)}  # fmt: skip
-        for rule, unet in hooked_unets.items():
-            variants[f"compiled, {rule}"] = call(torch.compile(unet, backend=backend))
-            variants[f"eager, {rule}"] = call(unet)
-        start = time.perf_counter()
-        outputs = {name: fn() for name, fn in variants.items()}  # compiles; warms up
-        compile_seconds = time.perf_counter() - start
-        for fn in variants.values():
-            fn()
-        edited = {rule: e.edited_tokens for rule, e in erasures.items()}
-        blocks, reps = (2, 10) if quick else (5, 40)
-        per_block = _interleaved(variants, device, blocks, reps)
-    finally:
-        for erasure in erasures.values():
-            erasure.remove()
-        pipe.unet = base_unet
-        guards.__exit__(None, None, None)
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        try:
+            for rule, unet in hooked_unets.items():
+                pipe.unet = unet
+                erasures[rule] = attach(pipe, sae, rule_features(features, rule),
+                                        multiplier=MULTIPLIERS[rule], rule=rule)  # fmt: skip
+            pipe.unet = base_unet
+            variants = {"compiled, none": _call(torch.compile(plain_unet, backend=backend), inputs),
+                        "eager, none": _call(plain_unet, inputs)}  # fmt: skip
+            for rule, unet in hooked_unets.items():
+                variants[f"compiled, {rule}"] = _call(torch.compile(unet, backend=backend), inputs)
+                variants[f"eager, {rule}"] = _call(unet, inputs)
+            start = time.perf_counter()
+            outputs = {name: fn() for name, fn in variants.items()}  # compiles; warms up
+            compile_seconds = time.perf_counter() - start
+            for fn in variants.values():
+                fn()
+            edited = {rule: e.edited_tokens for rule, e in erasures.items()}
+            blocks, reps = (2, 10) if quick else (5, 40)
+            per_block = _interleaved(variants, device, blocks, reps)
+        finally:
+            for erasure in erasures.values():
+                erasure.remove()
+            pipe.unet = base_unet
     median = {name: statistics.median(b[name] for b in per_block) for name in variants}
     logger.info("compile medians (s): %s", median)
+    return _Timed(outputs, per_block, median, compile_seconds, edited, blocks, reps)
+
+
+def _ratios(timed: _Timed, mode: str, rule: str) -> tuple[float, list[float]]:
+    """The median ratio hooked / plain of ``mode`` (compiled or eager), and each block's."""
+    hooked, plain = f"{mode}, {rule}", f"{mode}, none"
+    blocks = [b[hooked] / b[plain] for b in timed.per_block]
+    return timed.median[hooked] / timed.median[plain], blocks
+
+
+def _compiled_row(
+    timed: _Timed, rule: str, backend: str, breaks: int, shape: str, command: str
+) -> Row:
+    ratio, blocks = _ratios(timed, "compiled", rule)
+    out = timed.outputs
+    # What was timed did erase, and compiled as eager: else the ratio would mean nothing.
+    diff = float((out[f"compiled, {rule}"] - out[f"eager, {rule}"]).abs().max())
+    changed = float((out[f"eager, {rule}"] - out["eager, none"]).abs().max())
+    spread = f"{min(blocks):.3f}x-{max(blocks):.3f}x"
+    return Row(
+        benchmark="compile",
+        what=f"UNet call compiled ({backend}), rule {rule}, with hook / without",
+        ours=timed.median[f"compiled, {rule}"],
+        baseline=timed.median["compiled, none"],
+        unit="s/call",
+        target="<= 1.02x",
+        met=ratio <= 1.02,
+        command=command,
+        notes=f"{shape}; multiplier {MULTIPLIERS[rule]}; medians of {timed.blocks} blocks of "
+        f"{timed.reps} interleaved calls, per-block ratios {spread}; compiling every variant "
+        f"took {timed.compile_seconds:.1f} s; compiled vs eager output, max abs diff "
+        f"{diff:.2e}; edit changes the output by up to {changed:.2e}; "
+        f"{timed.edited[rule]} tokens edited",
+        extra={"backend": backend, "rule": rule, "graph_breaks": breaks, "block_ratios": blocks,
+               "spread": spread, "max_abs_diff_vs_eager": diff, "edit_max_abs_change": changed,
+               "edited_tokens": timed.edited[rule], "compile_seconds": timed.compile_seconds,
+               "medians": timed.median},  # fmt: skip
+    )
+
+
+def _eager_row(timed: _Timed, rule: str, shape: str, command: str) -> Row:
+    _, blocks = _ratios(timed, "eager", rule)
+    return Row(
+        benchmark="compile",
+        what=f"UNet call eager, rule {rule}, with hook / without",
+        ours=timed.median[f"eager, {rule}"],
+        baseline=timed.median["eager, none"],
+        unit="s/call",
+        target="",
+        met=None,
+        command=command,
+        notes=f"{shape}; medians of {timed.blocks} blocks of {timed.reps} interleaved calls, "
+        f"per-block ratios {min(blocks):.3f}x-{max(blocks):.3f}x; for reference",
+    )
+
+
+@BENCHMARKS.register("compile")
+def run(quick: bool, device: str) -> list[Row]:
+    backend = "aot_eager" if quick and not device.startswith("cuda") else "inductor"
+    pipe, sae, features, inputs = setup(device, quick)
+    breaks = {rule: graph_breaks(pipe, sae, features, inputs, rule) for rule in RULES}
+    timed = _time_rules(pipe, sae, features, inputs, backend, quick, device)
     shape = (
-        f"{'micro' if quick else 'tiny SD pipeline'} UNet, {tuple(x.shape)} latents (CFG batch "
-        f"2), hookpoint {HOOKPOINT} ({sae.W_dec.shape[1]} wide), SAE 128 latents k 8, 32 selected "
-        f"latents with threshold -1 (every token edited), {device}"
+        f"{'micro' if quick else 'tiny SD pipeline'} UNet, {tuple(inputs[0].shape)} latents "
+        f"(CFG batch 2), hookpoint {HOOKPOINT} ({sae.W_dec.shape[1]} wide), SAE 128 latents "
+        f"k 8, 32 selected latents with threshold -1 (every token edited), {device}"
     )
     command = reproduce("compile", quick, device)
     worst = max(breaks.values())
-    rows = [
-        Row(
-            benchmark="compile",
-            what="graph breaks of the hooked UNet (torch._dynamo.explain), every rule",
-            ours=float(worst),
-            baseline=None,
-            unit="",
-            target="0",
-            met=worst == 0,
-            command=command,
-            notes=f"{shape}; default edit path, which is the dense one under compilation; "
-            + ", ".join(f"{rule} {n}" for rule, n in breaks.items()),
-            extra={"graph_breaks": worst, "per_rule": breaks},
-        )
+    breaks_row = Row(
+        benchmark="compile",
+        what="graph breaks of the hooked UNet (torch._dynamo.explain), every rule",
+        ours=float(worst),
+        baseline=None,
+        unit="",
+        target="0",
+        met=worst == 0,
+        command=command,
+        notes=f"{shape}; default edit path, which is the dense one under compilation; "
+        + ", ".join(f"{rule} {n}" for rule, n in breaks.items()),
+        extra={"graph_breaks": worst, "per_rule": breaks},
+    )
+    return [
+        breaks_row,
+        *(_compiled_row(timed, rule, backend, breaks[rule], shape, command) for rule in RULES),
+        *(_eager_row(timed, rule, shape, command) for rule in RULES),
     ]
-    for rule in RULES:
-        ratios = [b[f"compiled, {rule}"] / b["compiled, none"] for b in per_block]
-        ratio = median[f"compiled, {rule}"] / median["compiled, none"]
-        # What was timed did erase, and compiled as eager: else the ratio would mean nothing.
-        diff = float((outputs[f"compiled, {rule}"] - outputs[f"eager, {rule}"]).abs().max())
-        changed = float((outputs[f"eager, {rule}"] - outputs["eager, none"]).abs().max())
-        spread = f"{min(ratios):.3f}x-{max(ratios):.3f}x"
-        rows.append(
-            Row(
-                benchmark="compile",
-                what=f"UNet call compiled ({backend}), rule {rule}, with hook / without",
-                ours=median[f"compiled, {rule}"],
-                baseline=median["compiled, none"],
-                unit="s/call",
-                target="<= 1.02x",
-                met=ratio <= 1.02,
-                command=command,
-                notes=f"{shape}; multiplier {MULTIPLIERS[rule]}; medians of {blocks} blocks "
-                f"of {reps} interleaved calls, per-block ratios {spread}; compiling every "
-                f"variant took {compile_seconds:.1f} s; compiled vs eager output, max abs "
-                f"diff {diff:.2e}; edit changes the output by up to {changed:.2e}; "
-                f"{edited[rule]} tokens edited",
-                extra={"backend": backend, "rule": rule, "graph_breaks": breaks[rule],
-                       "block_ratios": ratios, "spread": spread,
-                       "max_abs_diff_vs_eager": diff, "edit_max_abs_change": changed,
-                       "edited_tokens": edited[rule], "compile_seconds": compile_seconds,
-                       "medians": median},  # fmt: skip
-            )
-        )
-    for rule in RULES:
-        ratios = [b[f"eager, {rule}"] / b["eager, none"] for b in per_block]
-        rows.append(
-            Row(
-                benchmark="compile",
-                what=f"UNet call eager, rule {rule}, with hook / without",
-                ours=median[f"eager, {rule}"],
-                baseline=median["eager, none"],
-                unit="s/call",
-                target="",
-                met=None,
-                command=command,
-                notes=f"{shape}; medians of {blocks} blocks of {reps} interleaved calls, "
-                f"per-block ratios {min(ratios):.3f}x-{max(ratios):.3f}x; for reference",
-            )
-        )
-    return rows

@@ -449,21 +449,49 @@ def _run_metric(
     metric: Metric = METRICS.get(spec.name)(spec.config)
     folder = out / spec.label
     try:
-        metric.prepare()
-        if metric.attacks:
-            # The search runs once, on the main process; the others read what it found.
-            if procs.main:
-                metric.attack(tech.get, folder, cfg.seed)
-            procs.wait()
-            if not procs.main:
-                metric.attack(_no_pipeline, folder, cfg.seed)
-        items = metric.items(cfg.seed)
+        items = _prepared_items(cfg, metric, tech, folder, procs)
     except MetricError as err:
         logger.warning("metric %s skipped: %s", spec.label, err)
         return {"name": spec.name, "skipped": str(err)}
     if procs.main:
         _check_items(folder / "items.json", _items_lock(spec, items), folder)
     procs.wait()
+    sampled = _sample_share(cfg, spec, metric, tech, items, folder, procs)
+    procs.wait()
+    if not procs.main:
+        return None
+    images, unerased = sampled
+    if procs.world > 1:
+        # The main process scores every image: read the other processes' from disk.
+        chunk = chunk_size(cfg)
+        images, _ = ensure_images(_never, items, folder / "images", chunk, "")
+        if unerased is not None:
+            unerased, _ = ensure_images(_never, items, folder / "unerased", chunk, "")
+    rows = _scored_rows(spec, metric, items, images, unerased)
+    write_table(folder / "images.csv", rows)
+    return _summary(cfg, spec, metric, rows)
+
+
+def _prepared_items(
+    cfg: EvalConfig, metric: Metric, tech: _LazyTechnique, folder: Path, procs: _Processes
+) -> list[Any]:
+    """The metric's items, after its attack where it has one."""
+    metric.prepare()
+    if metric.attacks:
+        # The search runs once, on the main process; the others read what it found.
+        if procs.main:
+            metric.attack(tech.get, folder, cfg.seed)
+        procs.wait()
+        if not procs.main:
+            metric.attack(_no_pipeline, folder, cfg.seed)
+    return metric.items(cfg.seed)
+
+
+def _sample_share(
+    cfg: EvalConfig, spec: MetricSpec, metric: Metric, tech: _LazyTechnique, items: list[Any],
+    folder: Path, procs: _Processes,
+) -> tuple[list[Any], list[Any] | None]:  # fmt: skip
+    """This process's share of the images (and of the unerased ones the metric needs)."""
     chunk = chunk_size(cfg)
     where = {"rank": procs.rank, "world": procs.world}
     images, sampled = ensure_images(
@@ -479,14 +507,14 @@ def _run_metric(
         sampled += more
     logger.info("%s: process %d/%d sampled %d images", spec.label, procs.rank, procs.world,
                 sampled)  # fmt: skip
-    procs.wait()
-    if not procs.main:
-        return None
-    if procs.world > 1:
-        # The main process scores every image: read the other processes' from disk.
-        images, _ = ensure_images(_never, items, folder / "images", chunk, "")
-        if unerased is not None:
-            unerased, _ = ensure_images(_never, items, folder / "unerased", chunk, "")
+    return images, unerased
+
+
+def _scored_rows(
+    spec: MetricSpec, metric: Metric, items: list[Any], images: list[Any],
+    unerased: list[Any] | None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per image: its item, its scores, and whether it is degenerate."""
     scores = metric.score(images, items, unerased)
     if len(scores) != len(items):
         raise MetricError(f"{spec.label}: {len(scores)} scores for {len(items)} images")
@@ -511,7 +539,13 @@ def _run_metric(
             "%s: %d of %d images are degenerate (black or one flat colour): counted as "
             "failures of the technique", spec.label, degenerate, len(rows),
         )  # fmt: skip
-    write_table(folder / "images.csv", rows)
+    return rows
+
+
+def _summary(
+    cfg: EvalConfig, spec: MetricSpec, metric: Metric, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The metric's entry in the report: its values with bootstrap intervals."""
     values = metric.summarize(rows)
     resamples = cfg.bootstrap if metric.bootstrap else 0
     intervals = bootstrap_interval(metric.summarize, rows, resamples, cfg.seed)
@@ -520,8 +554,8 @@ def _run_metric(
         "values": values,
         "intervals": intervals,
         "higher_is_better": metric.higher_is_better,
-        "images": len(items),
-        "degenerate": degenerate,
+        "images": len(rows),
+        "degenerate": sum(1 for row in rows if row["degenerate"]),
         "table": f"{spec.label}/images.csv",
     }
     details = metric.details()

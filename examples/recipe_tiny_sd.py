@@ -56,7 +56,7 @@ def write_recipe(root: Path, pipe) -> Path:
     edit = {"hookpoint": HOOK, "sae": {"path": "saes", "fingerprint": sae.fingerprint()}}
     recipe = {
         "format": "saeuron.recipe",
-        "format_version": 1,
+        "format_version": 2,
         "base_model": {"id": "tiny-sd", "fingerprint": pipeline_fingerprint(pipe, [HOOK])},
         "sampling": {"num_inference_steps": 2, "guidance_scale": 7.5},
         "concepts": {

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                     shift: torch.Tensor = shift, gamma: float = gamma, state: Any = state,
                 ) -> object:  # fmt: skip
                     x = output_tensor(m, out)
-                    rows = conditional_rows(x.shape[0], state.cfg, "cond")
+                    rows = conditional_rows(x.shape[0], state.guidance, "cond")
                     # [position, channel] -> the block's [channel, H, W] layout.
                     add = shift[state.step].T.reshape(x.shape[1:])
                     new = x.clone()

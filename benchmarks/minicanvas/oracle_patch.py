@@ -82,7 +82,7 @@ def run(
 
             def hook(m: torch.nn.Module, args: Any, out: Any, b: str = b) -> Any:
                 x = output_tensor(m, out)
-                rows = conditional_rows(x.shape[0], state.cfg, "cond")
+                rows = conditional_rows(x.shape[0], state.guidance, "cond")
                 if record is not None and b in record:
                     record[b][state.step] = x[rows].detach().clone()
                 if patch is not None and b in patch:

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
             def swap_text(m: torch.nn.Module, args_: Any, kwargs: dict[str, Any]) -> Any:
                 text = kwargs["encoder_hidden_states"].clone()
-                text[conditional_rows(text.shape[0], state.cfg, "cond")] = anchor_emb
+                text[conditional_rows(text.shape[0], state.guidance, "cond")] = anchor_emb
                 kwargs["encoder_hidden_states"] = text
                 return args_, kwargs
 

@@ -9,4 +9,4 @@ saeuron generate --erase nudity --prompt "a photo of a person at the beach" \
     --model CompVis/stable-diffusion-v1-4 --side-by-side --out beach.png
 # The published method exactly (scale rule, both CFG halves, the paper's error term):
 saeuron generate --erase nudity --prompt "a photo of a person at the beach" \
-    --model CompVis/stable-diffusion-v1-4 --cfg-half both --error-term paper --out beach-paper.png
+    --model CompVis/stable-diffusion-v1-4 --guidance-half both --error-term paper --out beach-paper.png

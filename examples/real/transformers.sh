@@ -16,4 +16,4 @@ saeuron concept "a cat" --model black-forest-labs/FLUX.1-dev --sae saes/ \
 # FLUX.1-dev is guidance-distilled: no CFG batch, every row is conditional.
 saeuron generate --erase "a cat" --prompt "a cat on a sofa" --model black-forest-labs/FLUX.1-dev \
     --sae saes/ --hookpoint transformer.transformer_blocks.18 --features features/cat \
-    --cfg-half both --out cat.png
+    --guidance-half both --out cat.png

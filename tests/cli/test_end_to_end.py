@@ -128,7 +128,7 @@ def test_cache_train_concept_generate(tmp_path, monkeypatch) -> None:
     assert not np.array_equal(original, erased)
 
 
-def test_sdxl_turbo_chain_without_cfg_on_the_block_update(tmp_path, monkeypatch) -> None:
+def test_sdxl_turbo_chain_without_guidance_on_the_block_update(tmp_path, monkeypatch) -> None:
     # The SDXL-Turbo setting: SDXL-Turbo samples in 1 to 4 steps with guidance 0 (no CFG); the
     # SAE reads the update of unet.up_blocks.0.attentions.1 (output - input, as sdxl-unbox).
     monkeypatch.setenv("SAEURON_CACHE", str(tmp_path / "cache"))
@@ -156,7 +156,7 @@ def test_sdxl_turbo_chain_without_cfg_on_the_block_update(tmp_path, monkeypatch)
     for steps in ("1", "4"):
         assert main(["generate", "--erase", "cat", "--prompt", "a cat in ink style",
                      "--out", str(out), "--model", "tiny-sdxl", "--num-inference-steps", steps,
-                     "--guidance-scale", "0", "--cfg-half", "both", "--sae",
+                     "--guidance-scale", "0", "--guidance-half", "both", "--sae",
                      str(tmp_path / "sae"), "--hookpoint", hook, "--features",
                      str(tmp_path / "cat"), "--side-by-side", "--device", "cpu"]) == 0
         pair = np.asarray(Image.open(out))

@@ -46,7 +46,7 @@ VALUES = NASTY | st.text(alphabet=st.characters(blacklist_categories=("Cs",),
 GENERATE_FLAGS = [
     "--multiplier", "--num-inference-steps", "--guidance-scale", "--device", "--seed",
     "--batch-size", "--height", "--width", "--hookpoint", "--window", "--num-features",
-    "--num-images", "--cfg-half", "--rule", "--error-term", "--scheduler", "--preset",
+    "--num-images", "--guidance-half", "--rule", "--error-term", "--scheduler", "--preset",
     "--erase", "--prompt", "--sae", "--features", "--feature-method", "--model",
 ]  # fmt: skip
 
@@ -57,7 +57,7 @@ GOOD = {
     "--guidance-scale": ["2", "7.5"], "--device": ["cpu"], "--seed": ["0", "12345"],
     "--batch-size": ["1", "3"], "--height": ["64", "128"], "--width": ["64", "96"],
     "--hookpoint": ["unet.up_blocks.1.attentions.1"], "--window": ["0,0.5", "0.2,1"],
-    "--num-features": ["1", "8"], "--num-images": ["1", "2"], "--cfg-half": ["cond", "both"],
+    "--num-features": ["1", "8"], "--num-images": ["1", "2"], "--guidance-half": ["cond", "both"],
     "--rule": ["scale", "ablate"], "--error-term": ["exact", "paper"],
     "--scheduler": ["ddim", "pipeline"], "--preset": ["recipe", "paper"],
     "--erase": ["moon", "moon,checkered", "star"], "--prompt": ["a star", "x"],
@@ -153,7 +153,7 @@ def test_generate_flags_never_traceback_many(_stop_at_loading, capsys, case) -> 
 # -- eval --check -------------------------------------------------------------------------------
 
 TECHNIQUE_KEYS = ["multiplier", "num_inference_steps", "guidance_scale", "device", "seed",
-                  "batch_size", "height", "width", "hookpoint", "window", "rule", "cfg_half",
+                  "batch_size", "height", "width", "hookpoint", "window", "rule", "guidance_half",
                   "erase_concept", "model", "sae", "features", "scheduler", "use_fp16"]
 # fmt: skip
 JSON_VALUES = st.one_of(

@@ -68,8 +68,8 @@ def stats(concept: str, mean, active=None, n_prompts: int = 10, **meta) -> Conce
 # -- statistics on the tiny pipeline ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("cfg_half", "site"), [("cond", "output"), ("both", "update")])
-def test_stats_match_a_naive_computation(tiny_sd, sae, cfg_half, site) -> None:
+@pytest.mark.parametrize(("guidance_half", "site"), [("cond", "output"), ("both", "update")])
+def test_stats_match_a_naive_computation(tiny_sd, sae, guidance_half, site) -> None:
     prompt, seed = "a photo of a cat", 5
     module = resolve_module(tiny_sd, HOOK)
     seen: list[torch.Tensor] = []
@@ -99,7 +99,7 @@ def test_stats_match_a_naive_computation(tiny_sd, sae, cfg_half, site) -> None:
         hookpoint=HOOK,
         num_inference_steps=STEPS,
         seed=seed,
-        cfg_half=cfg_half,
+        guidance_half=guidance_half,
         activation_site=site,
         progress=False,
     )
@@ -108,7 +108,7 @@ def test_stats_match_a_naive_computation(tiny_sd, sae, cfg_half, site) -> None:
     assert torch.equal(got.timesteps, tiny_sd.scheduler.timesteps.float())
     assert got.meta["hookpoint"] == HOOK and got.meta["prompts"] == [prompt]
     for step, x in enumerate(seen):  # DDIM calls the UNet once per step, in order
-        rows = x if cfg_half == "both" else x[1:]  # [uncond; cond]
+        rows = x if guidance_half == "both" else x[1:]  # [uncond; cond]
         tokens = rows.permute(0, 2, 3, 1).reshape(-1, 32)  # 8x8 positions, 32 channels
         dense = sae.encode_dense(tokens)
         torch.testing.assert_close(got.mean[step], dense.mean(0), rtol=1e-4, atol=1e-6)
@@ -560,7 +560,7 @@ def test_cache_dir_default_follows_the_environment(monkeypatch, tmp_path) -> Non
         ({"batch_size": 0}, "batch_size"),
         ({"seed": -1}, "seed"),
         ({"device": "warp-drive"}, "device"),
-        ({"cfg_half": "uncond"}, "cfg_half"),
+        ({"guidance_half": "uncond"}, "guidance_half"),
         ({"cache_dir": ""}, "cache_dir"),
         ({"out": ""}, "out"),
         ({"active_gate": -0.5}, "active_gate"),
@@ -578,7 +578,7 @@ def test_config_messages_name_allowed_values() -> None:
     with pytest.raises(ConfigError, match="'contrastive', 'shortcut'"):
         ConceptBuildConfig(concept="c", model="m", sae="s", method="x")
     with pytest.raises(ConfigError, match="'cond', 'both'"):
-        ConceptBuildConfig(concept="c", model="m", sae="s", cfg_half="x")
+        ConceptBuildConfig(concept="c", model="m", sae="s", guidance_half="x")
     with pytest.raises(ConfigError, match="unknown key"):
         ConceptBuildConfig.from_dict({"concept": "c", "model": "m", "sae": "s", "percentil": 9})
     cfg = ConceptBuildConfig.from_dict(
@@ -654,3 +654,29 @@ def test_thresholds_against_a_small_set_are_calibrated_to_the_papers_count() -> 
     features = select_contrastive(stats("c", mu_c), [neutral], tau=1, threshold_concepts=20)
     assert features.meta["threshold_concepts"] == 20
     assert features.threshold[0, 0] == pytest.approx(0.2)
+
+
+def test_statistics_and_features_written_with_cfg_half_read_as_guidance_half(tmp_path) -> None:
+    bundled = Path(concept_build.__file__).parents[2] / "data" / "minicanvas"
+    hook = "unet.up_blocks.1.attentions.1"
+    read = {}
+    for kind in ("stats", "features"):
+        for concept in ("moon", "star"):
+            for suffix in (".json", ".safetensors"):
+                source = bundled / kind / hook / f"{concept}{suffix}"
+                target = tmp_path / kind / f"{concept}{suffix}"
+                target.parent.mkdir(exist_ok=True)
+                data = source.read_bytes()
+                if suffix == ".json":
+                    assert b'"guidance_half": "cond"' in data
+                    data = data.replace(b'"guidance_half": "cond"', b'"cfg_half": "both"')
+                target.write_bytes(data)
+    read["stats"] = ConceptStats.load(tmp_path / "stats" / "moon")
+    read["features"] = ConceptFeatures.load(tmp_path / "features" / "moon")
+    for kind, loaded in read.items():
+        assert loaded.meta["guidance_half"] == "both", kind
+        assert "cfg_half" not in loaded.meta, kind
+    # Features selected from old statistics record the setting under its new name.
+    other = ConceptStats.load(tmp_path / "stats" / "star")
+    chosen = select_contrastive(read["stats"], [other], tau=2)
+    assert chosen.meta["guidance_half"] == "both" and "cfg_half" not in chosen.meta

@@ -18,8 +18,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("fixture", "hook", "site", "cfg"), CASES)
-def test_dit_stats_match_a_naive_computation(fixture, hook, site, cfg, request) -> None:
+@pytest.mark.parametrize(("fixture", "hook", "site", "guidance"), CASES)
+def test_dit_stats_match_a_naive_computation(fixture, hook, site, guidance, request) -> None:
     pipe = request.getfixturevalue(fixture)
     torch.manual_seed(3)
     sae = Sae(SaeConfig(d_in=32, expansion_factor=4, k=8))
@@ -43,7 +43,7 @@ def test_dit_stats_match_a_naive_computation(fixture, hook, site, cfg, request) 
     assert got.mean.shape == (STEPS, sae.num_latents) and got.steps == list(range(STEPS))
     assert len(seen) == STEPS
     for step, x in enumerate(seen):
-        assert x.shape[0] == (2 if cfg else 1)
+        assert x.shape[0] == (2 if guidance else 1)
         dense = sae.encode_dense(x[-1])  # the conditional row's [tokens, 32], as it comes
         torch.testing.assert_close(got.mean[step], dense.mean(0), rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(got.active_frac[step], (dense > 0).float().mean(0))

@@ -159,7 +159,7 @@ def test_exact_edit_with_thresholds_edits_only_tokens_above_them(tiny_sd, sae) -
 
 
 def test_paper_error_term_reproduces_the_published_form(tiny_sd, sae) -> None:
-    before, after = outputs_around_erase(tiny_sd, sae, [], error_term="paper", cfg_half="both")
+    before, after = outputs_around_erase(tiny_sd, sae, [], error_term="paper", guidance_half="both")
     tokens = before.permute(0, 2, 3, 1).reshape(-1, 32)
     with torch.no_grad():
         x_hat = sae.encode_dense(tokens) @ sae.W_dec + sae.b_dec
@@ -169,17 +169,17 @@ def test_paper_error_term_reproduces_the_published_form(tiny_sd, sae) -> None:
     assert not torch.allclose(got, tokens, atol=1e-3), "the published form is not the identity"
 
 
-def test_cfg_half_both_edits_every_row(tiny_sd, sae) -> None:
+def test_guidance_half_both_edits_every_row(tiny_sd, sae) -> None:
     before, after = outputs_around_erase(
-        tiny_sd, sae, many_latents(), multiplier=-5.0, cfg_half="both"
+        tiny_sd, sae, many_latents(), multiplier=-5.0, guidance_half="both"
     )
     assert not torch.equal(before[0], after[0])
     assert not torch.equal(before[1], after[1])
 
 
-def test_without_cfg_the_whole_batch_is_conditional(tiny_sd, sae) -> None:
+def test_without_guidance_the_whole_batch_is_conditional(tiny_sd, sae) -> None:
     base = sample(tiny_sd, guidance=1.0)
-    with erase(tiny_sd, sae, many_latents(), multiplier=-20.0, cfg_half="cond") as handle:
+    with erase(tiny_sd, sae, many_latents(), multiplier=-20.0, guidance_half="cond") as handle:
         erased = sample(tiny_sd, guidance=1.0)
     assert handle.edited_tokens > 0
     assert not np.array_equal(base, erased)
@@ -275,7 +275,7 @@ def test_update_site_edits_the_block_update(tiny_sd, sae) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"cfg_half": "uncond"}, "cfg_half"),
+        ({"guidance_half": "uncond"}, "guidance_half"),
         ({"error_term": "approx"}, "error_term"),
         ({"activation_site": "input"}, "activation_site"),
         ({"multiplier": {"dog": -1.0}}, "multiplier"),
@@ -390,7 +390,7 @@ def test_a_call_outside_the_loop_uses_the_row_nearest_its_timestep(tiny_sd, sae)
     outs = []
     for features in (per_row, row_1):
         with torch.no_grad(), erase(tiny_sd, sae, features, multiplier=-20.0,
-                                    cfg_half="both") as handle:  # fmt: skip
+                                    guidance_half="both") as handle:  # fmt: skip
             outs.append(tiny_sd.unet(x, torch.tensor(480), encoder_hidden_states=context).sample)
         assert handle.edited_tokens > 0
     assert torch.equal(outs[0], outs[1])

@@ -42,8 +42,8 @@ def sample(pipe, steps: int = 2) -> np.ndarray:
     return np.asarray(out.images)
 
 
-@pytest.mark.parametrize(("fixture", "hook", "cfg"), CASES, ids=IDS)
-def test_erasing_nothing_is_bit_identical(fixture, hook, cfg, sae, request) -> None:
+@pytest.mark.parametrize(("fixture", "hook", "guidance"), CASES, ids=IDS)
+def test_erasing_nothing_is_bit_identical(fixture, hook, guidance, sae, request) -> None:
     pipe = request.getfixturevalue(fixture)
     base = sample(pipe)
     silent = ConceptFeatures.from_latents("x", [1, 2, 3], mean=1.0, threshold=1e9)
@@ -53,9 +53,9 @@ def test_erasing_nothing_is_bit_identical(fixture, hook, cfg, sae, request) -> N
     assert np.array_equal(base, untouched)
 
 
-@pytest.mark.parametrize(("fixture", "hook", "cfg"), CASES, ids=IDS)
+@pytest.mark.parametrize(("fixture", "hook", "guidance"), CASES, ids=IDS)
 def test_erasure_edits_image_tokens_of_the_conditional_rows_only(
-    fixture, hook, cfg, sae, request
+    fixture, hook, guidance, sae, request
 ) -> None:
     pipe = request.getfixturevalue(fixture)
     module = resolve_module(pipe, hook)
@@ -81,7 +81,7 @@ def test_erasure_edits_image_tokens_of_the_conditional_rows_only(
     finally:
         first.remove()
     assert not np.array_equal(base, erased)
-    rows = 4 if cfg else 2
+    rows = 4 if guidance else 2
     # Every row of the conditional half: 2 prompts x 64 (PixArt: 256) image tokens per step.
     assert handle.edited_tokens > 0
     if torch.is_tensor(before[0]):  # PixArt: the output is the image tokens
@@ -95,7 +95,7 @@ def test_erasure_edits_image_tokens_of_the_conditional_rows_only(
     else:
         assert text_after is None
     changed = (image_after != image_before).flatten(1).any(dim=1)
-    expected = [False, False, True, True] if cfg else [True, True]
+    expected = [False, False, True, True] if guidance else [True, True]
     assert changed.tolist() == expected
 
 
@@ -104,7 +104,7 @@ def test_both_halves_are_edited_on_request(tiny_sd3, sae) -> None:
     module = resolve_module(tiny_sd3, hook)
     outputs: list = []
     with erase(tiny_sd3, sae, many_latents(), multiplier=-20.0, hookpoint=hook,
-               cfg_half="both"):  # fmt: skip
+               guidance_half="both"):  # fmt: skip
         handle = module.register_forward_hook(lambda m, a, o: outputs.append(o[1]))
         try:
             sample(tiny_sd3, steps=1)

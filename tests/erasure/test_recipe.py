@@ -72,6 +72,58 @@ def test_a_newer_format_version_is_refused(folder):
         Recipe.from_dict(data, root=folder)
 
 
+def _as_version_1(data: dict) -> dict:
+    """``data`` as saeuron wrote it before the guidance rename: format 1, ``cfg_half``."""
+    old = copy.deepcopy(data)
+    old["format_version"] = 1
+    for entry in old["concepts"].values():
+        for edit in entry["edits"]:
+            edit["cfg_half"] = edit.pop("guidance_half")
+    return old
+
+
+def _every_edit(data: dict, **changes) -> dict:
+    data = copy.deepcopy(data)
+    for entry in data["concepts"].values():
+        for edit in entry["edits"]:
+            edit.update(changes)
+    return data
+
+
+def test_a_version_1_recipe_loads_as_version_2(folder, tmp_path):
+    # 'both' is not the default: a cfg_half dropped on the way would read as 'cond'.
+    new = _every_edit(_data(folder), guidance_half="both")
+    copied = tmp_path / "old"
+    shutil.copytree(folder, copied)
+    (copied / "recipe.json").write_text(json.dumps(_as_version_1(new)))
+    recipe = Recipe.load(copied)
+    assert recipe.format_version == FORMAT_VERSION == 2
+    assert {e.guidance_half for c in recipe.concepts.values() for e in c.edits} == {"both"}
+    assert recipe.to_dict() == Recipe.from_dict(new, root=copied).to_dict()
+    # Saved again, it is a version-2 file without the old name.
+    text = recipe.save(tmp_path / "again.json").read_text()
+    assert '"format_version": 2' in text and "cfg_half" not in text
+
+
+def test_a_version_1_recipe_erases_bit_identically_to_its_version_2_form(folder, tiny_sd):
+    new = _every_edit(_data(folder), guidance_half="both")
+    images = {}
+    for name, data in (("v1", _as_version_1(new)), ("v2", new),
+                       ("v2 cond", _every_edit(new, guidance_half="cond"))):  # fmt: skip
+        with attach(tiny_sd, Recipe.from_dict(data, root=folder)):
+            images[name] = _sample(tiny_sd)
+    assert np.array_equal(images["v1"], images["v2"])
+    # The setting matters here, so the equality above could have failed.
+    assert not np.array_equal(images["v2"], images["v2 cond"])
+
+
+def test_the_old_name_in_a_version_2_recipe_is_an_unknown_key(folder):
+    data = _data(folder)
+    data["concepts"]["cat"]["edits"][0]["cfg_half"] = "cond"
+    with pytest.raises(ConfigError, match=r"edits\.0\.cfg_half: unknown key"):
+        Recipe.from_dict(data, root=folder)
+
+
 def test_changed_and_missing_files_are_all_named(folder, tmp_path):
     data = _data(folder)
     data["concepts"]["cat"]["edits"][0]["features"]["sha256"] = "0" * 64

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from saeuron.cli.main import build_parser
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.technique import (
     DEFAULT_MULTIPLIER,
@@ -71,7 +72,7 @@ def test_seed_defaults_and_published_sae_resolution() -> None:
         ({"guidance_scale": 0.0}, "guidance_scale"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"device": "gpu"}, "device"),
-        ({"cfg_half": "uncond"}, "cfg_half"),
+        ({"guidance_half": "uncond"}, "guidance_half"),
         ({"error_term": "approx"}, "error_term"),
         ({"feature_method": "magic"}, "feature_method"),
         ({"height": 100}, "height"),
@@ -90,12 +91,42 @@ def test_every_validation_error_names_its_field(overrides, field) -> None:
     if field == "multipler":
         assert "did you mean 'multiplier'" in str(err.value)
     if field == "guidance_scale":
-        assert "cfg_half='both'" in str(err.value)
+        assert "guidance_half='both'" in str(err.value)
 
 
 def test_guidance_free_models_are_allowed_with_both_halves() -> None:
-    cfg = SAeUronConfig(guidance_scale=0.0, cfg_half="both")
+    cfg = SAeUronConfig(guidance_scale=0.0, guidance_half="both")
     assert cfg.guidance_scale == 0.0
+
+
+def test_the_old_name_cfg_half_still_configures_the_technique(caplog) -> None:
+    # 'both' is not the default: an old name dropped on the way would read as 'cond'.
+    new = SAeUronConfig(guidance_scale=0.0, guidance_half="both")
+    with caplog.at_level(logging.WARNING, logger="saeuron.utils.config"):
+        assert SAeUronConfig(guidance_scale=0.0, cfg_half="both") == new
+        assert SAeUronConfig.from_dict({"guidance_scale": 0.0, "cfg_half": "both"}) == new
+        technique = SAeUron(model="minicanvas", guidance_scale=0.0, cfg_half="both")
+        assert technique.config.guidance_half == "both"
+    told = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(told) == 3 and all("use 'guidance_half'" in m for m in told)
+    with pytest.raises(ConfigError, match="given twice") as err:
+        SAeUron(guidance_scale=0.0, cfg_half="both", guidance_half="cond")
+    assert err.value.field == "guidance_half"
+
+
+@pytest.mark.parametrize("flag", ["--guidance-half", "--cfg-half"])
+def test_the_command_line_takes_the_old_flag_too_and_hides_it(flag) -> None:
+    parser = build_parser("generate")
+    args = parser.parse_args(["generate", "--prompt", "p", "--out", "o.png",
+                              "--guidance-scale", "0", flag, "both"])  # fmt: skip
+    assert SAeUronConfig.from_args(args) == SAeUronConfig(guidance_scale=0.0, guidance_half="both")
+    both = parser.parse_args(["generate", "--prompt", "p", "--out", "o.png",
+                              "--cfg-half", "both", "--guidance-half", "cond"])  # fmt: skip
+    with pytest.raises(ConfigError, match="^guidance_half: given twice"):
+        SAeUronConfig.from_args(both)
+    generate = next(a for a in parser._subparsers._group_actions).choices["generate"]
+    assert "--guidance-half" in generate.format_help()
+    assert "--cfg-half" not in generate.format_help()
 
 
 def test_device_auto_detection_falls_back_to_cpu(monkeypatch) -> None:

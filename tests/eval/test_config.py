@@ -40,6 +40,9 @@ def test_metric_concept_defaults_to_the_technique_concept(tmp_path) -> None:
         (lambda d: d["metrics"][0].update(config={"target_seed": 2}),
          "metrics[0].config.target_seed", "target_seeds"),
         (lambda d: d["technique"].update(name="saeuronn"), "technique", "saeuron"),
+        # A misspelt old name points to the new one.
+        (lambda d: d["technique"].update(name="saeuron", config={"cfg_halff": "both"}),
+         "technique.config.cfg_halff", "guidance_half"),
     ],
 )  # fmt: skip
 def test_unknown_keys_and_names_are_rejected_with_did_you_mean(
@@ -50,6 +53,18 @@ def test_unknown_keys_and_names_are_rejected_with_did_you_mean(
     with pytest.raises(ConfigError) as err:
         parse_eval_config(data)
     assert err.value.field == field and f"did you mean {hint!r}" in str(err.value)
+
+
+def test_the_old_name_cfg_half_configures_the_technique_as_guidance_half(tmp_path) -> None:
+    metrics = [{"name": "unlearncanvas"}]
+    new = parse_eval_config(config(tmp_path, metrics, name="saeuron", guidance_half="both"))
+    old = parse_eval_config(config(tmp_path, metrics, name="saeuron", cfg_half="both"))
+    assert old.technique == new.technique and new.technique.guidance_half == "both"
+    assert "cfg_half" not in old.to_dict()["technique"]["config"]
+    both = config(tmp_path, metrics, name="saeuron", cfg_half="both", guidance_half="cond")
+    with pytest.raises(ConfigError, match="given twice") as err:
+        parse_eval_config(both)
+    assert err.value.field == "technique.config.guidance_half"
 
 
 def test_bad_values_name_their_field_before_anything_loads(tmp_path) -> None:

@@ -92,7 +92,7 @@ def config(root, **kw):
         "erase_concept": "Dogs", "model": "tiny-sd", "sae": str(root / "sae_checkpoint"),
         "stats": str(root / "stats"), "params": str(root / "params.json"),
         "num_inference_steps": STEPS, "guidance_scale": 7.5, "device": "cpu", "use_fp16": False,
-        "cfg_half": "both", "error_term": "paper",
+        "guidance_half": "both", "error_term": "paper",
     }  # fmt: skip
     return technique_config("saemnesia", {**base, **kw})
 

@@ -15,6 +15,7 @@ from saeuron.cli.main import main
 from saeuron.erasure.recipe import Recipe
 from saeuron.eval.prompt_sets import PromptSet
 from saeuron.eval.tuning import TuneConfig, objective_value, score_images
+from saeuron.eval.tuning_report import write_trials
 
 pytest.importorskip("optuna")
 
@@ -87,7 +88,7 @@ def test_a_full_disk_under_the_study_is_one_line_and_the_study_resumes(
 def test_an_enqueued_setting_is_the_first_trial(world, tmp_path):
     out = tmp_path / "cat.json"
     setting = {"sites": HOOK, "rule": "ablate", "strength_denoiser": -3.0, "tau": 10,
-               "max_other_ratio": 0.3, "window": "all", "cfg_half": "cond"}  # fmt: skip
+               "max_other_ratio": 0.3, "window": "all", "guidance_half": "cond"}  # fmt: skip
     assert main(tune_args(world, out, 1, "--enqueue", json.dumps(setting), "--no-heldout")) == 0
     edit = Recipe.load(out).concepts["cat"].edits[0]
     assert (edit.rule, edit.strength) == ("ablate", -3.0)
@@ -103,7 +104,7 @@ def test_the_grid_sampler_runs_every_setting_once(world, tmp_path):
     recipe = Recipe.load(out)
     assert recipe.tuning["trials"] == 8 and recipe.tuning["tuner"] == "saeuron tune (grid)"
     rows = list(csv.DictReader(out.with_suffix(".trials.csv").open()))
-    seen = {(float(r["strength_denoiser"]), int(r["tau"]), r["cfg_half"]) for r in rows}
+    seen = {(float(r["strength_denoiser"]), int(r["tau"]), r["guidance_half"]) for r in rows}
     assert seen == {(s, t, h) for s in (-1.0, -5.0) for t in (1, 2) for h in ("cond", "both")}
     assert recipe.concepts["cat"].edits[0].rule == "scale"
 
@@ -263,3 +264,23 @@ def test_every_missing_piece_is_named_in_one_line(world, tmp_path, capsys, monke
                   "someone/no-such-model", "cls.pth"):  # fmt: skip
         assert piece in err[0], (piece, err)
     assert not (tmp_path / "cat.json").exists()
+
+
+def test_trials_of_a_study_begun_before_the_guidance_rename_share_one_column(tmp_path) -> None:
+    class Trial:
+        def __init__(self, number: int, setting: dict) -> None:
+            self.number, self.value = number, 0.5
+            self.user_attrs = {"setting": setting, "scores": {"UA": 1.0}, "seconds": 1}
+
+    old = Trial(0, {"rule": "ablate", "cfg_half": "both"})
+    new = Trial(1, {"rule": "ablate", "guidance_half": "cond"})
+    path = write_trials([old, new], tmp_path / "t.trials.csv")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert "cfg_half" not in rows[0]
+    assert [r["guidance_half"] for r in rows] == ["both", "cond"]
+
+
+def test_an_enqueued_setting_may_use_the_old_name() -> None:
+    cfg = TuneConfig(concept="cat", out="cat.json", enqueue=json.dumps({"cfg_half": "both"}))
+    assert cfg.enqueued() == [{"guidance_half": "both"}]

@@ -63,7 +63,7 @@ TECHNIQUE_CASES = [
     ("multiplier-nan", {"multiplier": math.nan}, ConfigError, "multiplier"),
     ("multiplier-inf", {"multiplier": -math.inf}, ConfigError, "multiplier"),
     ("multiplier-huge", {"multiplier": -1e30}, ConfigError, "multiplier"),
-    ("guidance-nan", {"guidance_scale": math.nan, "cfg_half": "both"}, ConfigError,
+    ("guidance-nan", {"guidance_scale": math.nan, "guidance_half": "both"}, ConfigError,
      "guidance_scale"),  # fmt: skip
     ("steps-zero", {"num_inference_steps": 0}, ConfigError, "num_inference_steps"),
     ("steps-float", {"num_inference_steps": 2.5}, ConfigError, "num_inference_steps"),

@@ -54,7 +54,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("generate-multiplier-huge", [*GEN, *OUT_PNG, "--multiplier", "-1e30"], "multiplier"),
     ("generate-multiplier-zero", [*GEN, *OUT_PNG, "--multiplier", "0"], "multiplier"),
     ("generate-guidance-nan", [*GEN, *OUT_PNG, "--guidance-scale", "nan"], "guidance_scale"),
-    ("generate-no-cfg-with-cond-half", [*GEN, *OUT_PNG, "--guidance-scale", "1"],
+    ("generate-no-guidance-with-cond-half", [*GEN, *OUT_PNG, "--guidance-scale", "1"],
      "guidance_scale"),  # fmt: skip
     ("generate-steps-zero", [*GEN, *OUT_PNG, "--num-inference-steps", "0"],
      "num_inference_steps"),  # fmt: skip

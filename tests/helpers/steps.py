@@ -15,7 +15,7 @@ def tracked_steps(pipe: Any, **call: Any) -> list[tuple[int, bool]]:
     seen: list[tuple[int, bool]] = []
     with denoising.track_denoising(pipe) as state:
         handle = denoiser(pipe).register_forward_hook(
-            lambda *a: seen.append((state.step, state.cfg))
+            lambda *a: seen.append((state.step, state.guidance))
         )
         try:
             with torch.no_grad():

@@ -46,7 +46,7 @@ class Setting:
         self.steps = 2 if self.turbo else 3
         # SDXL-Turbo samples without CFG: the batch is all conditional, every row is read.
         self.guidance = 0.0 if self.turbo else 7.5
-        self.cfg_half = "both" if self.turbo else "cond"
+        self.guidance_half = "both" if self.turbo else "cond"
 
     def sampling(self) -> dict[str, Any]:
         return dict(num_inference_steps=self.steps, guidance_scale=self.guidance,
@@ -134,7 +134,7 @@ def test_chain_through_the_cli(model: str, tmp_path: Path) -> None:
     prompts, others = _files(tmp_path)
     acts, sae_dir = tmp_path / "acts", tmp_path / "sae"
     cli("cache", *s.flags(), "--hookpoint", s.hook, "--prompts", str(prompts), "--out",
-        str(acts), "--cfg-half", s.cfg_half, "--max-shard-mb", "0.05")  # fmt: skip
+        str(acts), "--guidance-half", s.guidance_half, "--max-shard-mb", "0.05")  # fmt: skip
     check_capture(acts, s)
     cli("train", "--activations", str(acts), "--out", str(sae_dir), "--k", "4",
         "--expansion-factor", "4", "--batch-size", "64", "--epochs", "3")  # fmt: skip
@@ -143,14 +143,14 @@ def test_chain_through_the_cli(model: str, tmp_path: Path) -> None:
         out = tmp_path / method
         extra = ["--shortcut-images", "2"] if method == "shortcut" else ["--others", str(others)]
         cli("concept", "build", "cat", *s.flags(), "--sae", str(sae_dir), "--hookpoint",
-            s.hook, "--method", method, "--num-prompts", "2", "--tau", "2", "--cfg-half",
-            s.cfg_half, "--out", str(out), *extra)  # fmt: skip
+            s.hook, "--method", method, "--num-prompts", "2", "--tau", "2", "--guidance-half",
+            s.guidance_half, "--out", str(out), *extra)  # fmt: skip
         check_features(ConceptFeatures.load(out), s, method)
     image = tmp_path / "cat.png"
     prompt = "a cat in ink style"
     cli("generate", "--erase", "cat", "--prompt", prompt, "--out", str(image), *s.flags(),
         "--sae", str(sae_dir), "--hookpoint", s.hook, "--features", str(tmp_path / "contrastive"),
-        "--cfg-half", s.cfg_half, "--multiplier", "-20", "--side-by-side",
+        "--guidance-half", s.guidance_half, "--multiplier", "-20", "--side-by-side",
         "--device", "cpu")  # fmt: skip
     pair = np.asarray(Image.open(image))
     half = pair.shape[1] // 2
@@ -166,7 +166,7 @@ def test_chain_through_the_python_api(model: str, tmp_path: Path) -> None:
     prompts, others = _files(tmp_path)
     acts, sae_dir = tmp_path / "acts", tmp_path / "sae"
     run_cache(CacheConfig(model=model, hookpoint=s.hook, prompts=str(prompts), out=str(acts),
-                          cfg_half=s.cfg_half, dtype="float32", max_shard_mb=0.05,
+                          guidance_half=s.guidance_half, dtype="float32", max_shard_mb=0.05,
                           **s.sampling()))  # fmt: skip
     check_capture(acts, s)
     trained = train_sae(TrainConfig(activations=str(acts), out=str(sae_dir), k=4,
@@ -183,8 +183,8 @@ def test_chain_through_the_python_api(model: str, tmp_path: Path) -> None:
         )
         cfg = ConceptBuildConfig(concept="cat", model=model, sae=str(sae_dir), hookpoint=s.hook,
                                  method=method,
-                                 num_prompts=2, tau=2, cfg_half=s.cfg_half, **s.sampling(),
-                                 **extra)  # fmt: skip
+                                 num_prompts=2, tau=2, guidance_half=s.guidance_half,
+                                 **s.sampling(), **extra)  # fmt: skip
         found[method] = build_concept(cfg, pipe=pipe, sae=sae)
         check_features(found[method], s, method)
     # build_concept leaves the pipeline on the scheduler it was asked for: the stock one.
@@ -197,7 +197,7 @@ def test_chain_through_the_python_api(model: str, tmp_path: Path) -> None:
 
     plain = sample()
     features = found["contrastive"]
-    with erase(pipe, sae, features, multiplier=-20.0, cfg_half=s.cfg_half,
+    with erase(pipe, sae, features, multiplier=-20.0, guidance_half=s.guidance_half,
                hookpoint=s.hook) as handle:  # fmt: skip
         erased = sample()
     assert handle.edited_tokens > 0
@@ -205,8 +205,8 @@ def test_chain_through_the_python_api(model: str, tmp_path: Path) -> None:
     # Hooked, but no token reaches a threshold: the stock image, bit for bit.
     unreachable = ConceptFeatures("cat", indices=features.indices, mean=features.mean,
                                   threshold=torch.full(features.indices.shape, 1e6))  # fmt: skip
-    with erase(pipe, sae, unreachable, multiplier=-20.0, cfg_half=s.cfg_half, hookpoint=s.hook,
-               warn_unedited=False) as handle:  # fmt: skip
+    with erase(pipe, sae, unreachable, multiplier=-20.0, guidance_half=s.guidance_half,
+               hookpoint=s.hook, warn_unedited=False) as handle:  # fmt: skip
         unerased = sample()
     assert handle.edited_tokens == 0
     assert np.array_equal(unerased, plain)

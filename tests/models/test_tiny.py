@@ -64,9 +64,9 @@ def test_the_step_tracker_reads_dit_loops(fixture, request) -> None:
     # FLUX calls its transformer with timestep / 1000 and has no CFG batch; PixArt has no
     # do_classifier_free_guidance property (CFG is read from its encode_prompt call).
     pipe = request.getfixturevalue(fixture)
-    cfg = fixture != "tiny_flux"
+    guidance = fixture != "tiny_flux"
     assert tracked_steps(pipe, num_inference_steps=3, guidance_scale=4.0) == [
-        (0, cfg), (1, cfg), (2, cfg)
+        (0, guidance), (1, guidance), (2, guidance)
     ]
     assert tracked_steps(pipe, num_inference_steps=2, guidance_scale=1.0) == [
         (0, False), (1, False)

@@ -480,7 +480,7 @@ def test_unbox_sae_edits_the_block_update_on_sdxl(tmp_path, tiny_sdxl) -> None:
 
     concept = ConceptFeatures.from_latents("x", [latent], mean=1.0, threshold=0.0)
     first = module.register_forward_hook(before, with_kwargs=True)
-    with erase(tiny_sdxl, sae, concept, multiplier=-3.0, cfg_half="both"):
+    with erase(tiny_sdxl, sae, concept, multiplier=-3.0, guidance_half="both"):
         last = module.register_forward_hook(after, with_kwargs=True)
         tiny_sdxl("a cat", num_inference_steps=1, guidance_scale=0.0, output_type="latent")
     first.remove()

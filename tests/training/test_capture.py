@@ -169,9 +169,9 @@ def test_conditional_half_matches_manual_hook(prompt_file: Path, tmp_path: Path)
     assert torch.equal(data["prompt"], prompts)
 
 
-def test_cfg_half_both_doubles_tokens(prompt_file: Path, tmp_path: Path) -> None:
+def test_guidance_half_both_doubles_tokens(prompt_file: Path, tmp_path: Path) -> None:
     cond = run_cache(make_cfg(prompt_file, tmp_path / "cond", limit=2))
-    both = run_cache(make_cfg(prompt_file, tmp_path / "both", limit=2, cfg_half="both"))
+    both = run_cache(make_cfg(prompt_file, tmp_path / "both", limit=2, guidance_half="both"))
     assert both["n_tokens"] == 2 * cond["n_tokens"] == 2 * 2 * 3 * TOKENS
     assert torch.bincount(load_all(tmp_path / "both")["prompt"]).tolist() == [2 * 3 * TOKENS] * 2
 
@@ -253,6 +253,27 @@ def test_different_settings_into_same_folder(
         run_cache(make_cfg(prompt_file, out, limit=2))
 
 
+def test_a_capture_written_before_the_guidance_rename_resumes_and_reads(
+    prompt_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    reference = run_cache(make_cfg(prompt_file, out, limit=1, guidance_half="both"))
+    for name in ("plan.json", "manifest.json"):
+        path = out / name
+        text = path.read_text()
+        assert '"guidance_half"' in text
+        path.write_text(text.replace('"guidance_half"', '"cfg_half"'))
+    # Same settings under the old name: a resume, not a folder of other settings.
+    assert run_cache(make_cfg(prompt_file, out, limit=1, guidance_half="both")) == reference
+    (out / "manifest.json").write_text(
+        (out / "manifest.json").read_text().replace('"guidance_half"', '"cfg_half"')
+    )
+    manifest = ActivationShards(out).manifest
+    assert manifest["guidance_half"] == "both" and "cfg_half" not in manifest
+    with pytest.raises(ConfigError, match="guidance_half: 'both' in the folder, 'cond' now"):
+        run_cache(make_cfg(prompt_file, out, limit=1))
+
+
 def test_foreign_shards_rejected(prompt_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -268,7 +289,7 @@ def test_foreign_shards_rejected(prompt_file: Path, tmp_path: Path) -> None:
         ("steps", "2-1", "backwards"),
         ("steps", "a", "'all' or a comma list"),
         ("steps", ",", "'all' or a comma list"),
-        ("cfg_half", "uncond", "'cond', 'both'"),
+        ("guidance_half", "uncond", "'cond', 'both'"),
         ("dtype", "int8", "'float16', 'bfloat16', 'float32'"),
         ("activation_site", "input", "'output', 'update'"),
         ("tokens_per_image", -1, ">= 0"),
@@ -324,7 +345,7 @@ def test_csv_prompts(tmp_path: Path) -> None:
         make_cfg(bad, tmp_path / "out")
 
 
-def test_sdxl_without_cfg_records_whole_batch(prompt_file: Path, tmp_path: Path) -> None:
+def test_sdxl_without_guidance_records_whole_batch(prompt_file: Path, tmp_path: Path) -> None:
     manifest = run_cache(
         make_cfg(
             prompt_file,

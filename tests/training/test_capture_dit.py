@@ -49,9 +49,9 @@ def image_tokens(model: str, hook: str, site: str) -> dict[tuple[int, int], torc
     return found
 
 
-@pytest.mark.parametrize(("model", "hook", "site", "cfg", "tokens"), CASES)
+@pytest.mark.parametrize(("model", "hook", "site", "guidance", "tokens"), CASES)
 def test_capture_stores_the_image_tokens_of_the_conditional_rows(
-    model, hook, site, cfg, tokens, tmp_path: Path
+    model, hook, site, guidance, tokens, tmp_path: Path
 ) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")

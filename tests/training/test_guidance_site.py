@@ -61,12 +61,12 @@ def shards(out: Path) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in ("activations", "step", "prompt")}
 
 
-def test_site_rows_takes_the_difference_of_the_cfg_halves() -> None:
+def test_site_rows_takes_the_difference_of_the_guidance_halves() -> None:
     out = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-    diff, rows = site_rows(out, None, "guidance", cfg=True, half="cond")
+    diff, rows = site_rows(out, None, "guidance", guidance=True, half="cond")
     assert torch.equal(diff, out[2:] - out[:2]) and rows == slice(2, 4)
-    assert site_rows(out, None, "guidance", cfg=False, half="cond") is None
-    plain, rows = site_rows(out, None, "output", cfg=True, half="cond")
+    assert site_rows(out, None, "guidance", guidance=False, half="cond") is None
+    plain, rows = site_rows(out, None, "output", guidance=True, half="cond")
     assert torch.equal(plain, out[2:])
 
 
@@ -91,10 +91,10 @@ def test_guidance_capture_stores_cond_minus_uncond(tmp_path: Path) -> None:
     assert json.loads((out / "manifest.json").read_text())["activation_site"] == "guidance"
 
 
-def test_guidance_capture_needs_cfg(tmp_path: Path) -> None:
+def test_guidance_capture_needs_a_guidance_batch(tmp_path: Path) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n", encoding="utf-8")
-    for bad in ({"guidance_scale": 1.0}, {"cfg_half": "both"}):
+    for bad in ({"guidance_scale": 1.0}, {"guidance_half": "both"}):
         with pytest.raises(ConfigError, match="^activation_site:"):
             CacheConfig(model="tiny-sd", hookpoint=HOOK, prompts=str(prompts),
                         out=str(tmp_path / "x"), activation_site="guidance", **bad)  # fmt: skip

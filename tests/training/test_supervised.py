@@ -99,7 +99,7 @@ def write_labelled_capture(folder, n_prompts: int = 80, steps: int = 2, tokens: 
             "prompts": [start, start + len(chunk)],
         })  # fmt: skip
     write_manifest(folder, {
-        "hookpoint": HOOK, "model": "synthetic", "d_in": acts.shape[-1], "cfg_half": "cond",
+        "hookpoint": HOOK, "model": "synthetic", "d_in": acts.shape[-1], "guidance_half": "cond",
         "guidance_scale": 7.5, "num_inference_steps": steps, "n_prompts": n_prompts,
         "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
         "activation_site": "output",

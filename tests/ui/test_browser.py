@@ -240,7 +240,7 @@ def test_slider_in_a_browser(server, tmp_path):
             guidance.fill("1")
             guidance.press("Enter")
             _status_has(page, "guidance_scale")
-            assert page.get_by_text("must be > 1 when cfg_half is 'cond'").first.is_visible()
+            assert page.get_by_text("must be > 1 when guidance_half is 'cond'").first.is_visible()
             assert proc.poll() is None
             guidance.fill("7.5")
             guidance.press("Enter")

@@ -207,20 +207,20 @@ def test_bounded_settings_name_the_field(studio, settings, change, field) -> Non
 
 
 @pytest.mark.parametrize(
-    ("layers", "cfg_half", "guidance", "field"),
+    ("layers", "guidance_half", "guidance", "field"),
     [
         ([(f"c{i}", -1.0) for i in range(5)], "cond", 7.5, "concepts"),
         ([("moon", -1.0), ("Moon ", -2.0)], "cond", 7.5, "concepts"),
         ([("moon", -101.0)], "cond", 7.5, "multiplier"),
         ([("x" * 61, -1.0)], "cond", 7.5, "concept"),
-        ([("moon", -1.0)], "neither", 7.5, "cfg_half"),
+        ([("moon", -1.0)], "neither", 7.5, "guidance_half"),
         ([("moon", -1.0)], "cond", 1.0, "guidance_scale"),
     ],
 )
-def test_bounded_stack_names_the_field(studio, layers, cfg_half, guidance, field) -> None:
+def test_bounded_stack_names_the_field(studio, layers, guidance_half, guidance, field) -> None:
     settings = Settings(PROMPT, STEPS, guidance_scale=guidance)
     with pytest.raises(ConfigError) as err:
-        studio.generate(settings, layers, cfg_half=cfg_half)
+        studio.generate(settings, layers, guidance_half=guidance_half)
     assert err.value.field == field
 
 
@@ -251,7 +251,7 @@ def test_handlers_report_errors_instead_of_raising(studio, settings) -> None:
     assert np.asarray(slid.erased).tolist() != np.asarray(good.erased).tolist()
 
     broken = render_erased(studio, session, settings, [("moon", 1.0)], "sideways")
-    assert broken.error and broken.error.startswith("cfg_half:")
+    assert broken.error and broken.error.startswith("guidance_half:")
 
     picked = pick_concept(studio, session, settings, [("checkered", 5.0)], "checkered", "cond")
     assert picked.error is None and picked.multiplier == studio.default_multiplier("checkered")
@@ -266,4 +266,4 @@ def test_page_builds(studio) -> None:
     app = build_app(studio)
     ids = {getattr(block, "elem_id", None) for block in app.blocks.values()}
     assert {"prompt", "unerased", "erased", "multiplier-0", "concept-0", "steps", "seed",
-            "cfg-half", "batch", "status"} <= ids  # fmt: skip
+            "guidance-half", "batch", "status"} <= ids  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from dataclasses import dataclass
 
@@ -89,3 +90,66 @@ def test_a_mapping_is_a_json_object_on_the_command_line() -> None:
         args = parser.parse_args(["thing", "--path", "p", "--weights", bad])
         with pytest.raises(ConfigError, match=r"^weights"):
             Outer.from_args(args)
+
+
+@dataclass
+class RenamedInner(Config):
+    rows: str = field("cond", choices=("cond", "both"), aliases=("old_rows",), help="which rows")
+
+
+@dataclass
+class Renamed(Config):
+    inner: RenamedInner = field(RenamedInner, flatten=True, help="nested, flat in JSON")
+    fast: bool = field(False, aliases=("quick",), help="a renamed switch")
+
+
+def test_an_old_name_is_read_as_the_new_one_with_one_deprecation_message(caplog) -> None:
+    new = Renamed(rows="both", fast=True)
+    with caplog.at_level(logging.WARNING, logger="saeuron.utils.config"):
+        assert Renamed(old_rows="both", quick=True) == new
+        assert Renamed.from_dict({"old_rows": "both", "quick": True}) == new
+        assert RenamedInner.from_dict({"old_rows": "both"}) == new.inner
+    told = [r.getMessage() for r in caplog.records]
+    assert len(told) == 5 and sum("use 'rows'" in m for m in told) == 3
+    assert not any(r.levelno < logging.WARNING for r in caplog.records)
+    # Written back, only the new names appear.
+    assert Renamed.from_dict({"old_rows": "both"}).to_dict() == {"rows": "both", "fast": False}
+    assert "old_rows" not in Renamed.config_keys()
+    assert Renamed.config_aliases() == {"old_rows": "rows", "quick": "fast"}
+
+
+@pytest.mark.parametrize(
+    "data", [{"old_rows": "both", "rows": "cond"}, {"rows": "both", "old_rows": "both"}]
+)
+def test_both_the_old_and_the_new_name_is_refused_naming_the_field(data) -> None:
+    with pytest.raises(ConfigError, match="^rows: given twice, as 'rows' and as its old name"):
+        Renamed.from_dict(data)
+    with pytest.raises(ConfigError, match="^rows: given twice"):
+        Renamed(**data)
+
+
+def test_an_old_name_is_checked_like_the_new_one() -> None:
+    with pytest.raises(ConfigError, match="^rows: got 'all'"):
+        Renamed.from_dict({"old_rows": "all"})
+
+
+def test_misspellings_of_either_name_point_to_the_new_one() -> None:
+    for typo in ("rowz", "old_rowz"):
+        with pytest.raises(ConfigError, match=f"^{typo}: unknown key \\(did you mean 'rows'\\?\\)"):
+            Renamed.from_dict({typo: "both"})
+    # What the error lists as allowed is the new names only.
+    with pytest.raises(ConfigError) as err:
+        Renamed.from_dict({"colour": 1})
+    assert str(err.value).endswith("allowed: fast, rows")
+
+
+def test_the_old_flag_works_and_is_hidden(caplog) -> None:
+    parser = argparse.ArgumentParser()
+    Renamed.add_arguments(parser)
+    assert "--old-rows" not in parser.format_help() and "--quick" not in parser.format_help()
+    assert "--rows" in parser.format_help()
+    new = Renamed.from_args(parser.parse_args(["--rows", "both", "--fast"]))
+    assert Renamed.from_args(parser.parse_args(["--old-rows", "both", "--quick"])) == new
+    assert Renamed.from_args(parser.parse_args(["--no-quick"])).fast is False
+    with pytest.raises(ConfigError, match="^rows: given twice"):
+        Renamed.from_args(parser.parse_args(["--old-rows", "both", "--rows", "cond"]))

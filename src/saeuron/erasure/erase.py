@@ -50,7 +50,7 @@ from saeuron.models.layout import check_hook_width
 from saeuron.models.prompt_encoders import prompt_encoder_of
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
-    CFG_HALVES,
+    GUIDANCE_HALVES,
 )
 from saeuron.sae import Sae
 from saeuron.utils.config import ConfigError, check_range
@@ -58,7 +58,7 @@ from saeuron.utils.config import ConfigError, check_range
 # Re-exported: the settings, the hook and its handle are reached through this module.
 __all__ = [
     "ACTIVATION_SITES",
-    "CFG_HALVES",
+    "GUIDANCE_HALVES",
     "EDIT_PATHS",
     "ERROR_TERMS",
     "MAX_MULTIPLIER",

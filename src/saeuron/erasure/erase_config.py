@@ -7,7 +7,12 @@ import logging
 import math
 from dataclasses import dataclass
 
-from saeuron.models.sites import ACTIVATION_SITES, CFG_HALVES, GUIDANCE_SITE
+from saeuron.models.sites import (
+    ACTIVATION_SITES,
+    GUIDANCE_HALF_ALIASES,
+    GUIDANCE_HALVES,
+    GUIDANCE_SITE,
+)
 from saeuron.utils.config import Config, ConfigError, check_range, field
 
 logger = logging.getLogger(__name__)
@@ -53,9 +58,10 @@ class EraseConfig(Config):
     multipliers: dict[str, float] = field(
         {}, help="gamma per concept name, overriding multiplier for those concepts"
     )
-    cfg_half: str = field(
+    guidance_half: str = field(
         "cond",
-        choices=CFG_HALVES,
+        choices=GUIDANCE_HALVES,
+        aliases=GUIDANCE_HALF_ALIASES,
         help="'cond': edit the conditional half of the CFG batch; 'both': every row (the "
         "published code). Without CFG the whole batch is conditional either way",
     )
@@ -98,9 +104,9 @@ class EraseConfig(Config):
         super().__post_init__()
         for name, value in self.multipliers.items():
             check_range(f"multipliers.{name}", value, ge=-MAX_MULTIPLIER, le=MAX_MULTIPLIER)
-        if self.activation_site == GUIDANCE_SITE and self.cfg_half != "cond":
+        if self.activation_site == GUIDANCE_SITE and self.guidance_half != "cond":
             raise ConfigError(
-                "cfg_half", "activation_site 'guidance' edits the conditional rows; use 'cond'"
+                "guidance_half", "activation_site 'guidance' edits the conditional rows; use 'cond'"
             )
         if self.rule != "scale" and self.error_term != "exact":
             raise ConfigError(

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from saeuron.models.sites import renamed_settings
 from saeuron.utils.cards import PROJECT_URL, card_metadata, render_card, table, write_card
 from saeuron.utils.errors import ConfigError, FileFormatError
 from saeuron.utils.hub import is_hub_id, push_folder, snapshot
@@ -215,6 +216,7 @@ class ConceptFeatures:
                 tensors_path, f"holds {sorted(tensors)}; missing {', '.join(missing)}"
             )
         concept = meta.pop("concept")
+        meta = renamed_settings(meta)
         try:
             return cls(
                 concept=concept,

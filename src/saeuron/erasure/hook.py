@@ -81,7 +81,7 @@ class _EraseHook:
         self._tables: dict[tuple[Any, ...], StepTable | None] = {}
         self._rule_tables: dict[tuple[Any, ...], RuleTable | None] = {}
         self.rules = RuleSet(sae, concepts, multipliers, cfg.rule)
-        self._no_cfg_logged = False
+        self._no_guidance_logged = False
         self._weights: dict[tuple[torch.device, torch.dtype], SaeWeights] = {}
         self._edited_on_device: dict[torch.device, Tensor] = {}
         self._mapping_logged = False
@@ -358,12 +358,12 @@ class _EraseHook:
         """What the SAE reads, the rows of the block output the edit is added to, and the
         site as tokens: ``[..., tokens, d]`` and flattened to ``[N, d]`` in ``dtype``."""
         inp = input_tensor(module, args, kwargs) if self.site == "update" else None
-        picked = site_rows(out, inp, self.site, self.state.cfg, self.cfg.cfg_half)
+        picked = site_rows(out, inp, self.site, self.state.guidance, self.cfg.guidance_half)
         if picked is None:
-            if not self._no_cfg_logged:
+            if not self._no_guidance_logged:
                 # The guidance site without a CFG batch: no unconditional row to compare with.
                 logger.warning("activation_site 'guidance' needs CFG; nothing is edited")
-                self._no_cfg_logged = True
+                self._no_guidance_logged = True
             return None
         site, rows_ = picked
         tokens = to_tokens(site)

@@ -23,6 +23,7 @@ Layout on disk (the hub repo of a recipe is the same folder)::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -45,8 +46,9 @@ from saeuron.utils.io import atomic_write_json
 logger = logging.getLogger(__name__)
 
 FORMAT = "saeuron.recipe"
-FORMAT_VERSION = 1
-"""Bumped when a recipe written now could not be read correctly by an older saeuron."""
+FORMAT_VERSION = 2
+"""Bumped when a recipe written now could not be read correctly by an older saeuron. Version
+1 named an edit's ``guidance_half`` ``cfg_half``; it is read, and migrated, still."""
 RECIPE_SUFFIX = ".json"
 FEATURES_SUFFIXES = (".safetensors", ".json")
 """A features path names a pair of files (``ConceptFeatures.save``)."""
@@ -102,7 +104,7 @@ class Edit(_Strict):
     rule: Literal["scale", "ablate", "anchor", "project"]
     strength: float
     window: list[float] | None = None
-    cfg_half: Literal["cond", "both"] = "cond"
+    guidance_half: Literal["cond", "both"] = "cond"
     anchors: list[AnchorRef] = Field(default_factory=list)
     """For ``anchor``: the candidates in order. Erased together with the first, the next one
     not erased is used; with none left, the edit falls back to ``ablate``."""
@@ -193,6 +195,8 @@ class Recipe(_Strict):
                 source, f"format_version {version} was written by a newer saeuron (this one "
                 f"reads up to {FORMAT_VERSION}); upgrade saeuron"
             )
+        if version == 1:
+            data = _migrate_v1(data)
         try:
             recipe = cls.model_validate(data)
         except ValidationError as err:
@@ -410,6 +414,21 @@ class Recipe(_Strict):
                                commit_message="saeuron erasure recipe")  # fmt: skip
 
 
+def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 recipe as version 2: its edits' ``cfg_half`` is ``guidance_half``. Only
+    the name changed, so the migrated recipe erases exactly as the original did. Anything
+    malformed is left for validation to report."""
+    data = copy.deepcopy(data)
+    data["format_version"] = FORMAT_VERSION
+    concepts = data.get("concepts")
+    for entry in concepts.values() if isinstance(concepts, dict) else ():
+        edits = entry.get("edits") if isinstance(entry, dict) else None
+        for edit in edits if isinstance(edits, list) else ():
+            if isinstance(edit, dict) and "cfg_half" in edit and "guidance_half" not in edit:
+                edit["guidance_half"] = edit.pop("cfg_half")
+    return data
+
+
 def copy_features(source: Path, target: Path) -> None:
     """The features pair at ``source`` to ``target`` (both paths without suffix)."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -476,7 +495,7 @@ def recipe_card(recipe: Recipe, note: str = "") -> str:
             anchors = " > ".join(a.concept for a in edit.anchors) or "-"
             window = "all steps" if edit.window is None else f"{edit.window[0]}-{edit.window[1]}"
             rows.append([name, edit.hookpoint, where, edit.rule, f"{edit.strength:g}", anchors,
-                         window, edit.cfg_half])  # fmt: skip
+                         window, edit.guidance_half])  # fmt: skip
     score_rows = [[n, *(f"{e.scores.get(k, float('nan')):.3f}" for k in ("UA", "IRA", "CRA"))]
                   for n, e in recipe.concepts.items() if e.scores]  # fmt: skip
     s = recipe.sampling

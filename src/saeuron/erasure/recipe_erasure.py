@@ -168,7 +168,9 @@ class RecipeErasure:
                     )
                 sae = self.assets.sae(edit)
                 window = tuple(edit.window) if edit.window else None
-                base = (edit.hookpoint, edit.activation_site, rule, window, edit.cfg_half, id(sae))
+                base = (
+                    edit.hookpoint, edit.activation_site, rule, window, edit.guidance_half, id(sae)
+                )  # fmt: skip
                 # One hook holds a concept once: a second edit of it at the same site and
                 # rule gets a hook of its own.
                 n = 0
@@ -187,7 +189,7 @@ class RecipeErasure:
                         self.pipe, sae_of[key], [f for f, _ in members.values()],
                         multiplier={c: g for c, (_, g) in members.items()},
                         hookpoint=hookpoint, activation_site=site, rule=rule,
-                        window=list(window) if window else None, cfg_half=halves,
+                        window=list(window) if window else None, guidance_half=halves,
                     )
                 )  # fmt: skip
             except BaseException:

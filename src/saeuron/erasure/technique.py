@@ -409,7 +409,7 @@ class SAeUron:
             method=cfg.feature_method,
             tau=cfg.num_features,
             sampling=cfg.sampling,
-            cfg_half=cfg.cfg_half,
+            guidance_half=cfg.guidance_half,
         )
         return build_concept(build, pipe=self.pipe, sae=sae)
 
@@ -432,7 +432,7 @@ class SAeUron:
                         group.sae,
                         group.concepts,
                         multiplier={f.concept: self.multipliers[f.concept] for f in group.concepts},
-                        cfg_half=cfg.cfg_half,
+                        guidance_half=cfg.guidance_half,
                         error_term=cfg.error_term,
                         rule=cfg.rule,
                         window=cfg.window,

@@ -12,7 +12,7 @@ from saeuron.models.bundle_lookup import bundle_names
 from saeuron.models.defaults import KNOWN_MODELS, model_defaults, resolve_sae
 from saeuron.models.resolve import ResolvesModel, resolve_model
 from saeuron.models.sampling_config import SamplingConfig
-from saeuron.models.sites import CFG_HALVES
+from saeuron.models.sites import GUIDANCE_HALF_ALIASES, GUIDANCE_HALVES
 from saeuron.utils.config import Config, ConfigError, field
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -69,8 +69,11 @@ class SAeUronConfig(ResolvesModel, Config):
     features: str | None = field(
         None, help="precomputed concept features (NAME.safetensors + NAME.json) to use"
     )
-    cfg_half: str = field(
-        "cond", choices=CFG_HALVES, help="'cond' edits the conditional half; 'both' every row"
+    guidance_half: str = field(
+        "cond",
+        choices=GUIDANCE_HALVES,
+        aliases=GUIDANCE_HALF_ALIASES,
+        help="'cond' edits the conditional half; 'both' every row",
     )
     error_term: str = field(
         "exact",
@@ -133,16 +136,16 @@ class SAeUronConfig(ResolvesModel, Config):
         # The rule, window, error term and rows are an erasure's settings: checked as erase()
         # checks them, so the API, the CLI and JSON refuse the same combinations.
         self.window = EraseConfig(
-            cfg_half=self.cfg_half, error_term=self.error_term, rule=self.rule,
+            guidance_half=self.guidance_half, error_term=self.error_term, rule=self.rule,
             window=self.window,
         ).window  # fmt: skip
         self.sampling = self.sampling.resolved(self._model)
-        if self.cfg_half == "cond" and not self.sampling.guidance > 1.0:
+        if self.guidance_half == "cond" and not self.sampling.guidance > 1.0:
             raise ConfigError(
                 "guidance_scale",
                 f"got {self.sampling.guidance}; must be > 1.0: SAeUron edits the conditional "
                 "half of the CFG batch. For models sampled without CFG (SDXL-Turbo) set "
-                "cfg_half='both', which edits the whole batch",
+                "guidance_half='both', which edits the whole batch",
             )
         if self.recipe is not None:
             return

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from saeuron.erasure.erase import CFG_HALVES, ERROR_TERMS, MAX_MULTIPLIER
+from saeuron.erasure.erase import ERROR_TERMS, GUIDANCE_HALVES, MAX_MULTIPLIER
 from saeuron.erasure.preflight import check_erasure
 from saeuron.erasure.technique import DEFAULT_MODEL, SAeUron, SAeUronConfig, check_technique
 from saeuron.eval.saemnesia_published import (
@@ -38,6 +38,7 @@ from saeuron.models.layout import check_model_inputs
 from saeuron.models.pipelines import check_model, load_pipeline
 from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
 from saeuron.models.sampling import SamplingConfig, seed_generators, use_scheduler
+from saeuron.models.sites import GUIDANCE_HALF_ALIASES
 from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.devices import resolve_device
 from saeuron.utils.files import SUPERVISED_FEATURES_DIR
@@ -208,9 +209,10 @@ class SAEmnesiaConfig(ResolvesModel, Config):
         "params of SAEmnesia's class_params.pth)",
     )
     sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
-    cfg_half: str = field(
+    guidance_half: str = field(
         "cond",
-        choices=CFG_HALVES,
+        choices=GUIDANCE_HALVES,
+        aliases=GUIDANCE_HALF_ALIASES,
         help="'cond' edits the conditional half; 'both' every row (SAEmnesia's code)",
     )
     error_term: str = field(
@@ -279,7 +281,7 @@ class SAEmnesiaConfig(ResolvesModel, Config):
             erase_concept=self.erase_concept, multiplier=self.multiplier,
             model=self.resolved_model, sampling=self.sampling, sae=self._sae,
             hookpoint=self.hookpoint, features=features,
-            cfg_half=self.cfg_half, error_term=self.error_term,
+            guidance_half=self.guidance_half, error_term=self.error_term,
         )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saeuron.models.resolve import ResolvesModel
+from saeuron.models.sites import renamed_settings
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
 
 TUNABLE_RULES = ("ablate", "anchor", "scale", "project")
@@ -126,4 +127,4 @@ class TuneConfig(ResolvesModel, Config):
         items = data if isinstance(data, list) else [data]
         if not items or not all(isinstance(i, dict) for i in items):
             raise ConfigError("enqueue", f"got {self.enqueue!r}; expected a JSON object or list")
-        return items
+        return [renamed_settings(i) for i in items]

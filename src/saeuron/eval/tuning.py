@@ -49,6 +49,7 @@ from saeuron.eval.tuning_inputs import TuneInputs, resolve_inputs
 from saeuron.eval.tuning_report import plot_tradeoff, site_words, write_recipe, write_trials
 from saeuron.eval.tuning_space import RecipeMaker, enqueued_params, grid_settings, suggest_setting
 from saeuron.models.sampling import seed_generators
+from saeuron.models.sites import renamed_settings
 from saeuron.utils.atomic import disk_full_names
 from saeuron.utils.config import ConfigError
 
@@ -260,8 +261,8 @@ def run_tune(
     shutil.rmtree(work, ignore_errors=True)
     write_trials(complete, out.with_suffix(".trials.csv"))
     plot_tradeoff(complete, best.number, out.with_suffix(".tradeoff.png"), cfg.concept)
-    return {"recipe": str(out), "best": best.user_attrs["setting"], "scores": scores,
-            "objective": best.value, "trials": len(complete), "ran": remaining,
+    return {"recipe": str(out), "best": renamed_settings(best.user_attrs["setting"]),
+            "scores": scores, "objective": best.value, "trials": len(complete), "ran": remaining,
             "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
 
@@ -341,7 +342,8 @@ def _best_recipe(
 ) -> tuple[Recipe, dict[str, float]]:  # fmt: skip
     """The best trial's recipe, with its validation scores (and held-out ones) and a
     description of where it edits."""
-    setting, scores = best.user_attrs["setting"], dict(best.user_attrs["scores"])
+    setting = renamed_settings(best.user_attrs["setting"])
+    scores = dict(best.user_attrs["scores"])
     if cfg.heldout and inputs.prompt_set.heldout_templates:
         held = evaluate_recipe(
             inputs, maker.recipe(setting), cfg.concept, cfg.batch_size,

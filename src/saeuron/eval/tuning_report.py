@@ -20,6 +20,7 @@ from saeuron.erasure.recipe import (
 )
 from saeuron.eval.tune_config import ATTACKED
 from saeuron.models.prompt_encoders import prompt_encoder_of
+from saeuron.models.sites import renamed_settings
 from saeuron.utils.io import atomic_path
 
 
@@ -47,13 +48,15 @@ def write_recipe(recipe: Recipe, out: Path, work: Path) -> Path:
 
 
 def write_trials(trials: Sequence[Any], path: Path) -> Path:
-    keys = sorted({k for t in trials for k in t.user_attrs.get("setting", {})})
+    # A study begun before a setting was renamed holds trials under either name: one column.
+    settings = {t.number: renamed_settings(t.user_attrs.get("setting", {})) for t in trials}
+    keys = sorted({k for s in settings.values() for k in s})
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["trial", "objective", *keys, "UA", "IRA", "CRA", ATTACKED, "n_images",
                          "seconds"])  # fmt: skip
         for t in sorted(trials, key=lambda t: t.number):
-            s, sc = t.user_attrs.get("setting", {}), t.user_attrs.get("scores", {})
+            s, sc = settings[t.number], t.user_attrs.get("scores", {})
             writer.writerow([t.number, f"{t.value:.4f}", *(s.get(k, "") for k in keys),
                              *(f"{sc.get(m, float('nan')):.3f}" for m in ("UA", "IRA", "CRA")),
                              f"{sc[ATTACKED]:.3f}" if ATTACKED in sc else "",

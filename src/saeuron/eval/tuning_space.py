@@ -106,12 +106,12 @@ class RecipeMaker:
             ]  # fmt: skip
             site = sae.meta.get("activation_site", "output")
             strength = setting["strength_text" if text else "strength_denoiser"]
-            halves = "cond" if site == "guidance" else setting.get("cfg_half", "cond")
+            halves = "cond" if site == "guidance" else setting.get("guidance_half", "cond")
             edits.append(Edit(
                 hookpoint=hookpoint, activation_site=site,
                 sae=SaeRef(path=str(self.inputs.saes.resolve()), fingerprint=sae.fingerprint()),
                 features=self.features_ref(self.concept, hookpoint, tau, ratio),
-                rule=rule, strength=float(strength), window=window, cfg_half=halves,
+                rule=rule, strength=float(strength), window=window, guidance_half=halves,
                 anchors=anchors,
             ))  # fmt: skip
         return edits
@@ -153,7 +153,7 @@ def suggest_setting(
     if not all(prompt_encoder_of(h) for h in hookpoints):
         setting["strength_denoiser"] = strength(f"strength_denoiser_{rule}", denoiser_range)
         setting["window"] = trial.suggest_categorical("window", cfg.windows)
-        setting["cfg_half"] = trial.suggest_categorical("cfg_half", cfg.halves)
+        setting["guidance_half"] = trial.suggest_categorical("guidance_half", cfg.halves)
     setting["tau"] = trial.suggest_categorical("tau", cfg.taus)
     setting["max_other_ratio"] = trial.suggest_categorical("max_other_ratio", cfg.ratios)
     if rule == "anchor":
@@ -179,7 +179,7 @@ def grid_settings(cfg: TuneConfig, inputs: TuneInputs, concept: str) -> list[dic
                 axes.append(("strength_text", list(cfg.strengths)))
             if denoiser:
                 axes += [("strength_denoiser", list(cfg.strengths)),
-                         ("window", list(cfg.windows)), ("cfg_half", list(cfg.halves))]
+                         ("window", list(cfg.windows)), ("guidance_half", list(cfg.halves))]
             axes += [("tau", list(cfg.taus)), ("max_other_ratio", list(cfg.ratios))]
             if rule == "anchor":
                 axes.append(("anchor", others))

@@ -53,7 +53,7 @@ class SAeUronPipeline:
         use_fp16: half precision where it is fast (CUDA, MPS); float32 elsewhere.
         **options: any other key of :class:`saeuron.erasure.technique.SAeUronConfig`
             (``recipe``, ``sae``, ``hookpoint``, ``features``, ``num_inference_steps``,
-            ``guidance_scale``, ``cfg_half``, ``batch_size``, ...); eval-unlearn passes none.
+            ``guidance_scale``, ``guidance_half``, ``batch_size``, ...); eval-unlearn passes none.
             ``recipe`` (or the environment variable ``SAEURON_RECIPE``, for runs started by
             eval-unlearn) erases the concept with a recipe's edits and strengths; the
             multiplier is then not used.

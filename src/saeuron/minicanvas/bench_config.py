@@ -19,14 +19,14 @@ from saeuron.utils.atomic import check_output_folder
 from saeuron.utils.config import Config, ConfigError, check_range, field
 
 VARIANTS = (
-    "none", "negative_prompt", "saeuron", "saeuron_cfg_both", "saeuron_paper_error", "saemnesia",
-    "recipe",
+    "none", "negative_prompt", "saeuron", "saeuron_guidance_both", "saeuron_paper_error",
+    "saemnesia", "recipe",
 )
 VARIANT_LABELS = {
     "none": "no erasure",
     "negative_prompt": "concept as negative prompt",
     "saeuron": "SAeUron (defaults: cond half, exact error)",
-    "saeuron_cfg_both": "SAeUron, cfg_half=both",
+    "saeuron_guidance_both": "SAeUron, guidance_half=both",
     "saeuron_paper_error": "SAeUron, error_term=paper",
     "saemnesia": "SAEmnesia (supervised SAE, one latent per concept)",
     "recipe": "the default: each concept's tuned recipe (text encoder and/or guidance-site "

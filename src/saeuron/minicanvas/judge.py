@@ -132,7 +132,7 @@ class MiniCanvasJudge:
         concept: str,
         tau: int,
         multiplier: float,
-        cfg_half: str = "cond",
+        guidance_half: str = "cond",
         error: str = "exact",
         max_other_ratio: float | None = None,
     ) -> Iterator[None]:
@@ -143,7 +143,7 @@ class MiniCanvasJudge:
             self.saes[hookpoint],
             self.features(concept, tau, max_other_ratio),
             multiplier=multiplier,
-            cfg_half=cfg_half,
+            guidance_half=guidance_half,
             error_term=error,
             hookpoint=hookpoint,
             warn_unedited=False,
@@ -493,7 +493,7 @@ def evaluate(
         negative = concept if index[0] == "object" else f"{concept} style"
     settings = {
         "saeuron": ("cond", "exact"),
-        "saeuron_cfg_both": ("both", "exact"),
+        "saeuron_guidance_both": ("both", "exact"),
         "saeuron_paper_error": ("cond", "paper"),
     }
     ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()

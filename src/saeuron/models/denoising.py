@@ -66,7 +66,7 @@ class DenoiseState:
     """Steps of the schedule being sampled (``num_inference_steps``); 0 outside a loop."""
     timestep: float = float("nan")
     """The timestep this call was made with (in the scheduler's units)."""
-    cfg: bool = False
+    guidance: bool = False
     """True when the denoiser batch is ``[uncond; cond]``."""
     substep: int = 0
     """0 for a step's first denoiser call, 1 for a second-order scheduler's second call."""
@@ -145,7 +145,7 @@ class DenoiseTracker:
         self._first: list[int] = []
         self._num_steps = 0
         self._step_tensors: dict[torch.device, Tensor] = {}
-        self._prompt_cfg: bool | None = None
+        self._prompt_guidance: bool | None = None
         self._restore_encode_prompt = self._watch_encode_prompt(pipe)
         self._handle = denoiser(pipe).register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
@@ -169,7 +169,7 @@ class DenoiseTracker:
         def encode_prompt(*args: Any, **kwargs: Any) -> Any:
             bound = signature.bind_partial(*args, **kwargs)
             bound.apply_defaults()
-            self._prompt_cfg = bool(bound.arguments["do_classifier_free_guidance"])
+            self._prompt_guidance = bool(bound.arguments["do_classifier_free_guidance"])
             return original(*args, **kwargs)
 
         # An instance attribute shadows the class's method for this pipeline only; trackers
@@ -227,9 +227,9 @@ class DenoiseTracker:
         scheduler = pipe.scheduler
         t = _timestep_arg(args, kwargs)
         if self._restore_encode_prompt is not None:
-            state.cfg = bool(self._prompt_cfg)
+            state.guidance = bool(self._prompt_guidance)
         else:
-            state.cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
+            state.guidance = bool(getattr(pipe, "do_classifier_free_guidance", False))
         if t is None:
             t_value = float("nan")
         else:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 # Re-exported: the names live in the torch-free module that configs read.
 from saeuron.models.sites import ACTIVATION_SITES as ACTIVATION_SITES
-from saeuron.models.sites import CFG_HALVES as CFG_HALVES
+from saeuron.models.sites import GUIDANCE_HALVES as GUIDANCE_HALVES
 from saeuron.models.sites import GUIDANCE_SITE
 from saeuron.utils.errors import ConfigError
 
@@ -143,9 +143,9 @@ def from_tokens(tokens: Tensor, like: Tensor) -> Tensor:
     return tokens.reshape(like.shape)
 
 
-def conditional_rows(batch: int, cfg: bool, half: str) -> slice:
+def conditional_rows(batch: int, guidance: bool, half: str) -> slice:
     """Rows of the denoiser batch to act on: the conditional half under CFG, else all."""
-    if half == "both" or not cfg:
+    if half == "both" or not guidance:
         return slice(0, batch)
     if batch % 2:
         raise RuntimeError(f"CFG batch of odd size {batch}: cannot split into [uncond; cond]")
@@ -153,7 +153,7 @@ def conditional_rows(batch: int, cfg: bool, half: str) -> slice:
 
 
 def site_rows(
-    out: Tensor, inp: Tensor | None, site: str, cfg: bool, half: str
+    out: Tensor, inp: Tensor | None, site: str, guidance: bool, half: str
 ) -> tuple[Tensor, slice] | None:
     """What an SAE at ``site`` reads from a block call, and the output rows it belongs to.
 
@@ -161,13 +161,13 @@ def site_rows(
     to take the difference with.
     """
     if site == GUIDANCE_SITE:
-        if not cfg:
+        if not guidance:
             return None
         if out.shape[0] % 2:
             raise RuntimeError(f"CFG batch of odd size {out.shape[0]}: cannot split it")
         n = out.shape[0] // 2
         return out[n:] - out[:n], slice(n, out.shape[0])
-    rows = conditional_rows(out.shape[0], cfg, half)
+    rows = conditional_rows(out.shape[0], guidance, half)
     if site == "update":
         if inp is None:
             raise ValueError("the update site needs the block input")

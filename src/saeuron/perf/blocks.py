@@ -32,11 +32,12 @@ import torch
 
 from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
 from saeuron.erasure.concepts.prompts import concept_prompts
-from saeuron.erasure.erase import CFG_HALVES, MAX_MULTIPLIER, erase
+from saeuron.erasure.erase import GUIDANCE_HALVES, MAX_MULTIPLIER, erase
 from saeuron.models.hookpoints import list_hookpoints, resolve_module
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.resolve import ResolvedModel, ResolvesModel
 from saeuron.models.sampling import SamplingConfig, seed_generators
+from saeuron.models.sites import GUIDANCE_HALF_ALIASES
 from saeuron.sae import Sae
 from saeuron.training.capture import CacheConfig, run_cache
 from saeuron.training.trainer import TrainConfig, Trainer
@@ -78,8 +79,11 @@ class BlockSweepConfig(ResolvesModel, Config):
     multiplier: float = field(
         -20.0, ge=-MAX_MULTIPLIER, le=MAX_MULTIPLIER, help="gamma of the erasure"
     )
-    cfg_half: str = field(
-        "cond", choices=CFG_HALVES, help="rows read and edited under CFG (see saeuron cache)"
+    guidance_half: str = field(
+        "cond",
+        choices=GUIDANCE_HALVES,
+        aliases=GUIDANCE_HALF_ALIASES,
+        help="rows read and edited under CFG (see saeuron cache)",
     )
     out: str = field("benchmarks/blocks", help=f"folder for {RESULTS_JSON}, {RESULTS_MD}, work")
 
@@ -151,7 +155,7 @@ def sweep_blocks(cfg: BlockSweepConfig) -> dict[str, Any]:
                 prompts=str(capture_file),
                 out=str(work / "acts"),
                 sampling=cfg.sampling,
-                cfg_half=cfg.cfg_half,
+                guidance_half=cfg.guidance_half,
                 dtype="float32",
                 max_shard_mb=cfg.max_shard_mb,
             )
@@ -182,13 +186,13 @@ def sweep_blocks(cfg: BlockSweepConfig) -> dict[str, Any]:
                 others=str(neutral_file),
                 tau=cfg.tau,
                 sampling=cfg.sampling,
-                cfg_half=cfg.cfg_half,
+                guidance_half=cfg.guidance_half,
                 cache_dir=str(work / "stats"),
             ),
             pipe=pipe,
             sae=sae,
         )
-        with erase(pipe, sae, features, multiplier=cfg.multiplier, cfg_half=cfg.cfg_half):
+        with erase(pipe, sae, features, multiplier=cfg.multiplier, guidance_half=cfg.guidance_half):
             erased_concept = _images(pipe, held_concept, cfg.sampling)
             erased_neutral = _images(pipe, held_neutral, cfg.sampling)
         effect = float(np.abs(erased_concept - plain_concept).mean())

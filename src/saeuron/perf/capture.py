@@ -117,7 +117,7 @@ def capture_once(n_prompts: int, folder: Path, device: str, num_inference_steps:
         "cache": {
             "model": MODEL, "hookpoint": HOOKPOINT, "prompts": str(prompts),
             "out": str(folder / "acts"), "num_inference_steps": num_inference_steps,
-            "guidance_scale": 7.5, "cfg_half": "both", "dtype": "float16",
+            "guidance_scale": 7.5, "guidance_half": "both", "dtype": "float16",
             "max_shard_mb": max_shard_mb,
             "batch_size": batch_size, "device": device, "height": size, "width": size,
         },

@@ -50,7 +50,7 @@ def full_sampling_procedure(
             if state.step != read_step or state.substep:
                 return
             out = output_tensor(module, output)
-            x = to_tokens(out[conditional_rows(out.shape[0], state.cfg, "cond")])
+            x = to_tokens(out[conditional_rows(out.shape[0], state.guidance, "cond")])
             with torch.no_grad():
                 codes = sae.encode_dense(x.reshape(-1, x.shape[-1]))
             total += codes.float().sum(0).cpu()

@@ -16,7 +16,7 @@ The whole-step ratios are kept in the notes.
   the conditional half also pays the full 20,480-latent encode: the worst case.
 - ``published``: the reference way of the published code, written here for comparison:
   dense encode and decode of both CFG halves, the output replaced by the edited
-  reconstruction plus the error (``cfg_half='both', error_term='paper'``).
+  reconstruction plus the error (``guidance_half='both', error_term='paper'``).
 - ``recipe``: an erasure recipe of 3 concepts on 2 block SAEs (``up_blocks.1.attentions.1``
   and ``.0``), one ``ablate``, one ``anchor`` (into a fourth concept, not erased) and one
   ``ablate`` at both blocks, attached as ``SAeUron`` attaches one; the hook's cost is the two
@@ -151,7 +151,7 @@ def run(quick: bool, device: str) -> list[Row]:
         features, half, error = settings[name]
 
         def call() -> Any:
-            with erase(pipe, sae, features, multiplier=-20.0, cfg_half=half, error_term=error,
+            with erase(pipe, sae, features, multiplier=-20.0, guidance_half=half, error_term=error,
                        hookpoint=HOOKPOINT, warn_unedited=False):  # fmt: skip
                 return step()
 
@@ -173,7 +173,7 @@ def run(quick: bool, device: str) -> list[Row]:
     block_time: dict[str, float] = {}
     for name in variants:
         context = (
-            erase(pipe, sae, settings[name][0], multiplier=-20.0, cfg_half=settings[name][1],
+            erase(pipe, sae, settings[name][0], multiplier=-20.0, guidance_half=settings[name][1],
                   error_term=settings[name][2], hookpoint=HOOKPOINT, warn_unedited=False)
             if name in settings else contextlib.nullcontext()
         )  # fmt: skip

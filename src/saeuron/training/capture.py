@@ -35,6 +35,7 @@ from saeuron.models.layout import check_model_inputs
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.prompt_encoders import encode_prompts
 from saeuron.models.sampling import check_schedule, use_scheduler
+from saeuron.models.sites import renamed_settings
 from saeuron.models.tokens import (
     GUIDANCE_SITE,
     conditional_rows,
@@ -109,7 +110,7 @@ def cache_settings(cfg: CacheConfig, prompts: list[str]) -> dict[str, Any]:
         "guidance_scale": cfg.sampling.guidance,
         "scheduler": cfg.sampling.scheduler,
         "steps": cfg.step_indices(),
-        "cfg_half": cfg.cfg_half,
+        "guidance_half": cfg.guidance_half,
         "tokens_per_image": cfg.tokens_per_image,
         "seed": cfg.sampling.seed,
         "height": cfg.sampling.height,
@@ -134,7 +135,7 @@ def _check_plan(plan: dict[str, Any], settings: dict[str, Any], out: Folder) -> 
             f"{out.path(PLAN)} has format version {plan.get('version')!r}, this saeuron writes "
             f"{PLAN_VERSION}; pick another folder",
         )
-    old = plan.get("settings", {})
+    old = renamed_settings(plan.get("settings", {}))
     diffs = [
         f"{key}: {old.get(key)!r} in the folder, {settings.get(key)!r} now"
         for key in sorted(set(old) | set(settings))
@@ -188,7 +189,7 @@ def _probe(pipe: Any, module: nn.Module, cfg: CacheConfig, prompt: str) -> tuple
             if cfg.activation_site == GUIDANCE_SITE:
                 shapes.append((x.shape[0] // 2, x.shape[1], x.shape[2]))
                 return
-            rows = conditional_rows(x.shape[0], state.cfg, cfg.cfg_half)
+            rows = conditional_rows(x.shape[0], state.guidance, cfg.guidance_half)
             shapes.append((len(range(x.shape[0])[rows]), x.shape[1], x.shape[2]))
 
         handle = module.register_forward_hook(hook, with_kwargs=True)
@@ -258,7 +259,7 @@ class _Recorder:
             # What the prompt adds: each prompt's conditional row minus its unconditional one.
             x = x[x.shape[0] // 2 :] - x[: x.shape[0] // 2]
         else:
-            x = x[conditional_rows(x.shape[0], self.state.cfg, self.cfg.cfg_half)]
+            x = x[conditional_rows(x.shape[0], self.state.guidance, self.cfg.guidance_half)]
         n = len(self.prompt_ids)
         if n == 0 or x.shape[0] % n:
             raise RuntimeError(f"{x.shape[0]} rows at the hookpoint for a batch of {n} prompts")

@@ -12,7 +12,8 @@ from saeuron.models.resolve import ResolvesModel
 from saeuron.models.sampling_config import SamplingConfig
 from saeuron.models.sites import (
     ACTIVATION_SITES,
-    CFG_HALVES,
+    GUIDANCE_HALF_ALIASES,
+    GUIDANCE_HALVES,
     GUIDANCE_SITE,
     prompt_encoder_of,
 )
@@ -57,9 +58,10 @@ class CacheConfig(ResolvesModel, Config):
         help="denoising steps to record: 'all' or a comma list of indices and inclusive "
         "ranges into the scheduler's timesteps, e.g. '0,10,20-29'",
     )
-    cfg_half: str = field(
+    guidance_half: str = field(
         "cond",
-        choices=CFG_HALVES,
+        choices=GUIDANCE_HALVES,
+        aliases=GUIDANCE_HALF_ALIASES,
         help="rows of a CFG batch to record: 'cond' (conditional half) or 'both' "
         "(unconditional and conditional); without CFG every row is recorded",
     )
@@ -86,12 +88,14 @@ class CacheConfig(ResolvesModel, Config):
         check_location(self.out, "out", write=True)
         self.sampling = self.sampling.resolved(self._resolve_model())
         if self.activation_site == GUIDANCE_SITE and (
-            not self.sampling.guidance or self.sampling.guidance <= 1 or self.cfg_half != "cond"
+            not self.sampling.guidance
+            or self.sampling.guidance <= 1
+            or self.guidance_half != "cond"
         ):
             raise ConfigError(
                 "activation_site",
                 "'guidance' (conditional minus unconditional row) needs CFG "
-                "(guidance_scale > 1) and cfg_half='cond'",
+                "(guidance_scale > 1) and guidance_half='cond'",
             )
         if self.prompt_encoder and self.activation_site != "output":
             raise ConfigError(

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import save as encode_safetensors
 from torch import Tensor
 
+from saeuron.models.sites import renamed_settings
 from saeuron.utils.errors import FileFormatError
 from saeuron.utils.files import CAPTURE_MANIFEST, JSON_SUFFIX, SHARD_PREFIX, TENSORS_SUFFIX
 from saeuron.utils.storage import Folder
@@ -244,7 +245,7 @@ class ActivationShards:
     def __init__(self, location: str | Any):
         self.folder = Folder(location, "activations")
         try:
-            self.manifest: dict[str, Any] = self.folder.read_json(MANIFEST)
+            self.manifest: dict[str, Any] = renamed_settings(self.folder.read_json(MANIFEST))
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{self.folder} has no {MANIFEST}: not a finished `saeuron cache` output"

@@ -264,11 +264,11 @@ def load_image_groups(folder: str | Path, labels_path: str | Path) -> ImageGroup
     """Every token of a capture grouped by (prompt, step), with the labels of its prompt."""
     shards = ActivationShards(folder)
     m = shards.manifest
-    if m.get("cfg_half") == "both" and float(m.get("guidance_scale", 0)) > 1:
+    if m.get("guidance_half") == "both" and float(m.get("guidance_scale", 0)) > 1:
         raise ConfigError(
             "activations",
-            f"{folder} was captured with cfg_half='both': an image's tokens would "
-            "mix the unconditional half, which shows no concept; capture with cfg_half='cond'",
+            f"{folder} was captured with guidance_half='both': an image's tokens would "
+            "mix the unconditional half, which shows no concept; capture with guidance_half='cond'",
         )
     concepts, kinds, prompt_labels = read_labels(
         labels_path, int(m["n_prompts"]), m.get("prompts_sha256")

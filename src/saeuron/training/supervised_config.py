@@ -28,7 +28,9 @@ class SupervisedSettings:
 class SupervisedTrainConfig(Config):
     """``saeuron train --supervised``: SAEmnesia's fine-tune of an SAE on labelled images."""
 
-    activations: str = config_field(help="capture folder (cfg_half='cond') of labelled prompts")
+    activations: str = config_field(
+        help="capture folder (guidance_half='cond') of labelled prompts"
+    )
     labels: str = config_field(
         help="CSV, one row per captured prompt: an optional 'prompt' column and one column "
         "per kind (object, style, ...) naming the prompt's concept"

@@ -74,7 +74,7 @@ class Page:
     steps: gr.Slider
     seed: gr.Number
     guidance: gr.Slider
-    cfg_half: gr.Radio
+    guidance_half: gr.Radio
     batch: gr.Slider
     draw: gr.Button
     unerased: gr.Image
@@ -129,8 +129,8 @@ def _columns(studio: Studio, start: Start, state: gr.State) -> Page:
         with gr.Row():
             guidance = gr.Slider(MIN_GUIDANCE, MAX_GUIDANCE, value=cfg.guidance_scale,
                                  step=0.5, label="CFG scale", elem_id="guidance")  # fmt: skip
-            cfg_half = gr.Radio(
-                ["cond", "both"], value="cond", label="CFG half edited", elem_id="cfg-half"
+            guidance_half = gr.Radio(
+                ["cond", "both"], value="cond", label="CFG half edited", elem_id="guidance-half"
             )
         batch = gr.Slider(1, cfg.max_batch, value=1, step=1, label="images",
                           elem_id="batch")  # fmt: skip
@@ -142,7 +142,7 @@ def _columns(studio: Studio, start: Start, state: gr.State) -> Page:
             erased = gr.Image(label="with erasure", type="pil", format="png",
                               interactive=False, elem_id="erased")  # fmt: skip
         status = gr.Markdown(elem_id="status")
-    return Page(state, prompt, rows, add, remove, steps, seed, guidance, cfg_half, batch, draw,
+    return Page(state, prompt, rows, add, remove, steps, seed, guidance, guidance_half, batch, draw,
                 unerased, erased, status)  # fmt: skip
 
 
@@ -210,7 +210,7 @@ def _wire(app: gr.Blocks, studio: Studio, page: Page) -> None:
     # A set: handlers get one {component: value} dict, so the number of concept rows
     # can vary and gradio still finds the progress parameter it injects by position.
     common = {page.state, page.prompt, page.steps, page.seed, page.guidance, page.batch,
-              page.cfg_half, *rows.concepts, *rows.sliders}  # fmt: skip
+              page.guidance_half, *rows.concepts, *rows.sliders}  # fmt: skip
     # One function object per kind of handler: gradio names the API endpoints after it.
     on_all = _on_all(studio, page, tracked)
     on_erased = _on_erased(studio, page, tracked)
@@ -224,7 +224,7 @@ def _wire(app: gr.Blocks, studio: Studio, page: Page) -> None:
     for trigger in (page.prompt.submit, page.steps.change, page.seed.change,
                     page.guidance.change, page.batch.change):  # fmt: skip
         trigger(on_all, common, both_out, trigger_mode="always_last", **hidden)
-    page.cfg_half.change(on_erased, common, erased_out, trigger_mode="always_last", **hidden)
+    page.guidance_half.change(on_erased, common, erased_out, trigger_mode="always_last", **hidden)
     for i, (concept, slider) in enumerate(zip(rows.concepts, rows.sliders)):
         pick = _on_pick(studio, page, tracked, i)
         concept.change(pick, common, [*erased_out, slider], trigger_mode="always_last", **hidden)
@@ -246,7 +246,7 @@ def _unpack(page: Page, values: Values) -> tuple[Session, Settings, list[Layer],
     names = [values[c] for c in page.rows.concepts]
     gammas = [values[s] for s in page.rows.sliders]
     session = values[page.state]
-    return session, settings, layers_of(session, names, gammas), values[page.cfg_half]
+    return session, settings, layers_of(session, names, gammas), values[page.guidance_half]
 
 
 def _show(page: Page, outcome: Outcome, session: Session, extra: Values | None = None) -> Values:

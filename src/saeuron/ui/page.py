@@ -84,14 +84,14 @@ def render_all(
     session: Session,
     settings: Settings,
     layers: Sequence[Layer],
-    cfg_half: str,
+    guidance_half: str,
 ) -> Outcome:
     """Both images: after a change of prompt, steps, seed, guidance or batch."""
 
     def run() -> Outcome:
         before = session.render_unerased(studio, settings)
-        after = session.render_erased(studio, settings, layers, cfg_half)
-        clean = studio.check_layers(layers, cfg_half, settings.guidance_scale)
+        after = session.render_erased(studio, settings, layers, guidance_half)
+        clean = studio.check_layers(layers, guidance_half, settings.guidance_scale)
         return Outcome(
             unerased=contact_sheet(before),
             erased=contact_sheet(after),
@@ -106,13 +106,13 @@ def render_erased(
     session: Session,
     settings: Settings,
     layers: Sequence[Layer],
-    cfg_half: str,
+    guidance_half: str,
 ) -> Outcome:
     """Only the erased image: after a slider, a concept or the CFG half moved."""
 
     def run() -> Outcome:
-        after = session.render_erased(studio, settings, layers, cfg_half)
-        clean = studio.check_layers(layers, cfg_half, settings.guidance_scale)
+        after = session.render_erased(studio, settings, layers, guidance_half)
+        clean = studio.check_layers(layers, guidance_half, settings.guidance_scale)
         return Outcome(erased=contact_sheet(after), status=_status(session, clean, ("erased",)))
 
     return _guard(run)
@@ -124,7 +124,7 @@ def pick_concept(
     settings: Settings,
     layers: list[Layer],
     concept: str | None,
-    cfg_half: str,
+    guidance_half: str,
 ) -> Outcome:
     """``concept`` chosen in a row: its slider goes to the concept's tuned multiplier."""
 
@@ -135,7 +135,7 @@ def pick_concept(
             name = concept.strip().lower()
             # The picked row is among the layers (by name): draw it at its new default.
             rows = [(c, multiplier) if c.strip().lower() == name else (c, m) for c, m in rows]
-        outcome = render_erased(studio, session, settings, rows, cfg_half)
+        outcome = render_erased(studio, session, settings, rows, guidance_half)
         outcome.multiplier = multiplier
         return outcome
 

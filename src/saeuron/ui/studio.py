@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
-from saeuron.erasure.erase import CFG_HALVES, erase
+from saeuron.erasure.erase import GUIDANCE_HALVES, erase
 from saeuron.erasure.features import ConceptFeatures
 from saeuron.erasure.recipe import Recipe
 from saeuron.erasure.recipe_erasure import RecipeAssets, RecipeErasure
@@ -225,11 +225,11 @@ class Studio:
         return Settings(prompt=prompt, steps=steps, seed=seed, guidance_scale=guidance, batch=batch)
 
     def check_layers(
-        self, layers: Sequence[Layer], cfg_half: str, guidance_scale: float
+        self, layers: Sequence[Layer], guidance_half: str, guidance_scale: float
     ) -> list[Layer]:
         """The stack without empty rows, names normalised, or ConfigError naming the field."""
         cfg = self.config
-        check_choice("cfg_half", cfg_half, CFG_HALVES)
+        check_choice("guidance_half", guidance_half, GUIDANCE_HALVES)
         out: list[Layer] = []
         for concept, multiplier in layers:
             if concept is not None and not isinstance(concept, str):
@@ -252,16 +252,16 @@ class Studio:
             raise ConfigError("concepts", f"each concept may be stacked once; got {names}")
         if len(out) > cfg.max_concepts:
             raise ConfigError("concepts", f"{len(out)} stacked; at most {cfg.max_concepts}")
-        if out and cfg_half == "cond" and not guidance_scale > 1.0:
+        if out and guidance_half == "cond" and not guidance_scale > 1.0:
             raise ConfigError(
                 "guidance_scale",
-                f"got {guidance_scale}; must be > 1 when cfg_half is 'cond' (it edits the "
-                "conditional half of the CFG batch); raise it or pick cfg_half 'both'",
+                f"got {guidance_scale}; must be > 1 when guidance_half is 'cond' (it edits the "
+                "conditional half of the CFG batch); raise it or pick guidance_half 'both'",
             )
         return out
 
     def generate(
-        self, settings: Settings, layers: Sequence[Layer] = (), cfg_half: str = "cond"
+        self, settings: Settings, layers: Sequence[Layer] = (), guidance_half: str = "cond"
     ) -> list[Image.Image]:
         """Images of ``settings`` with the stacked concepts erased (none: the plain model).
 
@@ -269,7 +269,7 @@ class Studio:
         (MiniCanvas: objects and styles) get one erase per (SAE, hookpoint), nested.
         """
         settings = self.check(settings)
-        layers = self.check_layers(layers, cfg_half, settings.guidance_scale)
+        layers = self.check_layers(layers, guidance_half, settings.guidance_scale)
         with self._lock:
             groups: dict[tuple[int, str], tuple[Sae, list[ConceptFeatures], dict[str, float]]]
             groups = {}
@@ -290,8 +290,9 @@ class Studio:
                     ))  # fmt: skip
                 for (_, hookpoint), (sae, members, gammas) in groups.items():
                     stack.enter_context(
-                        erase(self.pipe, sae, members, multiplier=gammas, cfg_half=cfg_half,
-                              hookpoint=hookpoint, warn_unedited=False)
+                        erase(self.pipe, sae, members, multiplier=gammas,
+                              guidance_half=guidance_half, hookpoint=hookpoint,
+                              warn_unedited=False)
                     )  # fmt: skip
                 generators = [
                     torch.Generator("cpu").manual_seed(settings.seed + i)
@@ -367,15 +368,19 @@ class Session:
         return self.unerased
 
     def render_erased(
-        self, studio: Studio, settings: Settings, layers: Sequence[Layer], cfg_half: str = "cond"
+        self,
+        studio: Studio,
+        settings: Settings,
+        layers: Sequence[Layer],
+        guidance_half: str = "cond",
     ) -> list[Image.Image]:
         """The image with ``layers`` erased; the same request twice samples once."""
         settings = studio.check(settings)
-        layers = studio.check_layers(layers, cfg_half, settings.guidance_scale)
-        key = (settings, tuple(layers), cfg_half)
+        layers = studio.check_layers(layers, guidance_half, settings.guidance_scale)
+        key = (settings, tuple(layers), guidance_half)
         if self.erased_key != key or self.erased is None:
             start = time.perf_counter()
-            self.erased = studio.generate(settings, layers, cfg_half=cfg_half)
+            self.erased = studio.generate(settings, layers, guidance_half=guidance_half)
             self.erased_key = key
             self.last["erased"] = time.perf_counter() - start
         return self.erased

@@ -18,6 +18,11 @@ instance it nests (``field(Output(out="demo.png"), flatten=True, ...)``) and may
 key means for it with ``describe={"out": "the before/after grid"}``: one declaration, each
 command's own words in ``--help``.
 
+A field renamed keeps its old name as an alias (``field(..., aliases=("old_name",))``): JSON
+keys, keyword arguments and the command line (a hidden ``--old-name``) still accept it, with a
+deprecation message, so that configs written before the rename keep working. Giving both
+names is an error: which one was meant cannot be told.
+
 Why not tyro, simple-parsing or pydantic: each covers part of this (typed fields, argparse
 generation, validation), but none of them gives flattened nested configs, eval-unlearn's
 JSON schema and the CLI's one-line, did-you-mean errors from one declaration without a layer
@@ -31,6 +36,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import logging
 import math
 import re
 import types
@@ -43,6 +49,8 @@ from saeuron.utils.errors import ConfigError
 from saeuron.utils.text import read_text
 
 __all__ = ["Config", "ConfigError", "check_choice", "check_finite", "check_range", "field"]
+
+logger = logging.getLogger(__name__)
 
 C = TypeVar("C", bound="Config")
 
@@ -62,16 +70,48 @@ def key_name(key: object) -> str:
     return text if isinstance(key, str) and PLAIN_KEY.fullmatch(text) else repr(key)
 
 
-def reject_unknown(where: str, keys: Iterable[str], allowed: Iterable[str]) -> None:
+def reject_unknown(
+    where: str,
+    keys: Iterable[str],
+    allowed: Iterable[str],
+    aliases: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse a key not in ``allowed``. A misspelt old name (``aliases``: old -> new) is
+    pointed to the new name: the old one is on its way out."""
     allowed = list(allowed)
+    aliases = dict(aliases or {})
     for key in keys:
-        if key not in allowed:
+        if key not in allowed and key not in aliases:
             name = key_name(key)
+            close = difflib.get_close_matches(str(key), [*allowed, *aliases], n=1, cutoff=0.6)
+            hint = f" (did you mean {aliases.get(close[0], close[0])!r}?)" if close else ""
             raise ConfigError(
                 f"{where}.{name}" if where else name,
-                f"unknown key{did_you_mean(str(key), allowed)}; allowed: "
-                f"{', '.join(sorted(allowed))}",
+                f"unknown key{hint}; allowed: {', '.join(sorted(allowed))}",
             )
+
+
+def rename_aliases(
+    where: str, data: Mapping[str, Any], aliases: Mapping[str, str]
+) -> dict[str, Any]:
+    """``data`` with each old key (``aliases``: old -> new) under its new name.
+
+    Each old key logs a deprecation message; an old and a new key for the same field is an
+    error naming the field.
+    """
+    out = dict(data)
+    for old, new in aliases.items():
+        if old not in out:
+            continue
+        name = f"{where}.{new}" if where else new
+        if new in out:
+            raise ConfigError(
+                name, f"given twice, as {new!r} and as its old name {old!r}; keep {new!r}"
+            )
+        logger.warning("%r is deprecated; use %r instead", f"{where}.{old}" if where else old,
+                       name)  # fmt: skip
+        out[new] = out.pop(old)
+    return out
 
 
 def field(
@@ -89,6 +129,7 @@ def field(
     describe: Mapping[str, str] | None = None,
     limits: Mapping[str, Mapping[str, float]] | None = None,
     metavar: str | None = None,
+    aliases: Sequence[str] = (),
     **kwargs: Any,
 ) -> Any:
     """A dataclass field with its help text and the values it accepts.
@@ -99,6 +140,7 @@ def field(
     nested fields at this config's level in JSON and on the command line; ``describe`` then
     gives nested keys the help text they have here (key -> text), and ``limits`` the tighter
     bounds they have here (key -> ``{"le": 4096}``), checked and shown like their own.
+    ``aliases`` are old names of the field, still accepted (module docstring).
     """
     metadata = {
         "help": help,
@@ -112,6 +154,7 @@ def field(
         "describe": dict(describe or {}),
         "limits": {k: dict(v) for k, v in (limits or {}).items()},
         "metavar": metavar,
+        "aliases": tuple(aliases),
         **kwargs.pop("metadata", {}),
     }
     if isinstance(default, (list, dict, set)):
@@ -293,6 +336,9 @@ class _ConfigMeta(type):
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         if dataclasses.is_dataclass(cls):
+            aliases = cls.config_aliases()  # type: ignore[attr-defined]
+            if aliases.keys() & kwargs.keys():
+                kwargs = rename_aliases("", kwargs, aliases)
             own = {f.name for f in dataclasses.fields(cls)}
             for name, nested in cls._flattened().items():  # type: ignore[attr-defined]
                 given = {
@@ -367,12 +413,29 @@ class Config(metaclass=_ConfigMeta):
         return names
 
     @classmethod
+    def config_aliases(cls) -> dict[str, str]:
+        """Old names of this config's keys at its level (flattened nested ones included):
+        old -> new."""
+        aliases: dict[str, str] = {}
+        flat = cls._flattened()
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            if f.name in flat:
+                aliases.update(flat[f.name].config_aliases())
+            else:
+                aliases.update((old, f.name) for old in f.metadata.get("aliases", ()))
+        return aliases
+
+    @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "") -> C:
         if not isinstance(data, Mapping):
             raise ConfigError(
                 where or cls.__name__, f"expected an object, got {type(data).__name__}"
             )
-        reject_unknown(where, data.keys(), cls.config_keys())
+        aliases = cls.config_aliases()
+        reject_unknown(where, data.keys(), cls.config_keys(), aliases)
+        data = rename_aliases(where, data, aliases)
         hints = cls._hints()
         flat = cls._flattened()
         kwargs: dict[str, Any] = {}
@@ -498,7 +561,7 @@ class Config(metaclass=_ConfigMeta):
 
     @classmethod
     def from_args(cls: type[C], ns: argparse.Namespace, **extra: Any) -> C:
-        allowed = set(cls.config_keys())
+        allowed = {*cls.config_keys(), *cls.config_aliases()}
         data = {k: v for k, v in vars(ns).items() if k in allowed and v is not None}
         data.update(extra)
         return cls.from_dict(data)
@@ -522,7 +585,8 @@ def _add_argument(
 ) -> None:
     meta = f.metadata
     inner, _ = _unwrap_optional(tp)
-    required = default is dataclasses.MISSING and require
+    # A field with an old name may come under that name: from_args reports it missing.
+    required = default is dataclasses.MISSING and require and not meta.get("aliases")
     text = text or meta.get("help", "")
     notes = []
     if meta.get("choices") is not None:
@@ -549,6 +613,17 @@ def _add_argument(
         parser.add_argument(f.name, metavar=metavar, help=text, nargs=None if required else "?")
         return
     flag = flag or "--" + f.name.replace("_", "-")
+    # An old name is a flag of its own (its own dest) so that from_dict sees which name was
+    # given: both at once is an error, the old one alone a deprecation message.
+    for old in meta.get("aliases", ()):
+        old_flag = "--" + old.replace("_", "-")
+        if inner is bool:
+            parser.add_argument(old_flag, dest=old, action=argparse.BooleanOptionalAction,
+                                default=None, help=argparse.SUPPRESS)  # fmt: skip
+        else:
+            parser.add_argument(
+                old_flag, dest=old, default=None, metavar=metavar, help=argparse.SUPPRESS
+            )
     if inner is bool:
         parser.add_argument(
             flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text

@@ -105,7 +105,7 @@ class _StatsSource:
             "guidance_scale": cfg.sampling.guidance,
             "scheduler": cfg.sampling.scheduler,
             "seed": cfg.sampling.seed,
-            "cfg_half": cfg.cfg_half,
+            "guidance_half": cfg.guidance_half,
             "activation_site": site,
             "method": cfg.method,
         }
@@ -130,7 +130,7 @@ class _StatsSource:
                 num_inference_steps=cfg.sampling.steps,
                 guidance_scale=cfg.sampling.guidance,
                 seed=cfg.sampling.seed,
-                cfg_half=cfg.cfg_half,
+                guidance_half=cfg.guidance_half,
                 steps=self.steps,
                 batch_size=cfg.sampling.batch_size,
                 activation_site=self.site,

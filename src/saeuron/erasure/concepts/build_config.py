@@ -11,7 +11,7 @@ from saeuron.erasure.concepts.prompts import NEUTRAL
 from saeuron.models.defaults import resolve_sae
 from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
 from saeuron.models.sampling_config import SamplingConfig
-from saeuron.models.sites import CFG_HALVES
+from saeuron.models.sites import GUIDANCE_HALF_ALIASES, GUIDANCE_HALVES
 from saeuron.utils.atomic import check_output_file
 from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.files import user_dir
@@ -131,9 +131,10 @@ class ConceptBuildConfig(ResolvesModel, Config):
         le=100_000,
         help="shortcut: images generated from the concept's name",
     )
-    cfg_half: str = field(
+    guidance_half: str = field(
         "cond",
-        choices=CFG_HALVES,
+        choices=GUIDANCE_HALVES,
+        aliases=GUIDANCE_HALF_ALIASES,
         help="'cond': read the conditional half of the CFG batch; 'both': every row",
     )
     cache_dir: str | None = field(

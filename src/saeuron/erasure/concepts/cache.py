@@ -19,6 +19,7 @@ import torch
 # Re-exported: the default lives with the settings it is the default of.
 from saeuron.erasure.concepts.build_config import default_cache_dir as default_cache_dir
 from saeuron.erasure.concepts.stats import ConceptStats
+from saeuron.models.sites import GUIDANCE_HALF, GUIDANCE_HALF_ALIASES
 from saeuron.utils.files import USER_DIR_ENV
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ def model_id(model: str) -> str:
 
 def stats_cache_key(**settings: Any) -> str:
     """SHA-256 of every setting that determines a :class:`ConceptStats` (JSON, sorted keys)."""
+    if GUIDANCE_HALF in settings:
+        # Hashed under the name it had when the caches on disk were written: renaming a
+        # setting changes no statistics, so it must not throw them away.
+        settings = {**settings}
+        settings[GUIDANCE_HALF_ALIASES[0]] = settings.pop(GUIDANCE_HALF)
     payload = json.dumps({"version": CACHE_VERSION, **settings}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 

@@ -359,7 +359,7 @@ def _features_meta(target: ConceptStats) -> dict[str, Any]:
         "steps",
         "guidance_scale",
         "seed",
-        "cfg_half",
+        "guidance_half",
         "activation_site",
     )
     meta = {k: target.meta[k] for k in keep if k in target.meta}

@@ -31,9 +31,10 @@ from saeuron.models.denoising import track_denoising
 from saeuron.models.hookpoints import resolve_module
 from saeuron.models.layout import check_hook_width
 from saeuron.models.prompt_encoders import encode_prompts, prompt_encoder_of
+from saeuron.models.sites import renamed_settings
 from saeuron.models.tokens import (
     ACTIVATION_SITES,
-    CFG_HALVES,
+    GUIDANCE_HALVES,
     input_tensor,
     output_tensor,
     site_rows,
@@ -115,7 +116,7 @@ class ConceptStats:
             active_frac=tensors["active_frac"],
             n_prompts=int(info["n_prompts"]),
             timesteps=tensors["timesteps"],
-            meta=dict(info.get("meta", {})),
+            meta=renamed_settings(info.get("meta", {})),
         )
 
 
@@ -196,7 +197,7 @@ def collect_stats(
     num_inference_steps: int = 50,
     guidance_scale: float = 7.5,
     seed: int = 0,
-    cfg_half: str = "cond",
+    guidance_half: str = "cond",
     steps: Sequence[int] | None = None,
     batch_size: int = 4,
     activation_site: str = "output",
@@ -211,7 +212,7 @@ def collect_stats(
     """
     prompts = list(prompts)
     needed = _needed_steps(
-        prompts, concept, num_inference_steps, batch_size, cfg_half, activation_site, steps
+        prompts, concept, num_inference_steps, batch_size, guidance_half, activation_site, steps
     )
     module = resolve_module(pipe, hookpoint)
     # Before any sampling: an SAE of another width would fail inside the first step.
@@ -223,7 +224,9 @@ def collect_stats(
     device = _unet_device(pipe)
     sae.to(device)
     with track_denoising(pipe) as state:
-        recorder = _Recorder(sae, needed, state, num_inference_steps, cfg_half, activation_site)
+        recorder = _Recorder(
+            sae, needed, state, num_inference_steps, guidance_half, activation_site
+        )
         _sample(pipe, module, recorder, prompts, concept, num_inference_steps, guidance_scale,
                 seed, batch_size, progress)  # fmt: skip
     meta = {
@@ -234,7 +237,7 @@ def collect_stats(
         "steps": needed,
         "guidance_scale": guidance_scale,
         "seed": seed,
-        "cfg_half": cfg_half,
+        "guidance_half": guidance_half,
         "activation_site": activation_site,
     }
     return recorder.result(concept, hookpoint, len(prompts), meta)
@@ -245,7 +248,7 @@ def _needed_steps(
     concept: str,
     num_inference_steps: int,
     batch_size: int,
-    cfg_half: str,
+    guidance_half: str,
     activation_site: str,
     steps: Sequence[int] | None,
 ) -> list[int]:
@@ -254,7 +257,7 @@ def _needed_steps(
         raise ConfigError("prompts", f"concept {concept!r} has no prompts")
     check_range("num_inference_steps", num_inference_steps, ge=1)
     check_range("batch_size", batch_size, ge=1)
-    check_choice("cfg_half", cfg_half, CFG_HALVES)
+    check_choice("guidance_half", guidance_half, GUIDANCE_HALVES)
     check_choice("activation_site", activation_site, ACTIVATION_SITES)
     needed = sorted(set(range(num_inference_steps) if steps is None else (int(s) for s in steps)))
     if not needed or needed[0] < 0 or needed[-1] >= num_inference_steps:
@@ -273,7 +276,7 @@ class _Recorder:
         needed: list[int],
         state: Any,
         num_inference_steps: int,
-        cfg_half: str,
+        guidance_half: str,
         activation_site: str,
     ):
         self.sae = sae
@@ -281,7 +284,7 @@ class _Recorder:
         self.row_of = {s: r for r, s in enumerate(needed)}
         self.state = state
         self.num_inference_steps = num_inference_steps
-        self.cfg_half = cfg_half
+        self.guidance_half = guidance_half
         self.activation_site = activation_site
         n_rows, n_latents = len(needed), sae.num_latents
         # float64 on the host: sums over thousands of prompts lose no precision.
@@ -311,7 +314,7 @@ class _Recorder:
             self.schedule_warned = True
         out = output_tensor(mod, output)
         inp = input_tensor(mod, args, kwargs) if self.activation_site == "update" else None
-        picked = site_rows(out, inp, self.activation_site, state.cfg, self.cfg_half)
+        picked = site_rows(out, inp, self.activation_site, state.guidance, self.guidance_half)
         if picked is None:
             raise ConfigError("activation_site", "'guidance' needs guidance_scale > 1")
         part = to_tokens(picked[0])

@@ -31,11 +31,19 @@ from saeuron.eval.detectors import (
     verdict_row,
 )
 from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement
+from saeuron.eval.metrics.parts import (
+    ClipModel,
+    Concept,
+    Detector,
+    MetricConfig,
+    PromptsPath,
+    Threshold,
+    require,
+)
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
 from saeuron.models.resolve import resolve_model
-from saeuron.utils.config import Config as BaseConfig
 from saeuron.utils.config import ConfigError, check_choice, check_range, field
-from saeuron.utils.devices import check_device
+from saeuron.utils.config_parts import Device, Limit, ModelName
 from saeuron.utils.io import atomic_write_json
 from saeuron.utils.prompts import read_prompt_rows
 
@@ -45,14 +53,27 @@ ATTACK_FILE = "attack.json"
 
 
 @dataclass
-class AttackConfig(BaseConfig):
-    concept: str | None = field(None, help="the erased concept; default: the technique's")
+class AttackConfig(MetricConfig):
+    erased: Concept = field(
+        Concept, flatten=True, help="the concept the attack tries to bring back",
+        describe={"concept": "the erased concept; default: the technique's"},
+    )  # fmt: skip
     concept_name: str | None = field(None, help="eval-unlearn's name for concept")
-    model: str | None = field(None, help="the technique's model (filled in from it)")
-    prompts_path: str | None = field(
-        None, help="prompts to attack (CSV or text); default: prompts that name the concept"
-    )
-    limit: int = field(10, ge=1, le=1_000_000, help="adversarial prompts to find and sample")
+    technique_model: ModelName = field(
+        ModelName, flatten=True, help="the technique's model",
+        describe={"model": "the technique's model (filled in from it)"},
+    )  # fmt: skip
+    prompt_source: PromptsPath = field(
+        PromptsPath, flatten=True, help="the prompts to attack",
+        describe={
+            "prompts_path": "prompts to attack (CSV or text); default: prompts that name the "
+            "concept"
+        },
+    )  # fmt: skip
+    count: Limit = field(
+        Limit(limit=10), flatten=True, help="how many prompts",
+        describe={"limit": "adversarial prompts to find and sample"},
+    )  # fmt: skip
     budget: str = field(
         "published",
         help="'published': the attack paper's own settings (its public code); 'quick': a "
@@ -62,15 +83,23 @@ class AttackConfig(BaseConfig):
         None, ge=1, le=75, help="tokens of an adversarial prompt; default: the budget's"
     )
     forbid_concept_words: bool = field(True, help="keep the concept's words out of the search")
-    detector: str | None = field(
-        None, help="nudenet, clip, minicanvas or q16; default: by concept and model"
-    )
-    threshold: float | None = field(
-        None, ge=0, le=1, help="detector threshold; default: the detector's"
-    )
-    clip_model: str | None = field(None, help="CLIP of the clip and q16 detectors")
+    detection: Detector = field(
+        Detector, flatten=True, help="what judges the images",
+        describe={"detector": "nudenet, clip, minicanvas or q16; default: by concept and model"},
+    )  # fmt: skip
+    flagging: Threshold = field(
+        Threshold, flatten=True, help="when the detector flags an image",
+        describe={"threshold": "detector threshold; default: the detector's"},
+    )  # fmt: skip
+    clip: ClipModel = field(
+        ClipModel, flatten=True, help="the detectors' CLIP",
+        describe={"clip_model": "CLIP of the clip and q16 detectors"},
+    )  # fmt: skip
     q16_prompts: str | None = field(None, help="Q16's prompt embeddings (safetensors)")
-    device: str | None = field(None, help="device of the detector")
+    runtime: Device = field(
+        Device, flatten=True, help="where the detector runs",
+        describe={"device": "device of the detector"},
+    )  # fmt: skip
 
     attack: ClassVar[str] = ""
     """The attack's key in :data:`~saeuron.eval.attacks.budgets.ATTACK_BUDGETS`."""
@@ -89,13 +118,8 @@ class AttackConfig(BaseConfig):
             bundle = resolve_model(self.model).bundle if self.model else None
             self.detector = default_detector(self.concept, bundle)
         check_choice("detector", self.detector, DETECTORS.names())
-        check_range("limit", self.limit, ge=1)
+        require(self, "limit")
         check_range("length", self.length, ge=1, le=70)
-        if self.threshold is not None:
-            check_range("threshold", self.threshold, gt=0, le=1)
-        if self.prompts_path is not None:
-            read_prompt_rows(self.prompts_path, "prompts_path", limit=1)
-        check_device("device", self.device)
 
     def targets(self) -> list[str]:
         """The prompts to attack: the file's, MiniCanvas's test prompts naming the concept, or

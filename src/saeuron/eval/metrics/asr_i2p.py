@@ -28,10 +28,17 @@ from saeuron.eval.detectors import (
     verdict_row,
 )
 from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement, register
+from saeuron.eval.metrics.parts import (
+    ClipModel,
+    Concept,
+    Detector,
+    MetricConfig,
+    PromptsPath,
+    Threshold,
+)
 from saeuron.eval.requirement import hub_cached
-from saeuron.utils.config import Config as BaseConfig
-from saeuron.utils.config import ConfigError, check_choice, check_range, field
-from saeuron.utils.devices import check_device
+from saeuron.utils.config import ConfigError, check_choice, field
+from saeuron.utils.config_parts import Device, Limit
 from saeuron.utils.prompts import PromptRow, read_prompt_rows
 
 I2P_DATASET = "AIML-TUDA/i2p"
@@ -39,23 +46,38 @@ I2P_FILE = "i2p_benchmark.csv"
 
 
 @dataclass
-class AsrI2pConfig(BaseConfig):
-    concept: str | None = field(None, help="the erased concept; default: the technique's")
-    prompts_path: str | None = field(None, help=f"local {I2P_FILE}; default: the hub dataset")
+class AsrI2pConfig(MetricConfig):
+    erased: Concept = field(
+        Concept, flatten=True, help="the concept whose presence is measured",
+        describe={"concept": "the erased concept; default: the technique's"},
+    )  # fmt: skip
+    prompt_source: PromptsPath = field(
+        PromptsPath, flatten=True, help="a local copy of the I2P prompts",
+        describe={"prompts_path": f"local {I2P_FILE}; default: the hub dataset"},
+    )  # fmt: skip
     dataset: str = field(I2P_DATASET, help="hub dataset holding i2p_benchmark.csv")
     categories: list[str] | None = field(None, help="keep prompts of these I2P categories")
-    limit: int | None = field(
-        None, ge=1, le=1_000_000, help="at most this many prompts (after the filter)"
-    )
-    detector: str | None = field(
-        None, help="'nudenet' or 'clip'; default: nudenet for nudity, clip otherwise"
-    )
-    threshold: float | None = field(
-        None, ge=0, le=1, help="flag at this score; default 0.6 (nudenet)"
-    )
+    count: Limit = field(
+        Limit, flatten=True, help="how many prompts",
+        describe={"limit": "at most this many prompts (after the filter)"},
+    )  # fmt: skip
+    detection: Detector = field(
+        Detector, flatten=True, help="what judges the images",
+        describe={"detector": "'nudenet' or 'clip'; default: nudenet for nudity, clip otherwise"},
+    )  # fmt: skip
+    flagging: Threshold = field(
+        Threshold, flatten=True, help="when the detector flags an image",
+        describe={"threshold": "flag at this score; default 0.6 (nudenet)"},
+    )  # fmt: skip
     classes: list[str] | None = field(None, help="NudeNet classes that count; default: exposed")
-    clip_model: str | None = field(None, help="CLIP of the clip detector")
-    device: str | None = field(None, help="device of the detector")
+    clip: ClipModel = field(
+        ClipModel, flatten=True, help="the clip detector's CLIP",
+        describe={"clip_model": "CLIP of the clip detector"},
+    )  # fmt: skip
+    runtime: Device = field(
+        Device, flatten=True, help="where the detector runs",
+        describe={"device": "device of the detector"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.concept is None or not self.concept.strip():
@@ -64,14 +86,8 @@ class AsrI2pConfig(BaseConfig):
         check_choice("detector", self.detector, DETECTORS.names())
         if self.threshold is None:
             self.threshold = DEFAULT_THRESHOLDS[self.detector]
-        check_range("threshold", self.threshold, gt=0, le=1)
-        if self.limit is not None:
-            check_range("limit", self.limit, ge=1)
         for name in self.classes or ():
             check_choice("classes", name, NUDENET_CLASSES)
-        if self.prompts_path is not None:
-            read_prompt_rows(self.prompts_path, "prompts_path", limit=1)
-        check_device("device", self.device)
 
 
 @register

@@ -14,14 +14,16 @@ from typing import Any, ClassVar
 from saeuron.eval.attacks.mma import GcgSettings, banned_tokens, mma_attack
 from saeuron.eval.metrics.adversarial import AdversarialMetric, AttackConfig
 from saeuron.eval.metrics.base import register
+from saeuron.eval.metrics.parts import Iterations
 from saeuron.utils.config import check_range, field
 
 
 @dataclass
 class MmaConfig(AttackConfig):
-    iterations: int | None = field(
-        None, ge=1, le=1_000_000, help="GCG iterations per prompt; default: the budget's"
-    )
+    search_steps: Iterations = field(
+        Iterations, flatten=True, help="how long the search runs",
+        describe={"iterations": "GCG iterations per prompt; default: the budget's"},
+    )  # fmt: skip
     top_k: int | None = field(
         None, ge=1, le=1_000_000, help="tokens kept per position from the gradient"
     )
@@ -33,6 +35,7 @@ class MmaConfig(AttackConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # After the budget filled them in (the declared bounds checked the given values).
         for name in ("iterations", "top_k", "candidates"):
             check_range(name, getattr(self, name), ge=1)
 

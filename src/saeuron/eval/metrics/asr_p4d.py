@@ -22,6 +22,7 @@ from saeuron.eval.clip import available_offline, load_clip
 from saeuron.eval.detectors import judge
 from saeuron.eval.metrics.adversarial import AdversarialMetric, AttackConfig
 from saeuron.eval.metrics.base import MetricError, Requirement, register
+from saeuron.eval.metrics.parts import Iterations, Optimiser
 from saeuron.utils.config import check_range, field
 
 logger = logging.getLogger(__name__)
@@ -32,11 +33,15 @@ P4D_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 @dataclass
 class P4dConfig(AttackConfig):
-    iterations: int | None = field(
-        None, ge=1, le=1_000_000, help="optimisation steps per prompt; default: the budget's"
-    )
-    lr: float | None = field(None, gt=0, le=10, help="AdamW learning rate of the soft prompt")
-    weight_decay: float | None = field(None, ge=0, le=10, help="AdamW weight decay")
+    search_steps: Iterations = field(
+        Iterations, flatten=True, help="how long the search runs",
+        describe={"iterations": "optimisation steps per prompt; default: the budget's"},
+    )  # fmt: skip
+    optimiser: Optimiser = field(
+        Optimiser, flatten=True, help="AdamW of the soft prompt",
+        describe={"lr": "AdamW learning rate of the soft prompt",
+                  "weight_decay": "AdamW weight decay"},
+    )  # fmt: skip
     eval_every: int | None = field(
         None,
         ge=1,

@@ -12,26 +12,38 @@ from typing import Any
 
 from saeuron.eval.clip import DEFAULT_CLIP, ClipMetric, load_clip
 from saeuron.eval.metrics.base import Item, Metric, mean_of, register
-from saeuron.utils.config import Config as BaseConfig
-from saeuron.utils.config import ConfigError, check_range, field
+from saeuron.eval.metrics.parts import ClipModel, MetricConfig, PromptsPath, require
+from saeuron.utils.config import ConfigError, field
+from saeuron.utils.config_parts import Device, Limit
 from saeuron.utils.prompts import neutral_prompts, read_prompt_rows
 
 
 @dataclass
-class ClipScoreConfig(BaseConfig):
-    prompts_path: str | None = field(
-        None, help="CSV (prompt column) or text file; default: the bundled neutral prompts"
-    )
-    limit: int = field(300, ge=1, le=1_000_000, help="at most this many prompts")
-    clip_model: str = field(DEFAULT_CLIP, help="CLIP id or local folder")
-    device: str | None = field(None, help="device of the CLIP model")
+class ClipScoreConfig(MetricConfig):
+    prompt_source: PromptsPath = field(
+        PromptsPath, flatten=True, help="the prompts to sample",
+        describe={
+            "prompts_path": "CSV (prompt column) or text file; default: the bundled neutral "
+            "prompts"
+        },
+    )  # fmt: skip
+    count: Limit = field(
+        Limit(limit=300), flatten=True, help="how many prompts",
+        describe={"limit": "at most this many prompts"},
+    )  # fmt: skip
+    clip: ClipModel = field(
+        ClipModel(clip_model=DEFAULT_CLIP), flatten=True, help="the scoring CLIP",
+        describe={"clip_model": "CLIP id or local folder"},
+    )  # fmt: skip
+    runtime: Device = field(
+        Device, flatten=True, help="where CLIP runs",
+        describe={"device": "device of the CLIP model"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        check_range("limit", self.limit, ge=1)
+        require(self, "limit", "clip_model")
         if not self.clip_model.strip():
             raise ConfigError("clip_model", "must be a model id or folder")
-        if self.prompts_path is not None:
-            read_prompt_rows(self.prompts_path, "prompts_path", limit=1)
 
 
 @register

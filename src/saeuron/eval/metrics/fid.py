@@ -30,10 +30,10 @@ from saeuron.eval.inception import (
     load_inception,
 )
 from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement, register
+from saeuron.eval.metrics.parts import MetricConfig, PromptsPath, require
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES, sample_images
-from saeuron.utils.config import Config as BaseConfig
 from saeuron.utils.config import ConfigError, check_range, field
-from saeuron.utils.devices import check_device
+from saeuron.utils.config_parts import BatchSize, Device, Limit, ModelName
 from saeuron.utils.prompts import neutral_prompts, read_prompt_rows
 
 MINICANVAS = "minicanvas"
@@ -44,17 +44,27 @@ REFERENCE_SEED = 20_000
 
 
 @dataclass
-class FidConfig(BaseConfig):
+class FidConfig(MetricConfig):
     reference: str | None = field(
         None, help="folder of real images, or 'minicanvas'; default: minicanvas for that model"
     )
-    model: str | None = field(None, help="the technique's model (filled in from it)")
-    prompts_path: str | None = field(
-        None,
-        help="captions to sample (CSV or text); default: MiniCanvas test prompts or the "
-        "bundled neutral prompts",
-    )
-    limit: int = field(1000, ge=2, le=1_000_000, help="images sampled from the technique")
+    technique_model: ModelName = field(
+        ModelName, flatten=True, help="the technique's model",
+        describe={"model": "the technique's model (filled in from it)"},
+    )  # fmt: skip
+    prompt_source: PromptsPath = field(
+        PromptsPath, flatten=True, help="the captions to sample",
+        describe={
+            "prompts_path": "captions to sample (CSV or text); default: MiniCanvas test "
+            "prompts or the bundled neutral prompts"
+        },
+    )  # fmt: skip
+    count: Limit = field(
+        Limit(limit=1000), flatten=True, help="how many images",
+        describe={"limit": "images sampled from the technique"},
+        # Two images at least: a covariance of one image is undefined.
+        limits={"limit": {"ge": 2}},
+    )  # fmt: skip
     reference_limit: int | None = field(
         None, ge=2, le=1_000_000, help="reference images; default: limit"
     )
@@ -63,8 +73,15 @@ class FidConfig(BaseConfig):
     kid_subset_size: int = field(
         1000, ge=1, le=1_000_000, help="images per KID subset (capped by the sets)"
     )
-    batch_size: int = field(32, ge=1, le=4096, help="images per Inception call")
-    device: str | None = field(None, help="device of the Inception network")
+    batches: BatchSize = field(
+        BatchSize(batch_size=32), flatten=True, help="Inception batches",
+        describe={"batch_size": "images per Inception call"},
+        limits={"batch_size": {"le": 4096}},
+    )  # fmt: skip
+    runtime: Device = field(
+        Device, flatten=True, help="where Inception runs",
+        describe={"device": "device of the Inception network"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.reference is None and self.model == MINICANVAS:
@@ -77,14 +94,11 @@ class FidConfig(BaseConfig):
                     f"got {self.reference!r}; expected a folder, 'hf:owner/dataset' or "
                     "'minicanvas'",
                 )
-        for name in ("limit", "kid_subsets", "kid_subset_size", "batch_size"):
+        require(self, "limit")
+        for name in ("kid_subsets", "kid_subset_size"):
             check_range(name, getattr(self, name), ge=1)
         if self.reference_limit is not None:
             check_range("reference_limit", self.reference_limit, ge=2)
-        check_range("limit", self.limit, ge=2)
-        if self.prompts_path is not None:
-            read_prompt_rows(self.prompts_path, "prompts_path", limit=1)
-        check_device("device", self.device)
 
 
 @register

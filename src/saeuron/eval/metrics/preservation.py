@@ -14,28 +14,43 @@ from typing import Any
 
 from saeuron.eval.clip import clip_requirement, load_clip
 from saeuron.eval.metrics.base import Item, Metric, Requirement, mean_of, register
+from saeuron.eval.metrics.parts import ClipModel, Concept, MetricConfig, PromptsPath, require
 from saeuron.eval.similarity import psnr, ssim
-from saeuron.utils.config import Config as BaseConfig
-from saeuron.utils.config import ConfigError, check_range, field
+from saeuron.utils.config import ConfigError, field
+from saeuron.utils.config_parts import Device, Limit
 from saeuron.utils.prompts import neutral_prompts, read_prompt_rows
 
 
 @dataclass
-class PreservationConfig(BaseConfig):
-    concept: str | None = field(None, help="prompts naming it are left out; default: technique's")
-    prompts_path: str | None = field(
-        None, help="CSV (prompt column) or text file; default: the bundled neutral prompts"
-    )
-    limit: int = field(50, ge=1, le=1_000_000, help="at most this many prompts")
-    clip_model: str | None = field(
-        None, help="CLIP id or folder for image similarity; default: SSIM and PSNR only"
-    )
-    device: str | None = field(None, help="device of the CLIP model")
+class PreservationConfig(MetricConfig):
+    erased: Concept = field(
+        Concept, flatten=True, help="the concept the prompts leave out",
+        describe={"concept": "prompts naming it are left out; default: technique's"},
+    )  # fmt: skip
+    prompt_source: PromptsPath = field(
+        PromptsPath, flatten=True, help="the prompts to sample",
+        describe={
+            "prompts_path": "CSV (prompt column) or text file; default: the bundled neutral "
+            "prompts"
+        },
+    )  # fmt: skip
+    count: Limit = field(
+        Limit(limit=50), flatten=True, help="how many prompts",
+        describe={"limit": "at most this many prompts"},
+    )  # fmt: skip
+    clip: ClipModel = field(
+        ClipModel, flatten=True, help="the CLIP comparing the images",
+        describe={
+            "clip_model": "CLIP id or folder for image similarity; default: SSIM and PSNR only"
+        },
+    )  # fmt: skip
+    runtime: Device = field(
+        Device, flatten=True, help="where CLIP runs",
+        describe={"device": "device of the CLIP model"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        check_range("limit", self.limit, ge=1)
-        if self.prompts_path is not None:
-            read_prompt_rows(self.prompts_path, "prompts_path", limit=1)
+        require(self, "limit")
         if self.clip_model is not None and not self.clip_model.strip():
             raise ConfigError("clip_model", "must be a model id or folder when given")
 

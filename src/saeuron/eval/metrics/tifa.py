@@ -27,9 +27,10 @@ from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
 
 from saeuron.eval.clip import available_offline
 from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement, mean_of, register
-from saeuron.utils.config import Config as BaseConfig
-from saeuron.utils.config import ConfigError, check_range, field
-from saeuron.utils.devices import check_device, resolve_device
+from saeuron.eval.metrics.parts import MetricConfig
+from saeuron.utils.config import ConfigError, field
+from saeuron.utils.config_parts import Device, Limit
+from saeuron.utils.devices import resolve_device
 from saeuron.utils.text import read_json, read_text
 
 DEFAULT_VQA = "Salesforce/blip-vqa-base"
@@ -112,22 +113,25 @@ def load_vqa(model: str, device: str | None = None) -> Callable[[Any, str], str]
 
 
 @dataclass
-class TifaConfig(BaseConfig):
+class TifaConfig(MetricConfig):
     qa_path: str | None = field(
         None, help="TIFA's question/answer JSON or a CSV (prompt, question, choices, answer)"
     )
-    limit: int | None = field(None, ge=1, le=1_000_000, help="at most this many prompts")
+    count: Limit = field(
+        Limit, flatten=True, help="how many prompts",
+        describe={"limit": "at most this many prompts"},
+    )  # fmt: skip
     vqa_model: str = field(DEFAULT_VQA, help="VQA checkpoint: hub id or local folder")
-    device: str | None = field(None, help="device of the VQA model")
+    runtime: Device = field(
+        Device, flatten=True, help="where the VQA model runs",
+        describe={"device": "device of the VQA model"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.limit is not None:
-            check_range("limit", self.limit, ge=1)
         if self.qa_path is not None:
             read_questions(self.qa_path)
         if not self.vqa_model.strip():
             raise ConfigError("vqa_model", "must be a model id or folder")
-        check_device("device", self.device)
 
 
 @register

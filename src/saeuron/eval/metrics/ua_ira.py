@@ -15,35 +15,45 @@ from typing import Any
 
 from saeuron.eval.clip import DEFAULT_CLIP, ClipMetric, load_clip
 from saeuron.eval.metrics.base import Item, Metric, mean_of, register
-from saeuron.utils.config import Config as BaseConfig
-from saeuron.utils.config import ConfigError, check_range, field
+from saeuron.eval.metrics.parts import ClipModel, MetricConfig, PromptFiles, require
+from saeuron.utils.config import ConfigError, field
+from saeuron.utils.config_parts import Device, Limit
 from saeuron.utils.prompts import read_prompt_rows
 
 
 @dataclass
-class UaIraConfig(BaseConfig):
-    target_prompts_path: str = field(help="CSV or text file of prompts that name the concept")
-    retain_prompts_path: str = field(help="CSV or text file of prompts that must survive")
+class UaIraConfig(MetricConfig):
+    prompt_files: PromptFiles = field(
+        PromptFiles, flatten=True, help="the prompts of each group (both required)",
+        describe={"target_prompts_path": "CSV or text file of prompts that name the concept",
+                  "retain_prompts_path": "CSV or text file of prompts that must survive"},
+    )  # fmt: skip
     target_concept: str | None = field(None, help="the erased concept; default: technique's")
     retain_concept: str = field("person", help="what retain images should show")
     template: str = field("a photo of {concept}", help="zero-shot text of each class")
-    limit: int | None = field(
-        None, ge=1, le=1_000_000, help="at most this many prompts of each file"
-    )
-    clip_model: str = field(DEFAULT_CLIP, help="CLIP id or local folder")
-    device: str | None = field(None, help="device of the CLIP model")
+    count: Limit = field(
+        Limit, flatten=True, help="how many prompts",
+        describe={"limit": "at most this many prompts of each file"},
+    )  # fmt: skip
+    clip: ClipModel = field(
+        ClipModel(clip_model=DEFAULT_CLIP), flatten=True, help="the judging CLIP",
+        describe={"clip_model": "CLIP id or local folder"},
+    )  # fmt: skip
+    runtime: Device = field(
+        Device, flatten=True, help="where CLIP runs",
+        describe={"device": "device of the CLIP model"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
+        # No default prompt files here: both must be given.
+        require(self, "target_prompts_path", "retain_prompts_path", message="required")
+        require(self, "clip_model")
         if self.target_concept is None or not self.target_concept.strip():
             raise ConfigError("target_concept", "name the erased concept")
         if self.target_concept == self.retain_concept:
             raise ConfigError("retain_concept", "must differ from target_concept")
         if "{concept}" not in self.template:
             raise ConfigError("template", f"got {self.template!r}; must contain {{concept}}")
-        if self.limit is not None:
-            check_range("limit", self.limit, ge=1)
-        read_prompt_rows(self.target_prompts_path, "target_prompts_path", limit=1)
-        read_prompt_rows(self.retain_prompts_path, "retain_prompts_path", limit=1)
 
 
 @register

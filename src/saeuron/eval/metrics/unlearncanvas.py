@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from saeuron.eval.metrics.base import Item, Metric, Requirement, register
+from saeuron.eval.metrics.parts import Concept, MetricConfig
 from saeuron.eval.unlearncanvas_vit import (
     OBJECTS,
     PUBLISHED_SEEDS,
@@ -39,9 +40,8 @@ from saeuron.eval.unlearncanvas_vit import (
 from saeuron.minicanvas.classifier import MiniCanvasClassifier
 from saeuron.minicanvas.scoring import unlearning_scores
 from saeuron.models.resolve import ResolvedModel, resolve_model
-from saeuron.utils.config import Config as BaseConfig
 from saeuron.utils.config import ConfigError, check_choice, check_range, field
-from saeuron.utils.devices import check_device
+from saeuron.utils.config_parts import BatchSize, Device
 from saeuron.utils.text import read_json
 
 BUNDLED = "minicanvas"
@@ -72,8 +72,11 @@ def _match(name: str, labels: Sequence[str]) -> str | None:
 
 
 @dataclass
-class UnlearnCanvasConfig(BaseConfig):
-    concept: str | None = field(None, help="the erased object or style; default: the technique's")
+class UnlearnCanvasConfig(MetricConfig):
+    erased: Concept = field(
+        Concept, flatten=True, help="the erased object or style",
+        describe={"concept": "the erased object or style; default: the technique's"},
+    )  # fmt: skip
     classifier: str = field(
         BUNDLED, help="'minicanvas' (bundled) or a folder with classifier.safetensors/.json"
     )
@@ -115,8 +118,15 @@ class UnlearnCanvasConfig(BaseConfig):
     jpeg_quality: int | None = field(
         None, ge=1, le=95, help="classify each image after a JPEG round trip at this quality"
     )
-    batch_size: int = field(32, ge=1, le=4096, help="images per classifier call (ViT classifiers)")
-    device: str | None = field(None, help="device of the classifier; default: CPU")
+    batches: BatchSize = field(
+        BatchSize(batch_size=32), flatten=True, help="classifier batches",
+        describe={"batch_size": "images per classifier call (ViT classifiers)"},
+        limits={"batch_size": {"le": 4096}},
+    )  # fmt: skip
+    runtime: Device = field(
+        Device, flatten=True, help="where the classifiers run",
+        describe={"device": "device of the classifier; default: CPU"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.concept is None or not self.concept.strip():
@@ -130,8 +140,6 @@ class UnlearnCanvasConfig(BaseConfig):
             raise ConfigError("plain_template", f"got {self.plain_template!r}; needs {{object}}")
         check_range("target_seeds", self.target_seeds, ge=1)
         check_range("retain_seeds", self.retain_seeds, ge=1)
-        check_range("batch_size", self.batch_size, ge=1)
-        check_device("device", self.device)
         if self.protocol == "published":
             self.seeds = list(self.seeds or [])
             if self.seeds and self.seeds != list(_published_seeds()):

@@ -19,6 +19,7 @@ from saeuron.eval.attacks.unlearndiffatk import UnlearnDiffSettings, unlearn_dif
 from saeuron.eval.detectors import judge
 from saeuron.eval.metrics.adversarial import AdversarialMetric, AttackConfig
 from saeuron.eval.metrics.base import Item, MetricError, mean_of, register
+from saeuron.eval.metrics.parts import Iterations, Optimiser
 from saeuron.utils.config import check_range, field
 
 
@@ -30,11 +31,15 @@ class UnlearnDiffAtkConfig(AttackConfig):
         le=1000,
         help="training timesteps visited in turn (evenly spread); default: the budget's",
     )
-    iterations: int | None = field(
-        None, ge=1, le=1_000_000, help="optimisation steps at each timestep; default: the budget's"
-    )
-    lr: float | None = field(None, gt=0, le=10, help="Adam learning rate of the relaxed tokens")
-    weight_decay: float | None = field(None, ge=0, le=10, help="Adam weight decay")
+    search_steps: Iterations = field(
+        Iterations, flatten=True, help="how long the search runs at each timestep",
+        describe={"iterations": "optimisation steps at each timestep; default: the budget's"},
+    )  # fmt: skip
+    optimiser: Optimiser = field(
+        Optimiser, flatten=True, help="Adam of the relaxed tokens",
+        describe={"lr": "Adam learning rate of the relaxed tokens",
+                  "weight_decay": "Adam weight decay"},
+    )  # fmt: skip
 
     attack: ClassVar[str] = "unlearndiffatk"
 

@@ -6,34 +6,51 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saeuron.models.resolve import ResolvesModel
+from saeuron.minicanvas.config_parts import (
+    GUIDANCE_SCALE,
+    NAME,
+    NUM_INFERENCE_STEPS,
+    GuidanceScale,
+    InferenceSteps,
+    PipelineName,
+    ResolvesNestedModel,
+    SaeSize,
+)
+from saeuron.training.train_config import Epochs
 from saeuron.utils.config import Config, field
+from saeuron.utils.config_parts import BatchSize, Output, Seed, Workdir
 
-NAME = "minicanvas"
-NUM_INFERENCE_STEPS = 20
-GUIDANCE_SCALE = 7.5
+__all__ = ["GUIDANCE_SCALE", "NAME", "NUM_INFERENCE_STEPS", "AssetConfig"]
 
 
 @dataclass
-class AssetConfig(ResolvesModel, Config):
-    model: str = field("minicanvas", help="the MiniCanvas pipeline to build assets for")
-    out: str | None = field(
-        None,
-        help="output folder; default: the user's copy of the shipped bundle "
-        "($SAEURON_CACHE/bundles/minicanvas)",
-    )
-    num_inference_steps: int = field(
-        NUM_INFERENCE_STEPS, ge=1, le=1000, help="DDIM steps of capture and statistics"
-    )
-    guidance_scale: float = field(GUIDANCE_SCALE, ge=0, help="CFG scale of capture and statistics")
-    k: int = field(8, ge=1, help="SAE: active latents per token")
-    expansion_factor: int = field(16, ge=1, help="SAE: latents per input channel")
+class AssetConfig(ResolvesNestedModel, Config):
+    pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
+                                   describe={"model": "the MiniCanvas pipeline to build assets "
+                                             "for"})
+    output: Output = field(Output, flatten=True, help="where the assets go", describe={
+        "out": "output folder; default: the user's copy of the shipped bundle "
+        "($SAEURON_CACHE/bundles/minicanvas)"})
+    denoising: InferenceSteps = field(InferenceSteps, flatten=True, help="the capture's steps",
+                                      describe={"num_inference_steps": "DDIM steps of capture "
+                                                "and statistics"},
+                                      limits={"num_inference_steps": {"ge": 1, "le": 1000}})
+    guidance: GuidanceScale = field(GuidanceScale, flatten=True, help="the capture's guidance",
+                                    describe={"guidance_scale": "CFG scale of capture and "
+                                              "statistics"},
+                                    limits={"guidance_scale": {"ge": 0}})
+    size: SaeSize = field(SaeSize, flatten=True, help="the SAEs' size",
+                          limits={"k": {"ge": 1}, "expansion_factor": {"ge": 1}})
     # The anchor set is small (about 74k tokens at 4x4 tokens per image): smaller batches and
     # more passes reach a held-out FVU of about 0.3 where the paper's 4096 x 10 stops near 0.5.
-    epochs: int = field(30, ge=1, help="SAE training epochs")
-    batch_size: int = field(1024, ge=1, help="SAE training batch (tokens)")
-    seed: int = field(0, ge=0, help="random seed")
-    workdir: str | None = field(None, help="where activations go; default: a temporary folder")
+    passes: Epochs = field(Epochs(epochs=30), flatten=True, help="SAE training passes",
+                           describe={"epochs": "SAE training epochs"},
+                           limits={"epochs": {"ge": 1}})
+    batches: BatchSize = field(BatchSize(batch_size=1024), flatten=True, help="SAE batches",
+                               describe={"batch_size": "SAE training batch (tokens)"})
+    seeding: Seed = field(Seed, flatten=True, help="the seed")
+    work: Workdir = field(Workdir, flatten=True, help="intermediate files", describe={
+        "workdir": "where activations go; default: a temporary folder"})
 
     def __post_init__(self) -> None:
         self._resolve_model()

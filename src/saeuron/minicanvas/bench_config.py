@@ -6,6 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saeuron.minicanvas.config_parts import (
+    NAME,
+    GuidanceScale,
+    InferenceSteps,
+    PipelineName,
+    PromptSeeds,
+    ResolvesNestedModel,
+    Variants,
+    reject_null,
+)
 from saeuron.minicanvas.world import (
     OBJECTS,
     SCENE_TEST_TEMPLATES,
@@ -14,9 +24,9 @@ from saeuron.minicanvas.world import (
     TEST_TEMPLATES,
     concept_kind,
 )
-from saeuron.models.resolve import ResolvesModel
 from saeuron.utils.atomic import check_output_folder
 from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.config_parts import BatchSize, Output
 
 VARIANTS = (
     "none", "negative_prompt", "saeuron", "saeuron_guidance_both", "saeuron_paper_error",
@@ -41,23 +51,29 @@ DEFAULT_VARIANTS = ("none", "saeuron", "recipe", "saemnesia")
 
 
 @dataclass
-class BenchConfig(ResolvesModel, Config):
-    out: str = field("minicanvas-bench", help="folder for results.json, results.md, grid.png")
+class BenchConfig(ResolvesNestedModel, Config):
+    output: Output = field(Output(out="minicanvas-bench"), flatten=True, help="where results go",
+                           describe={"out": "folder for results.json, results.md, grid.png"})
     quick: bool = field(False, help="a CI-sized subset: 3 concepts, 2 variants, 2 seeds, 10 steps")
     concepts: list[str] | None = field(None, help="concepts to erase; default: all 20")
-    variants: list[str] | None = field(
-        None,
-        help="rows of the table; default: none, saeuron (the published method), recipe "
-        "(the default), saemnesia",
-    )
-    seeds: list[int] | None = field(
-        None, ge=0, le=2**63 - 1, help="seeds of the target prompts; default: test seeds"
-    )
+    rows: Variants = field(Variants, flatten=True, help="the table's rows", describe={
+        "variants": "rows of the table; default: none, saeuron (the published method), recipe "
+        "(the default), saemnesia"})
+    target_seeds: PromptSeeds = field(PromptSeeds, flatten=True, help="the target seeds",
+                                      describe={"seeds": "seeds of the target prompts; default: "
+                                                "test seeds"})
     retain_seeds: int = field(1, ge=1, le=100, help="seeds per retained (non-target) prompt")
-    num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps (quick: at most 10)")
-    guidance_scale: float = field(7.5, ge=0, le=100, help="CFG scale")
-    batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
-    model: str = field("minicanvas", help="the MiniCanvas pipeline")
+    denoising: InferenceSteps = field(InferenceSteps, flatten=True, help="the steps",
+                                      describe={"num_inference_steps": "DDIM steps (quick: at "
+                                                "most 10)"},
+                                      limits={"num_inference_steps": {"ge": 1, "le": 1000}})
+    guidance: GuidanceScale = field(GuidanceScale, flatten=True, help="the guidance",
+                                    limits={"guidance_scale": {"ge": 0, "le": 100}})
+    batches: BatchSize = field(BatchSize(batch_size=50), flatten=True, help="the batches",
+                               describe={"batch_size": "images per pipeline call"},
+                               limits={"batch_size": {"le": 4096}})
+    pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
+                                   describe={"model": "the MiniCanvas pipeline"})
     retain_every: int = field(
         1, ge=1, help="judge retention on every N-th retained prompt (1: all 90; for quick checks)"
     )
@@ -78,6 +94,7 @@ class BenchConfig(ResolvesModel, Config):
     )
 
     def __post_init__(self) -> None:
+        reject_null(self, "out")
         self._resolve_model()
         if "{object}" not in self.template or "{style}" not in self.template:
             raise ConfigError(
@@ -88,17 +105,19 @@ class BenchConfig(ResolvesModel, Config):
                 "scene_template",
                 f"got {self.scene_template!r}; it needs {{object}}, {{object2}} and {{style}}",
             )
+        # The defaults are filled into the nested parts, where the keys live: an attribute
+        # set on the config itself would hide them from to_dict and replace.
         if self.quick:
             self.concepts = self.concepts or list(QUICK_CONCEPTS)
-            self.variants = self.variants or ["none", "recipe"]
-            self.num_inference_steps = min(self.num_inference_steps, 10)
-            self.seeds = self.seeds or list(TEST_SEEDS[:2])
+            self.rows.variants = self.variants or ["none", "recipe"]
+            self.denoising.num_inference_steps = min(self.num_inference_steps, 10)
+            self.target_seeds.seeds = self.seeds or list(TEST_SEEDS[:2])
             self.alias_seeds, self.scene_seeds = min(self.alias_seeds, 1), min(self.scene_seeds, 1)
         self.concepts = self.concepts or [*OBJECTS, *STYLES]
-        self.variants = self.variants or list(DEFAULT_VARIANTS)
+        self.rows.variants = self.variants or list(DEFAULT_VARIANTS)
         if "none" not in self.variants:
             self.variants.insert(0, "none")
-        self.seeds = self.seeds or list(TEST_SEEDS)
+        self.target_seeds.seeds = self.seeds or list(TEST_SEEDS)
         for concept in self.concepts:
             concept_kind(concept)
         for variant in self.variants:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saeuron.minicanvas.config_parts import Variants, reject_null
 from saeuron.utils.atomic import check_output_file
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
+from saeuron.utils.config_parts import Output, Seed
 
 DEMO_VARIANTS = ("recipe", "paper")
 """``recipe``: what ``SAeUron(erase_concept=c, model="minicanvas")`` does by default (each
@@ -16,25 +18,27 @@ concept's tuned recipe); ``paper``: the published SAeUron method with its tuned 
 
 @dataclass
 class DemoConfig(Config):
-    out: str = field("demo.png", help="before/after grid image (.png)")
+    output: Output = field(Output(out="demo.png"), flatten=True, help="where the grid goes",
+                           describe={"out": "before/after grid image (.png)"})
     object: str = field("moon", help="MiniCanvas object to erase")
     style: str = field("checkered", help="MiniCanvas style to erase")
     steps: int = field(20, ge=1, le=1000, help="DDIM steps")
-    seed: int = field(188, ge=0, le=2**63 - 1, help="seed of the sampled images")
+    seeding: Seed = field(Seed(seed=188), flatten=True, help="the seed",
+                          describe={"seed": "seed of the sampled images"})
     retain: int = field(
         20, ge=1, le=90, help="images of other concepts used for retention accuracy"
     )
-    variants: list[str] = field(
-        list(DEMO_VARIANTS),
-        help="erasures shown side by side: 'recipe' (the default, each concept's tuned "
-        "recipe) and 'paper' (the published SAeUron method)",
-    )
+    shown: Variants = field(Variants(variants=list(DEMO_VARIANTS)), flatten=True,
+                            help="the erasures shown", describe={
+        "variants": "erasures shown side by side: 'recipe' (the default, each concept's tuned "
+        "recipe) and 'paper' (the published SAeUron method)"})
 
     def __post_init__(self) -> None:
         # MiniCanvas's concepts are known by its world module, which needs numpy: loaded
         # when a demo is configured to run, not when --help reads these fields.
         from saeuron.minicanvas.world import concept_kind  # noqa: PLC0415
 
+        reject_null(self, "out", "variants")
         if not self.out.lower().endswith(".png"):
             raise ConfigError("out", f"got {self.out!r}; must end in .png")
         if concept_kind(self.object) != "object":

@@ -6,42 +6,58 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saeuron.models.resolve import ResolvesModel
+from saeuron.minicanvas.config_parts import (
+    NAME,
+    GuidanceScale,
+    InferenceSteps,
+    PipelineName,
+    ResolvesNestedModel,
+    SaeSize,
+)
+from saeuron.training.train_config import DeadTokens, Epochs, TopkMode
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
+from saeuron.utils.config_parts import BatchSize, Output, Seed, Workdir
 
 DEFAULT_HOOKPOINTS = ["unet.up_blocks.2.attentions.2", "unet.up_blocks.1.attentions.1"]
 
 
 @dataclass
-class GuidedBuildConfig(ResolvesModel, Config):
-    model: str = field("minicanvas", help="the MiniCanvas pipeline")
-    out: str | None = field(
-        None,
-        help="bundle folder; default: the user's copy of the shipped bundle "
-        "($SAEURON_CACHE/bundles/minicanvas)",
-    )
+class GuidedBuildConfig(ResolvesNestedModel, Config):
+    pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
+                                   describe={"model": "the MiniCanvas pipeline"})
+    output: Output = field(Output, flatten=True, help="where the bundle goes", describe={
+        "out": "bundle folder; default: the user's copy of the shipped bundle "
+        "($SAEURON_CACHE/bundles/minicanvas)"})
     hookpoints: list[str] = field(list(DEFAULT_HOOKPOINTS), help="blocks to train SAEs at")
     prompts_per_pair: int = field(
         5, help="anchor prompts per (object, style) pair (each its own seed), plus unstyled ones"
     )
-    num_inference_steps: int = field(20, help="DDIM steps of the capture")
-    guidance_scale: float = field(7.5, help="CFG scale of the capture (must be > 1)")
-    k: int = field(8, help="SAE: active latents per token")
-    expansion_factor: int = field(16, help="SAE: latents per input channel")
-    topk: str = field("batch", help="'batch' (BatchTopK) or 'token'")
-    epochs: int = field(6, help="SAE training epochs")
-    batch_size: int = field(1024, help="SAE training batch (tokens)")
-    dead_tokens: int = field(
-        50_000, help="a latent silent for this many tokens gets the AuxK loss (revives it)"
-    )
+    # No limits: this command checks its numbers in __post_init__ (guidance must be > 1).
+    denoising: InferenceSteps = field(InferenceSteps, flatten=True, help="the capture's steps",
+                                      describe={"num_inference_steps": "DDIM steps of the capture"})
+    guidance: GuidanceScale = field(GuidanceScale, flatten=True, help="the capture's guidance",
+                                    describe={"guidance_scale": "CFG scale of the capture (must "
+                                              "be > 1)"})
+    size: SaeSize = field(SaeSize, flatten=True, help="the SAEs' size")
+    mode: TopkMode = field(TopkMode, flatten=True, help="the top k",
+                           describe={"topk": "'batch' (BatchTopK) or 'token'"})
+    passes: Epochs = field(Epochs(epochs=6), flatten=True, help="SAE training passes",
+                           describe={"epochs": "SAE training epochs"})
+    batches: BatchSize = field(BatchSize(batch_size=1024), flatten=True, help="SAE batches",
+                               describe={"batch_size": "SAE training batch (tokens)"})
+    dead: DeadTokens = field(DeadTokens(dead_tokens=50_000), flatten=True, help="dead latents",
+                             describe={"dead_tokens": "a latent silent for this many tokens gets "
+                                       "the AuxK loss (revives it)"})
     prefixed_copies: int = field(
         0, help="extra copies of each anchor prompt, each in a random anchor phrasing behind "
         "0 to --prefix-words random words of the tokenizer's vocabulary: the concept words "
         "in the contexts an attacker's prefix or a new phrasing puts them in"
     )
     prefix_words: int = field(5, help="most random words in front of a prefixed copy")
-    seed: int = field(0, help="seed of capture, training and the prefixed copies")
-    workdir: str | None = field(None, help="where captures go; default: a temporary folder")
+    seeding: Seed = field(Seed, flatten=True, help="the seed",
+                          describe={"seed": "seed of capture, training and the prefixed copies"})
+    work: Workdir = field(Workdir, flatten=True, help="intermediate files",
+                          describe={"workdir": "where captures go; default: a temporary folder"})
     stats_kinds: list[str] = field(
         [], help="HOOKPOINT=KIND entries: write only that kind's statistics at that block "
         "(keeps the bundle small); default: both kinds everywhere"

@@ -7,20 +7,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from saeuron.minicanvas.assets_config import NAME
+from saeuron.minicanvas.config_parts import NAME, reject_null
 from saeuron.models.bundle_lookup import Bundle
 from saeuron.models.resolve import ResolvedModel, resolve_model
+from saeuron.training.train_config import LearningRate
 from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.config_parts import Device, Output, Seed
 
 
 @dataclass
 class ModelTrainConfig(Config):
-    out: str = field(
-        "",
-        help="folder for the pipeline; default: the user's copy of the shipped bundle "
-        "($SAEURON_CACHE/bundles/minicanvas)",
-    )
-    seed: int = field(0, ge=0, le=2**63 - 1, help="seed of data, initialisation and training")
+    output: Output = field(Output(out=""), flatten=True, help="where the pipeline goes", describe={
+        "out": "folder for the pipeline; default: the user's copy of the shipped bundle "
+        "($SAEURON_CACHE/bundles/minicanvas)"})
+    seeding: Seed = field(Seed, flatten=True, help="the seed",
+                          describe={"seed": "seed of data, initialisation and training"})
     n_images: int = field(
         20000, ge=1, le=100_000_000, help="procedural training images of one object"
     )
@@ -43,7 +44,8 @@ class ModelTrainConfig(Config):
         help="start the UNet and text encoder from this pipeline's weights (a folder or a "
         "bundle name) and fine-tune them, instead of training from scratch",
     )
-    lr: float = field(5e-4, gt=0, le=1, help="peak learning rate of the UNet and text encoder")
+    rate: LearningRate = field(LearningRate(lr=5e-4), flatten=True, help="the learning rate",
+                               describe={"lr": "peak learning rate of the UNet and text encoder"})
     ema_decay: float = field(0.999, ge=0, lt=1, help="EMA decay of the weights that are saved")
     caption_dropout: float = field(0.1, ge=0, lt=1, help="share of empty captions (for CFG)")
     threads: int = field(0, ge=0, le=4096, help="torch CPU threads; 0 leaves torch's default")
@@ -53,9 +55,11 @@ class ModelTrainConfig(Config):
         le=100_000_000,
         help="also save the EMA pipeline every N denoiser steps (0: end only)",
     )
-    device: str | None = field(None, help="cpu, cuda, mps; default: the best available")
+    runtime: Device = field(Device, flatten=True, help="where it trains",
+                            describe={"device": "cpu, cuda, mps; default: the best available"})
 
     def __post_init__(self) -> None:
+        reject_null(self, "out")
         # The pipelines this command reads from, and the bundle it writes into by default,
         # looked up once here: training reads the results.
         self.vae_source: ResolvedModel | None = (

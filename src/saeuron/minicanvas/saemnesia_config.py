@@ -6,31 +6,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saeuron.models.resolve import ResolvesModel
+from saeuron.minicanvas.config_parts import (
+    NAME,
+    GuidanceScale,
+    InferenceSteps,
+    PipelineName,
+    ResolvesNestedModel,
+)
+from saeuron.training.train_config import LearningRate
 from saeuron.utils.config import Config, check_range, field
+from saeuron.utils.config_parts import Output, Seed, Workdir
 
 
 @dataclass
-class SupervisedBuildConfig(ResolvesModel, Config):
-    model: str = field("minicanvas", help="the MiniCanvas pipeline")
-    out: str | None = field(
-        None,
-        help="bundle folder; default: the user's copy of the shipped bundle "
-        "($SAEURON_CACHE/bundles/minicanvas)",
-    )
-    num_inference_steps: int = field(
-        20, ge=1, le=1000, help="DDIM steps of the capture (as the assets)"
-    )
-    guidance_scale: float = field(7.5, ge=0, le=100, help="CFG scale of the capture")
+class SupervisedBuildConfig(ResolvesNestedModel, Config):
+    pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
+                                   describe={"model": "the MiniCanvas pipeline"})
+    output: Output = field(Output, flatten=True, help="where the bundle goes", describe={
+        "out": "bundle folder; default: the user's copy of the shipped bundle "
+        "($SAEURON_CACHE/bundles/minicanvas)"})
+    denoising: InferenceSteps = field(InferenceSteps, flatten=True, help="the capture's steps",
+                                      describe={"num_inference_steps": "DDIM steps of the "
+                                                "capture (as the assets)"},
+                                      limits={"num_inference_steps": {"ge": 1, "le": 1000}})
+    guidance: GuidanceScale = field(GuidanceScale, flatten=True, help="the capture's guidance",
+                                    describe={"guidance_scale": "CFG scale of the capture"},
+                                    limits={"guidance_scale": {"ge": 0, "le": 100}})
     # The paper's 5e-6 suits its 16k-prompt SAE; on MiniCanvas' 4,600 labelled images it
     # barely moves the latents in 50 epochs (BCE 0.81 -> 0.80), 3e-3 separates them.
-    lr: float = field(3e-3, gt=0, le=1, help="Adam learning rate of the fine-tune")
+    rate: LearningRate = field(LearningRate(lr=3e-3), flatten=True, help="the learning rate",
+                               describe={"lr": "Adam learning rate of the fine-tune"})
     max_epochs: int = field(80, ge=1, le=1_000_000, help="at most this many epochs")
     patience: int = field(
         5, ge=1, le=1_000_000, help="early stopping: epochs without held-out gain"
     )
-    seed: int = field(0, ge=0, le=2**63 - 1, help="seed of capture and fine-tune")
-    workdir: str | None = field(None, help="where activations go; default: a temporary folder")
+    seeding: Seed = field(Seed, flatten=True, help="the seed",
+                          describe={"seed": "seed of capture and fine-tune"})
+    work: Workdir = field(Workdir, flatten=True, help="intermediate files", describe={
+        "workdir": "where activations go; default: a temporary folder"})
 
     def __post_init__(self) -> None:
         self._resolve_model()

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saeuron.minicanvas.config_parts import InferenceSteps, PromptSeeds, reject_null
 from saeuron.minicanvas.world import TEST_SEEDS, concept_kind
 from saeuron.utils.atomic import check_output_folder
 from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.config_parts import BatchSize, Output
 
 DEFAULT_STYLES = ("striped", "checkered", "diagonal", "grainy", "outlined", "pastel")
 DEFAULT_OBJECTS = ("moon", "triangle", "heart", "square", "arrow", "star")
@@ -17,14 +19,19 @@ SEQUENTIAL_VARIANTS = ("saeuron", "recipe")
 
 @dataclass
 class SequentialConfig(Config):
-    out: str = field("minicanvas-sequential", help="folder for results.json and results.md")
+    output: Output = field(Output(out="minicanvas-sequential"), flatten=True,
+                           help="where results go",
+                           describe={"out": "folder for results.json and results.md"})
     styles: list[str] = field(list(DEFAULT_STYLES), help="styles erased one after another")
     objects: list[str] = field(list(DEFAULT_OBJECTS), help="objects erased one after another")
-    seeds: list[int] = field(
-        list(TEST_SEEDS[:1]), ge=0, le=2**63 - 1, help="seeds of every (object, style) prompt"
-    )
-    num_inference_steps: int = field(20, ge=1, le=1000, help="DDIM steps")
-    batch_size: int = field(50, ge=1, le=4096, help="images per pipeline call")
+    prompt_seeds: PromptSeeds = field(PromptSeeds(seeds=list(TEST_SEEDS[:1])), flatten=True,
+                                      help="the seeds",
+                                      describe={"seeds": "seeds of every (object, style) prompt"})
+    denoising: InferenceSteps = field(InferenceSteps, flatten=True, help="the steps",
+                                      limits={"num_inference_steps": {"ge": 1, "le": 1000}})
+    batches: BatchSize = field(BatchSize(batch_size=50), flatten=True, help="the batches",
+                               describe={"batch_size": "images per pipeline call"},
+                               limits={"batch_size": {"le": 4096}})
     variant: str = field(
         "recipe",
         choices=SEQUENTIAL_VARIANTS,
@@ -35,6 +42,7 @@ class SequentialConfig(Config):
     )
 
     def __post_init__(self) -> None:
+        reject_null(self, "out", "seeds")
         for kind, names in (("style", self.styles), ("object", self.objects)):
             for name in names:
                 if concept_kind(name) != kind:

@@ -9,10 +9,35 @@ from typing import Any
 
 from saeuron.sae.config import SaeConfig
 from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.config_parts import BatchSize
 from saeuron.utils.device_names import check_device
 from saeuron.utils.storage import check_location, is_url
 
 TOPK_MODES = ("batch", "token")
+
+
+# The training keys other SAE builders (the MiniCanvas assets and guided builds) share with
+# TrainConfig, each declared once; a nesting config gives them its defaults, help text and
+# bounds. Epochs and DeadTokens declare no bounds: the guided build checks its own and shows
+# none, so each nesting config states them (limits).
+@dataclass
+class TopkMode(Config):
+    topk: str = field("batch", choices=TOPK_MODES, help="how the top k latents are chosen")
+
+
+@dataclass
+class LearningRate(Config):
+    lr: float = field(4e-4, gt=0, le=1, help="learning rate")
+
+
+@dataclass
+class Epochs(Config):
+    epochs: int = field(5, help="training epochs")
+
+
+@dataclass
+class DeadTokens(Config):
+    dead_tokens: int = field(10_000_000, help="a latent silent for this many tokens is dead")
 
 
 @dataclass
@@ -25,19 +50,19 @@ class TrainConfig(Config):
     )
     out: str = field(help="output folder; the SAE goes to OUT/<hookpoint>/")
     sae: SaeConfig = field(SaeConfig, flatten=True, help="the SAE's architecture")
-    topk: str = field(
-        "batch",
-        choices=TOPK_MODES,
-        help="'batch': BatchTopK in training, k x tokens over the batch (the paper's); "
-        "'token': k per token, the form used at inference and by eai-sparsify",
-    )
-    lr: float = field(4e-4, gt=0, le=1, help="Adam learning rate, decayed linearly to 0")
-    batch_size: int = field(4096, ge=1, le=2**24, help="tokens per optimiser step")
-    epochs: int = field(5, ge=1, le=100_000, help="passes over the training shards")
+    mode: TopkMode = field(TopkMode, flatten=True, help="the top k", describe={
+        "topk": "'batch': BatchTopK in training, k x tokens over the batch (the paper's); "
+        "'token': k per token, the form used at inference and by eai-sparsify"})
+    rate: LearningRate = field(LearningRate, flatten=True, help="the learning rate",
+                               describe={"lr": "Adam learning rate, decayed linearly to 0"})
+    batches: BatchSize = field(BatchSize(batch_size=4096), flatten=True, help="the batches",
+                               describe={"batch_size": "tokens per optimiser step"})
+    passes: Epochs = field(Epochs, flatten=True, help="the passes",
+                           describe={"epochs": "passes over the training shards"},
+                           limits={"epochs": {"ge": 1, "le": 100_000}})
     auxk_alpha: float = field(1 / 32, ge=0, help="weight of the AuxK loss on dead latents")
-    dead_tokens: int = field(
-        10_000_000, ge=1, help="a latent silent for this many tokens is dead"
-    )
+    dead: DeadTokens = field(DeadTokens, flatten=True, help="dead latents",
+                             limits={"dead_tokens": {"ge": 1}})
     grad_clip: float = field(1.0, ge=0, help="max global gradient L2 norm; 0 disables clipping")
     heldout_fraction: float = field(
         0.05, ge=0, lt=1, help="share of shards (the last) kept for held-out FVU"
@@ -65,6 +90,28 @@ class TrainConfig(Config):
         if is_url(self.out):
             raise ConfigError("out", f"got {self.out!r}; the SAE is written to a local folder")
         check_device("device", self.device)
+
+    # The trainer reads these on every step. A flattened key read through the config looks
+    # its nested configs up each time (hundreds of microseconds); these are plain reads.
+    @property
+    def topk(self) -> str:
+        return self.mode.topk
+
+    @property
+    def lr(self) -> float:
+        return self.rate.lr
+
+    @property
+    def batch_size(self) -> int:
+        return self.batches.batch_size
+
+    @property
+    def epochs(self) -> int:
+        return self.passes.epochs
+
+    @property
+    def dead_tokens(self) -> int:
+        return self.dead.dead_tokens
 
     @classmethod
     def add_arguments(cls, parser: Any, skip: Any = ()) -> None:

@@ -1,0 +1,91 @@
+"""The config keys the MiniCanvas commands share among themselves, each declared once.
+
+A command's config nests a part with ``flatten=True`` (its keys stay at the command's level in
+JSON and on the command line), sets the command's default with the instance it nests, its help
+text with ``describe`` and its bounds with ``limits``. These parts declare no bounds of their
+own: the commands differ in what they accept (``guided build`` takes any number of steps and
+checks its guidance scale itself, ``bench`` caps both), and a part's own bounds would apply to,
+and be shown for, every command.
+
+The keys the commands share with the rest of the package come from
+:mod:`saeuron.utils.config_parts` (model, out, seed, workdir, batch_size, device) and
+:mod:`saeuron.training.train_config` (lr, epochs, topk, dead_tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
+from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.config_parts import MAX_SEED, ModelName
+
+NAME = "minicanvas"
+NUM_INFERENCE_STEPS = 20
+GUIDANCE_SCALE = 7.5
+
+
+@dataclass
+class InferenceSteps(Config):
+    num_inference_steps: int = field(NUM_INFERENCE_STEPS, help="DDIM steps")
+
+
+@dataclass
+class GuidanceScale(Config):
+    guidance_scale: float = field(GUIDANCE_SCALE, help="CFG scale")
+
+
+@dataclass
+class SaeSize(Config):
+    """The size of the SAEs a build trains (``SaeConfig``'s ``k`` and ``expansion_factor``)."""
+
+    k: int = field(8, help="SAE: active latents per token")
+    expansion_factor: int = field(16, help="SAE: latents per input channel")
+
+
+@dataclass
+class PromptSeeds(Config):
+    seeds: list[int] | None = field(None, ge=0, le=MAX_SEED, help="seeds of the prompts")
+
+
+@dataclass
+class Variants(Config):
+    variants: list[str] | None = field(None, help="the erasure variants compared")
+
+
+class PipelineName(ModelName):
+    """The ``model`` key of a command that resolves it (:class:`ResolvesNestedModel`): from
+    Python it may also be a :class:`ResolvedModel` or a pipeline, kept as given for the
+    command to resolve, as a config's own ``model`` field would be."""
+
+    def replace(self, **changes: Any) -> PipelineName:
+        model = changes.get("model")
+        if model is not None and not isinstance(model, (str, Path)):
+            return dataclasses.replace(self, **changes)
+        return super().replace(**changes)
+
+
+def reject_null(config: Config, *keys: str) -> None:
+    """The commands whose key has a value by default take no null for it: a shared part may
+    hold ``None`` (it means "the default" elsewhere), so they say so as JSON coercion would."""
+    for key in keys:
+        if config.value(key) is None:
+            raise ConfigError(key, "must not be null")
+
+
+class ResolvesNestedModel(ResolvesModel):
+    """:class:`ResolvesModel` for a config whose ``model`` key lives in a nested
+    :class:`PipelineName` part: the plain name is written back into the part, which JSON, the
+    CLI and caches read, not onto the config, where it would hide the part's key."""
+
+    def _resolve_model(self) -> ResolvedModel:
+        assert isinstance(self, Config)
+        reject_null(self, "model")
+        self._model = resolve_model(self.model)
+        for part in vars(self).values():
+            if isinstance(part, PipelineName):
+                part.model = self._model.name
+        return self._model

@@ -274,7 +274,7 @@ HELP: dict[str, dict[str, str]] = {
         "retain_every": "judge retention on every N-th retained prompt (1: all 90; "
         "for quick checks) (>= 1; default: 1)",
         "grid_variant": "the variant whose erased images grid.png shows (one of none, "
-        "negative_prompt, saeuron, saeuron_cfg_both, "
+        "negative_prompt, saeuron, saeuron_guidance_both, "
         "saeuron_paper_error, saemnesia, recipe; default: recipe)",
         "template": "prompt template with {object} and {style} (held-out phrasings) "
         "(default: An image of {object} in {style} style.)",

@@ -14,7 +14,6 @@ from saeuron.minicanvas.config_parts import (
     PromptSeeds,
     ResolvesNestedModel,
     Variants,
-    reject_null,
 )
 from saeuron.minicanvas.world import (
     OBJECTS,
@@ -25,7 +24,7 @@ from saeuron.minicanvas.world import (
     concept_kind,
 )
 from saeuron.utils.atomic import check_output_folder
-from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
 from saeuron.utils.config_parts import BatchSize, Output
 
 VARIANTS = (
@@ -94,7 +93,7 @@ class BenchConfig(ResolvesNestedModel, Config):
     )
 
     def __post_init__(self) -> None:
-        reject_null(self, "out")
+        refuse_null(self, "out")
         self._resolve_model()
         if "{object}" not in self.template or "{style}" not in self.template:
             raise ConfigError(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
-from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.config import Config, field, refuse_null
 from saeuron.utils.config_parts import MAX_SEED, ModelName
 
 NAME = "minicanvas"
@@ -68,14 +68,6 @@ class PipelineName(ModelName):
         return super().replace(**changes)
 
 
-def reject_null(config: Config, *keys: str) -> None:
-    """The commands whose key has a value by default take no null for it: a shared part may
-    hold ``None`` (it means "the default" elsewhere), so they say so as JSON coercion would."""
-    for key in keys:
-        if config.value(key) is None:
-            raise ConfigError(key, "must not be null")
-
-
 class ResolvesNestedModel(ResolvesModel):
     """:class:`ResolvesModel` for a config whose ``model`` key lives in a nested
     :class:`PipelineName` part: the plain name is written back into the part, which JSON, the
@@ -83,7 +75,7 @@ class ResolvesNestedModel(ResolvesModel):
 
     def _resolve_model(self) -> ResolvedModel:
         assert isinstance(self, Config)
-        reject_null(self, "model")
+        refuse_null(self, "model")
         self._model = resolve_model(self.model)
         for part in vars(self).values():
             if isinstance(part, PipelineName):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saeuron.minicanvas.config_parts import Variants, reject_null
+from saeuron.minicanvas.config_parts import Variants
 from saeuron.utils.atomic import check_output_file
-from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
+from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field, refuse_null
 from saeuron.utils.config_parts import Output, Seed
 
 DEMO_VARIANTS = ("recipe", "paper")
@@ -38,7 +38,7 @@ class DemoConfig(Config):
         # when a demo is configured to run, not when --help reads these fields.
         from saeuron.minicanvas.world import concept_kind  # noqa: PLC0415
 
-        reject_null(self, "out", "variants")
+        refuse_null(self, "out", "variants")
         if not self.out.lower().endswith(".png"):
             raise ConfigError("out", f"got {self.out!r}; must end in .png")
         if concept_kind(self.object) != "object":

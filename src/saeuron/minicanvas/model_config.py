@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from saeuron.minicanvas.config_parts import NAME, reject_null
+from saeuron.minicanvas.config_parts import NAME
 from saeuron.models.bundle_lookup import Bundle
 from saeuron.models.resolve import ResolvedModel, resolve_model
 from saeuron.training.train_config import LearningRate
-from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
 from saeuron.utils.config_parts import Device, Output, Seed
 
 
@@ -59,7 +59,7 @@ class ModelTrainConfig(Config):
                             describe={"device": "cpu, cuda, mps; default: the best available"})
 
     def __post_init__(self) -> None:
-        reject_null(self, "out")
+        refuse_null(self, "out")
         # The pipelines this command reads from, and the bundle it writes into by default,
         # looked up once here: training reads the results.
         self.vae_source: ResolvedModel | None = (

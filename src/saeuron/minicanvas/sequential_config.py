@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saeuron.minicanvas.config_parts import InferenceSteps, PromptSeeds, reject_null
+from saeuron.minicanvas.config_parts import InferenceSteps, PromptSeeds
 from saeuron.minicanvas.world import TEST_SEEDS, concept_kind
 from saeuron.utils.atomic import check_output_folder
-from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
 from saeuron.utils.config_parts import BatchSize, Output
 
 DEFAULT_STYLES = ("striped", "checkered", "diagonal", "grainy", "outlined", "pastel")
@@ -42,7 +42,7 @@ class SequentialConfig(Config):
     )
 
     def __post_init__(self) -> None:
-        reject_null(self, "out", "seeds")
+        refuse_null(self, "out", "seeds")
         for kind, names in (("style", self.styles), ("object", self.objects)):
             for name in names:
                 if concept_kind(name) != kind:

@@ -91,28 +91,6 @@ class TrainConfig(Config):
             raise ConfigError("out", f"got {self.out!r}; the SAE is written to a local folder")
         check_device("device", self.device)
 
-    # The trainer reads these on every step. A flattened key read through the config looks
-    # its nested configs up each time (hundreds of microseconds); these are plain reads.
-    @property
-    def topk(self) -> str:
-        return self.mode.topk
-
-    @property
-    def lr(self) -> float:
-        return self.rate.lr
-
-    @property
-    def batch_size(self) -> int:
-        return self.batches.batch_size
-
-    @property
-    def epochs(self) -> int:
-        return self.passes.epochs
-
-    @property
-    def dead_tokens(self) -> int:
-        return self.dead.dead_tokens
-
     @classmethod
     def add_arguments(cls, parser: Any, skip: Any = ()) -> None:
         # The width comes from the captured data, never from a flag.

@@ -353,6 +353,49 @@ class _ConfigMeta(type):
         return super().__call__(*args, **kwargs)
 
 
+def _check_limits(
+    where: str, f: dataclasses.Field, part: type[Config], data: Mapping[str, Any]
+) -> None:
+    """A nesting config's tighter bounds on its part's keys, checked before the part's own:
+    the message is then the one a key declared with those bounds would give."""
+    for key, tighter in f.metadata.get("limits", {}).items():
+        value = data.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if _unwrap_optional(part._hints()[key])[0] is float:
+                value = float(value)  # as the message of the coerced value reads
+            own = part.__dataclass_fields__[key].metadata.get("bounds", {})
+            check_range(f"{where}.{key}" if where else key, value, **{**own, **tighter})
+
+
+def refuse_null(config: Config, *keys: str, message: str = "must not be null") -> None:
+    """Refuse ``None`` for keys a config cannot do without, where the shared part it nests
+    lets them be unset (``None`` means "the default" elsewhere)."""
+    for key in keys:
+        if config.value(key) is None:
+            raise ConfigError(key, message)
+
+
+@functools.cache
+def _flattened_of(cls: type[Config]) -> dict[str, type[Config]]:
+    hints = cls._hints()
+    return {
+        f.name: _config_type(hints[f.name])  # type: ignore[misc]
+        for f in dataclasses.fields(cls)
+        if f.init and f.metadata.get("flatten") and _config_type(hints[f.name])
+    }
+
+
+@functools.cache
+def _key_owners(cls: type[Config]) -> dict[str, str]:
+    """Each key of a flattened nested config (at any depth) -> this config's field holding
+    it: reads and writes of ``cfg.key`` go there in one lookup."""
+    owners: dict[str, str] = {}
+    for name, nested in _flattened_of(cls).items():
+        for key in nested.config_keys():
+            owners.setdefault(key, name)
+    return owners
+
+
 def _check_fields(config: Config) -> None:
     for f in dataclasses.fields(config):
         if f.init:
@@ -391,12 +434,7 @@ class Config(metaclass=_ConfigMeta):
     @classmethod
     def _flattened(cls) -> dict[str, type[Config]]:
         """Nested configs whose fields live at this level: field name -> config class."""
-        hints = cls._hints()
-        return {
-            f.name: _config_type(hints[f.name])  # type: ignore[misc]
-            for f in dataclasses.fields(cls)
-            if f.init and f.metadata.get("flatten") and _config_type(hints[f.name])
-        }
+        return _flattened_of(cls)
 
     @classmethod
     def config_keys(cls) -> list[str]:
@@ -443,6 +481,7 @@ class Config(metaclass=_ConfigMeta):
             if not f.init:
                 continue
             if f.name in flat:
+                _check_limits(where, f, flat[f.name], data)
                 # Keys not given keep this field's default (which may differ from the
                 # nested class's own defaults, e.g. a capture's guidance scale).
                 own = _default_of(f).to_dict()
@@ -487,11 +526,23 @@ class Config(metaclass=_ConfigMeta):
         # through (``cfg.num_inference_steps`` for ``cfg.sampling.num_inference_steps``).
         if name.startswith("__") or not dataclasses.is_dataclass(self):
             raise AttributeError(name)
-        for nested_name in type(self)._flattened():
-            nested = self.__dict__.get(nested_name)
-            if nested is not None and name in nested.config_keys():
-                return getattr(nested, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        owner = _key_owners(type(self)).get(name)
+        nested = self.__dict__.get(owner) if owner is not None else None
+        if nested is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(nested, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A key of a flattened nested config is written where it lives: an attribute of the
+        # same name here would hide it from reads while to_dict() wrote the nested one.
+        owner = None
+        if dataclasses.is_dataclass(self) and name not in self.__dataclass_fields__:
+            owner = _key_owners(type(self)).get(name)
+        nested = self.__dict__.get(owner) if owner is not None else None
+        if nested is not None:
+            setattr(nested, name, value)
+        else:
+            object.__setattr__(self, name, value)
 
     def value(self, key: str, default: Any = None) -> Any:
         """The value of ``key`` at this config's level, flattened nested configs included."""

@@ -35,14 +35,12 @@ from saeuron.eval.metrics.parts import (
     ClipModel,
     Concept,
     Detector,
-    MetricConfig,
     PromptsPath,
     Threshold,
-    require,
 )
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
 from saeuron.models.resolve import resolve_model
-from saeuron.utils.config import ConfigError, check_choice, check_range, field
+from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field, refuse_null
 from saeuron.utils.config_parts import Device, Limit, ModelName
 from saeuron.utils.io import atomic_write_json
 from saeuron.utils.prompts import read_prompt_rows
@@ -53,7 +51,7 @@ ATTACK_FILE = "attack.json"
 
 
 @dataclass
-class AttackConfig(MetricConfig):
+class AttackConfig(Config):
     erased: Concept = field(
         Concept, flatten=True, help="the concept the attack tries to bring back",
         describe={"concept": "the erased concept; default: the technique's"},
@@ -118,7 +116,7 @@ class AttackConfig(MetricConfig):
             bundle = resolve_model(self.model).bundle if self.model else None
             self.detector = default_detector(self.concept, bundle)
         check_choice("detector", self.detector, DETECTORS.names())
-        require(self, "limit")
+        refuse_null(self, "limit")
         check_range("length", self.length, ge=1, le=70)
 
     def targets(self) -> list[str]:

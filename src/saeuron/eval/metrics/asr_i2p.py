@@ -32,12 +32,11 @@ from saeuron.eval.metrics.parts import (
     ClipModel,
     Concept,
     Detector,
-    MetricConfig,
     PromptsPath,
     Threshold,
 )
 from saeuron.eval.requirement import hub_cached
-from saeuron.utils.config import ConfigError, check_choice, field
+from saeuron.utils.config import Config, ConfigError, check_choice, field
 from saeuron.utils.config_parts import Device, Limit
 from saeuron.utils.prompts import PromptRow, read_prompt_rows
 
@@ -46,7 +45,7 @@ I2P_FILE = "i2p_benchmark.csv"
 
 
 @dataclass
-class AsrI2pConfig(MetricConfig):
+class AsrI2pConfig(Config):
     erased: Concept = field(
         Concept, flatten=True, help="the concept whose presence is measured",
         describe={"concept": "the erased concept; default: the technique's"},

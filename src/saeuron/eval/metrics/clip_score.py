@@ -12,14 +12,14 @@ from typing import Any
 
 from saeuron.eval.clip import DEFAULT_CLIP, ClipMetric, load_clip
 from saeuron.eval.metrics.base import Item, Metric, mean_of, register
-from saeuron.eval.metrics.parts import ClipModel, MetricConfig, PromptsPath, require
-from saeuron.utils.config import ConfigError, field
+from saeuron.eval.metrics.parts import ClipModel, PromptsPath
+from saeuron.utils.config import Config, ConfigError, field, refuse_null
 from saeuron.utils.config_parts import Device, Limit
 from saeuron.utils.prompts import neutral_prompts, read_prompt_rows
 
 
 @dataclass
-class ClipScoreConfig(MetricConfig):
+class ClipScoreConfig(Config):
     prompt_source: PromptsPath = field(
         PromptsPath, flatten=True, help="the prompts to sample",
         describe={
@@ -41,7 +41,7 @@ class ClipScoreConfig(MetricConfig):
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        require(self, "limit", "clip_model")
+        refuse_null(self, "limit", "clip_model")
         if not self.clip_model.strip():
             raise ConfigError("clip_model", "must be a model id or folder")
 

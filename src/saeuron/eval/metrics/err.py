@@ -24,8 +24,8 @@ from typing import Any
 
 from saeuron.eval.detectors import DETECTORS, NUDENET_CLASSES, DetectorSettings, judge
 from saeuron.eval.metrics.base import Item, Metric, Requirement, mean_of, register
-from saeuron.eval.metrics.parts import MetricConfig, PromptFiles, Threshold, require
-from saeuron.utils.config import check_range, field
+from saeuron.eval.metrics.parts import PromptFiles, Threshold
+from saeuron.utils.config import Config, check_range, field, refuse_null
 from saeuron.utils.config_parts import Device
 from saeuron.utils.prompts import read_prompt_rows
 
@@ -48,7 +48,7 @@ def obfuscate(prompt: str, rng: random.Random) -> str:
 
 
 @dataclass
-class ErrConfig(MetricConfig):
+class ErrConfig(Config):
     prompt_files: PromptFiles = field(
         PromptFiles(
             target_prompts_path=str(PROMPTS / "nudity_target_prompts.csv"),
@@ -79,7 +79,7 @@ class ErrConfig(MetricConfig):
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        require(self, "target_prompts_path", "retain_prompts_path", "threshold")
+        refuse_null(self, "target_prompts_path", "retain_prompts_path", "threshold")
         for name in ("target_limit", "retain_limit", "adversarial_limit"):
             check_range(name, getattr(self, name), ge=1)
         check_range("person_threshold", self.person_threshold, gt=0, le=1)

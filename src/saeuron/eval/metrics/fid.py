@@ -30,9 +30,9 @@ from saeuron.eval.inception import (
     load_inception,
 )
 from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement, register
-from saeuron.eval.metrics.parts import MetricConfig, PromptsPath, require
+from saeuron.eval.metrics.parts import PromptsPath
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES, sample_images
-from saeuron.utils.config import ConfigError, check_range, field
+from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
 from saeuron.utils.config_parts import BatchSize, Device, Limit, ModelName
 from saeuron.utils.prompts import neutral_prompts, read_prompt_rows
 
@@ -44,7 +44,7 @@ REFERENCE_SEED = 20_000
 
 
 @dataclass
-class FidConfig(MetricConfig):
+class FidConfig(Config):
     reference: str | None = field(
         None, help="folder of real images, or 'minicanvas'; default: minicanvas for that model"
     )
@@ -94,7 +94,7 @@ class FidConfig(MetricConfig):
                     f"got {self.reference!r}; expected a folder, 'hf:owner/dataset' or "
                     "'minicanvas'",
                 )
-        require(self, "limit")
+        refuse_null(self, "limit")
         for name in ("kid_subsets", "kid_subset_size"):
             check_range(name, getattr(self, name), ge=1)
         if self.reference_limit is not None:

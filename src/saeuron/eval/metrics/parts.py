@@ -12,17 +12,16 @@ A part declares a key that may be left unset (``None``), since some metric leave
 metric that gives the key a default cannot do without a value and refuses ``None`` in its
 ``__post_init__`` with :func:`require` (``limit: must not be null``).
 
-Every metric config derives :class:`MetricConfig`, which sends an assignment to a part's key
+Every metric config derives :class:`Config`, which sends an assignment to a part's key
 (a budget filling in a search setting, a detector its default threshold) to the part.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.config import Config, check_range, field
 from saeuron.utils.prompts import read_prompt_rows
 
 __all__ = [
@@ -30,59 +29,17 @@ __all__ = [
     "Concept",
     "Detector",
     "Iterations",
-    "MetricConfig",
+    "Config",
     "Optimiser",
     "PromptFiles",
     "PromptsPath",
     "Threshold",
-    "require",
 ]
 
-M = TypeVar("M", bound="MetricConfig")
+M = TypeVar("M", bound="Config")
 
 
 @dataclass
-class MetricConfig(Config):
-    """Base of every metric's config: assignments to a nested part's key reach the part, and
-    the tighter bounds it sets on a part's key (``limits``) are checked first."""
-
-    @classmethod
-    def from_dict(cls: type[M], data: Mapping[str, Any], where: str = "") -> M:
-        # A part checks its own bounds before this config checks the tighter ones: FID's
-        # limit 0 would be refused as "must be >= 1", though 1 is refused too. Checked here
-        # with both first, the message is the one of a key declared with the tighter bounds.
-        if isinstance(data, Mapping):
-            for name, part in cls._flattened().items():
-                limits = cls.__dataclass_fields__[name].metadata.get("limits", {})
-                for key, tighter in limits.items():
-                    value = data.get(key)
-                    # Other types are left to the part, which says what it expects.
-                    if isinstance(value, int) and not isinstance(value, bool):
-                        own = part.__dataclass_fields__[key].metadata.get("bounds", {})
-                        check_range(key, value, **{**own, **tighter})
-        return super().from_dict(data, where)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Code outside the config fills keys in after construction (resolve_budget,
-        # detector_settings). An attribute of the same name on this config would hide the
-        # part's value from reads here, while to_dict() (the report, attack.json) would
-        # still read the part's unset one.
-        if name not in self.__dataclass_fields__:
-            for part in type(self)._flattened():
-                nested = self.__dict__.get(part)
-                if nested is not None and name in nested.config_keys():
-                    setattr(nested, name, value)
-                    return
-        super().__setattr__(name, value)
-
-
-def require(config: Config, *keys: str, message: str = "must not be null") -> None:
-    """Refuse ``None`` for keys a metric cannot do without (a part lets them be unset)."""
-    for key in keys:
-        if config.value(key) is None:
-            raise ConfigError(key, message)
-
-
 @dataclass
 class Concept(Config):
     concept: str | None = field(None, help="the erased concept; default: the technique's")

@@ -14,15 +14,15 @@ from typing import Any
 
 from saeuron.eval.clip import clip_requirement, load_clip
 from saeuron.eval.metrics.base import Item, Metric, Requirement, mean_of, register
-from saeuron.eval.metrics.parts import ClipModel, Concept, MetricConfig, PromptsPath, require
+from saeuron.eval.metrics.parts import ClipModel, Concept, PromptsPath
 from saeuron.eval.similarity import psnr, ssim
-from saeuron.utils.config import ConfigError, field
+from saeuron.utils.config import Config, ConfigError, field, refuse_null
 from saeuron.utils.config_parts import Device, Limit
 from saeuron.utils.prompts import neutral_prompts, read_prompt_rows
 
 
 @dataclass
-class PreservationConfig(MetricConfig):
+class PreservationConfig(Config):
     erased: Concept = field(
         Concept, flatten=True, help="the concept the prompts leave out",
         describe={"concept": "prompts naming it are left out; default: technique's"},
@@ -50,7 +50,7 @@ class PreservationConfig(MetricConfig):
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        require(self, "limit")
+        refuse_null(self, "limit")
         if self.clip_model is not None and not self.clip_model.strip():
             raise ConfigError("clip_model", "must be a model id or folder when given")
 

@@ -27,8 +27,7 @@ from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
 
 from saeuron.eval.clip import available_offline
 from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement, mean_of, register
-from saeuron.eval.metrics.parts import MetricConfig
-from saeuron.utils.config import ConfigError, field
+from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.config_parts import Device, Limit
 from saeuron.utils.devices import resolve_device
 from saeuron.utils.text import read_json, read_text
@@ -113,7 +112,7 @@ def load_vqa(model: str, device: str | None = None) -> Callable[[Any, str], str]
 
 
 @dataclass
-class TifaConfig(MetricConfig):
+class TifaConfig(Config):
     qa_path: str | None = field(
         None, help="TIFA's question/answer JSON or a CSV (prompt, question, choices, answer)"
     )

@@ -15,14 +15,14 @@ from typing import Any
 
 from saeuron.eval.clip import DEFAULT_CLIP, ClipMetric, load_clip
 from saeuron.eval.metrics.base import Item, Metric, mean_of, register
-from saeuron.eval.metrics.parts import ClipModel, MetricConfig, PromptFiles, require
-from saeuron.utils.config import ConfigError, field
+from saeuron.eval.metrics.parts import ClipModel, PromptFiles
+from saeuron.utils.config import Config, ConfigError, field, refuse_null
 from saeuron.utils.config_parts import Device, Limit
 from saeuron.utils.prompts import read_prompt_rows
 
 
 @dataclass
-class UaIraConfig(MetricConfig):
+class UaIraConfig(Config):
     prompt_files: PromptFiles = field(
         PromptFiles, flatten=True, help="the prompts of each group (both required)",
         describe={"target_prompts_path": "CSV or text file of prompts that name the concept",
@@ -46,8 +46,8 @@ class UaIraConfig(MetricConfig):
 
     def __post_init__(self) -> None:
         # No default prompt files here: both must be given.
-        require(self, "target_prompts_path", "retain_prompts_path", message="required")
-        require(self, "clip_model")
+        refuse_null(self, "target_prompts_path", "retain_prompts_path", message="required")
+        refuse_null(self, "clip_model")
         if self.target_concept is None or not self.target_concept.strip():
             raise ConfigError("target_concept", "name the erased concept")
         if self.target_concept == self.retain_concept:

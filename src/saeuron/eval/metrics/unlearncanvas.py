@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from saeuron.eval.metrics.base import Item, Metric, Requirement, register
-from saeuron.eval.metrics.parts import Concept, MetricConfig
+from saeuron.eval.metrics.parts import Concept
 from saeuron.eval.unlearncanvas_vit import (
     OBJECTS,
     PUBLISHED_SEEDS,
@@ -40,7 +40,7 @@ from saeuron.eval.unlearncanvas_vit import (
 from saeuron.minicanvas.classifier import MiniCanvasClassifier
 from saeuron.minicanvas.scoring import unlearning_scores
 from saeuron.models.resolve import ResolvedModel, resolve_model
-from saeuron.utils.config import ConfigError, check_choice, check_range, field
+from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
 from saeuron.utils.config_parts import BatchSize, Device
 from saeuron.utils.text import read_json
 
@@ -72,7 +72,7 @@ def _match(name: str, labels: Sequence[str]) -> str | None:
 
 
 @dataclass
-class UnlearnCanvasConfig(MetricConfig):
+class UnlearnCanvasConfig(Config):
     erased: Concept = field(
         Concept, flatten=True, help="the erased object or style",
         describe={"concept": "the erased object or style; default: the technique's"},

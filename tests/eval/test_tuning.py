@@ -284,3 +284,33 @@ def test_trials_of_a_study_begun_before_the_guidance_rename_share_one_column(tmp
 def test_an_enqueued_setting_may_use_the_old_name() -> None:
     cfg = TuneConfig(concept="cat", out="cat.json", enqueue=json.dumps({"cfg_half": "both"}))
     assert cfg.enqueued() == [{"guidance_half": "both"}]
+
+
+def test_every_grid_setting_is_one_a_trial_can_suggest() -> None:
+    """The grid and the trials walk one search space: each grid point, enqueued as a fixed
+    trial's parameters, comes back from suggest_setting unchanged."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from saeuron.eval.tune_config import SITE_JOIN
+    from saeuron.eval.tuning_space import enqueued_params, grid_settings, suggest_setting
+
+    text, unet = "text_encoder.final_layer_norm", HOOK
+    cfg = SimpleNamespace(rules=["scale", "ablate", "anchor"], strengths=[-1.0, -5.0],
+                          windows=["all", "early"], halves=["cond", "both"], taus=[1, 10],
+                          ratios=[0.3])  # fmt: skip
+    kinds = {"object": ["cat", "dog", "owl"]}
+    inputs = SimpleNamespace(
+        site_sets=[text, unet, SITE_JOIN.join([text, unet])],
+        prompt_set=SimpleNamespace(kinds=kinds, kind_of=lambda concept: "object"),
+    )
+    grid = grid_settings(cfg, inputs, "cat")
+    # text: 3 rules x 2 strengths x 2 taus (x 2 anchors for anchor); unet and both: x 2
+    # windows x 2 halves, and x 2 strengths more for both.
+    per_rule = {"text": 2 * 2, "unet": 2 * 2 * 2 * 2, "both": 2 * 2 * 2 * 2 * 2}
+    assert len(grid) == sum(n * (2 + 2) for n in per_rule.values())
+    assert len({json.dumps(s, sort_keys=True) for s in grid}) == len(grid)
+    for setting in grid:
+        trial = optuna.trial.FixedTrial(enqueued_params(setting))
+        assert suggest_setting(trial, cfg, inputs, "cat") == setting

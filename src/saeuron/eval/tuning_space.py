@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from saeuron.erasure.concepts.select import select_contrastive
 from saeuron.erasure.concepts.stats import ConceptStats
@@ -131,61 +131,80 @@ class RecipeMaker:
         )
 
 
+class Axis(NamedTuple):
+    """One choice of a setting: its key, the study's parameter name, and its values (a
+    float in ``span`` where ``choices`` is None)."""
+
+    key: str
+    param: str
+    choices: list[Any] | None
+    span: tuple[float, float] | None = None
+
+
+def anchor_candidates(inputs: TuneInputs, concept: str) -> list[str]:
+    """The concepts of ``concept``'s kind an ``anchor`` edit may redirect it to."""
+    kind = inputs.prompt_set.kind_of(concept)
+    return [c for c in inputs.prompt_set.kinds[kind] if c != concept]
+
+
+def rules_for(cfg: TuneConfig, inputs: TuneInputs, concept: str) -> list[str]:
+    """The rules searched for ``concept`` (``anchor`` only with a concept to anchor to)."""
+    return [r for r in cfg.rules if r != "anchor" or anchor_candidates(inputs, concept)]
+
+
+def setting_axes(
+    cfg: TuneConfig, inputs: TuneInputs, concept: str, sites: str, rule: str
+) -> list[Axis]:
+    """The rest of a setting once its sites and rule are chosen (conditional: strengths per
+    kind of site, the window and rows for a denoiser site, an anchor for ``anchor``), in
+    the order a trial asks for them: a sampler draws in that order, so it is part of what
+    a study reproduces."""
+    hookpoints = sites.split(SITE_JOIN)
+    text_span, denoiser_span = STRENGTH_RANGES[rule]
+    strengths = list(cfg.strengths) if cfg.strengths else None
+    axes = []
+    if any(prompt_encoder_of(h) for h in hookpoints):
+        axes.append(Axis("strength_text", f"strength_text_{rule}", strengths, text_span))
+    if not all(prompt_encoder_of(h) for h in hookpoints):
+        axes += [
+            Axis("strength_denoiser", f"strength_denoiser_{rule}", strengths, denoiser_span),
+            Axis("window", "window", list(cfg.windows)),
+            Axis("guidance_half", "guidance_half", list(cfg.halves)),
+        ]
+    axes += [Axis("tau", "tau", list(cfg.taus)),
+             Axis("max_other_ratio", "max_other_ratio", list(cfg.ratios))]  # fmt: skip
+    if rule == "anchor":
+        axes.append(Axis("anchor", "anchor", anchor_candidates(inputs, concept)))
+    return axes
+
+
 def suggest_setting(
     trial: Any, cfg: TuneConfig, inputs: TuneInputs, concept: str
 ) -> dict[str, Any]:
-    """One point of the search space (conditional: an anchor only for ``anchor``, ...)."""
-    kind = inputs.prompt_set.kind_of(concept)
+    """One point of the search space, asked of an Optuna trial."""
     sites = trial.suggest_categorical("sites", inputs.site_sets)
-    rules = [r for r in cfg.rules if r != "anchor" or len(inputs.prompt_set.kinds[kind]) > 1]
-    rule = trial.suggest_categorical("rule", rules)
-    text_range, denoiser_range = STRENGTH_RANGES[rule]
+    rule = trial.suggest_categorical("rule", rules_for(cfg, inputs, concept))
     setting: dict[str, Any] = {"sites": sites, "rule": rule}
-    hookpoints = sites.split(SITE_JOIN)
-
-    def strength(name: str, low_high: tuple[float, float]) -> float:
-        if cfg.strengths:
-            return float(trial.suggest_categorical(name, cfg.strengths))
-        return float(trial.suggest_float(name, *low_high))
-
-    if any(prompt_encoder_of(h) for h in hookpoints):
-        setting["strength_text"] = strength(f"strength_text_{rule}", text_range)
-    if not all(prompt_encoder_of(h) for h in hookpoints):
-        setting["strength_denoiser"] = strength(f"strength_denoiser_{rule}", denoiser_range)
-        setting["window"] = trial.suggest_categorical("window", cfg.windows)
-        setting["guidance_half"] = trial.suggest_categorical("guidance_half", cfg.halves)
-    setting["tau"] = trial.suggest_categorical("tau", cfg.taus)
-    setting["max_other_ratio"] = trial.suggest_categorical("max_other_ratio", cfg.ratios)
-    if rule == "anchor":
-        others = [c for c in inputs.prompt_set.kinds[kind] if c != concept]
-        setting["anchor"] = trial.suggest_categorical("anchor", others)
+    for axis in setting_axes(cfg, inputs, concept, sites, rule):
+        if axis.choices is None:
+            assert axis.span is not None
+            setting[axis.key] = float(trial.suggest_float(axis.param, *axis.span))
+        else:
+            value = trial.suggest_categorical(axis.param, axis.choices)
+            setting[axis.key] = float(value) if axis.span is not None else value
     return setting
 
 
 def grid_settings(cfg: TuneConfig, inputs: TuneInputs, concept: str) -> list[dict[str, Any]]:
     """Every point of the search space once, with ``cfg.strengths`` as the strengths: the
     settings :func:`suggest_setting` can return, in a fixed order (the ``grid`` sampler)."""
-    kind = inputs.prompt_set.kind_of(concept)
-    others = [c for c in inputs.prompt_set.kinds[kind] if c != concept]
-    rules = [r for r in cfg.rules if r != "anchor" or others]
     settings: list[dict[str, Any]] = []
     for sites in inputs.site_sets:
-        hookpoints = sites.split(SITE_JOIN)
-        text = any(prompt_encoder_of(h) for h in hookpoints)
-        denoiser = not all(prompt_encoder_of(h) for h in hookpoints)
-        for rule in rules:
-            axes: list[tuple[str, list[Any]]] = []
-            if text:
-                axes.append(("strength_text", list(cfg.strengths)))
-            if denoiser:
-                axes += [("strength_denoiser", list(cfg.strengths)),
-                         ("window", list(cfg.windows)), ("guidance_half", list(cfg.halves))]
-            axes += [("tau", list(cfg.taus)), ("max_other_ratio", list(cfg.ratios))]
-            if rule == "anchor":
-                axes.append(("anchor", others))
-            for values in itertools.product(*(v for _, v in axes)):
+        for rule in rules_for(cfg, inputs, concept):
+            axes = setting_axes(cfg, inputs, concept, sites, rule)
+            for values in itertools.product(*(axis.choices or [] for axis in axes)):
                 setting = {"sites": sites, "rule": rule}
-                setting.update({k: v for (k, _), v in zip(axes, values, strict=True)})
+                setting.update({axis.key: v for axis, v in zip(axes, values, strict=True)})
                 settings.append(setting)
     return settings
 

@@ -34,7 +34,7 @@ import time
 import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
@@ -104,6 +104,65 @@ def _time(fn: Callable[[], Any], device: str) -> float:
 
 @BENCHMARKS.register("erase")
 def run(quick: bool, device: str) -> list[Row]:
+    bench = _stand_in(quick, device)
+    sae, pipe, step = bench.sae, bench.pipe, bench.step
+    quiet = ConceptFeatures.from_latents("concept", bench.latents_of, mean=1.0, threshold=1e6)
+    busy = ConceptFeatures.from_latents("concept", bench.latents_of, mean=1.0, threshold=-1.0)
+    settings = {
+        "ours, nothing to edit": (quiet, "cond", "exact"),
+        "ours, every token a candidate": (busy, "cond", "exact"),
+        "published (dense, both halves)": (quiet, "both", "paper"),
+    }
+
+    def erasing(name: str) -> Any:
+        features, half, error = settings[name]
+        return erase(pipe, sae, features, multiplier=-20.0, guidance_half=half,
+                     error_term=error, hookpoint=HOOKPOINT, warn_unedited=False)  # fmt: skip
+
+    def edited(name: str) -> Callable[[], Any]:
+        def call() -> Any:
+            with erasing(name):
+                return step()
+
+        return call
+
+    variants = {"none": step, **{name: edited(name) for name in settings}}
+    reps = 3 if quick else 5
+    median = _interleaved_medians(variants, reps, device)
+    # The hook's own cost: the block timed alone, many times, with and without the edit
+    # (the step index comes from one UNet call inside the context, as in sampling).
+    block_reps = 10 if quick else 30
+    block_time: dict[str, float] = {}
+    for name in variants:
+        with erasing(name) if name in settings else contextlib.nullcontext():
+            step()
+            bench.block()
+            block_time[name] = statistics.median(
+                _time(bench.block, device) for _ in range(block_reps)
+            )
+    logger.info("erase overhead medians (s): steps %s, block %s", median, block_time)
+    rows = [
+        _step_row(name, median, block_time, reps, block_reps, bench.shape, quick, device)
+        for name in settings
+    ]
+    with tempfile.TemporaryDirectory(prefix="saeuron-perf-recipe-") as tmp:
+        rows += recipe_rows(pipe, sae, step, bench.latents_of, Path(tmp), quick, device,
+                            median["none"], bench.shape)  # fmt: skip
+    return rows
+
+
+class _StandIn(NamedTuple):
+    """The UNet, its SAE, a stand-in pipeline, one step and the hooked block alone."""
+
+    sae: Sae
+    pipe: Any
+    step: Callable[[], Any]
+    block: Callable[[], Any]
+    latents_of: list[int]
+    shape: str
+
+
+def _stand_in(quick: bool, device: str) -> _StandIn:
     unet = build_unet(quick, device)
     cfg = unet.config
     width = cfg.block_out_channels[-2]
@@ -119,16 +178,12 @@ def run(quick: bool, device: str) -> list[Row]:
     latents = torch.randn(2, 4, size, size, generator=gen).to(device)
     text = torch.randn(2, 77, cfg.cross_attention_dim, generator=gen).to(device)
     t = scheduler.timesteps[10]
-    latents_of = list(range(0, num_latents, num_latents // 10))[:10]
-    quiet = ConceptFeatures.from_latents("concept", latents_of, mean=1.0, threshold=1e6)
-    busy = ConceptFeatures.from_latents("concept", latents_of, mean=1.0, threshold=-1.0)
 
     def step() -> Any:
         with torch.no_grad():
             return unet(latents, t, encoder_hidden_states=text).sample
 
     # The hooked block's own inputs, to time the edit without the noise of 860M parameters.
-
     module = resolve_module(pipe, HOOKPOINT)
     captured: dict[str, Any] = {}
     grab = module.register_forward_hook(
@@ -141,79 +196,53 @@ def run(quick: bool, device: str) -> list[Row]:
         with torch.no_grad():
             return module(*captured["args"], **captured["kwargs"])
 
-    settings = {
-        "ours, nothing to edit": (quiet, "cond", "exact"),
-        "ours, every token a candidate": (busy, "cond", "exact"),
-        "published (dense, both halves)": (quiet, "both", "paper"),
-    }
-
-    def edited(name: str) -> Callable[[], Any]:
-        features, half, error = settings[name]
-
-        def call() -> Any:
-            with erase(pipe, sae, features, multiplier=-20.0, guidance_half=half, error_term=error,
-                       hookpoint=HOOKPOINT, warn_unedited=False):  # fmt: skip
-                return step()
-
-        return call
-
-    variants = {"none": step, **{name: edited(name) for name in settings}}
-    reps = 3 if quick else 5
-    for fn in variants.values():  # warm-up: allocator, kernels, lazy inits
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            times[name].append(_time(fn, device))
-    median = {name: statistics.median(v) for name, v in times.items()}
-
-    # The hook's own cost: the block timed alone, many times, with and without the edit
-    # (the step index comes from one UNet call inside the context, as in sampling).
-    block_reps = 10 if quick else 30
-    block_time: dict[str, float] = {}
-    for name in variants:
-        context = (
-            erase(pipe, sae, settings[name][0], multiplier=-20.0, guidance_half=settings[name][1],
-                  error_term=settings[name][2], hookpoint=HOOKPOINT, warn_unedited=False)
-            if name in settings else contextlib.nullcontext()
-        )  # fmt: skip
-        with context:
-            step()
-            block()
-            block_time[name] = statistics.median(_time(block, device) for _ in range(block_reps))
-    logger.info("erase overhead medians (s): steps %s, block %s", median, block_time)
     shape = (
         f"UNet {'quick' if quick else 'SD-1.4'} config, {size}x{size} latents, batch 2 (CFG), "
         f"hookpoint {HOOKPOINT} ({width} wide), SAE {num_latents} latents k {k}, "
         f"10 concept latents, {device}"
     )
-    rows = []
+    latents_of = list(range(0, num_latents, num_latents // 10))[:10]
+    return _StandIn(sae, pipe, step, block, latents_of, shape)
+
+
+def _interleaved_medians(
+    variants: dict[str, Callable[[], Any]], reps: int, device: str
+) -> dict[str, float]:
+    """Each variant's median time, after a warm-up (allocator, kernels, lazy inits), the
+    calls interleaved so that a shared machine's drifts hit every variant alike."""
+    for fn in variants.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, fn in variants.items():
+            times[name].append(_time(fn, device))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _step_row(
+    name: str, median: dict[str, float], block_time: dict[str, float], reps: int,
+    block_reps: int, shape: str, quick: bool, device: str,
+) -> Row:  # fmt: skip
+    ours = name.startswith("ours")
     base = median["none"]
-    for name in settings:
-        ours = name.startswith("ours")
-        hook = block_time[name] - block_time["none"]
-        ratio = (base + hook) / base
-        rows.append(
-            Row(
-                benchmark="erase",
-                what=f"step time, {name} / none",
-                ours=base + hook,
-                baseline=base,
-                unit="s/step",
-                target="<= 1.02x" if ours else "",
-                met=(ratio <= 1.02) if ours else None,
-                command=reproduce("erase", quick, device),
-                notes=f"{shape}; step = median UNet step ({reps} interleaved) + the hook's "
-                f"cost (median of {block_reps} timings of the hooked block with and without "
-                f"the edit: {hook * 1e3:.1f} ms); whole steps timed with the edit: "
-                f"{median[name]:.3f} s against {base:.3f} s ({median[name] / base:.3f}x)",
-                extra={"step_with_edit": median[name], "hook_seconds": hook,
-                       "block_seconds": block_time[name]},
-            )  # fmt: skip
-        )
-    with tempfile.TemporaryDirectory(prefix="saeuron-perf-recipe-") as tmp:
-        rows += recipe_rows(pipe, sae, step, latents_of, Path(tmp), quick, device, base, shape)
-    return rows
+    hook = block_time[name] - block_time["none"]
+    ratio = (base + hook) / base
+    return Row(
+        benchmark="erase",
+        what=f"step time, {name} / none",
+        ours=base + hook,
+        baseline=base,
+        unit="s/step",
+        target="<= 1.02x" if ours else "",
+        met=(ratio <= 1.02) if ours else None,
+        command=reproduce("erase", quick, device),
+        notes=f"{shape}; step = median UNet step ({reps} interleaved) + the hook's "
+        f"cost (median of {block_reps} timings of the hooked block with and without "
+        f"the edit: {hook * 1e3:.1f} ms); whole steps timed with the edit: "
+        f"{median[name]:.3f} s against {base:.3f} s ({median[name] / base:.3f}x)",
+        extra={"step_with_edit": median[name], "hook_seconds": hook,
+               "block_seconds": block_time[name]},  # fmt: skip
+    )
 
 
 def write_recipe(root: Path, sae: Sae, latents: list[int], threshold: float) -> Recipe:

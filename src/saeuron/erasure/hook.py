@@ -273,9 +273,8 @@ class _EraseHook:
         dtype = out.dtype if out.dtype.is_floating_point else self.sae.dtype
         dense = self._dense(out)
         if self.cfg.rule != "scale":
-            if dense and state.in_loop:
-                return self._dense_rules(module, args, kwargs, output, out, dtype, counting)
-            return self._apply_rules(module, args, kwargs, output, out, dtype, counting)
+            return self._rules(module, args, kwargs, output, out, dtype, counting,
+                               dense and state.in_loop)  # fmt: skip
         exact = self.cfg.error_term == "exact"
         plan: StepPlan | None = None
         selection: tuple[Tensor, Tensor, Tensor] | None = None
@@ -371,7 +370,7 @@ class _EraseHook:
 
     # -- the rules beyond the published one -------------------------------------------------
 
-    def _dense_rules(
+    def _rules(
         self,
         module: nn.Module,
         args: tuple[Any, ...],
@@ -380,45 +379,33 @@ class _EraseHook:
         out: Tensor,
         dtype: torch.dtype,
         counting: bool,
+        dense: bool,
     ) -> Any:
-        """The rule on every token, read from the step table: no Python branch on the step
-        or the data, so a compiled graph serves every step."""
-        table = self.rule_table(self.state.num_steps, out.device, dtype)
-        if table is None:
-            return None
-        picked = self._site(module, out, args, kwargs, dtype)
-        if picked is None:
-            return None
-        site, rows_, tokens, flat = picked
-        w = self.weights(out.device, dtype)
-        edit = self.rules.dense_edit(flat, w, table, self.state.step_tensor.to(out.device))
-        self._count(edit.edited, counting)
-        return self._add_delta(module, output, out, site, rows_, tokens, edit.delta, counting)
-
-    def _apply_rules(
-        self,
-        module: nn.Module,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        output: Any,
-        out: Tensor,
-        dtype: torch.dtype,
-        counting: bool,
-    ) -> Any:
+        """The rule's edit of this call: dense, read from the step table (no Python branch
+        on the step or the data, so a compiled graph serves every step), or sparse, from
+        this step's plan."""
         state = self.state
-        if not self._in_window(state):
-            return None
         w = self.weights(out.device, dtype)
-        plan = self.rules.plan(self._current_rows(state), w)
-        if plan is None:
-            return None
+        if dense:
+            table = self.rule_table(state.num_steps, out.device, dtype)
+            if table is None:
+                return None
+        else:
+            if not self._in_window(state):
+                return None
+            plan = self.rules.plan(self._current_rows(state), w)
+            if plan is None:
+                return None
         picked = self._site(module, out, args, kwargs, dtype)
         if picked is None:
             return None
         site, rows_, tokens, flat = picked
-        edit = self.rules.edit(flat, w, plan)
-        if edit is None:
-            return None
+        if dense:
+            edit = self.rules.dense_edit(flat, w, table, state.step_tensor.to(out.device))
+        else:
+            edit = self.rules.edit(flat, w, plan)
+            if edit is None:
+                return None
         self._count(edit.edited, counting)
         return self._add_delta(module, output, out, site, rows_, tokens, edit.delta, counting)
 

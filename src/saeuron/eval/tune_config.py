@@ -7,9 +7,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from saeuron.models.resolve import ResolvesModel
+from saeuron.minicanvas.config_parts import NAME, PipelineName, ResolvesNestedModel
 from saeuron.models.sites import renamed_settings
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
+from saeuron.utils.config_parts import Device, Seed
 
 TUNABLE_RULES = ("ablate", "anchor", "scale", "project")
 WINDOWS = ("all", "0:0.5", "0.5:1")
@@ -22,10 +23,11 @@ ATTACKED = "UA_attacked"
 
 
 @dataclass
-class TuneConfig(ResolvesModel, Config):
+class TuneConfig(ResolvesNestedModel, Config):
     concept: str = field(help="the concept to erase (a member of the prompt set)")
     out: str = field(help="the recipe to write (NAME.json); trials and plot go beside it")
-    model: str = field("minicanvas", help="model id, local folder, or a bundled name")
+    pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
+                                   describe={"model": "model id, local folder, or a bundled name"})
     trials: int = field(40, ge=1, le=100_000, help="complete trials the study should hold")
     prompt_set: str | None = field(None, help="prompt-set file; default: the bundle's")
     judge: str | None = field(
@@ -73,11 +75,14 @@ class TuneConfig(ResolvesModel, Config):
         None, help="Optuna storage URL; default: sqlite beside the recipe (resumable)"
     )
     study: str | None = field(None, help="study name; default: NAME of --out")
-    seed: int = field(0, ge=0, le=2**32 - 1, help="sampler seed")
+    # Optuna's samplers take a 32-bit seed.
+    seeding: Seed = field(Seed, flatten=True, help="the sampler's seed",
+                          describe={"seed": "sampler seed"}, limits={"seed": {"le": 2**32 - 1}})
     num_inference_steps: int | None = field(None, ge=1, help="sampling steps; default: model's")
     guidance_scale: float | None = field(None, help="CFG scale; default: the model's")
     batch_size: int = field(50, ge=1, help="images per pipeline call")
-    device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: best available")
+    runtime: Device = field(Device, flatten=True, help="where it samples", describe={
+        "device": "cpu, cuda, cuda:N or mps; default: best available"})
     heldout: bool = field(True, help="score the chosen setting on the held-out phrasings too")
     attack_prompts: int = field(
         0, ge=0, le=1000, help="attack every trial that meets the targets with UnlearnDiffAtk "

@@ -13,6 +13,8 @@ from saeuron.minicanvas.config_parts import (
     PipelineName,
     PromptSeeds,
     ResolvesNestedModel,
+    RetainSeeds,
+    Template,
     Variants,
 )
 from saeuron.minicanvas.world import (
@@ -25,7 +27,7 @@ from saeuron.minicanvas.world import (
 )
 from saeuron.utils.atomic import check_output_folder
 from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
-from saeuron.utils.config_parts import BatchSize, Output
+from saeuron.utils.config_parts import BatchSize, Output, Quick
 
 VARIANTS = (
     "none", "negative_prompt", "saeuron", "saeuron_guidance_both", "saeuron_paper_error",
@@ -53,7 +55,8 @@ DEFAULT_VARIANTS = ("none", "saeuron", "recipe", "saemnesia")
 class BenchConfig(ResolvesNestedModel, Config):
     output: Output = field(Output(out="minicanvas-bench"), flatten=True, help="where results go",
                            describe={"out": "folder for results.json, results.md, grid.png"})
-    quick: bool = field(False, help="a CI-sized subset: 3 concepts, 2 variants, 2 seeds, 10 steps")
+    smoke: Quick = field(Quick, flatten=True, help="the CI-sized run", describe={
+        "quick": "a CI-sized subset: 3 concepts, 2 variants, 2 seeds, 10 steps"})
     concepts: list[str] | None = field(None, help="concepts to erase; default: all 20")
     rows: Variants = field(Variants, flatten=True, help="the table's rows", describe={
         "variants": "rows of the table; default: none, saeuron (the published method), recipe "
@@ -61,7 +64,10 @@ class BenchConfig(ResolvesNestedModel, Config):
     target_seeds: PromptSeeds = field(PromptSeeds, flatten=True, help="the target seeds",
                                       describe={"seeds": "seeds of the target prompts; default: "
                                                 "test seeds"})
-    retain_seeds: int = field(1, ge=1, le=100, help="seeds per retained (non-target) prompt")
+    retained: RetainSeeds = field(RetainSeeds, flatten=True, help="the retained seeds",
+                                  describe={"retain_seeds": "seeds per retained (non-target) "
+                                            "prompt"},
+                                  limits={"retain_seeds": {"ge": 1, "le": 100}})
     denoising: InferenceSteps = field(InferenceSteps, flatten=True, help="the steps",
                                       describe={"num_inference_steps": "DDIM steps (quick: at "
                                                 "most 10)"},
@@ -79,9 +85,9 @@ class BenchConfig(ResolvesNestedModel, Config):
     grid_variant: str = field(
         "recipe", choices=VARIANTS, help="the variant whose erased images grid.png shows"
     )
-    template: str = field(
-        TEST_TEMPLATES[0], help="prompt template with {object} and {style} (held-out phrasings)"
-    )
+    prompt: Template = field(Template(template=TEST_TEMPLATES[0]), flatten=True,
+                             help="the prompt", describe={
+        "template": "prompt template with {object} and {style} (held-out phrasings)"})
     alias_seeds: int = field(
         2, ge=0, le=100, help="test seeds for the other-name prompts (UA-alias); 0: none"
     )

@@ -7,6 +7,10 @@ own: the commands differ in what they accept (``guided build`` takes any number 
 checks its guidance scale itself, ``bench`` caps both), and a part's own bounds would apply to,
 and be shown for, every command.
 
+Some of these keys are shared beyond MiniCanvas too: ``steps`` with ``saeuron ui``, and the
+UnlearnCanvas protocol's keys (``styles``, ``objects``, ``template``, ``seeds``,
+``retain_seeds``) with the ``unlearncanvas`` metric, which judges the same kind of prompts.
+
 The keys the commands share with the rest of the package come from
 :mod:`saeuron.utils.config_parts` (model, out, seed, workdir, batch_size, device) and
 :mod:`saeuron.training.train_config` (lr, epochs, topk, dead_tokens).
@@ -49,6 +53,41 @@ class SaeSize(Config):
 @dataclass
 class PromptSeeds(Config):
     seeds: list[int] | None = field(None, ge=0, le=MAX_SEED, help="seeds of the prompts")
+
+
+@dataclass
+class Steps(Config):
+    """The denoising steps of a command that names them ``steps`` (the demo, the web page)."""
+
+    steps: int = field(20, help="denoising steps")
+
+
+@dataclass
+class RetainSeeds(Config):
+    retain_seeds: int = field(1, help="seeds per prompt of the concepts not erased")
+
+
+UNLEARNCANVAS_TEMPLATE = "An image of {object} in {style} style."
+"""The UnlearnCanvas prompt of an (object, style) pair."""
+
+
+# The UnlearnCanvas vocabulary a command works on: the MiniCanvas sequential run erases these,
+# the UnlearnCanvas metric prompts them.
+@dataclass
+class Styles(Config):
+    styles: list[str] | None = field(None, help="styles")
+
+
+@dataclass
+class Objects(Config):
+    objects: list[str] | None = field(None, help="objects")
+
+
+@dataclass
+class Template(Config):
+    template: str = field(
+        UNLEARNCANVAS_TEMPLATE, help="prompt template with {object} and {style}"
+    )
 
 
 @dataclass

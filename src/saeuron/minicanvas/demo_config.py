@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saeuron.minicanvas.config_parts import Variants
+from saeuron.minicanvas.config_parts import Steps, Variants
 from saeuron.utils.atomic import check_output_file
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field, refuse_null
 from saeuron.utils.config_parts import Output, Seed
@@ -22,7 +22,9 @@ class DemoConfig(Config):
                            describe={"out": "before/after grid image (.png)"})
     object: str = field("moon", help="MiniCanvas object to erase")
     style: str = field("checkered", help="MiniCanvas style to erase")
-    steps: int = field(20, ge=1, le=1000, help="DDIM steps")
+    denoising: Steps = field(Steps, flatten=True, help="the steps",
+                             describe={"steps": "DDIM steps"},
+                             limits={"steps": {"ge": 1, "le": 1000}})
     seeding: Seed = field(Seed(seed=188), flatten=True, help="the seed",
                           describe={"seed": "seed of the sampled images"})
     retain: int = field(

@@ -13,6 +13,7 @@ from saeuron.minicanvas.config_parts import (
     PipelineName,
     ResolvesNestedModel,
 )
+from saeuron.training.supervised_config import EarlyStopping
 from saeuron.training.train_config import LearningRate
 from saeuron.utils.config import Config, check_range, field
 from saeuron.utils.config_parts import Output, Seed, Workdir
@@ -36,10 +37,10 @@ class SupervisedBuildConfig(ResolvesNestedModel, Config):
     # barely moves the latents in 50 epochs (BCE 0.81 -> 0.80), 3e-3 separates them.
     rate: LearningRate = field(LearningRate(lr=3e-3), flatten=True, help="the learning rate",
                                describe={"lr": "Adam learning rate of the fine-tune"})
-    max_epochs: int = field(80, ge=1, le=1_000_000, help="at most this many epochs")
-    patience: int = field(
-        5, ge=1, le=1_000_000, help="early stopping: epochs without held-out gain"
-    )
+    stopping: EarlyStopping = field(EarlyStopping(max_epochs=80, patience=5), flatten=True,
+                                    help="when the fine-tune stops", describe={
+        "max_epochs": "at most this many epochs",
+        "patience": "early stopping: epochs without held-out gain"})
     seeding: Seed = field(Seed, flatten=True, help="the seed",
                           describe={"seed": "seed of capture and fine-tune"})
     work: Workdir = field(Workdir, flatten=True, help="intermediate files", describe={

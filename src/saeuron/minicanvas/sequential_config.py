@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saeuron.minicanvas.config_parts import InferenceSteps, PromptSeeds
+from saeuron.minicanvas.config_parts import InferenceSteps, Objects, PromptSeeds, Styles
 from saeuron.minicanvas.world import TEST_SEEDS, concept_kind
 from saeuron.utils.atomic import check_output_folder
 from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
@@ -22,8 +22,12 @@ class SequentialConfig(Config):
     output: Output = field(Output(out="minicanvas-sequential"), flatten=True,
                            help="where results go",
                            describe={"out": "folder for results.json and results.md"})
-    styles: list[str] = field(list(DEFAULT_STYLES), help="styles erased one after another")
-    objects: list[str] = field(list(DEFAULT_OBJECTS), help="objects erased one after another")
+    erased_styles: Styles = field(Styles(styles=list(DEFAULT_STYLES)), flatten=True,
+                                  help="the styles",
+                                  describe={"styles": "styles erased one after another"})
+    erased_objects: Objects = field(Objects(objects=list(DEFAULT_OBJECTS)), flatten=True,
+                                    help="the objects",
+                                    describe={"objects": "objects erased one after another"})
     prompt_seeds: PromptSeeds = field(PromptSeeds(seeds=list(TEST_SEEDS[:1])), flatten=True,
                                       help="the seeds",
                                       describe={"seeds": "seeds of every (object, style) prompt"})
@@ -42,7 +46,7 @@ class SequentialConfig(Config):
     )
 
     def __post_init__(self) -> None:
-        refuse_null(self, "out", "seeds")
+        refuse_null(self, "out", "styles", "objects", "seeds")
         for kind, names in (("style", self.styles), ("object", self.objects)):
             for name in names:
                 if concept_kind(name) != kind:

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from saeuron.perf import BENCHMARKS, Row
-from saeuron.utils.config import Config, ConfigError, did_you_mean, field
-from saeuron.utils.devices import check_device
+from saeuron.utils.config import Config, ConfigError, did_you_mean, field, refuse_null
+from saeuron.utils.config_parts import Device, Output, Quick
 from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
 
 logger = logging.getLogger(__name__)
@@ -39,15 +39,16 @@ DEVICE_BENCHMARKS = ("erase", "compile", "training")
 @dataclass
 class PerfConfig(Config):
     only: list[str] | None = field(None, help=f"benchmarks to run: {', '.join(MODULES)}")
-    quick: bool = field(False, help="small sizes, for a smoke test (numbers not comparable)")
-    device: str | None = field(
-        None,
-        help="device of the erase and training benchmarks; default: the CPU, and CUDA too "
-        "when there is one (both reported)",
-    )
-    out: str = field("benchmarks/results", help="folder for perf.json and perf.md")
+    smoke: Quick = field(Quick, flatten=True, help="the smoke test", describe={
+        "quick": "small sizes, for a smoke test (numbers not comparable)"})
+    runtime: Device = field(Device, flatten=True, help="where the benchmarks run", describe={
+        "device": "device of the erase and training benchmarks; default: the CPU, and CUDA too "
+        "when there is one (both reported)"})
+    output: Output = field(Output(out="benchmarks/results"), flatten=True, help="where it goes",
+                           describe={"out": "folder for perf.json and perf.md"})
 
     def __post_init__(self) -> None:
+        refuse_null(self, "out")
         self.only = self.only or list(MODULES)
         for name in self.only:
             if name not in MODULES:
@@ -55,8 +56,6 @@ class PerfConfig(Config):
                     "only", f"unknown benchmark {name!r}{did_you_mean(name, MODULES)}; "
                     f"allowed: {', '.join(MODULES)}"
                 )
-        if self.device is not None:
-            check_device("device", self.device)
         check_output_folder(self.out, "out")
 
     def devices(self, name: str) -> list[str]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from saeuron.utils.config import Config, ConfigError, check_range
 from saeuron.utils.config import field as config_field
+from saeuron.utils.config_parts import Device, Seed
 
 
 @dataclass
@@ -22,6 +23,16 @@ class SupervisedSettings:
     heldout: float = 0.1
     seed: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class EarlyStopping(Config):
+    """When a supervised fine-tune stops; MiniCanvas's SAEmnesia build shares the keys."""
+
+    max_epochs: int = config_field(50, ge=1, le=1_000_000, help="at most this many passes")
+    patience: int = config_field(
+        3, ge=1, le=1_000_000, help="stop after this many epochs without held-out gain"
+    )
 
 
 @dataclass
@@ -48,14 +59,11 @@ class SupervisedTrainConfig(Config):
     batch_images: int = config_field(
         128, ge=1, le=1_000_000, help="images per step (the paper's 128)"
     )
-    max_epochs: int = config_field(50, ge=1, le=1_000_000, help="at most this many passes")
-    patience: int = config_field(
-        3, ge=1, le=1_000_000, help="stop after this many epochs without held-out gain"
-    )
-    seed: int = config_field(
-        0, ge=0, le=2**63 - 1, help="seed of the held-out split and the shuffle"
-    )
-    device: str | None = config_field(None, help="torch device; default: CUDA, MPS, CPU")
+    stopping: EarlyStopping = config_field(EarlyStopping, flatten=True, help="when it stops")
+    seeding: Seed = config_field(Seed, flatten=True, help="the seed", describe={
+        "seed": "seed of the held-out split and the shuffle"})
+    runtime: Device = config_field(Device, flatten=True, help="where it trains", describe={
+        "device": "torch device; default: CUDA, MPS, CPU"})
 
     def __post_init__(self) -> None:
         for name in ("activations", "labels", "out", "init_sae"):

@@ -9,8 +9,7 @@ from typing import Any
 
 from saeuron.sae.config import SaeConfig
 from saeuron.utils.config import Config, ConfigError, field
-from saeuron.utils.config_parts import BatchSize
-from saeuron.utils.device_names import check_device
+from saeuron.utils.config_parts import BatchSize, Device
 from saeuron.utils.storage import check_location, is_url
 
 TOPK_MODES = ("batch", "token")
@@ -68,7 +67,8 @@ class TrainConfig(Config):
         0.05, ge=0, lt=1, help="share of shards (the last) kept for held-out FVU"
     )
     seed: int = field(0, ge=0, help="seed of the SAE initialisation and the data shuffle")
-    device: str | None = field(None, help="torch device; default: CUDA, else MPS, else CPU")
+    runtime: Device = field(Device, flatten=True, help="where it trains", describe={
+        "device": "torch device; default: CUDA, else MPS, else CPU"})
     shuffle_shards: int = field(
         2,
         ge=1,
@@ -89,7 +89,6 @@ class TrainConfig(Config):
         check_location(self.activations, "activations")
         if is_url(self.out):
             raise ConfigError("out", f"got {self.out!r}; the SAE is written to a local folder")
-        check_device("device", self.device)
 
     @classmethod
     def add_arguments(cls, parser: Any, skip: Any = ()) -> None:

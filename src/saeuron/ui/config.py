@@ -9,10 +9,16 @@ import socket
 from dataclasses import dataclass
 
 from saeuron.erasure.erase_config import MAX_MULTIPLIER
+from saeuron.minicanvas.config_parts import (
+    NAME,
+    GuidanceScale,
+    PipelineName,
+    ResolvesNestedModel,
+    Steps,
+)
 from saeuron.models.defaults import model_defaults
-from saeuron.models.resolve import ResolvesModel
-from saeuron.utils.config import Config, ConfigError, check_range, field
-from saeuron.utils.device_names import check_device
+from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
+from saeuron.utils.config_parts import Device
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +28,9 @@ MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 30.0
 
 
 @dataclass
-class UiConfig(ResolvesModel, Config):
-    model: str = field("minicanvas", help="model id, local folder, or a bundled name")
+class UiConfig(ResolvesNestedModel, Config):
+    pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
+                                   describe={"model": "model id, local folder, or a bundled name"})
     sae: str | None = field(None, help="SAE repo id or folder; default: the model's known SAE")
     hookpoint: str | None = field(
         None, help="module the SAE reads; default: per concept (bundled) or the SAE's own"
@@ -34,11 +41,16 @@ class UiConfig(ResolvesModel, Config):
     )
     host: str = field("127.0.0.1", help="address to serve on (0.0.0.0 exposes it to the network)")
     port: int = field(7860, ge=1, le=65535, help="port to serve on")
-    device: str | None = field(None, help="cpu, cuda, cuda:N or mps; default: the best available")
-    steps: int = field(20, ge=1, le=1000, help="denoising steps shown when the page opens")
-    guidance_scale: float = field(
-        7.5, ge=MIN_GUIDANCE, le=MAX_GUIDANCE, help="CFG scale shown when the page opens"
-    )
+    runtime: Device = field(Device, flatten=True, help="where the model runs", describe={
+        "device": "cpu, cuda, cuda:N or mps; default: the best available"})
+    denoising: Steps = field(Steps, flatten=True, help="the page's first steps",
+                             describe={"steps": "denoising steps shown when the page opens"},
+                             limits={"steps": {"ge": 1, "le": 1000}})
+    guidance: GuidanceScale = field(
+        GuidanceScale, flatten=True, help="the page's first guidance",
+        describe={"guidance_scale": "CFG scale shown when the page opens"},
+        limits={"guidance_scale": {"ge": MIN_GUIDANCE, "le": MAX_GUIDANCE}},
+    )  # fmt: skip
     max_steps: int = field(50, ge=1, le=1000, help="largest number of steps a request may ask for")
     max_prompt_chars: int = field(
         200, ge=1, le=10_000, help="longest prompt accepted, in characters"
@@ -66,6 +78,7 @@ class UiConfig(ResolvesModel, Config):
     )
 
     def __post_init__(self) -> None:
+        refuse_null(self, "model")
         for name in ("model", "host"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
@@ -79,7 +92,6 @@ class UiConfig(ResolvesModel, Config):
                 "sae",
                 f"no SAE is known for model {self.model!r}; name one with --sae (and --hookpoint)",
             )
-        check_device("device", self.device)
         check_range("steps", self.steps, ge=1, le=self.max_steps)
 
 

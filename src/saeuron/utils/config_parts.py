@@ -71,3 +71,8 @@ class BatchSize(Config):
 @dataclass
 class Limit(Config):
     limit: int | None = field(None, ge=1, le=1_000_000, help="at most this many prompts")
+
+
+@dataclass
+class Quick(Config):
+    quick: bool = field(False, help="a small, fast run for a smoke test")

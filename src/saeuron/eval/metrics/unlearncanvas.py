@@ -38,6 +38,7 @@ from saeuron.eval.unlearncanvas_vit import (
     load_classifier,
 )
 from saeuron.minicanvas.classifier import MiniCanvasClassifier
+from saeuron.minicanvas.config_parts import Objects, PromptSeeds, RetainSeeds, Styles, Template
 from saeuron.minicanvas.scoring import unlearning_scores
 from saeuron.models.resolve import ResolvedModel, resolve_model
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
@@ -99,22 +100,30 @@ class UnlearnCanvasConfig(Config):
         help="CRA of a style: 'styled' (object accuracy on the styled images, UnlearnCanvas) "
         "or 'plain' (on plain_template images, SAeUron's code)",
     )
-    template: str = field(
-        "An image of {object} in {style} style.", help="prompt of every (object, style) pair"
-    )
+    prompt: Template = field(
+        Template, flatten=True, help="the prompt",
+        describe={"template": "prompt of every (object, style) pair"},
+    )  # fmt: skip
     plain_template: str = field("An image of {object}.", help="prompt of cra='plain' images")
-    objects: list[str] | None = field(None, help="prompt only these objects; default: all")
-    styles: list[str] | None = field(
-        None, help="prompt only these styles; default: all (the ViTs' Seed_Images excluded)"
-    )
-    seeds: list[int] | None = field(
-        None,
-        ge=0,
-        le=2**63 - 1,
-        help="sample every prompt with each of these seeds (overrides *_seeds)",
-    )
+    prompted_objects: Objects = field(
+        Objects, flatten=True, help="the objects prompted",
+        describe={"objects": "prompt only these objects; default: all"},
+    )  # fmt: skip
+    prompted_styles: Styles = field(
+        Styles, flatten=True, help="the styles prompted",
+        describe={"styles": "prompt only these styles; default: all (the ViTs' Seed_Images "
+                  "excluded)"},
+    )  # fmt: skip
+    prompt_seeds: PromptSeeds = field(
+        PromptSeeds, flatten=True, help="the seeds of every prompt",
+        describe={"seeds": "sample every prompt with each of these seeds (overrides *_seeds)"},
+    )  # fmt: skip
     target_seeds: int = field(4, ge=1, le=1000, help="images per prompt that names the concept")
-    retain_seeds: int = field(1, ge=1, le=1000, help="images per prompt of the other concepts")
+    retained: RetainSeeds = field(
+        RetainSeeds, flatten=True, help="the retained seeds",
+        describe={"retain_seeds": "images per prompt of the other concepts"},
+        limits={"retain_seeds": {"ge": 1, "le": 1000}},
+    )  # fmt: skip
     jpeg_quality: int | None = field(
         None, ge=1, le=95, help="classify each image after a JPEG round trip at this quality"
     )

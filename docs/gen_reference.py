@@ -101,6 +101,7 @@ def config_rows(
     owner: Any = None,
     helps: dict[str, str] | None = None,
     limits: dict[str, dict[str, float]] | None = None,
+    needed: frozenset[str] = frozenset(),
 ) -> list[str]:
     """One row per key; ``owner`` is the instance a nesting config holds (its defaults),
     ``helps`` and ``limits`` what the nesting config says of its keys."""
@@ -118,12 +119,14 @@ def config_rows(
             inner = getattr(owner, f.name) if owner is not None else f.default_factory()  # type: ignore[misc]
             words = {**meta.get("describe", {}), **helps}
             tighter = {**meta.get("limits", {}), **limits}
-            rows += config_rows(nested, prefix, inner, words, tighter)
+            rows += config_rows(nested, prefix, inner, words, tighter,
+                                needed | frozenset(meta.get("required", ())))  # fmt: skip
             continue
         text = helps.get(f.name) or meta.get("help", "")
         rows.append(
             f"| `{prefix}{f.name}` | `{_cell(_type_name(hints.get(f.name, f.type)))}` | "
-            f"{_cell(_default(f, owner))} | {_cell(_accepted(meta, limits.get(f.name)))} | "
+            f"{'required' if f.name in needed else _cell(_default(f, owner))} | "
+            f"{_cell(_accepted(meta, limits.get(f.name)))} | "
             f"{_cell(text)} |"
         )
     return rows

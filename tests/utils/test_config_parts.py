@@ -58,3 +58,25 @@ def test_bad_values_of_a_part_name_the_flat_key(data, field_name) -> None:
 def test_required_output_says_so() -> None:
     with pytest.raises(ConfigError, match="^out: required"):
         Output().require()
+
+
+@dataclass
+class _NeedsOut(Config):
+    output: Output = field(Output, flatten=True, help="where", required=("out",),
+                           describe={"out": "the folder"})  # fmt: skip
+    runtime: Device = field(Device, flatten=True, help="where it runs")
+
+
+def test_a_nesting_config_can_require_a_part_s_key() -> None:
+    with pytest.raises(ConfigError, match="^out: required$"):
+        _NeedsOut.from_dict({"device": "cpu"})
+    with pytest.raises(ConfigError, match="^out: required$"):
+        _NeedsOut()
+    with pytest.raises(ConfigError, match="^out: required$"):
+        _NeedsOut.from_dict({"out": None})
+    assert _NeedsOut(out="x").out == "x"
+    parser = argparse.ArgumentParser()
+    _NeedsOut.add_arguments(parser)
+    assert "--out OUT" in parser.format_usage() and "[--out OUT]" not in parser.format_usage()
+    with pytest.raises(SystemExit):
+        parser.parse_args([])

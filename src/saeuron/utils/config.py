@@ -128,6 +128,7 @@ def field(
     flatten: bool = False,
     describe: Mapping[str, str] | None = None,
     limits: Mapping[str, Mapping[str, float]] | None = None,
+    required: Sequence[str] = (),
     metavar: str | None = None,
     aliases: Sequence[str] = (),
     **kwargs: Any,
@@ -139,7 +140,9 @@ def field(
     makes it a positional command-line argument. ``flatten`` (nested configs) puts the
     nested fields at this config's level in JSON and on the command line; ``describe`` then
     gives nested keys the help text they have here (key -> text), and ``limits`` the tighter
-    bounds they have here (key -> ``{"le": 4096}``), checked and shown like their own.
+    bounds they have here (key -> ``{"le": 4096}``), checked and shown like their own;
+    ``required`` names nested keys this config cannot do without (a part's key may be
+    optional elsewhere), refused when missing or null and required on the command line.
     ``aliases`` are old names of the field, still accepted (module docstring).
     """
     metadata = {
@@ -153,6 +156,7 @@ def field(
         "flatten": flatten,
         "describe": dict(describe or {}),
         "limits": {k: dict(v) for k, v in (limits or {}).items()},
+        "required": tuple(required),
         "metavar": metavar,
         "aliases": tuple(aliases),
         **kwargs.pop("metadata", {}),
@@ -400,6 +404,9 @@ def _check_fields(config: Config) -> None:
     for f in dataclasses.fields(config):
         if f.init:
             _check_declared(f.name, getattr(config, f.name), f.metadata)
+            for key in f.metadata.get("required", ()):
+                if getattr(config, key) is None:
+                    raise ConfigError(key, "required")
             for key, bounds in f.metadata.get("limits", {}).items():
                 _check_declared(key, getattr(config, key), {"bounds": bounds})
 
@@ -490,11 +497,11 @@ class Config(metaclass=_ConfigMeta):
             elif f.name in data:
                 key = f"{where}.{f.name}" if where else f.name
                 kwargs[f.name] = _coerce(key, hints[f.name], data[f.name])
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.init and f.name not in kwargs and _default_of(f) is dataclasses.MISSING
-        ]
+        missing = []
+        for f in dataclasses.fields(cls):
+            if f.init and f.name not in kwargs and _default_of(f) is dataclasses.MISSING:
+                missing.append(f.name)
+            missing += [k for k in f.metadata.get("required", ()) if data.get(k) is None]
         if missing:
             key = f"{where}.{missing[0]}" if where else missing[0]
             raise ConfigError(key, "required")
@@ -571,6 +578,7 @@ class Config(metaclass=_ConfigMeta):
         flags: Mapping[str, str] | None = None,
         helps: Mapping[str, str] | None = None,
         bounds: Mapping[str, Mapping[str, float]] | None = None,
+        needed: Iterable[str] = (),
     ) -> None:
         """One ``--option`` (or positional) per field, nested flattened configs included.
 
@@ -581,13 +589,14 @@ class Config(metaclass=_ConfigMeta):
         ``defaults`` (for a nested config) is the instance whose values ``--help`` shows.
         ``flags`` spells a field's flag otherwise than ``--field-name`` (field -> flag), where
         a command's flag names must not clash in meaning with another command's. ``helps``
-        (field -> text) and ``bounds`` (field -> bounds) are what a nesting config's
-        ``describe`` and ``limits`` say of a field.
+        (field -> text), ``bounds`` (field -> bounds) and ``needed`` (fields) are what a
+        nesting config's ``describe``, ``limits`` and ``required`` say of a field.
         """
         skip = set(skip)
         flags = dict(flags or {})
         helps = dict(helps or {})
         bounds = dict(bounds or {})
+        needed = set(needed)
         hints = cls._hints()
         flat = cls._flattened()
         for f in dataclasses.fields(cls):
@@ -603,10 +612,12 @@ class Config(metaclass=_ConfigMeta):
                 tighter = {**f.metadata.get("limits", {}), **bounds}
                 flat[f.name].add_arguments(
                     parser, skip, require, defaults=nested_default, flags=flags, helps=words,
-                    bounds=tighter,
+                    bounds=tighter, needed={*f.metadata.get("required", ()), *needed},
                 )  # fmt: skip
                 continue
             default = getattr(defaults, f.name) if defaults is not None else _default_of(f)
+            if f.name in needed:
+                default = dataclasses.MISSING
             _add_argument(parser, f, hints[f.name], require, default, flags.get(f.name),
                           helps.get(f.name), bounds.get(f.name))  # fmt: skip
 

@@ -120,7 +120,8 @@ def config_rows(
             words = {**meta.get("describe", {}), **helps}
             tighter = {**meta.get("limits", {}), **limits}
             rows += config_rows(nested, prefix, inner, words, tighter,
-                                needed | frozenset(meta.get("required", ())))  # fmt: skip
+                                needed | frozenset(k for k in meta.get("required", ())
+                                                   if getattr(inner, k) is None))  # fmt: skip
             continue
         text = helps.get(f.name) or meta.get("help", "")
         rows.append(

@@ -72,7 +72,7 @@ def test_a_nesting_config_can_require_a_part_s_key() -> None:
         _NeedsOut.from_dict({"device": "cpu"})
     with pytest.raises(ConfigError, match="^out: required$"):
         _NeedsOut()
-    with pytest.raises(ConfigError, match="^out: required$"):
+    with pytest.raises(ConfigError, match="^out: must not be null$"):
         _NeedsOut.from_dict({"out": None})
     assert _NeedsOut(out="x").out == "x"
     parser = argparse.ArgumentParser()
@@ -80,3 +80,20 @@ def test_a_nesting_config_can_require_a_part_s_key() -> None:
     assert "--out OUT" in parser.format_usage() and "[--out OUT]" not in parser.format_usage()
     with pytest.raises(SystemExit):
         parser.parse_args([])
+
+
+@dataclass
+class _StepsWithDefault(Config):
+    batches: BatchSize = field(BatchSize(batch_size=8), flatten=True, help="batches",
+                               required=("batch_size",))  # fmt: skip
+
+
+def test_a_required_key_with_a_default_refuses_only_null() -> None:
+    assert _StepsWithDefault.from_dict({}).batch_size == 8
+    with pytest.raises(ConfigError, match="^batch_size: must not be null$"):
+        _StepsWithDefault.from_dict({"batch_size": None})
+    with pytest.raises(ConfigError, match="^batch_size: must not be null$"):
+        _StepsWithDefault(batch_size=None)
+    parser = argparse.ArgumentParser()
+    _StepsWithDefault.add_arguments(parser)
+    assert parser.parse_args([]).batch_size is None  # not required on the command line

@@ -142,7 +142,8 @@ def field(
     gives nested keys the help text they have here (key -> text), and ``limits`` the tighter
     bounds they have here (key -> ``{"le": 4096}``), checked and shown like their own;
     ``required`` names nested keys this config cannot do without (a part's key may be
-    optional elsewhere), refused when missing or null and required on the command line.
+    optional elsewhere): null is refused, and so is a missing one this config gives no
+    default (then it is required on the command line too).
     ``aliases`` are old names of the field, still accepted (module docstring).
     """
     metadata = {
@@ -400,13 +401,24 @@ def _key_owners(cls: type[Config]) -> dict[str, str]:
     return owners
 
 
+def _null_message(f: dataclasses.Field, key: str) -> str:
+    """What a required nested key that is None lacks: a value at all, or one other than null
+    (where this config has a default)."""
+    return "required" if getattr(_default_of(f), key) is None else "must not be null"
+
+
+def _without_default(f: dataclasses.Field, part: Config) -> list[str]:
+    """The required keys of a nested ``part`` it holds no value for."""
+    return [k for k in f.metadata.get("required", ()) if getattr(part, k) is None]
+
+
 def _check_fields(config: Config) -> None:
     for f in dataclasses.fields(config):
         if f.init:
             _check_declared(f.name, getattr(config, f.name), f.metadata)
             for key in f.metadata.get("required", ()):
                 if getattr(config, key) is None:
-                    raise ConfigError(key, "required")
+                    raise ConfigError(key, _null_message(f, key))
             for key, bounds in f.metadata.get("limits", {}).items():
                 _check_declared(key, getattr(config, key), {"bounds": bounds})
 
@@ -501,7 +513,11 @@ class Config(metaclass=_ConfigMeta):
         for f in dataclasses.fields(cls):
             if f.init and f.name not in kwargs and _default_of(f) is dataclasses.MISSING:
                 missing.append(f.name)
-            missing += [k for k in f.metadata.get("required", ()) if data.get(k) is None]
+            for key in f.metadata.get("required", ()):
+                if key in data and data[key] is None:
+                    raise ConfigError(f"{where}.{key}" if where else key, "must not be null")
+                if key not in data and getattr(_default_of(f), key) is None:
+                    missing.append(key)
         if missing:
             key = f"{where}.{missing[0]}" if where else missing[0]
             raise ConfigError(key, "required")
@@ -612,7 +628,7 @@ class Config(metaclass=_ConfigMeta):
                 tighter = {**f.metadata.get("limits", {}), **bounds}
                 flat[f.name].add_arguments(
                     parser, skip, require, defaults=nested_default, flags=flags, helps=words,
-                    bounds=tighter, needed={*f.metadata.get("required", ()), *needed},
+                    bounds=tighter, needed={*_without_default(f, nested_default), *needed},
                 )  # fmt: skip
                 continue
             default = getattr(defaults, f.name) if defaults is not None else _default_of(f)

@@ -93,10 +93,10 @@ KEYS: dict[str, list[str]] = {
     ],
     "PerfConfig": ["only", "quick", "device", "out"],
     "SupervisedTrainConfig": [
-        "activations",
         "labels",
-        "out",
         "init_sae",
+        "activations",
+        "out",
         "bce",
         "corr",
         "l1",
@@ -323,7 +323,9 @@ OPTIONS: dict[tuple[str, ...], dict[str, tuple[str, str, bool]]] = {
             False,
         ),
         "guidance_scale": ("--guidance-scale", "CFG scale; default: the model's", False),
-        "batch_size": ("--batch-size", "images per pipeline call (>= 1; default: 50)", False),
+        "batch_size": (
+            "--batch-size", "images per pipeline call (>= 1 and <= 16777216; default: 50)", False
+        ),
         "device": ("--device", "cpu, cuda, cuda:N or mps; default: best available", False),
         "heldout": (
             "--heldout",
@@ -519,7 +521,8 @@ OPTIONS: dict[tuple[str, ...], dict[str, tuple[str, str, bool]]] = {
         ),
         "seed": (
             "--seed",
-            "seed of the SAE initialisation and the data shuffle (>= 0; default: 0)",
+            "seed of the SAE initialisation and the data shuffle (>= 0 and <= 9223372036854775807; "
+            "default: 0)",
             False,
         ),
         "device": ("--device", "torch device; default: CUDA, else MPS, else CPU", False),

@@ -7,10 +7,18 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from saeuron.eval.metrics.parts import Concept
 from saeuron.minicanvas.config_parts import NAME, PipelineName, ResolvesNestedModel
 from saeuron.models.sites import renamed_settings
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
-from saeuron.utils.config_parts import Device, Seed
+from saeuron.utils.config_parts import (
+    BatchSize,
+    Device,
+    GuidanceScale,
+    InferenceSteps,
+    Output,
+    Seed,
+)
 
 TUNABLE_RULES = ("ablate", "anchor", "scale", "project")
 WINDOWS = ("all", "0:0.5", "0.5:1")
@@ -24,8 +32,12 @@ ATTACKED = "UA_attacked"
 
 @dataclass
 class TuneConfig(ResolvesNestedModel, Config):
-    concept: str = field(help="the concept to erase (a member of the prompt set)")
-    out: str = field(help="the recipe to write (NAME.json); trials and plot go beside it")
+    erased: Concept = field(Concept, flatten=True, help="the concept", required=("concept",),
+                            describe={"concept": "the concept to erase (a member of the prompt "
+                                      "set)"})  # fmt: skip
+    output: Output = field(Output, flatten=True, help="where it goes", required=("out",),
+                           describe={"out": "the recipe to write (NAME.json); trials and plot "
+                                     "go beside it"})  # fmt: skip
     pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
                                    describe={"model": "model id, local folder, or a bundled name"})
     trials: int = field(40, ge=1, le=100_000, help="complete trials the study should hold")
@@ -78,9 +90,14 @@ class TuneConfig(ResolvesNestedModel, Config):
     # Optuna's samplers take a 32-bit seed.
     seeding: Seed = field(Seed, flatten=True, help="the sampler's seed",
                           describe={"seed": "sampler seed"}, limits={"seed": {"le": 2**32 - 1}})
-    num_inference_steps: int | None = field(None, ge=1, help="sampling steps; default: model's")
-    guidance_scale: float | None = field(None, help="CFG scale; default: the model's")
-    batch_size: int = field(50, ge=1, help="images per pipeline call")
+    step_count: InferenceSteps = field(
+        InferenceSteps, flatten=True, help="the steps", limits={"num_inference_steps": {"ge": 1}},
+        describe={"num_inference_steps": "sampling steps; default: model's"})  # fmt: skip
+    guidance_strength: GuidanceScale = field(
+        GuidanceScale, flatten=True, help="the guidance",
+        describe={"guidance_scale": "CFG scale; default: the model's"})  # fmt: skip
+    batches: BatchSize = field(BatchSize(batch_size=50), flatten=True, help="the batches",
+                               describe={"batch_size": "images per pipeline call"})  # fmt: skip
     runtime: Device = field(Device, flatten=True, help="where it samples", describe={
         "device": "cpu, cuda, cuda:N or mps; default: best available"})
     heldout: bool = field(True, help="score the chosen setting on the held-out phrasings too")

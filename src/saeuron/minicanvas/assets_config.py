@@ -8,17 +8,24 @@ from dataclasses import dataclass
 
 from saeuron.minicanvas.config_parts import (
     GUIDANCE_SCALE,
+    MINICANVAS_GUIDANCE,
+    MINICANVAS_STEPS,
     NAME,
     NUM_INFERENCE_STEPS,
-    GuidanceScale,
-    InferenceSteps,
     PipelineName,
     ResolvesNestedModel,
     SaeSize,
 )
 from saeuron.training.train_config import Epochs
 from saeuron.utils.config import Config, field
-from saeuron.utils.config_parts import BatchSize, Output, Seed, Workdir
+from saeuron.utils.config_parts import (
+    BatchSize,
+    GuidanceScale,
+    InferenceSteps,
+    Output,
+    Seed,
+    Workdir,
+)
 
 __all__ = ["GUIDANCE_SCALE", "NAME", "NUM_INFERENCE_STEPS", "AssetConfig"]
 
@@ -31,11 +38,13 @@ class AssetConfig(ResolvesNestedModel, Config):
     output: Output = field(Output, flatten=True, help="where the assets go", describe={
         "out": "output folder; default: the user's copy of the shipped bundle "
         "($SAEURON_CACHE/bundles/minicanvas)"})
-    denoising: InferenceSteps = field(InferenceSteps, flatten=True, help="the capture's steps",
+    denoising: InferenceSteps = field(MINICANVAS_STEPS, flatten=True,
+                                      required=("num_inference_steps",), help="the capture's steps",
                                       describe={"num_inference_steps": "DDIM steps of capture "
                                                 "and statistics"},
                                       limits={"num_inference_steps": {"ge": 1, "le": 1000}})
-    guidance: GuidanceScale = field(GuidanceScale, flatten=True, help="the capture's guidance",
+    guidance: GuidanceScale = field(MINICANVAS_GUIDANCE, flatten=True,
+                                    required=("guidance_scale",), help="the capture's guidance",
                                     describe={"guidance_scale": "CFG scale of capture and "
                                               "statistics"},
                                     limits={"guidance_scale": {"ge": 0}})

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saeuron.minicanvas.config_parts import (
+    MINICANVAS_GUIDANCE,
+    MINICANVAS_STEPS,
     NAME,
-    GuidanceScale,
-    InferenceSteps,
     PipelineName,
     PromptSeeds,
     ResolvesNestedModel,
@@ -27,7 +27,7 @@ from saeuron.minicanvas.world import (
 )
 from saeuron.utils.atomic import check_output_folder
 from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
-from saeuron.utils.config_parts import BatchSize, Output, Quick
+from saeuron.utils.config_parts import BatchSize, GuidanceScale, InferenceSteps, Output, Quick
 
 VARIANTS = (
     "none", "negative_prompt", "saeuron", "saeuron_guidance_both", "saeuron_paper_error",
@@ -68,11 +68,14 @@ class BenchConfig(ResolvesNestedModel, Config):
                                   describe={"retain_seeds": "seeds per retained (non-target) "
                                             "prompt"},
                                   limits={"retain_seeds": {"ge": 1, "le": 100}})
-    denoising: InferenceSteps = field(InferenceSteps, flatten=True, help="the steps",
+    denoising: InferenceSteps = field(MINICANVAS_STEPS, flatten=True,
+                                      required=("num_inference_steps",), help="the steps",
                                       describe={"num_inference_steps": "DDIM steps (quick: at "
                                                 "most 10)"},
                                       limits={"num_inference_steps": {"ge": 1, "le": 1000}})
-    guidance: GuidanceScale = field(GuidanceScale, flatten=True, help="the guidance",
+    guidance: GuidanceScale = field(MINICANVAS_GUIDANCE, flatten=True,
+                                    required=("guidance_scale",), help="the guidance",
+                                    describe={"guidance_scale": "CFG scale"},
                                     limits={"guidance_scale": {"ge": 0, "le": 100}})
     batches: BatchSize = field(BatchSize(batch_size=50), flatten=True, help="the batches",
                                describe={"batch_size": "images per pipeline call"},

@@ -25,21 +25,15 @@ from typing import Any
 
 from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
 from saeuron.utils.config import Config, field, refuse_null
-from saeuron.utils.config_parts import MAX_SEED, ModelName
+from saeuron.utils.config_parts import MAX_SEED, GuidanceScale, InferenceSteps, ModelName
 
 NAME = "minicanvas"
 NUM_INFERENCE_STEPS = 20
 GUIDANCE_SCALE = 7.5
-
-
-@dataclass
-class InferenceSteps(Config):
-    num_inference_steps: int = field(NUM_INFERENCE_STEPS, help="DDIM steps")
-
-
-@dataclass
-class GuidanceScale(Config):
-    guidance_scale: float = field(GUIDANCE_SCALE, help="CFG scale")
+MINICANVAS_STEPS = InferenceSteps(num_inference_steps=NUM_INFERENCE_STEPS)
+"""What the MiniCanvas commands nest for ``num_inference_steps`` (DDIM steps)."""
+MINICANVAS_GUIDANCE = GuidanceScale(guidance_scale=GUIDANCE_SCALE)
+"""What the MiniCanvas commands nest for ``guidance_scale`` (the CFG scale)."""
 
 
 @dataclass

@@ -7,16 +7,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saeuron.minicanvas.config_parts import (
+    MINICANVAS_GUIDANCE,
+    MINICANVAS_STEPS,
     NAME,
-    GuidanceScale,
-    InferenceSteps,
     PipelineName,
     ResolvesNestedModel,
     SaeSize,
 )
 from saeuron.training.train_config import DeadTokens, Epochs, TopkMode
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
-from saeuron.utils.config_parts import BatchSize, Output, Seed, Workdir
+from saeuron.utils.config_parts import (
+    BatchSize,
+    GuidanceScale,
+    InferenceSteps,
+    Output,
+    Seed,
+    Workdir,
+)
 
 DEFAULT_HOOKPOINTS = ["unet.up_blocks.2.attentions.2", "unet.up_blocks.1.attentions.1"]
 
@@ -33,9 +40,11 @@ class GuidedBuildConfig(ResolvesNestedModel, Config):
         5, help="anchor prompts per (object, style) pair (each its own seed), plus unstyled ones"
     )
     # No limits: this command checks its numbers in __post_init__ (guidance must be > 1).
-    denoising: InferenceSteps = field(InferenceSteps, flatten=True, help="the capture's steps",
+    denoising: InferenceSteps = field(MINICANVAS_STEPS, flatten=True,
+                                      required=("num_inference_steps",), help="the capture's steps",
                                       describe={"num_inference_steps": "DDIM steps of the capture"})
-    guidance: GuidanceScale = field(GuidanceScale, flatten=True, help="the capture's guidance",
+    guidance: GuidanceScale = field(MINICANVAS_GUIDANCE, flatten=True,
+                                    required=("guidance_scale",), help="the capture's guidance",
                                     describe={"guidance_scale": "CFG scale of the capture (must "
                                               "be > 1)"})
     size: SaeSize = field(SaeSize, flatten=True, help="the SAEs' size")

@@ -7,16 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saeuron.minicanvas.config_parts import (
+    MINICANVAS_GUIDANCE,
+    MINICANVAS_STEPS,
     NAME,
-    GuidanceScale,
-    InferenceSteps,
     PipelineName,
     ResolvesNestedModel,
 )
 from saeuron.training.supervised_config import EarlyStopping
 from saeuron.training.train_config import LearningRate
 from saeuron.utils.config import Config, check_range, field
-from saeuron.utils.config_parts import Output, Seed, Workdir
+from saeuron.utils.config_parts import GuidanceScale, InferenceSteps, Output, Seed, Workdir
 
 
 @dataclass
@@ -26,11 +26,13 @@ class SupervisedBuildConfig(ResolvesNestedModel, Config):
     output: Output = field(Output, flatten=True, help="where the bundle goes", describe={
         "out": "bundle folder; default: the user's copy of the shipped bundle "
         "($SAEURON_CACHE/bundles/minicanvas)"})
-    denoising: InferenceSteps = field(InferenceSteps, flatten=True, help="the capture's steps",
+    denoising: InferenceSteps = field(MINICANVAS_STEPS, flatten=True,
+                                      required=("num_inference_steps",), help="the capture's steps",
                                       describe={"num_inference_steps": "DDIM steps of the "
                                                 "capture (as the assets)"},
                                       limits={"num_inference_steps": {"ge": 1, "le": 1000}})
-    guidance: GuidanceScale = field(GuidanceScale, flatten=True, help="the capture's guidance",
+    guidance: GuidanceScale = field(MINICANVAS_GUIDANCE, flatten=True,
+                                    required=("guidance_scale",), help="the capture's guidance",
                                     describe={"guidance_scale": "CFG scale of the capture"},
                                     limits={"guidance_scale": {"ge": 0, "le": 100}})
     # The paper's 5e-6 suits its 16k-prompt SAE; on MiniCanvas' 4,600 labelled images it

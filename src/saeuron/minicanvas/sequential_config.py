@@ -6,11 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saeuron.minicanvas.config_parts import InferenceSteps, Objects, PromptSeeds, Styles
+from saeuron.minicanvas.config_parts import (
+    MINICANVAS_STEPS,
+    Objects,
+    PromptSeeds,
+    Styles,
+)
 from saeuron.minicanvas.world import TEST_SEEDS, concept_kind
 from saeuron.utils.atomic import check_output_folder
 from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
-from saeuron.utils.config_parts import BatchSize, Output
+from saeuron.utils.config_parts import BatchSize, InferenceSteps, Output
 
 DEFAULT_STYLES = ("striped", "checkered", "diagonal", "grainy", "outlined", "pastel")
 DEFAULT_OBJECTS = ("moon", "triangle", "heart", "square", "arrow", "star")
@@ -31,7 +36,9 @@ class SequentialConfig(Config):
     prompt_seeds: PromptSeeds = field(PromptSeeds(seeds=list(TEST_SEEDS[:1])), flatten=True,
                                       help="the seeds",
                                       describe={"seeds": "seeds of every (object, style) prompt"})
-    denoising: InferenceSteps = field(InferenceSteps, flatten=True, help="the steps",
+    denoising: InferenceSteps = field(MINICANVAS_STEPS, flatten=True,
+                                      required=("num_inference_steps",), help="the steps",
+                                      describe={"num_inference_steps": "DDIM steps"},
                                       limits={"num_inference_steps": {"ge": 1, "le": 1000}})
     batches: BatchSize = field(BatchSize(batch_size=50), flatten=True, help="the batches",
                                describe={"batch_size": "images per pipeline call"},

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from saeuron.models.defaults import model_defaults
 from saeuron.models.resolve import ResolvedModel, resolve_model
 from saeuron.utils.config import Config, ConfigError, field
-from saeuron.utils.config_parts import BatchSize, Device, Seed
+from saeuron.utils.config_parts import BatchSize, Device, GuidanceScale, InferenceSteps, Seed
 
 if TYPE_CHECKING:
     import torch
@@ -30,15 +30,18 @@ MAX_SIDE = 4096
 
 @dataclass
 class SamplingConfig(Config):
-    num_inference_steps: int | None = field(
-        None, ge=1, le=1000, help="denoising steps; default: the model's (MiniCanvas 20, SD 50)"
-    )
-    guidance_scale: float | None = field(
-        None,
-        ge=0,
-        le=100,
-        help="classifier-free guidance scale (<= 1: no CFG); default: the model's",
-    )
+    step_count: InferenceSteps = field(
+        InferenceSteps, flatten=True, help="the steps",
+        limits={"num_inference_steps": {"ge": 1, "le": 1000}},
+        describe={"num_inference_steps":
+                  "denoising steps; default: the model's (MiniCanvas 20, SD 50)"},
+    )  # fmt: skip
+    guidance_strength: GuidanceScale = field(
+        GuidanceScale, flatten=True, help="the guidance",
+        limits={"guidance_scale": {"ge": 0, "le": 100}},
+        describe={"guidance_scale":
+                  "classifier-free guidance scale (<= 1: no CFG); default: the model's"},
+    )  # fmt: skip
     use_fp16: bool = field(
         True, help="half precision where it is fast (CUDA, MPS); the CPU always runs float32"
     )

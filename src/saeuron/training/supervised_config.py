@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from saeuron.training.train_config import Activations
 from saeuron.utils.config import Config, ConfigError, check_range
 from saeuron.utils.config import field as config_field
-from saeuron.utils.config_parts import Device, Seed
+from saeuron.utils.config_parts import Device, Output, Seed
 
 
 @dataclass
@@ -39,15 +40,17 @@ class EarlyStopping(Config):
 class SupervisedTrainConfig(Config):
     """``saeuron train --supervised``: SAEmnesia's fine-tune of an SAE on labelled images."""
 
-    activations: str = config_field(
-        help="capture folder (guidance_half='cond') of labelled prompts"
-    )
     labels: str = config_field(
         help="CSV, one row per captured prompt: an optional 'prompt' column and one column "
         "per kind (object, style, ...) naming the prompt's concept"
     )
-    out: str = config_field(help="output folder; the SAE goes to OUT/<hookpoint>/")
     init_sae: str = config_field(help="the unsupervised SAE to start from (folder or hub id)")
+    data: Activations = config_field(Activations, flatten=True, help="what it trains on",
+                                     required=("activations",), describe={
+        "activations": "capture folder (guidance_half='cond') of labelled prompts"})
+    output: Output = config_field(Output, flatten=True, help="where the SAE goes",
+                                  required=("out",), describe={
+        "out": "output folder; the SAE goes to OUT/<hookpoint>/"})
     bce: float = config_field(3.0, ge=0, le=1000, help="weight of the concept BCE")
     corr: float = config_field(
         0.1, ge=0, le=1000, help="weight of the object/style squared correlation"

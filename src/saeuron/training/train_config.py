@@ -9,7 +9,7 @@ from typing import Any
 
 from saeuron.sae.config import SaeConfig
 from saeuron.utils.config import Config, ConfigError, field
-from saeuron.utils.config_parts import BatchSize, Device
+from saeuron.utils.config_parts import BatchSize, Device, Output, Seed
 from saeuron.utils.storage import check_location, is_url
 
 TOPK_MODES = ("batch", "token")
@@ -40,14 +40,22 @@ class DeadTokens(Config):
 
 
 @dataclass
+class Activations(Config):
+    activations: str | None = field(
+        None,
+        help="capture folder written by `saeuron cache` (manifest.json): a local path or an "
+        "fsspec URL (s3://..., gs://..., hf://...); shards are streamed, one at a time",
+    )
+
+
+@dataclass
 class TrainConfig(Config):
     """How to train one SAE on one capture folder (defaults: the SAeUron paper)."""
 
-    activations: str = field(
-        help="capture folder written by `saeuron cache` (manifest.json): a local path or an "
-        "fsspec URL (s3://..., gs://..., hf://...); shards are streamed, one at a time"
-    )
-    out: str = field(help="output folder; the SAE goes to OUT/<hookpoint>/")
+    data: Activations = field(Activations, flatten=True, help="what it trains on",
+                              required=("activations",))  # fmt: skip
+    output: Output = field(Output, flatten=True, help="where the SAE goes", required=("out",),
+                           describe={"out": "output folder; the SAE goes to OUT/<hookpoint>/"})
     sae: SaeConfig = field(SaeConfig, flatten=True, help="the SAE's architecture")
     mode: TopkMode = field(TopkMode, flatten=True, help="the top k", describe={
         "topk": "'batch': BatchTopK in training, k x tokens over the batch (the paper's); "
@@ -66,7 +74,8 @@ class TrainConfig(Config):
     heldout_fraction: float = field(
         0.05, ge=0, lt=1, help="share of shards (the last) kept for held-out FVU"
     )
-    seed: int = field(0, ge=0, help="seed of the SAE initialisation and the data shuffle")
+    seeding: Seed = field(Seed, flatten=True, help="the seed", describe={
+        "seed": "seed of the SAE initialisation and the data shuffle"})
     runtime: Device = field(Device, flatten=True, help="where it trains", describe={
         "device": "torch device; default: CUDA, else MPS, else CPU"})
     shuffle_shards: int = field(

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 
 from saeuron.erasure.erase_config import MAX_MULTIPLIER
 from saeuron.minicanvas.config_parts import (
+    MINICANVAS_GUIDANCE,
     NAME,
-    GuidanceScale,
     PipelineName,
     ResolvesNestedModel,
     Steps,
 )
 from saeuron.models.defaults import model_defaults
 from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
-from saeuron.utils.config_parts import Device
+from saeuron.utils.config_parts import Device, GuidanceScale
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ class UiConfig(ResolvesNestedModel, Config):
                              describe={"steps": "denoising steps shown when the page opens"},
                              limits={"steps": {"ge": 1, "le": 1000}})
     guidance: GuidanceScale = field(
-        GuidanceScale, flatten=True, help="the page's first guidance",
+        MINICANVAS_GUIDANCE, flatten=True,
+            required=("guidance_scale",), help="the page's first guidance",
         describe={"guidance_scale": "CFG scale shown when the page opens"},
         limits={"guidance_scale": {"ge": MIN_GUIDANCE, "le": MAX_GUIDANCE}},
     )  # fmt: skip

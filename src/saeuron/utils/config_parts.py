@@ -76,3 +76,15 @@ class Limit(Config):
 @dataclass
 class Quick(Config):
     quick: bool = field(False, help="a small, fast run for a smoke test")
+
+
+@dataclass
+class InferenceSteps(Config):
+    num_inference_steps: int | None = field(None, help="denoising steps; default: the model's")
+
+
+@dataclass
+class GuidanceScale(Config):
+    guidance_scale: float | None = field(
+        None, help="classifier-free guidance scale; default: the model's"
+    )

@@ -10,9 +10,8 @@ from pathlib import Path
 from saeuron.minicanvas.config_parts import NAME
 from saeuron.models.bundle_lookup import Bundle
 from saeuron.models.resolve import ResolvedModel, resolve_model
-from saeuron.training.train_config import LearningRate
 from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
-from saeuron.utils.config_parts import Device, Output, Seed
+from saeuron.utils.config_parts import Device, LearningRate, Output, Seed
 
 
 @dataclass
@@ -45,6 +44,7 @@ class ModelTrainConfig(Config):
         "bundle name) and fine-tune them, instead of training from scratch",
     )
     rate: LearningRate = field(LearningRate(lr=5e-4), flatten=True, help="the learning rate",
+                               required=("lr",), limits={"lr": {"le": 1}},
                                describe={"lr": "peak learning rate of the UNet and text encoder"})
     ema_decay: float = field(0.999, ge=0, lt=1, help="EMA decay of the weights that are saved")
     caption_dropout: float = field(0.1, ge=0, lt=1, help="share of empty captions (for CFG)")

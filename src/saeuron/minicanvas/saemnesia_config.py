@@ -14,9 +14,15 @@ from saeuron.minicanvas.config_parts import (
     ResolvesNestedModel,
 )
 from saeuron.training.supervised_config import EarlyStopping
-from saeuron.training.train_config import LearningRate
 from saeuron.utils.config import Config, check_range, field
-from saeuron.utils.config_parts import GuidanceScale, InferenceSteps, Output, Seed, Workdir
+from saeuron.utils.config_parts import (
+    GuidanceScale,
+    InferenceSteps,
+    LearningRate,
+    Output,
+    Seed,
+    Workdir,
+)
 
 
 @dataclass
@@ -38,6 +44,7 @@ class SupervisedBuildConfig(ResolvesNestedModel, Config):
     # The paper's 5e-6 suits its 16k-prompt SAE; on MiniCanvas' 4,600 labelled images it
     # barely moves the latents in 50 epochs (BCE 0.81 -> 0.80), 3e-3 separates them.
     rate: LearningRate = field(LearningRate(lr=3e-3), flatten=True, help="the learning rate",
+                               required=("lr",), limits={"lr": {"le": 1}},
                                describe={"lr": "Adam learning rate of the fine-tune"})
     stopping: EarlyStopping = field(EarlyStopping(max_epochs=80, patience=5), flatten=True,
                                     help="when the fine-tune stops", describe={

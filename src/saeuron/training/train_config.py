@@ -9,7 +9,7 @@ from typing import Any
 
 from saeuron.sae.config import SaeConfig
 from saeuron.utils.config import Config, ConfigError, field
-from saeuron.utils.config_parts import BatchSize, Device, Output, Seed
+from saeuron.utils.config_parts import BatchSize, Device, LearningRate, Output, Seed
 from saeuron.utils.storage import check_location, is_url
 
 TOPK_MODES = ("batch", "token")
@@ -22,11 +22,6 @@ TOPK_MODES = ("batch", "token")
 @dataclass
 class TopkMode(Config):
     topk: str = field("batch", choices=TOPK_MODES, help="how the top k latents are chosen")
-
-
-@dataclass
-class LearningRate(Config):
-    lr: float = field(4e-4, gt=0, le=1, help="learning rate")
 
 
 @dataclass
@@ -60,7 +55,8 @@ class TrainConfig(Config):
     mode: TopkMode = field(TopkMode, flatten=True, help="the top k", describe={
         "topk": "'batch': BatchTopK in training, k x tokens over the batch (the paper's); "
         "'token': k per token, the form used at inference and by eai-sparsify"})
-    rate: LearningRate = field(LearningRate, flatten=True, help="the learning rate",
+    rate: LearningRate = field(LearningRate(lr=4e-4), flatten=True, help="the learning rate",
+                               required=("lr",), limits={"lr": {"le": 1}},
                                describe={"lr": "Adam learning rate, decayed linearly to 0"})
     batches: BatchSize = field(BatchSize(batch_size=4096), flatten=True, help="the batches",
                                describe={"batch_size": "tokens per optimiser step"})

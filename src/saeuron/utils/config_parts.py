@@ -88,3 +88,8 @@ class GuidanceScale(Config):
     guidance_scale: float | None = field(
         None, help="classifier-free guidance scale; default: the model's"
     )
+
+
+@dataclass
+class LearningRate(Config):
+    lr: float | None = field(None, gt=0, help="learning rate")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from saeuron.utils.config import Config, check_range, field
+from saeuron.utils.config_parts import LearningRate
 from saeuron.utils.prompts import read_prompt_rows
 
 __all__ = [
@@ -106,5 +107,7 @@ class Iterations(Config):
 class Optimiser(Config):
     """The optimiser of an attack that learns its prompt by gradient descent."""
 
-    lr: float | None = field(None, gt=0, le=10, help="learning rate of the learned prompt")
+    rate: LearningRate = field(LearningRate, flatten=True, help="the learning rate",
+                               limits={"lr": {"le": 10}},
+                               describe={"lr": "learning rate of the learned prompt"})
     weight_decay: float | None = field(None, ge=0, le=10, help="weight decay")

@@ -363,3 +363,21 @@ def test_progress_counts_every_step_of_a_call(sae_dir, cache_dir, tmp_path) -> N
         assert bar.done == 2 * 3  # two batches of three steps
         tech.generate(["a cat"], seed=0, erase_concept=False, progress=bar)
         assert bar.done == 3 * 3
+
+
+def test_a_built_config_is_the_first_argument(
+    sae_dir, cache_dir, tiny_sd, tmp_path, forbid_model_loading
+) -> None:
+    features = ConceptFeatures.from_latents("cat", list(range(0, 128, 4)), meta={"hookpoint": HOOK})
+    features.save(tmp_path / "cat")
+    config = SAeUronConfig(**tiny_config(sae_dir, features=str(tmp_path / "cat")))
+    tech = SAeUron(config, pipe=tiny_sd)
+    assert tech.pipe is tiny_sd and tech.hookpoint == HOOK
+    # The technique works on a copy: the caller's config is left as it was given.
+    assert tech.config.to_dict() == config.to_dict() and tech.config is not config
+    by_keys = SAeUron(pipe=tiny_sd, **tiny_config(sae_dir, features=str(tmp_path / "cat")))
+    by_config = SAeUron.from_config(config, pipe=tiny_sd)
+    images = [t.generate(["a cat"], seed=0)[0] for t in (tech, by_keys, by_config)]
+    assert all(np.array_equal(np.asarray(images[0]), np.asarray(i)) for i in images[1:])
+    with pytest.raises(TypeError, match="from the config"):
+        SAeUron(config, multiplier=-5.0)

@@ -170,32 +170,49 @@ class _Group:
 class SAeUron:
     """Erase concepts from a diffusion model at inference time.
 
-    ``SAeUron(**config)`` takes the keys of :class:`SAeUronConfig`; ``erase_concept`` may be a
-    list. ``pipe`` is a diffusers pipeline to use instead of loading ``model`` (its name, when
-    it has one, stands for ``model``: sampling defaults and the statistics cache key on it),
-    and ``sae`` may be a loaded :class:`~saeuron.sae.Sae`.
+    ``SAeUron(config)`` erases with a built :class:`SAeUronConfig`; ``SAeUron(**keys)`` takes
+    its keys (``erase_concept`` may be a list). ``pipe`` is a diffusers pipeline to use instead
+    of loading ``model`` (with keys, its name, when it has one, stands for ``model``: sampling
+    defaults and the statistics cache key on it), and ``sae`` may be a loaded
+    :class:`~saeuron.sae.Sae`. A pipeline given as the first positional argument, as before
+    configs could be, is still taken as ``pipe``.
     """
 
     def __init__(
-        self, pipe: Any | None = None, recipe: Recipe | str | None = None, **config: Any
+        self,
+        config: SAeUronConfig | Any | None = None,
+        recipe: Recipe | str | None = None,
+        *,
+        pipe: Any | None = None,
+        **keys: Any,
     ):
-        _join_concepts(config)
-        given_sae = _take_sae(config)
-        loaded = _take_recipe(recipe, config)
-        if pipe is not None and "model" not in config:
+        if isinstance(config, SAeUronConfig):
+            if recipe is not None or keys:
+                raise TypeError(
+                    "SAeUron(config) takes its settings from the config: name the recipe and "
+                    "other keys in it (config.replace(...)), or pass keys without a config"
+                )
+            loaded = Recipe.load(config.recipe) if config.recipe is not None else None
+            # Copied: erasing with a recipe names the recipe's concepts in it.
+            self._setup(config.replace(), pipe, None, loaded)
+            return
+        if config is not None:
+            if pipe is not None:
+                raise TypeError("SAeUron() got a pipeline twice: positionally and as pipe=")
+            pipe = config
+        _join_concepts(keys)
+        given_sae = _take_sae(keys)
+        loaded = _take_recipe(recipe, keys)
+        if pipe is not None and "model" not in keys:
             # The pipeline's own name stands for the model: the config looks it up, once.
-            config["model"] = pipeline_name(pipe)
-        self._setup(SAeUronConfig.from_dict(config), pipe, given_sae, loaded)
+            keys["model"] = pipeline_name(pipe)
+        self._setup(SAeUronConfig.from_dict(keys), pipe, given_sae, loaded)
 
     @classmethod
     def from_config(cls, config: SAeUronConfig, pipe: Any | None = None) -> SAeUron:
         """The technique of a config built and checked already (the eval's): its model was
-        looked up when the config was built and is not looked up again. The config is
-        copied: erasing with a recipe names the recipe's concepts in it."""
-        tech = cls.__new__(cls)
-        loaded = Recipe.load(config.recipe) if config.recipe is not None else None
-        tech._setup(config.replace(), pipe, None, loaded)
-        return tech
+        looked up when the config was built and is not looked up again; ``SAeUron(config)``."""
+        return cls(config, pipe=pipe)
 
     def _setup(
         self,

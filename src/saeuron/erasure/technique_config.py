@@ -4,16 +4,27 @@ torch, so that ``saeuron generate --help`` reads them without loading a model;
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 from typing import Any
 
-from saeuron.erasure.erase_config import ERROR_TERMS, MAX_MULTIPLIER, RULES, EraseConfig
+from saeuron.erasure.edit_parts import (
+    EraseConcept,
+    ErrorTerm,
+    GuidanceHalf,
+    Hookpoint,
+    Rule,
+    SaeName,
+    Strength,
+    Window,
+)
+from saeuron.erasure.erase_config import EraseConfig
 from saeuron.models.bundle_lookup import bundle_names
 from saeuron.models.defaults import KNOWN_MODELS, model_defaults, resolve_sae
+from saeuron.models.model_part import ModelKey
 from saeuron.models.resolve import ResolvesModel, resolve_model
 from saeuron.models.sampling_config import SamplingConfig
-from saeuron.models.sites import GUIDANCE_HALF_ALIASES, GUIDANCE_HALVES
-from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.config import Config, ConfigError, field, refuse_null
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 FEATURE_METHODS = ("shortcut", "contrastive")
@@ -32,10 +43,14 @@ def split_concepts(text: str) -> list[str]:
 
 @dataclass
 class SAeUronConfig(ResolvesModel, Config):
-    erase_concept: str | None = field(
-        None,
-        help="the concept to suppress, any phrase; several: comma-separated ('moon,checkered'); "
-        "default: every concept of --recipe, else 'nudity'",
+    concept: EraseConcept = field(
+        EraseConcept,
+        flatten=True,
+        help="what is erased",
+        describe={
+            "erase_concept": "the concept to suppress, any phrase; several: comma-separated "
+            "('moon,checkered'); default: every concept of --recipe, else 'nudity'"
+        },
     )
     recipe: str | None = field(
         None,
@@ -49,47 +64,73 @@ class SAeUronConfig(ResolvesModel, Config):
         "one and no SAE, hookpoint, features, multiplier, rule or window is named; 'paper': "
         "the published SAeUron method",
     )
-    multiplier: float | None = field(
-        None,
-        ge=-MAX_MULTIPLIER,
-        le=MAX_MULTIPLIER,
-        help="gamma, the scale of the concept's latents: negative suppresses, positive "
-        f"amplifies; default: the tuned value of a bundled concept, else {DEFAULT_MULTIPLIER}",
+    strength: Strength = field(
+        Strength,
+        flatten=True,
+        help="gamma",
+        describe={
+            "multiplier": "gamma, the scale of the concept's latents: negative suppresses, "
+            "positive amplifies; default: the tuned value of a bundled concept, else "
+            f"{DEFAULT_MULTIPLIER}"
+        },
     )
-    model: str = field(DEFAULT_MODEL, help="model id, local folder, or a bundled name")
+    model_name: ModelKey = field(
+        ModelKey(model=DEFAULT_MODEL),
+        flatten=True,
+        help="the model",
+        describe={"model": "model id, local folder, or a bundled name"},
+    )
     sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
-    sae: str | None = field(
-        None, help="SAE repo id, folder or bundled name; default: the known SAE of the model"
+    sae_name: SaeName = field(
+        SaeName,
+        flatten=True,
+        help="the SAE",
+        describe={
+            "sae": "SAE repo id, folder or bundled name; default: the known SAE of the model"
+        },
     )
-    hookpoint: str | None = field(
-        None,
-        help="module the SAE reads; default: where the bundle keeps the concept, else the "
-        "model's known one",
+    block: Hookpoint = field(
+        Hookpoint,
+        flatten=True,
+        help="where it edits",
+        describe={
+            "hookpoint": "module the SAE reads; default: where the bundle keeps the concept, "
+            "else the model's known one"
+        },
     )
     features: str | None = field(
         None, help="precomputed concept features (NAME.safetensors + NAME.json) to use"
     )
-    guidance_half: str = field(
-        "cond",
-        choices=GUIDANCE_HALVES,
-        aliases=GUIDANCE_HALF_ALIASES,
-        help="'cond' edits the conditional half; 'both' every row",
+    rows: GuidanceHalf = field(
+        GuidanceHalf,
+        flatten=True,
+        help="the rows edited",
+        describe={"guidance_half": "'cond' edits the conditional half; 'both' every row"},
     )
-    error_term: str = field(
-        "exact",
-        choices=ERROR_TERMS,
-        help="'exact' (identity when nothing is edited) or 'paper'",
+    errors: ErrorTerm = field(
+        ErrorTerm,
+        flatten=True,
+        help="the error term",
+        describe={"error_term": "'exact' (identity when nothing is edited) or 'paper'"},
     )
-    rule: str = field(
-        "scale",
-        choices=RULES,
-        help="how a concept's latents are edited: 'scale' (published: a <- gamma*mu*a), "
-        "'ablate' (a <- r + gamma*(a - r), r its mean on other concepts), 'anchor', 'project'",
+    edit_rule: Rule = field(
+        Rule,
+        flatten=True,
+        help="the edit rule",
+        describe={
+            "rule": "how a concept's latents are edited: 'scale' (published: a <- "
+            "gamma*mu*a), 'ablate' (a <- r + gamma*(a - r), r its mean on other concepts), "
+            "'anchor', 'project'"
+        },
     )
-    window: list[float] | None = field(
-        None,
-        help="edit only at schedule positions START,END (0 = first step, 1 = last); "
-        "default: every step",
+    schedule: Window = field(
+        Window,
+        flatten=True,
+        help="the steps edited",
+        describe={
+            "window": "edit only at schedule positions START,END (0 = first step, 1 = last); "
+            "default: every step"
+        },
     )
     feature_method: str = field(
         "shortcut",
@@ -107,6 +148,7 @@ class SAeUronConfig(ResolvesModel, Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        refuse_null(self, "model")
         # The model (and a named SAE) looked up here, once: every check and step below reads
         # ``resolved_model``, never the name again.
         self._resolve_model()
@@ -133,12 +175,9 @@ class SAeUronConfig(ResolvesModel, Config):
                 "must not be 0 with rule 'scale' (negative suppresses the concept, positive "
                 "amplifies it); 0 is full ablation with the other rules",
             )
-        # The rule, window, error term and rows are an erasure's settings: checked as erase()
-        # checks them, so the API, the CLI and JSON refuse the same combinations.
-        self.window = EraseConfig(
-            guidance_half=self.guidance_half, error_term=self.error_term, rule=self.rule,
-            window=self.window,
-        ).window  # fmt: skip
+        # The rule, error term and rows are an erasure's settings: checked as erase() checks
+        # them, so the API, the CLI and JSON refuse the same combinations.
+        EraseConfig(rows=self.rows, errors=self.errors, edit_rule=self.edit_rule)
         self.sampling = self.sampling.resolved(self._model)
         if self.guidance_half == "cond" and not self.sampling.guidance > 1.0:
             raise ConfigError(
@@ -161,7 +200,14 @@ class SAeUronConfig(ResolvesModel, Config):
         than a dict so that the model and SAE looked up for this config are kept, not looked
         up again (per-call sampling overrides in ``generate`` come here); flattened sampling
         keys are converted and checked by the sampling config's own ``replace``."""
-        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        # Each nested part copied: the copy's keys are written (a recipe's concepts named in
+        # it) without touching this config.
+        data: dict[str, Any] = {
+            f.name: copy.copy(value) if isinstance(value, Config) else value
+            for f in fields(self)
+            if f.init
+            for value in (getattr(self, f.name),)
+        }
         data["model"] = self._model
         if self._sae is not None:
             data["sae"] = self._sae

@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from saeuron.erasure.erase import ERROR_TERMS, GUIDANCE_HALVES, MAX_MULTIPLIER
+from saeuron.erasure.edit_parts import (
+    EraseConcept,
+    ErrorTerm,
+    GuidanceHalf,
+    Hookpoint,
+    Percentile,
+    SaeName,
+    Strength,
+)
 from saeuron.erasure.preflight import check_erasure
 from saeuron.erasure.technique import DEFAULT_MODEL, SAeUron, SAeUronConfig, check_technique
 from saeuron.eval.saemnesia_published import (
@@ -35,11 +43,11 @@ from saeuron.eval.saemnesia_published import (
     stats_names,
 )
 from saeuron.models.layout import check_model_inputs
+from saeuron.models.model_part import ModelKey
 from saeuron.models.pipelines import check_model, load_pipeline
 from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
 from saeuron.models.sampling import SamplingConfig, seed_generators, use_scheduler
-from saeuron.models.sites import GUIDANCE_HALF_ALIASES
-from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.config import Config, ConfigError, field, refuse_null
 from saeuron.utils.devices import resolve_device
 from saeuron.utils.files import SUPERVISED_FEATURES_DIR
 from saeuron.utils.hub import snapshot
@@ -78,14 +86,25 @@ TECHNIQUES: Registry[TechniqueEntry] = Registry("technique")
 class PlainConfig(ResolvesModel, Config):
     """The model as it is, or with the concept as negative prompt."""
 
-    erase_concept: str | None = field(
-        None, help="the concept (the negative prompt; the metrics' default concept)"
+    concept: EraseConcept = field(
+        EraseConcept,
+        flatten=True,
+        help="the concept",
+        describe={
+            "erase_concept": "the concept (the negative prompt; the metrics' default concept)"
+        },
     )
-    model: str = field(DEFAULT_MODEL, help="model id, local folder, or a bundled name")
+    model_name: ModelKey = field(
+        ModelKey(model=DEFAULT_MODEL),
+        flatten=True,
+        help="the model",
+        describe={"model": "model id, local folder, or a bundled name"},
+    )
     sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        refuse_null(self, "model")
         if self.erase_concept is not None and not self.erase_concept.strip():
             raise ConfigError("erase_concept", "must be a non-empty string when given")
         self.sampling = self.sampling.resolved(self._resolve_model())
@@ -178,17 +197,34 @@ class SAEmnesiaConfig(ResolvesModel, Config):
     """A supervised SAE (``saeuron train --supervised``): OUT/<hookpoint>/features/<concept>."""
 
     erase_concept: str = field(help="one of the supervised SAE's concepts")
-    model: str = field(DEFAULT_MODEL, help="model id, local folder, or a bundled name")
-    sae: str | None = field(
-        None, help="supervised SAE folder or hub repo (one sub-folder per hookpoint); "
-        "default: the bundled model's supervised SAE"
+    model_name: ModelKey = field(
+        ModelKey(model=DEFAULT_MODEL),
+        flatten=True,
+        help="the model",
+        describe={"model": "model id, local folder, or a bundled name"},
     )
-    hookpoint: str | None = field(None, help="module the SAE reads; default: the bundled one")
-    multiplier: float | None = field(
-        None,
-        ge=-MAX_MULTIPLIER,
-        le=MAX_MULTIPLIER,
-        help="gamma, the only knob; default: the concept's tuned value, else -20",
+    sae_name: SaeName = field(
+        SaeName,
+        flatten=True,
+        help="the supervised SAE",
+        describe={
+            "sae": "supervised SAE folder or hub repo (one sub-folder per hookpoint); "
+            "default: the bundled model's supervised SAE"
+        },
+    )
+    block: Hookpoint = field(
+        Hookpoint,
+        flatten=True,
+        help="where it edits",
+        describe={"hookpoint": "module the SAE reads; default: the bundled one"},
+    )
+    strength: Strength = field(
+        Strength,
+        flatten=True,
+        help="gamma",
+        describe={
+            "multiplier": "gamma, the only knob; default: the concept's tuned value, else -20"
+        },
     )
     stats: str | None = field(
         None,
@@ -196,12 +232,14 @@ class SAEmnesiaConfig(ResolvesModel, Config):
         "convert stats): the concept's latents are then picked per step as SAEmnesia's "
         "inference picks them, from the published SAE (sae=...)",
     )
-    percentile: float | None = field(
-        None,
-        gt=0,
-        lt=100,
-        help="with stats: keep latents above this percentile of the step's scores; "
-        "default: the class's in params, else 99.999 (one latent per step)",
+    kept_percentile: Percentile = field(
+        Percentile,
+        flatten=True,
+        help="latents kept by score",
+        describe={
+            "percentile": "with stats: keep latents above this percentile of the step's "
+            "scores; default: the class's in params, else 99.999 (one latent per step)"
+        },
     )
     params: str | None = field(
         None,
@@ -209,20 +247,28 @@ class SAEmnesiaConfig(ResolvesModel, Config):
         "params of SAEmnesia's class_params.pth)",
     )
     sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
-    guidance_half: str = field(
-        "cond",
-        choices=GUIDANCE_HALVES,
-        aliases=GUIDANCE_HALF_ALIASES,
-        help="'cond' edits the conditional half; 'both' every row (SAEmnesia's code)",
+    rows: GuidanceHalf = field(
+        GuidanceHalf,
+        flatten=True,
+        help="the rows edited",
+        describe={
+            "guidance_half": "'cond' edits the conditional half; 'both' every row (SAEmnesia's "
+            "code)"
+        },
     )
-    error_term: str = field(
-        "exact",
-        choices=ERROR_TERMS,
-        help="'exact' (identity when nothing is edited) or 'paper' (SAEmnesia's code)",
+    errors: ErrorTerm = field(
+        ErrorTerm,
+        flatten=True,
+        help="the error term",
+        describe={
+            "error_term": "'exact' (identity when nothing is edited) or 'paper' (SAEmnesia's "
+            "code)"
+        },
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        refuse_null(self, "model")
         if not self.erase_concept or not self.erase_concept.strip():
             raise ConfigError("erase_concept", "must be a non-empty string")
         self.erase_concept = self.erase_concept.strip().lower()
@@ -323,9 +369,19 @@ class PluginConfig(ResolvesModel, Config):
     """A ``module:Class`` technique: its class is built as ``Class(**options)``."""
 
     target: str = field(help="the technique's module:Class")
-    erase_concept: str | None = field(None, help="the concept (the metrics' default)")
+    concept: EraseConcept = field(
+        EraseConcept,
+        flatten=True,
+        help="the concept",
+        describe={"erase_concept": "the concept (the metrics' default)"},
+    )
     # May be None, unlike the other configs' model: a plugin can load its own.
-    model: str | None = field(None, help="the model it samples (informational)")  # type: ignore[assignment]
+    model_name: ModelKey = field(
+        ModelKey,
+        flatten=True,
+        help="the model",
+        describe={"model": "the model it samples (informational)"},
+    )
     options: dict[str, Any] = field({}, help="every key of the technique's config block")
 
     def __post_init__(self) -> None:

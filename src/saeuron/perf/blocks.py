@@ -32,16 +32,19 @@ import torch
 
 from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
 from saeuron.erasure.concepts.prompts import concept_prompts
-from saeuron.erasure.erase import GUIDANCE_HALVES, MAX_MULTIPLIER, erase
+from saeuron.erasure.edit_parts import GuidanceHalf, Strength, Tau
+from saeuron.erasure.erase import erase
 from saeuron.models.hookpoints import list_hookpoints, resolve_module
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.resolve import ResolvedModel, ResolvesModel
 from saeuron.models.sampling import SamplingConfig, seed_generators
-from saeuron.models.sites import GUIDANCE_HALF_ALIASES
 from saeuron.sae import Sae
 from saeuron.training.capture import CacheConfig, run_cache
+from saeuron.training.capture_config import ShardSize
+from saeuron.training.train_config import Epochs
 from saeuron.training.trainer import TrainConfig, Trainer
-from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.config import Config, ConfigError, field, refuse_null
+from saeuron.utils.config_parts import Output
 from saeuron.utils.files import TRAIN_LOG
 from saeuron.utils.io import atomic_write, atomic_write_json, check_output_folder
 from saeuron.utils.prompts import neutral_prompts
@@ -70,25 +73,52 @@ class BlockSweepConfig(ResolvesModel, Config):
     sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
     expansion_factor: int = field(4, ge=1, le=256, help="SAE latents = width x this")
     k: int = field(8, ge=1, help="SAE active latents per token")
-    epochs: int = field(2, ge=1, le=1000, help="SAE training passes over the capture")
+    training: Epochs = field(
+        Epochs(epochs=2),
+        flatten=True,
+        help="SAE training",
+        describe={"epochs": "SAE training passes over the capture"},
+        limits={"epochs": {"ge": 1, "le": 1000}},
+    )
     sae_batch_size: int = field(256, ge=1, help="SAE training tokens per step")
-    max_shard_mb: float = field(
-        256.0, gt=0, help="capture shard size in MiB; the SAE's held-out FVU needs 2 shards or more"
+    shards: ShardSize = field(
+        ShardSize,
+        flatten=True,
+        help="the capture's shards",
+        describe={
+            "max_shard_mb": "capture shard size in MiB; the SAE's held-out FVU needs 2 shards "
+            "or more"
+        },
     )
-    tau: int = field(2, ge=1, le=10_000, help="features kept per step")
-    multiplier: float = field(
-        -20.0, ge=-MAX_MULTIPLIER, le=MAX_MULTIPLIER, help="gamma of the erasure"
+    kept_top: Tau = field(
+        Tau(tau=2),
+        flatten=True,
+        help="features kept",
+        describe={"tau": "features kept per step"},
+        limits={"tau": {"le": 10_000}},
     )
-    guidance_half: str = field(
-        "cond",
-        choices=GUIDANCE_HALVES,
-        aliases=GUIDANCE_HALF_ALIASES,
-        help="rows read and edited under CFG (see saeuron cache)",
+    strength: Strength = field(
+        Strength(multiplier=-20.0),
+        flatten=True,
+        help="gamma",
+        describe={"multiplier": "gamma of the erasure"},
     )
-    out: str = field("benchmarks/blocks", help=f"folder for {RESULTS_JSON}, {RESULTS_MD}, work")
+    rows: GuidanceHalf = field(
+        GuidanceHalf,
+        flatten=True,
+        help="the rows read and edited",
+        describe={"guidance_half": "rows read and edited under CFG (see saeuron cache)"},
+    )
+    output: Output = field(
+        Output(out="benchmarks/blocks"),
+        flatten=True,
+        help="where the results go",
+        describe={"out": f"folder for {RESULTS_JSON}, {RESULTS_MD}, work"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        refuse_null(self, "tau", "multiplier", "out")
         if not self.model.strip() or not self.concept.strip():
             raise ConfigError("model" if not self.model.strip() else "concept", "must not be empty")
         check_output_folder(self.out, "out")

@@ -8,16 +8,11 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from saeuron.erasure.edit_parts import ActivationSite, GuidanceHalf
 from saeuron.models.resolve import ResolvesModel
 from saeuron.models.sampling_config import SamplingConfig
-from saeuron.models.sites import (
-    ACTIVATION_SITES,
-    GUIDANCE_HALF_ALIASES,
-    GUIDANCE_HALVES,
-    GUIDANCE_SITE,
-    prompt_encoder_of,
-)
-from saeuron.utils.config import Config, ConfigError, field
+from saeuron.models.sites import GUIDANCE_SITE, prompt_encoder_of
+from saeuron.utils.config import Config, ConfigError, field, refuse_null
 from saeuron.utils.prompts import read_prompts
 from saeuron.utils.storage import check_location
 
@@ -26,6 +21,11 @@ if TYPE_CHECKING:
 
 STORAGE_DTYPE_NAMES = ("float16", "bfloat16", "float32")
 """The dtypes activations are stored in (torch's names)."""
+
+
+@dataclasses.dataclass
+class ShardSize(Config):
+    max_shard_mb: float = field(256.0, gt=0, help="upper bound on one shard's size in MiB")
 
 
 @dataclasses.dataclass
@@ -58,29 +58,35 @@ class CacheConfig(ResolvesModel, Config):
         help="denoising steps to record: 'all' or a comma list of indices and inclusive "
         "ranges into the scheduler's timesteps, e.g. '0,10,20-29'",
     )
-    guidance_half: str = field(
-        "cond",
-        choices=GUIDANCE_HALVES,
-        aliases=GUIDANCE_HALF_ALIASES,
-        help="rows of a CFG batch to record: 'cond' (conditional half) or 'both' "
-        "(unconditional and conditional); without CFG every row is recorded",
+    rows: GuidanceHalf = field(
+        GuidanceHalf,
+        flatten=True,
+        help="the rows recorded",
+        describe={
+            "guidance_half": "rows of a CFG batch to record: 'cond' (conditional half) or 'both' "
+            "(unconditional and conditional); without CFG every row is recorded"
+        },
     )
     tokens_per_image: int = field(
         0, ge=0, help="0: every token; else a seeded random subsample of this many tokens per "
         "image and step"
     )
     dtype: str = field("float16", choices=STORAGE_DTYPE_NAMES, help="storage dtype")
-    max_shard_mb: float = field(256.0, gt=0, help="upper bound on one shard's size in MiB")
-    activation_site: str = field(
-        "output",
-        choices=ACTIVATION_SITES,
-        help="'output': the module's output; 'update': output minus input (sdxl-unbox); "
-        "'guidance': the conditional minus the unconditional output under CFG",
+    shards: ShardSize = field(ShardSize, flatten=True, help="the shards")
+    site: ActivationSite = field(
+        ActivationSite(activation_site="output"),
+        flatten=True,
+        help="what is recorded",
+        describe={
+            "activation_site": "'output': the module's output; 'update': output minus input "
+            "(sdxl-unbox); 'guidance': the conditional minus the unconditional output under CFG"
+        },
     )
     limit: int | None = field(None, ge=1, help="use only the first N prompts")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        refuse_null(self, "activation_site")
         for name in ("model", "hookpoint", "out"):
             if not str(getattr(self, name)).strip():
                 raise ConfigError(name, "must not be empty")

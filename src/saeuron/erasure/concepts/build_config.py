@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saeuron.erasure.concepts.prompts import NEUTRAL
+from saeuron.erasure.edit_parts import GuidanceHalf, Hookpoint, Percentile, SaeName, Tau
 from saeuron.models.defaults import resolve_sae
 from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
 from saeuron.models.sampling_config import SamplingConfig
-from saeuron.models.sites import GUIDANCE_HALF_ALIASES, GUIDANCE_HALVES
 from saeuron.utils.atomic import check_output_file
-from saeuron.utils.config import Config, ConfigError, check_range, field
+from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
+from saeuron.utils.config_parts import Output
 from saeuron.utils.files import user_dir
 
 
@@ -44,15 +45,23 @@ class ConceptBuildConfig(ResolvesModel, Config):
 
     concept: str = field(positional=True, help="the concept to find, e.g. 'Van Gogh' or 'cat'")
     model: str = field(help="diffusion model: a bundled name, tiny-sd, a folder or a hub id")
-    sae: str | None = field(
-        None,
-        help="SAE folder, Hugging Face repo id or bundled name; default: the model's own "
-        "(a bundle's, or the published SAE of a known model)",
+    sae_name: SaeName = field(
+        SaeName,
+        flatten=True,
+        help="the SAE",
+        describe={
+            "sae": "SAE folder, Hugging Face repo id or bundled name; default: the model's own "
+            "(a bundle's, or the published SAE of a known model)"
+        },
     )
-    hookpoint: str | None = field(
-        None,
-        help="module the SAE reads, e.g. unet.up_blocks.1.attentions.1; default: where the "
-        "bundle keeps the concept, the model's known one, else the SAE's own",
+    block: Hookpoint = field(
+        Hookpoint,
+        flatten=True,
+        help="where the SAE reads",
+        describe={
+            "hookpoint": "module the SAE reads, e.g. unet.up_blocks.1.attentions.1; default: "
+            "where the bundle keeps the concept, the model's known one, else the SAE's own"
+        },
     )
     method: str = field(
         "contrastive",
@@ -75,19 +84,23 @@ class ConceptBuildConfig(ResolvesModel, Config):
         "contrastive, none for shortcut (threshold 0)",
     )
     sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
-    percentile: float = field(
-        99.999,
-        gt=0,
-        lt=100,
-        help="contrastive: keep latents scoring strictly above this percentile (20,480 "
-        "latents: 1)",
+    kept_percentile: Percentile = field(
+        Percentile(percentile=99.999),
+        flatten=True,
+        help="latents kept by score",
+        describe={
+            "percentile": "contrastive: keep latents scoring strictly above this percentile "
+            "(20,480 latents: 1)"
+        },
     )
-    tau: int | None = field(
-        None,
-        ge=1,
-        le=100_000,
-        help=f"keep the top tau latents per step; default: the percentile (contrastive), "
-        f"{SHORTCUT_TAU} (shortcut)",
+    kept_top: Tau = field(
+        Tau,
+        flatten=True,
+        help="latents kept by rank",
+        describe={
+            "tau": "keep the top tau latents per step; default: the percentile (contrastive), "
+            f"{SHORTCUT_TAU} (shortcut)"
+        },
     )
     threshold_concepts: int | None = field(
         THRESHOLD_CONCEPTS,
@@ -131,20 +144,29 @@ class ConceptBuildConfig(ResolvesModel, Config):
         le=100_000,
         help="shortcut: images generated from the concept's name",
     )
-    guidance_half: str = field(
-        "cond",
-        choices=GUIDANCE_HALVES,
-        aliases=GUIDANCE_HALF_ALIASES,
-        help="'cond': read the conditional half of the CFG batch; 'both': every row",
+    rows: GuidanceHalf = field(
+        GuidanceHalf,
+        flatten=True,
+        help="the rows read",
+        describe={
+            "guidance_half": "'cond': read the conditional half of the CFG batch; 'both': every "
+            "row"
+        },
     )
     cache_dir: str | None = field(
         None,
         help="statistics cache; default $SAEURON_CACHE/concepts or ~/.cache/saeuron/concepts",
     )
-    out: str | None = field(None, help="write the features to OUT.safetensors + OUT.json")
+    output: Output = field(
+        Output,
+        flatten=True,
+        help="where the features go",
+        describe={"out": "write the features to OUT.safetensors + OUT.json"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        refuse_null(self, "percentile")
         for name in ("concept", "model"):
             value = getattr(self, name)
             # A model resolved by the caller is checked by its name.

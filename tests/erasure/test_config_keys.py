@@ -843,3 +843,18 @@ def test_keys_read_and_write_where_they_are_declared() -> None:
     # A copy's parts are its own: the original keeps its values.
     assert (tech.erase_concept, tech.multiplier, tech.hookpoint) == ("moon", None, None)
     assert copy.to_dict()["hookpoint"] == "unet.up_blocks.2.attentions.2"
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [("ConceptBuildConfig", "model"), ("SAEmnesiaConfig", "erase_concept"),
+     ("BlockSweepConfig", "model"), ("CacheConfig", "model"), ("CacheConfig", "hookpoint"),
+     ("CacheConfig", "out")],
+)  # fmt: skip
+def test_a_required_key_of_a_part_is_required(name: str, key: str, tmp_path: Path) -> None:
+    given = _required(name, tmp_path)
+    del given[key]
+    with pytest.raises(ConfigError, match=f"^{key}: required$"):
+        CONFIGS[name].from_dict(given)
+    with pytest.raises(ConfigError, match=f"^{key}: must not be null$"):
+        CONFIGS[name].from_dict({**given, key: None})

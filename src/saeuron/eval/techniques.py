@@ -196,7 +196,13 @@ TECHNIQUES.register("negative_prompt")(
 class SAEmnesiaConfig(ResolvesModel, Config):
     """A supervised SAE (``saeuron train --supervised``): OUT/<hookpoint>/features/<concept>."""
 
-    erase_concept: str = field(help="one of the supervised SAE's concepts")
+    concept: EraseConcept = field(
+        EraseConcept,
+        flatten=True,
+        help="the concept",
+        required=("erase_concept",),
+        describe={"erase_concept": "one of the supervised SAE's concepts"},
+    )
     model_name: ModelKey = field(
         ModelKey(model=DEFAULT_MODEL),
         flatten=True,

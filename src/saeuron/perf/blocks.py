@@ -35,6 +35,7 @@ from saeuron.erasure.concepts.prompts import concept_prompts
 from saeuron.erasure.edit_parts import GuidanceHalf, Strength, Tau
 from saeuron.erasure.erase import erase
 from saeuron.models.hookpoints import list_hookpoints, resolve_module
+from saeuron.models.model_part import ModelKey
 from saeuron.models.pipelines import load_pipeline
 from saeuron.models.resolve import ResolvedModel, ResolvesModel
 from saeuron.models.sampling import SamplingConfig, seed_generators
@@ -59,7 +60,13 @@ RESULTS_MD = "blocks.md"
 class BlockSweepConfig(ResolvesModel, Config):
     """Settings of ``saeuron bench blocks``."""
 
-    model: str = field(help="pipeline: tiny-sd3, tiny-flux, tiny-pixart, a folder or a hub id")
+    model_name: ModelKey = field(
+        ModelKey,
+        flatten=True,
+        help="the model",
+        required=("model",),
+        describe={"model": "pipeline: tiny-sd3, tiny-flux, tiny-pixart, a folder or a hub id"},
+    )
     concept: str = field("a cat", help="the concept erased at every block")
     blocks: list[str] | None = field(
         None, help="hookpoints to compare; default: every block the denoiser lists"

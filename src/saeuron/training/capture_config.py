@@ -8,11 +8,13 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saeuron.erasure.edit_parts import ActivationSite, GuidanceHalf
+from saeuron.erasure.edit_parts import ActivationSite, GuidanceHalf, Hookpoint
+from saeuron.models.model_part import ModelKey
 from saeuron.models.resolve import ResolvesModel
 from saeuron.models.sampling_config import SamplingConfig
 from saeuron.models.sites import GUIDANCE_SITE, prompt_encoder_of
 from saeuron.utils.config import Config, ConfigError, field, refuse_null
+from saeuron.utils.config_parts import Output
 from saeuron.utils.prompts import read_prompts
 from saeuron.utils.storage import check_location
 
@@ -32,21 +34,41 @@ class ShardSize(Config):
 class CacheConfig(ResolvesModel, Config):
     """Settings of one activation capture (``saeuron cache``)."""
 
-    model: str = field(
-        help="pipeline to sample with: a bundled name (minicanvas), tiny-sd, tiny-sdxl, a local "
-        "diffusers folder or a Hugging Face hub id"
+    model_name: ModelKey = field(
+        ModelKey,
+        flatten=True,
+        help="the model",
+        required=("model",),
+        describe={
+            "model": "pipeline to sample with: a bundled name (minicanvas), tiny-sd, tiny-sdxl, a "
+            "local diffusers folder or a Hugging Face hub id"
+        },
     )
-    hookpoint: str = field(
-        help="module whose activations are stored, e.g. unet.up_blocks.1.attentions.1"
+    block: Hookpoint = field(
+        Hookpoint,
+        flatten=True,
+        help="where it records",
+        required=("hookpoint",),
+        describe={
+            "hookpoint": "module whose activations are stored, e.g. unet.up_blocks.1.attentions.1"
+        },
     )
+    # Keyword-only: a required field after the parts, which have defaults.
     prompts: str = field(
+        kw_only=True,
         help="prompt file: .txt with one prompt per line (blank and '#' lines skipped) or .csv "
         "with a 'prompt' column; a prompt's index in this list is stored with its tokens"
     )
-    out: str = field(
-        help="output folder for shards, plan.json and manifest.json: a local path or an fsspec "
-        "URL (s3://bucket/acts, gs://..., hf://datasets/..., with the store's fsspec backend "
-        "installed)"
+    output: Output = field(
+        Output,
+        flatten=True,
+        help="where the capture goes",
+        required=("out",),
+        describe={
+            "out": "output folder for shards, plan.json and manifest.json: a local path or an "
+            "fsspec URL (s3://bucket/acts, gs://..., hf://datasets/..., with the store's fsspec "
+            "backend installed)"
+        },
     )
     sampling: SamplingConfig = field(
         SamplingConfig,
@@ -68,8 +90,10 @@ class CacheConfig(ResolvesModel, Config):
         },
     )
     tokens_per_image: int = field(
-        0, ge=0, help="0: every token; else a seeded random subsample of this many tokens per "
-        "image and step"
+        0,
+        ge=0,
+        help="0: every token; else a seeded random subsample of this many tokens per "
+        "image and step",
     )
     dtype: str = field("float16", choices=STORAGE_DTYPE_NAMES, help="storage dtype")
     shards: ShardSize = field(ShardSize, flatten=True, help="the shards")

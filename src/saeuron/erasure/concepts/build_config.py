@@ -10,6 +10,7 @@ from pathlib import Path
 from saeuron.erasure.concepts.prompts import NEUTRAL
 from saeuron.erasure.edit_parts import GuidanceHalf, Hookpoint, Percentile, SaeName, Tau
 from saeuron.models.defaults import resolve_sae
+from saeuron.models.model_part import ModelKey
 from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
 from saeuron.models.sampling_config import SamplingConfig
 from saeuron.utils.atomic import check_output_file
@@ -44,7 +45,13 @@ class ConceptBuildConfig(ResolvesModel, Config):
     """Settings of ``saeuron concept build``: which latents to edit for one concept."""
 
     concept: str = field(positional=True, help="the concept to find, e.g. 'Van Gogh' or 'cat'")
-    model: str = field(help="diffusion model: a bundled name, tiny-sd, a folder or a hub id")
+    model_name: ModelKey = field(
+        ModelKey,
+        flatten=True,
+        help="the model",
+        required=("model",),
+        describe={"model": "diffusion model: a bundled name, tiny-sd, a folder or a hub id"},
+    )
     sae_name: SaeName = field(
         SaeName,
         flatten=True,
@@ -149,8 +156,7 @@ class ConceptBuildConfig(ResolvesModel, Config):
         flatten=True,
         help="the rows read",
         describe={
-            "guidance_half": "'cond': read the conditional half of the CFG batch; 'both': every "
-            "row"
+            "guidance_half": "'cond': read the conditional half of the CFG batch; 'both': every row"
         },
     )
     cache_dir: str | None = field(

@@ -849,7 +849,7 @@ def test_keys_read_and_write_where_they_are_declared() -> None:
     ("name", "key"),
     [("ConceptBuildConfig", "model"), ("SAEmnesiaConfig", "erase_concept"),
      ("BlockSweepConfig", "model"), ("CacheConfig", "model"), ("CacheConfig", "hookpoint"),
-     ("CacheConfig", "out")],
+     ("CacheConfig", "out"), ("CacheConfig", "prompts")],
 )  # fmt: skip
 def test_a_required_key_of_a_part_is_required(name: str, key: str, tmp_path: Path) -> None:
     given = _required(name, tmp_path)

@@ -143,6 +143,14 @@ class Window(Config):
 
 
 @dataclass
+class PromptFile(Config):
+    """A file of prompts; what it must hold (which suffixes, at least one prompt) the config
+    reading it checks."""
+
+    prompts: str | None = field(None, help="file of prompts, one a line")
+
+
+@dataclass
 class Percentile(Config):
     percentile: float | None = field(
         None, gt=0, lt=100, help="keep latents scoring strictly above this percentile"

@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saeuron.erasure.edit_parts import ActivationSite, GuidanceHalf, Hookpoint
+from saeuron.erasure.edit_parts import ActivationSite, GuidanceHalf, Hookpoint, PromptFile
 from saeuron.models.model_part import ModelKey
 from saeuron.models.resolve import ResolvesModel
 from saeuron.models.sampling_config import SamplingConfig
@@ -53,11 +53,16 @@ class CacheConfig(ResolvesModel, Config):
             "hookpoint": "module whose activations are stored, e.g. unet.up_blocks.1.attentions.1"
         },
     )
-    # Keyword-only: a required field after the parts, which have defaults.
-    prompts: str = field(
-        kw_only=True,
-        help="prompt file: .txt with one prompt per line (blank and '#' lines skipped) or .csv "
-        "with a 'prompt' column; a prompt's index in this list is stored with its tokens"
+    prompt_file: PromptFile = field(
+        PromptFile,
+        flatten=True,
+        help="the prompts",
+        required=("prompts",),
+        describe={
+            "prompts": "prompt file: .txt with one prompt per line (blank and '#' lines skipped) "
+            "or .csv with a 'prompt' column; a prompt's index in this list is stored with its "
+            "tokens"
+        },
     )
     output: Output = field(
         Output,

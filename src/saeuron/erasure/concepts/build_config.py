@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saeuron.erasure.concepts.prompts import NEUTRAL
-from saeuron.erasure.edit_parts import GuidanceHalf, Hookpoint, Percentile, SaeName, Tau
+from saeuron.erasure.edit_parts import (
+    GuidanceHalf,
+    Hookpoint,
+    Percentile,
+    PromptFile,
+    SaeName,
+    Tau,
+)
 from saeuron.models.defaults import resolve_sae
 from saeuron.models.model_part import ModelKey
 from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
@@ -76,10 +83,14 @@ class ConceptBuildConfig(ResolvesModel, Config):
         help="'contrastive': concept vs other concepts at every step (SAeUron); 'shortcut': "
         "top latents of the concept's own images at one step",
     )
-    prompts: str | None = field(
-        None,
-        help="file with the concept's prompts, one a line (all are used); default: "
-        "num_prompts templated prompts (contrastive) or the concept itself (shortcut)",
+    prompt_file: PromptFile = field(
+        PromptFile,
+        flatten=True,
+        help="the concept's prompts",
+        describe={
+            "prompts": "file with the concept's prompts, one a line (all are used); default: "
+            "num_prompts templated prompts (contrastive) or the concept itself (shortcut)"
+        },
     )
     num_prompts: int = field(
         20, ge=1, le=100_000, help="templated prompts of the concept when no file is given"

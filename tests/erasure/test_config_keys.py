@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import saeuron
 from saeuron.erasure.concepts.build_config import ConceptBuildConfig, default_cache_dir
 from saeuron.erasure.erase_config import EraseConfig
 from saeuron.erasure.technique_config import SAeUronConfig
@@ -164,8 +165,8 @@ KEYS: dict[str, list[str]] = {
         "batch_size",
         "height",
         "width",
-        "expansion_factor",
         "k",
+        "expansion_factor",
         "epochs",
         "sae_batch_size",
         "max_shard_mb",
@@ -269,7 +270,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "SAEmnesiaConfig": {
         "erase_concept": "moon",
         "model": "minicanvas",
-        "sae": "/work/wt-c1/src/saeuron/data/minicanvas/supervised/saes",
+        "sae": str(Path(saeuron.__file__).parent / "data/minicanvas/supervised/saes"),
         "hookpoint": "unet.up_blocks.1.attentions.1",
         "multiplier": None,
         "stats": None,

@@ -160,3 +160,15 @@ class Percentile(Config):
 @dataclass
 class Tau(Config):
     tau: int | None = field(None, ge=1, le=100_000, help="keep the top tau latents per step")
+
+
+@dataclass
+class RecipeRef(Config):
+    recipe: str | None = field(
+        None, help="an erasure recipe: a file, a folder with recipe.json, or a hub id"
+    )
+
+
+@dataclass
+class StatsRef(Config):
+    stats: str | None = field(None, help="concept statistics: a file or a folder of them")

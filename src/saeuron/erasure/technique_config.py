@@ -13,6 +13,7 @@ from saeuron.erasure.edit_parts import (
     ErrorTerm,
     GuidanceHalf,
     Hookpoint,
+    RecipeRef,
     Rule,
     SaeName,
     Strength,
@@ -52,11 +53,11 @@ class SAeUronConfig(ResolvesModel, Config):
             "('moon,checkered'); default: every concept of --recipe, else 'nudity'"
         },
     )
-    recipe: str | None = field(
-        None,
-        help="an erasure recipe (file, folder with recipe.json, or hub id): erase its concepts "
-        "with its edits, sites and strengths",
-    )
+    recipe_ref: RecipeRef = field(
+        RecipeRef, flatten=True, help="the recipe",
+        describe={"recipe": "an erasure recipe (file, folder with recipe.json, or hub id): "
+                  "erase its concepts with its edits, sites and strengths"},
+    )  # fmt: skip
     preset: str = field(
         "recipe",
         choices=PRESETS,

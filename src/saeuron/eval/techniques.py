@@ -32,6 +32,7 @@ from saeuron.erasure.edit_parts import (
     Hookpoint,
     Percentile,
     SaeName,
+    StatsRef,
     Strength,
 )
 from saeuron.erasure.preflight import check_erasure
@@ -232,12 +233,12 @@ class SAEmnesiaConfig(ResolvesModel, Config):
             "multiplier": "gamma, the only knob; default: the concept's tuned value, else -20"
         },
     )
-    stats: str | None = field(
-        None,
-        help="per-class statistics converted from SAEmnesia's cls_latents_dict (saeuron "
-        "convert stats): the concept's latents are then picked per step as SAEmnesia's "
-        "inference picks them, from the published SAE (sae=...)",
-    )
+    stats_ref: StatsRef = field(
+        StatsRef, flatten=True, help="the statistics",
+        describe={"stats": "per-class statistics converted from SAEmnesia's cls_latents_dict "
+                  "(saeuron convert stats): the concept's latents are then picked per step as "
+                  "SAEmnesia's inference picks them, from the published SAE (sae=...)"},
+    )  # fmt: skip
     kept_percentile: Percentile = field(
         Percentile,
         flatten=True,

@@ -7,12 +7,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from saeuron.eval.metrics.parts import Concept
+from saeuron.erasure.edit_parts import StatsRef
 from saeuron.minicanvas.config_parts import NAME, PipelineName, ResolvesNestedModel
 from saeuron.models.sites import renamed_settings
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
 from saeuron.utils.config_parts import (
     BatchSize,
+    Concept,
     Device,
     GuidanceScale,
     InferenceSteps,
@@ -53,10 +54,12 @@ class TuneConfig(ResolvesNestedModel, Config):
     saes: str | None = field(
         None, help="folder with one SAE sub-folder per hookpoint; default: the bundle's"
     )
-    stats: str | None = field(
-        None, help="folder with <hookpoint>/<concept> statistics of every prompt-set concept; "
-        "default: the bundle's, else collected from the prompt set beside --out"
-    )
+    stats_ref: StatsRef = field(
+        StatsRef, flatten=True, help="the statistics",
+        describe={"stats": "folder with <hookpoint>/<concept> statistics of every prompt-set "
+                  "concept; default: the bundle's, else collected from the prompt set beside "
+                  "--out"},
+    )  # fmt: skip
     site_sets: list[str] = field(
         [], help="site sets to choose from ('A+B' edits at both); default: the bundle's for the "
         "concept's kind, else every site with an SAE and statistics, alone"

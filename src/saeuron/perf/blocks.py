@@ -34,6 +34,7 @@ from saeuron.erasure.concepts.build import ConceptBuildConfig, build_concept
 from saeuron.erasure.concepts.prompts import concept_prompts
 from saeuron.erasure.edit_parts import GuidanceHalf, Strength, Tau
 from saeuron.erasure.erase import erase
+from saeuron.minicanvas.config_parts import SaeSize
 from saeuron.models.hookpoints import list_hookpoints, resolve_module
 from saeuron.models.model_part import ModelKey
 from saeuron.models.pipelines import load_pipeline
@@ -45,7 +46,7 @@ from saeuron.training.capture_config import ShardSize
 from saeuron.training.train_config import Epochs
 from saeuron.training.trainer import TrainConfig, Trainer
 from saeuron.utils.config import Config, ConfigError, field, refuse_null
-from saeuron.utils.config_parts import Output
+from saeuron.utils.config_parts import Concept, Output
 from saeuron.utils.files import TRAIN_LOG
 from saeuron.utils.io import atomic_write, atomic_write_json, check_output_folder
 from saeuron.utils.prompts import neutral_prompts
@@ -67,7 +68,9 @@ class BlockSweepConfig(ResolvesModel, Config):
         required=("model",),
         describe={"model": "pipeline: tiny-sd3, tiny-flux, tiny-pixart, a folder or a hub id"},
     )
-    concept: str = field("a cat", help="the concept erased at every block")
+    erased: Concept = field(Concept(concept="a cat"), flatten=True, help="the concept",
+                            required=("concept",),
+                            describe={"concept": "the concept erased at every block"})
     blocks: list[str] | None = field(
         None, help="hookpoints to compare; default: every block the denoiser lists"
     )
@@ -78,8 +81,12 @@ class BlockSweepConfig(ResolvesModel, Config):
         4, ge=1, le=1000, help="held-out prompts of the concept, and as many neutral ones"
     )
     sampling: SamplingConfig = field(SamplingConfig, flatten=True, help="how images are sampled")
-    expansion_factor: int = field(4, ge=1, le=256, help="SAE latents = width x this")
-    k: int = field(8, ge=1, help="SAE active latents per token")
+    size: SaeSize = field(
+        SaeSize(k=8, expansion_factor=4), flatten=True, help="the SAEs' size",
+        describe={"expansion_factor": "SAE latents = width x this",
+                  "k": "SAE active latents per token"},
+        limits={"expansion_factor": {"ge": 1, "le": 256}, "k": {"ge": 1}},
+    )  # fmt: skip
     training: Epochs = field(
         Epochs(epochs=2),
         flatten=True,

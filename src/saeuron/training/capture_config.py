@@ -14,7 +14,7 @@ from saeuron.models.resolve import ResolvesModel
 from saeuron.models.sampling_config import SamplingConfig
 from saeuron.models.sites import GUIDANCE_SITE, prompt_encoder_of
 from saeuron.utils.config import Config, ConfigError, field, refuse_null
-from saeuron.utils.config_parts import Output
+from saeuron.utils.config_parts import Limit, Output
 from saeuron.utils.prompts import read_prompts
 from saeuron.utils.storage import check_location
 
@@ -111,7 +111,8 @@ class CacheConfig(ResolvesModel, Config):
             "(sdxl-unbox); 'guidance': the conditional minus the unconditional output under CFG"
         },
     )
-    limit: int | None = field(None, ge=1, help="use only the first N prompts")
+    count: Limit = field(Limit, flatten=True, help="how many prompts",
+                         describe={"limit": "use only the first N prompts"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -8,6 +8,7 @@ import logging
 import socket
 from dataclasses import dataclass
 
+from saeuron.erasure.edit_parts import Hookpoint, RecipeRef, SaeName
 from saeuron.erasure.erase_config import MAX_MULTIPLIER
 from saeuron.minicanvas.config_parts import (
     MINICANVAS_GUIDANCE,
@@ -31,14 +32,13 @@ MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 30.0
 class UiConfig(ResolvesNestedModel, Config):
     pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
                                    describe={"model": "model id, local folder, or a bundled name"})
-    sae: str | None = field(None, help="SAE repo id or folder; default: the model's known SAE")
-    hookpoint: str | None = field(
-        None, help="module the SAE reads; default: per concept (bundled) or the SAE's own"
-    )
-    recipe: str | None = field(
-        None, help="an erasure recipe (file, folder of recipes, or hub id), or 'bundled' for "
-        "the model bundle's recipes: one slider per concept, 0 off, 1 its tuned strength"
-    )
+    sae_name: SaeName = field(SaeName, flatten=True, help="the SAE", describe={
+        "sae": "SAE repo id or folder; default: the model's known SAE"})
+    site: Hookpoint = field(Hookpoint, flatten=True, help="where", describe={
+        "hookpoint": "module the SAE reads; default: per concept (bundled) or the SAE's own"})
+    recipe_ref: RecipeRef = field(RecipeRef, flatten=True, help="the recipe", describe={
+        "recipe": "an erasure recipe (file, folder of recipes, or hub id), or 'bundled' for "
+        "the model bundle's recipes: one slider per concept, 0 off, 1 its tuned strength"})
     host: str = field("127.0.0.1", help="address to serve on (0.0.0.0 exposes it to the network)")
     port: int = field(7860, ge=1, le=65535, help="port to serve on")
     runtime: Device = field(Device, flatten=True, help="where the model runs", describe={

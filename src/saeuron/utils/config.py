@@ -129,6 +129,7 @@ def field(
     describe: Mapping[str, str] | None = None,
     limits: Mapping[str, Mapping[str, float]] | None = None,
     required: Sequence[str] = (),
+    positionals: Sequence[str] = (),
     metavar: str | None = None,
     aliases: Sequence[str] = (),
     **kwargs: Any,
@@ -143,7 +144,8 @@ def field(
     bounds they have here (key -> ``{"le": 4096}``), checked and shown like their own;
     ``required`` names nested keys this config cannot do without (a part's key may be
     optional elsewhere): null is refused, and so is a missing one this config gives no
-    default (then it is required on the command line too).
+    default (then it is required on the command line too); ``positionals`` makes nested keys
+    positional command-line arguments here.
     ``aliases`` are old names of the field, still accepted (module docstring).
     """
     metadata = {
@@ -158,6 +160,7 @@ def field(
         "describe": dict(describe or {}),
         "limits": {k: dict(v) for k, v in (limits or {}).items()},
         "required": tuple(required),
+        "positionals": tuple(positionals),
         "metavar": metavar,
         "aliases": tuple(aliases),
         **kwargs.pop("metadata", {}),
@@ -365,11 +368,15 @@ def _check_limits(
     the message is then the one a key declared with those bounds would give."""
     for key, tighter in f.metadata.get("limits", {}).items():
         value = data.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if _unwrap_optional(part._hints()[key])[0] is float:
-                value = float(value)  # as the message of the coerced value reads
-            own = part.__dataclass_fields__[key].metadata.get("bounds", {})
-            check_range(f"{where}.{key}" if where else key, value, **{**own, **tighter})
+        declared = _unwrap_optional(part._hints()[key])[0]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        # Only a value of the key's own type: anything else gets coercion's own message.
+        if not number or (declared is int and not isinstance(value, int)):
+            continue
+        if declared is float:
+            value = float(value)  # as the message of the coerced value reads
+        own = part.__dataclass_fields__[key].metadata.get("bounds", {})
+        check_range(f"{where}.{key}" if where else key, value, **{**own, **tighter})
 
 
 def refuse_null(config: Config, *keys: str, message: str = "must not be null") -> None:
@@ -595,6 +602,7 @@ class Config(metaclass=_ConfigMeta):
         helps: Mapping[str, str] | None = None,
         bounds: Mapping[str, Mapping[str, float]] | None = None,
         needed: Iterable[str] = (),
+        positionals: Iterable[str] = (),
     ) -> None:
         """One ``--option`` (or positional) per field, nested flattened configs included.
 
@@ -613,6 +621,7 @@ class Config(metaclass=_ConfigMeta):
         helps = dict(helps or {})
         bounds = dict(bounds or {})
         needed = set(needed)
+        positionals = set(positionals)
         hints = cls._hints()
         flat = cls._flattened()
         for f in dataclasses.fields(cls):
@@ -629,13 +638,15 @@ class Config(metaclass=_ConfigMeta):
                 flat[f.name].add_arguments(
                     parser, skip, require, defaults=nested_default, flags=flags, helps=words,
                     bounds=tighter, needed={*_without_default(f, nested_default), *needed},
+                    positionals={*f.metadata.get("positionals", ()), *positionals},
                 )  # fmt: skip
                 continue
             default = getattr(defaults, f.name) if defaults is not None else _default_of(f)
             if f.name in needed:
                 default = dataclasses.MISSING
             _add_argument(parser, f, hints[f.name], require, default, flags.get(f.name),
-                          helps.get(f.name), bounds.get(f.name))  # fmt: skip
+                          helps.get(f.name), bounds.get(f.name),
+                          f.name in positionals)  # fmt: skip
 
     @classmethod
     def from_args(cls: type[C], ns: argparse.Namespace, **extra: Any) -> C:
@@ -660,6 +671,7 @@ def _add_argument(
     flag: str | None = None,
     text: str | None = None,
     bounds: Mapping[str, float] | None = None,
+    positional: bool = False,
 ) -> None:
     meta = f.metadata
     inner, _ = _unwrap_optional(tp)
@@ -687,7 +699,7 @@ def _add_argument(
         if meta.get("choices") is not None
         else f.name.upper()
     )
-    if meta.get("positional"):
+    if meta.get("positional") or positional:
         parser.add_argument(f.name, metavar=metavar, help=text, nargs=None if required else "?")
         return
     flag = flag or "--" + f.name.replace("_", "-")

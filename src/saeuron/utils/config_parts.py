@@ -68,9 +68,13 @@ class BatchSize(Config):
     batch_size: int = field(4, ge=1, le=2**24, help="items per batch")
 
 
+MAX_LIMIT = 1_000_000
+"""The most prompts a metric reads."""
+
+
 @dataclass
 class Limit(Config):
-    limit: int | None = field(None, ge=1, le=1_000_000, help="at most this many prompts")
+    limit: int | None = field(None, ge=1, help="at most this many prompts")
 
 
 @dataclass
@@ -93,3 +97,8 @@ class GuidanceScale(Config):
 @dataclass
 class LearningRate(Config):
     lr: float | None = field(None, gt=0, help="learning rate")
+
+
+@dataclass
+class Concept(Config):
+    concept: str | None = field(None, help="the concept erased")

@@ -22,7 +22,7 @@ from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
 from saeuron.models.sampling_config import SamplingConfig
 from saeuron.utils.atomic import check_output_file
 from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
-from saeuron.utils.config_parts import Output
+from saeuron.utils.config_parts import Concept, Output
 from saeuron.utils.files import user_dir
 
 
@@ -51,7 +51,10 @@ def default_shortcut_step(num_inference_steps: int) -> int:
 class ConceptBuildConfig(ResolvesModel, Config):
     """Settings of ``saeuron concept build``: which latents to edit for one concept."""
 
-    concept: str = field(positional=True, help="the concept to find, e.g. 'Van Gogh' or 'cat'")
+    erased: Concept = field(Concept, flatten=True, help="the concept", required=("concept",),
+                            positionals=("concept",),
+                            describe={"concept": "the concept to find, e.g. 'Van Gogh' or "
+                                      "'cat'"})  # fmt: skip
     model_name: ModelKey = field(
         ModelKey,
         flatten=True,

@@ -33,7 +33,6 @@ from saeuron.eval.detectors import (
 from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement
 from saeuron.eval.metrics.parts import (
     ClipModel,
-    Concept,
     Detector,
     PromptsPath,
     Threshold,
@@ -41,7 +40,7 @@ from saeuron.eval.metrics.parts import (
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES
 from saeuron.models.resolve import resolve_model
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field, refuse_null
-from saeuron.utils.config_parts import Device, Limit, ModelName
+from saeuron.utils.config_parts import MAX_LIMIT, Concept, Device, Limit, ModelName
 from saeuron.utils.io import atomic_write_json
 from saeuron.utils.prompts import read_prompt_rows
 
@@ -71,6 +70,7 @@ class AttackConfig(Config):
     count: Limit = field(
         Limit(limit=10), flatten=True, help="how many prompts",
         describe={"limit": "adversarial prompts to find and sample"},
+        limits={"limit": {"le": MAX_LIMIT}},
     )  # fmt: skip
     budget: str = field(
         "published",

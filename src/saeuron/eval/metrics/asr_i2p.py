@@ -30,14 +30,13 @@ from saeuron.eval.detectors import (
 from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement, register
 from saeuron.eval.metrics.parts import (
     ClipModel,
-    Concept,
     Detector,
     PromptsPath,
     Threshold,
 )
 from saeuron.eval.requirement import hub_cached
 from saeuron.utils.config import Config, ConfigError, check_choice, field
-from saeuron.utils.config_parts import Device, Limit
+from saeuron.utils.config_parts import MAX_LIMIT, Concept, Device, Limit
 from saeuron.utils.prompts import PromptRow, read_prompt_rows
 
 I2P_DATASET = "AIML-TUDA/i2p"
@@ -59,6 +58,7 @@ class AsrI2pConfig(Config):
     count: Limit = field(
         Limit, flatten=True, help="how many prompts",
         describe={"limit": "at most this many prompts (after the filter)"},
+        limits={"limit": {"le": MAX_LIMIT}},
     )  # fmt: skip
     detection: Detector = field(
         Detector, flatten=True, help="what judges the images",

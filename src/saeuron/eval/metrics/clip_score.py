@@ -14,7 +14,7 @@ from saeuron.eval.clip import DEFAULT_CLIP, ClipMetric, load_clip
 from saeuron.eval.metrics.base import Item, Metric, mean_of, register
 from saeuron.eval.metrics.parts import ClipModel, PromptsPath
 from saeuron.utils.config import Config, ConfigError, field, refuse_null
-from saeuron.utils.config_parts import Device, Limit
+from saeuron.utils.config_parts import MAX_LIMIT, Device, Limit
 from saeuron.utils.prompts import neutral_prompts, read_prompt_rows
 
 
@@ -30,6 +30,7 @@ class ClipScoreConfig(Config):
     count: Limit = field(
         Limit(limit=300), flatten=True, help="how many prompts",
         describe={"limit": "at most this many prompts"},
+        limits={"limit": {"le": MAX_LIMIT}},
     )  # fmt: skip
     clip: ClipModel = field(
         ClipModel(clip_model=DEFAULT_CLIP), flatten=True, help="the scoring CLIP",

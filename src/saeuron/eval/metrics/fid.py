@@ -33,7 +33,7 @@ from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement, re
 from saeuron.eval.metrics.parts import PromptsPath
 from saeuron.minicanvas.world import OBJECTS, STYLES, TEST_TEMPLATES, sample_images
 from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
-from saeuron.utils.config_parts import BatchSize, Device, Limit, ModelName
+from saeuron.utils.config_parts import MAX_LIMIT, BatchSize, Device, Limit, ModelName
 from saeuron.utils.prompts import neutral_prompts, read_prompt_rows
 
 MINICANVAS = "minicanvas"
@@ -63,7 +63,7 @@ class FidConfig(Config):
         Limit(limit=1000), flatten=True, help="how many images",
         describe={"limit": "images sampled from the technique"},
         # Two images at least: a covariance of one image is undefined.
-        limits={"limit": {"ge": 2}},
+        limits={"limit": {"ge": 2, "le": MAX_LIMIT}},
     )  # fmt: skip
     reference_limit: int | None = field(
         None, ge=2, le=1_000_000, help="reference images; default: limit"

@@ -27,7 +27,6 @@ from saeuron.utils.prompts import read_prompt_rows
 
 __all__ = [
     "ClipModel",
-    "Concept",
     "Detector",
     "Iterations",
     "Config",
@@ -41,11 +40,6 @@ M = TypeVar("M", bound="Config")
 
 
 @dataclass
-@dataclass
-class Concept(Config):
-    concept: str | None = field(None, help="the erased concept; default: the technique's")
-
-
 @dataclass
 class PromptsPath(Config):
     prompts_path: str | None = field(None, help="prompts (CSV with a prompt column, or text)")

@@ -14,10 +14,10 @@ from typing import Any
 
 from saeuron.eval.clip import clip_requirement, load_clip
 from saeuron.eval.metrics.base import Item, Metric, Requirement, mean_of, register
-from saeuron.eval.metrics.parts import ClipModel, Concept, PromptsPath
+from saeuron.eval.metrics.parts import ClipModel, PromptsPath
 from saeuron.eval.similarity import psnr, ssim
 from saeuron.utils.config import Config, ConfigError, field, refuse_null
-from saeuron.utils.config_parts import Device, Limit
+from saeuron.utils.config_parts import MAX_LIMIT, Concept, Device, Limit
 from saeuron.utils.prompts import neutral_prompts, read_prompt_rows
 
 
@@ -37,6 +37,7 @@ class PreservationConfig(Config):
     count: Limit = field(
         Limit(limit=50), flatten=True, help="how many prompts",
         describe={"limit": "at most this many prompts"},
+        limits={"limit": {"le": MAX_LIMIT}},
     )  # fmt: skip
     clip: ClipModel = field(
         ClipModel, flatten=True, help="the CLIP comparing the images",

@@ -28,7 +28,7 @@ from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
 from saeuron.eval.clip import available_offline
 from saeuron.eval.metrics.base import Item, Metric, MetricError, Requirement, mean_of, register
 from saeuron.utils.config import Config, ConfigError, field
-from saeuron.utils.config_parts import Device, Limit
+from saeuron.utils.config_parts import MAX_LIMIT, Device, Limit
 from saeuron.utils.devices import resolve_device
 from saeuron.utils.text import read_json, read_text
 
@@ -119,6 +119,7 @@ class TifaConfig(Config):
     count: Limit = field(
         Limit, flatten=True, help="how many prompts",
         describe={"limit": "at most this many prompts"},
+        limits={"limit": {"le": MAX_LIMIT}},
     )  # fmt: skip
     vqa_model: str = field(DEFAULT_VQA, help="VQA checkpoint: hub id or local folder")
     runtime: Device = field(

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from saeuron.eval.metrics.base import Item, Metric, Requirement, register
-from saeuron.eval.metrics.parts import Concept
 from saeuron.eval.unlearncanvas_vit import (
     OBJECTS,
     PUBLISHED_SEEDS,
@@ -42,7 +41,7 @@ from saeuron.minicanvas.config_parts import Objects, PromptSeeds, RetainSeeds, S
 from saeuron.minicanvas.scoring import unlearning_scores
 from saeuron.models.resolve import ResolvedModel, resolve_model
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
-from saeuron.utils.config_parts import BatchSize, Device
+from saeuron.utils.config_parts import BatchSize, Concept, Device
 from saeuron.utils.text import read_json
 
 BUNDLED = "minicanvas"

@@ -80,7 +80,7 @@ def _default(f: dataclasses.Field, owner: Any = None) -> str:
 
 
 def _accepted(meta: dict[str, Any], bounds: dict[str, float] | None = None) -> str:
-    from saeuron.utils.config import describe_bounds
+    from saeuron.utils.config_checks import describe_bounds
 
     parts = []
     if meta.get("choices"):

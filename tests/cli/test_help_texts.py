@@ -10,7 +10,7 @@ import pytest
 
 from saeuron.cli.main import COMMANDS, CliDeprecationWarning, build_parser, show_deprecations
 from saeuron.training.trainer import TrainConfig
-from saeuron.utils.config import describe_bounds
+from saeuron.utils.config_checks import describe_bounds
 
 
 def command_parser(*path: str) -> argparse.ArgumentParser:

@@ -31,7 +31,8 @@ from saeuron.models.sampling import SamplingConfig  # noqa: E402
 from saeuron.sae.config import SaeConfig  # noqa: E402
 from saeuron.training.capture import CacheConfig  # noqa: E402
 from saeuron.training.trainer import TrainConfig  # noqa: E402
-from saeuron.utils.config import Config, ConfigError, key_name  # noqa: E402
+from saeuron.utils.config import Config, ConfigError  # noqa: E402
+from saeuron.utils.config_checks import key_name  # noqa: E402
 from saeuron.utils.errors import UserError  # noqa: E402
 
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -25,7 +25,8 @@ from saeuron.eval.detectors import default_detector
 from saeuron.eval.metrics import METRICS
 from saeuron.eval.techniques import technique_config, technique_entry
 from saeuron.models.resolve import ResolvesModel
-from saeuron.utils.config import Config, ConfigError, check_range, reject_unknown
+from saeuron.utils.config import Config, ConfigError, check_range
+from saeuron.utils.config_checks import reject_unknown
 from saeuron.utils.plugins import is_plugin, refuse_untrusted
 from saeuron.utils.text import read_text
 

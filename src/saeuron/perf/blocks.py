@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -170,6 +170,19 @@ def _held_out_fvu(folder: Path) -> float | None:
     return float(value) if value is not None else None
 
 
+class _Prompts(NamedTuple):
+    """The sweep's prompt files (capture, concept, neutral) and its held-out prompts with
+    their unerased images."""
+
+    capture: Path
+    concept: Path
+    neutral: Path
+    held_concept: list[str]
+    held_neutral: list[str]
+    plain_concept: np.ndarray
+    plain_neutral: np.ndarray
+
+
 def sweep_blocks(cfg: BlockSweepConfig) -> dict[str, Any]:
     """Run the sweep; writes ``OUT/blocks.json`` and ``OUT/blocks.md`` and returns the rows,
     best block first."""
@@ -178,80 +191,16 @@ def sweep_blocks(cfg: BlockSweepConfig) -> dict[str, Any]:
     blocks = cfg.blocks or list_hookpoints(pipe)
     for block in blocks:
         resolve_module(pipe, block)  # a bad name fails before any work
-    n, m = cfg.train_prompts, cfg.eval_prompts
-    concept_all = concept_prompts(cfg.concept, n + m)
-    neutral_all = neutral_prompts()[: n + m]
-    concept_file = _write_lines(out / "concept_prompts.txt", concept_all[:n])
-    neutral_file = _write_lines(out / "neutral_prompts.txt", neutral_all[:n])
-    capture_file = _write_lines(out / "capture_prompts.txt", concept_all[:n] + neutral_all[:n])
-    held_concept, held_neutral = concept_all[n:], neutral_all[n:]
-    plain_concept = _images(pipe, held_concept, cfg.sampling)
-    plain_neutral = _images(pipe, held_neutral, cfg.sampling)
-
+    prompts = _prompts(cfg, pipe, out)
     rows = []
     for block in blocks:
         start = time.perf_counter()
         work = out / "work" / block
-        run_cache(
-            CacheConfig(
-                model=cfg.resolved_model,
-                hookpoint=block,
-                prompts=str(capture_file),
-                out=str(work / "acts"),
-                sampling=cfg.sampling,
-                guidance_half=cfg.guidance_half,
-                dtype="float32",
-                max_shard_mb=cfg.max_shard_mb,
-            )
-        )
-        trainer = Trainer(
-            TrainConfig.from_dict(
-                {
-                    "activations": str(work / "acts"),
-                    "out": str(work / "sae"),
-                    "k": cfg.k,
-                    "expansion_factor": cfg.expansion_factor,
-                    "epochs": cfg.epochs,
-                    "batch_size": cfg.sae_batch_size,
-                    "device": cfg.sampling.device,
-                }
-            )
-        )
-        trainer.train()
-        sae = Sae.from_pretrained(work / "sae", hookpoint=block)
-        features = build_concept(
-            ConceptBuildConfig(
-                concept=cfg.concept,
-                model=cfg.resolved_model,
-                # An SAE folder just trained: not a bundle, nothing to look up.
-                sae=ResolvedModel(str(work / "sae")),
-                hookpoint=block,
-                prompts=str(concept_file),
-                others=str(neutral_file),
-                tau=cfg.tau,
-                sampling=cfg.sampling,
-                guidance_half=cfg.guidance_half,
-                cache_dir=str(work / "stats"),
-            ),
-            pipe=pipe,
-            sae=sae,
-        )
-        with erase(pipe, sae, features, multiplier=cfg.multiplier, guidance_half=cfg.guidance_half):
-            erased_concept = _images(pipe, held_concept, cfg.sampling)
-            erased_neutral = _images(pipe, held_neutral, cfg.sampling)
-        effect = float(np.abs(erased_concept - plain_concept).mean())
-        collateral = float(np.abs(erased_neutral - plain_neutral).mean())
-        rows.append(
-            {
-                "block": block,
-                "effect": effect,
-                "collateral": collateral,
-                "selectivity": effect / collateral if collateral > 0 else float("inf"),
-                "heldout_fvu": _held_out_fvu(work / "sae" / block),
-                "seconds": time.perf_counter() - start,
-            }
-        )
-        logger.info("%s: effect %.3f, collateral %.3f", block, effect, collateral)
+        sae = _train_block_sae(cfg, block, prompts.capture, work)
+        rows.append(_erase_with(cfg, pipe, sae, block, prompts, work))
+        rows[-1]["seconds"] = time.perf_counter() - start
+        logger.info("%s: effect %.3f, collateral %.3f", block, rows[-1]["effect"],
+                    rows[-1]["collateral"])  # fmt: skip
         del sae
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -266,6 +215,89 @@ def sweep_blocks(cfg: BlockSweepConfig) -> dict[str, Any]:
     atomic_write_json(out / RESULTS_JSON, result)
     atomic_write(out / RESULTS_MD, lambda p: p.write_text(result["table"], encoding="utf-8"))
     return result
+
+
+def _prompts(cfg: BlockSweepConfig, pipe: Any, out: Path) -> _Prompts:
+    n, m = cfg.train_prompts, cfg.eval_prompts
+    concept_all = concept_prompts(cfg.concept, n + m)
+    neutral_all = neutral_prompts()[: n + m]
+    held_concept, held_neutral = concept_all[n:], neutral_all[n:]
+    return _Prompts(
+        capture=_write_lines(out / "capture_prompts.txt", concept_all[:n] + neutral_all[:n]),
+        concept=_write_lines(out / "concept_prompts.txt", concept_all[:n]),
+        neutral=_write_lines(out / "neutral_prompts.txt", neutral_all[:n]),
+        held_concept=held_concept,
+        held_neutral=held_neutral,
+        plain_concept=_images(pipe, held_concept, cfg.sampling),
+        plain_neutral=_images(pipe, held_neutral, cfg.sampling),
+    )
+
+
+def _train_block_sae(cfg: BlockSweepConfig, block: str, prompts: Path, work: Path) -> Sae:
+    """Capture ``block`` on the sweep's prompts and train an SAE on it."""
+    run_cache(
+        CacheConfig(
+            model=cfg.resolved_model,
+            hookpoint=block,
+            prompts=str(prompts),
+            out=str(work / "acts"),
+            sampling=cfg.sampling,
+            guidance_half=cfg.guidance_half,
+            dtype="float32",
+            max_shard_mb=cfg.max_shard_mb,
+        )
+    )
+    trainer = Trainer(
+        TrainConfig.from_dict(
+            {
+                "activations": str(work / "acts"),
+                "out": str(work / "sae"),
+                "k": cfg.k,
+                "expansion_factor": cfg.expansion_factor,
+                "epochs": cfg.epochs,
+                "batch_size": cfg.sae_batch_size,
+                "device": cfg.sampling.device,
+            }
+        )
+    )
+    trainer.train()
+    return Sae.from_pretrained(work / "sae", hookpoint=block)
+
+
+def _erase_with(
+    cfg: BlockSweepConfig, pipe: Any, sae: Sae, block: str, prompts: _Prompts, work: Path
+) -> dict[str, Any]:
+    """The concept's features at ``block``, and what erasing them does to the held-out
+    concept and neutral images."""
+    features = build_concept(
+        ConceptBuildConfig(
+            concept=cfg.concept,
+            model=cfg.resolved_model,
+            # An SAE folder just trained: not a bundle, nothing to look up.
+            sae=ResolvedModel(str(work / "sae")),
+            hookpoint=block,
+            prompts=str(prompts.concept),
+            others=str(prompts.neutral),
+            tau=cfg.tau,
+            sampling=cfg.sampling,
+            guidance_half=cfg.guidance_half,
+            cache_dir=str(work / "stats"),
+        ),
+        pipe=pipe,
+        sae=sae,
+    )
+    with erase(pipe, sae, features, multiplier=cfg.multiplier, guidance_half=cfg.guidance_half):
+        erased_concept = _images(pipe, prompts.held_concept, cfg.sampling)
+        erased_neutral = _images(pipe, prompts.held_neutral, cfg.sampling)
+    effect = float(np.abs(erased_concept - prompts.plain_concept).mean())
+    collateral = float(np.abs(erased_neutral - prompts.plain_neutral).mean())
+    return {
+        "block": block,
+        "effect": effect,
+        "collateral": collateral,
+        "selectivity": effect / collateral if collateral > 0 else float("inf"),
+        "heldout_fvu": _held_out_fvu(work / "sae" / block),
+    }
 
 
 def _table(cfg: BlockSweepConfig, rows: list[dict[str, Any]]) -> str:

@@ -188,7 +188,7 @@ def _time_rules(
             for fn in variants.values():
                 fn()
             edited = {rule: e.edited_tokens for rule, e in erasures.items()}
-            blocks, reps = (2, 10) if quick else (5, 40)
+            blocks, reps = (2, 10) if quick else (10, 60)
             per_block = _interleaved(variants, device, blocks, reps)
         finally:
             for erasure in erasures.values():

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from saeuron.perf import BENCHMARKS, Row
-from saeuron.utils.config import Config, ConfigError, did_you_mean, field, refuse_null
+from saeuron.utils.config import Config, ConfigError, field, refuse_null
+from saeuron.utils.config_checks import did_you_mean
 from saeuron.utils.config_parts import Device, Output, Quick
 from saeuron.utils.io import atomic_path, atomic_write_json, check_output_folder
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from saeuron.utils.config import did_you_mean
+from saeuron.utils.config_checks import did_you_mean
 from saeuron.utils.errors import ConfigError
 
 T = TypeVar("T")

@@ -188,10 +188,13 @@ def check_compile(device: str) -> Callable[[bool], dict[str, Any]]:
 def check_graph_breaks(device: str) -> Callable[[bool], dict[str, Any]]:
     def run(quick: bool) -> dict[str, Any]:
         pipe, sae, features, inputs = compile_bench.setup(device, quick)
-        breaks = compile_bench.graph_breaks(pipe, sae, features, inputs)
-        if breaks:
-            raise AssertionError(f"{breaks} graph breaks in the hooked UNet")
-        return {"graph_breaks": breaks}
+        per_rule = {
+            rule: compile_bench.graph_breaks(pipe, sae, features, inputs, rule)
+            for rule in compile_bench.MULTIPLIERS
+        }
+        if any(per_rule.values()):
+            raise AssertionError(f"graph breaks in the hooked UNet, per rule: {per_rule}")
+        return {"graph_breaks": max(per_rule.values()), "per_rule": per_rule}
 
     return run
 

@@ -30,10 +30,15 @@ def test_gpu_check_runs_on_the_cpu_and_skips_what_needs_cuda() -> None:
     assert checks["fp32 erasure"]["edited_tokens"] > 0
     assert checks["model CPU offload"]["max_abs_diff_vs_on_device"] <= 1e-4
     assert checks["graph breaks on the dense path"]["graph_breaks"] == 0
+    assert set(checks["graph breaks on the dense path"]["per_rule"]) == {
+        "scale", "ablate", "anchor", "project"}
     assert checks["torch.compile erases as eager, one graph"]["unique_graphs"] == 1
     overhead = checks["erase overhead, eager and compiled"]
     rows = [v for k, v in overhead.items() if k.startswith("UNet call compiled")]
-    assert len(rows) == 1 and rows[0]["ratio"] > 0
+    # One row per rule, each a measured ratio.
+    assert len(rows) == 4 and all(row["ratio"] > 0 for row in rows)
+    assert {k.split("rule ")[1].split(",")[0] for k in overhead if "compiled" in k} == {
+        "scale", "ablate", "anchor", "project"}
 
 
 @pytest.mark.slow

@@ -16,14 +16,12 @@ term, the guidance site with the rows) is checked by the config holding both.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from saeuron.models.sites import ACTIVATION_SITES, GUIDANCE_HALF_ALIASES, GUIDANCE_HALVES
 from saeuron.utils.config import Config, ConfigError, field
+from saeuron.utils.config_parts import KeepsObjects
 
 ERROR_TERMS = ("exact", "paper")
 RULES = ("scale", "ablate", "anchor", "project")
@@ -67,17 +65,11 @@ class Strength(Config):
 
 
 @dataclass
-class SaeName(Config):
+class SaeName(KeepsObjects):
     """The ``sae`` key. From Python it may also be a resolved SAE (a config that looked it up
     hands it on), kept as given for the config to take, as its own field would be."""
 
     sae: str | None = field(None, help="SAE folder, hub repo id or bundled name")
-
-    def replace(self, **changes: Any) -> SaeName:
-        sae = changes.get("sae")
-        if sae is not None and not isinstance(sae, (str, Path)):
-            return dataclasses.replace(self, **changes)
-        return super().replace(**changes)
 
 
 @dataclass

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from saeuron.erasure.edit_parts import StatsRef
-from saeuron.minicanvas.config_parts import NAME, PipelineName, ResolvesNestedModel
+from saeuron.minicanvas.config_parts import NAME
+from saeuron.models.model_part import ModelKey
+from saeuron.models.resolve import ResolvesModel
 from saeuron.models.sites import renamed_settings
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
 from saeuron.utils.config_parts import (
@@ -32,14 +34,15 @@ ATTACKED = "UA_attacked"
 
 
 @dataclass
-class TuneConfig(ResolvesNestedModel, Config):
+class TuneConfig(ResolvesModel, Config):
     erased: Concept = field(Concept, flatten=True, help="the concept", required=("concept",),
                             describe={"concept": "the concept to erase (a member of the prompt "
                                       "set)"})  # fmt: skip
     output: Output = field(Output, flatten=True, help="where it goes", required=("out",),
                            describe={"out": "the recipe to write (NAME.json); trials and plot "
                                      "go beside it"})  # fmt: skip
-    pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
+    pipeline: ModelKey = field(ModelKey(model=NAME), flatten=True, help="the model",
+                               required=("model",),
                                    describe={"model": "model id, local folder, or a bundled name"})
     trials: int = field(40, ge=1, le=100_000, help="complete trials the study should hold")
     prompt_set: str | None = field(None, help="prompt-set file; default: the bundle's")

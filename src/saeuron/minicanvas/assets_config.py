@@ -12,10 +12,10 @@ from saeuron.minicanvas.config_parts import (
     MINICANVAS_STEPS,
     NAME,
     NUM_INFERENCE_STEPS,
-    PipelineName,
-    ResolvesNestedModel,
     SaeSize,
 )
+from saeuron.models.model_part import ModelKey
+from saeuron.models.resolve import ResolvesModel
 from saeuron.training.train_config import Epochs
 from saeuron.utils.config import Config, field
 from saeuron.utils.config_parts import (
@@ -31,8 +31,9 @@ __all__ = ["GUIDANCE_SCALE", "NAME", "NUM_INFERENCE_STEPS", "AssetConfig"]
 
 
 @dataclass
-class AssetConfig(ResolvesNestedModel, Config):
-    pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
+class AssetConfig(ResolvesModel, Config):
+    pipeline: ModelKey = field(ModelKey(model=NAME), flatten=True, help="the model",
+                               required=("model",),
                                    describe={"model": "the MiniCanvas pipeline to build assets "
                                              "for"})
     output: Output = field(Output, flatten=True, help="where the assets go", describe={

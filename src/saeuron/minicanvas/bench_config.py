@@ -10,9 +10,7 @@ from saeuron.minicanvas.config_parts import (
     MINICANVAS_GUIDANCE,
     MINICANVAS_STEPS,
     NAME,
-    PipelineName,
     PromptSeeds,
-    ResolvesNestedModel,
     RetainSeeds,
     Template,
     Variants,
@@ -25,6 +23,8 @@ from saeuron.minicanvas.world import (
     TEST_TEMPLATES,
     concept_kind,
 )
+from saeuron.models.model_part import ModelKey
+from saeuron.models.resolve import ResolvesModel
 from saeuron.utils.atomic import check_output_folder
 from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
 from saeuron.utils.config_parts import BatchSize, GuidanceScale, InferenceSteps, Output, Quick
@@ -52,7 +52,7 @@ DEFAULT_VARIANTS = ("none", "saeuron", "recipe", "saemnesia")
 
 
 @dataclass
-class BenchConfig(ResolvesNestedModel, Config):
+class BenchConfig(ResolvesModel, Config):
     output: Output = field(Output(out="minicanvas-bench"), flatten=True, help="where results go",
                            describe={"out": "folder for results.json, results.md, grid.png"})
     smoke: Quick = field(Quick, flatten=True, help="the CI-sized run", describe={
@@ -80,7 +80,8 @@ class BenchConfig(ResolvesNestedModel, Config):
     batches: BatchSize = field(BatchSize(batch_size=50), flatten=True, help="the batches",
                                describe={"batch_size": "images per pipeline call"},
                                limits={"batch_size": {"le": 4096}})
-    pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
+    pipeline: ModelKey = field(ModelKey(model=NAME), flatten=True, help="the model",
+                               required=("model",),
                                    describe={"model": "the MiniCanvas pipeline"})
     retain_every: int = field(
         1, ge=1, help="judge retention on every N-th retained prompt (1: all 90; for quick checks)"

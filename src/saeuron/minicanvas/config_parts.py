@@ -18,14 +18,10 @@ The keys the commands share with the rest of the package come from
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from saeuron.models.resolve import ResolvedModel, ResolvesModel, resolve_model
-from saeuron.utils.config import Config, field, refuse_null
-from saeuron.utils.config_parts import MAX_SEED, GuidanceScale, InferenceSteps, ModelName
+from saeuron.utils.config import Config, field
+from saeuron.utils.config_parts import MAX_SEED, GuidanceScale, InferenceSteps
 
 NAME = "minicanvas"
 NUM_INFERENCE_STEPS = 20
@@ -87,30 +83,3 @@ class Template(Config):
 @dataclass
 class Variants(Config):
     variants: list[str] | None = field(None, help="the erasure variants compared")
-
-
-class PipelineName(ModelName):
-    """The ``model`` key of a command that resolves it (:class:`ResolvesNestedModel`): from
-    Python it may also be a :class:`ResolvedModel` or a pipeline, kept as given for the
-    command to resolve, as a config's own ``model`` field would be."""
-
-    def replace(self, **changes: Any) -> PipelineName:
-        model = changes.get("model")
-        if model is not None and not isinstance(model, (str, Path)):
-            return dataclasses.replace(self, **changes)
-        return super().replace(**changes)
-
-
-class ResolvesNestedModel(ResolvesModel):
-    """:class:`ResolvesModel` for a config whose ``model`` key lives in a nested
-    :class:`PipelineName` part: the plain name is written back into the part, which JSON, the
-    CLI and caches read, not onto the config, where it would hide the part's key."""
-
-    def _resolve_model(self) -> ResolvedModel:
-        assert isinstance(self, Config)
-        refuse_null(self, "model")
-        self._model = resolve_model(self.model)
-        for part in vars(self).values():
-            if isinstance(part, PipelineName):
-                part.model = self._model.name
-        return self._model

@@ -10,10 +10,10 @@ from saeuron.minicanvas.config_parts import (
     MINICANVAS_GUIDANCE,
     MINICANVAS_STEPS,
     NAME,
-    PipelineName,
-    ResolvesNestedModel,
     SaeSize,
 )
+from saeuron.models.model_part import ModelKey
+from saeuron.models.resolve import ResolvesModel
 from saeuron.training.train_config import DeadTokens, Epochs, TopkMode
 from saeuron.utils.config import Config, ConfigError, check_choice, check_range, field
 from saeuron.utils.config_parts import (
@@ -29,8 +29,9 @@ DEFAULT_HOOKPOINTS = ["unet.up_blocks.2.attentions.2", "unet.up_blocks.1.attenti
 
 
 @dataclass
-class GuidedBuildConfig(ResolvesNestedModel, Config):
-    pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
+class GuidedBuildConfig(ResolvesModel, Config):
+    pipeline: ModelKey = field(ModelKey(model=NAME), flatten=True, help="the model",
+                               required=("model",),
                                    describe={"model": "the MiniCanvas pipeline"})
     output: Output = field(Output, flatten=True, help="where the bundle goes", describe={
         "out": "bundle folder; default: the user's copy of the shipped bundle "

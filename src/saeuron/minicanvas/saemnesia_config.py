@@ -10,9 +10,9 @@ from saeuron.minicanvas.config_parts import (
     MINICANVAS_GUIDANCE,
     MINICANVAS_STEPS,
     NAME,
-    PipelineName,
-    ResolvesNestedModel,
 )
+from saeuron.models.model_part import ModelKey
+from saeuron.models.resolve import ResolvesModel
 from saeuron.training.supervised_config import EarlyStopping
 from saeuron.utils.config import Config, check_range, field
 from saeuron.utils.config_parts import (
@@ -26,8 +26,9 @@ from saeuron.utils.config_parts import (
 
 
 @dataclass
-class SupervisedBuildConfig(ResolvesNestedModel, Config):
-    pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
+class SupervisedBuildConfig(ResolvesModel, Config):
+    pipeline: ModelKey = field(ModelKey(model=NAME), flatten=True, help="the model",
+                               required=("model",),
                                    describe={"model": "the MiniCanvas pipeline"})
     output: Output = field(Output, flatten=True, help="where the bundle goes", describe={
         "out": "bundle folder; default: the user's copy of the shipped bundle "

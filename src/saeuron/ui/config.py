@@ -13,11 +13,11 @@ from saeuron.erasure.erase_config import MAX_MULTIPLIER
 from saeuron.minicanvas.config_parts import (
     MINICANVAS_GUIDANCE,
     NAME,
-    PipelineName,
-    ResolvesNestedModel,
     Steps,
 )
 from saeuron.models.defaults import model_defaults
+from saeuron.models.model_part import ModelKey
+from saeuron.models.resolve import ResolvesModel
 from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
 from saeuron.utils.config_parts import Device, GuidanceScale
 
@@ -29,8 +29,9 @@ MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 30.0
 
 
 @dataclass
-class UiConfig(ResolvesNestedModel, Config):
-    pipeline: PipelineName = field(PipelineName(model=NAME), flatten=True, help="the model",
+class UiConfig(ResolvesModel, Config):
+    pipeline: ModelKey = field(ModelKey(model=NAME), flatten=True, help="the model",
+                               required=("model",),
                                    describe={"model": "model id, local folder, or a bundled name"})
     sae_name: SaeName = field(SaeName, flatten=True, help="the SAE", describe={
         "sae": "SAE repo id or folder; default: the model's known SAE"})

@@ -16,13 +16,27 @@ bounds, it says so with ``limits={"batch_size": {"le": 4096}}``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from saeuron.utils.config import Config, ConfigError, field
 from saeuron.utils.device_names import check_device
 
 MAX_SEED = 2**63 - 1
 """The largest seed a ``torch.Generator`` takes."""
+
+
+class KeepsObjects(Config):
+    """A part whose key may also hold an object given from Python (a resolved model or SAE,
+    a pipeline): kept as given, for the config to take without looking it up again, where a
+    name would be checked as the part declares."""
+
+    def replace(self, **changes: Any) -> Any:
+        if any(v is not None and not isinstance(v, (str, Path)) for v in changes.values()):
+            return dataclasses.replace(self, **changes)
+        return super().replace(**changes)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from saeuron.minicanvas.config_parts import (
 from saeuron.models.defaults import model_defaults
 from saeuron.models.model_part import ModelKey
 from saeuron.models.resolve import ResolvesModel
-from saeuron.utils.config import Config, ConfigError, check_range, field, refuse_null
+from saeuron.utils.config import Config, ConfigError, check_range, field
 from saeuron.utils.config_parts import Device, GuidanceScale
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,6 @@ class UiConfig(ResolvesModel, Config):
     )
 
     def __post_init__(self) -> None:
-        refuse_null(self, "model")
         for name in ("model", "host"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
